@@ -1,0 +1,4 @@
+//! kiln's OCI distribution client: reference parsing, pull, push, blob
+//! checks, authentication and retries.
+//!
+//! It knows nothing of builds.
