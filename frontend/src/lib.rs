@@ -9,6 +9,7 @@
 
 pub mod ast;
 pub mod error;
+pub mod instruction;
 pub mod parser;
 pub mod shell;
 mod suggest;
