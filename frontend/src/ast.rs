@@ -196,9 +196,11 @@ impl Default for Directives {
 }
 
 /// Something that parses but is probably a mistake.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Warning {
-    pub line: usize,
+    /// The line it concerns, when it concerns one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
     pub message: String,
 }
 
@@ -214,7 +216,7 @@ impl Source {
     pub fn new(name: &str, text: &str) -> Self {
         let mut line_starts = vec![0];
         line_starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
-        if line_starts.last() == Some(&text.len()) && text.len() > 0 {
+        if line_starts.last() == Some(&text.len()) && !text.is_empty() {
             line_starts.pop();
         }
         Source {
@@ -245,7 +247,11 @@ impl Source {
         let Some(&start) = self.line_starts.get(line.wrapping_sub(1)) else {
             return "";
         };
-        let end = self.line_starts.get(line).copied().unwrap_or(self.text.len());
+        let end = self
+            .line_starts
+            .get(line)
+            .copied()
+            .unwrap_or(self.text.len());
         &self.text[start..end]
     }
 
@@ -265,7 +271,7 @@ impl Source {
     pub fn error(&self, kind: ErrorKind, pos: Pos) -> Error {
         Error {
             kind,
-            location: Some(self.location(pos)),
+            location: Some(Box::new(self.location(pos))),
         }
     }
 }
@@ -309,6 +315,9 @@ mod tests {
 
     #[test]
     fn chomping_strips_tabs_of_every_line() {
-        assert_eq!(strip_leading_tabs("\t\tone\n\ttwo\n  three\n"), "one\ntwo\n  three\n");
+        assert_eq!(
+            strip_leading_tabs("\t\tone\n\ttwo\n  three\n"),
+            "one\ntwo\n  three\n"
+        );
     }
 }

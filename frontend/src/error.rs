@@ -35,24 +35,27 @@ pub struct Location {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Error {
     pub kind: ErrorKind,
-    pub location: Option<Location>,
+    pub location: Option<Box<Location>>,
 }
 
 impl Error {
     /// An error that is not tied to a place in the Dockerfile (a bad command
     /// line option, for instance).
     pub fn new(kind: ErrorKind) -> Self {
-        Error { kind, location: None }
+        Error {
+            kind,
+            location: None,
+        }
     }
 
     /// Attaches the file name to an error about the file as a whole.
     pub(crate) fn in_file(mut self, name: &str) -> Self {
         if self.location.is_none() {
-            self.location = Some(Location {
+            self.location = Some(Box::new(Location {
                 file: name.to_string(),
                 pos: Pos::new(1, 1),
                 line_text: String::new(),
-            });
+            }));
         }
         self
     }
@@ -74,7 +77,11 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.location {
-            Some(loc) => write!(f, "{}:{}:{}: {}", loc.file, loc.pos.line, loc.pos.column, self.kind),
+            Some(loc) => write!(
+                f,
+                "{}:{}:{}: {}",
+                loc.file, loc.pos.line, loc.pos.column, self.kind
+            ),
             None => write!(f, "{}", self.kind),
         }
     }
@@ -145,7 +152,9 @@ pub enum ErrorKind {
     OnbuildChain,
     #[error("{0} isn't allowed as an ONBUILD trigger")]
     OnbuildTrigger(Keyword),
-    #[error("SHELL requires the arguments in JSON form, for example SHELL [\"/bin/bash\", \"-c\"]")]
+    #[error(
+        "SHELL requires the arguments in JSON form, for example SHELL [\"/bin/bash\", \"-c\"]"
+    )]
     ShellNotJson,
     #[error("HEALTHCHECK NONE takes no arguments")]
     HealthcheckNoneArguments,
@@ -169,6 +178,8 @@ pub enum ErrorKind {
     InvalidNetwork(String),
     #[error("unsupported security mode {0:?}: use sandbox or insecure")]
     InvalidSecurity(String),
+    #[error("the Dockerfile has no FROM instruction, so there is no stage to build")]
+    NoStages,
     #[error("{0} appears before the first FROM; only ARG can come before FROM")]
     InstructionBeforeFrom(Keyword),
     #[error("duplicate stage name {name:?}: it is already used on line {first_line}")]
@@ -205,6 +216,10 @@ pub enum ErrorKind {
     InvalidSignal(String),
     #[error("invalid port {port:?}: {reason}")]
     InvalidPort { port: String, reason: String },
+    #[error("WORKDIR {0:?} expands to an empty path")]
+    EmptyWorkdir(String),
+    #[error("ONBUILD trigger {0:?} must be exactly one instruction")]
+    TriggerNotOneInstruction(String),
     #[error("mount target {0:?} is invalid: a mount needs a target other than /")]
     InvalidMountTarget(String),
     #[error("--security=insecure must be allowed with --allow security.insecure")]
@@ -266,11 +281,11 @@ mod tests {
                 name: "RUNN".into(),
                 suggestion: Some("RUN".into()),
             },
-            location: Some(Location {
+            location: Some(Box::new(Location {
                 file: "Dockerfile".into(),
                 pos: Pos::new(12, 2),
                 line_text: "\tRUNN echo".into(),
-            }),
+            })),
         };
         assert_eq!(
             error.to_string(),

@@ -219,7 +219,14 @@ impl Flags {
                 ));
             }
             seen.push(name);
-            let missing = || source.error(ErrorKind::MissingFlagValue { flag: name.to_string() }, word.pos);
+            let missing = || {
+                source.error(
+                    ErrorKind::MissingFlagValue {
+                        flag: name.to_string(),
+                    },
+                    word.pos,
+                )
+            };
             match kind {
                 FlagKind::Bool => {
                     let enabled = match value.map(str::to_ascii_lowercase).as_deref() {
@@ -241,15 +248,20 @@ impl Flags {
                 }
                 FlagKind::Text => {
                     let value = value.ok_or_else(missing)?;
-                    flags.texts.insert(name, Word { text: value.to_string(), pos: value_pos });
+                    flags.texts.insert(
+                        name,
+                        Word {
+                            text: value.to_string(),
+                            pos: value_pos,
+                        },
+                    );
                 }
                 FlagKind::List => {
                     let value = value.ok_or_else(missing)?;
-                    flags
-                        .lists
-                        .entry(name)
-                        .or_default()
-                        .push(Word { text: value.to_string(), pos: value_pos });
+                    flags.lists.entry(name).or_default().push(Word {
+                        text: value.to_string(),
+                        pos: value_pos,
+                    });
                 }
             }
         }
@@ -306,9 +318,15 @@ pub fn command(source: &Source, instruction: &Instruction) -> Result<Command, Er
                 [_, as_word, name] if as_word.text.eq_ignore_ascii_case("as") => {
                     let lower = name.text.to_lowercase();
                     if !valid_stage_name(&lower) {
-                        return Err(error(ErrorKind::InvalidStageName(name.text.clone()), name.pos));
+                        return Err(error(
+                            ErrorKind::InvalidStageName(name.text.clone()),
+                            name.pos,
+                        ));
                     }
-                    Some(Word { text: lower, pos: name.pos })
+                    Some(Word {
+                        text: lower,
+                        pos: name.pos,
+                    })
                 }
                 _ => return Err(error(ErrorKind::FromArguments, pos)),
             };
@@ -326,15 +344,31 @@ pub fn command(source: &Source, instruction: &Instruction) -> Result<Command, Er
             let mut declarations = Vec::with_capacity(words.len());
             for word in words {
                 let declaration = match word.text.split_once('=') {
-                    Some(("", _)) => return Err(error(ErrorKind::BlankName { instruction: keyword }, word.pos)),
+                    Some(("", _)) => {
+                        return Err(error(
+                            ErrorKind::BlankName {
+                                instruction: keyword,
+                            },
+                            word.pos,
+                        ))
+                    }
                     Some((name, default)) => ArgDeclaration {
-                        name: Word { text: name.to_string(), pos: word.pos },
+                        name: Word {
+                            text: name.to_string(),
+                            pos: word.pos,
+                        },
                         default: Some(Word {
                             text: default.to_string(),
-                            pos: Pos::new(word.pos.line, word.pos.column + name.chars().count() + 1),
+                            pos: Pos::new(
+                                word.pos.line,
+                                word.pos.column + name.chars().count() + 1,
+                            ),
                         }),
                     },
-                    None => ArgDeclaration { name: word, default: None },
+                    None => ArgDeclaration {
+                        name: word,
+                        default: None,
+                    },
                 };
                 declarations.push(declaration);
             }
@@ -370,7 +404,9 @@ pub fn command(source: &Source, instruction: &Instruction) -> Result<Command, Er
             })
         }
         Keyword::Cmd => CommandKind::Cmd(command_line(args, &instruction.heredocs, pos)),
-        Keyword::Entrypoint => CommandKind::Entrypoint(command_line(args, &instruction.heredocs, pos)),
+        Keyword::Entrypoint => {
+            CommandKind::Entrypoint(command_line(args, &instruction.heredocs, pos))
+        }
         Keyword::Shell => match args {
             Args::Json { values, .. } if values.is_empty() => {
                 return Err(error(ErrorKind::AtLeastOneArgument(keyword), pos))
@@ -384,7 +420,10 @@ pub fn command(source: &Source, instruction: &Instruction) -> Result<Command, Er
             let mut words = match args {
                 Args::Json { values, pos } => values
                     .iter()
-                    .map(|v| Word { text: v.clone(), pos: *pos })
+                    .map(|v| Word {
+                        text: v.clone(),
+                        pos: *pos,
+                    })
                     .collect(),
                 _ => words_of(args),
             };
@@ -400,7 +439,10 @@ pub fn command(source: &Source, instruction: &Instruction) -> Result<Command, Er
             for word in words {
                 match parse_heredoc_word(&word.text) {
                     Some(reference) => {
-                        let body = instruction.heredocs.iter().find(|h| h.name == reference.name);
+                        let body = instruction
+                            .heredocs
+                            .iter()
+                            .find(|h| h.name == reference.name);
                         inline_sources.push(Heredoc {
                             content: body.map(|h| h.content.clone()).unwrap_or_default(),
                             ..reference
@@ -431,9 +473,17 @@ pub fn command(source: &Source, instruction: &Instruction) -> Result<Command, Er
             let mut out = Vec::with_capacity(pairs.len());
             for pair in pairs {
                 if pair.key.text.is_empty() {
-                    return Err(error(ErrorKind::BlankName { instruction: keyword }, pair.key.pos));
+                    return Err(error(
+                        ErrorKind::BlankName {
+                            instruction: keyword,
+                        },
+                        pair.key.pos,
+                    ));
                 }
-                out.push(Pair { key: pair.key.clone(), value: pair.value.clone() });
+                out.push(Pair {
+                    key: pair.key.clone(),
+                    value: pair.value.clone(),
+                });
             }
             if keyword == Keyword::Env {
                 CommandKind::Env(out)
@@ -441,10 +491,20 @@ pub fn command(source: &Source, instruction: &Instruction) -> Result<Command, Er
                 CommandKind::Label(out)
             }
         }
-        Keyword::Maintainer => CommandKind::Maintainer(single(args).ok_or_else(|| error(ErrorKind::ExactlyOneArgument(keyword), pos))?.text),
-        Keyword::User => CommandKind::User(single(args).ok_or_else(|| error(ErrorKind::ExactlyOneArgument(keyword), pos))?),
-        Keyword::Workdir => CommandKind::Workdir(single(args).ok_or_else(|| error(ErrorKind::ExactlyOneArgument(keyword), pos))?),
-        Keyword::Stopsignal => CommandKind::StopSignal(single(args).ok_or_else(|| error(ErrorKind::ExactlyOneArgument(keyword), pos))?),
+        Keyword::Maintainer => CommandKind::Maintainer(
+            single(args)
+                .ok_or_else(|| error(ErrorKind::ExactlyOneArgument(keyword), pos))?
+                .text,
+        ),
+        Keyword::User => CommandKind::User(
+            single(args).ok_or_else(|| error(ErrorKind::ExactlyOneArgument(keyword), pos))?,
+        ),
+        Keyword::Workdir => CommandKind::Workdir(
+            single(args).ok_or_else(|| error(ErrorKind::ExactlyOneArgument(keyword), pos))?,
+        ),
+        Keyword::Stopsignal => CommandKind::StopSignal(
+            single(args).ok_or_else(|| error(ErrorKind::ExactlyOneArgument(keyword), pos))?,
+        ),
         Keyword::Expose => {
             let words = words_of(args);
             if words.is_empty() {
@@ -454,7 +514,13 @@ pub fn command(source: &Source, instruction: &Instruction) -> Result<Command, Er
         }
         Keyword::Volume => {
             let words: Vec<Word> = match args {
-                Args::Json { values, pos } => values.iter().map(|v| Word { text: v.clone(), pos: *pos }).collect(),
+                Args::Json { values, pos } => values
+                    .iter()
+                    .map(|v| Word {
+                        text: v.clone(),
+                        pos: *pos,
+                    })
+                    .collect(),
                 _ => words_of(args),
             };
             if words.is_empty() {
@@ -466,7 +532,10 @@ pub fn command(source: &Source, instruction: &Instruction) -> Result<Command, Er
                 if text.is_empty() {
                     return Err(error(ErrorKind::EmptyVolume, word.pos));
                 }
-                volumes.push(Word { text: text.to_string(), pos: word.pos });
+                volumes.push(Word {
+                    text: text.to_string(),
+                    pos: word.pos,
+                });
             }
             CommandKind::Volume(volumes)
         }
@@ -478,7 +547,10 @@ pub fn command(source: &Source, instruction: &Instruction) -> Result<Command, Er
             match trigger.keyword {
                 Keyword::Onbuild => return Err(error(ErrorKind::OnbuildChain, trigger.name.pos)),
                 Keyword::Maintainer | Keyword::From => {
-                    return Err(error(ErrorKind::OnbuildTrigger(trigger.keyword), trigger.name.pos))
+                    return Err(error(
+                        ErrorKind::OnbuildTrigger(trigger.keyword),
+                        trigger.name.pos,
+                    ))
                 }
                 _ => {}
             }
@@ -526,9 +598,19 @@ fn healthcheck(
                 return Err(source.error(ErrorKind::HealthcheckMissingCommand, kind.pos));
             }
             let mut duration = |name: &str| -> Result<i64, Error> {
-                let Some(word) = flags.text(name) else { return Ok(0) };
-                parse_healthcheck_duration(&word.text)
-                    .map_err(|reason| source.error(ErrorKind::InvalidDuration { flag: name.to_string(), value: word.text.clone(), reason }, word.pos))
+                let Some(word) = flags.text(name) else {
+                    return Ok(0);
+                };
+                parse_healthcheck_duration(&word.text).map_err(|reason| {
+                    source.error(
+                        ErrorKind::InvalidDuration {
+                            flag: name.to_string(),
+                            value: word.text.clone(),
+                            reason,
+                        },
+                        word.pos,
+                    )
+                })
             };
             let interval = duration("interval")?;
             let timeout = duration("timeout")?;
@@ -550,7 +632,10 @@ fn healthcheck(
                 retries,
             })))
         }
-        _ => Err(source.error(ErrorKind::HealthcheckUnknownType(kind.text.clone()), kind.pos)),
+        _ => Err(source.error(
+            ErrorKind::HealthcheckUnknownType(kind.text.clone()),
+            kind.pos,
+        )),
     }
 }
 
@@ -566,7 +651,8 @@ fn parse_healthcheck_duration(text: &str) -> Result<i64, String> {
 /// Parses a duration as Go's time.ParseDuration does ("1m30s", "1.5h",
 /// "300ms"), in nanoseconds.
 pub fn parse_go_duration(text: &str) -> Result<i64, String> {
-    let invalid = || format!("expected a number with a unit such as 30s, 1m30s or 500ms, got {text:?}");
+    let invalid =
+        || format!("expected a number with a unit such as 30s, 1m30s or 500ms, got {text:?}");
     let (negative, mut rest) = match text.strip_prefix('-') {
         Some(rest) => (true, rest),
         None => (false, text.strip_prefix('+').unwrap_or(text)),
@@ -615,7 +701,8 @@ pub fn parse_go_duration(text: &str) -> Result<i64, String> {
 fn valid_stage_name(name: &str) -> bool {
     let mut chars = name.chars();
     chars.next().is_some_and(|c| c.is_ascii_lowercase())
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'))
+        && chars
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'))
 }
 
 fn words_of(args: &Args) -> Vec<Word> {
@@ -678,32 +765,90 @@ mod tests {
 
     #[test]
     fn from_with_name_and_platform() {
-        let CommandKind::From(from) = one("FROM --platform=$BUILDPLATFORM golang:1.22 AS Build") else { panic!() };
+        let CommandKind::From(from) = one("FROM --platform=$BUILDPLATFORM golang:1.22 AS Build")
+        else {
+            panic!()
+        };
         assert_eq!(from.image.text, "golang:1.22");
         assert_eq!(from.name.map(|w| w.text).as_deref(), Some("build"));
-        assert_eq!(from.platform.map(|w| w.text).as_deref(), Some("$BUILDPLATFORM"));
+        assert_eq!(
+            from.platform.map(|w| w.text).as_deref(),
+            Some("$BUILDPLATFORM")
+        );
         assert_eq!(failure("FROM a AS").kind, ErrorKind::FromArguments);
         assert_eq!(failure("FROM a b c").kind, ErrorKind::FromArguments);
-        assert_eq!(failure("FROM a AS 1st").kind, ErrorKind::InvalidStageName("1st".into()));
+        assert_eq!(
+            failure("FROM a AS 1st").kind,
+            ErrorKind::InvalidStageName("1st".into())
+        );
     }
 
     #[test]
     fn flags_are_checked_per_instruction() {
         let err = failure("FROM a\nCOPY --chekcsum=sha256:x a b");
-        assert_eq!(err.to_string(), "Dockerfile:2:6: unknown flag --chekcsum for COPY");
+        assert_eq!(
+            err.to_string(),
+            "Dockerfile:2:6: unknown flag --chekcsum for COPY"
+        );
         let err = failure("FROM a\nCOPY --checksum=sha256:x a b");
-        assert_eq!(err.to_string(), "Dockerfile:2:6: unknown flag --checksum for COPY (it is a flag of ADD)");
+        assert_eq!(
+            err.to_string(),
+            "Dockerfile:2:6: unknown flag --checksum for COPY (it is a flag of ADD)"
+        );
         let err = failure("FROM a\nCOPY --form=x a b");
-        assert_eq!(err.kind, ErrorKind::UnknownFlag { instruction: Keyword::Copy, flag: "form".into(), hint: FlagHint::DidYouMean("from".into()) });
+        assert_eq!(
+            err.kind,
+            ErrorKind::UnknownFlag {
+                instruction: Keyword::Copy,
+                flag: "form".into(),
+                hint: FlagHint::DidYouMean("from".into())
+            }
+        );
         let err = failure("FROM a\nCOPY --keep-git-dir a b");
-        assert_eq!(err.kind, ErrorKind::UnknownFlag { instruction: Keyword::Copy, flag: "keep-git-dir".into(), hint: FlagHint::BelongsTo(vec![Keyword::Add]) });
+        assert_eq!(
+            err.kind,
+            ErrorKind::UnknownFlag {
+                instruction: Keyword::Copy,
+                flag: "keep-git-dir".into(),
+                hint: FlagHint::BelongsTo(vec![Keyword::Add])
+            }
+        );
         let err = failure("FROM a\nRUN --network=none --network=host true");
-        assert_eq!(err.kind, ErrorKind::DuplicateFlag { instruction: Keyword::Run, flag: "network".into() });
+        assert_eq!(
+            err.kind,
+            ErrorKind::DuplicateFlag {
+                instruction: Keyword::Run,
+                flag: "network".into()
+            }
+        );
         assert_eq!(err.location.map(|l| l.pos), Some(Pos::new(2, 20)));
-        assert_eq!(failure("FROM a\nCOPY --from a b").kind, ErrorKind::MissingFlagValue { flag: "from".into() });
-        assert_eq!(failure("FROM a\nCOPY --link= a b").kind, ErrorKind::MissingFlagValue { flag: "link".into() });
-        assert_eq!(failure("FROM a\nCOPY --link=yes a b").kind, ErrorKind::InvalidBoolFlag { flag: "link".into(), value: "yes".into() });
-        assert_eq!(failure("FROM a\nENV --x=1 a=b").kind, ErrorKind::UnknownFlag { instruction: Keyword::Env, flag: "x".into(), hint: FlagHint::None });
+        assert_eq!(
+            failure("FROM a\nCOPY --from a b").kind,
+            ErrorKind::MissingFlagValue {
+                flag: "from".into()
+            }
+        );
+        assert_eq!(
+            failure("FROM a\nCOPY --link= a b").kind,
+            ErrorKind::MissingFlagValue {
+                flag: "link".into()
+            }
+        );
+        assert_eq!(
+            failure("FROM a\nCOPY --link=yes a b").kind,
+            ErrorKind::InvalidBoolFlag {
+                flag: "link".into(),
+                value: "yes".into()
+            }
+        );
+        assert_eq!(
+            failure("FROM a\nENV --x=1 a=b").kind,
+            ErrorKind::UnknownFlag {
+                instruction: Keyword::Env,
+                flag: "x".into(),
+                hint: FlagHint::None
+            }
+        );
     }
 
     #[test]
@@ -719,24 +864,50 @@ mod tests {
         assert_eq!(sources, ["a", "b"]);
         assert_eq!(copy.dest.text, "/dst/");
 
-        let CommandKind::Copy(add) = one("ADD --checksum=sha256:abc --keep-git-dir=true --link=false https://x/y.tgz /y") else { panic!() };
+        let CommandKind::Copy(add) =
+            one("ADD --checksum=sha256:abc --keep-git-dir=true --link=false https://x/y.tgz /y")
+        else {
+            panic!()
+        };
         assert!(add.is_add && add.keep_git_dir && !add.link);
         assert_eq!(add.checksum.map(|w| w.text).as_deref(), Some("sha256:abc"));
 
-        let CommandKind::Copy(json) = one("COPY [\"a b\", \"/c d/\"]") else { panic!() };
+        let CommandKind::Copy(json) = one("COPY [\"a b\", \"/c d/\"]") else {
+            panic!()
+        };
         assert_eq!(json.sources[0].text, "a b");
         assert_eq!(json.dest.text, "/c d/");
 
-        assert_eq!(failure("COPY onlyone").kind, ErrorKind::NoDestination(Keyword::Copy));
-        assert_eq!(failure("COPY a <<EOF\nx\nEOF").kind, ErrorKind::HeredocAsDestination(Keyword::Copy));
+        assert_eq!(
+            failure("COPY onlyone").kind,
+            ErrorKind::NoDestination(Keyword::Copy)
+        );
+        assert_eq!(
+            failure("COPY a <<EOF\nx\nEOF").kind,
+            ErrorKind::HeredocAsDestination(Keyword::Copy)
+        );
     }
 
     #[test]
     fn heredoc_sources_carry_content() {
-        let CommandKind::Copy(copy) = one("COPY <<one <<-'two' /dst/\nhello $X\none\n\tworld\n\ttwo\n") else { panic!() };
+        let CommandKind::Copy(copy) =
+            one("COPY <<one <<-'two' /dst/\nhello $X\none\n\tworld\n\ttwo\n")
+        else {
+            panic!()
+        };
         assert!(copy.sources.is_empty());
-        let inline: Vec<_> = copy.inline_sources.iter().map(|h| (h.name.as_str(), h.effective_content(), h.expand)).collect();
-        assert_eq!(inline, [("one", "hello $X\n".to_string(), true), ("two", "world\n".to_string(), false)]);
+        let inline: Vec<_> = copy
+            .inline_sources
+            .iter()
+            .map(|h| (h.name.as_str(), h.effective_content(), h.expand))
+            .collect();
+        assert_eq!(
+            inline,
+            [
+                ("one", "hello $X\n".to_string(), true),
+                ("two", "world\n".to_string(), false)
+            ]
+        );
     }
 
     #[test]
@@ -747,22 +918,62 @@ mod tests {
         assert_eq!(run.network, Some(NetworkMode::None));
         assert_eq!(run.security, Some(SecurityMode::Insecure));
         assert!(run.command.shell_form);
-        let CommandKind::Run(run) = one("RUN [\"make\", \"-j2\"]") else { panic!() };
+        let CommandKind::Run(run) = one("RUN [\"make\", \"-j2\"]") else {
+            panic!()
+        };
         assert_eq!(run.command.args, ["make", "-j2"]);
         assert!(!run.command.shell_form);
-        assert_eq!(failure("RUN --network=bridge x").kind, ErrorKind::InvalidNetwork("bridge".into()));
-        assert_eq!(failure("RUN --security=root x").kind, ErrorKind::InvalidSecurity("root".into()));
-        assert_eq!(failure("RUN").kind, ErrorKind::AtLeastOneArgument(Keyword::Run));
+        assert_eq!(
+            failure("RUN --network=bridge x").kind,
+            ErrorKind::InvalidNetwork("bridge".into())
+        );
+        assert_eq!(
+            failure("RUN --security=root x").kind,
+            ErrorKind::InvalidSecurity("root".into())
+        );
+        assert_eq!(
+            failure("RUN").kind,
+            ErrorKind::AtLeastOneArgument(Keyword::Run)
+        );
     }
 
     #[test]
     fn arg_declarations() {
-        let CommandKind::Arg(args) = one("ARG A B=2 C=\"x y\" D=") else { panic!() };
-        let decls: Vec<_> = args.iter().map(|a| (a.name.text.as_str(), a.default.as_ref().map(|d| d.text.as_str()))).collect();
-        assert_eq!(decls, [("A", None), ("B", Some("2")), ("C", Some("\"x y\"")), ("D", Some(""))]);
-        assert_eq!(args[1].default.as_ref().map(|d| d.pos), Some(Pos::new(1, 9)));
-        assert_eq!(failure("ARG =x").kind, ErrorKind::BlankName { instruction: Keyword::Arg });
-        assert_eq!(failure("ARG").kind, ErrorKind::AtLeastOneArgument(Keyword::Arg));
+        let CommandKind::Arg(args) = one("ARG A B=2 C=\"x y\" D=") else {
+            panic!()
+        };
+        let decls: Vec<_> = args
+            .iter()
+            .map(|a| {
+                (
+                    a.name.text.as_str(),
+                    a.default.as_ref().map(|d| d.text.as_str()),
+                )
+            })
+            .collect();
+        assert_eq!(
+            decls,
+            [
+                ("A", None),
+                ("B", Some("2")),
+                ("C", Some("\"x y\"")),
+                ("D", Some(""))
+            ]
+        );
+        assert_eq!(
+            args[1].default.as_ref().map(|d| d.pos),
+            Some(Pos::new(1, 9))
+        );
+        assert_eq!(
+            failure("ARG =x").kind,
+            ErrorKind::BlankName {
+                instruction: Keyword::Arg
+            }
+        );
+        assert_eq!(
+            failure("ARG").kind,
+            ErrorKind::AtLeastOneArgument(Keyword::Arg)
+        );
     }
 
     #[test]
@@ -775,12 +986,30 @@ mod tests {
         assert_eq!(check.retries, 3);
         assert!(check.command.shell_form);
         assert_eq!(one("HEALTHCHECK NONE"), CommandKind::Healthcheck(None));
-        assert_eq!(failure("HEALTHCHECK NONE x").kind, ErrorKind::HealthcheckNoneArguments);
-        assert_eq!(failure("HEALTHCHECK CMD").kind, ErrorKind::HealthcheckMissingCommand);
-        assert_eq!(failure("HEALTHCHECK CONNECT TCP 7000").kind, ErrorKind::HealthcheckUnknownType("CONNECT".into()));
-        assert!(matches!(failure("HEALTHCHECK --interval=1 CMD x").kind, ErrorKind::InvalidDuration { .. }));
-        assert!(matches!(failure("HEALTHCHECK --interval=10us CMD x").kind, ErrorKind::InvalidDuration { .. }));
-        assert_eq!(failure("HEALTHCHECK --retries=-1 CMD x").kind, ErrorKind::InvalidRetries("-1".into()));
+        assert_eq!(
+            failure("HEALTHCHECK NONE x").kind,
+            ErrorKind::HealthcheckNoneArguments
+        );
+        assert_eq!(
+            failure("HEALTHCHECK CMD").kind,
+            ErrorKind::HealthcheckMissingCommand
+        );
+        assert_eq!(
+            failure("HEALTHCHECK CONNECT TCP 7000").kind,
+            ErrorKind::HealthcheckUnknownType("CONNECT".into())
+        );
+        assert!(matches!(
+            failure("HEALTHCHECK --interval=1 CMD x").kind,
+            ErrorKind::InvalidDuration { .. }
+        ));
+        assert!(matches!(
+            failure("HEALTHCHECK --interval=10us CMD x").kind,
+            ErrorKind::InvalidDuration { .. }
+        ));
+        assert_eq!(
+            failure("HEALTHCHECK --retries=-1 CMD x").kind,
+            ErrorKind::InvalidRetries("-1".into())
+        );
     }
 
     #[test]
@@ -798,18 +1027,39 @@ mod tests {
 
     #[test]
     fn shell_requires_json() {
-        assert_eq!(one("SHELL [\"/bin/bash\", \"-c\"]"), CommandKind::Shell(vec!["/bin/bash".into(), "-c".into()]));
+        assert_eq!(
+            one("SHELL [\"/bin/bash\", \"-c\"]"),
+            CommandKind::Shell(vec!["/bin/bash".into(), "-c".into()])
+        );
         assert_eq!(failure("SHELL /bin/bash -c").kind, ErrorKind::ShellNotJson);
-        assert_eq!(failure("SHELL []").kind, ErrorKind::AtLeastOneArgument(Keyword::Shell));
+        assert_eq!(
+            failure("SHELL []").kind,
+            ErrorKind::AtLeastOneArgument(Keyword::Shell)
+        );
     }
 
     #[test]
     fn onbuild_triggers() {
-        assert_eq!(one("ONBUILD RUN echo hi"), CommandKind::Onbuild("RUN echo hi".into()));
-        assert_eq!(one("ONBUILD RUN <<EOF\necho hi\nEOF\n"), CommandKind::Onbuild("RUN <<EOF\necho hi\nEOF".into()));
-        assert_eq!(failure("ONBUILD ONBUILD RUN x").kind, ErrorKind::OnbuildChain);
-        assert_eq!(failure("ONBUILD FROM x").kind, ErrorKind::OnbuildTrigger(Keyword::From));
-        assert_eq!(failure("ONBUILD MAINTAINER x").kind, ErrorKind::OnbuildTrigger(Keyword::Maintainer));
+        assert_eq!(
+            one("ONBUILD RUN echo hi"),
+            CommandKind::Onbuild("RUN echo hi".into())
+        );
+        assert_eq!(
+            one("ONBUILD RUN <<EOF\necho hi\nEOF\n"),
+            CommandKind::Onbuild("RUN <<EOF\necho hi\nEOF".into())
+        );
+        assert_eq!(
+            failure("ONBUILD ONBUILD RUN x").kind,
+            ErrorKind::OnbuildChain
+        );
+        assert_eq!(
+            failure("ONBUILD FROM x").kind,
+            ErrorKind::OnbuildTrigger(Keyword::From)
+        );
+        assert_eq!(
+            failure("ONBUILD MAINTAINER x").kind,
+            ErrorKind::OnbuildTrigger(Keyword::Maintainer)
+        );
         let err = failure("ONBUILD COPY --form=a b c");
         assert_eq!(err.location.map(|l| l.pos), Some(Pos::new(1, 14)));
     }
@@ -818,11 +1068,28 @@ mod tests {
     fn single_value_instructions() {
         assert!(matches!(one("USER app:app"), CommandKind::User(w) if w.text == "app:app"));
         assert!(matches!(one("WORKDIR /a b"), CommandKind::Workdir(w) if w.text == "/a b"));
-        assert_eq!(failure("USER").kind, ErrorKind::ExactlyOneArgument(Keyword::User));
-        assert_eq!(failure("WORKDIR").kind, ErrorKind::ExactlyOneArgument(Keyword::Workdir));
-        assert_eq!(failure("EXPOSE").kind, ErrorKind::AtLeastOneArgument(Keyword::Expose));
+        assert_eq!(
+            failure("USER").kind,
+            ErrorKind::ExactlyOneArgument(Keyword::User)
+        );
+        assert_eq!(
+            failure("WORKDIR").kind,
+            ErrorKind::ExactlyOneArgument(Keyword::Workdir)
+        );
+        assert_eq!(
+            failure("EXPOSE").kind,
+            ErrorKind::AtLeastOneArgument(Keyword::Expose)
+        );
         assert_eq!(failure("VOLUME [\" \"]").kind, ErrorKind::EmptyVolume);
-        assert_eq!(failure("LABEL").kind, ErrorKind::AtLeastOneArgument(Keyword::Label));
-        assert_eq!(failure("ENV =x").kind, ErrorKind::BlankName { instruction: Keyword::Env });
+        assert_eq!(
+            failure("LABEL").kind,
+            ErrorKind::AtLeastOneArgument(Keyword::Label)
+        );
+        assert_eq!(
+            failure("ENV =x").kind,
+            ErrorKind::BlankName {
+                instruction: Keyword::Env
+            }
+        );
     }
 }

@@ -9,10 +9,19 @@
 
 pub mod ast;
 pub mod error;
+pub mod graph;
+mod history;
 pub mod instruction;
+pub mod lower;
+mod mount;
 pub mod parser;
+mod paths;
+pub mod platform;
 pub mod shell;
 mod suggest;
 
 pub use error::{Error, ErrorKind, Pos};
+pub use graph::BuildGraph;
+pub use lower::{lower, BaseImages, LowerOptions, ResolvedImage, UnknownImages};
 pub use parser::{parse, parse_bytes};
+pub use platform::Platform;

@@ -21,7 +21,10 @@ pub fn parse_bytes(bytes: &[u8], name: &str) -> Result<Dockerfile, Error> {
             let line_start = valid.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
             let prefix = String::from_utf8_lossy(&valid[line_start..]);
             let source = Source::new(name, &String::from_utf8_lossy(bytes));
-            Err(source.error(ErrorKind::NotUtf8, Pos::new(line, prefix.chars().count() + 1)))
+            Err(source.error(
+                ErrorKind::NotUtf8,
+                Pos::new(line, prefix.chars().count() + 1),
+            ))
         }
     }
 }
@@ -147,7 +150,7 @@ impl<'s> Parser<'s> {
             let start_line = logical.segments[0].line;
             if empty_continuation {
                 self.warnings.push(Warning {
-                    line: start_line,
+                    line: Some(start_line),
                     message: format!(
                         "empty continuation line in: {}; empty continuation lines will become errors in a future Dockerfile syntax",
                         logical.text.trim()
@@ -293,9 +296,7 @@ impl<'s> Parser<'s> {
         };
         let at = |delta: usize| logical.pos(self.source, args_offset + delta);
         let args = match keyword {
-            Keyword::Add | Keyword::Copy | Keyword::Volume => {
-                self.json_or_list(args_text, &at)?
-            }
+            Keyword::Add | Keyword::Copy | Keyword::Volume => self.json_or_list(args_text, &at)?,
             Keyword::Cmd | Keyword::Entrypoint | Keyword::Run | Keyword::Shell => {
                 self.json_or_text(args_text, &at)?
             }
@@ -362,7 +363,9 @@ impl<'s> Parser<'s> {
             let name_end = text.find(is_split_space).unwrap_or(text.len());
             let value = text[name_end..].trim_start_matches(is_split_space);
             if name_end == text.len() {
-                return Err(self.source.error(ErrorKind::NeedsNameAndValue(keyword), at(0)));
+                return Err(self
+                    .source
+                    .error(ErrorKind::NeedsNameAndValue(keyword), at(0)));
             }
             return Ok(Args::KeyValues(vec![KeyValue {
                 key: Word {
@@ -591,7 +594,10 @@ fn words_arg(words: Vec<(String, usize)>, at: &dyn Fn(usize) -> Pos) -> Args {
     Args::Words(
         words
             .into_iter()
-            .map(|(text, offset)| Word { text, pos: at(offset) })
+            .map(|(text, offset)| Word {
+                text,
+                pos: at(offset),
+            })
             .collect(),
     )
 }
@@ -802,7 +808,11 @@ mod tests {
 
     fn parse_one(text: &str) -> Instruction {
         let dockerfile = parse(text, "Dockerfile").expect("parses");
-        dockerfile.instructions.into_iter().next().expect("one instruction")
+        dockerfile
+            .instructions
+            .into_iter()
+            .next()
+            .expect("one instruction")
     }
 
     fn error(text: &str) -> Error {
@@ -811,27 +821,42 @@ mod tests {
 
     #[test]
     fn flags_stop_at_the_first_non_flag_or_double_dash() {
-        assert_eq!(extract_flags("--a=1 --b x --c"), (10, vec![("--a=1".into(), 0), ("--b".into(), 6)]));
+        assert_eq!(
+            extract_flags("--a=1 --b x --c"),
+            (10, vec![("--a=1".into(), 0), ("--b".into(), 6)])
+        );
         assert_eq!(extract_flags("--a -- --b x").0, 6);
-        assert_eq!(extract_flags("--a=\"x y\" z"), (10, vec![("--a=x y".into(), 0)]));
+        assert_eq!(
+            extract_flags("--a=\"x y\" z"),
+            (10, vec![("--a=x y".into(), 0)])
+        );
         assert_eq!(extract_flags("-- "), (2, vec![]));
         assert_eq!(extract_flags("--x"), (3, vec![("--x".into(), 0)]));
     }
 
     #[test]
     fn words_keep_quotes_and_escapes() {
-        let words: Vec<String> = parse_words(r#"a="b c" d\ e 'f\'"#, '\\').into_iter().map(|w| w.0).collect();
+        let words: Vec<String> = parse_words(r#"a="b c" d\ e 'f\'"#, '\\')
+            .into_iter()
+            .map(|w| w.0)
+            .collect();
         assert_eq!(words, [r#"a="b c""#, r"d\ e", r"'f\'"]);
     }
 
     #[test]
     fn positions_point_into_continued_lines() {
-        let dockerfile = parse("FROM a\nRUN --mount=type=cache,target=/x \\\n    --network=none \\\n  echo hi\n", "Dockerfile").expect("parses");
+        let dockerfile = parse(
+            "FROM a\nRUN --mount=type=cache,target=/x \\\n    --network=none \\\n  echo hi\n",
+            "Dockerfile",
+        )
+        .expect("parses");
         let run = &dockerfile.instructions[1];
         assert_eq!(run.name.pos, Pos::new(2, 1));
         assert_eq!(run.flags[0].pos, Pos::new(2, 5));
         assert_eq!(run.flags[1].pos, Pos::new(3, 5));
-        let Args::Text(command) = &run.args else { panic!("shell form expected") };
+        let Args::Text(command) = &run.args else {
+            panic!("shell form expected")
+        };
         assert_eq!(command.pos, Pos::new(4, 3));
         assert_eq!(command.text, "echo hi");
         assert_eq!((run.start_line, run.end_line), (2, 4));
@@ -840,15 +865,24 @@ mod tests {
     #[test]
     fn positions_count_characters_not_bytes() {
         let dockerfile = parse("FROM a\nLABEL é=1 ü=2\n", "Dockerfile").expect("parses");
-        let Args::KeyValues(pairs) = &dockerfile.instructions[1].args else { panic!() };
+        let Args::KeyValues(pairs) = &dockerfile.instructions[1].args else {
+            panic!()
+        };
         assert_eq!(pairs[1].key.pos, Pos::new(2, 11));
         assert_eq!(pairs[1].value.pos, Pos::new(2, 13));
     }
 
     #[test]
     fn directives_only_at_the_top() {
-        let dockerfile = parse("# syntax=docker/dockerfile:1\n# escape=`\n# check=skip=all\nFROM a\n", "f").expect("parses");
-        assert_eq!(dockerfile.directives.syntax.as_deref(), Some("docker/dockerfile:1"));
+        let dockerfile = parse(
+            "# syntax=docker/dockerfile:1\n# escape=`\n# check=skip=all\nFROM a\n",
+            "f",
+        )
+        .expect("parses");
+        assert_eq!(
+            dockerfile.directives.syntax.as_deref(),
+            Some("docker/dockerfile:1")
+        );
         assert_eq!(dockerfile.directives.escape, '`');
         assert_eq!(dockerfile.directives.check.as_deref(), Some("skip=all"));
         let dockerfile = parse("# hello\n# escape=`\nFROM a\n", "f").expect("parses");
@@ -866,21 +900,29 @@ mod tests {
         assert_eq!(err.location.as_ref().map(|l| l.pos), Some(Pos::new(2, 1)));
         let err = error("# escape=x\nFROM a\n");
         assert_eq!(err.kind, ErrorKind::InvalidEscapeCharacter("x".into()));
-        assert_eq!(err.to_string(), "f:1:1: invalid escape character \"x\": the escape directive accepts only ` or \\".replace("f:", "Dockerfile:"));
+        assert_eq!(
+            err.to_string(),
+            "f:1:1: invalid escape character \"x\": the escape directive accepts only ` or \\"
+                .replace("f:", "Dockerfile:")
+        );
     }
 
     #[test]
     fn bom_and_crlf() {
         let dockerfile = parse("\u{feff}FROM a\r\nRUN b \\\r\n  c\r\n", "f").expect("parses");
         assert_eq!(dockerfile.instructions.len(), 2);
-        let Args::Text(text) = &dockerfile.instructions[1].args else { panic!() };
+        let Args::Text(text) = &dockerfile.instructions[1].args else {
+            panic!()
+        };
         assert_eq!(text.text, "b   c");
     }
 
     #[test]
     fn comments_and_blank_lines_inside_continuations() {
         let run = parse_one("RUN a \\\n# comment\n\n  b\n");
-        let Args::Text(text) = &run.args else { panic!() };
+        let Args::Text(text) = &run.args else {
+            panic!()
+        };
         assert_eq!(text.text, "a   b");
     }
 
@@ -888,7 +930,7 @@ mod tests {
     fn empty_continuation_lines_warn() {
         let dockerfile = parse("FROM a\nRUN a \\\n\n  b\n", "f").expect("parses");
         assert_eq!(dockerfile.warnings.len(), 1);
-        assert_eq!(dockerfile.warnings[0].line, 2);
+        assert_eq!(dockerfile.warnings[0].line, Some(2));
     }
 
     #[test]
@@ -905,7 +947,11 @@ mod tests {
         assert_eq!(run.heredocs[0].effective_content(), "echo hi\n");
 
         let copy = parse_one("COPY <<'A' 3<<\"B\" /dest/\none\nA\ntwo\nB\n");
-        let names: Vec<_> = copy.heredocs.iter().map(|h| (h.name.as_str(), h.expand, h.fd, h.content.as_str())).collect();
+        let names: Vec<_> = copy
+            .heredocs
+            .iter()
+            .map(|h| (h.name.as_str(), h.expand, h.fd, h.content.as_str()))
+            .collect();
         assert_eq!(names, [("A", false, 0, "one\n"), ("B", false, 3, "two\n")]);
 
         let run = parse_one("RUN [\"cat\", \"<<EOF\"]\n");
@@ -913,7 +959,9 @@ mod tests {
         let run = parse_one("RUN echo \"<<EOF\"\n");
         assert!(run.heredocs.is_empty());
         let onbuild = parse_one("ONBUILD RUN <<EOF\nx\nEOF\n");
-        let Args::Onbuild(trigger) = &onbuild.args else { panic!() };
+        let Args::Onbuild(trigger) = &onbuild.args else {
+            panic!()
+        };
         assert_eq!(trigger.heredocs[0].content, "x\n");
     }
 
@@ -942,13 +990,22 @@ mod tests {
         let err = error("FROM a\n  RUNN echo\n");
         assert_eq!(
             err.kind,
-            ErrorKind::UnknownInstruction { name: "RUNN".into(), suggestion: Some("RUN".into()) }
+            ErrorKind::UnknownInstruction {
+                name: "RUNN".into(),
+                suggestion: Some("RUN".into())
+            }
         );
         assert_eq!(err.location.map(|l| l.pos), Some(Pos::new(2, 3)));
         let err = error("FORM a\n");
-        assert_eq!(err.to_string(), "Dockerfile:1:1: unknown instruction: FORM (did you mean FROM?)");
+        assert_eq!(
+            err.to_string(),
+            "Dockerfile:1:1: unknown instruction: FORM (did you mean FROM?)"
+        );
         let err = error("BANANA a\n");
-        assert_eq!(err.to_string(), "Dockerfile:1:1: unknown instruction: BANANA");
+        assert_eq!(
+            err.to_string(),
+            "Dockerfile:1:1: unknown instruction: BANANA"
+        );
     }
 
     #[test]
@@ -963,7 +1020,13 @@ mod tests {
         let err = error("FROM a\nENV PATH\n");
         assert_eq!(err.kind, ErrorKind::NeedsNameAndValue(Keyword::Env));
         let err = error("FROM a\nENV a=b c\n");
-        assert_eq!(err.kind, ErrorKind::MissingEquals { instruction: Keyword::Env, word: "c".into() });
+        assert_eq!(
+            err.kind,
+            ErrorKind::MissingEquals {
+                instruction: Keyword::Env,
+                word: "c".into()
+            }
+        );
         assert_eq!(err.location.map(|l| l.pos), Some(Pos::new(2, 9)));
     }
 
@@ -971,7 +1034,10 @@ mod tests {
     fn empty_and_comment_only_files() {
         assert_eq!(error("").kind, ErrorKind::Empty);
         assert_eq!(error("\n\n  \n").kind, ErrorKind::Empty);
-        assert_eq!(error("# just a comment\n\n").kind, ErrorKind::NoInstructions);
+        assert_eq!(
+            error("# just a comment\n\n").kind,
+            ErrorKind::NoInstructions
+        );
     }
 
     #[test]

@@ -120,7 +120,10 @@ impl EnvList {
 
     /// The variables as `KEY=VALUE` strings, in assignment order.
     pub fn to_key_values(&self) -> Vec<String> {
-        self.entries.iter().map(|(k, v)| format!("{k}={v}")).collect()
+        self.entries
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect()
     }
 }
 
@@ -354,7 +357,9 @@ impl WordState<'_> {
                             None => continue,
                             // Inside double quotes only these can be escaped;
                             // any other escape character stays literal.
-                            Some(next) if next == '"' || next == '$' || next == self.lexer.escape => {
+                            Some(next)
+                                if next == '"' || next == '$' || next == self.lexer.escape =>
+                            {
                                 ch = next;
                                 self.pos += 1;
                             }
@@ -428,9 +433,15 @@ impl WordState<'_> {
         if self.lexer.skip_unset_env && value.is_none() {
             return Ok(format!("${{{name}{modifier}{word}}}"));
         }
-        let empty = value.as_deref().is_none_or(|v| null_is_unset && v.is_empty());
+        let empty = value
+            .as_deref()
+            .is_none_or(|v| null_is_unset && v.is_empty());
         match op {
-            Some('-') => Ok(if empty { word } else { value.unwrap_or_default() }),
+            Some('-') => Ok(if empty {
+                word
+            } else {
+                value.unwrap_or_default()
+            }),
             Some('+') => Ok(if empty { String::new() } else { word }),
             Some('?') => {
                 let default_message = match &value {
@@ -438,8 +449,15 @@ impl WordState<'_> {
                     Some(v) if null_is_unset && v.is_empty() => "is not allowed to be empty",
                     Some(v) => return Ok(v.clone()),
                 };
-                let message = if word.is_empty() { default_message.to_string() } else { word };
-                Err(ShellError::Required { name: name.to_string(), message })
+                let message = if word.is_empty() {
+                    default_message.to_string()
+                } else {
+                    word
+                };
+                Err(ShellError::Required {
+                    name: name.to_string(),
+                    message,
+                })
             }
             Some(op @ ('#' | '%')) if !null_is_unset => {
                 let greedy = word.starts_with(op);
@@ -479,7 +497,12 @@ impl WordState<'_> {
             return Ok(re.replace_all(&value, replacement.as_str()).into_owned());
         }
         Ok(match re.find(&value) {
-            Some(m) => format!("{}{}{}", &value[..m.start()], replacement, &value[m.end()..]),
+            Some(m) => format!(
+                "{}{}{}",
+                &value[..m.start()],
+                replacement,
+                &value[m.end()..]
+            ),
             None => value,
         })
     }
@@ -525,7 +548,11 @@ fn is_special_parameter(ch: char) -> bool {
 
 /// Converts a shell wildcard pattern (`*`, `?`, `\` escapes; no brackets) to a
 /// regular expression. `greedy` picks the longest match for `*`.
-fn shell_pattern_to_regex(pattern: &str, greedy: bool, anchored: bool) -> Result<Regex, ShellError> {
+fn shell_pattern_to_regex(
+    pattern: &str,
+    greedy: bool,
+    anchored: bool,
+) -> Result<Regex, ShellError> {
     let mut out = String::with_capacity(pattern.len() + 4);
     if anchored {
         out.push('^');
@@ -608,7 +635,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn expand(word: &str, pairs: &[(&str, &str)]) -> Result<String, ShellError> {
@@ -621,14 +651,20 @@ mod tests {
             ("*", "^.*"),
             ("?", "^."),
             ("\\*", "^\\*"),
-            ("(()[]{\\}^$.\\*\\?|\\\\", "^\\(\\(\\)\\[\\]\\{\\}\\^\\$\\.\\*\\?\\|\\\\"),
+            (
+                "(()[]{\\}^$.\\*\\?|\\\\",
+                "^\\(\\(\\)\\[\\]\\{\\}\\^\\$\\.\\*\\?\\|\\\\",
+            ),
         ];
         for (pattern, expected) in cases {
             let re = shell_pattern_to_regex(pattern, true, true).expect(pattern);
             assert_eq!(re.as_str(), expected, "pattern {pattern}");
         }
         for invalid in ["\\", "\\x", "\\\\\\"] {
-            assert!(shell_pattern_to_regex(invalid, true, true).is_err(), "{invalid}");
+            assert!(
+                shell_pattern_to_regex(invalid, true, true).is_err(),
+                "{invalid}"
+            );
         }
     }
 
@@ -655,11 +691,20 @@ mod tests {
         let no_empty = "${VAR:?message here$ARG}";
         let no_unset = "${VAR?message here$ARG}";
         assert_eq!(expand(no_empty, &set).as_deref(), Ok("plain"));
-        assert!(expand(no_empty, &empty).unwrap_err().to_string().contains("message herex"));
-        assert!(expand(no_empty, &unset).unwrap_err().to_string().contains("message herex"));
+        assert!(expand(no_empty, &empty)
+            .unwrap_err()
+            .to_string()
+            .contains("message herex"));
+        assert!(expand(no_empty, &unset)
+            .unwrap_err()
+            .to_string()
+            .contains("message herex"));
         assert_eq!(expand(no_unset, &set).as_deref(), Ok("plain"));
         assert_eq!(expand(no_unset, &empty).as_deref(), Ok(""));
-        assert!(expand(no_unset, &unset).unwrap_err().to_string().contains("message herex"));
+        assert!(expand(no_unset, &unset)
+            .unwrap_err()
+            .to_string()
+            .contains("message herex"));
         assert_eq!(
             expand("${X?}", &[]).unwrap_err().to_string(),
             "X: is not allowed to be unset"
@@ -684,15 +729,27 @@ mod tests {
         for (word, expected) in cases {
             assert_eq!(expand(word, &vars).as_deref(), Ok(expected), "{word}");
         }
-        for word in ["${FOO=aaa}", "${FOO=:aaa}", "${BAZ?ccc}", "${BAR:?bbb}", "${FOO:#x}"] {
+        for word in [
+            "${FOO=aaa}",
+            "${FOO=:aaa}",
+            "${BAZ?ccc}",
+            "${BAR:?bbb}",
+            "${FOO:#x}",
+        ] {
             assert!(expand(word, &vars).is_err(), "{word} should fail");
         }
     }
 
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+
     #[test]
     fn prefix_and_suffix_removal() {
-        let cases: &[(&str, &[(&str, &str)], &str)] = &[
-            ("${FOO#()[]{\\}^$.\\*\\?|\\\\}", &[("FOO", "()[]{}^$.*?|\\x")], "x"),
+        let cases: &[Case] = &[
+            (
+                "${FOO#()[]{\\}^$.\\*\\?|\\\\}",
+                &[("FOO", "()[]{}^$.*?|\\x")],
+                "x",
+            ),
             ("${FOO%%\\**}", &[("FOO", "xx**")], "xx"),
             ("${FOO#*x*y}", &[("FOO", "xxyy")], "y"),
             ("${FOO#*}", &[("FOO", "xxyy")], "xxyy"),
@@ -716,7 +773,7 @@ mod tests {
 
     #[test]
     fn substitution_replaces_first_or_all_matches() {
-        let cases: &[(&str, &[(&str, &str)], &str)] = &[
+        let cases: &[Case] = &[
             (
                 "${FOO/$NEEDLE/.} - ${FOO//$NEEDLE/.}",
                 &[("FOO", "/foo*/*/*.txt"), ("NEEDLE", "\\*/")],
@@ -729,15 +786,27 @@ mod tests {
             ),
             (
                 "${FOO/$NEEDLE/$REPLACEMENT} - ${FOO//$NEEDLE/$REPLACEMENT}",
-                &[("FOO", "/a/foo/b/c.txt"), ("NEEDLE", "/?/"), ("REPLACEMENT", "/")],
+                &[
+                    ("FOO", "/a/foo/b/c.txt"),
+                    ("NEEDLE", "/?/"),
+                    ("REPLACEMENT", "/"),
+                ],
                 "/foo/b/c.txt - /foo/c.txt",
             ),
             (
                 "${FOO/$NEEDLE/$REPLACEMENT}",
-                &[("FOO", "http://google.de"), ("NEEDLE", "http://"), ("REPLACEMENT", "https://")],
+                &[
+                    ("FOO", "http://google.de"),
+                    ("NEEDLE", "http://"),
+                    ("REPLACEMENT", "https://"),
+                ],
                 "https://google.de",
             ),
-            ("${FOO//\\//\\/}", &[("FOO", "/tmp/foo.txt")], "\\/tmp\\/foo.txt"),
+            (
+                "${FOO//\\//\\/}",
+                &[("FOO", "/tmp/foo.txt")],
+                "\\/tmp\\/foo.txt",
+            ),
             ("${FOO/$BAR/ww}", &[("FOO", "xxyy"), ("BAR", "")], "wwxxyy"),
             ("${FOO///}", &[("FOO", "xxyy")], "xxyy"),
             ("${FOO///}", &[], ""),
@@ -745,17 +814,38 @@ mod tests {
         for (word, vars, expected) in cases {
             assert_eq!(expand(word, vars).as_deref(), Ok(*expected), "{word}");
         }
-        assert_eq!(expand("${FOO//ww}", &[("FOO", "xxyy")]), Err(ShellError::MissingSlash));
-        assert_eq!(expand("${FOO//}", &[("FOO", "xxyy")]), Err(ShellError::MissingSlash));
+        assert_eq!(
+            expand("${FOO//ww}", &[("FOO", "xxyy")]),
+            Err(ShellError::MissingSlash)
+        );
+        assert_eq!(
+            expand("${FOO//}", &[("FOO", "xxyy")]),
+            Err(ShellError::MissingSlash)
+        );
     }
 
     #[test]
     fn platform_style_names_expand() {
         let word = "something-${VERSION}.${TARGETOS}-${TARGETARCH}${TARGETVARIANT:+-${TARGETVARIANT}}.tar.gz";
-        let vars = [("VERSION", "v1.2.3"), ("TARGETOS", "linux"), ("TARGETARCH", "arm"), ("TARGETVARIANT", "v7")];
-        assert_eq!(expand(word, &vars).as_deref(), Ok("something-v1.2.3.linux-arm-v7.tar.gz"));
-        let vars = [("VERSION", "v1.2.3"), ("TARGETOS", "linux"), ("TARGETARCH", "amd64")];
-        assert_eq!(expand(word, &vars).as_deref(), Ok("something-v1.2.3.linux-amd64.tar.gz"));
+        let vars = [
+            ("VERSION", "v1.2.3"),
+            ("TARGETOS", "linux"),
+            ("TARGETARCH", "arm"),
+            ("TARGETVARIANT", "v7"),
+        ];
+        assert_eq!(
+            expand(word, &vars).as_deref(),
+            Ok("something-v1.2.3.linux-arm-v7.tar.gz")
+        );
+        let vars = [
+            ("VERSION", "v1.2.3"),
+            ("TARGETOS", "linux"),
+            ("TARGETARCH", "amd64"),
+        ];
+        assert_eq!(
+            expand(word, &vars).as_deref(),
+            Ok("something-v1.2.3.linux-amd64.tar.gz")
+        );
     }
 
     #[test]
@@ -763,13 +853,21 @@ mod tests {
         let mut lexer = Lexer::new('\\');
         lexer.skip_unset_env = true;
         let vars = env(&[("SET", "v")]);
-        assert_eq!(lexer.process_word("$SET $UNSET ${UNSET} ${UNSET:-x}", &vars).as_deref(), Ok("v $UNSET ${UNSET} ${UNSET:-x}"));
+        assert_eq!(
+            lexer
+                .process_word("$SET $UNSET ${UNSET} ${UNSET:-x}", &vars)
+                .as_deref(),
+            Ok("v $UNSET ${UNSET} ${UNSET:-x}")
+        );
     }
 
     #[test]
     fn backtick_escape_character() {
         let lexer = Lexer::new('`');
-        assert_eq!(lexer.process_word("a`$b c:\\d", &NoVariables).as_deref(), Ok("a$b c:\\d"));
+        assert_eq!(
+            lexer.process_word("a`$b c:\\d", &NoVariables).as_deref(),
+            Ok("a$b c:\\d")
+        );
     }
 
     #[test]

@@ -38,7 +38,9 @@ fn go_quote(s: &str) -> String {
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
             '\u{b}' => out.push_str("\\v"),
-            c if (c as u32) < 0x20 || c == '\u{7f}' => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
+            }
             c if c == ' ' || !(c.is_control() || c.is_whitespace()) => out.push(c),
             c if (c as u32) < 0x10000 => out.push_str(&format!("\\u{:04x}", c as u32)),
             c => out.push_str(&format!("\\U{:08x}", c as u32)),
@@ -81,7 +83,11 @@ fn dump_args(args: &Args, out: &mut String) {
 fn dump(instruction: &Instruction) -> String {
     let mut out = instruction.name.text.to_lowercase();
     if !instruction.flags.is_empty() {
-        let flags: Vec<String> = instruction.flags.iter().map(|f| go_quote(&f.text)).collect();
+        let flags: Vec<String> = instruction
+            .flags
+            .iter()
+            .map(|f| go_quote(&f.text))
+            .collect();
         out.push_str(&format!(" [{}]", flags.join(" ")));
     }
     dump_args(&instruction.args, &mut out);
@@ -117,7 +123,13 @@ fn parser_cases_match_buildkit_dumps() {
             ));
         }
     }
-    assert!(failures.is_empty(), "{} of {} cases differ:\n{}", failures.len(), dirs.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases differ:\n{}",
+        failures.len(),
+        dirs.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -147,10 +159,15 @@ fn instruction_lines_match_buildkit() {
 #[test]
 fn expansion_table_matches_buildkit() {
     let text = fs::read_to_string(testdata("envVarTest")).expect("envVarTest");
-    let env: HashMap<String, String> = [("PWD", "/home"), ("SHELL", "bash"), ("KOREAN", "한국어"), ("NULL", "")]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    let env: HashMap<String, String> = [
+        ("PWD", "/home"),
+        ("SHELL", "bash"),
+        ("KOREAN", "한국어"),
+        ("NULL", ""),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
     let lexer = Lexer::new('\\');
     let mut checked = 0;
     let mut failures = Vec::new();
@@ -172,7 +189,10 @@ fn expansion_table_matches_buildkit() {
             (Err(_), _) => false,
         };
         if !ok {
-            failures.push(format!("line {}: {input:?} gave {result:?}, expected {expected:?}", number + 1));
+            failures.push(format!(
+                "line {}: {input:?} gave {result:?}, expected {expected:?}",
+                number + 1
+            ));
         }
     }
     assert!(checked > 200, "only {checked} cases read");
@@ -199,13 +219,20 @@ fn word_splitting_table_matches_buildkit() {
         let fields: Vec<&str> = line.split('|').collect();
         assert_eq!(fields.len(), 2, "line {}: {line:?}", number + 1);
         let input = fields[0].trim();
-        let expected: Vec<String> = fields[1].trim_start_matches(' ').split(',').map(str::to_string).collect();
+        let expected: Vec<String> = fields[1]
+            .trim_start_matches(' ')
+            .split(',')
+            .map(str::to_string)
+            .collect();
         let actual = lexer
             .process_words(input, &env)
             .unwrap_or_else(|_| vec!["error".to_string()]);
         checked += 1;
         if actual != expected {
-            failures.push(format!("line {}: {input:?} gave {actual:?}, expected {expected:?}", number + 1));
+            failures.push(format!(
+                "line {}: {input:?} gave {actual:?}, expected {expected:?}",
+                number + 1
+            ));
         }
     }
     assert!(checked > 20, "only {checked} cases read");
