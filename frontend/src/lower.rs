@@ -20,7 +20,7 @@ use crate::instruction::{
     self, ArgDeclaration, Command, CommandKind, CommandLine, CopyCommand, FromCommand,
     HealthcheckCommand, NetworkMode, Pair, RunCommand, SecurityMode,
 };
-use crate::mount::{parse_mount, MountSpec, MountType};
+use crate::mount::{literal_from, parse_mount, MountSpec, MountType};
 use crate::parser::{self, parse_heredoc_word};
 use crate::paths;
 use crate::platform::Platform;
@@ -119,6 +119,7 @@ pub fn lower(
     lowering.lowered = vec![None; lowering.stages.len()];
     lowering.in_progress = vec![false; lowering.stages.len()];
     lowering.set_global_args(&meta_args)?;
+    lowering.check_forward_references()?;
     let target = lowering.target_index()?;
     lowering.lower_stage(target)?;
 
@@ -413,6 +414,62 @@ impl Lowering<'_> {
             if let Some(value) = value {
                 self.global_args.set(key, &value);
             }
+        }
+        Ok(())
+    }
+
+    /// A stage can only use stages defined before it. This is checked for
+    /// every stage, built or not, wherever the reference is literal.
+    fn check_forward_references(&self) -> Result<(), Error> {
+        for (index, stage) in self.stages.iter().enumerate() {
+            let image = &stage.from.image;
+            if let Ok(name) = self.lexer.process_word(&image.text, &self.global_args) {
+                self.check_reference(index, &name, image.pos, false)?;
+            }
+            for command in &stage.commands {
+                match &command.kind {
+                    CommandKind::Copy(CopyCommand {
+                        from: Some(from), ..
+                    }) if !from.text.contains('$') => {
+                        self.check_reference(index, &from.text, from.pos, true)?;
+                    }
+                    CommandKind::Run(run) => {
+                        for mount in &run.mounts {
+                            if let Some(from) = literal_from(&mount.text) {
+                                self.check_reference(index, &from, mount.pos, true)?;
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check_reference(
+        &self,
+        current: usize,
+        name: &str,
+        pos: Pos,
+        self_is_error: bool,
+    ) -> Result<(), Error> {
+        let Some(index) = self.stage_by_name(name) else {
+            return Ok(());
+        };
+        if index == current && self_is_error {
+            return Err(self
+                .source
+                .error(ErrorKind::SelfReference(name.to_string()), pos));
+        }
+        if index > current {
+            return Err(self.source.error(
+                ErrorKind::ForwardStageReference {
+                    name: name.to_string(),
+                    defined_at: self.stages[index].from_command.start_line,
+                },
+                pos,
+            ));
         }
         Ok(())
     }

@@ -199,6 +199,14 @@ pub fn parse_mount(
     Ok(mount)
 }
 
+/// The `from=` of a `--mount` value when it is written without variables.
+pub fn literal_from(spec: &str) -> Option<String> {
+    split_csv(spec).ok()?.into_iter().find_map(|field| {
+        let (key, value) = field.split_once('=')?;
+        (key.eq_ignore_ascii_case("from") && !value.contains('$')).then(|| value.to_string())
+    })
+}
+
 fn validate(mount: &mut MountSpec, readonly: Option<bool>) -> Result<(), String> {
     let owner_allowed = matches!(
         mount.kind,
