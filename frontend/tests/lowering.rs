@@ -69,6 +69,9 @@ fn failure_at(text: &str) -> (ErrorKind, Pos) {
     (error.kind, pos)
 }
 
+/// A Dockerfile, a check of the error it gives, and where the error points.
+type ErrorCase = (&'static str, fn(&ErrorKind) -> bool, Pos);
+
 fn target(graph: &BuildGraph) -> &Stage {
     &graph.stages[graph.target]
 }
@@ -279,7 +282,7 @@ fn copy_from_index_image_and_stage() {
 
 #[test]
 fn stage_reference_errors() {
-    let cases: &[(&str, fn(&ErrorKind) -> bool, Pos)] = &[
+    let cases: &[ErrorCase] = &[
         (
             "FROM a\nCOPY --from=later /x /x\nFROM b AS later\n",
             |k| matches!(k, ErrorKind::ForwardStageReference { name, defined_at: 3 } if name == "later"),
@@ -813,7 +816,7 @@ fn configuration_instructions() {
 
 #[test]
 fn configuration_errors_point_at_the_value() {
-    let cases: &[(&str, fn(&ErrorKind) -> bool, Pos)] = &[
+    let cases: &[ErrorCase] = &[
         (
             "FROM a\nENV A=\"unterminated\n",
             |k| matches!(k, ErrorKind::Expansion { .. }),
