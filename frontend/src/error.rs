@@ -216,6 +216,10 @@ pub enum ErrorKind {
     InvalidSignal(String),
     #[error("invalid port {port:?}: {reason}")]
     InvalidPort { port: String, reason: String },
+    #[error("invalid pattern {pattern:?}: {reason}")]
+    InvalidIgnorePattern { pattern: String, reason: String },
+    #[error("cannot read {path}: {message}")]
+    Read { path: String, message: String },
     #[error("WORKDIR {0:?} expands to an empty path")]
     EmptyWorkdir(String),
     #[error("ONBUILD trigger {0:?} must be exactly one instruction")]

@@ -11,6 +11,7 @@ pub mod ast;
 pub mod error;
 pub mod graph;
 mod history;
+pub mod ignore;
 pub mod instruction;
 pub mod lower;
 mod mount;
@@ -22,6 +23,7 @@ mod suggest;
 
 pub use error::{Error, ErrorKind, Pos};
 pub use graph::BuildGraph;
+pub use ignore::DockerIgnore;
 pub use lower::{lower, BaseImages, LowerOptions, ResolvedImage, UnknownImages};
 pub use parser::{parse, parse_bytes};
 pub use platform::Platform;

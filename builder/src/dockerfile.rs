@@ -1,0 +1,88 @@
+//! Reading a Dockerfile and its options from the command line and lowering
+//! it to a build graph.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use kiln_frontend::{BuildGraph, DockerIgnore, LowerOptions, Platform, UnknownImages};
+
+use crate::cli::DockerfileArgs;
+
+/// Reads, parses and lowers the Dockerfile the arguments name.
+pub fn load(args: &DockerfileArgs, labels: &[String], allow: &[String]) -> anyhow::Result<BuildGraph> {
+    let (path, bytes) = read_dockerfile(args)?;
+    let name = path.display().to_string();
+    let dockerfile = kiln_frontend::parse_bytes(&bytes, &name)?;
+    for warning in &dockerfile.warnings {
+        match warning.line {
+            Some(line) => eprintln!("warning: {name}:{line}: {}", warning.message),
+            None => eprintln!("warning: {}", warning.message),
+        }
+    }
+    // A bad ignore pattern is reported before anything is built.
+    DockerIgnore::load(&path, &args.context)?;
+    let options = lower_options(args, labels, allow)?;
+    let graph = kiln_frontend::lower(&dockerfile, &options, &mut UnknownImages)?;
+    for warning in graph.warnings.iter().filter(|w| w.line.is_none()) {
+        eprintln!("warning: {}", warning.message);
+    }
+    Ok(graph)
+}
+
+fn read_dockerfile(args: &DockerfileArgs) -> anyhow::Result<(PathBuf, Vec<u8>)> {
+    let path = args.file.clone().unwrap_or_else(|| args.context.join("Dockerfile"));
+    if path.as_os_str() == "-" {
+        let mut bytes = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut bytes)
+            .context("reading the Dockerfile from standard input")?;
+        return Ok((args.context.join("Dockerfile"), bytes));
+    }
+    let bytes = std::fs::read(&path).with_context(|| format!("reading the Dockerfile {}", path.display()))?;
+    Ok((path, bytes))
+}
+
+fn lower_options(args: &DockerfileArgs, labels: &[String], allow: &[String]) -> anyhow::Result<LowerOptions> {
+    let mut options = LowerOptions {
+        target: args.target.clone(),
+        ..LowerOptions::default()
+    };
+    if let Some(platform) = &args.platform {
+        options.target_platform =
+            Platform::parse(platform).map_err(|reason| anyhow::anyhow!("invalid --platform {platform:?}: {reason}"))?;
+    }
+    for arg in &args.build_args {
+        match arg.split_once('=') {
+            Some((key, value)) => {
+                options.build_args.insert(key.to_string(), value.to_string());
+            }
+            // Like docker: a bare name takes its value from the environment,
+            // and is ignored when the environment does not have it.
+            None => {
+                if let Ok(value) = std::env::var(arg) {
+                    options.build_args.insert(arg.clone(), value);
+                }
+            }
+        }
+    }
+    options.labels = parse_labels(labels)?;
+    for entitlement in allow {
+        match entitlement.as_str() {
+            "security.insecure" => options.allow_insecure = true,
+            other => bail!("unknown --allow entitlement {other:?} (known: security.insecure)"),
+        }
+    }
+    Ok(options)
+}
+
+fn parse_labels(labels: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    labels
+        .iter()
+        .map(|label| match label.split_once('=') {
+            Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
+            _ => bail!("invalid --label {label:?}: expected KEY=VALUE"),
+        })
+        .collect()
+}
