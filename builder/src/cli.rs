@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "kiln", version, about = "Build container images from Dockerfiles, without a daemon")]
+#[command(
+    name = "kiln",
+    version,
+    about = "Build container images from Dockerfiles, without a daemon"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

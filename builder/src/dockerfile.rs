@@ -11,7 +11,11 @@ use kiln_frontend::{BuildGraph, DockerIgnore, LowerOptions, Platform, UnknownIma
 use crate::cli::DockerfileArgs;
 
 /// Reads, parses and lowers the Dockerfile the arguments name.
-pub fn load(args: &DockerfileArgs, labels: &[String], allow: &[String]) -> anyhow::Result<BuildGraph> {
+pub fn load(
+    args: &DockerfileArgs,
+    labels: &[String],
+    allow: &[String],
+) -> anyhow::Result<BuildGraph> {
     let (path, bytes) = read_dockerfile(args)?;
     let name = path.display().to_string();
     let dockerfile = kiln_frontend::parse_bytes(&bytes, &name)?;
@@ -32,7 +36,10 @@ pub fn load(args: &DockerfileArgs, labels: &[String], allow: &[String]) -> anyho
 }
 
 fn read_dockerfile(args: &DockerfileArgs) -> anyhow::Result<(PathBuf, Vec<u8>)> {
-    let path = args.file.clone().unwrap_or_else(|| args.context.join("Dockerfile"));
+    let path = args
+        .file
+        .clone()
+        .unwrap_or_else(|| args.context.join("Dockerfile"));
     if path.as_os_str() == "-" {
         let mut bytes = Vec::new();
         std::io::stdin()
@@ -40,23 +47,30 @@ fn read_dockerfile(args: &DockerfileArgs) -> anyhow::Result<(PathBuf, Vec<u8>)> 
             .context("reading the Dockerfile from standard input")?;
         return Ok((args.context.join("Dockerfile"), bytes));
     }
-    let bytes = std::fs::read(&path).with_context(|| format!("reading the Dockerfile {}", path.display()))?;
+    let bytes = std::fs::read(&path)
+        .with_context(|| format!("reading the Dockerfile {}", path.display()))?;
     Ok((path, bytes))
 }
 
-fn lower_options(args: &DockerfileArgs, labels: &[String], allow: &[String]) -> anyhow::Result<LowerOptions> {
+fn lower_options(
+    args: &DockerfileArgs,
+    labels: &[String],
+    allow: &[String],
+) -> anyhow::Result<LowerOptions> {
     let mut options = LowerOptions {
         target: args.target.clone(),
         ..LowerOptions::default()
     };
     if let Some(platform) = &args.platform {
-        options.target_platform =
-            Platform::parse(platform).map_err(|reason| anyhow::anyhow!("invalid --platform {platform:?}: {reason}"))?;
+        options.target_platform = Platform::parse(platform)
+            .map_err(|reason| anyhow::anyhow!("invalid --platform {platform:?}: {reason}"))?;
     }
     for arg in &args.build_args {
         match arg.split_once('=') {
             Some((key, value)) => {
-                options.build_args.insert(key.to_string(), value.to_string());
+                options
+                    .build_args
+                    .insert(key.to_string(), value.to_string());
             }
             // Like docker: a bare name takes its value from the environment,
             // and is ignored when the environment does not have it.

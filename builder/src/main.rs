@@ -14,6 +14,11 @@ use clap::Parser;
 
 use cli::{Cli, Command, DebugCommand};
 
+// Builds allocate many small strings and buffers; mimalloc handles that
+// pattern markedly faster than the system allocator.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {

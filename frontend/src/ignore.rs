@@ -38,7 +38,10 @@ impl DockerIgnore {
     pub fn load(dockerfile: &Path, context: &Path) -> Result<Self, Error> {
         let mut beside_dockerfile = dockerfile.as_os_str().to_owned();
         beside_dockerfile.push(".dockerignore");
-        for candidate in [PathBuf::from(beside_dockerfile), context.join(".dockerignore")] {
+        for candidate in [
+            PathBuf::from(beside_dockerfile),
+            context.join(".dockerignore"),
+        ] {
             match std::fs::read(&candidate) {
                 Ok(bytes) => {
                     let text = String::from_utf8_lossy(&bytes);
@@ -105,7 +108,10 @@ impl DockerIgnore {
                 regex,
             });
         }
-        Ok(DockerIgnore { file: None, patterns })
+        Ok(DockerIgnore {
+            file: None,
+            patterns,
+        })
     }
 
     /// The file the rules were read from, if any.
@@ -121,7 +127,13 @@ impl DockerIgnore {
     pub fn patterns(&self) -> Vec<String> {
         self.patterns
             .iter()
-            .map(|p| if p.exclusion { format!("!{}", p.text) } else { p.text.clone() })
+            .map(|p| {
+                if p.exclusion {
+                    format!("!{}", p.text)
+                } else {
+                    p.text.clone()
+                }
+            })
             .collect()
     }
 
@@ -205,7 +217,11 @@ fn compile(pattern: &str) -> Result<Regex, String> {
                 if chars.peek() == Some(&'/') {
                     chars.next();
                 }
-                re.push_str(if chars.peek().is_none() { ".*" } else { "(.*/)?" });
+                re.push_str(if chars.peek().is_none() {
+                    ".*"
+                } else {
+                    "(.*/)?"
+                });
             }
             '*' => re.push_str("[^/]*"),
             '?' => re.push_str("[^/]"),
@@ -219,7 +235,12 @@ fn compile(pattern: &str) -> Result<Regex, String> {
     }
     re.push('$');
     Regex::new(&re).map_err(|err| match err {
-        regex::Error::Syntax(message) => message.lines().last().unwrap_or_default().trim().to_string(),
+        regex::Error::Syntax(message) => message
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
         other => other.to_string(),
     })
 }
@@ -235,23 +256,60 @@ mod tests {
     #[test]
     fn docker_matching_rules() {
         let cases: &[(&str, &[(&str, bool)])] = &[
-            ("*.md", &[("README.md", true), ("docs/README.md", false), ("md", false)]),
-            ("**/*.md", &[("README.md", true), ("docs/a/README.md", true), ("README.mdx", false)]),
-            ("docs", &[("docs", true), ("docs/a/b.txt", true), ("docsx", false)]),
+            (
+                "*.md",
+                &[
+                    ("README.md", true),
+                    ("docs/README.md", false),
+                    ("md", false),
+                ],
+            ),
+            (
+                "**/*.md",
+                &[
+                    ("README.md", true),
+                    ("docs/a/README.md", true),
+                    ("README.mdx", false),
+                ],
+            ),
+            (
+                "docs",
+                &[("docs", true), ("docs/a/b.txt", true), ("docsx", false)],
+            ),
             ("docs/", &[("docs/a", true)]),
             ("/build", &[("build/x", true), ("src/build", false)]),
             ("./tmp", &[("tmp/a", true)]),
-            ("a/*/c", &[("a/b/c", true), ("a/b/x/c", false), ("a/b/c/d", true)]),
+            (
+                "a/*/c",
+                &[("a/b/c", true), ("a/b/x/c", false), ("a/b/c/d", true)],
+            ),
             ("a/**/c", &[("a/c", true), ("a/b/x/c", true)]),
-            ("file?.txt", &[("file1.txt", true), ("file10.txt", false), ("file/.txt", false)]),
+            (
+                "file?.txt",
+                &[
+                    ("file1.txt", true),
+                    ("file10.txt", false),
+                    ("file/.txt", false),
+                ],
+            ),
             ("[a-c]*", &[("apple", true), ("dog", false)]),
             ("**", &[("anything/at/all", true)]),
             ("logs/**", &[("logs/x/y", true), ("logsx", false)]),
             ("\\*literal", &[("*literal", true), ("xliteral", false)]),
             ("*\n!keep.md", &[("keep.md", false), ("other.md", true)]),
             ("!keep.md\n*", &[("keep.md", true)]),
-            ("dir\n!dir/keep", &[("dir/keep", false), ("dir/keep/inner", false), ("dir/other", true)]),
-            ("# comment\n\n  spaced  ", &[("spaced", true), ("# comment", false)]),
+            (
+                "dir\n!dir/keep",
+                &[
+                    ("dir/keep", false),
+                    ("dir/keep/inner", false),
+                    ("dir/other", true),
+                ],
+            ),
+            (
+                "# comment\n\n  spaced  ",
+                &[("spaced", true), ("# comment", false)],
+            ),
         ];
         for (text, checks) in cases {
             let rules = rules(text);
@@ -286,9 +344,16 @@ mod tests {
     #[test]
     fn bad_patterns_name_the_line() {
         let err = DockerIgnore::parse("ok\n  [unclosed\n", ".dockerignore").expect_err("bad");
-        assert!(matches!(err.kind, ErrorKind::InvalidIgnorePattern { .. }), "{err:?}");
+        assert!(
+            matches!(err.kind, ErrorKind::InvalidIgnorePattern { .. }),
+            "{err:?}"
+        );
         assert_eq!(err.location.as_ref().map(|l| l.pos), Some(Pos::new(2, 3)));
-        assert!(err.to_string().starts_with(".dockerignore:2:3: invalid pattern \"[unclosed\""), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with(".dockerignore:2:3: invalid pattern \"[unclosed\""),
+            "{err}"
+        );
         let err = DockerIgnore::parse("!\n", ".dockerignore").expect_err("bare !");
         assert!(err.to_string().contains("must be followed by a pattern"));
     }
@@ -301,10 +366,17 @@ mod tests {
         let dockerfile = dir.join("app.Dockerfile");
         let rules = DockerIgnore::load(&dockerfile, &dir.join("ctx")).expect("load");
         assert_eq!(rules.patterns(), ["from-context"]);
-        std::fs::write(dir.join("app.Dockerfile.dockerignore"), "beside-dockerfile\n").expect("write");
+        std::fs::write(
+            dir.join("app.Dockerfile.dockerignore"),
+            "beside-dockerfile\n",
+        )
+        .expect("write");
         let rules = DockerIgnore::load(&dockerfile, &dir.join("ctx")).expect("load");
         assert_eq!(rules.patterns(), ["beside-dockerfile"]);
-        assert_eq!(rules.file(), Some(dir.join("app.Dockerfile.dockerignore").as_path()));
+        assert_eq!(
+            rules.file(),
+            Some(dir.join("app.Dockerfile.dockerignore").as_path())
+        );
         let none = DockerIgnore::load(&dir.join("nothing"), &dir.join("nowhere")).expect("load");
         assert!(none.is_empty());
         std::fs::remove_dir_all(&dir).expect("cleanup");

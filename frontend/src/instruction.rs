@@ -2,8 +2,6 @@
 //! arguments counted and validated. Values are still unexpanded here; the
 //! lowering expands them in the scope of their stage.
 
-use std::collections::HashMap;
-
 use crate::ast::{Args, Heredoc, Instruction, Keyword, Source, Word};
 use crate::error::{Error, ErrorKind, FlagHint, Pos};
 use crate::parser::parse_heredoc_word;
@@ -29,7 +27,7 @@ pub enum CommandKind {
     Cmd(CommandLine),
     Entrypoint(CommandLine),
     Shell(Vec<String>),
-    Copy(CopyCommand),
+    Copy(Box<CopyCommand>),
     Env(Vec<Pair>),
     Label(Vec<Pair>),
     Maintainer(String),
@@ -38,7 +36,7 @@ pub enum CommandKind {
     User(Word),
     Workdir(Word),
     StopSignal(Word),
-    Healthcheck(Option<HealthcheckCommand>),
+    Healthcheck(Option<Box<HealthcheckCommand>>),
     Onbuild(String),
 }
 
@@ -177,9 +175,9 @@ fn accepted_flags(keyword: Keyword) -> &'static [(&'static str, FlagKind)] {
 /// Flag values of one instruction.
 #[derive(Default)]
 struct Flags {
-    bools: HashMap<&'static str, bool>,
-    texts: HashMap<&'static str, Word>,
-    lists: HashMap<&'static str, Vec<Word>>,
+    bools: Vec<(&'static str, bool)>,
+    texts: Vec<(&'static str, Word)>,
+    lists: Vec<(&'static str, Word)>,
 }
 
 impl Flags {
@@ -244,24 +242,23 @@ impl Flags {
                             ))
                         }
                     };
-                    flags.bools.insert(name, enabled);
+                    flags.bools.push((name, enabled));
                 }
                 FlagKind::Text => {
                     let value = value.ok_or_else(missing)?;
-                    flags.texts.insert(
-                        name,
-                        Word {
-                            text: value.to_string(),
-                            pos: value_pos,
-                        },
-                    );
+                    let word = Word {
+                        text: value.to_string(),
+                        pos: value_pos,
+                    };
+                    flags.texts.push((name, word));
                 }
                 FlagKind::List => {
                     let value = value.ok_or_else(missing)?;
-                    flags.lists.entry(name).or_default().push(Word {
+                    let word = Word {
                         text: value.to_string(),
                         pos: value_pos,
-                    });
+                    };
+                    flags.lists.push((name, word));
                 }
             }
         }
@@ -269,15 +266,20 @@ impl Flags {
     }
 
     fn bool(&self, name: &str) -> bool {
-        self.bools.get(name).copied().unwrap_or(false)
+        self.bools.iter().any(|&(n, enabled)| n == name && enabled)
     }
 
     fn text(&mut self, name: &str) -> Option<Word> {
-        self.texts.remove(name)
+        let index = self.texts.iter().position(|(n, _)| *n == name)?;
+        Some(self.texts.swap_remove(index).1)
     }
 
     fn list(&mut self, name: &str) -> Vec<Word> {
-        self.lists.remove(name).unwrap_or_default()
+        let (matching, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.lists)
+            .into_iter()
+            .partition(|(n, _)| *n == name);
+        self.lists = rest;
+        matching.into_iter().map(|(_, word)| word).collect()
     }
 }
 
@@ -300,7 +302,11 @@ fn flag_hint(keyword: Keyword, name: &str) -> FlagHint {
 
 /// Converts every parsed instruction to a typed command.
 pub fn commands(source: &Source, instructions: &[Instruction]) -> Result<Vec<Command>, Error> {
-    instructions.iter().map(|i| command(source, i)).collect()
+    let mut commands = Vec::with_capacity(instructions.len());
+    for instruction in instructions {
+        commands.push(command(source, instruction)?);
+    }
+    Ok(commands)
 }
 
 /// Converts one parsed instruction to a typed command.
@@ -451,7 +457,7 @@ pub fn command(source: &Source, instruction: &Instruction) -> Result<Command, Er
                     None => sources.push(word),
                 }
             }
-            CommandKind::Copy(CopyCommand {
+            CommandKind::Copy(Box::new(CopyCommand {
                 is_add,
                 sources,
                 inline_sources,
@@ -464,7 +470,7 @@ pub fn command(source: &Source, instruction: &Instruction) -> Result<Command, Er
                 exclude: flags.list("exclude"),
                 checksum: flags.text("checksum"),
                 keep_git_dir: flags.bool("keep-git-dir"),
-            })
+            }))
         }
         Keyword::Env | Keyword::Label => {
             let Args::KeyValues(pairs) = args else {
@@ -623,14 +629,16 @@ fn healthcheck(
                     _ => return Err(source.error(ErrorKind::InvalidRetries(word.text), word.pos)),
                 },
             };
-            Ok(CommandKind::Healthcheck(Some(HealthcheckCommand {
-                command,
-                interval,
-                timeout,
-                start_period,
-                start_interval,
-                retries,
-            })))
+            Ok(CommandKind::Healthcheck(Some(Box::new(
+                HealthcheckCommand {
+                    command,
+                    interval,
+                    timeout,
+                    start_period,
+                    start_interval,
+                    retries,
+                },
+            ))))
         }
         _ => Err(source.error(
             ErrorKind::HealthcheckUnknownType(kind.text.clone()),

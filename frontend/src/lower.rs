@@ -428,10 +428,10 @@ impl Lowering<'_> {
             }
             for command in &stage.commands {
                 match &command.kind {
-                    CommandKind::Copy(CopyCommand {
-                        from: Some(from), ..
-                    }) if !from.text.contains('$') => {
-                        self.check_reference(index, &from.text, from.pos, true)?;
+                    CommandKind::Copy(copy) => {
+                        if let Some(from) = copy.from.as_ref().filter(|f| !f.text.contains('$')) {
+                            self.check_reference(index, &from.text, from.pos, true)?;
+                        }
                     }
                     CommandKind::Run(run) => {
                         for mount in &run.mounts {
@@ -640,7 +640,7 @@ impl Lowering<'_> {
                 location: stage.from_command.pos,
                 base,
                 state,
-                steps: Vec::new(),
+                steps: Vec::with_capacity(stage.commands.len()),
                 depends_on,
                 cmd_set: false,
             },
@@ -716,7 +716,10 @@ impl Lowering<'_> {
                 let is_env = command.keyword == Keyword::Env;
                 let mut history = String::from(if is_env { "ENV" } else { "LABEL" });
                 for (key, value) in &expanded {
-                    history.push_str(&format!(" {key}={value}"));
+                    history.push(' ');
+                    history.push_str(key);
+                    history.push('=');
+                    history.push_str(value);
                     if is_env {
                         stage.state.set_env(key, value);
                     } else {
@@ -850,7 +853,7 @@ impl Lowering<'_> {
                 Some(format!("ENTRYPOINT {}", go_quote_list(&args)))
             }
             CommandKind::Healthcheck(check) => {
-                let healthcheck = healthcheck_config(check.as_ref());
+                let healthcheck = healthcheck_config(check.as_deref());
                 let history = format!(
                     "HEALTHCHECK &{{{} {:?} {:?} {:?} {:?} {}}}",
                     go_quote_list(&healthcheck.test),
@@ -1366,16 +1369,20 @@ fn healthcheck_config(check: Option<&HealthcheckCommand>) -> Healthcheck {
 /// The instruction as progress output shows it: variables that are set are
 /// expanded, everything else is left as written.
 fn display_text(lexer: &Lexer, text: &str, env: &EnvList) -> String {
-    let mut display = *lexer;
-    display.raw_quotes = true;
-    display.skip_unset_env = true;
-    let shown = display
-        .process_word(text, env)
-        .unwrap_or_else(|_| text.to_string());
-    match shown.split_once(' ') {
-        Some((name, rest)) => format!("{} {rest}", name.to_uppercase()),
-        None => shown.to_uppercase(),
-    }
+    let mut shown = if text.contains('$') {
+        let mut display = *lexer;
+        display.raw_quotes = true;
+        display.raw_escapes = true;
+        display.skip_unset_env = true;
+        display
+            .process_word(text, env)
+            .unwrap_or_else(|_| text.to_string())
+    } else {
+        text.to_string()
+    };
+    let name_end = shown.find(' ').unwrap_or(shown.len());
+    shown[..name_end].make_ascii_uppercase();
+    shown
 }
 
 fn summarize_heredoc(content: &str) -> String {

@@ -629,35 +629,32 @@ fn extract_flags(line: &str) -> (usize, Vec<(String, usize)>) {
         Word,
         Quote(char),
     }
-    let chars: Vec<(usize, char)> = line.char_indices().collect();
     let mut flags = Vec::new();
+    if !line.trim_start().starts_with("--") {
+        return (line.len() - line.trim_start().len(), flags);
+    }
     let mut phase = Phase::Spaces;
     let mut word = String::new();
     let mut start = 0;
     let mut blank_ok = false;
-    let mut i = 0;
+    let mut pos = 0;
     loop {
-        let at_end = i == chars.len();
-        let (pos, mut ch) = chars.get(i).copied().unwrap_or((line.len(), '\0'));
-        if let Phase::Spaces = phase {
-            if at_end {
-                break;
+        let Some(mut ch) = char_at(line, pos) else {
+            if !matches!(phase, Phase::Spaces) && word != "--" && (blank_ok || !word.is_empty()) {
+                flags.push((word, start));
             }
+            break;
+        };
+        if let Phase::Spaces = phase {
             if ch.is_whitespace() {
-                i += 1;
+                pos += ch.len_utf8();
                 continue;
             }
-            if ch != '-' || chars.get(i + 1).map(|&(_, c)| c) != Some('-') {
+            if ch != '-' || char_at(line, pos + 1) != Some('-') {
                 return (pos, flags);
             }
             phase = Phase::Word;
             start = pos;
-        }
-        if at_end {
-            if word != "--" && (blank_ok || !word.is_empty()) {
-                flags.push((word, start));
-            }
-            break;
         }
         match phase {
             Phase::Spaces => {}
@@ -670,21 +667,20 @@ fn extract_flags(line: &str) -> (usize, Vec<(String, usize)>) {
                     if blank_ok || !word.is_empty() {
                         flags.push((std::mem::take(&mut word), start));
                     }
-                    word.clear();
                     blank_ok = false;
-                    i += 1;
+                    pos += ch.len_utf8();
                     continue;
                 }
                 if ch == '\'' || ch == '"' {
                     phase = Phase::Quote(ch);
                     blank_ok = true;
-                    i += 1;
+                    pos += 1;
                     continue;
                 }
                 if ch == '\\' {
-                    i += 1;
-                    match chars.get(i) {
-                        Some(&(_, escaped)) => ch = escaped,
+                    pos += 1;
+                    match char_at(line, pos) {
+                        Some(escaped) => ch = escaped,
                         None => continue,
                     }
                 }
@@ -693,13 +689,13 @@ fn extract_flags(line: &str) -> (usize, Vec<(String, usize)>) {
             Phase::Quote(quote) => {
                 if ch == quote {
                     phase = Phase::Word;
-                    i += 1;
+                    pos += 1;
                     continue;
                 }
                 if ch == '\\' {
-                    i += 1;
-                    match chars.get(i) {
-                        Some(&(_, escaped)) => ch = escaped,
+                    pos += 1;
+                    match char_at(line, pos) {
+                        Some(escaped) => ch = escaped,
                         None => {
                             phase = Phase::Word;
                             continue;
@@ -709,9 +705,13 @@ fn extract_flags(line: &str) -> (usize, Vec<(String, usize)>) {
                 word.push(ch);
             }
         }
-        i += 1;
+        pos += ch.len_utf8();
     }
     (line.len(), flags)
+}
+
+fn char_at(text: &str, pos: usize) -> Option<char> {
+    text.get(pos..).and_then(|rest| rest.chars().next())
 }
 
 /// Splits at white space outside quotes, keeping quotes and escapes in the
@@ -722,32 +722,26 @@ fn parse_words(text: &str, escape: char) -> Vec<(String, usize)> {
         Word,
         Quote(char),
     }
-    let chars: Vec<(usize, char)> = text.char_indices().collect();
     let mut words = Vec::new();
     let mut phase = Phase::Spaces;
     let mut word = String::new();
     let mut start = 0;
     let mut blank_ok = false;
-    let mut i = 0;
+    let mut pos = 0;
     loop {
-        let at_end = i == chars.len();
-        let (pos, mut ch) = chars.get(i).copied().unwrap_or((text.len(), '\0'));
-        if let Phase::Spaces = phase {
-            if at_end {
-                break;
+        let Some(mut ch) = char_at(text, pos) else {
+            if !matches!(phase, Phase::Spaces) && (blank_ok || !word.is_empty()) {
+                words.push((word, start));
             }
+            break;
+        };
+        if let Phase::Spaces = phase {
             if ch.is_whitespace() {
-                i += 1;
+                pos += ch.len_utf8();
                 continue;
             }
             phase = Phase::Word;
             start = pos;
-        }
-        if at_end {
-            if blank_ok || !word.is_empty() {
-                words.push((word, start));
-            }
-            break;
         }
         match phase {
             Phase::Spaces => {}
@@ -758,7 +752,7 @@ fn parse_words(text: &str, escape: char) -> Vec<(String, usize)> {
                         words.push((std::mem::take(&mut word), start));
                     }
                     blank_ok = false;
-                    i += 1;
+                    pos += ch.len_utf8();
                     continue;
                 }
                 if ch == '\'' || ch == '"' {
@@ -766,16 +760,17 @@ fn parse_words(text: &str, escape: char) -> Vec<(String, usize)> {
                     blank_ok = true;
                 }
                 if ch == escape {
-                    if i + 1 == chars.len() {
+                    let after = pos + ch.len_utf8();
+                    let Some(escaped) = char_at(text, after) else {
                         // An escape at the end of the line is dropped.
-                        i += 1;
+                        pos = after;
                         continue;
-                    }
+                    };
                     // Outside quotes the escape and the escaped character are
                     // both kept, even when the character is a quote.
                     word.push(ch);
-                    i += 1;
-                    ch = chars[i].1;
+                    pos = after;
+                    ch = escaped;
                 }
                 word.push(ch);
             }
@@ -785,19 +780,20 @@ fn parse_words(text: &str, escape: char) -> Vec<(String, usize)> {
                 }
                 // Nothing can be escaped inside single quotes.
                 if ch == escape && quote != '\'' {
-                    if i + 1 == chars.len() {
+                    let after = pos + ch.len_utf8();
+                    let Some(escaped) = char_at(text, after) else {
                         phase = Phase::Word;
-                        i += 1;
+                        pos = after;
                         continue;
-                    }
+                    };
                     word.push(ch);
-                    i += 1;
-                    ch = chars[i].1;
+                    pos = after;
+                    ch = escaped;
                 }
                 word.push(ch);
             }
         }
-        i += 1;
+        pos += ch.len_utf8();
     }
     words
 }

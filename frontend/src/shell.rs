@@ -90,7 +90,11 @@ impl EnvList {
 
     pub fn set(&mut self, key: &str, value: &str) {
         match self.index.get(key) {
-            Some(&i) => self.entries[i].1 = value.to_string(),
+            Some(&i) => {
+                let existing = &mut self.entries[i].1;
+                existing.clear();
+                existing.push_str(value);
+            }
             None => {
                 self.index.insert(key.to_string(), self.entries.len());
                 self.entries.push((key.to_string(), value.to_string()));
@@ -161,7 +165,10 @@ impl Lexer {
 
     /// Expands `word` into a single string, keeping white space.
     pub fn process_word(&self, word: &str, env: &dyn Environment) -> Result<String, ShellError> {
-        self.run(word, env).map(|(result, _)| result)
+        if self.is_literal(word) {
+            return Ok(word.to_string());
+        }
+        self.run(word, env, false).map(|(result, _)| result)
     }
 
     /// Expands `word` and splits the result into words at unquoted white space.
@@ -170,16 +177,27 @@ impl Lexer {
         word: &str,
         env: &dyn Environment,
     ) -> Result<Vec<String>, ShellError> {
-        self.run(word, env).map(|(_, words)| words)
+        self.run(word, env, true).map(|(_, words)| words)
     }
 
-    fn run(&self, word: &str, env: &dyn Environment) -> Result<(String, Vec<String>), ShellError> {
+    /// A word with no variable, quote or escape expands to itself.
+    fn is_literal(&self, word: &str) -> bool {
+        !word.contains(|c: char| c == '$' || c == '\'' || c == '"' || c == self.escape)
+    }
+
+    fn run(
+        &self,
+        word: &str,
+        env: &dyn Environment,
+        split: bool,
+    ) -> Result<(String, Vec<String>), ShellError> {
         let mut state = WordState {
             lexer: *self,
             env,
-            chars: word.chars().collect(),
+            text: word,
             pos: 0,
             raw_escapes: self.raw_escapes,
+            split,
         };
         state.process_until(None, self.raw_escapes)
     }
@@ -188,20 +206,34 @@ impl Lexer {
 struct WordState<'a> {
     lexer: Lexer,
     env: &'a dyn Environment,
-    chars: Vec<char>,
+    text: &'a str,
+    /// Byte offset of the next character.
     pos: usize,
     raw_escapes: bool,
+    /// Whether the caller wants the result split into words.
+    split: bool,
 }
 
 #[derive(Default)]
 struct Words {
+    enabled: bool,
     current: String,
     words: Vec<String>,
     in_word: bool,
 }
 
 impl Words {
+    fn new(enabled: bool) -> Self {
+        Words {
+            enabled,
+            ..Words::default()
+        }
+    }
+
     fn add_char(&mut self, ch: char) {
+        if !self.enabled {
+            return;
+        }
         if ch.is_whitespace() {
             if self.in_word && !self.current.is_empty() {
                 self.words.push(std::mem::take(&mut self.current));
@@ -213,19 +245,25 @@ impl Words {
     }
 
     fn add_raw_char(&mut self, ch: char) {
-        self.current.push(ch);
-        self.in_word = true;
+        if self.enabled {
+            self.current.push(ch);
+            self.in_word = true;
+        }
     }
 
     fn add_string(&mut self, s: &str) {
-        for ch in s.chars() {
-            self.add_char(ch);
+        if self.enabled {
+            for ch in s.chars() {
+                self.add_char(ch);
+            }
         }
     }
 
     fn add_raw_string(&mut self, s: &str) {
-        self.current.push_str(s);
-        self.in_word = true;
+        if self.enabled {
+            self.current.push_str(s);
+            self.in_word = true;
+        }
     }
 
     fn finish(mut self) -> Vec<String> {
@@ -238,15 +276,32 @@ impl Words {
 
 impl WordState<'_> {
     fn peek(&self) -> Option<char> {
-        self.chars.get(self.pos).copied()
+        self.text[self.pos..].chars().next()
     }
 
     fn next(&mut self) -> Option<char> {
         let ch = self.peek();
-        if ch.is_some() {
-            self.pos += 1;
+        if let Some(ch) = ch {
+            self.pos += ch.len_utf8();
         }
         ch
+    }
+
+    /// Where the characters from the current position that need no
+    /// processing end.
+    fn ordinary_run_end(&self, stop: Option<char>) -> usize {
+        let quotes = !self.lexer.skip_process_quotes;
+        let escape = self.lexer.escape;
+        self.text[self.pos..]
+            .find(|c: char| {
+                c == '$' || c == escape || Some(c) == stop || (quotes && (c == '\'' || c == '"'))
+            })
+            .map_or(self.text.len(), |offset| self.pos + offset)
+    }
+
+    /// Moves past a character returned by `peek`.
+    fn skip(&mut self, ch: char) {
+        self.pos += ch.len_utf8();
     }
 
     fn process_until(
@@ -265,10 +320,10 @@ impl WordState<'_> {
         stop: Option<char>,
     ) -> Result<(String, Vec<String>), ShellError> {
         let mut result = String::new();
-        let mut words = Words::default();
+        let mut words = Words::new(self.split);
         while let Some(ch) = self.peek() {
             if Some(ch) == stop {
-                self.pos += 1;
+                self.skip(ch);
                 return Ok((result, words.finish()));
             }
             let quotes = !self.lexer.skip_process_quotes;
@@ -285,7 +340,7 @@ impl WordState<'_> {
                 result.push_str(&value);
                 words.add_raw_string(&value);
             } else {
-                self.pos += 1;
+                self.skip(ch);
                 if ch == self.lexer.escape {
                     if self.raw_escapes {
                         words.add_raw_char(ch);
@@ -295,9 +350,15 @@ impl WordState<'_> {
                     let Some(escaped) = self.next() else { break };
                     words.add_raw_char(escaped);
                     result.push(escaped);
-                } else {
+                } else if self.split {
                     words.add_char(ch);
                     result.push(ch);
+                } else {
+                    // Copy the run of ordinary characters in one go.
+                    let start = self.pos - ch.len_utf8();
+                    let end = self.ordinary_run_end(stop);
+                    result.push_str(&self.text[start..end]);
+                    self.pos = end;
                 }
             }
         }
@@ -337,7 +398,7 @@ impl WordState<'_> {
             match self.peek() {
                 None => return Err(ShellError::UnterminatedDoubleQuote),
                 Some('"') => {
-                    self.pos += 1;
+                    self.skip('"');
                     if self.lexer.raw_quotes {
                         result.push('"');
                     }
@@ -348,7 +409,7 @@ impl WordState<'_> {
                     result.push_str(&value);
                 }
                 Some(mut ch) => {
-                    self.pos += 1;
+                    self.skip(ch);
                     if ch == self.lexer.escape {
                         if self.raw_escapes {
                             result.push(ch);
@@ -361,7 +422,7 @@ impl WordState<'_> {
                                 if next == '"' || next == '$' || next == self.lexer.escape =>
                             {
                                 ch = next;
-                                self.pos += 1;
+                                self.skip(next);
                             }
                             Some(_) => {}
                         }
@@ -377,7 +438,7 @@ impl WordState<'_> {
     }
 
     fn process_dollar(&mut self) -> Result<String, ShellError> {
-        self.pos += 1;
+        self.skip('$');
         if self.peek() != Some('{') {
             let name = self.process_name();
             if name.is_empty() {
@@ -389,7 +450,7 @@ impl WordState<'_> {
                 None => String::new(),
             });
         }
-        self.pos += 1;
+        self.skip('{');
         match self.peek() {
             None => return Err(ShellError::MissingBrace),
             Some('{' | '}' | ':') => return Err(ShellError::BadSubstitution),
@@ -478,7 +539,7 @@ impl WordState<'_> {
     fn substitute(&mut self, name: &str) -> Result<String, ShellError> {
         let replace_all = self.peek() == Some('/');
         if replace_all {
-            self.pos += 1;
+            self.skip('/');
         }
         let (pattern, _) = self
             .process_until(Some('/'), true)
@@ -524,19 +585,19 @@ impl WordState<'_> {
                 // Positional parameters: every digit belongs to the name.
                 while let Some(digit) = self.peek().filter(|c| c.is_numeric()) {
                     name.push(digit);
-                    self.pos += 1;
+                    self.skip(digit);
                 }
                 return name;
             }
             if name.is_empty() && is_special_parameter(ch) {
-                self.pos += 1;
+                self.skip(ch);
                 return ch.to_string();
             }
             if !(ch.is_alphanumeric() || ch == '_') {
                 break;
             }
             name.push(ch);
-            self.pos += 1;
+            self.skip(ch);
         }
         name
     }
