@@ -182,7 +182,7 @@ impl Lexer {
 
     /// A word with no variable, quote or escape expands to itself.
     fn is_literal(&self, word: &str) -> bool {
-        !word.contains(|c: char| c == '$' || c == '\'' || c == '"' || c == self.escape)
+        !word.contains(['$', '\'', '"', self.escape])
     }
 
     fn run(
