@@ -1,5 +1,14 @@
 //! kiln's content-addressed store: OCI-layout blobs and index, unpacked layer
-//! snapshots, cache-key records, deterministic layer tar packing and safe
-//! extraction, locking and garbage collection.
+//! snapshots, deterministic layer tar packing and safe extraction, locking.
 //!
 //! It knows nothing of Dockerfiles or registries.
+
+pub mod compress;
+pub mod digest;
+mod error;
+pub mod extract;
+pub mod pack;
+
+pub use compress::Compression;
+pub use digest::Digest;
+pub use error::Error;

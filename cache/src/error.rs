@@ -1,0 +1,43 @@
+//! Errors of the cache crate.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::digest::Digest;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{} is not valid UTF-8, which layer paths must be", .0.display())]
+    NonUtf8Path(PathBuf),
+    #[error("refusing archive entry {entry:?}: {reason}")]
+    UnsafeEntry { entry: String, reason: String },
+    #[error("invalid archive: {0}")]
+    InvalidArchive(String),
+    #[error("blob {expected} does not match its content, which hashes to {actual}")]
+    DigestMismatch { expected: Digest, actual: Digest },
+    #[error("blob {0} is not in the store")]
+    MissingBlob(Digest),
+    #[error("{} is not a usable kiln store: {reason}", path.display())]
+    BadStore { path: PathBuf, reason: String },
+    #[error("{what} {digest} in the store is invalid: {reason}")]
+    InvalidContent {
+        what: &'static str,
+        digest: Digest,
+        reason: String,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(path: &Path, source: io::Error) -> Self {
+        Error::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
