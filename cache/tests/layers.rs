@@ -339,7 +339,10 @@ fn raw_entry(out: &mut Vec<u8>, name: &str, kind: u8, link: &str, data: &[u8]) {
     out.resize(out.len().div_ceil(512) * 512, 0);
 }
 
-fn malicious(entries: &[(&str, u8, &str, &[u8])]) -> Vec<u8> {
+/// A tar entry to craft: name, type flag, link target, content.
+type RawEntry<'a> = (&'a str, u8, &'a str, &'a [u8]);
+
+fn malicious(entries: &[RawEntry]) -> Vec<u8> {
     let mut out = Vec::new();
     for (name, kind, link, data) in entries {
         raw_entry(&mut out, name, *kind, link, data);
@@ -351,7 +354,7 @@ fn malicious(entries: &[(&str, u8, &str, &[u8])]) -> Vec<u8> {
 #[test]
 fn malicious_archives_are_refused_and_nothing_outside_changes() {
     require_root();
-    let cases: &[(&str, &[(&str, u8, &str, &[u8])], &str)] = &[
+    let cases: &[(&str, &[RawEntry], &str)] = &[
         (
             "dot-dot",
             &[("../escaped", b'0', "", b"x")],
