@@ -8,7 +8,9 @@ pub mod digest;
 mod error;
 pub mod extract;
 pub mod pack;
+pub mod store;
 
 pub use compress::Compression;
 pub use digest::Digest;
 pub use error::Error;
+pub use store::{ImageEntry, Problem, Store};

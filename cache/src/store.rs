@@ -1,0 +1,596 @@
+//! The store: an OCI image layout (`oci-layout`, `index.json`,
+//! `blobs/sha256/…`) holding every blob, the names of images, and the
+//! unpacked snapshots of layers.
+//!
+//! Every write goes to a temporary file that is synced and then renamed
+//! into place, so a crash at any point leaves the store readable: at worst a
+//! temporary file that the next kiln removes. Several kiln processes can use
+//! one store: `index.json` is rewritten under an exclusive lock, builds hold
+//! a shared lock that garbage collection must wait for.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use oci_spec::image::{Descriptor, ImageIndex, ImageManifest, MediaType};
+
+use crate::digest::{Digest, HashingReader, HashingWriter};
+use crate::error::Error;
+use crate::pack::{pack_dir, PackOptions, PackedLayer};
+
+/// The annotation that names an image in `index.json`.
+pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
+
+const LAYOUT: &str = r#"{"imageLayoutVersion":"1.0.0"}"#;
+
+/// A kiln store at a root directory.
+#[derive(Debug)]
+pub struct Store {
+    root: PathBuf,
+}
+
+/// A lock on the store, released when dropped.
+#[derive(Debug)]
+pub struct StoreLock {
+    _file: File,
+}
+
+/// An image the store knows, by name or (untagged) by digest only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageEntry {
+    pub name: Option<String>,
+    pub manifest: Descriptor,
+}
+
+/// Something `check` found wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Problem {
+    CorruptBlob { digest: Digest, actual: Digest },
+    UnreadableBlob { path: PathBuf, reason: String },
+    StrayFile { path: PathBuf },
+    MissingBlob { digest: Digest, needed_by: String },
+    InvalidManifest { digest: Digest, reason: String },
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Problem::CorruptBlob { digest, actual } => {
+                write!(
+                    f,
+                    "blob {digest} is corrupt: its content hashes to {actual}"
+                )
+            }
+            Problem::UnreadableBlob { path, reason } => {
+                write!(f, "cannot read {}: {reason}", path.display())
+            }
+            Problem::StrayFile { path } => write!(f, "{} is not a blob", path.display()),
+            Problem::MissingBlob { digest, needed_by } => {
+                write!(f, "blob {digest} is missing (needed by {needed_by})")
+            }
+            Problem::InvalidManifest { digest, reason } => {
+                write!(f, "manifest {digest} is invalid: {reason}")
+            }
+        }
+    }
+}
+
+impl Store {
+    /// Opens the store at `root`, creating its layout when it does not exist
+    /// yet, and removes what crashed processes left in its temporary
+    /// directory when no other process is using the store.
+    pub fn open(root: &Path) -> Result<Store, Error> {
+        let store = Store {
+            root: root.to_path_buf(),
+        };
+        for dir in [store.blobs_dir(), store.snapshots_dir(), store.tmp_dir()] {
+            fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        }
+        let layout = root.join("oci-layout");
+        match fs::read_to_string(&layout) {
+            Ok(text) => {
+                let value: serde_json::Value =
+                    serde_json::from_str(&text).map_err(|e| Error::BadStore {
+                        path: root.to_path_buf(),
+                        reason: format!("oci-layout is not JSON: {e}"),
+                    })?;
+                if value["imageLayoutVersion"] != "1.0.0" {
+                    return Err(Error::BadStore {
+                        path: root.to_path_buf(),
+                        reason: format!(
+                            "unsupported image layout version {}",
+                            value["imageLayoutVersion"]
+                        ),
+                    });
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                write_atomic(&layout, LAYOUT.as_bytes())?
+            }
+            Err(e) => return Err(Error::io(&layout, e)),
+        }
+        let index = store.index_path();
+        if !index.exists() {
+            write_atomic(&index, &index_json(&[])?)?;
+        }
+        if let Some(lock) = store.try_lock_exclusive()? {
+            store.clean_tmp()?;
+            drop(lock);
+        }
+        Ok(store)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn blobs_dir(&self) -> PathBuf {
+        self.root.join("blobs/sha256")
+    }
+
+    fn snapshots_dir(&self) -> PathBuf {
+        self.root.join("snapshots")
+    }
+
+    fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    fn index_path(&self) -> PathBuf {
+        self.root.join("index.json")
+    }
+
+    fn lock_file(&self, name: &str) -> Result<File, Error> {
+        let path = self.root.join(name);
+        OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))
+    }
+
+    /// Held by every process that uses the store's content, so that garbage
+    /// collection ([`Store::lock_exclusive`]) never removes what is in use.
+    pub fn lock_shared(&self) -> Result<StoreLock, Error> {
+        let file = self.lock_file("lock")?;
+        file.lock_shared()
+            .map_err(|e| Error::io(&self.root.join("lock"), e))?;
+        Ok(StoreLock { _file: file })
+    }
+
+    /// Waits until no other process uses the store, and keeps it that way.
+    pub fn lock_exclusive(&self) -> Result<StoreLock, Error> {
+        let file = self.lock_file("lock")?;
+        file.lock()
+            .map_err(|e| Error::io(&self.root.join("lock"), e))?;
+        Ok(StoreLock { _file: file })
+    }
+
+    fn try_lock_exclusive(&self) -> Result<Option<StoreLock>, Error> {
+        let file = self.lock_file("lock")?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(StoreLock { _file: file })),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => Err(Error::io(&self.root.join("lock"), e)),
+        }
+    }
+
+    fn clean_tmp(&self) -> Result<(), Error> {
+        let tmp = self.tmp_dir();
+        for entry in fs::read_dir(&tmp).map_err(|e| Error::io(&tmp, e))? {
+            let path = entry.map_err(|e| Error::io(&tmp, e))?.path();
+            let removed = if path.is_dir() {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            };
+            removed.map_err(|e| Error::io(&path, e))?;
+        }
+        Ok(())
+    }
+
+    /// A scratch directory inside the store, removed when dropped.
+    pub fn temp_dir(&self) -> Result<tempfile::TempDir, Error> {
+        tempfile::Builder::new()
+            .prefix("work-")
+            .tempdir_in(self.tmp_dir())
+            .map_err(|e| Error::io(&self.tmp_dir(), e))
+    }
+
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.blobs_dir().join(digest.hex())
+    }
+
+    pub fn has_blob(&self, digest: &Digest) -> bool {
+        self.blob_path(digest).is_file()
+    }
+
+    pub fn open_blob(&self, digest: &Digest) -> Result<File, Error> {
+        File::open(self.blob_path(digest)).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => Error::MissingBlob(*digest),
+            _ => Error::io(&self.blob_path(digest), e),
+        })
+    }
+
+    pub fn read_blob(&self, digest: &Digest) -> Result<Vec<u8>, Error> {
+        let mut bytes = Vec::new();
+        self.open_blob(digest)?
+            .read_to_end(&mut bytes)
+            .map_err(|e| Error::io(&self.blob_path(digest), e))?;
+        let actual = Digest::of(&bytes);
+        if actual != *digest {
+            return Err(Error::DigestMismatch {
+                expected: *digest,
+                actual,
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// A writer for a new blob; [`BlobWriter::commit`] moves it into place.
+    pub fn blob_writer(&self) -> Result<BlobWriter, Error> {
+        let file = tempfile::Builder::new()
+            .prefix("blob-")
+            .tempfile_in(self.tmp_dir())
+            .map_err(|e| Error::io(&self.tmp_dir(), e))?;
+        Ok(BlobWriter {
+            blobs: self.blobs_dir(),
+            writer: HashingWriter::new(BufWriter::with_capacity(256 * 1024, file)),
+        })
+    }
+
+    pub fn write_blob(&self, bytes: &[u8]) -> Result<(Digest, u64), Error> {
+        let digest = Digest::of(bytes);
+        if self.has_blob(&digest) {
+            return Ok((digest, bytes.len() as u64));
+        }
+        let mut writer = self.blob_writer()?;
+        writer
+            .write_all(bytes)
+            .map_err(|e| Error::io(&self.tmp_dir(), e))?;
+        writer.commit(Some(&digest))
+    }
+
+    /// Copies a blob from `reader`, refusing it unless it matches `expected`.
+    pub fn import_blob<R: Read>(&self, reader: R, expected: &Digest) -> Result<u64, Error> {
+        let mut writer = self.blob_writer()?;
+        let mut reader = reader;
+        io::copy(&mut reader, &mut writer).map_err(|e| Error::io(&self.tmp_dir(), e))?;
+        let (_, size) = writer.commit(Some(expected))?;
+        Ok(size)
+    }
+
+    /// Packs the tree at `dir` into a layer blob.
+    pub fn pack_layer(&self, dir: &Path, options: &PackOptions) -> Result<PackedLayer, Error> {
+        let (writer, layer) = pack_dir(dir, options, self.blob_writer()?)?;
+        writer.commit(Some(&layer.digest))?;
+        Ok(layer)
+    }
+
+    fn read_index(&self) -> Result<ImageIndex, Error> {
+        let path = self.index_path();
+        let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+        ImageIndex::from_reader(file).map_err(|e| Error::BadStore {
+            path: self.root.clone(),
+            reason: format!("index.json is invalid: {e}"),
+        })
+    }
+
+    /// Every image of the store, named ones first by name.
+    pub fn images(&self) -> Result<Vec<ImageEntry>, Error> {
+        let mut entries: Vec<ImageEntry> = self
+            .read_index()?
+            .manifests()
+            .iter()
+            .map(|d| ImageEntry {
+                name: d
+                    .annotations()
+                    .as_ref()
+                    .and_then(|a| a.get(REF_NAME).cloned()),
+                manifest: d.clone(),
+            })
+            .collect();
+        entries.sort_by(|a, b| (a.name.is_none(), &a.name).cmp(&(b.name.is_none(), &b.name)));
+        Ok(entries)
+    }
+
+    /// The manifest an image name points to.
+    pub fn resolve(&self, name: &str) -> Result<Option<Descriptor>, Error> {
+        Ok(self
+            .images()?
+            .into_iter()
+            .find(|e| e.name.as_deref() == Some(name))
+            .map(|e| e.manifest))
+    }
+
+    /// Points `name` at `manifest` (replacing what it pointed at), or keeps
+    /// an untagged manifest when `name` is `None`.
+    pub fn set_name(&self, name: Option<&str>, manifest: &Descriptor) -> Result<(), Error> {
+        self.update_index(|manifests| {
+            let mut descriptor = Descriptor::new(
+                manifest.media_type().clone(),
+                manifest.size(),
+                manifest.digest().clone(),
+            );
+            if let Some(platform) = manifest.platform() {
+                descriptor.set_platform(Some(platform.clone()));
+            }
+            match name {
+                Some(name) => {
+                    manifests.retain(|d| ref_name(d) != Some(name));
+                    descriptor.set_annotations(Some(
+                        [(REF_NAME.to_string(), name.to_string())]
+                            .into_iter()
+                            .collect(),
+                    ));
+                }
+                None => {
+                    if manifests
+                        .iter()
+                        .any(|d| d.digest() == manifest.digest() && ref_name(d).is_none())
+                    {
+                        return;
+                    }
+                }
+            }
+            manifests.push(descriptor);
+        })
+    }
+
+    /// Removes a name; returns whether it existed.
+    pub fn remove_name(&self, name: &str) -> Result<bool, Error> {
+        let mut removed = false;
+        self.update_index(|manifests| {
+            let before = manifests.len();
+            manifests.retain(|d| ref_name(d) != Some(name));
+            removed = manifests.len() != before;
+        })?;
+        Ok(removed)
+    }
+
+    fn update_index(&self, change: impl FnOnce(&mut Vec<Descriptor>)) -> Result<(), Error> {
+        let lock = self.lock_file("index.lock")?;
+        lock.lock()
+            .map_err(|e| Error::io(&self.root.join("index.lock"), e))?;
+        let mut manifests = self.read_index()?.manifests().clone();
+        change(&mut manifests);
+        manifests.sort_by(|a, b| {
+            (ref_name(a), a.digest().to_string()).cmp(&(ref_name(b), b.digest().to_string()))
+        });
+        write_atomic(&self.index_path(), &index_json(&manifests)?)
+    }
+
+    pub fn snapshot_path(&self, diff_id: &Digest) -> PathBuf {
+        self.snapshots_dir().join(diff_id.hex())
+    }
+
+    pub fn has_snapshot(&self, diff_id: &Digest) -> bool {
+        self.snapshot_path(diff_id).is_dir()
+    }
+
+    /// Makes the snapshot of a layer: `fill` writes its files into an empty
+    /// directory, which then becomes the snapshot in one rename.
+    pub fn create_snapshot(
+        &self,
+        diff_id: &Digest,
+        fill: impl FnOnce(&Path) -> Result<(), Error>,
+    ) -> Result<PathBuf, Error> {
+        let target = self.snapshot_path(diff_id);
+        if target.is_dir() {
+            return Ok(target);
+        }
+        let work = self.temp_dir()?;
+        let dir = work.path().join("snapshot");
+        fs::create_dir(&dir).map_err(|e| Error::io(&dir, e))?;
+        fill(&dir)?;
+        match fs::rename(&dir, &target) {
+            Ok(()) => {}
+            // Another process made the same snapshot meanwhile.
+            Err(_) if target.is_dir() => {}
+            Err(e) => return Err(Error::io(&target, e)),
+        }
+        sync_dir(&self.snapshots_dir())?;
+        Ok(target)
+    }
+
+    /// Checks every blob against its digest and every image's manifest,
+    /// configuration and layers for presence.
+    pub fn check(&self) -> Result<Vec<Problem>, Error> {
+        let mut problems = Vec::new();
+        let blobs = self.blobs_dir();
+        let mut names: Vec<PathBuf> = fs::read_dir(&blobs)
+            .map_err(|e| Error::io(&blobs, e))?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<Result<_, _>>()
+            .map_err(|e| Error::io(&blobs, e))?;
+        names.sort();
+        for path in names {
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let Ok(digest) = format!("sha256:{name}").parse::<Digest>() else {
+                problems.push(Problem::StrayFile { path });
+                continue;
+            };
+            match File::open(&path).and_then(|file| {
+                let mut reader = HashingReader::new(file);
+                io::copy(&mut reader, &mut io::sink())?;
+                Ok(reader.finish().0)
+            }) {
+                Ok(actual) if actual == digest => {}
+                Ok(actual) => problems.push(Problem::CorruptBlob { digest, actual }),
+                Err(e) => problems.push(Problem::UnreadableBlob {
+                    path,
+                    reason: e.to_string(),
+                }),
+            }
+        }
+        for entry in self.images()? {
+            let label = entry
+                .name
+                .clone()
+                .unwrap_or_else(|| entry.manifest.digest().to_string());
+            let Ok(digest) = entry.manifest.digest().to_string().parse::<Digest>() else {
+                problems.push(Problem::InvalidManifest {
+                    digest: Digest::empty(),
+                    reason: format!(
+                        "{label} has an unsupported digest {}",
+                        entry.manifest.digest()
+                    ),
+                });
+                continue;
+            };
+            self.check_manifest(&digest, &label, &mut problems);
+        }
+        Ok(problems)
+    }
+
+    fn check_manifest(&self, digest: &Digest, label: &str, problems: &mut Vec<Problem>) {
+        let bytes = match self.read_blob(digest) {
+            Ok(bytes) => bytes,
+            Err(Error::MissingBlob(_)) => {
+                problems.push(Problem::MissingBlob {
+                    digest: *digest,
+                    needed_by: label.to_string(),
+                });
+                return;
+            }
+            // A corrupt manifest was reported with the blobs.
+            Err(_) => return,
+        };
+        let manifest = match ImageManifest::from_reader(&bytes[..]) {
+            Ok(manifest) => manifest,
+            Err(e) => {
+                problems.push(Problem::InvalidManifest {
+                    digest: *digest,
+                    reason: e.to_string(),
+                });
+                return;
+            }
+        };
+        let referenced = std::iter::once(manifest.config()).chain(manifest.layers());
+        for descriptor in referenced {
+            match descriptor.digest().to_string().parse::<Digest>() {
+                Ok(blob) if !self.has_blob(&blob) => problems.push(Problem::MissingBlob {
+                    digest: blob,
+                    needed_by: label.to_string(),
+                }),
+                Ok(_) => {}
+                Err(e) => problems.push(Problem::InvalidManifest {
+                    digest: *digest,
+                    reason: e.to_string(),
+                }),
+            }
+        }
+    }
+}
+
+fn ref_name(descriptor: &Descriptor) -> Option<&str> {
+    descriptor
+        .annotations()
+        .as_ref()?
+        .get(REF_NAME)
+        .map(String::as_str)
+}
+
+/// `index.json` for the given manifests, with sorted keys.
+fn index_json(manifests: &[Descriptor]) -> Result<Vec<u8>, Error> {
+    let mut index = serde_json::Map::new();
+    index.insert("schemaVersion".into(), 2.into());
+    index.insert("mediaType".into(), MediaType::ImageIndex.to_string().into());
+    let manifests = serde_json::to_value(manifests).map_err(|e| Error::BadStore {
+        path: PathBuf::from("index.json"),
+        reason: e.to_string(),
+    })?;
+    index.insert("manifests".into(), manifests);
+    Ok(canonical_json(&serde_json::Value::Object(index)))
+}
+
+/// JSON with object keys in sorted order, so that the same value always
+/// gives the same bytes (and digest).
+pub fn canonical_json(value: &serde_json::Value) -> Vec<u8> {
+    fn sorted(value: &serde_json::Value) -> serde_json::Value {
+        match value {
+            serde_json::Value::Object(map) => {
+                let ordered: BTreeMap<&String, serde_json::Value> =
+                    map.iter().map(|(k, v)| (k, sorted(v))).collect();
+                serde_json::Value::Object(
+                    ordered.into_iter().map(|(k, v)| (k.clone(), v)).collect(),
+                )
+            }
+            serde_json::Value::Array(items) => {
+                serde_json::Value::Array(items.iter().map(sorted).collect())
+            }
+            other => other.clone(),
+        }
+    }
+    serde_json::to_vec(&sorted(value)).unwrap_or_default()
+}
+
+/// A blob being written; it exists in the store only after `commit`.
+pub struct BlobWriter {
+    blobs: PathBuf,
+    writer: HashingWriter<BufWriter<tempfile::NamedTempFile>>,
+}
+
+impl BlobWriter {
+    /// Syncs the blob and moves it into the store under its digest, after
+    /// checking it against `expected` when given.
+    pub fn commit(self, expected: Option<&Digest>) -> Result<(Digest, u64), Error> {
+        let (buffered, digest, size) = self.writer.finish();
+        let temp = buffered
+            .into_inner()
+            .map_err(|e| Error::io(&self.blobs, e.into_error()))?;
+        if let Some(expected) = expected {
+            if *expected != digest {
+                return Err(Error::DigestMismatch {
+                    expected: *expected,
+                    actual: digest,
+                });
+            }
+        }
+        temp.as_file()
+            .sync_all()
+            .map_err(|e| Error::io(temp.path(), e))?;
+        let target = self.blobs.join(digest.hex());
+        temp.persist(&target)
+            .map_err(|e| Error::io(&target, e.error))?;
+        sync_dir(&self.blobs)?;
+        Ok((digest, size))
+    }
+}
+
+impl Write for BlobWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.writer.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.writer.flush()
+    }
+}
+
+/// Replaces `path` with `bytes` in one rename, after syncing them.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut temp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempfile_in(dir)
+        .map_err(|e| Error::io(dir, e))?;
+    temp.write_all(bytes)
+        .map_err(|e| Error::io(temp.path(), e))?;
+    temp.as_file()
+        .sync_all()
+        .map_err(|e| Error::io(temp.path(), e))?;
+    temp.persist(path).map_err(|e| Error::io(path, e.error))?;
+    sync_dir(dir)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), Error> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(dir, e))
+}
