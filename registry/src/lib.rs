@@ -2,3 +2,7 @@
 //! checks, authentication and retries.
 //!
 //! It knows nothing of builds.
+
+pub mod reference;
+
+pub use reference::{Reference, ReferenceError};
