@@ -9,8 +9,10 @@ mod error;
 pub mod extract;
 pub mod pack;
 pub mod store;
+pub mod view;
 
 pub use compress::Compression;
 pub use digest::Digest;
 pub use error::Error;
 pub use store::{ImageEntry, Problem, Store};
+pub use view::{LayerView, ViewEntry};

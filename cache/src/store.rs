@@ -395,6 +395,22 @@ impl Store {
         Ok(target)
     }
 
+    /// Makes an existing directory (on the store's file system, such as a
+    /// [`Store::temp_dir`]) the snapshot of a layer, by renaming it.
+    pub fn adopt_snapshot(&self, diff_id: &Digest, dir: &Path) -> Result<PathBuf, Error> {
+        let target = self.snapshot_path(diff_id);
+        if target.is_dir() {
+            return Ok(target);
+        }
+        match fs::rename(dir, &target) {
+            Ok(()) => {}
+            Err(_) if target.is_dir() => {}
+            Err(e) => return Err(Error::io(&target, e)),
+        }
+        sync_dir(&self.snapshots_dir())?;
+        Ok(target)
+    }
+
     /// Checks every blob against its digest and every image's manifest,
     /// configuration and layers for presence.
     pub fn check(&self) -> Result<Vec<Problem>, Error> {
