@@ -9,6 +9,7 @@ mod error;
 pub mod extract;
 pub mod pack;
 pub mod store;
+pub mod tree;
 pub mod view;
 
 pub use compress::Compression;

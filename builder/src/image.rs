@@ -1,0 +1,329 @@
+//! Images: the configuration file (with the Docker fields the OCI types
+//! drop), manifests in OCI or Docker form, and images read from the store.
+
+use anyhow::{bail, Context};
+use kiln_cache::store::canonical_json;
+use kiln_cache::{Digest, Store};
+use kiln_frontend::graph::ImageConfig;
+use kiln_frontend::{BaseImages, Platform, ResolvedImage};
+use kiln_registry::Reference;
+use oci_spec::image::{Descriptor, ImageManifest, MediaType};
+use serde::{Deserialize, Serialize};
+
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+pub const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
+pub const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+pub const OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+pub const DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar";
+pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+pub const DOCKER_LAYER_ZSTD: &str = "application/vnd.docker.image.rootfs.diff.tar.zstd";
+
+/// Which family of media types an image is written with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Oci,
+    Docker,
+}
+
+impl Format {
+    pub fn parse(text: &str) -> anyhow::Result<Format> {
+        match text {
+            "oci" => Ok(Format::Oci),
+            "docker" => Ok(Format::Docker),
+            other => bail!("unknown image format {other:?}: use oci or docker"),
+        }
+    }
+
+    fn manifest_type(self) -> &'static str {
+        match self {
+            Format::Oci => OCI_MANIFEST,
+            Format::Docker => DOCKER_MANIFEST,
+        }
+    }
+
+    fn config_type(self) -> &'static str {
+        match self {
+            Format::Oci => OCI_CONFIG,
+            Format::Docker => DOCKER_CONFIG,
+        }
+    }
+}
+
+/// How a layer blob is compressed, as its media type says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerEncoding {
+    Tar,
+    Gzip,
+    Zstd,
+}
+
+impl LayerEncoding {
+    pub fn of_media_type(media_type: &str) -> anyhow::Result<LayerEncoding> {
+        Ok(match media_type {
+            OCI_LAYER | DOCKER_LAYER => LayerEncoding::Tar,
+            OCI_LAYER_GZIP | DOCKER_LAYER_GZIP => LayerEncoding::Gzip,
+            OCI_LAYER_ZSTD | DOCKER_LAYER_ZSTD => LayerEncoding::Zstd,
+            other => bail!("unsupported layer media type {other}"),
+        })
+    }
+
+    pub fn of_compression(compression: kiln_cache::Compression) -> LayerEncoding {
+        match compression {
+            kiln_cache::Compression::Uncompressed => LayerEncoding::Tar,
+            kiln_cache::Compression::Gzip { .. } => LayerEncoding::Gzip,
+            kiln_cache::Compression::Zstd { .. } => LayerEncoding::Zstd,
+        }
+    }
+
+    pub fn media_type(self, format: Format) -> &'static str {
+        match (format, self) {
+            (Format::Oci, LayerEncoding::Tar) => OCI_LAYER,
+            (Format::Oci, LayerEncoding::Gzip) => OCI_LAYER_GZIP,
+            (Format::Oci, LayerEncoding::Zstd) => OCI_LAYER_ZSTD,
+            (Format::Docker, LayerEncoding::Tar) => DOCKER_LAYER,
+            (Format::Docker, LayerEncoding::Gzip) => DOCKER_LAYER_GZIP,
+            (Format::Docker, LayerEncoding::Zstd) => DOCKER_LAYER_ZSTD,
+        }
+    }
+}
+
+/// A layer of an image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layer {
+    pub diff_id: Digest,
+    pub blob: Digest,
+    pub size: u64,
+    pub encoding: LayerEncoding,
+}
+
+/// An image configuration file (`application/vnd.oci.image.config.v1+json`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ImageFile {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author: Option<String>,
+    #[serde(default)]
+    pub architecture: String,
+    #[serde(default)]
+    pub os: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
+    #[serde(default)]
+    pub config: ImageConfig,
+    pub rootfs: RootFs,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<History>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RootFs {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub diff_ids: Vec<Digest>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct History {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub empty_layer: bool,
+}
+
+impl ImageFile {
+    pub fn platform(&self) -> Platform {
+        Platform::new(&self.os, &self.architecture, self.variant.as_deref().unwrap_or(""))
+    }
+
+    pub fn to_json(&self) -> anyhow::Result<Vec<u8>> {
+        Ok(canonical_json(&serde_json::to_value(self)?))
+    }
+}
+
+/// An image of the store, read.
+#[derive(Debug, Clone)]
+pub struct StoredImage {
+    pub manifest_digest: Digest,
+    pub manifest: ImageManifest,
+    pub config_digest: Digest,
+    pub config: ImageFile,
+    pub layers: Vec<Layer>,
+}
+
+fn digest_of(descriptor: &Descriptor) -> anyhow::Result<Digest> {
+    descriptor
+        .digest()
+        .to_string()
+        .parse()
+        .with_context(|| format!("unsupported digest {}", descriptor.digest()))
+}
+
+pub fn oci_digest(digest: &Digest) -> anyhow::Result<oci_spec::image::Digest> {
+    digest.to_string().parse().context("converting a digest")
+}
+
+impl StoredImage {
+    /// Reads the image whose manifest has `digest`.
+    pub fn read(store: &Store, manifest_digest: &Digest) -> anyhow::Result<StoredImage> {
+        let bytes = store.read_blob(manifest_digest)?;
+        let manifest = ImageManifest::from_reader(&bytes[..]).with_context(|| format!("manifest {manifest_digest} is invalid"))?;
+        let config_digest = digest_of(manifest.config())?;
+        let config: ImageFile = serde_json::from_slice(&store.read_blob(&config_digest)?)
+            .with_context(|| format!("image configuration {config_digest} is invalid"))?;
+        if config.rootfs.diff_ids.len() != manifest.layers().len() {
+            bail!(
+                "image {manifest_digest} is inconsistent: {} layers in the manifest, {} in the configuration",
+                manifest.layers().len(),
+                config.rootfs.diff_ids.len()
+            );
+        }
+        let layers = manifest
+            .layers()
+            .iter()
+            .zip(&config.rootfs.diff_ids)
+            .map(|(descriptor, diff_id)| {
+                Ok(Layer {
+                    diff_id: *diff_id,
+                    blob: digest_of(descriptor)?,
+                    size: descriptor.size(),
+                    encoding: LayerEncoding::of_media_type(&descriptor.media_type().to_string())?,
+                })
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(StoredImage {
+            manifest_digest: *manifest_digest,
+            manifest,
+            config_digest,
+            config,
+            layers,
+        })
+    }
+
+    /// Reads the image a name (or `name@digest`) refers to.
+    pub fn find(store: &Store, name: &str) -> anyhow::Result<StoredImage> {
+        let reference = Reference::parse(name)?;
+        let digest = match reference.digest() {
+            Some(digest) => digest.parse::<Digest>()?,
+            None => {
+                let descriptor = store
+                    .resolve(&reference.to_string())?
+                    .with_context(|| format!("image {} is not in the store (see `kiln images`; `kiln load` imports one from a file)", reference.familiar()))?;
+                digest_of(&descriptor)?
+            }
+        };
+        StoredImage::read(store, &digest)
+    }
+}
+
+/// Writes the configuration and manifest of an image to the store and
+/// returns the manifest's descriptor.
+pub fn write_image(store: &Store, config: &ImageFile, layers: &[Layer], format: Format) -> anyhow::Result<Descriptor> {
+    let config_bytes = config.to_json()?;
+    let (config_digest, config_size) = store.write_blob(&config_bytes)?;
+    let layer_descriptors: Vec<serde_json::Value> = layers
+        .iter()
+        .map(|layer| {
+            serde_json::json!({
+                "mediaType": layer.encoding.media_type(format),
+                "digest": layer.blob.to_string(),
+                "size": layer.size,
+            })
+        })
+        .collect();
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": format.manifest_type(),
+        "config": {
+            "mediaType": format.config_type(),
+            "digest": config_digest.to_string(),
+            "size": config_size,
+        },
+        "layers": layer_descriptors,
+    });
+    let bytes = canonical_json(&manifest);
+    let (digest, size) = store.write_blob(&bytes)?;
+    let mut descriptor = Descriptor::new(MediaType::from(format.manifest_type()), size, oci_digest(&digest)?);
+    let platform = oci_spec::image::PlatformBuilder::default()
+        .os(oci_spec::image::Os::from(config.os.as_str()))
+        .architecture(oci_spec::image::Arch::from(config.architecture.as_str()))
+        .build()
+        .context("describing the platform")?;
+    descriptor.set_platform(Some(platform));
+    Ok(descriptor)
+}
+
+/// Base images for the frontend, from the local store.
+pub struct StoreImages<'a> {
+    pub store: &'a Store,
+}
+
+impl BaseImages for StoreImages<'_> {
+    fn resolve(&mut self, reference: &str, platform: &Platform) -> Result<ResolvedImage, String> {
+        let parsed = Reference::parse(reference).map_err(|e| e.to_string())?;
+        let image = StoredImage::find(self.store, reference).map_err(|e| format!("{e:#}"))?;
+        let found = image.config.platform();
+        if found.os != platform.os || found.architecture != platform.architecture {
+            return Err(format!("the image in the store is for {found}, not {platform}"));
+        }
+        let pinned = parsed.with_digest(&image.manifest_digest.to_string());
+        Ok(ResolvedImage {
+            reference: pinned.to_string(),
+            config: image.config.config,
+        })
+    }
+}
+
+/// Seconds since the epoch as RFC 3339 in UTC (`2024-01-31T12:00:00Z`).
+pub fn rfc3339(seconds: i64) -> String {
+    let days = seconds.div_euclid(86_400);
+    let secs = seconds.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        (secs % 3600) / 60,
+        secs % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(rfc3339(4_102_444_799), "2099-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn configuration_keeps_docker_fields() {
+        let json = r#"{"architecture":"amd64","os":"linux","config":{"Healthcheck":{"Test":["NONE"]},"OnBuild":["RUN x"],"Shell":["/bin/bash","-c"],"ArgsEscaped":true},"rootfs":{"type":"layers","diff_ids":[]},"history":[{"created_by":"x","empty_layer":true}]}"#;
+        let file: ImageFile = serde_json::from_str(json).expect("parses");
+        assert_eq!(file.config.on_build, ["RUN x"]);
+        let written = String::from_utf8(file.to_json().expect("json")).expect("utf-8");
+        for field in ["\"Healthcheck\"", "\"OnBuild\"", "\"Shell\"", "\"ArgsEscaped\":true", "\"empty_layer\":true"] {
+            assert!(written.contains(field), "{field} in {written}");
+        }
+    }
+}
