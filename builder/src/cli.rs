@@ -11,6 +11,9 @@ use clap::{Args, Parser, Subcommand};
     about = "Build container images from Dockerfiles, without a daemon"
 )]
 pub struct Cli {
+    /// The store directory (default: /var/lib/kiln for root, $XDG_DATA_HOME/kiln otherwise).
+    #[arg(long, global = true, env = "KILN_ROOT", value_name = "DIR")]
+    pub root: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -19,6 +22,44 @@ pub struct Cli {
 pub enum Command {
     /// Build an image from a Dockerfile and a context directory.
     Build(BuildArgs),
+    /// List the images in the store.
+    Images,
+    /// Show an image's manifest and configuration (with its history) as JSON.
+    Inspect {
+        /// The image (`name[:tag]` or `name@sha256:...`).
+        image: String,
+    },
+    /// Give an image another name.
+    Tag {
+        /// The image to name.
+        source: String,
+        /// The new name.
+        target: String,
+    },
+    /// Remove image names (the content goes when nothing else uses it).
+    Rmi {
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Write images to a tar archive that `kiln load`, `docker load` and skopeo read.
+    Save {
+        #[arg(required = true)]
+        images: Vec<String>,
+        /// The archive to write (`-` for standard output).
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: PathBuf,
+        /// `oci` (an OCI layout) or `docker` (the same plus Docker's manifest.json).
+        #[arg(long, default_value = "docker")]
+        format: String,
+    },
+    /// Import the images of an OCI or Docker archive.
+    Load {
+        /// The archive to read (`-` for standard input; may be compressed).
+        #[arg(short = 'i', long = "input", value_name = "FILE")]
+        input: PathBuf,
+    },
+    /// Verify every blob of the store against its digest and report what is wrong.
+    Check,
     /// Commands for looking inside kiln.
     #[command(subcommand)]
     Debug(DebugCommand),
@@ -43,6 +84,20 @@ pub struct BuildArgs {
     /// Allow extra privileges: `security.insecure` lets `RUN --security=insecure` run.
     #[arg(long = "allow", value_name = "ENTITLEMENT")]
     pub allow: Vec<String>,
+    /// Where the result goes: `type=image` (the store, default), `type=oci,dest=F.tar`,
+    /// `type=docker,dest=F.tar`, `type=local,dest=DIR`, or a directory (local).
+    #[arg(short = 'o', long = "output", value_name = "SPEC")]
+    pub output: Option<String>,
+    /// Media types of the image: `oci` (default) or `docker`.
+    #[arg(long, default_value = "oci")]
+    pub format: String,
+    /// Layer compression: `gzip[:LEVEL]` (default), `zstd[:LEVEL]` or `uncompressed`.
+    #[arg(long, default_value = "gzip")]
+    pub compression: String,
+    /// Clamp file times in new layers to this time and use it as the image's
+    /// creation time, for reproducible images (default: $SOURCE_DATE_EPOCH).
+    #[arg(long, env = "SOURCE_DATE_EPOCH", value_name = "SECONDS")]
+    pub source_date_epoch: Option<i64>,
 }
 
 /// Which Dockerfile to read and how to lower it.

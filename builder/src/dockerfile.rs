@@ -6,16 +6,26 @@ use std::io::Read;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use kiln_frontend::{BuildGraph, DockerIgnore, LowerOptions, Platform, UnknownImages};
+use kiln_frontend::{BaseImages, BuildGraph, DockerIgnore, LowerOptions, Platform};
 
 use crate::cli::DockerfileArgs;
 
-/// Reads, parses and lowers the Dockerfile the arguments name.
+/// A lowered Dockerfile and what came with it.
+pub struct Plan {
+    pub graph: BuildGraph,
+    pub ignore: DockerIgnore,
+    /// How to name the Dockerfile in messages.
+    pub name: String,
+}
+
+/// Reads, parses and lowers the Dockerfile the arguments name, with the base
+/// images `images` provides.
 pub fn load(
     args: &DockerfileArgs,
     labels: &[String],
     allow: &[String],
-) -> anyhow::Result<BuildGraph> {
+    images: &mut dyn BaseImages,
+) -> anyhow::Result<Plan> {
     let (path, bytes) = read_dockerfile(args)?;
     let name = path.display().to_string();
     let dockerfile = kiln_frontend::parse_bytes(&bytes, &name)?;
@@ -25,14 +35,17 @@ pub fn load(
             None => eprintln!("warning: {}", warning.message),
         }
     }
-    // A bad ignore pattern is reported before anything is built.
-    DockerIgnore::load(&path, &args.context)?;
+    let ignore = DockerIgnore::load(&path, &args.context)?;
     let options = lower_options(args, labels, allow)?;
-    let graph = kiln_frontend::lower(&dockerfile, &options, &mut UnknownImages)?;
+    let graph = kiln_frontend::lower(&dockerfile, &options, images)?;
     for warning in graph.warnings.iter().filter(|w| w.line.is_none()) {
         eprintln!("warning: {}", warning.message);
     }
-    Ok(graph)
+    Ok(Plan {
+        graph,
+        ignore,
+        name,
+    })
 }
 
 fn read_dockerfile(args: &DockerfileArgs) -> anyhow::Result<(PathBuf, Vec<u8>)> {

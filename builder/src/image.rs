@@ -141,7 +141,11 @@ pub struct History {
 
 impl ImageFile {
     pub fn platform(&self) -> Platform {
-        Platform::new(&self.os, &self.architecture, self.variant.as_deref().unwrap_or(""))
+        Platform::new(
+            &self.os,
+            &self.architecture,
+            self.variant.as_deref().unwrap_or(""),
+        )
     }
 
     pub fn to_json(&self) -> anyhow::Result<Vec<u8>> {
@@ -175,7 +179,8 @@ impl StoredImage {
     /// Reads the image whose manifest has `digest`.
     pub fn read(store: &Store, manifest_digest: &Digest) -> anyhow::Result<StoredImage> {
         let bytes = store.read_blob(manifest_digest)?;
-        let manifest = ImageManifest::from_reader(&bytes[..]).with_context(|| format!("manifest {manifest_digest} is invalid"))?;
+        let manifest = ImageManifest::from_reader(&bytes[..])
+            .with_context(|| format!("manifest {manifest_digest} is invalid"))?;
         let config_digest = digest_of(manifest.config())?;
         let config: ImageFile = serde_json::from_slice(&store.read_blob(&config_digest)?)
             .with_context(|| format!("image configuration {config_digest} is invalid"))?;
@@ -195,7 +200,7 @@ impl StoredImage {
                     diff_id: *diff_id,
                     blob: digest_of(descriptor)?,
                     size: descriptor.size(),
-                    encoding: LayerEncoding::of_media_type(&descriptor.media_type().to_string())?,
+                    encoding: LayerEncoding::of_media_type(descriptor.media_type().as_ref())?,
                 })
             })
             .collect::<anyhow::Result<_>>()?;
@@ -226,7 +231,12 @@ impl StoredImage {
 
 /// Writes the configuration and manifest of an image to the store and
 /// returns the manifest's descriptor.
-pub fn write_image(store: &Store, config: &ImageFile, layers: &[Layer], format: Format) -> anyhow::Result<Descriptor> {
+pub fn write_image(
+    store: &Store,
+    config: &ImageFile,
+    layers: &[Layer],
+    format: Format,
+) -> anyhow::Result<Descriptor> {
     let config_bytes = config.to_json()?;
     let (config_digest, config_size) = store.write_blob(&config_bytes)?;
     let layer_descriptors: Vec<serde_json::Value> = layers
@@ -251,7 +261,11 @@ pub fn write_image(store: &Store, config: &ImageFile, layers: &[Layer], format: 
     });
     let bytes = canonical_json(&manifest);
     let (digest, size) = store.write_blob(&bytes)?;
-    let mut descriptor = Descriptor::new(MediaType::from(format.manifest_type()), size, oci_digest(&digest)?);
+    let mut descriptor = Descriptor::new(
+        MediaType::from(format.manifest_type()),
+        size,
+        oci_digest(&digest)?,
+    );
     let platform = oci_spec::image::PlatformBuilder::default()
         .os(oci_spec::image::Os::from(config.os.as_str()))
         .architecture(oci_spec::image::Arch::from(config.architecture.as_str()))
@@ -272,13 +286,34 @@ impl BaseImages for StoreImages<'_> {
         let image = StoredImage::find(self.store, reference).map_err(|e| format!("{e:#}"))?;
         let found = image.config.platform();
         if found.os != platform.os || found.architecture != platform.architecture {
-            return Err(format!("the image in the store is for {found}, not {platform}"));
+            return Err(format!(
+                "the image in the store is for {found}, not {platform}"
+            ));
         }
         let pinned = parsed.with_digest(&image.manifest_digest.to_string());
         Ok(ResolvedImage {
             reference: pinned.to_string(),
             config: image.config.config,
         })
+    }
+}
+
+/// Base images from the store when it has them, and with an empty
+/// configuration otherwise: for showing a graph without pulling anything.
+pub struct StoreOrUnknownImages<'a> {
+    pub store: &'a Store,
+}
+
+impl BaseImages for StoreOrUnknownImages<'_> {
+    fn resolve(&mut self, reference: &str, platform: &Platform) -> Result<ResolvedImage, String> {
+        StoreImages { store: self.store }
+            .resolve(reference, platform)
+            .or_else(|_| {
+                Ok(ResolvedImage {
+                    reference: reference.to_string(),
+                    config: ImageConfig::default(),
+                })
+            })
     }
 }
 
@@ -322,7 +357,13 @@ mod tests {
         let file: ImageFile = serde_json::from_str(json).expect("parses");
         assert_eq!(file.config.on_build, ["RUN x"]);
         let written = String::from_utf8(file.to_json().expect("json")).expect("utf-8");
-        for field in ["\"Healthcheck\"", "\"OnBuild\"", "\"Shell\"", "\"ArgsEscaped\":true", "\"empty_layer\":true"] {
+        for field in [
+            "\"Healthcheck\"",
+            "\"OnBuild\"",
+            "\"Shell\"",
+            "\"ArgsEscaped\":true",
+            "\"empty_layer\":true",
+        ] {
             assert!(written.contains(field), "{field} in {written}");
         }
     }

@@ -1,16 +1,25 @@
 //! `kiln`: builds container images from Dockerfiles without a daemon.
 //!
-//! Exit codes: 0 success; 1 the build could not be done (invalid
-//! Dockerfile, bad option value, failure while building); 2 the command line
-//! itself is malformed.
+//! Exit codes: 0 success; 1 the work could not be done (invalid Dockerfile,
+//! bad option value, missing image, failure while building, problems found
+//! by `kiln check`); 2 the command line itself is malformed.
 
+mod archive;
+mod build;
 mod cli;
+mod commands;
+mod copy;
 mod dockerfile;
+mod image;
+mod users;
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::Parser;
+use kiln_cache::Store;
 
 use cli::{Cli, Command, DebugCommand};
 
@@ -30,24 +39,55 @@ fn main() -> ExitCode {
     }
 }
 
+/// The store directory: `--root`/`KILN_ROOT`, or the default for the user.
+fn store_root(root: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(root) = root {
+        return Ok(root);
+    }
+    if rustix::process::geteuid().is_root() {
+        return Ok(PathBuf::from("/var/lib/kiln"));
+    }
+    if let Some(data) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(data).join("kiln"));
+    }
+    let home = std::env::var_os("HOME")
+        .context("neither --root, KILN_ROOT, XDG_DATA_HOME nor HOME is set")?;
+    Ok(PathBuf::from(home).join(".local/share/kiln"))
+}
+
+fn open_store(root: Option<PathBuf>) -> anyhow::Result<Store> {
+    let root = store_root(root)?;
+    Store::open(&root).with_context(|| format!("opening the store at {}", root.display()))
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Build(args) => {
-            let graph = dockerfile::load(&args.dockerfile, &args.labels, &args.allow)?;
-            let steps: usize = graph.stages.iter().map(|s| s.steps.len()).sum();
-            anyhow::bail!(
-                "the Dockerfile is valid ({} stage(s) and {} step(s) to build), but this version of kiln cannot run builds yet",
-                graph.stages.len(),
-                steps
-            )
-        }
         Command::Debug(DebugCommand::Graph(args)) => {
-            let graph = dockerfile::load(&args, &[], &[])?;
+            let store = open_store(cli.root)?;
+            let mut images = image::StoreOrUnknownImages { store: &store };
+            let plan = dockerfile::load(&args, &[], &[], &mut images)?;
             let mut stdout = std::io::stdout().lock();
-            serde_json::to_writer_pretty(&mut stdout, &graph)?;
+            serde_json::to_writer_pretty(&mut stdout, &plan.graph)?;
             writeln!(stdout)?;
             Ok(())
         }
+        Command::Build(args) => commands::build(&open_store(cli.root)?, &args),
+        Command::Images => commands::images(&open_store(cli.root)?),
+        Command::Inspect { image } => commands::inspect(&open_store(cli.root)?, &image),
+        Command::Tag { source, target } => commands::tag(&open_store(cli.root)?, &source, &target),
+        Command::Rmi { images } => commands::rmi(&open_store(cli.root)?, &images),
+        Command::Save {
+            images,
+            output,
+            format,
+        } => commands::save(
+            &open_store(cli.root)?,
+            &images,
+            &output,
+            image::Format::parse(&format)?,
+        ),
+        Command::Load { input } => commands::load(&open_store(cli.root)?, &input),
+        Command::Check => commands::check(&open_store(cli.root)?),
     }
 }
 

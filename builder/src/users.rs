@@ -21,9 +21,13 @@ pub fn resolve_owner(spec: &str, view: &LayerView) -> anyhow::Result<(u32, u32)>
             let passwd = view
                 .read_to_string("/etc/passwd")
                 .context("reading /etc/passwd")?
-                .with_context(|| format!("cannot find user {user:?}: the image has no /etc/passwd"))?;
-            find(&passwd, user, |fields| Some((fields.get(2)?.parse().ok()?, fields.get(3)?.parse().ok()?)))
-                .with_context(|| format!("cannot find user {user:?} in the image's /etc/passwd"))?
+                .with_context(|| {
+                    format!("cannot find user {user:?}: the image has no /etc/passwd")
+                })?;
+            find(&passwd, user, |fields| {
+                Some((fields.get(2)?.parse().ok()?, fields.get(3)?.parse().ok()?))
+            })
+            .with_context(|| format!("cannot find user {user:?} in the image's /etc/passwd"))?
         }
     };
     let gid = match group {
@@ -35,9 +39,12 @@ pub fn resolve_owner(spec: &str, view: &LayerView) -> anyhow::Result<(u32, u32)>
                 let groups = view
                     .read_to_string("/etc/group")
                     .context("reading /etc/group")?
-                    .with_context(|| format!("cannot find group {group:?}: the image has no /etc/group"))?;
-                find(&groups, group, |fields| fields.get(2)?.parse().ok())
-                    .with_context(|| format!("cannot find group {group:?} in the image's /etc/group"))?
+                    .with_context(|| {
+                        format!("cannot find group {group:?}: the image has no /etc/group")
+                    })?;
+                find(&groups, group, |fields| fields.get(2)?.parse().ok()).with_context(|| {
+                    format!("cannot find group {group:?} in the image's /etc/group")
+                })?
             }
         },
     };
@@ -61,8 +68,16 @@ mod tests {
     fn image() -> (tempfile::TempDir, LayerView) {
         let dir = tempfile::tempdir().expect("tmp");
         std::fs::create_dir(dir.path().join("etc")).expect("mkdir");
-        std::fs::write(dir.path().join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\n").expect("passwd");
-        std::fs::write(dir.path().join("etc/group"), "root:x:0:\nstaff:x:50:app\napp:x:1001:\n").expect("group");
+        std::fs::write(
+            dir.path().join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\n",
+        )
+        .expect("passwd");
+        std::fs::write(
+            dir.path().join("etc/group"),
+            "root:x:0:\nstaff:x:50:app\napp:x:1001:\n",
+        )
+        .expect("group");
         let view = LayerView::new(vec![dir.path().to_path_buf()]);
         (dir, view)
     }
@@ -88,11 +103,20 @@ mod tests {
     fn unknown_names_are_errors() {
         let (_dir, view) = image();
         let err = resolve_owner("nobody", &view).expect_err("unknown user");
-        assert_eq!(err.to_string(), "cannot find user \"nobody\" in the image's /etc/passwd");
+        assert_eq!(
+            err.to_string(),
+            "cannot find user \"nobody\" in the image's /etc/passwd"
+        );
         let err = resolve_owner("app:wheel", &view).expect_err("unknown group");
-        assert_eq!(err.to_string(), "cannot find group \"wheel\" in the image's /etc/group");
+        assert_eq!(
+            err.to_string(),
+            "cannot find group \"wheel\" in the image's /etc/group"
+        );
         let empty = LayerView::new(vec![tempfile::tempdir().expect("tmp").path().to_path_buf()]);
         let err = resolve_owner("app", &empty).expect_err("no passwd");
-        assert!(err.to_string().contains("the image has no /etc/passwd"), "{err}");
+        assert!(
+            err.to_string().contains("the image has no /etc/passwd"),
+            "{err}"
+        );
     }
 }

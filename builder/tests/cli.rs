@@ -4,15 +4,23 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+/// A store of its own for each test process, never the machine's.
+fn store_root() -> PathBuf {
+    std::env::temp_dir().join(format!("kiln-cli-store-{}", std::process::id()))
+}
+
+fn kiln_command() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kiln"));
+    command.env("KILN_ROOT", store_root());
+    command
+}
+
 fn kiln(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(args)
-        .output()
-        .expect("kiln runs")
+    kiln_command().args(args).output().expect("kiln runs")
 }
 
 fn kiln_with_stdin(args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+    let mut child = kiln_command()
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -175,7 +183,7 @@ fn debug_graph_applies_target_build_args_and_platform() {
 #[test]
 fn build_args_can_come_from_the_environment() {
     let context = Context::new("envarg", "FROM scratch\nARG FROM_ENV\nRUN echo $FROM_ENV\n");
-    let output = Command::new(env!("CARGO_BIN_EXE_kiln"))
+    let output = kiln_command()
         .args(["debug", "graph", "--build-arg", "FROM_ENV", context.path()])
         .env("FROM_ENV", "from the environment")
         .output()

@@ -185,6 +185,10 @@ impl TreeWriter {
     /// set by [`TreeWriter::set_directory_attributes`], once its content is
     /// written.
     pub fn create_dir(&self, path: &str) -> Result<(), TreeError> {
+        if path.is_empty() {
+            // The root itself always exists.
+            return Ok(());
+        }
         if !self.make_room(path, true)? {
             let (parent, name) = self.parent(path)?;
             rustix::fs::mkdirat(&parent, name, Mode::from_raw_mode(0o755))

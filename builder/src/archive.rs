@@ -1,0 +1,349 @@
+//! Image archives: writing OCI and Docker tarballs (`--output type=oci`,
+//! `type=docker`, `kiln save`) and reading them back (`kiln load`).
+//!
+//! Both formats written here hold an OCI image layout (`oci-layout`,
+//! `index.json`, `blobs/sha256/…`); the Docker one adds the `manifest.json`
+//! that `docker load` reads, so one file serves both kinds of tools.
+//! Blobs are copied as stored, so an image saved and loaded again has the
+//! same digest.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, BufWriter, Read, Write};
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use kiln_cache::store::canonical_json;
+use kiln_cache::{Digest, Store};
+use kiln_registry::Reference;
+use oci_spec::image::ImageIndex;
+
+use crate::image::{Format, ImageFile, LayerEncoding, StoredImage, DOCKER_MANIFEST, OCI_MANIFEST};
+
+/// The annotation containerd and BuildKit put the full image name in.
+const CONTAINERD_NAME: &str = "io.containerd.image.name";
+const REF_NAME: &str = "org.opencontainers.image.ref.name";
+
+/// An image to write into an archive, and the names to give it.
+pub struct ArchiveImage<'a> {
+    pub image: &'a StoredImage,
+    pub names: Vec<Reference>,
+}
+
+/// Writes the images into a tar file at `path` (`-` for standard output).
+pub fn write_archive(
+    store: &Store,
+    images: &[ArchiveImage<'_>],
+    format: Format,
+    path: &Path,
+    mtime: i64,
+) -> anyhow::Result<()> {
+    let out: Box<dyn Write> = if path.as_os_str() == "-" {
+        Box::new(io::stdout().lock())
+    } else {
+        Box::new(File::create(path).with_context(|| format!("creating {}", path.display()))?)
+    };
+    let mut tar = tar::Builder::new(BufWriter::new(out));
+    let mut blobs: BTreeMap<Digest, u64> = BTreeMap::new();
+    let mut index_entries = Vec::new();
+    let mut docker_entries = Vec::new();
+    for entry in images {
+        let image = entry.image;
+        let manifest_size = store.read_blob(&image.manifest_digest)?.len() as u64;
+        blobs.insert(image.manifest_digest, manifest_size);
+        blobs.insert(image.config_digest, image.manifest.config().size());
+        for layer in &image.layers {
+            blobs.insert(layer.blob, layer.size);
+        }
+        let media_type = image
+            .manifest
+            .media_type()
+            .as_ref()
+            .map(|m| m.to_string())
+            .unwrap_or_else(|| OCI_MANIFEST.to_string());
+        let descriptor = |annotations: Option<serde_json::Value>| {
+            let mut value = serde_json::json!({
+                "mediaType": media_type,
+                "digest": image.manifest_digest.to_string(),
+                "size": manifest_size,
+                "platform": {"os": image.config.os, "architecture": image.config.architecture},
+            });
+            if let Some(annotations) = annotations {
+                value["annotations"] = annotations;
+            }
+            value
+        };
+        if entry.names.is_empty() {
+            index_entries.push(descriptor(None));
+        }
+        for name in &entry.names {
+            index_entries.push(descriptor(Some(serde_json::json!({
+                CONTAINERD_NAME: name.to_string(),
+                REF_NAME: name.tag().unwrap_or("latest"),
+            }))));
+        }
+        docker_entries.push(serde_json::json!({
+            "Config": format!("blobs/sha256/{}", image.config_digest.hex()),
+            "RepoTags": entry.names.iter().map(Reference::familiar).collect::<Vec<_>>(),
+            "Layers": image.layers.iter().map(|l| format!("blobs/sha256/{}", l.blob.hex())).collect::<Vec<_>>(),
+        }));
+    }
+    append_bytes(
+        &mut tar,
+        "oci-layout",
+        br#"{"imageLayoutVersion":"1.0.0"}"#,
+        mtime,
+    )?;
+    append_dir(&mut tar, "blobs/", mtime)?;
+    append_dir(&mut tar, "blobs/sha256/", mtime)?;
+    for (digest, size) in &blobs {
+        let file = store.open_blob(digest)?;
+        let header = file_header(&format!("blobs/sha256/{}", digest.hex()), *size, mtime)?;
+        tar.append(&header, file)
+            .with_context(|| format!("writing blob {digest}"))?;
+    }
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": index_entries,
+    });
+    append_bytes(&mut tar, "index.json", &canonical_json(&index), mtime)?;
+    if format == Format::Docker {
+        let manifest = serde_json::to_vec(&docker_entries)?;
+        append_bytes(&mut tar, "manifest.json", &manifest, mtime)?;
+    }
+    tar.into_inner()
+        .context("finishing the archive")?
+        .flush()
+        .context("writing the archive")?;
+    Ok(())
+}
+
+fn file_header(path: &str, size: u64, mtime: i64) -> anyhow::Result<tar::Header> {
+    let mut header = tar::Header::new_ustar();
+    header.set_path(path)?;
+    header.set_size(size);
+    header.set_mode(0o644);
+    header.set_mtime(mtime.max(0) as u64);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_cksum();
+    Ok(header)
+}
+
+fn append_bytes<W: Write>(
+    tar: &mut tar::Builder<W>,
+    path: &str,
+    bytes: &[u8],
+    mtime: i64,
+) -> anyhow::Result<()> {
+    let header = file_header(path, bytes.len() as u64, mtime)?;
+    tar.append(&header, bytes)
+        .with_context(|| format!("writing {path}"))
+}
+
+fn append_dir<W: Write>(tar: &mut tar::Builder<W>, path: &str, mtime: i64) -> anyhow::Result<()> {
+    let mut header = tar::Header::new_ustar();
+    header.set_path(path)?;
+    header.set_size(0);
+    header.set_mode(0o755);
+    header.set_mtime(mtime.max(0) as u64);
+    header.set_entry_type(tar::EntryType::Directory);
+    header.set_cksum();
+    tar.append(&header, io::empty())
+        .with_context(|| format!("writing {path}"))
+}
+
+/// An image `load` found, with the names it was given.
+#[derive(Debug)]
+pub struct Loaded {
+    pub manifest: Digest,
+    pub names: Vec<String>,
+}
+
+/// Imports the images of an OCI or Docker archive (optionally compressed)
+/// into the store, verifying every blob whose name is its digest.
+pub fn load(store: &Store, path: &Path) -> anyhow::Result<Vec<Loaded>> {
+    let reader: Box<dyn Read> = if path.as_os_str() == "-" {
+        Box::new(io::stdin().lock())
+    } else {
+        Box::new(File::open(path).with_context(|| format!("opening {}", path.display()))?)
+    };
+    let mut archive = tar::Archive::new(kiln_cache::compress::decompressed(reader)?);
+    let mut small: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let mut files: BTreeMap<String, (Digest, u64)> = BTreeMap::new();
+    for entry in archive.entries().context("reading the archive")? {
+        let mut entry = entry.context("reading the archive")?;
+        if !entry.header().entry_type().is_file() {
+            continue;
+        }
+        let name = entry
+            .path()
+            .context("reading an entry name")?
+            .to_string_lossy()
+            .trim_start_matches("./")
+            .to_string();
+        if matches!(
+            name.as_str(),
+            "oci-layout" | "index.json" | "manifest.json" | "repositories"
+        ) {
+            let mut bytes = Vec::new();
+            entry
+                .read_to_end(&mut bytes)
+                .with_context(|| format!("reading {name}"))?;
+            small.insert(name, bytes);
+            continue;
+        }
+        let stored = match name
+            .strip_prefix("blobs/sha256/")
+            .and_then(|hex| format!("sha256:{hex}").parse::<Digest>().ok())
+        {
+            Some(expected) => {
+                let size = store
+                    .import_blob(&mut entry, &expected)
+                    .with_context(|| format!("importing {name}"))?;
+                (expected, size)
+            }
+            None => {
+                let mut writer = store.blob_writer()?;
+                io::copy(&mut entry, &mut writer).with_context(|| format!("importing {name}"))?;
+                writer.commit(None)?
+            }
+        };
+        files.insert(name, stored);
+    }
+    if let Some(index) = small.get("index.json") {
+        load_oci(store, index)
+    } else if let Some(manifest) = small.get("manifest.json") {
+        load_docker(store, manifest, &files)
+    } else {
+        bail!(
+            "{} is neither an OCI archive (no index.json) nor a Docker archive (no manifest.json)",
+            path.display()
+        )
+    }
+}
+
+fn load_oci(store: &Store, index_bytes: &[u8]) -> anyhow::Result<Vec<Loaded>> {
+    let index = ImageIndex::from_reader(index_bytes).context("index.json is invalid")?;
+    let mut loaded = Vec::new();
+    for descriptor in index.manifests() {
+        let digest: Digest = descriptor.digest().to_string().parse()?;
+        let media_type = descriptor.media_type().to_string();
+        if media_type != OCI_MANIFEST && media_type != DOCKER_MANIFEST {
+            bail!("{digest} is a {media_type}; only single-platform images can be loaded");
+        }
+        let image = StoredImage::read(store, &digest)
+            .with_context(|| format!("image {digest} in the archive"))?;
+        for layer in &image.layers {
+            if !store.has_blob(&layer.blob) {
+                bail!("the archive lacks layer {} of image {digest}", layer.blob);
+            }
+        }
+        let annotations = descriptor.annotations().clone().unwrap_or_default();
+        let name = annotations
+            .get(CONTAINERD_NAME)
+            .or_else(|| annotations.get(REF_NAME).filter(|n| n.contains(['/', ':'])))
+            .map(|n| Reference::parse(n).map(|r| r.to_string()))
+            .transpose()?;
+        let mut plain = oci_spec::image::Descriptor::new(
+            descriptor.media_type().clone(),
+            descriptor.size(),
+            descriptor.digest().clone(),
+        );
+        plain.set_platform(descriptor.platform().clone());
+        store.set_name(name.as_deref(), &plain)?;
+        match loaded
+            .iter_mut()
+            .find(|l: &&mut Loaded| l.manifest == digest)
+        {
+            Some(existing) => existing.names.extend(name),
+            None => loaded.push(Loaded {
+                manifest: digest,
+                names: name.into_iter().collect(),
+            }),
+        }
+    }
+    Ok(loaded)
+}
+
+/// A `docker save` archive: layers are (usually uncompressed) tars named in
+/// `manifest.json`; a Docker manifest is made for them.
+fn load_docker(
+    store: &Store,
+    manifest_bytes: &[u8],
+    files: &BTreeMap<String, (Digest, u64)>,
+) -> anyhow::Result<Vec<Loaded>> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Entry {
+        config: String,
+        #[serde(default)]
+        repo_tags: Option<Vec<String>>,
+        layers: Vec<String>,
+    }
+    let entries: Vec<Entry> =
+        serde_json::from_slice(manifest_bytes).context("manifest.json is invalid")?;
+    let mut loaded = Vec::new();
+    for entry in entries {
+        let file = |name: &str| {
+            files
+                .get(name)
+                .copied()
+                .with_context(|| format!("the archive lacks {name}, named in manifest.json"))
+        };
+        let (config_digest, _) = file(&entry.config)?;
+        let config: ImageFile = serde_json::from_slice(&store.read_blob(&config_digest)?)
+            .context("the image configuration is invalid")?;
+        let mut layers = Vec::new();
+        for (name, diff_id) in entry.layers.iter().zip(&config.rootfs.diff_ids) {
+            let (blob, size) = file(name)?;
+            let mut head = [0u8; 8];
+            let read = store
+                .open_blob(&blob)?
+                .read(&mut head)
+                .with_context(|| format!("reading {name}"))?;
+            let encoding = match kiln_cache::compress::Format::detect(&head[..read]) {
+                kiln_cache::compress::Format::Gzip => LayerEncoding::Gzip,
+                kiln_cache::compress::Format::Zstd => LayerEncoding::Zstd,
+                kiln_cache::compress::Format::Plain => LayerEncoding::Tar,
+                other => {
+                    bail!("layer {name} is compressed with {other:?}, which images cannot use")
+                }
+            };
+            if encoding == LayerEncoding::Tar && blob != *diff_id {
+                bail!("layer {name} does not match the diff ID {diff_id} in the configuration");
+            }
+            layers.push(crate::image::Layer {
+                diff_id: *diff_id,
+                blob,
+                size,
+                encoding,
+            });
+        }
+        if layers.len() != config.rootfs.diff_ids.len() {
+            bail!(
+                "manifest.json lists {} layers but the configuration {}",
+                layers.len(),
+                config.rootfs.diff_ids.len()
+            );
+        }
+        let descriptor = crate::image::write_image(store, &config, &layers, Format::Docker)?;
+        let digest: Digest = descriptor.digest().to_string().parse()?;
+        let mut names = Vec::new();
+        for tag in entry.repo_tags.unwrap_or_default() {
+            let name = Reference::parse(&tag)?.to_string();
+            store.set_name(Some(&name), &descriptor)?;
+            names.push(name);
+        }
+        if names.is_empty() {
+            store.set_name(None, &descriptor)?;
+        }
+        loaded.push(Loaded {
+            manifest: digest,
+            names,
+        });
+    }
+    Ok(loaded)
+}

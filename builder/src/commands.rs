@@ -1,0 +1,317 @@
+//! The `kiln` commands that work on the store.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use kiln_cache::{Compression, Digest, Store};
+use kiln_registry::Reference;
+
+use crate::archive::{self, ArchiveImage};
+use crate::build::{Executor, Settings};
+use crate::cli::BuildArgs;
+use crate::dockerfile;
+use crate::image::{write_image, Format, StoreImages, StoredImage};
+
+/// Where `kiln build` puts the result.
+#[derive(Debug, PartialEq, Eq)]
+enum Output {
+    /// The store (`type=image`).
+    Store,
+    Oci(PathBuf),
+    Docker(PathBuf),
+    Local(PathBuf),
+}
+
+impl Output {
+    fn parse(spec: Option<&str>) -> anyhow::Result<Output> {
+        let Some(spec) = spec else {
+            return Ok(Output::Store);
+        };
+        if !spec.contains('=') {
+            return Ok(Output::Local(PathBuf::from(spec)));
+        }
+        let mut kind = None;
+        let mut dest = None;
+        for field in spec.split(',') {
+            match field.split_once('=') {
+                Some(("type", value)) => kind = Some(value),
+                Some(("dest", value)) => dest = Some(PathBuf::from(value)),
+                _ => bail!("invalid --output field {field:?}: expected type=... and dest=..."),
+            }
+        }
+        let dest = || {
+            dest.clone()
+                .with_context(|| format!("--output {spec:?} needs dest=PATH"))
+        };
+        Ok(match kind {
+            Some("image") | None => Output::Store,
+            Some("oci") => Output::Oci(dest()?),
+            Some("docker") => Output::Docker(dest()?),
+            Some("local") => Output::Local(dest()?),
+            Some(other) => {
+                bail!("unknown --output type {other:?}: use image, oci, docker or local")
+            }
+        })
+    }
+}
+
+fn now_seconds() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+pub fn build(store: &Store, args: &BuildArgs) -> anyhow::Result<()> {
+    let format = Format::parse(&args.format)?;
+    let compression = Compression::parse(&args.compression).map_err(anyhow::Error::msg)?;
+    let output = Output::parse(args.output.as_deref())?;
+    let tags = args
+        .tags
+        .iter()
+        .map(|t| Reference::parse(t))
+        .collect::<Result<Vec<_>, _>>()?;
+    let _in_use = store.lock_shared()?;
+    let mut images = StoreImages { store };
+    let plan = dockerfile::load(&args.dockerfile, &args.labels, &args.allow, &mut images)?;
+    let now = args.source_date_epoch.unwrap_or_else(now_seconds);
+    let executor = Executor {
+        store,
+        context: &args.dockerfile.context,
+        ignore: &plan.ignore,
+        dockerfile: &plan.name,
+        settings: Settings {
+            compression,
+            source_date_epoch: args.source_date_epoch,
+        },
+        now,
+    };
+    let outputs = executor.build(&plan.graph)?;
+    let target = &outputs[plan.graph.target];
+    if let Output::Local(dir) = &output {
+        crate::copy::export_tree(executor.view(&target.layers)?, dir, now)?;
+        eprintln!("wrote the image's files to {}", dir.display());
+        return Ok(());
+    }
+    let descriptor = write_image(store, &target.image_file(now), &target.layers, format)?;
+    let digest: Digest = descriptor.digest().to_string().parse()?;
+    match &output {
+        Output::Store | Output::Local(_) => {
+            if tags.is_empty() {
+                store.set_name(None, &descriptor)?;
+            }
+            for tag in &tags {
+                store.set_name(Some(&tag.to_string()), &descriptor)?;
+                eprintln!("naming to {tag}");
+            }
+        }
+        Output::Oci(path) | Output::Docker(path) => {
+            let image = StoredImage::read(store, &digest)?;
+            let archive_format = if matches!(output, Output::Oci(_)) {
+                Format::Oci
+            } else {
+                Format::Docker
+            };
+            archive::write_archive(
+                store,
+                &[ArchiveImage {
+                    image: &image,
+                    names: tags,
+                }],
+                archive_format,
+                path,
+                args.source_date_epoch.unwrap_or(0),
+            )?;
+            eprintln!("wrote {}", path.display());
+        }
+    }
+    println!("{digest}");
+    Ok(())
+}
+
+fn human_size(bytes: u64) -> String {
+    let units = ["B", "kB", "MB", "GB", "TB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit + 1 < units.len() {
+        value /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes}B")
+    } else {
+        format!("{value:.1}{}", units[unit])
+    }
+}
+
+pub fn images(store: &Store) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    writeln!(
+        stdout,
+        "{:<40} {:<19} {:<21} {:>8}",
+        "NAME", "DIGEST", "CREATED", "SIZE"
+    )?;
+    for entry in store.images()? {
+        let name = match &entry.name {
+            Some(name) => Reference::parse(name)
+                .map(|r| r.familiar())
+                .unwrap_or_else(|_| name.clone()),
+            None => "<none>".to_string(),
+        };
+        let digest: Digest = entry.manifest.digest().to_string().parse()?;
+        let (created, size) = match StoredImage::read(store, &digest) {
+            Ok(image) => (
+                image.config.created.clone().unwrap_or_default(),
+                human_size(
+                    image.layers.iter().map(|l| l.size).sum::<u64>()
+                        + image.manifest.config().size(),
+                ),
+            ),
+            Err(_) => ("(damaged: see kiln check)".to_string(), String::new()),
+        };
+        let short = format!("sha256:{}", &digest.hex()[..12]);
+        writeln!(stdout, "{name:<40} {short:<19} {created:<21} {size:>8}")?;
+    }
+    Ok(())
+}
+
+pub fn inspect(store: &Store, name: &str) -> anyhow::Result<()> {
+    let image = StoredImage::find(store, name)?;
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&store.read_blob(&image.manifest_digest)?)?;
+    let config: serde_json::Value =
+        serde_json::from_slice(&store.read_blob(&image.config_digest)?)?;
+    let report = serde_json::json!({
+        "Name": Reference::parse(name)?.to_string(),
+        "Digest": image.manifest_digest.to_string(),
+        "Manifest": manifest,
+        "Config": config,
+    });
+    let mut stdout = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut stdout, &report)?;
+    writeln!(stdout)?;
+    Ok(())
+}
+
+pub fn tag(store: &Store, source: &str, target: &str) -> anyhow::Result<()> {
+    let image = StoredImage::find(store, source)?;
+    let target = Reference::parse(target)?;
+    let descriptor = store
+        .images()?
+        .into_iter()
+        .find(|e| e.manifest.digest().to_string() == image.manifest_digest.to_string())
+        .map(|e| e.manifest)
+        .context("the image disappeared from the store")?;
+    store.set_name(Some(&target.to_string()), &descriptor)?;
+    Ok(())
+}
+
+pub fn rmi(store: &Store, images: &[String]) -> anyhow::Result<()> {
+    let mut missing = Vec::new();
+    for name in images {
+        let reference = Reference::parse(name)?;
+        if store.remove_name(&reference.to_string())? {
+            println!("Untagged: {}", reference.familiar());
+        } else {
+            missing.push(name.as_str());
+        }
+    }
+    if !missing.is_empty() {
+        bail!("no such image: {}", missing.join(", "));
+    }
+    Ok(())
+}
+
+pub fn save(store: &Store, names: &[String], output: &Path, format: Format) -> anyhow::Result<()> {
+    let mut images = Vec::new();
+    for name in names {
+        let image = StoredImage::find(store, name)?;
+        let reference = Reference::parse(name)?;
+        let names = if reference.digest().is_none() {
+            vec![reference]
+        } else {
+            Vec::new()
+        };
+        images.push((image, names));
+    }
+    let entries: Vec<ArchiveImage<'_>> = images
+        .iter()
+        .map(|(image, names)| ArchiveImage {
+            image,
+            names: names.clone(),
+        })
+        .collect();
+    archive::write_archive(store, &entries, format, output, 0)
+}
+
+pub fn load(store: &Store, input: &Path) -> anyhow::Result<()> {
+    let _in_use = store.lock_shared()?;
+    for loaded in archive::load(store, input)? {
+        if loaded.names.is_empty() {
+            println!("Loaded image: {}", loaded.manifest);
+        }
+        for name in &loaded.names {
+            let familiar = Reference::parse(name)
+                .map(|r| r.familiar())
+                .unwrap_or_else(|_| name.clone());
+            println!("Loaded image: {familiar}");
+        }
+    }
+    Ok(())
+}
+
+pub fn check(store: &Store) -> anyhow::Result<()> {
+    let problems = store.check()?;
+    if problems.is_empty() {
+        println!("the store at {} is consistent", store.root().display());
+        return Ok(());
+    }
+    for problem in &problems {
+        println!("{problem}");
+    }
+    bail!(
+        "{} problem(s) found in the store at {}",
+        problems.len(),
+        store.root().display()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_specs() {
+        assert_eq!(Output::parse(None).expect("default"), Output::Store);
+        assert_eq!(
+            Output::parse(Some("type=image")).expect("image"),
+            Output::Store
+        );
+        assert_eq!(
+            Output::parse(Some("type=oci,dest=x.tar")).expect("oci"),
+            Output::Oci("x.tar".into())
+        );
+        assert_eq!(
+            Output::parse(Some("type=docker,dest=y.tar")).expect("docker"),
+            Output::Docker("y.tar".into())
+        );
+        assert_eq!(
+            Output::parse(Some("type=local,dest=out")).expect("local"),
+            Output::Local("out".into())
+        );
+        assert_eq!(
+            Output::parse(Some("out")).expect("shorthand"),
+            Output::Local("out".into())
+        );
+        assert!(Output::parse(Some("type=oci")).is_err());
+        assert!(Output::parse(Some("type=registry,dest=x")).is_err());
+        assert!(Output::parse(Some("type=oci,compression=zstd")).is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(human_size(512), "512B");
+        assert_eq!(human_size(1_500), "1.5kB");
+        assert_eq!(human_size(2_000_000), "2.0MB");
+    }
+}

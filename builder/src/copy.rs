@@ -1,0 +1,725 @@
+//! COPY, ADD and WORKDIR without a sandbox: Docker's source and destination
+//! rules applied to a source tree (the build context, another stage or an
+//! image), writing what changes into a fresh diff directory that becomes
+//! the step's layer.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use kiln_cache::extract::{extract_into, ExtractMode, ExtractOptions};
+use kiln_cache::tree::{Attributes, TreeWriter};
+use kiln_cache::{LayerView, ViewEntry};
+use kiln_frontend::graph::{CopySource, CopyStep, InlineFile, MkdirStep};
+use kiln_frontend::DockerIgnore;
+use rustix::fs::FileType;
+
+use crate::users::resolve_owner;
+
+/// Where COPY reads from.
+pub struct SourceTree<'a> {
+    pub view: LayerView,
+    /// The build context's ignore rules; none for stages and images.
+    pub ignore: Option<&'a DockerIgnore>,
+    /// How errors name it: "the build context", "stage build", ...
+    pub label: String,
+}
+
+impl SourceTree<'_> {
+    fn is_context(&self) -> bool {
+        self.ignore.is_some()
+    }
+
+    /// Whether a path (absolute in the view) is left out by the ignore file.
+    fn ignored(&self, path: &str) -> bool {
+        self.ignore
+            .is_some_and(|rules| rules.is_excluded(path.trim_start_matches('/')))
+    }
+}
+
+/// A source path a pattern matched.
+struct Matched {
+    /// The file or directory, symlinks followed.
+    entry: ViewEntry,
+    /// The matched path, as written (symlinks not followed), absolute.
+    path: String,
+    /// Where it goes below the destination with `--parents`.
+    parents_path: String,
+}
+
+/// Writes new files into the diff directory, creating parents as the
+/// image already has them or, when it does not, with `default_owner`.
+struct Writer<'a> {
+    rootfs: &'a LayerView,
+    diff: TreeWriter,
+    diff_path: &'a Path,
+    now: i64,
+    default_owner: (u32, u32),
+    ensured: HashSet<String>,
+    hard_links: HashMap<(u64, u64), String>,
+}
+
+/// Runs a COPY or ADD step, writing into the empty directory `diff`.
+pub fn copy(
+    step: &CopyStep,
+    source: &SourceTree<'_>,
+    rootfs: &LayerView,
+    diff: &Path,
+    now: i64,
+) -> anyhow::Result<()> {
+    let owner = match &step.chown {
+        Some(spec) => Some(resolve_owner(spec, rootfs)?),
+        // Files from the build context belong to root; files from another
+        // image keep their owners.
+        None if source.is_context() => Some((0, 0)),
+        None => None,
+    };
+    let exclude = if step.exclude.is_empty() {
+        None
+    } else {
+        Some(DockerIgnore::parse(&step.exclude.join("\n"), "--exclude")?)
+    };
+    if step.sources.len() > 1 && !step.dest.ends_with('/') {
+        bail!(
+            "with more than one source the destination must be a directory ending with / (not {})",
+            step.dest
+        );
+    }
+    let mut matches = Vec::new();
+    let mut inline = Vec::new();
+    for copy_source in &step.sources {
+        match copy_source {
+            CopySource::Path(pattern) => {
+                let found = expand(source, pattern)?;
+                if found.is_empty() && !has_wildcard(pattern) {
+                    bail!("{pattern}: not found in {}", source.label);
+                }
+                matches.extend(found);
+            }
+            CopySource::Inline(file) => inline.push(file),
+            CopySource::Url(url) => {
+                bail!("ADD {url}: downloading is not supported by this version of kiln")
+            }
+            CopySource::Git(url) => {
+                bail!("ADD {url}: git sources are not supported by this version of kiln")
+            }
+        }
+    }
+    let dest = step.dest.as_str();
+    let dest_is_dir = dest.ends_with('/')
+        || matches.len() + inline.len() > 1
+        || rootfs
+            .resolve(dest, true)?
+            .is_some_and(|e| e.metadata.is_dir());
+    let mut writer = Writer {
+        rootfs,
+        diff: TreeWriter::open(diff).with_context(|| format!("opening {}", diff.display()))?,
+        diff_path: diff,
+        now,
+        default_owner: owner.unwrap_or((0, 0)),
+        ensured: HashSet::new(),
+        hard_links: HashMap::new(),
+    };
+    for found in matches {
+        let overrides = Overrides {
+            mode: step.chmod,
+            owner,
+        };
+        if found.entry.metadata.is_dir() {
+            let target = if step.parents {
+                join(dest, &found.parents_path)
+            } else {
+                dest.trim_end_matches('/').to_string()
+            };
+            writer.copy_directory(source, &found.entry, &target, &overrides, exclude.as_ref())?;
+            continue;
+        }
+        let target = if step.parents {
+            join(dest, &found.parents_path)
+        } else if dest_is_dir {
+            join(dest, base_name(&found.path))
+        } else {
+            dest.to_string()
+        };
+        if step.unpack && source.is_context() && is_archive(&found.entry)? {
+            let dir = if step.parents {
+                parent_of(&target)
+            } else if dest_is_dir {
+                dest.trim_end_matches('/').to_string()
+            } else {
+                dest.to_string()
+            };
+            writer.unpack(&found.entry, &dir, owner)?;
+            continue;
+        }
+        writer.copy_entry(&found.entry, &target, &overrides)?;
+    }
+    for file in inline {
+        let target = if dest_is_dir {
+            join(dest, &file.path)
+        } else {
+            dest.to_string()
+        };
+        writer.write_inline(file, &target, step.chmod, owner)?;
+    }
+    Ok(())
+}
+
+/// Copies the whole file system `view` into the directory `dest`
+/// (`--output type=local`), keeping owners, modes and times.
+pub fn export_tree(view: LayerView, dest: &Path, now: i64) -> anyhow::Result<()> {
+    fs::create_dir_all(dest).with_context(|| format!("creating {}", dest.display()))?;
+    let source = SourceTree {
+        view,
+        ignore: None,
+        label: "the image".to_string(),
+    };
+    let step = CopyStep {
+        from: kiln_frontend::graph::Source::Context,
+        sources: vec![CopySource::Path("/".to_string())],
+        dest: "/".to_string(),
+        chown: None,
+        chmod: None,
+        link: false,
+        parents: false,
+        exclude: Vec::new(),
+        unpack: false,
+        checksum: None,
+        keep_git_dir: false,
+    };
+    copy(&step, &source, &LayerView::default(), dest, now)
+}
+
+/// Runs WORKDIR's directory creation, into the empty directory `diff`:
+/// nothing when the directory exists already.
+pub fn mkdir(step: &MkdirStep, rootfs: &LayerView, diff: &Path, now: i64) -> anyhow::Result<()> {
+    if rootfs
+        .resolve(&step.path, true)?
+        .is_some_and(|e| e.metadata.is_dir())
+    {
+        return Ok(());
+    }
+    let owner = resolve_owner(&step.user, rootfs)
+        .with_context(|| format!("creating {} for user {:?}", step.path, step.user))?;
+    let mut writer = Writer {
+        rootfs,
+        diff: TreeWriter::open(diff).with_context(|| format!("opening {}", diff.display()))?,
+        diff_path: diff,
+        now,
+        default_owner: owner,
+        ensured: HashSet::new(),
+        hard_links: HashMap::new(),
+    };
+    let path = writer.place(&step.path)?;
+    writer.ensure_parents(&path)?;
+    writer.diff.create_dir(&path)?;
+    let attributes = Attributes {
+        mode: step.mode,
+        uid: owner.0,
+        gid: owner.1,
+        mtime: now,
+        xattrs: Vec::new(),
+    };
+    writer.diff.set_directory_attributes(&path, &attributes)?;
+    Ok(())
+}
+
+#[derive(Clone, Copy)]
+struct Overrides {
+    mode: Option<u32>,
+    owner: Option<(u32, u32)>,
+}
+
+impl Writer<'_> {
+    /// The path in the diff where `target` (a path in the image) goes:
+    /// through the symlinks the image already has, as Docker resolves it.
+    fn place(&self, target: &str) -> anyhow::Result<String> {
+        let resolved = self.rootfs.resolve_for_creation(target)?.with_context(|| {
+            format!("cannot create {target}: one of its parents is not a directory in the image")
+        })?;
+        Ok(resolved.trim_start_matches('/').to_string())
+    }
+
+    /// Creates the parents of `path` in the diff, with the attributes the
+    /// image gives them, or new ones.
+    fn ensure_parents(&mut self, path: &str) -> anyhow::Result<()> {
+        let mut prefix = String::new();
+        let parts: Vec<&str> = path.split('/').collect();
+        for part in &parts[..parts.len().saturating_sub(1)] {
+            if !prefix.is_empty() {
+                prefix.push('/');
+            }
+            prefix.push_str(part);
+            if self.ensured.contains(&prefix) {
+                continue;
+            }
+            if self.diff.lstat(&prefix)?.is_none() {
+                self.diff.create_dir(&prefix)?;
+                let attributes = match self.rootfs.resolve(&format!("/{prefix}"), false)? {
+                    Some(existing) if existing.metadata.is_dir() => attributes_of(
+                        &existing,
+                        &Overrides {
+                            mode: None,
+                            owner: None,
+                        },
+                    )?,
+                    _ => Attributes {
+                        mode: 0o755,
+                        uid: self.default_owner.0,
+                        gid: self.default_owner.1,
+                        mtime: self.now,
+                        xattrs: Vec::new(),
+                    },
+                };
+                self.diff.set_directory_attributes(&prefix, &attributes)?;
+            }
+            self.ensured.insert(prefix.clone());
+        }
+        Ok(())
+    }
+
+    fn copy_entry(
+        &mut self,
+        entry: &ViewEntry,
+        target: &str,
+        overrides: &Overrides,
+    ) -> anyhow::Result<()> {
+        let path = self.place(target)?;
+        self.ensure_parents(&path)?;
+        self.write_entry(entry, &path, overrides)
+    }
+
+    /// Writes one non-directory entry at `path` in the diff.
+    fn write_entry(
+        &mut self,
+        entry: &ViewEntry,
+        path: &str,
+        overrides: &Overrides,
+    ) -> anyhow::Result<()> {
+        let metadata = &entry.metadata;
+        let file_type = metadata.file_type();
+        let attributes = attributes_of(entry, overrides)?;
+        if file_type.is_file() {
+            if metadata.nlink() > 1 {
+                let key = (metadata.dev(), metadata.ino());
+                if let Some(first) = self.hard_links.get(&key) {
+                    self.diff.create_hard_link(path, first)?;
+                    return Ok(());
+                }
+                self.hard_links.insert(key, path.to_string());
+            }
+            let mut file =
+                File::open(&entry.host).with_context(|| format!("reading {}", entry.path))?;
+            self.diff.create_file(path, &mut file, &attributes)?;
+        } else if file_type.is_symlink() {
+            let target =
+                fs::read_link(&entry.host).with_context(|| format!("reading {}", entry.path))?;
+            self.diff
+                .create_symlink(path, &target.to_string_lossy(), &attributes)?;
+        } else if file_type.is_char_device() || file_type.is_block_device() || file_type.is_fifo() {
+            let kind = if file_type.is_char_device() {
+                FileType::CharacterDevice
+            } else if file_type.is_block_device() {
+                FileType::BlockDevice
+            } else {
+                FileType::Fifo
+            };
+            let rdev = metadata.rdev();
+            self.diff.create_node(
+                path,
+                kind,
+                rustix::fs::major(rdev),
+                rustix::fs::minor(rdev),
+                &attributes,
+            )?;
+        }
+        // Sockets cannot be part of an image and are left out, as Docker does.
+        Ok(())
+    }
+
+    /// Copies the contents of the directory `entry` into `target`.
+    fn copy_directory(
+        &mut self,
+        source: &SourceTree<'_>,
+        entry: &ViewEntry,
+        target: &str,
+        overrides: &Overrides,
+        exclude: Option<&DockerIgnore>,
+    ) -> anyhow::Result<()> {
+        let path = self.place(target)?;
+        self.ensure_parents(&path)?;
+        self.diff.create_dir(&path)?;
+        self.walk(source, entry, &entry.path, &path, overrides, exclude)?;
+        // An existing destination directory keeps its attributes.
+        let attributes = match self.rootfs.resolve(&format!("/{path}"), false)? {
+            Some(existing) if existing.metadata.is_dir() => attributes_of(
+                &existing,
+                &Overrides {
+                    mode: None,
+                    owner: None,
+                },
+            )?,
+            _ => attributes_of(entry, overrides)?,
+        };
+        self.diff.set_directory_attributes(&path, &attributes)?;
+        self.ensured.insert(path);
+        Ok(())
+    }
+
+    fn walk(
+        &mut self,
+        source: &SourceTree<'_>,
+        dir: &ViewEntry,
+        root: &str,
+        path: &str,
+        overrides: &Overrides,
+        exclude: Option<&DockerIgnore>,
+    ) -> anyhow::Result<()> {
+        for child in source
+            .view
+            .read_dir(&dir.path)
+            .with_context(|| format!("reading {}", dir.path))?
+        {
+            let is_dir = child.metadata.is_dir();
+            let skip_ignored = !is_dir
+                || source
+                    .ignore
+                    .is_some_and(|rules| rules.can_skip_dir(child.path.trim_start_matches('/')));
+            if source.ignored(&child.path) && skip_ignored {
+                continue;
+            }
+            let relative = child.path[root.len()..].trim_start_matches('/');
+            if exclude.is_some_and(|rules| rules.is_excluded(relative)) {
+                continue;
+            }
+            let name = base_name(&child.path);
+            let child_path = if path.is_empty() {
+                name.to_string()
+            } else {
+                format!("{path}/{name}")
+            };
+            if is_dir {
+                let included = !source.ignored(&child.path);
+                if included {
+                    self.diff.create_dir(&child_path)?;
+                    self.ensured.insert(child_path.clone());
+                }
+                self.walk(source, &child, root, &child_path, overrides, exclude)?;
+                if included {
+                    self.diff.set_directory_attributes(
+                        &child_path,
+                        &attributes_of(&child, overrides)?,
+                    )?;
+                }
+            } else {
+                self.ensure_parents(&child_path)?;
+                self.write_entry(&child, &child_path, overrides)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn unpack(
+        &mut self,
+        archive: &ViewEntry,
+        dir: &str,
+        owner: Option<(u32, u32)>,
+    ) -> anyhow::Result<()> {
+        let path = self.place(dir)?;
+        self.ensure_parents(&format!("{path}/x"))?;
+        let file =
+            File::open(&archive.host).with_context(|| format!("reading {}", archive.path))?;
+        let reader = kiln_cache::compress::decompressed(file)?;
+        let options = ExtractOptions {
+            mode: ExtractMode::Archive,
+            owner,
+        };
+        extract_into(reader, self.diff_path, &path, &options)
+            .with_context(|| format!("unpacking {}", archive.path))?;
+        Ok(())
+    }
+
+    fn write_inline(
+        &mut self,
+        file: &InlineFile,
+        target: &str,
+        mode: Option<u32>,
+        owner: Option<(u32, u32)>,
+    ) -> anyhow::Result<()> {
+        let path = self.place(target)?;
+        self.ensure_parents(&path)?;
+        let (uid, gid) = owner.unwrap_or((0, 0));
+        let attributes = Attributes {
+            mode: mode.unwrap_or(file.mode),
+            uid,
+            gid,
+            mtime: self.now,
+            xattrs: Vec::new(),
+        };
+        self.diff
+            .create_file(&path, &mut file.content.as_bytes(), &attributes)?;
+        Ok(())
+    }
+}
+
+/// An entry's attributes, with `--chmod` and `--chown` applied.
+fn attributes_of(entry: &ViewEntry, overrides: &Overrides) -> anyhow::Result<Attributes> {
+    let metadata = &entry.metadata;
+    let (uid, gid) = overrides.owner.unwrap_or((metadata.uid(), metadata.gid()));
+    Ok(Attributes {
+        mode: overrides.mode.unwrap_or(metadata.mode() & 0o7777),
+        uid,
+        gid,
+        mtime: metadata.mtime(),
+        xattrs: read_xattrs(&entry.host)?,
+    })
+}
+
+/// Extended attributes to carry over (overlayfs' own are not).
+fn read_xattrs(path: &std::path::Path) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    let mut names = vec![0u8; 4096];
+    let length = match rustix::fs::llistxattr(path, &mut names[..]) {
+        Ok(n) => n,
+        Err(rustix::io::Errno::NOTSUP) => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(std::io::Error::from(e))
+                .with_context(|| format!("listing attributes of {}", path.display()))
+        }
+    };
+    let mut attributes = Vec::new();
+    for name in names[..length].split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        let name = String::from_utf8_lossy(name).into_owned();
+        if name.starts_with("trusted.overlay.") {
+            continue;
+        }
+        let mut value = vec![0u8; 65536];
+        if let Ok(size) = rustix::fs::lgetxattr(path, name.as_str(), &mut value[..]) {
+            value.truncate(size);
+            attributes.push((name, value));
+        }
+    }
+    attributes.sort();
+    Ok(attributes)
+}
+
+fn is_archive(entry: &ViewEntry) -> anyhow::Result<bool> {
+    let file = File::open(&entry.host).with_context(|| format!("reading {}", entry.path))?;
+    Ok(kiln_cache::compress::is_tar_archive(file))
+}
+
+fn has_wildcard(pattern: &str) -> bool {
+    pattern.contains(['*', '?', '['])
+}
+
+fn base_name(path: &str) -> &str {
+    path.trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or(path)
+}
+
+fn parent_of(path: &str) -> String {
+    match path.trim_end_matches('/').rsplit_once('/') {
+        Some((parent, _)) if !parent.is_empty() => parent.to_string(),
+        _ => "/".to_string(),
+    }
+}
+
+fn join(dir: &str, name: &str) -> String {
+    let dir = dir.trim_end_matches('/');
+    let name = name.trim_start_matches('/');
+    if name.is_empty() {
+        if dir.is_empty() {
+            "/".to_string()
+        } else {
+            dir.to_string()
+        }
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+/// The paths of `source` a COPY pattern matches, sorted; symlinks in the
+/// matched path are followed (inside the source), not in what is copied.
+fn expand(source: &SourceTree<'_>, pattern: &str) -> anyhow::Result<Vec<Matched>> {
+    // `--parents` keeps the path from the pivot `/./`, or from the root.
+    let (pivot, pattern_from_pivot) = match pattern.split_once("/./") {
+        Some((pivot, rest)) => (format!("/{}", pivot.trim_start_matches('/')), rest),
+        None => ("/".to_string(), pattern),
+    };
+    let full = join(&pivot, pattern_from_pivot.trim_start_matches("./"));
+    let parts: Vec<String> = full
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .map(str::to_string)
+        .collect();
+    let mut candidates = vec!["/".to_string()];
+    for (index, part) in parts.iter().enumerate() {
+        let last = index + 1 == parts.len();
+        let mut next = Vec::new();
+        for base in &candidates {
+            if has_wildcard(part) {
+                let dir = source.view.resolve(base, true)?;
+                let Some(dir) = dir.filter(|d| d.metadata.is_dir()) else {
+                    continue;
+                };
+                for child in source.view.read_dir(&dir.path)? {
+                    let name = base_name(&child.path);
+                    if glob_match(part, name) {
+                        next.push(join(base, name));
+                    }
+                }
+            } else {
+                next.push(join(base, &unescape(part)));
+            }
+            if !last {
+                next.retain(|p| {
+                    !source.ignored(p)
+                        || source
+                            .ignore
+                            .is_some_and(|r| !r.can_skip_dir(p.trim_start_matches('/')))
+                });
+            }
+        }
+        candidates = next;
+    }
+    candidates.sort();
+    candidates.dedup();
+    let mut matched = Vec::new();
+    for path in candidates {
+        if source.ignored(&path) {
+            continue;
+        }
+        let Some(entry) = source.view.resolve(&path, true)? else {
+            continue;
+        };
+        let parents_path = path
+            .strip_prefix(pivot.as_str())
+            .unwrap_or(&path)
+            .trim_start_matches('/')
+            .to_string();
+        matched.push(Matched {
+            entry,
+            path,
+            parents_path,
+        });
+    }
+    Ok(matched)
+}
+
+fn unescape(part: &str) -> String {
+    let mut out = String::with_capacity(part.len());
+    let mut chars = part.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => out.extend(chars.next()),
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// Go's `filepath.Match` for one path component: `*`, `?`, `[...]`
+/// classes (with `^` negation and ranges) and `\` escapes.
+fn glob_match(pattern: &str, name: &str) -> bool {
+    let pattern: Vec<char> = pattern.chars().collect();
+    let name: Vec<char> = name.chars().collect();
+    match_from(&pattern, &name)
+}
+
+fn match_from(pattern: &[char], name: &[char]) -> bool {
+    match pattern.first() {
+        None => name.is_empty(),
+        Some('*') => (0..=name.len()).any(|skip| match_from(&pattern[1..], &name[skip..])),
+        Some('?') => !name.is_empty() && match_from(&pattern[1..], &name[1..]),
+        Some('[') => {
+            let Some((&c, rest)) = name.split_first() else {
+                return false;
+            };
+            match class_match(&pattern[1..], c) {
+                Some((matched, after)) => matched && match_from(after, rest),
+                None => false,
+            }
+        }
+        Some('\\') if pattern.len() > 1 => {
+            name.first() == Some(&pattern[1]) && match_from(&pattern[2..], &name[1..])
+        }
+        Some(&literal) => name.first() == Some(&literal) && match_from(&pattern[1..], &name[1..]),
+    }
+}
+
+/// Matches `c` against the class starting after `[`; returns whether it
+/// matched and the pattern after `]`, or `None` for a malformed class.
+fn class_match(class: &[char], c: char) -> Option<(bool, &[char])> {
+    let (negated, mut rest) = match class.first() {
+        Some('^') | Some('!') => (true, &class[1..]),
+        _ => (false, class),
+    };
+    let mut matched = false;
+    let mut first = true;
+    loop {
+        match rest.first()? {
+            ']' if !first => return Some((matched != negated, &rest[1..])),
+            _ => {}
+        }
+        first = false;
+        let (low, after) = class_char(rest)?;
+        let (high, after) =
+            if after.first() == Some(&'-') && after.get(1).is_some_and(|&c| c != ']') {
+                class_char(&after[1..])?
+            } else {
+                (low, after)
+            };
+        if low <= c && c <= high {
+            matched = true;
+        }
+        rest = after;
+    }
+}
+
+fn class_char(pattern: &[char]) -> Option<(char, &[char])> {
+    match pattern {
+        ['\\', escaped, rest @ ..] => Some((*escaped, rest)),
+        [c, rest @ ..] => Some((*c, rest)),
+        [] => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_follow_go_rules() {
+        let cases = [
+            ("*.txt", "a.txt", true),
+            ("*.txt", "a.md", false),
+            ("file?", "file1", true),
+            ("file?", "file10", false),
+            ("[a-c]*", "banana", true),
+            ("[^a-c]*", "banana", false),
+            ("[!a-c]*", "date", true),
+            ("\\*", "*", true),
+            ("\\*", "x", false),
+            ("*", "", true),
+            ("a*b*c", "axxbyyc", true),
+            ("[", "[", false),
+        ];
+        for (pattern, name, expected) in cases {
+            assert_eq!(glob_match(pattern, name), expected, "{pattern} vs {name}");
+        }
+    }
+
+    #[test]
+    fn path_helpers() {
+        assert_eq!(join("/dst/", "a"), "/dst/a");
+        assert_eq!(join("/", "a/b"), "/a/b");
+        assert_eq!(join("/dst", ""), "/dst");
+        assert_eq!(base_name("/a/b/"), "b");
+        assert_eq!(parent_of("/a/b"), "/a");
+        assert_eq!(parent_of("/a"), "/");
+        assert_eq!(unescape("a\\*b"), "a*b");
+    }
+}
