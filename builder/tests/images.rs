@@ -1,0 +1,456 @@
+//! Building images without a sandbox: COPY and ADD with Docker's rules,
+//! WORKDIR, configuration, history, base images from the store.
+
+mod support;
+
+use std::fs;
+use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use support::{require_root, Context, Kiln};
+
+fn read(root: &Path, path: &str) -> String {
+    fs::read_to_string(root.join(path.trim_start_matches('/')))
+        .unwrap_or_else(|e| panic!("reading {path}: {e}"))
+}
+
+fn owner_and_mode(root: &Path, path: &str) -> (u32, u32, u32) {
+    let metadata = fs::symlink_metadata(root.join(path.trim_start_matches('/')))
+        .unwrap_or_else(|e| panic!("{path}: {e}"));
+    (metadata.uid(), metadata.gid(), metadata.mode() & 0o7777)
+}
+
+/// Every path under `root`, relative, sorted.
+fn tree(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir).expect("read_dir") {
+            let path = entry.expect("entry").path();
+            out.push(
+                path.strip_prefix(root)
+                    .expect("inside")
+                    .display()
+                    .to_string(),
+            );
+            if fs::symlink_metadata(&path).expect("stat").is_dir() {
+                stack.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn the_example_builds_into_the_store() {
+    require_root();
+    let kiln = Kiln::new();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/examples/hello");
+    let digest = kiln.build(&example, &["-t", "hello"]);
+    assert!(
+        digest.starts_with("sha256:") && digest.len() == 71,
+        "{digest}"
+    );
+    let images = kiln.ok(&["images"]);
+    assert!(images.contains("hello:latest"), "{images}");
+    let image = kiln.inspect("hello");
+    assert_eq!(image["Digest"], digest);
+    let config = &image["Config"];
+    assert_eq!(
+        config["config"]["Cmd"],
+        serde_json::json!(["/srv/hello.txt"])
+    );
+    assert_eq!(config["config"]["WorkingDir"], "/srv");
+    assert_eq!(
+        config["config"]["Labels"]["org.opencontainers.image.description"],
+        "hello from kiln"
+    );
+    let history: Vec<(&str, bool)> = config["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .map(|h| {
+            (
+                h["created_by"].as_str().expect("created_by"),
+                h["empty_layer"].as_bool().unwrap_or(false),
+            )
+        })
+        .collect();
+    assert_eq!(
+        history,
+        [
+            ("ARG GREETING=hello from kiln", true),
+            ("LABEL org.opencontainers.image.title=hello org.opencontainers.image.description=hello from kiln", true),
+            ("WORKDIR /srv", false),
+            ("COPY hello.txt . # buildkit", false),
+            ("COPY <<EOF /srv/greeting.txt # buildkit", false),
+            ("ENV GREETING_FILE=/srv/greeting.txt", true),
+            ("CMD [\"/srv/hello.txt\"]", true),
+        ]
+    );
+    assert_eq!(
+        image["Manifest"]["layers"].as_array().map(Vec::len),
+        Some(3)
+    );
+    assert_eq!(
+        image["Manifest"]["mediaType"],
+        "application/vnd.oci.image.manifest.v1+json"
+    );
+    assert_eq!(
+        image["Manifest"]["layers"][0]["mediaType"],
+        "application/vnd.oci.image.layer.v1.tar+gzip"
+    );
+}
+
+#[test]
+fn copy_follows_dockers_source_and_destination_rules() {
+    require_root();
+    let kiln = Kiln::new();
+    let context = Context::new();
+    context.write("file.txt", "file");
+    context.write("dir/a.txt", "a");
+    context.write("dir/sub/b.txt", "b");
+    context.write("dir/skip.md", "excluded");
+    context.write("glob/x1.conf", "x1");
+    context.write("glob/x2.conf", "x2");
+    context.write("glob/y.conf", "y");
+    context.write("ignored/secret", "never copied");
+    context.write("keep/in.txt", "in");
+    context.write("keep/out.log", "out");
+    context.write("tree/a/b/deep.txt", "deep");
+    symlink("dir", context.path().join("link-to-dir")).expect("symlink");
+    context.write(".dockerignore", "ignored\nkeep/*.log\n");
+    context.write(
+        "Dockerfile",
+        "FROM scratch\n\
+         COPY file.txt /as-file\n\
+         COPY file.txt /into-dir/\n\
+         COPY dir /contents-only\n\
+         COPY --exclude=*.md dir/ /excluded/\n\
+         COPY glob/x*.conf /globbed/\n\
+         COPY keep /keep\n\
+         COPY link-to-dir /via-link\n\
+         COPY --parents tree/./a/b/deep.txt /parents/\n\
+         COPY --chmod=0600 file.txt /private/\n\
+         COPY file.txt dir/a.txt /two/\n\
+         WORKDIR /work\n\
+         COPY file.txt relative.txt\n",
+    );
+    let out = kiln.files(context.path(), &[]);
+    let root = out.path();
+    assert_eq!(read(root, "/as-file"), "file");
+    assert_eq!(read(root, "/into-dir/file.txt"), "file");
+    assert_eq!(read(root, "/contents-only/a.txt"), "a");
+    assert_eq!(read(root, "/contents-only/sub/b.txt"), "b");
+    assert!(
+        !root.join("contents-only/dir").exists(),
+        "COPY dir copies the contents"
+    );
+    assert!(root.join("excluded/a.txt").exists() && !root.join("excluded/skip.md").exists());
+    let globbed = tree(&root.join("globbed"));
+    assert_eq!(globbed, ["x1.conf", "x2.conf"]);
+    assert_eq!(tree(&root.join("keep")), ["in.txt"]);
+    assert!(!root.join("ignored").exists());
+    assert_eq!(read(root, "/via-link/a.txt"), "a");
+    assert_eq!(read(root, "/parents/a/b/deep.txt"), "deep");
+    assert_eq!(owner_and_mode(root, "/private/file.txt"), (0, 0, 0o600));
+    assert_eq!(tree(&root.join("two")), ["a.txt", "file.txt"]);
+    assert_eq!(read(root, "/work/relative.txt"), "file");
+}
+
+#[test]
+fn copy_errors_name_the_problem() {
+    require_root();
+    let kiln = Kiln::new();
+    let cases = [
+        (
+            "FROM scratch\nCOPY missing.txt /\n",
+            "missing.txt: not found in the build context",
+        ),
+        (
+            "FROM scratch\nCOPY ignored /\n",
+            "ignored: not found in the build context",
+        ),
+        (
+            "FROM scratch\nCOPY a b /dest\n",
+            "with more than one source the destination must be a directory ending with /",
+        ),
+        (
+            "FROM scratch\nCOPY ../outside /\n",
+            "source \"../outside\" is outside the build context",
+        ),
+        ("FROM scratch\nRUN echo hi\n", "RUN needs the build sandbox"),
+        (
+            "FROM not-loaded:1\nCOPY a /\n",
+            "image not-loaded:1 is not in the store",
+        ),
+        (
+            "FROM scratch\nCOPY --chown=app a /\n",
+            "cannot find user \"app\": the image has no /etc/passwd",
+        ),
+    ];
+    for (dockerfile, message) in cases {
+        let context = Context::new();
+        context.write("a", "a");
+        context.write("b", "b");
+        context.write("ignored", "x");
+        context.write(".dockerignore", "ignored\n");
+        context.write("Dockerfile", dockerfile);
+        let stderr = kiln.fails(&["build", context.path().to_str().expect("utf-8")]);
+        assert!(stderr.contains(message), "{dockerfile:?}: {stderr}");
+        if message.contains("RUN") || message.contains("COPY") {
+            assert!(
+                stderr.contains("/Dockerfile:2"),
+                "the error names the line: {stderr}"
+            );
+        }
+    }
+}
+
+#[test]
+fn chown_and_workdir_use_the_images_users() {
+    require_root();
+    let kiln = Kiln::new();
+    kiln.busybox();
+    let context = Context::new();
+    context.write("app.conf", "conf");
+    context.write("Dockerfile", "FROM busybox\nUSER app\nWORKDIR /home/app/data/cache\nCOPY --chown=app:staff app.conf ./\nCOPY --chown=1234 app.conf /numeric\nCOPY app.conf /root-owned\n");
+    let out = kiln.files(context.path(), &[]);
+    let root = out.path();
+    assert_eq!(
+        owner_and_mode(root, "/home/app/data/cache/app.conf"),
+        (1000, 50, 0o644)
+    );
+    assert_eq!(
+        owner_and_mode(root, "/home/app/data/cache"),
+        (1000, 1000, 0o755)
+    );
+    assert_eq!(owner_and_mode(root, "/home/app/data"), (1000, 1000, 0o755));
+    assert_eq!(owner_and_mode(root, "/numeric"), (1234, 1234, 0o644));
+    assert_eq!(owner_and_mode(root, "/root-owned"), (0, 0, 0o644));
+    assert_eq!(
+        owner_and_mode(root, "/tmp"),
+        (0, 0, 0o1777),
+        "the base image's files are kept"
+    );
+    assert!(fs::symlink_metadata(root.join("bin/sh"))
+        .expect("applet")
+        .file_type()
+        .is_symlink());
+    let image = kiln.build(context.path(), &["-t", "app"]);
+    let config = kiln.inspect(&image.replace("sha256:", "app@sha256:"));
+    assert_eq!(config["Config"]["config"]["User"], "app");
+    assert_eq!(
+        config["Config"]["config"]["Cmd"],
+        serde_json::json!(["sh"]),
+        "CMD comes from the base image"
+    );
+    assert_eq!(
+        config["Config"]["rootfs"]["diff_ids"]
+            .as_array()
+            .map(Vec::len),
+        Some(5)
+    );
+}
+
+#[test]
+fn copy_from_stages_and_images_keeps_owners() {
+    require_root();
+    let kiln = Kiln::new();
+    kiln.busybox();
+    let context = Context::new();
+    context.write("tool", "#!/bin/sh\necho tool\n");
+    fs::set_permissions(
+        context.path().join("tool"),
+        fs::Permissions::from_mode(0o755),
+    )
+    .expect("chmod");
+    context.write(
+        "Dockerfile",
+        "FROM busybox AS build\nCOPY --chown=app:app tool /opt/tool\n\
+         FROM scratch\nCOPY --from=build /opt/tool /usr/bin/tool\nCOPY --from=busybox /etc/passwd /etc/passwd\nCOPY --from=0 /bin/busybox /bin/\n",
+    );
+    let out = kiln.files(context.path(), &[]);
+    let root = out.path();
+    assert_eq!(owner_and_mode(root, "/usr/bin/tool"), (1000, 1000, 0o755));
+    assert!(read(root, "/etc/passwd").contains("app:x:1000"));
+    assert!(root.join("bin/busybox").is_file());
+    assert_eq!(
+        tree(root),
+        [
+            "bin",
+            "bin/busybox",
+            "etc",
+            "etc/passwd",
+            "usr",
+            "usr/bin",
+            "usr/bin/tool"
+        ]
+    );
+}
+
+#[test]
+fn add_unpacks_local_archives_and_copies_other_files() {
+    require_root();
+    let kiln = Kiln::new();
+    let context = Context::new();
+    let payload = tempfile::tempdir().expect("payload");
+    fs::create_dir_all(payload.path().join("pkg/bin")).expect("mkdir");
+    fs::write(payload.path().join("pkg/bin/run"), "run").expect("write");
+    fs::set_permissions(
+        payload.path().join("pkg/bin/run"),
+        fs::Permissions::from_mode(0o750),
+    )
+    .expect("chmod");
+    let status = std::process::Command::new("tar")
+        .args([
+            "-czf",
+            context.path().join("pkg.tar.gz").to_str().expect("utf-8"),
+            "-C",
+        ])
+        .arg(payload.path())
+        .arg("pkg")
+        .status()
+        .expect("tar");
+    assert!(status.success());
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo plain > {0}/notes.txt && gzip -k {0}/notes.txt",
+            context.path().display()
+        ))
+        .status()
+        .expect("gzip");
+    assert!(status.success());
+    context.write(
+        "Dockerfile",
+        "FROM scratch\nADD pkg.tar.gz /opt/\nADD notes.txt.gz /docs/\nCOPY pkg.tar.gz /copied/\n",
+    );
+    let out = kiln.files(context.path(), &[]);
+    let root = out.path();
+    assert_eq!(read(root, "/opt/pkg/bin/run"), "run");
+    assert_eq!(owner_and_mode(root, "/opt/pkg/bin/run").2, 0o750);
+    assert!(
+        root.join("docs/notes.txt.gz").is_file(),
+        "a gzip that is not a tar is copied as it is"
+    );
+    assert!(
+        root.join("copied/pkg.tar.gz").is_file(),
+        "COPY never unpacks"
+    );
+}
+
+#[test]
+fn configuration_instructions_reach_the_image() {
+    require_root();
+    let kiln = Kiln::new();
+    kiln.busybox();
+    let context = Context::new();
+    context.write(
+        "Dockerfile",
+        "FROM busybox\nENV A=1\nEXPOSE 80 53/udp\nVOLUME /data\nSTOPSIGNAL SIGINT\nSHELL [\"/bin/sh\", \"-ec\"]\n\
+         HEALTHCHECK --interval=30s CMD true\nONBUILD COPY . /src\nENTRYPOINT [\"/bin/sh\"]\nMAINTAINER someone\n",
+    );
+    let digest = kiln.build(
+        context.path(),
+        &[
+            "-t",
+            "configured",
+            "--label",
+            "built-by=kiln",
+            "--format",
+            "docker",
+        ],
+    );
+    let image = kiln.inspect("configured");
+    assert_eq!(image["Digest"], digest);
+    let config = &image["Config"]["config"];
+    assert_eq!(
+        config["ExposedPorts"],
+        serde_json::json!({"53/udp": {}, "80/tcp": {}})
+    );
+    assert_eq!(config["Volumes"], serde_json::json!({"/data": {}}));
+    assert_eq!(config["StopSignal"], "SIGINT");
+    assert_eq!(config["Shell"], serde_json::json!(["/bin/sh", "-ec"]));
+    assert_eq!(
+        config["Healthcheck"]["Test"],
+        serde_json::json!(["CMD-SHELL", "true"])
+    );
+    assert_eq!(config["OnBuild"], serde_json::json!(["COPY . /src"]));
+    assert_eq!(config["Entrypoint"], serde_json::json!(["/bin/sh"]));
+    assert!(
+        config.get("Cmd").is_none(),
+        "ENTRYPOINT resets the inherited CMD"
+    );
+    assert_eq!(config["Labels"]["built-by"], "kiln");
+    assert!(config["Env"]
+        .as_array()
+        .expect("env")
+        .contains(&serde_json::json!("A=1")));
+    assert_eq!(image["Config"]["author"], "someone");
+    assert_eq!(
+        image["Manifest"]["mediaType"],
+        "application/vnd.docker.distribution.manifest.v2+json"
+    );
+    assert_eq!(
+        image["Manifest"]["config"]["mediaType"],
+        "application/vnd.docker.container.image.v1+json"
+    );
+
+    // ONBUILD runs in images built on this one.
+    let child = Context::new();
+    child.write("hello", "from the child context");
+    child.write("Dockerfile", "FROM configured\n");
+    let out = kiln.files(child.path(), &[]);
+    assert_eq!(read(out.path(), "/src/hello"), "from the child context");
+}
+
+#[test]
+fn empty_steps_add_no_layer() {
+    require_root();
+    let kiln = Kiln::new();
+    kiln.busybox();
+    let context = Context::new();
+    context.write("Dockerfile", "FROM busybox\nWORKDIR /tmp\nWORKDIR /\n");
+    kiln.build(context.path(), &["-t", "same"]);
+    let image = kiln.inspect("same");
+    let base = kiln.inspect("busybox");
+    assert_eq!(image["Manifest"]["layers"], base["Manifest"]["layers"]);
+    let history = image["Config"]["history"].as_array().expect("history");
+    let last_two: Vec<bool> = history[history.len() - 2..]
+        .iter()
+        .map(|h| h["empty_layer"].as_bool().unwrap_or(false))
+        .collect();
+    assert_eq!(last_two, [true, true]);
+}
+
+#[test]
+fn image_commands() {
+    require_root();
+    let kiln = Kiln::new();
+    kiln.busybox();
+    kiln.ok(&["tag", "busybox", "example.com/tools/busybox:1.0"]);
+    let images = kiln.ok(&["images"]);
+    assert!(
+        images.contains("busybox:latest") && images.contains("example.com/tools/busybox:1.0"),
+        "{images}"
+    );
+    assert_eq!(
+        kiln.ok(&["rmi", "busybox"]).trim(),
+        "Untagged: busybox:latest"
+    );
+    assert!(kiln
+        .fails(&["rmi", "busybox"])
+        .contains("no such image: busybox"));
+    assert!(kiln
+        .fails(&["inspect", "busybox"])
+        .contains("image busybox:latest is not in the store"));
+    assert!(kiln
+        .fails(&["tag", "busybox", "x"])
+        .contains("is not in the store"));
+    assert!(kiln
+        .fails(&["inspect", "Upper/Case"])
+        .contains("repository names must be lower-case"));
+    assert!(kiln.ok(&["check"]).contains("is consistent"));
+}

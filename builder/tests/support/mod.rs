@@ -1,0 +1,179 @@
+//! What the builder's integration tests share: a store of their own, the
+//! `kiln` binary, contexts in temporary directories, and base images made
+//! from Debian's busybox-static by kiln itself.
+
+#![allow(dead_code)] // Each test binary uses its own part of this module.
+
+use std::fs;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Tests that create images owned by root, device nodes and layers with
+/// arbitrary owners need root, as CI runs them.
+pub fn require_root() {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "this test builds images with files owned by other users and must run as root (sudo scripts/test)"
+    );
+}
+
+/// Fails with a message naming the Debian package when a tool is missing.
+pub fn require_tool(tool: &str, package: &str) {
+    let found = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()))
+        .unwrap_or(false);
+    assert!(
+        found,
+        "{tool} is not installed: scripts/test installs it (apt-get install {package})"
+    );
+}
+
+/// A store of its own and the `kiln` binary working on it.
+pub struct Kiln {
+    pub root: tempfile::TempDir,
+}
+
+impl Default for Kiln {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Kiln {
+    pub fn new() -> Self {
+        Kiln {
+            root: tempfile::tempdir().expect("store directory"),
+        }
+    }
+
+    pub fn command(&self) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_kiln"));
+        command
+            .env("KILN_ROOT", self.root.path())
+            .env_remove("SOURCE_DATE_EPOCH");
+        command
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command().args(args).output().expect("kiln runs")
+    }
+
+    /// Runs kiln, expecting success; returns standard output.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let output = self.run(args);
+        assert!(
+            output.status.success(),
+            "kiln {args:?} failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// Runs kiln, expecting failure; returns standard error.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let output = self.run(args);
+        assert!(
+            !output.status.success(),
+            "kiln {args:?} succeeded but should have failed"
+        );
+        assert_eq!(output.status.code(), Some(1));
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    }
+
+    /// Builds `context` (a directory with a Dockerfile) and returns the
+    /// image digest kiln prints.
+    pub fn build(&self, context: &Path, extra: &[&str]) -> String {
+        let mut args = vec!["build"];
+        args.extend_from_slice(extra);
+        args.push(context.to_str().expect("utf-8 path"));
+        self.ok(&args).trim().to_string()
+    }
+
+    /// Makes `busybox:latest` in the store: busybox-static's binary, its
+    /// applets, a passwd with `root`, `app` (1000:1000) and `nobody`, and a
+    /// group file with `staff` (50).
+    pub fn busybox(&self) {
+        require_tool("busybox", "busybox-static");
+        let context = Context::new();
+        let root = context.path().join("rootfs");
+        busybox_rootfs(&root);
+        context.write("Dockerfile", "FROM scratch\nCOPY rootfs/ /\nCMD [\"sh\"]\n");
+        self.build(context.path(), &["-t", "busybox:latest"]);
+    }
+
+    /// Reads an image's configuration through `kiln inspect`.
+    pub fn inspect(&self, image: &str) -> serde_json::Value {
+        serde_json::from_str(&self.ok(&["inspect", image])).expect("inspect prints JSON")
+    }
+
+    /// Builds and writes the target stage's files to a fresh directory.
+    pub fn files(&self, context: &Path, extra: &[&str]) -> tempfile::TempDir {
+        let out = tempfile::tempdir().expect("output directory");
+        let dest = format!("type=local,dest={}", out.path().display());
+        let mut args = vec!["-o", dest.as_str()];
+        args.extend_from_slice(extra);
+        self.build(context, &args);
+        out
+    }
+}
+
+/// A build context in a temporary directory.
+pub struct Context {
+    dir: tempfile::TempDir,
+}
+
+impl Default for Context {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Context {
+    pub fn new() -> Self {
+        Context {
+            dir: tempfile::tempdir().expect("context directory"),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn write(&self, path: &str, content: &str) -> PathBuf {
+        let full = self.dir.path().join(path);
+        if let Some(parent) = full.parent() {
+            fs::create_dir_all(parent).expect("create parent");
+        }
+        fs::write(&full, content).expect("write file");
+        full
+    }
+}
+
+/// A minimal root file system around busybox-static.
+pub fn busybox_rootfs(root: &Path) {
+    for dir in ["bin", "etc", "tmp", "root", "home/app"] {
+        fs::create_dir_all(root.join(dir)).expect("mkdir");
+    }
+    fs::set_permissions(root.join("tmp"), fs::Permissions::from_mode(0o1777)).expect("chmod tmp");
+    fs::copy("/bin/busybox", root.join("bin/busybox")).expect("copy busybox");
+    let list = Command::new("/bin/busybox")
+        .arg("--list")
+        .output()
+        .expect("busybox --list");
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if applet != "busybox" && !applet.is_empty() {
+            symlink("busybox", root.join("bin").join(applet)).expect("applet link");
+        }
+    }
+    fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
+    )
+    .expect("passwd");
+    fs::write(
+        root.join("etc/group"),
+        "root:x:0:\nstaff:x:50:app\napp:x:1000:\nnogroup:x:65534:\n",
+    )
+    .expect("group");
+}
