@@ -1,0 +1,460 @@
+//! Exports read by other tools (skopeo, umoci), archives loaded back with
+//! the same digest, reproducible builds, and a store that survives a kill.
+
+mod support;
+
+use std::fs;
+use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::{require_root, require_tool, Context, Kiln};
+
+fn run(program: &str, args: &[&str]) -> String {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {program}: {e}"));
+    assert!(
+        output.status.success(),
+        "{program} {args:?} failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A context whose files cover what a layer must carry.
+fn rich_context() -> Context {
+    let context = Context::new();
+    let files = context.path().join("files");
+    fs::create_dir_all(files.join("dir/nested")).expect("mkdir");
+    fs::write(files.join("dir/nested/data"), "data").expect("write");
+    fs::write(files.join("secret"), "0640").expect("write");
+    fs::set_permissions(files.join("secret"), fs::Permissions::from_mode(0o640)).expect("chmod");
+    fs::write(files.join("setuid"), "suid").expect("write");
+    fs::set_permissions(files.join("setuid"), fs::Permissions::from_mode(0o4755)).expect("chmod");
+    fs::write(files.join("original"), "linked").expect("write");
+    fs::hard_link(files.join("original"), files.join("hardlink")).expect("hard link");
+    symlink("dir/nested/data", files.join("symlink")).expect("symlink");
+    rustix::fs::setxattr(
+        files.join("original").as_path(),
+        "user.kiln",
+        b"xattr value",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .expect("set xattr");
+    context.write("Dockerfile", "FROM scratch\nCOPY files/ /\nCOPY --chown=1000:2000 files/secret /owned\nCMD [\"/setuid\"]\n");
+    context
+}
+
+fn describe(root: &Path, path: &str) -> String {
+    let full = root.join(path);
+    let metadata = fs::symlink_metadata(&full).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let kind = if metadata.file_type().is_symlink() {
+        format!("-> {}", fs::read_link(&full).expect("readlink").display())
+    } else if metadata.is_dir() {
+        "dir".to_string()
+    } else {
+        format!("{:?}", fs::read_to_string(&full).expect("read"))
+    };
+    format!(
+        "{path} {kind} {}:{} {:o}",
+        metadata.uid(),
+        metadata.gid(),
+        metadata.mode() & 0o7777
+    )
+}
+
+#[test]
+fn skopeo_reads_both_archive_formats() {
+    require_root();
+    require_tool("skopeo", "skopeo");
+    let kiln = Kiln::new();
+    let context = rich_context();
+    let out = tempfile::tempdir().expect("tmp");
+    let oci = out.path().join("image-oci.tar");
+    let docker = out.path().join("image-docker.tar");
+    let digest = kiln.build(
+        context.path(),
+        &[
+            "-t",
+            "rich:1",
+            "-o",
+            &format!("type=oci,dest={}", oci.display()),
+        ],
+    );
+    kiln.build(
+        context.path(),
+        &[
+            "-t",
+            "rich:1",
+            "-o",
+            &format!("type=docker,dest={}", docker.display()),
+        ],
+    );
+    let inspected: serde_json::Value = serde_json::from_str(&run(
+        "skopeo",
+        &["inspect", &format!("oci-archive:{}", oci.display())],
+    ))
+    .expect("json");
+    assert_eq!(inspected["Digest"], digest);
+    assert_eq!(inspected["Layers"].as_array().map(Vec::len), Some(2));
+    assert_eq!(inspected["Os"], "linux");
+    let inspected: serde_json::Value = serde_json::from_str(&run(
+        "skopeo",
+        &["inspect", &format!("docker-archive:{}", docker.display())],
+    ))
+    .expect("json");
+    assert_eq!(inspected["Layers"].as_array().map(Vec::len), Some(2));
+    let tags = inspected["RepoTags"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        tags.is_empty() || tags.contains(&serde_json::json!("rich:1")),
+        "{tags:?}"
+    );
+    let copied = out.path().join("copied");
+    run(
+        "skopeo",
+        &[
+            "copy",
+            &format!("oci-archive:{}", oci.display()),
+            &format!("oci:{}:copy", copied.display()),
+        ],
+    );
+    assert!(copied.join("index.json").is_file());
+}
+
+#[test]
+fn umoci_unpacks_exactly_the_expected_tree() {
+    require_root();
+    require_tool("umoci", "umoci");
+    let kiln = Kiln::new();
+    let context = rich_context();
+    let out = tempfile::tempdir().expect("tmp");
+    let archive = out.path().join("image.tar");
+    kiln.build(
+        context.path(),
+        &[
+            "-t",
+            "rich:tree",
+            "-o",
+            &format!("type=oci,dest={}", archive.display()),
+        ],
+    );
+    let layout = out.path().join("layout");
+    fs::create_dir(&layout).expect("mkdir");
+    run(
+        "tar",
+        &[
+            "-xf",
+            archive.to_str().expect("utf-8"),
+            "-C",
+            layout.to_str().expect("utf-8"),
+        ],
+    );
+    let bundle = out.path().join("bundle");
+    run(
+        "umoci",
+        &[
+            "unpack",
+            "--image",
+            &format!("{}:tree", layout.display()),
+            bundle.to_str().expect("utf-8"),
+        ],
+    );
+    let rootfs = bundle.join("rootfs");
+    let mut entries: Vec<String> = Vec::new();
+    for path in [
+        "dir",
+        "dir/nested",
+        "dir/nested/data",
+        "hardlink",
+        "original",
+        "owned",
+        "secret",
+        "setuid",
+        "symlink",
+    ] {
+        entries.push(describe(&rootfs, path));
+    }
+    assert_eq!(
+        entries,
+        [
+            "dir dir 0:0 755",
+            "dir/nested dir 0:0 755",
+            "dir/nested/data \"data\" 0:0 644",
+            "hardlink \"linked\" 0:0 644",
+            "original \"linked\" 0:0 644",
+            "owned \"0640\" 1000:2000 640",
+            "secret \"0640\" 0:0 640",
+            "setuid \"suid\" 0:0 4755",
+            "symlink -> dir/nested/data 0:0 777",
+        ]
+    );
+    let names: Vec<String> = fs::read_dir(&rootfs)
+        .expect("rootfs")
+        .map(|e| e.expect("e").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), 7, "nothing else in the tree: {names:?}");
+    let original = fs::metadata(rootfs.join("original")).expect("stat");
+    assert_eq!(
+        fs::metadata(rootfs.join("hardlink")).expect("stat").ino(),
+        original.ino(),
+        "hard links stay linked"
+    );
+    let mut value = [0u8; 64];
+    let size = rustix::fs::getxattr(
+        rootfs.join("original").as_path(),
+        "user.kiln",
+        &mut value[..],
+    )
+    .expect("xattr kept");
+    assert_eq!(&value[..size], b"xattr value");
+}
+
+#[test]
+fn saved_images_load_back_with_the_same_digest() {
+    require_root();
+    let kiln = Kiln::new();
+    let context = rich_context();
+    let digest = kiln.build(context.path(), &["-t", "rich:2"]);
+    let out = tempfile::tempdir().expect("tmp");
+    for format in ["oci", "docker"] {
+        let archive = out.path().join(format!("{format}.tar"));
+        kiln.ok(&[
+            "save",
+            "rich:2",
+            "-o",
+            archive.to_str().expect("utf-8"),
+            "--format",
+            format,
+        ]);
+        let other = Kiln::new();
+        let loaded = other.ok(&["load", "-i", archive.to_str().expect("utf-8")]);
+        assert_eq!(loaded.trim(), "Loaded image: rich:2", "{format}");
+        assert_eq!(other.inspect("rich:2")["Digest"], digest, "{format}");
+        assert!(other.ok(&["check"]).contains("consistent"));
+    }
+}
+
+#[test]
+fn docker_save_archives_load() {
+    require_root();
+    // The layout `docker save` writes: layers uncompressed under their own
+    // directories, named only by manifest.json.
+    let kiln = Kiln::new();
+    let work = tempfile::tempdir().expect("tmp");
+    let dir = work.path().join("archive");
+    fs::create_dir_all(dir.join("layer1")).expect("mkdir");
+    let layer_dir = work.path().join("layer-content");
+    fs::create_dir_all(layer_dir.join("etc")).expect("mkdir");
+    fs::write(layer_dir.join("etc/motd"), "welcome\n").expect("write");
+    run(
+        "tar",
+        &[
+            "-cf",
+            dir.join("layer1/layer.tar").to_str().expect("utf-8"),
+            "-C",
+            layer_dir.to_str().expect("utf-8"),
+            "etc",
+        ],
+    );
+    let layer = fs::read(dir.join("layer1/layer.tar")).expect("layer");
+    let diff_id = format!("sha256:{}", sha256_hex(&layer));
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Cmd": ["cat", "/etc/motd"]},
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+        "history": [{"created_by": "ADD etc /etc"}],
+    });
+    let config_bytes = serde_json::to_vec(&config).expect("json");
+    let config_name = format!("{}.json", sha256_hex(&config_bytes));
+    fs::write(dir.join(&config_name), &config_bytes).expect("config");
+    fs::write(
+        dir.join("manifest.json"),
+        serde_json::to_vec(&serde_json::json!([{"Config": config_name, "RepoTags": ["motd:v1"], "Layers": ["layer1/layer.tar"]}])).expect("json"),
+    )
+    .expect("manifest");
+    let archive = work.path().join("docker-save.tar");
+    run(
+        "tar",
+        &[
+            "-cf",
+            archive.to_str().expect("utf-8"),
+            "-C",
+            dir.to_str().expect("utf-8"),
+            ".",
+        ],
+    );
+    assert_eq!(
+        kiln.ok(&["load", "-i", archive.to_str().expect("utf-8")])
+            .trim(),
+        "Loaded image: motd:v1"
+    );
+    let context = Context::new();
+    context.write(
+        "Dockerfile",
+        "FROM motd:v1\nCOPY --from=motd:v1 /etc/motd /copy\n",
+    );
+    let out = kiln.files(context.path(), &[]);
+    assert_eq!(
+        fs::read_to_string(out.path().join("etc/motd")).expect("motd"),
+        "welcome\n"
+    );
+    assert_eq!(
+        fs::read_to_string(out.path().join("copy")).expect("copy"),
+        "welcome\n"
+    );
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    kiln_cache::Digest::of(bytes).hex()
+}
+
+#[test]
+fn source_date_epoch_makes_builds_reproducible_across_stores_and_checkouts() {
+    require_root();
+    let first = rich_context();
+    let second = tempfile::tempdir().expect("tmp");
+    let second_path = second.path().join("another/checkout");
+    fs::create_dir_all(&second_path).expect("mkdir");
+    run(
+        "cp",
+        &[
+            "-a",
+            &format!("{}/.", first.path().display()),
+            second_path.to_str().expect("utf-8"),
+        ],
+    );
+    // A fresh checkout: every file gets a new modification time.
+    run(
+        "sh",
+        &[
+            "-c",
+            &format!("find {} -exec touch -h {{}} +", second_path.display()),
+        ],
+    );
+    let build = |context: &Path| {
+        let kiln = Kiln::new();
+        let output = kiln
+            .command()
+            .args(["build", "-t", "repro", context.to_str().expect("utf-8")])
+            .env("SOURCE_DATE_EPOCH", "1600000000")
+            .output()
+            .expect("kiln runs");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    };
+    let a = build(first.path());
+    let b = build(&second_path);
+    assert_eq!(a, b);
+    let c = Kiln::new().build(
+        first.path(),
+        &["-t", "repro", "--source-date-epoch", "1600000001"],
+    );
+    assert_ne!(a, c, "a different epoch is a different image");
+}
+
+#[test]
+fn a_killed_build_leaves_a_store_that_checks_clean_and_builds_again() {
+    require_root();
+    let kiln = Kiln::new();
+    let context = Context::new();
+    // Incompressible content, so that packing takes a while.
+    let mut data = vec![0u8; 160 * 1024 * 1024];
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    for chunk in data.chunks_mut(8) {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        chunk.copy_from_slice(&state.to_le_bytes()[..chunk.len()]);
+    }
+    fs::write(context.path().join("big.bin"), &data).expect("write");
+    drop(data);
+    context.write("Dockerfile", "FROM scratch\nCOPY big.bin /big.bin\n");
+    let mut child = kiln
+        .command()
+        .args([
+            "build",
+            "-t",
+            "big",
+            "--compression",
+            "gzip:9",
+            context.path().to_str().expect("utf-8"),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("kiln runs");
+    let tmp = kiln.root.path().join("tmp");
+    let started = Instant::now();
+    let writing_blob = || {
+        fs::read_dir(&tmp)
+            .map(|entries| {
+                entries.flatten().any(|e| {
+                    e.file_name().to_string_lossy().starts_with("blob-")
+                        && e.metadata().map(|m| m.len() > 1_000_000).unwrap_or(false)
+                })
+            })
+            .unwrap_or(false)
+    };
+    while !writing_blob() {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "kiln never started writing the layer"
+        );
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "the build finished before it could be killed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reaped");
+    let check = kiln.ok(&["check"]);
+    assert!(check.contains("is consistent"), "{check}");
+    let digest = kiln.build(context.path(), &["-t", "big"]);
+    assert!(digest.starts_with("sha256:"));
+    assert!(kiln.ok(&["check"]).contains("is consistent"));
+    let leftovers: Vec<_> = fs::read_dir(&tmp).expect("tmp").collect();
+    assert!(
+        leftovers.is_empty(),
+        "the next kiln removes what the killed one left: {leftovers:?}"
+    );
+}
+
+#[test]
+fn check_reports_a_corrupt_blob() {
+    require_root();
+    let kiln = Kiln::new();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/examples/hello");
+    kiln.build(&example, &["-t", "hello"]);
+    let layer = kiln.inspect("hello")["Manifest"]["layers"][1]["digest"]
+        .as_str()
+        .expect("digest")
+        .to_string();
+    let path = kiln
+        .root
+        .path()
+        .join("blobs/sha256")
+        .join(layer.trim_start_matches("sha256:"));
+    let mut bytes = fs::read(&path).expect("blob");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    fs::write(&path, bytes).expect("corrupt");
+    let output = kiln.run(&["check"]);
+    assert_eq!(output.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains(&format!("blob {layer} is corrupt")),
+        "{stdout}"
+    );
+    assert!(String::from_utf8_lossy(&output.stderr).contains("1 problem(s) found"));
+}
