@@ -1,0 +1,47 @@
+#!/bin/sh
+# COPY of 5,000 small files into an image, built with the release kiln into
+# a fresh store (cold), then again into the same store (warm). Where buildah
+# or a docker daemon is available, the same build runs with it too and the
+# ratio kiln/other is printed.
+#
+# Usage: bench/copy-5000.sh   (as root)
+set -eu
+cd "$(dirname "$0")/.."
+cargo build --release -q -p kiln-builder
+kiln=$PWD/target/release/kiln
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+mkdir -p "$work/context/files"
+i=0
+while [ $i -lt 50 ]; do
+    mkdir "$work/context/files/dir$i"
+    j=0
+    while [ $j -lt 100 ]; do
+        echo "file $i/$j" > "$work/context/files/dir$i/file$j.txt"
+        j=$((j + 1))
+    done
+    i=$((i + 1))
+done
+printf 'FROM scratch\nCOPY files/ /files/\n' > "$work/context/Dockerfile"
+
+# Milliseconds a command takes.
+milliseconds() {
+    start=$(date +%s%N)
+    "$@" > /dev/null 2>&1
+    end=$(date +%s%N)
+    echo $(( (end - start) / 1000000 ))
+}
+
+cold=$(KILN_ROOT="$work/store" milliseconds "$kiln" build -t bench "$work/context")
+warm=$(KILN_ROOT="$work/store" milliseconds "$kiln" build -t bench "$work/context")
+echo "kiln    COPY of 5,000 files: cold ${cold} ms, warm ${warm} ms"
+
+if command -v buildah > /dev/null; then
+    other=$(milliseconds buildah bud --storage-driver vfs --isolation chroot -t bench "$work/context")
+    echo "buildah COPY of 5,000 files: ${other} ms; kiln/buildah = $(python3 -c "print(round($cold / $other, 2))")"
+fi
+if docker version > /dev/null 2>&1; then
+    other=$(DOCKER_BUILDKIT=1 milliseconds docker build -t bench "$work/context")
+    echo "docker  COPY of 5,000 files: ${other} ms; kiln/docker = $(python3 -c "print(round($cold / $other, 2))")"
+fi
