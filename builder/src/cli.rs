@@ -36,7 +36,7 @@ pub enum Command {
         /// The new name.
         target: String,
     },
-    /// Remove image names (the content goes when nothing else uses it).
+    /// Remove image names (their blobs stay in the store until garbage collection).
     Rmi {
         #[arg(required = true)]
         images: Vec<String>,

@@ -74,6 +74,12 @@ pub fn build(store: &Store, args: &BuildArgs) -> anyhow::Result<()> {
     let _in_use = store.lock_shared()?;
     let mut images = StoreImages { store };
     let plan = dockerfile::load(&args.dockerfile, &args.labels, &args.allow, &mut images)?;
+    if !rustix::process::geteuid().is_root() {
+        bail!(
+            "kiln build must run as root: layers record the owner of every file, and only \
+             root can create files owned by others (run it with sudo)"
+        );
+    }
     let now = args.source_date_epoch.unwrap_or_else(now_seconds);
     let executor = Executor {
         store,

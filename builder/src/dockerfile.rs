@@ -26,8 +26,7 @@ pub fn load(
     allow: &[String],
     images: &mut dyn BaseImages,
 ) -> anyhow::Result<Plan> {
-    let (path, bytes) = read_dockerfile(args)?;
-    let name = path.display().to_string();
+    let (path, name, bytes) = read_dockerfile(args)?;
     let dockerfile = kiln_frontend::parse_bytes(&bytes, &name)?;
     for warning in &dockerfile.warnings {
         match warning.line {
@@ -48,7 +47,9 @@ pub fn load(
     })
 }
 
-fn read_dockerfile(args: &DockerfileArgs) -> anyhow::Result<(PathBuf, Vec<u8>)> {
+/// The Dockerfile's path (where its own ignore file is looked for), the name
+/// messages give it, and its bytes.
+fn read_dockerfile(args: &DockerfileArgs) -> anyhow::Result<(PathBuf, String, Vec<u8>)> {
     let path = args
         .file
         .clone()
@@ -58,11 +59,16 @@ fn read_dockerfile(args: &DockerfileArgs) -> anyhow::Result<(PathBuf, Vec<u8>)> 
         std::io::stdin()
             .read_to_end(&mut bytes)
             .context("reading the Dockerfile from standard input")?;
-        return Ok((args.context.join("Dockerfile"), bytes));
+        return Ok((
+            args.context.join("Dockerfile"),
+            "<stdin>".to_string(),
+            bytes,
+        ));
     }
     let bytes = std::fs::read(&path)
         .with_context(|| format!("reading the Dockerfile {}", path.display()))?;
-    Ok((path, bytes))
+    let name = path.display().to_string();
+    Ok((path, name, bytes))
 }
 
 fn lower_options(

@@ -211,6 +211,21 @@ fn the_dockerfile_can_come_from_standard_input() {
 }
 
 #[test]
+fn errors_in_a_dockerfile_from_standard_input_name_it() {
+    let context = Context::new("stdin-error", "FROM scratch\n");
+    let output = kiln_with_stdin(
+        &["debug", "graph", "-f", "-", context.path()],
+        "FROM scratch\nRUUN true\n",
+    );
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).starts_with("error: <stdin>:2:1: unknown instruction: RUUN"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
 fn unused_build_args_warn() {
     let context = Context::new("unused", "FROM scratch\n");
     let output = kiln(&["debug", "graph", "--build-arg", "NOPE=1", context.path()]);

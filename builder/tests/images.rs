@@ -454,3 +454,29 @@ fn image_commands() {
         .contains("repository names must be lower-case"));
     assert!(kiln.ok(&["check"]).contains("is consistent"));
 }
+
+#[test]
+fn building_without_root_says_it_needs_root() {
+    use std::os::unix::process::CommandExt;
+    require_root();
+    let kiln = Kiln::new();
+    let context = Context::new();
+    context.write("Dockerfile", "FROM scratch\nCOPY a /a\n");
+    context.write("a", "a\n");
+    // The unprivileged user must be able to reach both directories.
+    for dir in [kiln.root.path(), context.path()] {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o777)).expect("chmod");
+    }
+    fs::set_permissions(context.path().join("a"), fs::Permissions::from_mode(0o644))
+        .expect("chmod");
+    let output = kiln
+        .command()
+        .args(["build", context.path().to_str().expect("utf-8 path")])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("kiln runs");
+    assert_eq!(output.status.code(), Some(1));
+    let message = String::from_utf8_lossy(&output.stderr);
+    assert!(message.contains("kiln build must run as root"), "{message}");
+}

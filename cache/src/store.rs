@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use oci_spec::image::{Descriptor, ImageIndex, ImageManifest, MediaType};
@@ -233,6 +234,7 @@ impl Store {
     pub fn blob_writer(&self) -> Result<BlobWriter, Error> {
         let file = tempfile::Builder::new()
             .prefix("blob-")
+            .permissions(fs::Permissions::from_mode(STORE_FILE_MODE))
             .tempfile_in(self.tmp_dir())
             .map_err(|e| Error::io(&self.tmp_dir(), e))?;
         Ok(BlobWriter {
@@ -590,10 +592,16 @@ impl Write for BlobWriter {
 }
 
 /// Replaces `path` with `bytes` in one rename, after syncing them.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+/// Blobs and index files are readable by everyone, as in the OCI layouts
+/// other tools write, so that skopeo or umoci run by another user can read
+/// the store; the store's directory decides who may see it at all.
+const STORE_FILE_MODE: u32 = 0o644;
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut temp = tempfile::Builder::new()
         .prefix(".tmp-")
+        .permissions(fs::Permissions::from_mode(STORE_FILE_MODE))
         .tempfile_in(dir)
         .map_err(|e| Error::io(dir, e))?;
     temp.write_all(bytes)

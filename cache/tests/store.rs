@@ -80,6 +80,25 @@ fn blobs_are_content_addressed_and_verified() {
 }
 
 #[test]
+fn blobs_and_the_index_are_readable_by_other_users() {
+    use std::os::unix::fs::PermissionsExt;
+    let (_dir, store) = store();
+    let manifest = write_image(&store, "readable");
+    store
+        .set_name(Some("example.com/readable:1"), &manifest)
+        .expect("name");
+    let digest: Digest = manifest.digest().to_string().parse().expect("digest");
+    for path in [
+        store.blob_path(&digest),
+        store.root().join("index.json"),
+        store.root().join("oci-layout"),
+    ] {
+        let mode = fs::metadata(&path).expect("metadata").permissions().mode();
+        assert_eq!(mode & 0o777, 0o644, "{}", path.display());
+    }
+}
+
+#[test]
 fn names_point_at_manifests() {
     let (_dir, store) = store();
     let first = write_image(&store, "one");
