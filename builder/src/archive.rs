@@ -15,10 +15,14 @@ use std::path::Path;
 use anyhow::{bail, Context};
 use kiln_cache::store::canonical_json;
 use kiln_cache::{Digest, Store};
+use kiln_frontend::Platform;
 use kiln_registry::Reference;
 use oci_spec::image::ImageIndex;
 
-use crate::image::{Format, ImageFile, LayerEncoding, StoredImage, DOCKER_MANIFEST, OCI_MANIFEST};
+use crate::image::{
+    Format, ImageFile, LayerEncoding, StoredImage, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST,
+    OCI_INDEX, OCI_MANIFEST,
+};
 
 /// The annotation containerd and BuildKit put the full image name in.
 const CONTAINERD_NAME: &str = "io.containerd.image.name";
@@ -228,12 +232,10 @@ pub fn load(store: &Store, path: &Path) -> anyhow::Result<Vec<Loaded>> {
 fn load_oci(store: &Store, index_bytes: &[u8]) -> anyhow::Result<Vec<Loaded>> {
     let index = ImageIndex::from_reader(index_bytes).context("index.json is invalid")?;
     let mut loaded = Vec::new();
-    for descriptor in index.manifests() {
+    let platform = Platform::host();
+    for named in index.manifests() {
+        let descriptor = select_manifest(store, named, &platform, 0)?;
         let digest: Digest = descriptor.digest().to_string().parse()?;
-        let media_type = descriptor.media_type().to_string();
-        if media_type != OCI_MANIFEST && media_type != DOCKER_MANIFEST {
-            bail!("{digest} is a {media_type}; only single-platform images can be loaded");
-        }
         let image = StoredImage::read(store, &digest)
             .with_context(|| format!("image {digest} in the archive"))?;
         for layer in &image.layers {
@@ -241,7 +243,7 @@ fn load_oci(store: &Store, index_bytes: &[u8]) -> anyhow::Result<Vec<Loaded>> {
                 bail!("the archive lacks layer {} of image {digest}", layer.blob);
             }
         }
-        let annotations = descriptor.annotations().clone().unwrap_or_default();
+        let annotations = named.annotations().clone().unwrap_or_default();
         let name = annotations
             .get(CONTAINERD_NAME)
             .or_else(|| annotations.get(REF_NAME).filter(|n| n.contains(['/', ':'])))
@@ -266,6 +268,68 @@ fn load_oci(store: &Store, index_bytes: &[u8]) -> anyhow::Result<Vec<Loaded>> {
         }
     }
     Ok(loaded)
+}
+
+/// Index levels followed before an archive is taken for a loop.
+const MAX_INDEX_DEPTH: usize = 4;
+
+/// The image manifest `descriptor` stands for: itself, or the one for
+/// `platform` in the image index it names (nested indexes followed;
+/// attestations, which BuildKit lists with an unknown platform, skipped).
+fn select_manifest(
+    store: &Store,
+    descriptor: &oci_spec::image::Descriptor,
+    platform: &Platform,
+    depth: usize,
+) -> anyhow::Result<oci_spec::image::Descriptor> {
+    let digest: Digest = descriptor.digest().to_string().parse()?;
+    let media_type = descriptor.media_type().to_string();
+    match media_type.as_str() {
+        OCI_MANIFEST | DOCKER_MANIFEST => return Ok(descriptor.clone()),
+        OCI_INDEX | DOCKER_MANIFEST_LIST if depth < MAX_INDEX_DEPTH => {}
+        OCI_INDEX | DOCKER_MANIFEST_LIST => bail!("image index {digest} nests too deeply"),
+        other => bail!("{digest} is a {other}, which is not an image"),
+    }
+    let bytes = store
+        .read_blob(&digest)
+        .with_context(|| format!("the archive lacks image index {digest}"))?;
+    let index = ImageIndex::from_reader(&bytes[..])
+        .with_context(|| format!("image index {digest} is invalid"))?;
+    let mut offered = Vec::new();
+    for candidate in index.manifests() {
+        let Some(candidate_platform) = candidate.platform() else {
+            // An index inside an index has no platform of its own.
+            if candidate.media_type().to_string() == OCI_INDEX {
+                if let Ok(found) = select_manifest(store, candidate, platform, depth + 1) {
+                    return Ok(found);
+                }
+            }
+            continue;
+        };
+        let candidate_platform = Platform::new(
+            &candidate_platform.os().to_string(),
+            &candidate_platform.architecture().to_string(),
+            candidate_platform.variant().as_deref().unwrap_or(""),
+        );
+        if candidate_platform.os == "unknown" {
+            continue;
+        }
+        let matches = candidate_platform.os == platform.os
+            && candidate_platform.architecture == platform.architecture
+            && (platform.variant.is_empty() || candidate_platform.variant == platform.variant);
+        if matches {
+            return select_manifest(store, candidate, platform, depth + 1);
+        }
+        offered.push(candidate_platform.to_string());
+    }
+    bail!(
+        "image index {digest} has no image for {platform} (it has: {})",
+        if offered.is_empty() {
+            "none".to_string()
+        } else {
+            offered.join(", ")
+        }
+    )
 }
 
 /// A `docker save` archive: layers are (usually uncompressed) tars named in
@@ -293,7 +357,8 @@ fn load_docker(
                 .copied()
                 .with_context(|| format!("the archive lacks {name}, named in manifest.json"))
         };
-        let (config_digest, _) = file(&entry.config)?;
+        let config_blob = file(&entry.config)?;
+        let config_digest = config_blob.0;
         let config: ImageFile = serde_json::from_slice(&store.read_blob(&config_digest)?)
             .context("the image configuration is invalid")?;
         let mut layers = Vec::new();
@@ -329,7 +394,10 @@ fn load_docker(
                 config.rootfs.diff_ids.len()
             );
         }
-        let descriptor = crate::image::write_image(store, &config, &layers, Format::Docker)?;
+        // The configuration stays byte for byte as it was: its digest is the
+        // image's ID, and it has fields kiln does not know.
+        let descriptor =
+            crate::image::write_manifest(store, config_blob, &config, &layers, Format::Docker)?;
         let digest: Digest = descriptor.digest().to_string().parse()?;
         let mut names = Vec::new();
         for tag in entry.repo_tags.unwrap_or_default() {

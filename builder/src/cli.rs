@@ -95,9 +95,10 @@ pub struct BuildArgs {
     #[arg(long, default_value = "gzip")]
     pub compression: String,
     /// Clamp file times in new layers to this time and use it as the image's
-    /// creation time, for reproducible images (default: $SOURCE_DATE_EPOCH).
+    /// creation time, for reproducible images (default: $SOURCE_DATE_EPOCH;
+    /// empty means unset).
     #[arg(long, env = "SOURCE_DATE_EPOCH", value_name = "SECONDS")]
-    pub source_date_epoch: Option<i64>,
+    pub source_date_epoch: Option<String>,
 }
 
 /// Which Dockerfile to read and how to lower it.

@@ -4,14 +4,14 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use kiln_cache::{Compression, Digest, Store};
+use kiln_cache::{Compression, Digest, ImageEntry, Store};
 use kiln_registry::Reference;
 
 use crate::archive::{self, ArchiveImage};
 use crate::build::{Executor, Settings};
 use crate::cli::BuildArgs;
 use crate::dockerfile;
-use crate::image::{write_image, Format, StoreImages, StoredImage};
+use crate::image::{self, write_image, Format, StoreImages, StoredImage};
 
 /// Where `kiln build` puts the result.
 #[derive(Debug, PartialEq, Eq)]
@@ -62,9 +62,28 @@ fn now_seconds() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
+/// `--source-date-epoch` or `SOURCE_DATE_EPOCH`: seconds since 1970, or
+/// empty for none (as tools that export the variable unconditionally do).
+fn source_date_epoch(value: Option<&str>) -> anyhow::Result<Option<i64>> {
+    match value.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(text) => match text.parse::<i64>() {
+            Ok(seconds) if seconds >= 0 => Ok(Some(seconds)),
+            _ => bail!(
+                "invalid --source-date-epoch or SOURCE_DATE_EPOCH {text:?}: expected seconds since 1970"
+            ),
+        },
+    }
+}
+
 pub fn build(store: &Store, args: &BuildArgs) -> anyhow::Result<()> {
     let format = Format::parse(&args.format)?;
     let compression = Compression::parse(&args.compression).map_err(anyhow::Error::msg)?;
+    if format == Format::Docker && matches!(compression, Compression::Zstd { .. }) {
+        eprintln!(
+            "warning: Docker's image format has no zstd layers: the image gets OCI media types"
+        );
+    }
     let output = Output::parse(args.output.as_deref())?;
     let tags = args
         .tags
@@ -80,7 +99,8 @@ pub fn build(store: &Store, args: &BuildArgs) -> anyhow::Result<()> {
              root can create files owned by others (run it with sudo)"
         );
     }
-    let now = args.source_date_epoch.unwrap_or_else(now_seconds);
+    let source_date_epoch = source_date_epoch(args.source_date_epoch.as_deref())?;
+    let now = source_date_epoch.unwrap_or_else(now_seconds);
     let executor = Executor {
         store,
         context: &args.dockerfile.context,
@@ -88,7 +108,7 @@ pub fn build(store: &Store, args: &BuildArgs) -> anyhow::Result<()> {
         dockerfile: &plan.name,
         settings: Settings {
             compression,
-            source_date_epoch: args.source_date_epoch,
+            source_date_epoch,
         },
         now,
     };
@@ -126,7 +146,7 @@ pub fn build(store: &Store, args: &BuildArgs) -> anyhow::Result<()> {
                 }],
                 archive_format,
                 path,
-                args.source_date_epoch.unwrap_or(0),
+                source_date_epoch.unwrap_or(0),
             )?;
             eprintln!("wrote {}", path.display());
         }
@@ -159,9 +179,7 @@ pub fn images(store: &Store) -> anyhow::Result<()> {
     )?;
     for entry in store.images()? {
         let name = match &entry.name {
-            Some(name) => Reference::parse(name)
-                .map(|r| r.familiar())
-                .unwrap_or_else(|_| name.clone()),
+            Some(name) => familiar(name),
             None => "<none>".to_string(),
         };
         let digest: Digest = entry.manifest.digest().to_string().parse()?;
@@ -187,8 +205,12 @@ pub fn inspect(store: &Store, name: &str) -> anyhow::Result<()> {
         serde_json::from_slice(&store.read_blob(&image.manifest_digest)?)?;
     let config: serde_json::Value =
         serde_json::from_slice(&store.read_blob(&image.config_digest)?)?;
+    let named = match image::image_id(store, name)? {
+        Some(_) => None,
+        None => Some(Reference::parse(name)?.to_string()),
+    };
     let report = serde_json::json!({
-        "Name": Reference::parse(name)?.to_string(),
+        "Name": named,
         "Digest": image.manifest_digest.to_string(),
         "Manifest": manifest,
         "Config": config,
@@ -215,11 +237,40 @@ pub fn tag(store: &Store, source: &str, target: &str) -> anyhow::Result<()> {
 pub fn rmi(store: &Store, images: &[String]) -> anyhow::Result<()> {
     let mut missing = Vec::new();
     for name in images {
+        if let Some(digest) = image::image_id(store, name)? {
+            // By ID: every name of the image goes, and the image with them.
+            let removed = store.remove_images(|entry| same_digest(entry, &digest))?;
+            for entry in &removed {
+                if let Some(name) = &entry.name {
+                    println!("Untagged: {}", familiar(name));
+                }
+            }
+            println!("Deleted: {digest}");
+            continue;
+        }
         let reference = Reference::parse(name)?;
-        if store.remove_name(&reference.to_string())? {
-            println!("Untagged: {}", reference.familiar());
-        } else {
+        let removed = match reference.digest() {
+            // `name@sha256:...`: the names of that repository on that image.
+            Some(digest) => {
+                let digest: Digest = digest.parse()?;
+                store.remove_images(|entry| {
+                    same_digest(entry, &digest)
+                        && entry.name.as_deref().is_some_and(|n| {
+                            Reference::parse(n).is_ok_and(|r| r.name() == reference.name())
+                        })
+                })?
+            }
+            None => store.remove_images(|entry| {
+                entry.name.as_deref() == Some(reference.to_string().as_str())
+            })?,
+        };
+        if removed.is_empty() {
             missing.push(name.as_str());
+        }
+        for entry in &removed {
+            if let Some(name) = &entry.name {
+                println!("Untagged: {}", familiar(name));
+            }
         }
     }
     if !missing.is_empty() {
@@ -228,15 +279,30 @@ pub fn rmi(store: &Store, images: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn same_digest(entry: &ImageEntry, digest: &Digest) -> bool {
+    entry.manifest.digest().to_string() == digest.to_string()
+}
+
+/// How Docker prints a stored name: `app:1` for `docker.io/library/app:1`.
+fn familiar(name: &str) -> String {
+    Reference::parse(name).map_or_else(|_| name.to_string(), |r| r.familiar())
+}
+
 pub fn save(store: &Store, names: &[String], output: &Path, format: Format) -> anyhow::Result<()> {
     let mut images = Vec::new();
     for name in names {
         let image = StoredImage::find(store, name)?;
-        let reference = Reference::parse(name)?;
-        let names = if reference.digest().is_none() {
-            vec![reference]
-        } else {
-            Vec::new()
+        // Saved by ID or digest, an image goes without a name.
+        let names = match image::image_id(store, name)? {
+            Some(_) => Vec::new(),
+            None => {
+                let reference = Reference::parse(name)?;
+                if reference.digest().is_none() {
+                    vec![reference]
+                } else {
+                    Vec::new()
+                }
+            }
         };
         images.push((image, names));
     }
@@ -257,10 +323,7 @@ pub fn load(store: &Store, input: &Path) -> anyhow::Result<()> {
             println!("Loaded image: {}", loaded.manifest);
         }
         for name in &loaded.names {
-            let familiar = Reference::parse(name)
-                .map(|r| r.familiar())
-                .unwrap_or_else(|_| name.clone());
-            println!("Loaded image: {familiar}");
+            println!("Loaded image: {}", familiar(name));
         }
     }
     Ok(())

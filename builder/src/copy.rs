@@ -10,6 +10,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context};
 use kiln_cache::extract::{extract_into, ExtractMode, ExtractOptions};
+use kiln_cache::pack::{belongs_in_layer, read_xattrs};
 use kiln_cache::tree::{Attributes, TreeWriter};
 use kiln_cache::{LayerView, ViewEntry};
 use kiln_frontend::graph::{CopySource, CopyStep, InlineFile, MkdirStep};
@@ -69,8 +70,13 @@ pub fn copy(
     diff: &Path,
     now: i64,
 ) -> anyhow::Result<()> {
-    let owner = match &step.chown {
-        Some(spec) => Some(resolve_owner(spec, rootfs)?),
+    let chown = step
+        .chown
+        .as_ref()
+        .map(|spec| resolve_owner(spec, rootfs))
+        .transpose()?;
+    let owner = match chown {
+        Some(owner) => Some(owner),
         // Files from the build context belong to root; files from another
         // image keep their owners.
         None if source.is_context() => Some((0, 0)),
@@ -126,6 +132,7 @@ pub fn copy(
         let overrides = Overrides {
             mode: step.chmod,
             owner,
+            capabilities_only: source.is_context(),
         };
         if found.entry.metadata.is_dir() {
             let target = if step.parents {
@@ -151,7 +158,9 @@ pub fn copy(
             } else {
                 dest.to_string()
             };
-            writer.unpack(&found.entry, &dir, owner)?;
+            // An unpacked archive keeps its own owners unless --chown
+            // says otherwise, as in BuildKit.
+            writer.unpack(&found.entry, &dir, chown)?;
             continue;
         }
         writer.copy_entry(&found.entry, &target, &overrides)?;
@@ -171,6 +180,10 @@ pub fn copy(
 /// (`--output type=local`), keeping owners, modes and times.
 pub fn export_tree(view: LayerView, dest: &Path, now: i64) -> anyhow::Result<()> {
     fs::create_dir_all(dest).with_context(|| format!("creating {}", dest.display()))?;
+    if view.layers().is_empty() {
+        // An image without layers has an empty file system.
+        return Ok(());
+    }
     let source = SourceTree {
         view,
         ignore: None,
@@ -195,11 +208,13 @@ pub fn export_tree(view: LayerView, dest: &Path, now: i64) -> anyhow::Result<()>
 /// Runs WORKDIR's directory creation, into the empty directory `diff`:
 /// nothing when the directory exists already.
 pub fn mkdir(step: &MkdirStep, rootfs: &LayerView, diff: &Path, now: i64) -> anyhow::Result<()> {
-    if rootfs
-        .resolve(&step.path, true)?
-        .is_some_and(|e| e.metadata.is_dir())
-    {
-        return Ok(());
+    match rootfs.resolve(&step.path, true)? {
+        Some(existing) if existing.metadata.is_dir() => return Ok(()),
+        Some(existing) => bail!(
+            "{} exists in the image and is not a directory",
+            existing.path
+        ),
+        None => {}
     }
     let owner = resolve_owner(&step.user, rootfs)
         .with_context(|| format!("creating {} for user {:?}", step.path, step.user))?;
@@ -226,13 +241,90 @@ pub fn mkdir(step: &MkdirStep, rootfs: &LayerView, diff: &Path, now: i64) -> any
     Ok(())
 }
 
+/// What a directory copy takes from where, and how it changes it.
+struct Selection<'a> {
+    source: &'a SourceTree<'a>,
+    /// The copied directory: `--exclude` patterns are relative to it.
+    root: &'a str,
+    overrides: &'a Overrides,
+    exclude: Option<&'a DockerIgnore>,
+}
+
 #[derive(Clone, Copy)]
 struct Overrides {
     mode: Option<u32>,
     owner: Option<(u32, u32)>,
+    /// Of a file's extended attributes, keep only `security.capability`:
+    /// for files of the build context, whose other attributes belong to the
+    /// host (SELinux labels, a browser's download URL), as in BuildKit.
+    capabilities_only: bool,
+}
+
+/// What a path of the image holds before a step writes it, counting what the
+/// step has written already.
+#[derive(PartialEq, Eq)]
+enum Existing {
+    Nothing,
+    Directory,
+    Other,
 }
 
 impl Writer<'_> {
+    /// What is at `path` (canonical, relative) now: the step's own writes
+    /// first, then the image.
+    fn existing(&self, path: &str, check_image: bool) -> anyhow::Result<Existing> {
+        if let Some(stat) = self.diff.lstat(path)? {
+            return Ok(
+                if FileType::from_raw_mode(stat.st_mode) == FileType::Directory {
+                    Existing::Directory
+                } else {
+                    Existing::Other
+                },
+            );
+        }
+        if !check_image {
+            return Ok(Existing::Nothing);
+        }
+        Ok(match self.rootfs.resolve(&format!("/{path}"), false)? {
+            Some(entry) if entry.metadata.is_dir() => Existing::Directory,
+            Some(_) => Existing::Other,
+            None => Existing::Nothing,
+        })
+    }
+
+    /// Refuses to turn a file or symlink into a directory, as BuildKit does:
+    /// copying a directory over `/lib -> usr/lib` would hide all of `usr/lib`.
+    fn check_directory_target(&self, path: &str, check_image: bool) -> anyhow::Result<()> {
+        if self.existing(path, check_image)? == Existing::Other {
+            bail!("cannot copy a directory to /{path}: it exists and is not a directory");
+        }
+        Ok(())
+    }
+
+    /// Refuses to replace a directory with a file, as BuildKit does.
+    fn check_file_target(&self, path: &str, check_image: bool) -> anyhow::Result<()> {
+        if self.existing(path, check_image)? == Existing::Directory {
+            bail!("cannot replace the directory /{path} with a file");
+        }
+        Ok(())
+    }
+
+    /// The attributes of the directory the image already has at `path`, which
+    /// a copy into it keeps.
+    fn existing_directory(&self, path: &str) -> anyhow::Result<Option<Attributes>> {
+        match self.rootfs.resolve(&format!("/{path}"), false)? {
+            Some(existing) if existing.metadata.is_dir() => Ok(Some(attributes_of(
+                &existing,
+                &Overrides {
+                    mode: None,
+                    owner: None,
+                    capabilities_only: false,
+                },
+            )?)),
+            _ => Ok(None),
+        }
+    }
+
     /// The path in the diff where `target` (a path in the image) goes:
     /// through the symlinks the image already has, as Docker resolves it.
     fn place(&self, target: &str) -> anyhow::Result<String> {
@@ -255,17 +347,12 @@ impl Writer<'_> {
             if self.ensured.contains(&prefix) {
                 continue;
             }
+            self.check_directory_target(&prefix, false)?;
             if self.diff.lstat(&prefix)?.is_none() {
                 self.diff.create_dir(&prefix)?;
-                let attributes = match self.rootfs.resolve(&format!("/{prefix}"), false)? {
-                    Some(existing) if existing.metadata.is_dir() => attributes_of(
-                        &existing,
-                        &Overrides {
-                            mode: None,
-                            owner: None,
-                        },
-                    )?,
-                    _ => Attributes {
+                let attributes = match self.existing_directory(&prefix)? {
+                    Some(attributes) => attributes,
+                    None => Attributes {
                         mode: 0o755,
                         uid: self.default_owner.0,
                         gid: self.default_owner.1,
@@ -288,6 +375,7 @@ impl Writer<'_> {
     ) -> anyhow::Result<()> {
         let path = self.place(target)?;
         self.ensure_parents(&path)?;
+        self.check_file_target(&path, true)?;
         self.write_entry(entry, &path, overrides)
     }
 
@@ -350,33 +438,52 @@ impl Writer<'_> {
     ) -> anyhow::Result<()> {
         let path = self.place(target)?;
         self.ensure_parents(&path)?;
-        self.diff.create_dir(&path)?;
-        self.walk(source, entry, &entry.path, &path, overrides, exclude)?;
-        // An existing destination directory keeps its attributes.
-        let attributes = match self.rootfs.resolve(&format!("/{path}"), false)? {
-            Some(existing) if existing.metadata.is_dir() => attributes_of(
-                &existing,
-                &Overrides {
-                    mode: None,
-                    owner: None,
-                },
-            )?,
-            _ => attributes_of(entry, overrides)?,
+        let selection = Selection {
+            source,
+            root: &entry.path,
+            overrides,
+            exclude,
         };
-        self.diff.set_directory_attributes(&path, &attributes)?;
-        self.ensured.insert(path);
+        self.write_directory(&selection, entry, &path, true)
+    }
+
+    /// Creates the directory `path` in the diff with the contents of `dir`.
+    /// A directory the image already has keeps its attributes, as in
+    /// BuildKit. `in_image` says whether the image may have `path` at all,
+    /// which spares looking up what lies below a directory it does not have.
+    fn write_directory(
+        &mut self,
+        selection: &Selection<'_>,
+        dir: &ViewEntry,
+        path: &str,
+        in_image: bool,
+    ) -> anyhow::Result<()> {
+        self.check_directory_target(path, in_image)?;
+        let existing = if in_image {
+            self.existing_directory(path)?
+        } else {
+            None
+        };
+        self.diff.create_dir(path)?;
+        self.ensured.insert(path.to_string());
+        self.walk(selection, dir, path, existing.is_some())?;
+        let attributes = match existing {
+            Some(attributes) => attributes,
+            None => attributes_of(dir, selection.overrides)?,
+        };
+        self.diff.set_directory_attributes(path, &attributes)?;
         Ok(())
     }
 
+    /// Copies the children of `dir` into `path`.
     fn walk(
         &mut self,
-        source: &SourceTree<'_>,
+        selection: &Selection<'_>,
         dir: &ViewEntry,
-        root: &str,
         path: &str,
-        overrides: &Overrides,
-        exclude: Option<&DockerIgnore>,
+        in_image: bool,
     ) -> anyhow::Result<()> {
+        let source = selection.source;
         for child in source
             .view
             .read_dir(&dir.path)
@@ -390,9 +497,15 @@ impl Writer<'_> {
             if source.ignored(&child.path) && skip_ignored {
                 continue;
             }
-            let relative = child.path[root.len()..].trim_start_matches('/');
-            if exclude.is_some_and(|rules| rules.is_excluded(relative)) {
+            let relative = child.path[selection.root.len()..].trim_start_matches('/');
+            if selection
+                .exclude
+                .is_some_and(|rules| rules.is_excluded(relative))
+            {
                 continue;
+            }
+            if child.lossy_name {
+                bail!("{}: {UNSUPPORTED_NAME}", child.host.display());
             }
             let name = base_name(&child.path);
             let child_path = if path.is_empty() {
@@ -400,22 +513,16 @@ impl Writer<'_> {
             } else {
                 format!("{path}/{name}")
             };
-            if is_dir {
-                let included = !source.ignored(&child.path);
-                if included {
-                    self.diff.create_dir(&child_path)?;
-                    self.ensured.insert(child_path.clone());
-                }
-                self.walk(source, &child, root, &child_path, overrides, exclude)?;
-                if included {
-                    self.diff.set_directory_attributes(
-                        &child_path,
-                        &attributes_of(&child, overrides)?,
-                    )?;
-                }
+            if is_dir && source.ignored(&child.path) {
+                // Ignored itself, but an exception may bring back something
+                // below it, whose parents are then made on demand.
+                self.walk(selection, &child, &child_path, in_image)?;
+            } else if is_dir {
+                self.write_directory(selection, &child, &child_path, in_image)?;
             } else {
                 self.ensure_parents(&child_path)?;
-                self.write_entry(&child, &child_path, overrides)?;
+                self.check_file_target(&child_path, in_image)?;
+                self.write_entry(&child, &child_path, selection.overrides)?;
             }
         }
         Ok(())
@@ -450,6 +557,7 @@ impl Writer<'_> {
     ) -> anyhow::Result<()> {
         let path = self.place(target)?;
         self.ensure_parents(&path)?;
+        self.check_file_target(&path, true)?;
         let (uid, gid) = owner.unwrap_or((0, 0));
         let attributes = Attributes {
             mode: mode.unwrap_or(file.mode),
@@ -468,41 +576,24 @@ impl Writer<'_> {
 fn attributes_of(entry: &ViewEntry, overrides: &Overrides) -> anyhow::Result<Attributes> {
     let metadata = &entry.metadata;
     let (uid, gid) = overrides.owner.unwrap_or((metadata.uid(), metadata.gid()));
+    let mut xattrs = read_xattrs(&entry.host)
+        .with_context(|| format!("reading the extended attributes of {}", entry.path))?;
+    xattrs.retain(|(name, _)| {
+        belongs_in_layer(name) && (!overrides.capabilities_only || name == CAPABILITY_XATTR)
+    });
     Ok(Attributes {
         mode: overrides.mode.unwrap_or(metadata.mode() & 0o7777),
         uid,
         gid,
         mtime: metadata.mtime(),
-        xattrs: read_xattrs(&entry.host)?,
+        xattrs,
     })
 }
 
-/// Extended attributes to carry over (overlayfs' own are not).
-fn read_xattrs(path: &std::path::Path) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
-    let mut names = vec![0u8; 4096];
-    let length = match rustix::fs::llistxattr(path, &mut names[..]) {
-        Ok(n) => n,
-        Err(rustix::io::Errno::NOTSUP) => return Ok(Vec::new()),
-        Err(e) => {
-            return Err(std::io::Error::from(e))
-                .with_context(|| format!("listing attributes of {}", path.display()))
-        }
-    };
-    let mut attributes = Vec::new();
-    for name in names[..length].split(|&b| b == 0).filter(|n| !n.is_empty()) {
-        let name = String::from_utf8_lossy(name).into_owned();
-        if name.starts_with("trusted.overlay.") {
-            continue;
-        }
-        let mut value = vec![0u8; 65536];
-        if let Ok(size) = rustix::fs::lgetxattr(path, name.as_str(), &mut value[..]) {
-            value.truncate(size);
-            attributes.push((name, value));
-        }
-    }
-    attributes.sort();
-    Ok(attributes)
-}
+const CAPABILITY_XATTR: &str = "security.capability";
+
+const UNSUPPORTED_NAME: &str =
+    "file names that are not UTF-8 are not supported (rename it, or leave it out with .dockerignore)";
 
 fn is_archive(entry: &ViewEntry) -> anyhow::Result<bool> {
     let file = File::open(&entry.host).with_context(|| format!("reading {}", entry.path))?;
@@ -544,7 +635,12 @@ fn join(dir: &str, name: &str) -> String {
 /// The paths of `source` a COPY pattern matches, sorted; symlinks in the
 /// matched path are followed (inside the source), not in what is copied.
 fn expand(source: &SourceTree<'_>, pattern: &str) -> anyhow::Result<Vec<Matched>> {
-    // `--parents` keeps the path from the pivot `/./`, or from the root.
+    // `--parents` keeps the path from the pivot `/./`, or from the root. A
+    // leading `./` only says "in the context" and is no pivot.
+    let mut pattern = pattern;
+    while let Some(rest) = pattern.strip_prefix("./") {
+        pattern = rest.trim_start_matches('/');
+    }
     let (pivot, pattern_from_pivot) = match pattern.split_once("/./") {
         Some((pivot, rest)) => (format!("/{}", pivot.trim_start_matches('/')), rest),
         None => ("/".to_string(), pattern),
@@ -568,6 +664,9 @@ fn expand(source: &SourceTree<'_>, pattern: &str) -> anyhow::Result<Vec<Matched>
                 for child in source.view.read_dir(&dir.path)? {
                     let name = base_name(&child.path);
                     if glob_match(part, name) {
+                        if child.lossy_name {
+                            bail!("{}: {UNSUPPORTED_NAME}", child.host.display());
+                        }
                         next.push(join(base, name));
                     }
                 }

@@ -10,16 +10,17 @@ use kiln_registry::Reference;
 use oci_spec::image::{Descriptor, ImageManifest, MediaType};
 use serde::{Deserialize, Serialize};
 
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 pub const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
 pub const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 pub const OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 pub const DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar";
 pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
-pub const DOCKER_LAYER_ZSTD: &str = "application/vnd.docker.image.rootfs.diff.tar.zstd";
 
 /// Which family of media types an image is written with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +35,17 @@ impl Format {
             "oci" => Ok(Format::Oci),
             "docker" => Ok(Format::Docker),
             other => bail!("unknown image format {other:?}: use oci or docker"),
+        }
+    }
+
+    /// The format an image with these layers can have: Docker's schema 2
+    /// knows no zstd layers, so such an image uses OCI media types, as
+    /// BuildKit does.
+    pub fn for_layers(self, layers: &[Layer]) -> Format {
+        if layers.iter().any(|l| l.encoding == LayerEncoding::Zstd) {
+            Format::Oci
+        } else {
+            self
         }
     }
 
@@ -65,7 +77,7 @@ impl LayerEncoding {
         Ok(match media_type {
             OCI_LAYER | DOCKER_LAYER => LayerEncoding::Tar,
             OCI_LAYER_GZIP | DOCKER_LAYER_GZIP => LayerEncoding::Gzip,
-            OCI_LAYER_ZSTD | DOCKER_LAYER_ZSTD => LayerEncoding::Zstd,
+            OCI_LAYER_ZSTD => LayerEncoding::Zstd,
             other => bail!("unsupported layer media type {other}"),
         })
     }
@@ -85,7 +97,9 @@ impl LayerEncoding {
             (Format::Oci, LayerEncoding::Zstd) => OCI_LAYER_ZSTD,
             (Format::Docker, LayerEncoding::Tar) => DOCKER_LAYER,
             (Format::Docker, LayerEncoding::Gzip) => DOCKER_LAYER_GZIP,
-            (Format::Docker, LayerEncoding::Zstd) => DOCKER_LAYER_ZSTD,
+            // Docker's schema has no zstd layers: `Format::for_layers` makes
+            // such images OCI ones, so this only names the layer.
+            (Format::Docker, LayerEncoding::Zstd) => OCI_LAYER_ZSTD,
         }
     }
 }
@@ -215,6 +229,9 @@ impl StoredImage {
 
     /// Reads the image a name (or `name@digest`) refers to.
     pub fn find(store: &Store, name: &str) -> anyhow::Result<StoredImage> {
+        if let Some(digest) = image_id(store, name)? {
+            return StoredImage::read(store, &digest);
+        }
         let reference = Reference::parse(name)?;
         let digest = match reference.digest() {
             Some(digest) => digest.parse::<Digest>()?,
@@ -229,6 +246,58 @@ impl StoredImage {
     }
 }
 
+/// The manifest digest `text` names when it is an image ID as `kiln images`
+/// shows it: `sha256:` and 12 to 64 hex digits, or the digits alone when no
+/// image has that name.
+pub fn image_id(store: &Store, text: &str) -> anyhow::Result<Option<Digest>> {
+    let (hex, explicit) = match text.strip_prefix("sha256:") {
+        Some(hex) => (hex, true),
+        None => (text, false),
+    };
+    let is_id = (12..=64).contains(&hex.len())
+        && hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if !is_id {
+        if explicit {
+            bail!("invalid image ID {text:?}: expected sha256: and 12 to 64 hex digits");
+        }
+        return Ok(None);
+    }
+    if !explicit {
+        if let Ok(reference) = Reference::parse(text) {
+            if store.resolve(&reference.to_string())?.is_some() {
+                return Ok(None);
+            }
+        }
+    }
+    let mut found: Vec<Digest> = store
+        .images()?
+        .iter()
+        .filter_map(|entry| entry.manifest.digest().to_string().parse::<Digest>().ok())
+        .filter(|digest| digest.hex().starts_with(hex))
+        .collect();
+    found.sort_by_key(|digest| digest.to_string());
+    found.dedup();
+    match found.as_slice() {
+        [digest] => Ok(Some(*digest)),
+        [] if hex.len() == 64 => {
+            let digest: Digest = format!("sha256:{hex}").parse()?;
+            if store.has_blob(&digest) {
+                Ok(Some(digest))
+            } else {
+                bail!("image {text} is not in the store (see `kiln images`)")
+            }
+        }
+        [] if explicit => bail!("image {text} is not in the store (see `kiln images`)"),
+        [] => Ok(None),
+        several => bail!(
+            "{text} is ambiguous: the digests of {} images start with it",
+            several.len()
+        ),
+    }
+}
+
 /// Writes the configuration and manifest of an image to the store and
 /// returns the manifest's descriptor.
 pub fn write_image(
@@ -239,6 +308,19 @@ pub fn write_image(
 ) -> anyhow::Result<Descriptor> {
     let config_bytes = config.to_json()?;
     let (config_digest, config_size) = store.write_blob(&config_bytes)?;
+    write_manifest(store, (config_digest, config_size), config, layers, format)
+}
+
+/// Writes the manifest of an image whose configuration blob (`config_blob`:
+/// digest and size, holding `config`) is in the store already.
+pub fn write_manifest(
+    store: &Store,
+    config_blob: (Digest, u64),
+    config: &ImageFile,
+    layers: &[Layer],
+    format: Format,
+) -> anyhow::Result<Descriptor> {
+    let format = format.for_layers(layers);
     let layer_descriptors: Vec<serde_json::Value> = layers
         .iter()
         .map(|layer| {
@@ -254,8 +336,8 @@ pub fn write_image(
         "mediaType": format.manifest_type(),
         "config": {
             "mediaType": format.config_type(),
-            "digest": config_digest.to_string(),
-            "size": config_size,
+            "digest": config_blob.0.to_string(),
+            "size": config_blob.1,
         },
         "layers": layer_descriptors,
     });

@@ -24,6 +24,9 @@ fn run(program: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// A `security.capability` value (revision 2) granting CAP_NET_BIND_SERVICE.
+const NET_BIND_SERVICE: [u8; 20] = [1, 0, 0, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+
 /// A context whose files cover what a layer must carry.
 fn rich_context() -> Context {
     let context = Context::new();
@@ -39,8 +42,16 @@ fn rich_context() -> Context {
     symlink("dir/nested/data", files.join("symlink")).expect("symlink");
     rustix::fs::setxattr(
         files.join("original").as_path(),
-        "user.kiln",
-        b"xattr value",
+        "security.capability",
+        &NET_BIND_SERVICE,
+        rustix::fs::XattrFlags::empty(),
+    )
+    .expect("set capability");
+    // The host's own attributes are not image content.
+    rustix::fs::setxattr(
+        files.join("original").as_path(),
+        "user.xdg.origin.url",
+        b"https://example.com/download",
         rustix::fs::XattrFlags::empty(),
     )
     .expect("set xattr");
@@ -208,11 +219,20 @@ fn umoci_unpacks_exactly_the_expected_tree() {
     let mut value = [0u8; 64];
     let size = rustix::fs::getxattr(
         rootfs.join("original").as_path(),
-        "user.kiln",
+        "security.capability",
         &mut value[..],
     )
-    .expect("xattr kept");
-    assert_eq!(&value[..size], b"xattr value");
+    .expect("capability kept");
+    assert_eq!(&value[..size], NET_BIND_SERVICE);
+    assert!(
+        rustix::fs::getxattr(
+            rootfs.join("original").as_path(),
+            "user.xdg.origin.url",
+            &mut value[..],
+        )
+        .is_err(),
+        "the host's attributes stay out of the image"
+    );
 }
 
 #[test]
@@ -269,6 +289,8 @@ fn docker_save_archives_load() {
         "config": {"Cmd": ["cat", "/etc/motd"]},
         "rootfs": {"type": "layers", "diff_ids": [diff_id]},
         "history": [{"created_by": "ADD etc /etc"}],
+        "docker_version": "27.3.1",
+        "container_config": {"Hostname": "builder", "Cmd": ["/bin/sh"]},
     });
     let config_bytes = serde_json::to_vec(&config).expect("json");
     let config_name = format!("{}.json", sha256_hex(&config_bytes));
@@ -294,6 +316,13 @@ fn docker_save_archives_load() {
             .trim(),
         "Loaded image: motd:v1"
     );
+    let loaded = kiln.inspect("motd:v1");
+    assert_eq!(
+        loaded["Manifest"]["config"]["digest"],
+        format!("sha256:{}", sha256_hex(&config_bytes)),
+        "the configuration, and so the image ID, stays as it was"
+    );
+    assert_eq!(loaded["Config"]["docker_version"], "27.3.1");
     let context = Context::new();
     context.write(
         "Dockerfile",
@@ -308,6 +337,180 @@ fn docker_save_archives_load() {
         fs::read_to_string(out.path().join("copy")).expect("copy"),
         "welcome\n"
     );
+}
+
+/// The platform name Go (and so every image index) gives this machine.
+fn host_architecture() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+/// Unpacks a tar archive into a directory with the system's tar.
+fn untar(archive: &Path, dir: &Path) {
+    fs::create_dir_all(dir).expect("mkdir");
+    run(
+        "tar",
+        &[
+            "-xf",
+            archive.to_str().expect("utf-8"),
+            "-C",
+            dir.to_str().expect("utf-8"),
+        ],
+    );
+}
+
+fn tar_directory(dir: &Path, archive: &Path) {
+    run(
+        "tar",
+        &[
+            "-cf",
+            archive.to_str().expect("utf-8"),
+            "-C",
+            dir.to_str().expect("utf-8"),
+            ".",
+        ],
+    );
+}
+
+/// Writes `value` as a blob of the OCI layout `dir`; returns its descriptor
+/// fields (digest, size).
+fn write_layout_blob(dir: &Path, value: &serde_json::Value) -> (String, usize) {
+    let bytes = serde_json::to_vec(value).expect("json");
+    let hex = sha256_hex(&bytes);
+    fs::write(dir.join("blobs/sha256").join(&hex), &bytes).expect("blob");
+    (format!("sha256:{hex}"), bytes.len())
+}
+
+#[test]
+fn multi_platform_archives_load_the_host_image() {
+    require_root();
+    // What buildx writes with attestations, and `docker save` with the
+    // containerd store: index.json names an index of platform images (and
+    // attestations), of which only some are in the archive.
+    let kiln = Kiln::new();
+    let context = rich_context();
+    let digest = kiln.build(context.path(), &["-t", "single:1"]);
+    let work = tempfile::tempdir().expect("tmp");
+    let saved = work.path().join("single.tar");
+    kiln.ok(&[
+        "save",
+        "single:1",
+        "-o",
+        saved.to_str().expect("utf-8"),
+        "--format",
+        "oci",
+    ]);
+    let layout = work.path().join("layout");
+    untar(&saved, &layout);
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read(layout.join("index.json")).expect("index")).expect("json");
+    let image = index["manifests"][0].clone();
+    let inner = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json",
+             "digest": format!("sha256:{}", "1".repeat(64)), "size": 500,
+             "platform": {"os": "linux", "architecture": "s390x"}},
+            {"mediaType": image["mediaType"], "digest": image["digest"], "size": image["size"],
+             "platform": {"os": "linux", "architecture": host_architecture()}},
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json",
+             "digest": format!("sha256:{}", "2".repeat(64)), "size": 600,
+             "platform": {"os": "unknown", "architecture": "unknown"},
+             "annotations": {"vnd.docker.reference.type": "attestation-manifest"}},
+        ],
+    });
+    let (inner_digest, inner_size) = write_layout_blob(&layout, &inner);
+    let outer = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": inner_digest, "size": inner_size,
+            "annotations": {"io.containerd.image.name": "example.com/multi:2"},
+        }],
+    });
+    fs::write(
+        layout.join("index.json"),
+        serde_json::to_vec(&outer).expect("json"),
+    )
+    .expect("index");
+    fs::remove_file(layout.join("manifest.json")).ok();
+    let multi = work.path().join("multi.tar");
+    tar_directory(&layout, &multi);
+    let other = Kiln::new();
+    assert_eq!(
+        other
+            .ok(&["load", "-i", multi.to_str().expect("utf-8")])
+            .trim(),
+        "Loaded image: example.com/multi:2"
+    );
+    assert_eq!(other.inspect("example.com/multi:2")["Digest"], digest);
+
+    // An index without this machine's platform says what it has.
+    let foreign = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [inner["manifests"][0].clone()],
+    });
+    let (foreign_digest, foreign_size) = write_layout_blob(&layout, &foreign);
+    let outer = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{"mediaType": "application/vnd.oci.image.index.v1+json",
+                       "digest": foreign_digest, "size": foreign_size}],
+    });
+    fs::write(
+        layout.join("index.json"),
+        serde_json::to_vec(&outer).expect("json"),
+    )
+    .expect("index");
+    let foreign_tar = work.path().join("foreign.tar");
+    tar_directory(&layout, &foreign_tar);
+    let stderr = other.fails(&["load", "-i", foreign_tar.to_str().expect("utf-8")]);
+    assert!(
+        stderr.contains(&format!(
+            "has no image for linux/{} (it has: linux/s390x)",
+            host_architecture()
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn zstd_layers_make_oci_images_even_with_the_docker_format() {
+    require_root();
+    require_tool("skopeo", "skopeo");
+    let kiln = Kiln::new();
+    let context = rich_context();
+    let work = tempfile::tempdir().expect("tmp");
+    let archive = work.path().join("zstd.tar");
+    let output = format!("type=oci,dest={}", archive.display());
+    kiln.build(
+        context.path(),
+        &["--format", "docker", "--compression", "zstd", "-o", &output],
+    );
+    let raw = run(
+        "skopeo",
+        &[
+            "inspect",
+            "--raw",
+            &format!("oci-archive:{}", archive.display()),
+        ],
+    );
+    let manifest: serde_json::Value = serde_json::from_str(&raw).expect("manifest");
+    assert_eq!(
+        manifest["mediaType"],
+        "application/vnd.oci.image.manifest.v1+json"
+    );
+    for layer in manifest["layers"].as_array().expect("layers") {
+        assert_eq!(
+            layer["mediaType"],
+            "application/vnd.oci.image.layer.v1.tar+zstd"
+        );
+    }
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {

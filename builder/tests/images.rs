@@ -132,6 +132,8 @@ fn copy_follows_dockers_source_and_destination_rules() {
          COPY keep /keep\n\
          COPY link-to-dir /via-link\n\
          COPY --parents tree/./a/b/deep.txt /parents/\n\
+         COPY --parents ./tree/./a/*/deep.txt /dotted/\n\
+         COPY --parents tree/a/b/deep.txt /whole/\n\
          COPY --chmod=0600 file.txt /private/\n\
          COPY file.txt dir/a.txt /two/\n\
          WORKDIR /work\n\
@@ -154,6 +156,8 @@ fn copy_follows_dockers_source_and_destination_rules() {
     assert!(!root.join("ignored").exists());
     assert_eq!(read(root, "/via-link/a.txt"), "a");
     assert_eq!(read(root, "/parents/a/b/deep.txt"), "deep");
+    assert_eq!(read(root, "/dotted/a/b/deep.txt"), "deep");
+    assert_eq!(read(root, "/whole/tree/a/b/deep.txt"), "deep");
     assert_eq!(owner_and_mode(root, "/private/file.txt"), (0, 0, 0o600));
     assert_eq!(tree(&root.join("two")), ["a.txt", "file.txt"]);
     assert_eq!(read(root, "/work/relative.txt"), "file");
@@ -303,8 +307,11 @@ fn add_unpacks_local_archives_and_copies_other_files() {
         fs::Permissions::from_mode(0o750),
     )
     .expect("chmod");
+    std::os::unix::fs::lchown(payload.path().join("pkg/bin/run"), Some(1234), Some(4321))
+        .expect("chown");
     let status = std::process::Command::new("tar")
         .args([
+            "--numeric-owner",
             "-czf",
             context.path().join("pkg.tar.gz").to_str().expect("utf-8"),
             "-C",
@@ -325,12 +332,17 @@ fn add_unpacks_local_archives_and_copies_other_files() {
     assert!(status.success());
     context.write(
         "Dockerfile",
-        "FROM scratch\nADD pkg.tar.gz /opt/\nADD notes.txt.gz /docs/\nCOPY pkg.tar.gz /copied/\n",
+        "FROM scratch\nADD pkg.tar.gz /opt/\nADD --chown=7:8 pkg.tar.gz /chowned/\nADD notes.txt.gz /docs/\nCOPY pkg.tar.gz /copied/\n",
     );
     let out = kiln.files(context.path(), &[]);
     let root = out.path();
     assert_eq!(read(root, "/opt/pkg/bin/run"), "run");
-    assert_eq!(owner_and_mode(root, "/opt/pkg/bin/run").2, 0o750);
+    assert_eq!(
+        owner_and_mode(root, "/opt/pkg/bin/run"),
+        (1234, 4321, 0o750),
+        "an unpacked archive keeps its owners"
+    );
+    assert_eq!(owner_and_mode(root, "/chowned/pkg/bin/run"), (7, 8, 0o750));
     assert!(
         root.join("docs/notes.txt.gz").is_file(),
         "a gzip that is not a tar is copied as it is"
@@ -423,6 +435,10 @@ fn empty_steps_add_no_layer() {
         .map(|h| h["empty_layer"].as_bool().unwrap_or(false))
         .collect();
     assert_eq!(last_two, [true, true]);
+    // An image without any layer exports as an empty directory.
+    context.write("Dockerfile", "FROM scratch\nENV A=1\n");
+    let out = kiln.files(context.path(), &[]);
+    assert!(tree(out.path()).is_empty());
 }
 
 #[test]
@@ -479,4 +495,188 @@ fn building_without_root_says_it_needs_root() {
     assert_eq!(output.status.code(), Some(1));
     let message = String::from_utf8_lossy(&output.stderr);
     assert!(message.contains("kiln build must run as root"), "{message}");
+}
+
+/// A base image with `/lib -> usr/lib`, `/usr/lib` owned by 7:7 with mode
+/// 0750, `/etc` with mode 0700 and the file `/etc/passwd`.
+fn base_with_links(kiln: &Kiln) {
+    let context = Context::new();
+    context.write("rootfs/etc/passwd", "root:x:0:0:root:/root:/bin/sh\n");
+    fs::set_permissions(
+        context.path().join("rootfs/etc"),
+        fs::Permissions::from_mode(0o700),
+    )
+    .expect("chmod");
+    symlink("usr/lib", context.path().join("rootfs/lib")).expect("symlink");
+    context.write("libdir/libc.so", "libc");
+    fs::set_permissions(
+        context.path().join("libdir"),
+        fs::Permissions::from_mode(0o750),
+    )
+    .expect("chmod");
+    context.write(
+        "Dockerfile",
+        "FROM scratch\nCOPY rootfs/ /\nCOPY --chown=7:7 libdir /usr/lib\n",
+    );
+    kiln.build(context.path(), &["-t", "links:1"]);
+}
+
+#[test]
+fn copy_never_turns_files_or_symlinks_into_directories_or_back() {
+    require_root();
+    let kiln = Kiln::new();
+    base_with_links(&kiln);
+    let cases = [
+        (
+            "COPY over/ /\n",
+            "cannot copy a directory to /lib: it exists and is not a directory",
+        ),
+        (
+            "COPY etc-file/ /\n",
+            "cannot replace the directory /etc with a file",
+        ),
+        (
+            "COPY over /etc/passwd\n",
+            "cannot copy a directory to /etc/passwd",
+        ),
+        (
+            "WORKDIR /etc/passwd\n",
+            "/etc/passwd exists in the image and is not a directory",
+        ),
+        (
+            "COPY mine.so /etc/passwd/x\n",
+            "one of its parents is not a directory",
+        ),
+    ];
+    for (step, message) in cases {
+        let context = Context::new();
+        context.write("over/lib/mine.so", "mine");
+        context.write("etc-file/etc", "not a directory");
+        context.write("mine.so", "mine");
+        context.write("Dockerfile", &format!("FROM links:1\n{step}"));
+        let stderr = kiln.fails(&["build", context.path().to_str().expect("utf-8")]);
+        assert!(stderr.contains(message), "{step:?}: {stderr}");
+    }
+}
+
+#[test]
+fn copy_into_existing_directories_keeps_them_and_follows_the_destination() {
+    require_root();
+    let kiln = Kiln::new();
+    base_with_links(&kiln);
+    let context = Context::new();
+    context.write("mine.so", "mine");
+    context.write("tree/usr/lib/extra.so", "extra");
+    context.write("tree/etc/hosts", "127.0.0.1 localhost\n");
+    context.write(
+        "passwd",
+        "root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/:/bin/sh\n",
+    );
+    context.write(
+        "Dockerfile",
+        "FROM links:1\nCOPY mine.so /lib/\nCOPY tree/ /\nCOPY passwd /etc/passwd\n",
+    );
+    let out = kiln.files(context.path(), &[]);
+    let root = out.path();
+    assert!(fs::symlink_metadata(root.join("lib"))
+        .expect("lib")
+        .file_type()
+        .is_symlink());
+    assert_eq!(read(root, "/usr/lib/mine.so"), "mine");
+    assert_eq!(read(root, "/usr/lib/extra.so"), "extra");
+    assert_eq!(read(root, "/usr/lib/libc.so"), "libc");
+    assert_eq!(owner_and_mode(root, "/usr/lib"), (7, 7, 0o750));
+    assert_eq!(owner_and_mode(root, "/etc"), (0, 0, 0o700));
+    assert_eq!(read(root, "/etc/hosts"), "127.0.0.1 localhost\n");
+    assert!(read(root, "/etc/passwd").contains("app:x:1000"));
+}
+
+#[test]
+fn untagged_images_are_found_and_removed_by_id() {
+    require_root();
+    let kiln = Kiln::new();
+    let context = Context::new();
+    context.write("a", "a\n");
+    context.write("Dockerfile", "FROM scratch\nCOPY a /a\n");
+    let digest = kiln.build(context.path(), &[]);
+    let short = &digest[..("sha256:".len() + 12)];
+    let images = kiln.ok(&["images"]);
+    assert!(images.contains("<none>"), "{images}");
+    assert!(images.contains(short), "{images}");
+    for id in [digest.as_str(), short, &short["sha256:".len()..]] {
+        assert_eq!(kiln.inspect(id)["Digest"], digest.as_str(), "{id}");
+    }
+    // Naming the image takes it off the untagged list.
+    kiln.ok(&["tag", short, "named:1"]);
+    assert!(!kiln.ok(&["images"]).contains("<none>"));
+    let removed = kiln.ok(&["rmi", short]);
+    assert_eq!(removed, format!("Untagged: named:1\nDeleted: {digest}\n"));
+    assert!(!kiln.ok(&["images"]).contains(short));
+    assert!(kiln
+        .fails(&["inspect", short])
+        .contains("is not in the store"));
+    assert!(kiln
+        .fails(&["inspect", "sha256:xyz"])
+        .contains("invalid image ID"));
+}
+
+#[test]
+fn an_empty_source_date_epoch_is_unset_and_a_bad_one_is_named() {
+    require_root();
+    let kiln = Kiln::new();
+    let context = Context::new();
+    context.write("a", "a\n");
+    context.write("Dockerfile", "FROM scratch\nCOPY a /a\n");
+    let path = context.path().to_str().expect("utf-8");
+    let empty = kiln
+        .command()
+        .env("SOURCE_DATE_EPOCH", "")
+        .args(["build", path])
+        .output()
+        .expect("kiln runs");
+    assert!(
+        empty.status.success(),
+        "{}",
+        String::from_utf8_lossy(&empty.stderr)
+    );
+    for bad in ["yesterday", "-1"] {
+        let output = kiln
+            .command()
+            .env("SOURCE_DATE_EPOCH", bad)
+            .args(["build", path])
+            .output()
+            .expect("kiln runs");
+        assert_eq!(output.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&output.stderr).contains(&format!(
+            "invalid --source-date-epoch or SOURCE_DATE_EPOCH \"{bad}\""
+        )));
+    }
+}
+
+#[test]
+fn file_names_that_are_not_utf8_are_named_unless_ignored() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    require_root();
+    let kiln = Kiln::new();
+    let context = Context::new();
+    context.write("names/good.txt", "good");
+    fs::write(
+        context
+            .path()
+            .join("names")
+            .join(OsStr::from_bytes(b"caf\xe9.txt")),
+        "latin-1",
+    )
+    .expect("write");
+    context.write("Dockerfile", "FROM scratch\nCOPY names /names\n");
+    let stderr = kiln.fails(&["build", context.path().to_str().expect("utf-8")]);
+    assert!(
+        stderr.contains("caf")
+            && stderr.contains("file names that are not UTF-8 are not supported"),
+        "{stderr}"
+    );
+    context.write(".dockerignore", "names/caf*\n");
+    let out = kiln.files(context.path(), &[]);
+    assert_eq!(tree(&out.path().join("names")), ["good.txt"]);
 }

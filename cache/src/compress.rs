@@ -70,17 +70,25 @@ impl Compression {
                 flate2::Compression::new(level),
             )),
             Compression::Zstd { level } => {
-                let mut encoder = zstd::Encoder::new(writer, level)?;
-                // Workers make large layers faster; the output does not
-                // depend on their number.
                 let workers = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
-                if workers > 1 {
-                    encoder.multithread(workers)?;
-                }
-                Encoder::Zstd(encoder)
+                Encoder::Zstd(zstd_encoder(writer, level, workers)?)
             }
         })
     }
+}
+
+/// A zstd encoder with `workers` threads. zstd's multi-threaded format is the
+/// same for any number of workers but differs from its single-threaded one,
+/// so even one worker goes through it: a layer must not change with the
+/// number of cores of the machine that built it.
+fn zstd_encoder<W: Write>(
+    writer: W,
+    level: i32,
+    workers: u32,
+) -> io::Result<zstd::Encoder<'static, W>> {
+    let mut encoder = zstd::Encoder::new(writer, level)?;
+    encoder.multithread(workers.max(1))?;
+    Ok(encoder)
 }
 
 /// A compressing writer; call [`Encoder::finish`] to write the trailer.
@@ -197,6 +205,28 @@ fn valid_tar_header(header: &[u8; 512]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zstd_output_does_not_depend_on_the_number_of_workers() {
+        // Larger than one zstd job, so that several workers share it.
+        let mut data = Vec::with_capacity(24 << 20);
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        while data.len() < 24 << 20 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            data.extend_from_slice(&state.to_le_bytes()[..(state % 5) as usize]);
+            data.extend_from_slice(b"layer content ");
+        }
+        let compress = |workers| {
+            let mut encoder = zstd_encoder(Vec::new(), 3, workers).expect("encoder");
+            encoder.write_all(&data).expect("compress");
+            encoder.finish().expect("finish")
+        };
+        let one = compress(1);
+        assert_eq!(one, compress(2));
+        assert_eq!(one, compress(4));
+    }
 
     fn tar_bytes() -> Vec<u8> {
         let mut builder = tar::Builder::new(Vec::new());

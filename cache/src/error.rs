@@ -17,6 +17,12 @@ pub enum Error {
     NonUtf8Path(PathBuf),
     #[error("refusing archive entry {entry:?}: {reason}")]
     UnsafeEntry { entry: String, reason: String },
+    #[error("cannot extract archive entry {entry:?}: {source}")]
+    Extract {
+        entry: String,
+        #[source]
+        source: crate::tree::TreeError,
+    },
     #[error("invalid archive: {0}")]
     InvalidArchive(String),
     #[error("blob {expected} does not match its content, which hashes to {actual}")]

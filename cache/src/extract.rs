@@ -175,7 +175,13 @@ fn extract_entry<R: Read>(
         };
     }
     let path = under(prefix, &relative);
-    let failed = |e: TreeError| refuse(&raw_path, e);
+    let failed = |e: TreeError| match e {
+        TreeError::Io { .. } => Error::Extract {
+            entry: raw_path.clone(),
+            source: e,
+        },
+        unsafe_entry => refuse(&raw_path, unsafe_entry),
+    };
     let (parent, name) = split_parent(&path);
     if options.mode == ExtractMode::Layer && name.starts_with(WHITEOUT_PREFIX) {
         if name == OPAQUE_WHITEOUT {

@@ -139,7 +139,7 @@ impl Walk {
         let opaque = xattrs.iter().any(|(k, v)| k == OPAQUE_XATTR && v == b"y");
         header.xattrs = xattrs
             .into_iter()
-            .filter(|(k, _)| !k.starts_with("trusted.overlay."))
+            .filter(|(name, _)| belongs_in_layer(name))
             .collect();
         self.entries += 1;
         if file_type.is_dir() {
@@ -180,8 +180,17 @@ impl Walk {
     }
 }
 
+/// Whether an extended attribute is part of a file's content. `trusted.`
+/// ones are overlayfs' bookkeeping (the opaque marker becomes its own
+/// entry) and need privileges to read back; an SELinux label belongs to the
+/// host that wrote the file and would make the same image differ between
+/// hosts.
+pub fn belongs_in_layer(name: &str) -> bool {
+    !name.starts_with("trusted.") && name != "security.selinux"
+}
+
 /// The extended attributes of a file (not following symlinks), sorted.
-fn read_xattrs(path: &Path) -> io::Result<Vec<(String, Vec<u8>)>> {
+pub fn read_xattrs(path: &Path) -> io::Result<Vec<(String, Vec<u8>)>> {
     let mut names = vec![0u8; 1024];
     let length = loop {
         match rustix::fs::llistxattr(path, &mut names[..]) {

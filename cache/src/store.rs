@@ -321,7 +321,11 @@ impl Store {
             }
             match name {
                 Some(name) => {
-                    manifests.retain(|d| ref_name(d) != Some(name));
+                    // A named image is no longer listed as untagged.
+                    manifests.retain(|d| {
+                        ref_name(d) != Some(name)
+                            && !(ref_name(d).is_none() && d.digest() == manifest.digest())
+                    });
                     descriptor.set_annotations(Some(
                         [(REF_NAME.to_string(), name.to_string())]
                             .into_iter()
@@ -329,10 +333,7 @@ impl Store {
                     ));
                 }
                 None => {
-                    if manifests
-                        .iter()
-                        .any(|d| d.digest() == manifest.digest() && ref_name(d).is_none())
-                    {
+                    if manifests.iter().any(|d| d.digest() == manifest.digest()) {
                         return;
                     }
                 }
@@ -343,11 +344,30 @@ impl Store {
 
     /// Removes a name; returns whether it existed.
     pub fn remove_name(&self, name: &str) -> Result<bool, Error> {
-        let mut removed = false;
+        let removed = self.remove_images(|entry| entry.name.as_deref() == Some(name))?;
+        Ok(!removed.is_empty())
+    }
+
+    /// Removes the entries (names, or untagged images) `remove` picks and
+    /// returns them.
+    pub fn remove_images(
+        &self,
+        remove: impl Fn(&ImageEntry) -> bool,
+    ) -> Result<Vec<ImageEntry>, Error> {
+        let mut removed = Vec::new();
         self.update_index(|manifests| {
-            let before = manifests.len();
-            manifests.retain(|d| ref_name(d) != Some(name));
-            removed = manifests.len() != before;
+            manifests.retain(|d| {
+                let entry = ImageEntry {
+                    name: ref_name(d).map(str::to_string),
+                    manifest: d.clone(),
+                };
+                if remove(&entry) {
+                    removed.push(entry);
+                    false
+                } else {
+                    true
+                }
+            });
         })?;
         Ok(removed)
     }
@@ -387,6 +407,7 @@ impl Store {
         let dir = work.path().join("snapshot");
         fs::create_dir(&dir).map_err(|e| Error::io(&dir, e))?;
         fill(&dir)?;
+        sync_file_system(&dir)?;
         match fs::rename(&dir, &target) {
             Ok(()) => {}
             // Another process made the same snapshot meanwhile.
@@ -404,6 +425,7 @@ impl Store {
         if target.is_dir() {
             return Ok(target);
         }
+        sync_file_system(dir)?;
         match fs::rename(dir, &target) {
             Ok(()) => {}
             Err(_) if target.is_dir() => {}
@@ -611,6 +633,14 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
         .map_err(|e| Error::io(temp.path(), e))?;
     temp.persist(path).map_err(|e| Error::io(path, e.error))?;
     sync_dir(dir)
+}
+
+/// Flushes the whole file system `path` is on: one call instead of one per
+/// file of a snapshot, so that a snapshot renamed into place after it is
+/// complete on disk too, and a power loss cannot leave a truncated one.
+fn sync_file_system(path: &Path) -> Result<(), Error> {
+    let dir = File::open(path).map_err(|e| Error::io(path, e))?;
+    rustix::fs::syncfs(&dir).map_err(|e| Error::io(path, e.into()))
 }
 
 fn sync_dir(dir: &Path) -> Result<(), Error> {

@@ -328,13 +328,26 @@ impl TreeWriter {
         if !attributes.xattrs.is_empty() {
             let proc_path = format!("/proc/self/fd/{}/{name}", parent.as_raw_fd());
             for (key, value) in &attributes.xattrs {
-                rustix::fs::lsetxattr(
+                match rustix::fs::lsetxattr(
                     proc_path.as_str(),
                     key.as_str(),
                     value,
                     rustix::fs::XattrFlags::empty(),
-                )
-                .map_err(&error)?;
+                ) {
+                    Ok(()) => {}
+                    // What the file system cannot hold is left out, as
+                    // containerd does: attributes it does not support, and
+                    // `user.` ones, which Linux allows only on files and
+                    // directories (not on symlinks or device nodes).
+                    Err(Errno::NOTSUP) => {}
+                    Err(Errno::PERM) if key.starts_with("user.") => {}
+                    Err(errno) => {
+                        return Err(TreeError::Io {
+                            path: format!("{path} (extended attribute {key})"),
+                            source: errno.into(),
+                        })
+                    }
+                }
             }
         }
         rustix::fs::utimensat(

@@ -27,6 +27,9 @@ pub struct LayerView {
 pub struct ViewEntry {
     /// The path in the view, absolute and free of symlinks and `..`.
     pub path: String,
+    /// Whether the name has bytes that are not UTF-8, which `path` shows as
+    /// U+FFFD: such an entry can be listed but not looked up or written.
+    pub lossy_name: bool,
     /// The file holding the content, in one of the snapshots.
     pub host: PathBuf,
     pub metadata: Metadata,
@@ -70,6 +73,28 @@ fn components(path: &str) -> Vec<&str> {
     parts
 }
 
+/// Looks `parts` up below `host` within one layer, one component at a time,
+/// so that a symlink on the way ends the lookup instead of being followed on
+/// the host.
+fn lookup_in_layer(mut host: PathBuf, parts: &[&str]) -> io::Result<Option<(PathBuf, Metadata)>> {
+    for (depth, part) in parts.iter().enumerate() {
+        host.push(part);
+        let Some(metadata) = lstat(&host)? else {
+            return Ok(None);
+        };
+        if is_whiteout(&metadata) {
+            return Ok(None);
+        }
+        if depth + 1 == parts.len() {
+            return Ok(Some((host, metadata)));
+        }
+        if !metadata.is_dir() {
+            return Ok(None);
+        }
+    }
+    Ok(None)
+}
+
 fn join(parts: &[&str]) -> String {
     format!("/{}", parts.join("/"))
 }
@@ -91,6 +116,7 @@ impl LayerView {
             return match lstat(&host)? {
                 Some(metadata) => Ok(Some(ViewEntry {
                     path: "/".into(),
+                    lossy_name: false,
                     host,
                     metadata,
                 })),
@@ -111,6 +137,7 @@ impl LayerView {
                 if last {
                     return Ok(Some(ViewEntry {
                         path: join(parts),
+                        lossy_name: false,
                         host,
                         metadata,
                     }));
@@ -122,23 +149,18 @@ impl LayerView {
                 if is_opaque(&host) {
                     // Lower layers cannot contribute below an opaque
                     // directory: the rest must be in this layer.
-                    let rest = host.join(parts[depth + 1..].join("/"));
-                    return match self.lookup_in_layer(&rest)? {
-                        Some(metadata) => Ok(Some(ViewEntry {
+                    return Ok(lookup_in_layer(host, &parts[depth + 1..])?.map(
+                        |(host, metadata)| ViewEntry {
                             path: join(parts),
-                            host: rest,
+                            lossy_name: false,
+                            host,
                             metadata,
-                        })),
-                        None => Ok(None),
-                    };
+                        },
+                    ));
                 }
             }
         }
         Ok(None)
-    }
-
-    fn lookup_in_layer(&self, host: &Path) -> io::Result<Option<Metadata>> {
-        Ok(lstat(host)?.filter(|m| !is_whiteout(m)))
     }
 
     /// Resolves `path` in the view, following symlinks inside the view
@@ -146,7 +168,7 @@ impl LayerView {
     /// or `None` when it does not exist.
     pub fn resolve(&self, path: &str, follow_final: bool) -> io::Result<Option<ViewEntry>> {
         match self.resolve_parent(path, follow_final)? {
-            Resolved::Found(entry) => Ok(Some(entry)),
+            Resolved::Found(entry) => Ok(Some(*entry)),
             Resolved::Missing { .. } | Resolved::Broken => Ok(None),
         }
     }
@@ -213,12 +235,12 @@ impl LayerView {
             }
             current.push(part);
             if is_last {
-                return Ok(Resolved::Found(entry));
+                return Ok(Resolved::Found(Box::new(entry)));
             }
         }
         let parts: Vec<&str> = current.iter().map(String::as_str).collect();
         Ok(match self.lookup(&parts)? {
-            Some(entry) => Resolved::Found(entry),
+            Some(entry) => Resolved::Found(Box::new(entry)),
             None => Resolved::Missing { path: join(&parts) },
         })
     }
@@ -255,11 +277,13 @@ impl LayerView {
                 };
                 for item in listing {
                     let item = item?;
-                    let name = item.file_name().to_string_lossy().into_owned();
+                    let raw_name = item.file_name();
+                    let lossy_name = raw_name.to_str().is_none();
+                    let name = raw_name.to_string_lossy().into_owned();
                     if seen.contains_key(&name) {
                         continue;
                     }
-                    let child = host.join(&name);
+                    let child = host.join(&raw_name);
                     let metadata = fs::symlink_metadata(&child)?;
                     let entry = (!is_whiteout(&metadata)).then(|| ViewEntry {
                         path: if parts.is_empty() {
@@ -269,6 +293,7 @@ impl LayerView {
                         },
                         host: child,
                         metadata,
+                        lossy_name,
                     });
                     seen.insert(name, entry);
                 }
@@ -293,7 +318,7 @@ impl LayerView {
 }
 
 enum Resolved {
-    Found(ViewEntry),
+    Found(Box<ViewEntry>),
     Missing {
         path: String,
     },
@@ -410,5 +435,32 @@ mod tests {
             .expect("resolve")
             .expect("found");
         assert!(unfollowed.metadata.file_type().is_symlink());
+    }
+
+    #[test]
+    fn a_symlink_below_an_opaque_directory_is_not_followed_on_the_host() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let secret = tmp.path().join("host-secret");
+        fs::create_dir_all(&secret).expect("mkdir");
+        fs::write(secret.join("file"), "host data").expect("write");
+        let lower = layer(tmp.path(), "lower");
+        fs::create_dir_all(lower.join("a")).expect("mkdir");
+        rustix::fs::setxattr(
+            lower.join("a").as_path(),
+            OPAQUE_XATTR,
+            b"y",
+            rustix::fs::XattrFlags::empty(),
+        )
+        .expect("opaque");
+        symlink(&secret, lower.join("a/b")).expect("symlink");
+        let upper = layer(tmp.path(), "upper");
+        fs::create_dir_all(upper.join("a/b")).expect("mkdir");
+        let view = LayerView::new(vec![lower, upper]);
+        let found = view.resolve("/a/b/file", true).expect("resolve");
+        assert!(
+            found.is_none(),
+            "reached the host through a layer's symlink: {found:?}"
+        );
+        assert_eq!(view.read_to_string("/a/b/file").expect("read"), None);
     }
 }

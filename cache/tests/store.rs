@@ -112,8 +112,11 @@ fn names_point_at_manifests() {
     store
         .set_name(Some("docker.io/library/app:latest"), &second)
         .expect("retag");
-    store.set_name(None, &first).expect("untagged");
-    store.set_name(None, &first).expect("untagged again");
+    // Untagged entries only for images without a name.
+    store.set_name(None, &first).expect("untagged, but named");
+    let third = write_image(&store, "three");
+    store.set_name(None, &third).expect("untagged");
+    store.set_name(None, &third).expect("untagged again");
     assert_eq!(
         store
             .resolve("docker.io/library/app:latest")
@@ -140,6 +143,22 @@ fn names_point_at_manifests() {
         .expect("rmi again"));
     assert_eq!(
         store.resolve("docker.io/library/app:1").expect("resolve"),
+        None
+    );
+    store
+        .set_name(Some("docker.io/library/third:1"), &third)
+        .expect("tag");
+    let images = store.images().expect("images");
+    assert!(
+        images.iter().all(|e| e.name.is_some()),
+        "a named image is not also listed untagged: {images:?}"
+    );
+    let removed = store
+        .remove_images(|e| e.manifest.digest() == third.digest())
+        .expect("remove");
+    assert_eq!(removed.len(), 1);
+    assert_eq!(
+        store.resolve("docker.io/library/third:1").expect("resolve"),
         None
     );
 }
