@@ -10,6 +10,7 @@ pub mod extract;
 pub mod pack;
 pub mod store;
 pub mod tree;
+mod unsynced;
 pub mod view;
 
 pub use compress::Compression;

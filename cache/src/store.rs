@@ -19,6 +19,7 @@ use oci_spec::image::{Descriptor, ImageIndex, ImageManifest, MediaType};
 use crate::digest::{Digest, HashingReader, HashingWriter};
 use crate::error::Error;
 use crate::pack::{pack_dir, PackOptions, PackedLayer};
+use crate::unsynced;
 
 /// The annotation that names an image in `index.json`.
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
@@ -117,9 +118,28 @@ impl Store {
         }
         if let Some(lock) = store.try_lock_exclusive()? {
             store.clean_tmp()?;
+            unsynced::recover(&store.snapshots_dir(), |snapshot| store.discard(snapshot))?;
             drop(lock);
         }
         Ok(store)
+    }
+
+    /// Removes a directory of the store: renamed into `tmp/` first, so that
+    /// it disappears at once even if the removal is interrupted.
+    fn discard(&self, path: &Path) -> Result<(), Error> {
+        let doomed = self.temp_dir()?;
+        let moved = doomed.path().join("discarded");
+        fs::rename(path, &moved).map_err(|e| Error::io(path, e))?;
+        doomed.close().map_err(|e| Error::io(&moved, e))
+    }
+
+    /// Makes a finished snapshot directory safe to rename into place; see
+    /// [`unsynced`].
+    fn prepare_snapshot(&self, dir: &Path) -> Result<(), Error> {
+        if unsynced::before_snapshot(&self.snapshots_dir())? {
+            unsynced::sync_file_system(dir)?;
+        }
+        Ok(())
     }
 
     pub fn root(&self) -> &Path {
@@ -407,7 +427,7 @@ impl Store {
         let dir = work.path().join("snapshot");
         fs::create_dir(&dir).map_err(|e| Error::io(&dir, e))?;
         fill(&dir)?;
-        sync_file_system(&dir)?;
+        self.prepare_snapshot(&dir)?;
         match fs::rename(&dir, &target) {
             Ok(()) => {}
             // Another process made the same snapshot meanwhile.
@@ -425,7 +445,7 @@ impl Store {
         if target.is_dir() {
             return Ok(target);
         }
-        sync_file_system(dir)?;
+        self.prepare_snapshot(dir)?;
         match fs::rename(dir, &target) {
             Ok(()) => {}
             Err(_) if target.is_dir() => {}
@@ -619,7 +639,7 @@ impl Write for BlobWriter {
 /// the store; the store's directory decides who may see it at all.
 const STORE_FILE_MODE: u32 = 0o644;
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut temp = tempfile::Builder::new()
         .prefix(".tmp-")
@@ -635,15 +655,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     sync_dir(dir)
 }
 
-/// Flushes the whole file system `path` is on: one call instead of one per
-/// file of a snapshot, so that a snapshot renamed into place after it is
-/// complete on disk too, and a power loss cannot leave a truncated one.
-fn sync_file_system(path: &Path) -> Result<(), Error> {
-    let dir = File::open(path).map_err(|e| Error::io(path, e))?;
-    rustix::fs::syncfs(&dir).map_err(|e| Error::io(path, e.into()))
-}
-
-fn sync_dir(dir: &Path) -> Result<(), Error> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), Error> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| Error::io(dir, e))
