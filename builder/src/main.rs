@@ -95,8 +95,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 /// the error points at one.
 fn report(err: &anyhow::Error) {
     let mut message = format!("error: {err}");
+    let mut previous = err.to_string();
     for cause in err.chain().skip(1) {
-        message.push_str(&format!("\n  caused by: {cause}"));
+        let text = cause.to_string();
+        // Errors that quote their cause in their own message (`path: reason`)
+        // would show it twice.
+        if !previous.ends_with(&text) {
+            message.push_str(&format!("\n  caused by: {text}"));
+        }
+        previous = text;
     }
     if let Some(snippet) = err
         .chain()

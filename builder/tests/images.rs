@@ -680,3 +680,50 @@ fn file_names_that_are_not_utf8_are_named_unless_ignored() {
     let out = kiln.files(context.path(), &[]);
     assert_eq!(tree(&out.path().join("names")), ["good.txt"]);
 }
+
+#[test]
+fn another_user_can_read_a_store_but_not_reach_its_snapshots() {
+    use std::os::unix::process::CommandExt;
+    require_root();
+    let kiln = Kiln::new();
+    let context = Context::new();
+    context.write("a", "a\n");
+    context.write("Dockerfile", "FROM scratch\nCOPY a /a\n");
+    kiln.build(context.path(), &["-t", "shared:1"]);
+    fs::set_permissions(kiln.root.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    let as_nobody = |args: &[&str]| {
+        kiln.command()
+            .args(args)
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .expect("kiln runs")
+    };
+    let images = as_nobody(&["images"]);
+    assert!(
+        images.status.success(),
+        "{}",
+        String::from_utf8_lossy(&images.stderr)
+    );
+    assert!(String::from_utf8_lossy(&images.stdout).contains("shared:1"));
+    assert!(as_nobody(&["inspect", "shared:1"]).status.success());
+    assert!(as_nobody(&["check"]).status.success());
+    let listing = std::process::Command::new("ls")
+        .arg(kiln.root.path().join("snapshots"))
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("ls runs");
+    assert!(
+        !listing.status.success(),
+        "the snapshots directory is closed to other users"
+    );
+    assert_eq!(
+        fs::metadata(kiln.root.path().join("snapshots"))
+            .expect("snapshots")
+            .permissions()
+            .mode()
+            & 0o777,
+        0o700
+    );
+}

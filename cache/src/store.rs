@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use oci_spec::image::{Descriptor, ImageIndex, ImageManifest, MediaType};
@@ -86,35 +86,45 @@ impl Store {
         let store = Store {
             root: root.to_path_buf(),
         };
-        for dir in [store.blobs_dir(), store.snapshots_dir(), store.tmp_dir()] {
-            fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-        }
-        let layout = root.join("oci-layout");
-        match fs::read_to_string(&layout) {
-            Ok(text) => {
-                let value: serde_json::Value =
-                    serde_json::from_str(&text).map_err(|e| Error::BadStore {
-                        path: root.to_path_buf(),
-                        reason: format!("oci-layout is not JSON: {e}"),
-                    })?;
-                if value["imageLayoutVersion"] != "1.0.0" {
-                    return Err(Error::BadStore {
-                        path: root.to_path_buf(),
-                        reason: format!(
-                            "unsupported image layout version {}",
-                            value["imageLayoutVersion"]
-                        ),
-                    });
-                }
+        fs::create_dir_all(root).map_err(|e| Error::io(root, e))?;
+        let owner = store.check_owner(root, fs::metadata(root))?.uid();
+        let writable = rustix::fs::access(root, rustix::fs::Access::WRITE_OK).is_ok();
+        let is_owner = owner == rustix::process::geteuid().as_raw();
+        // Snapshots hold image files as they are, set-user-ID programs and
+        // device nodes included: only the store's owner may reach them.
+        for (dir, mode) in [
+            (store.blobs_dir(), 0o755),
+            (store.snapshots_dir(), 0o700),
+            (store.tmp_dir(), 0o700),
+        ] {
+            if writable {
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(mode)
+                    .create(&dir)
+                    .map_err(|e| Error::io(&dir, e))?;
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                write_atomic(&layout, LAYOUT.as_bytes())?
+            let metadata = store.check_owner(&dir, fs::symlink_metadata(&dir))?;
+            if is_owner && writable && metadata.mode() & 0o777 != mode {
+                fs::set_permissions(&dir, fs::Permissions::from_mode(mode))
+                    .map_err(|e| Error::io(&dir, e))?;
             }
-            Err(e) => return Err(Error::io(&layout, e)),
         }
-        let index = store.index_path();
-        if !index.exists() {
-            write_atomic(&index, &index_json(&[])?)?;
+        store.check_layout()?;
+        if !writable || !is_owner {
+            // Someone else's store, or a read-only one: readable, not ours
+            // to tidy up.
+            return Ok(store);
+        }
+        if !store.index_path().exists() {
+            // Under the index lock, lest a second kiln opening the new store
+            // at the same moment overwrite a name the first has just set.
+            let lock = store.lock_file("index.lock")?;
+            lock.lock()
+                .map_err(|e| Error::io(&store.root.join("index.lock"), e))?;
+            if !store.index_path().exists() {
+                write_atomic(&store.index_path(), &index_json(&[])?)?;
+            }
         }
         if let Some(lock) = store.try_lock_exclusive()? {
             store.clean_tmp()?;
@@ -122,6 +132,64 @@ impl Store {
             drop(lock);
         }
         Ok(store)
+    }
+
+    /// Checks that `path` is a real directory whose owner may be trusted:
+    /// root only uses a store root owns, since whoever owns it could point
+    /// its directories at any file root would then write or delete.
+    fn check_owner(
+        &self,
+        path: &Path,
+        metadata: io::Result<fs::Metadata>,
+    ) -> Result<fs::Metadata, Error> {
+        let metadata = metadata.map_err(|e| Error::io(path, e))?;
+        if !metadata.is_dir() {
+            return Err(Error::BadStore {
+                path: self.root.clone(),
+                reason: format!("{} is not a directory", path.display()),
+            });
+        }
+        let euid = rustix::process::geteuid();
+        if euid.is_root() && metadata.uid() != 0 {
+            return Err(Error::BadStore {
+                path: self.root.clone(),
+                reason: format!(
+                    "{} belongs to user {}, and root does not use a store another user controls \
+                     (choose another --root, or chown -R root: it)",
+                    path.display(),
+                    metadata.uid()
+                ),
+            });
+        }
+        Ok(metadata)
+    }
+
+    /// Reads `oci-layout`, writing it when the store is new.
+    fn check_layout(&self) -> Result<(), Error> {
+        let layout = self.root.join("oci-layout");
+        match fs::read_to_string(&layout) {
+            Ok(text) => {
+                let value: serde_json::Value =
+                    serde_json::from_str(&text).map_err(|e| Error::BadStore {
+                        path: self.root.clone(),
+                        reason: format!("oci-layout is not JSON: {e}"),
+                    })?;
+                if value["imageLayoutVersion"] != "1.0.0" {
+                    return Err(Error::BadStore {
+                        path: self.root.clone(),
+                        reason: format!(
+                            "unsupported image layout version {}",
+                            value["imageLayoutVersion"]
+                        ),
+                    });
+                }
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                write_atomic(&layout, LAYOUT.as_bytes())
+            }
+            Err(e) => Err(Error::io(&layout, e)),
+        }
     }
 
     /// Removes a directory of the store: renamed into `tmp/` first, so that
@@ -162,14 +230,20 @@ impl Store {
         self.root.join("index.json")
     }
 
+    /// Opens a lock file, read-only when it exists (locks need no write
+    /// access, and a read-only store can still be read).
     fn lock_file(&self, name: &str) -> Result<File, Error> {
         let path = self.root.join(name);
-        OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| Error::io(&path, e))
+        match File::open(&path) {
+            Ok(file) => Ok(file),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .map_err(|e| Error::io(&path, e)),
+            Err(e) => Err(Error::io(&path, e)),
+        }
     }
 
     /// Held by every process that uses the store's content, so that garbage

@@ -289,3 +289,53 @@ fn leftovers_of_a_crashed_process_are_removed_on_open() {
         "files of a running process are kept"
     );
 }
+
+#[test]
+fn only_the_owner_reaches_snapshots() {
+    use std::os::unix::fs::PermissionsExt;
+    let (dir, _store) = store();
+    let root = dir.path().join("store");
+    let mode = |name: &str| {
+        fs::metadata(root.join(name))
+            .expect("metadata")
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode("snapshots"), 0o700);
+    assert_eq!(mode("tmp"), 0o700);
+    assert_eq!(mode("blobs/sha256"), 0o755);
+    // A store made before this rule is brought in line when opened.
+    fs::set_permissions(root.join("snapshots"), fs::Permissions::from_mode(0o755)).expect("chmod");
+    Store::open(&root).expect("reopen");
+    assert_eq!(mode("snapshots"), 0o700);
+}
+
+#[test]
+fn root_refuses_a_store_another_user_controls() {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "this test checks what root refuses and must run as root (sudo scripts/test)"
+    );
+    let (dir, _store) = store();
+    let root = dir.path().join("store");
+    // A directory replaced by a symlink: following it would let whoever
+    // made it choose what kiln deletes.
+    let victim = dir.path().join("victim");
+    fs::create_dir(&victim).expect("mkdir");
+    fs::write(victim.join("precious"), "keep me").expect("write");
+    fs::remove_dir_all(root.join("tmp")).expect("rm tmp");
+    std::os::unix::fs::symlink(&victim, root.join("tmp")).expect("symlink");
+    let err = Store::open(&root).expect_err("symlinked tmp");
+    assert!(err.to_string().contains("is not a directory"), "{err}");
+    assert!(victim.join("precious").exists(), "nothing was followed");
+    fs::remove_file(root.join("tmp")).expect("rm link");
+
+    std::os::unix::fs::chown(&root, Some(65534), Some(65534)).expect("chown");
+    let err = Store::open(&root).expect_err("owned by nobody");
+    assert!(
+        err.to_string()
+            .contains("belongs to user 65534, and root does not use a store another user controls"),
+        "{err}"
+    );
+}
