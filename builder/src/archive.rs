@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use anyhow::{bail, Context};
@@ -42,12 +43,60 @@ pub fn write_archive(
     path: &Path,
     mtime: i64,
 ) -> anyhow::Result<()> {
-    let out: Box<dyn Write> = if path.as_os_str() == "-" {
-        Box::new(io::stdout().lock())
-    } else {
-        Box::new(File::create(path).with_context(|| format!("creating {}", path.display()))?)
+    write_output(path, |out| write_layout(store, images, format, mtime, out))
+}
+
+/// Writes to standard output when `path` is `-`, and otherwise to a file
+/// that appears at `path` only once it is complete: an interrupted export
+/// leaves no half archive, and an existing file stays until it is replaced.
+pub fn write_output(
+    path: &Path,
+    write: impl FnOnce(&mut dyn Write) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    if path.as_os_str() == "-" {
+        let mut out = BufWriter::new(io::stdout().lock());
+        write(&mut out)?;
+        return out.flush().context("writing to standard output");
+    }
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
     };
-    let mut tar = tar::Builder::new(BufWriter::new(out));
+    let mut temp = tempfile::Builder::new()
+        .prefix(".kiln-")
+        .permissions(std::fs::Permissions::from_mode(0o644))
+        .tempfile_in(dir)
+        .with_context(|| {
+            format!(
+                "cannot write {}: creating a file in {}",
+                path.display(),
+                dir.display()
+            )
+        })?;
+    {
+        let mut out = BufWriter::new(temp.as_file_mut());
+        write(&mut out)?;
+        out.flush()
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    temp.as_file()
+        .sync_all()
+        .with_context(|| format!("writing {}", path.display()))?;
+    temp.persist(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+/// Writes an OCI layout archive (with Docker's manifest.json for
+/// `Format::Docker`) to `out`.
+fn write_layout(
+    store: &Store,
+    images: &[ArchiveImage<'_>],
+    format: Format,
+    mtime: i64,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let mut tar = tar::Builder::new(out);
     let mut blobs: BTreeMap<Digest, u64> = BTreeMap::new();
     let mut index_entries = Vec::new();
     let mut docker_entries = Vec::new();
@@ -66,11 +115,15 @@ pub fn write_archive(
             .map(|m| m.to_string())
             .unwrap_or_else(|| OCI_MANIFEST.to_string());
         let descriptor = |annotations: Option<serde_json::Value>| {
+            let mut platform = serde_json::json!({"os": image.config.os, "architecture": image.config.architecture});
+            if let Some(variant) = image.config.variant.as_ref().filter(|v| !v.is_empty()) {
+                platform["variant"] = variant.as_str().into();
+            }
             let mut value = serde_json::json!({
                 "mediaType": media_type,
                 "digest": image.manifest_digest.to_string(),
                 "size": manifest_size,
-                "platform": {"os": image.config.os, "architecture": image.config.architecture},
+                "platform": platform,
             });
             if let Some(annotations) = annotations {
                 value["annotations"] = annotations;
@@ -116,10 +169,7 @@ pub fn write_archive(
         let manifest = serde_json::to_vec(&docker_entries)?;
         append_bytes(&mut tar, "manifest.json", &manifest, mtime)?;
     }
-    tar.into_inner()
-        .context("finishing the archive")?
-        .flush()
-        .context("writing the archive")?;
+    tar.into_inner().context("finishing the archive")?;
     Ok(())
 }
 
@@ -159,6 +209,28 @@ fn append_dir<W: Write>(tar: &mut tar::Builder<W>, path: &str, mtime: i64) -> an
         .with_context(|| format!("writing {path}"))
 }
 
+/// An archive entry that must yield all the bytes its header promises: the
+/// tar crate ends a truncated entry quietly, which would otherwise surface
+/// as a blob that does not match its digest.
+struct Complete<R> {
+    inner: R,
+    remaining: u64,
+}
+
+impl<R: Read> Read for Complete<R> {
+    fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+        let read = self.inner.read(buffer)?;
+        if read == 0 && self.remaining > 0 && !buffer.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the archive is truncated",
+            ));
+        }
+        self.remaining = self.remaining.saturating_sub(read as u64);
+        Ok(read)
+    }
+}
+
 /// An image `load` found, with the names it was given.
 #[derive(Debug)]
 pub struct Loaded {
@@ -172,17 +244,30 @@ pub fn load(store: &Store, path: &Path) -> anyhow::Result<Vec<Loaded>> {
     let reader: Box<dyn Read> = if path.as_os_str() == "-" {
         Box::new(io::stdin().lock())
     } else {
+        if path.is_dir() {
+            bail!(
+                "{} is a directory; kiln load reads an archive file",
+                path.display()
+            );
+        }
         Box::new(File::open(path).with_context(|| format!("opening {}", path.display()))?)
     };
     let mut archive = tar::Archive::new(kiln_cache::compress::decompressed(reader)?);
     let mut small: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     let mut files: BTreeMap<String, (Digest, u64)> = BTreeMap::new();
-    for entry in archive.entries().context("reading the archive")? {
-        let mut entry = entry.context("reading the archive")?;
+    let unreadable = || format!("{} is not a readable tar archive", path.display());
+    for entry in archive.entries().with_context(unreadable)? {
+        let entry = entry.with_context(unreadable)?;
         if !entry.header().entry_type().is_file() {
             continue;
         }
+        let size = entry.size();
+        let mut entry = Complete {
+            inner: entry,
+            remaining: size,
+        };
         let name = entry
+            .inner
             .path()
             .context("reading an entry name")?
             .to_string_lossy()
@@ -361,6 +446,14 @@ fn load_docker(
         let config_digest = config_blob.0;
         let config: ImageFile = serde_json::from_slice(&store.read_blob(&config_digest)?)
             .context("the image configuration is invalid")?;
+        if entry.layers.len() != config.rootfs.diff_ids.len() {
+            bail!(
+                "manifest.json lists {} layers for {} but its configuration has {}",
+                entry.layers.len(),
+                entry.config,
+                config.rootfs.diff_ids.len()
+            );
+        }
         let mut layers = Vec::new();
         for (name, diff_id) in entry.layers.iter().zip(&config.rootfs.diff_ids) {
             let (blob, size) = file(name)?;
@@ -386,13 +479,6 @@ fn load_docker(
                 size,
                 encoding,
             });
-        }
-        if layers.len() != config.rootfs.diff_ids.len() {
-            bail!(
-                "manifest.json lists {} layers but the configuration {}",
-                layers.len(),
-                config.rootfs.diff_ids.len()
-            );
         }
         // The configuration stays byte for byte as it was: its digest is the
         // image's ID, and it has fields kiln does not know.

@@ -85,12 +85,15 @@ pub struct BuildArgs {
     #[arg(long = "allow", value_name = "ENTITLEMENT")]
     pub allow: Vec<String>,
     /// Where the result goes: `type=image` (the store, default), `type=oci,dest=F.tar`,
-    /// `type=docker,dest=F.tar`, `type=local,dest=DIR`, or a directory (local).
+    /// `type=docker,dest=F.tar`, `type=local,dest=DIR`, `type=tar,dest=F.tar` (the
+    /// files as a tar), a directory (local), or `-` (a tar of the files on standard output).
+    /// `dest=-` writes an archive to standard output.
     #[arg(short = 'o', long = "output", value_name = "SPEC")]
     pub output: Option<String>,
-    /// Media types of the image: `oci` (default) or `docker`.
-    #[arg(long, default_value = "oci")]
-    pub format: String,
+    /// Media types of the image: `oci` or `docker` (default: docker for
+    /// `--output type=docker`, oci otherwise).
+    #[arg(long)]
+    pub format: Option<String>,
     /// Layer compression: `gzip[:LEVEL]` (default), `zstd[:LEVEL]` or `uncompressed`.
     #[arg(long, default_value = "gzip")]
     pub compression: String,

@@ -4,6 +4,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
+use kiln_cache::pack::{pack_dir, PackOptions};
 use kiln_cache::{Compression, Digest, ImageEntry, Store};
 use kiln_registry::Reference;
 
@@ -20,7 +21,10 @@ enum Output {
     Store,
     Oci(PathBuf),
     Docker(PathBuf),
+    /// The final file system, in a directory.
     Local(PathBuf),
+    /// The final file system, as a tar archive.
+    Tar(PathBuf),
 }
 
 impl Output {
@@ -28,6 +32,9 @@ impl Output {
         let Some(spec) = spec else {
             return Ok(Output::Store);
         };
+        if spec == "-" {
+            return Ok(Output::Tar(PathBuf::from("-")));
+        }
         if !spec.contains('=') {
             return Ok(Output::Local(PathBuf::from(spec)));
         }
@@ -49,8 +56,9 @@ impl Output {
             Some("oci") => Output::Oci(dest()?),
             Some("docker") => Output::Docker(dest()?),
             Some("local") => Output::Local(dest()?),
+            Some("tar") => Output::Tar(dest()?),
             Some(other) => {
-                bail!("unknown --output type {other:?}: use image, oci, docker or local")
+                bail!("unknown --output type {other:?}: use image, oci, docker, local or tar")
             }
         })
     }
@@ -77,14 +85,19 @@ fn source_date_epoch(value: Option<&str>) -> anyhow::Result<Option<i64>> {
 }
 
 pub fn build(store: &Store, args: &BuildArgs) -> anyhow::Result<()> {
-    let format = Format::parse(&args.format)?;
+    let output = Output::parse(args.output.as_deref())?;
+    // BuildKit's docker exporter writes Docker media types unless told not to.
+    let format = match (&args.format, &output) {
+        (Some(format), _) => Format::parse(format)?,
+        (None, Output::Docker(_)) => Format::Docker,
+        (None, _) => Format::Oci,
+    };
     let compression = Compression::parse(&args.compression).map_err(anyhow::Error::msg)?;
     if format == Format::Docker && matches!(compression, Compression::Zstd { .. }) {
         eprintln!(
             "warning: Docker's image format has no zstd layers: the image gets OCI media types"
         );
     }
-    let output = Output::parse(args.output.as_deref())?;
     let tags = args
         .tags
         .iter()
@@ -114,44 +127,64 @@ pub fn build(store: &Store, args: &BuildArgs) -> anyhow::Result<()> {
     };
     let outputs = executor.build(&plan.graph)?;
     let target = &outputs[plan.graph.target];
-    if let Output::Local(dir) = &output {
-        crate::copy::export_tree(executor.view(&target.layers)?, dir, now)?;
-        eprintln!("wrote the image's files to {}", dir.display());
-        return Ok(());
+    match &output {
+        Output::Local(dir) => {
+            crate::copy::export_tree(executor.view(&target.layers)?, dir, now)?;
+            eprintln!("wrote the image's files to {}", dir.display());
+            return Ok(());
+        }
+        Output::Tar(path) => {
+            let files = store.temp_dir()?;
+            crate::copy::export_tree(executor.view(&target.layers)?, files.path(), now)?;
+            let options = PackOptions {
+                compression: Compression::Uncompressed,
+                source_date_epoch,
+            };
+            archive::write_output(path, |out| {
+                pack_dir(files.path(), &options, out)?;
+                Ok(())
+            })?;
+            eprintln!("wrote the image's files to {}", path.display());
+            return Ok(());
+        }
+        Output::Store | Output::Oci(_) | Output::Docker(_) => {}
     }
     let descriptor = write_image(store, &target.image_file(now), &target.layers, format)?;
     let digest: Digest = descriptor.digest().to_string().parse()?;
-    match &output {
-        Output::Store | Output::Local(_) => {
-            if tags.is_empty() {
-                store.set_name(None, &descriptor)?;
-            }
-            for tag in &tags {
-                store.set_name(Some(&tag.to_string()), &descriptor)?;
-                eprintln!("naming to {tag}");
-            }
+    let archive = match &output {
+        Output::Oci(path) => Some((path, Format::Oci)),
+        Output::Docker(path) => Some((path, Format::Docker)),
+        Output::Store | Output::Local(_) | Output::Tar(_) => None,
+    };
+    let Some((path, archive_format)) = archive else {
+        if tags.is_empty() {
+            store.set_name(None, &descriptor)?;
         }
-        Output::Oci(path) | Output::Docker(path) => {
-            let image = StoredImage::read(store, &digest)?;
-            let archive_format = if matches!(output, Output::Oci(_)) {
-                Format::Oci
-            } else {
-                Format::Docker
-            };
-            archive::write_archive(
-                store,
-                &[ArchiveImage {
-                    image: &image,
-                    names: tags,
-                }],
-                archive_format,
-                path,
-                source_date_epoch.unwrap_or(0),
-            )?;
-            eprintln!("wrote {}", path.display());
+        for tag in &tags {
+            store.set_name(Some(&tag.to_string()), &descriptor)?;
+            eprintln!("naming to {tag}");
         }
+        println!("{digest}");
+        return Ok(());
+    };
+    let image = StoredImage::read(store, &digest)?;
+    archive::write_archive(
+        store,
+        &[ArchiveImage {
+            image: &image,
+            names: tags,
+        }],
+        archive_format,
+        path,
+        source_date_epoch.unwrap_or(0),
+    )?;
+    eprintln!("wrote {}", path.display());
+    if path.as_os_str() == "-" {
+        // Standard output holds the archive.
+        eprintln!("{digest}");
+    } else {
+        println!("{digest}");
     }
-    println!("{digest}");
     Ok(())
 }
 

@@ -348,11 +348,14 @@ pub fn write_manifest(
         size,
         oci_digest(&digest)?,
     );
-    let platform = oci_spec::image::PlatformBuilder::default()
+    let mut platform = oci_spec::image::PlatformBuilder::default()
         .os(oci_spec::image::Os::from(config.os.as_str()))
         .architecture(oci_spec::image::Arch::from(config.architecture.as_str()))
         .build()
         .context("describing the platform")?;
+    if let Some(variant) = config.variant.as_ref().filter(|v| !v.is_empty()) {
+        platform.set_variant(Some(variant.clone()));
+    }
     descriptor.set_platform(Some(platform));
     Ok(descriptor)
 }
@@ -367,7 +370,11 @@ impl BaseImages for StoreImages<'_> {
         let parsed = Reference::parse(reference).map_err(|e| e.to_string())?;
         let image = StoredImage::find(self.store, reference).map_err(|e| format!("{e:#}"))?;
         let found = image.config.platform();
-        if found.os != platform.os || found.architecture != platform.architecture {
+        let variant_differs = !found.variant.is_empty()
+            && !platform.variant.is_empty()
+            && found.variant != platform.variant;
+        if found.os != platform.os || found.architecture != platform.architecture || variant_differs
+        {
             return Err(format!(
                 "the image in the store is for {found}, not {platform}"
             ));

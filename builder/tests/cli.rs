@@ -88,17 +88,35 @@ fn dockerfile_errors_name_file_line_and_column_and_show_the_line() {
 }
 
 #[test]
-fn a_missing_dockerfile_is_named() {
-    let output = kiln(&["build", "/nonexistent/context"]);
+fn a_missing_dockerfile_or_context_is_named() {
+    let context = Context::new("no-dockerfile", "FROM scratch\n");
+    std::fs::remove_file(context.0.join("Dockerfile")).expect("remove");
+    let output = kiln(&["build", context.path()]);
     assert_eq!(output.status.code(), Some(1));
     let message = stderr(&output);
     assert!(
-        message.starts_with("error: reading the Dockerfile /nonexistent/context/Dockerfile"),
+        message.starts_with(&format!(
+            "error: reading the Dockerfile {}/Dockerfile",
+            context.path()
+        )),
         "{message}"
     );
     assert!(
         message.contains("caused by: No such file or directory"),
         "{message}"
+    );
+    let output = kiln(&["build", "/nonexistent/context"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        stderr(&output),
+        "error: cannot use the build context /nonexistent/context\n  caused by: No such file or directory (os error 2)\n"
+    );
+    let file = Context::new("context-is-a-file", "FROM scratch\n");
+    let dockerfile = format!("{}/Dockerfile", file.path());
+    let output = kiln(&["build", &dockerfile]);
+    assert_eq!(
+        stderr(&output),
+        format!("error: the build context {dockerfile} is not a directory\n")
     );
 }
 

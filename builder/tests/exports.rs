@@ -95,7 +95,7 @@ fn skopeo_reads_both_archive_formats() {
             &format!("type=oci,dest={}", oci.display()),
         ],
     );
-    kiln.build(
+    let docker_digest = kiln.build(
         context.path(),
         &[
             "-t",
@@ -118,14 +118,41 @@ fn skopeo_reads_both_archive_formats() {
     ))
     .expect("json");
     assert_eq!(inspected["Layers"].as_array().map(Vec::len), Some(2));
-    let tags = inspected["RepoTags"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    assert!(
-        tags.is_empty() || tags.contains(&serde_json::json!("rich:1")),
-        "{tags:?}"
+    // What `docker load` reads for the name.
+    let unpacked = out.path().join("docker-unpacked");
+    untar(&docker, &unpacked);
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&fs::read(unpacked.join("manifest.json")).expect("manifest.json"))
+            .expect("json");
+    assert_eq!(manifest[0]["RepoTags"], serde_json::json!(["rich:1"]));
+    // The OCI export names the image as BuildKit's does.
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read(unpacked.join("index.json")).expect("index.json"))
+            .expect("json");
+    assert_eq!(
+        index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"],
+        "1"
     );
+    // Both exports load back as the image that was built.
+    for (archive, built) in [(&oci, &digest), (&docker, &docker_digest)] {
+        let other = Kiln::new();
+        let loaded = other.ok(&["load", "-i", archive.to_str().expect("utf-8")]);
+        assert_eq!(
+            loaded.trim(),
+            "Loaded image: rich:1",
+            "{}",
+            archive.display()
+        );
+        let image = other.inspect("rich:1");
+        assert_eq!(&image["Digest"], built, "{}", archive.display());
+        if archive == &docker {
+            assert_eq!(
+                image["Manifest"]["mediaType"],
+                "application/vnd.docker.distribution.manifest.v2+json",
+                "the docker exporter writes Docker media types, as BuildKit's does"
+            );
+        }
+    }
     let copied = out.path().join("copied");
     run(
         "skopeo",
@@ -238,6 +265,7 @@ fn umoci_unpacks_exactly_the_expected_tree() {
 #[test]
 fn saved_images_load_back_with_the_same_digest() {
     require_root();
+    require_tool("skopeo", "skopeo");
     let kiln = Kiln::new();
     let context = rich_context();
     let digest = kiln.build(context.path(), &["-t", "rich:2"]);
@@ -252,6 +280,21 @@ fn saved_images_load_back_with_the_same_digest() {
             "--format",
             format,
         ]);
+        let transport = if format == "oci" {
+            "oci-archive"
+        } else {
+            "docker-archive"
+        };
+        let inspected: serde_json::Value = serde_json::from_str(&run(
+            "skopeo",
+            &["inspect", &format!("{transport}:{}", archive.display())],
+        ))
+        .expect("json");
+        assert_eq!(
+            inspected["Layers"].as_array().map(Vec::len),
+            Some(2),
+            "{format}"
+        );
         let other = Kiln::new();
         let loaded = other.ok(&["load", "-i", archive.to_str().expect("utf-8")]);
         assert_eq!(loaded.trim(), "Loaded image: rich:2", "{format}");
@@ -581,7 +624,13 @@ fn a_killed_build_leaves_a_store_that_checks_clean_and_builds_again() {
     }
     fs::write(context.path().join("big.bin"), &data).expect("write");
     drop(data);
-    context.write("Dockerfile", "FROM scratch\nCOPY big.bin /big.bin\n");
+    // What the store holds before: a base image (with its snapshots) and
+    // an earlier `big`, which the killed build was about to replace.
+    kiln.busybox();
+    context.write("small", "small\n");
+    context.write("Dockerfile", "FROM busybox\nCOPY small /small\n");
+    let before = kiln.build(context.path(), &["-t", "big"]);
+    context.write("Dockerfile", "FROM busybox\nCOPY big.bin /big.bin\n");
     let mut child = kiln
         .command()
         .args([
@@ -623,8 +672,22 @@ fn a_killed_build_leaves_a_store_that_checks_clean_and_builds_again() {
     child.wait().expect("reaped");
     let check = kiln.ok(&["check"]);
     assert!(check.contains("is consistent"), "{check}");
+    assert_eq!(
+        kiln.inspect("big")["Digest"],
+        before,
+        "nothing that was there is lost"
+    );
     let digest = kiln.build(context.path(), &["-t", "big"]);
-    assert!(digest.starts_with("sha256:"));
+    assert_ne!(digest, before);
+    assert_eq!(kiln.inspect("big")["Digest"], digest);
+    let files = kiln.files(context.path(), &[]);
+    assert!(files.path().join("bin/busybox").is_file());
+    assert_eq!(
+        fs::metadata(files.path().join("big.bin"))
+            .expect("big.bin")
+            .len(),
+        160 * 1024 * 1024
+    );
     assert!(kiln.ok(&["check"]).contains("is consistent"));
     let leftovers: Vec<_> = fs::read_dir(&tmp).expect("tmp").collect();
     assert!(
@@ -660,4 +723,148 @@ fn check_reports_a_corrupt_blob() {
         "{stdout}"
     );
     assert!(String::from_utf8_lossy(&output.stderr).contains("1 problem(s) found"));
+}
+
+/// A tar whose second entry writes through the symlink its first makes,
+/// to the directory `outside`.
+fn escaping_tar(outside: &Path) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut link = tar::Header::new_ustar();
+    link.set_entry_type(tar::EntryType::Symlink);
+    link.set_size(0);
+    link.set_mode(0o777);
+    builder
+        .append_link(&mut link, "link", outside)
+        .expect("symlink entry");
+    let mut file = tar::Header::new_ustar();
+    file.set_size(7);
+    file.set_mode(0o644);
+    builder
+        .append_data(&mut file, "link/escaped", &b"escaped"[..])
+        .expect("file entry");
+    builder.into_inner().expect("tar")
+}
+
+#[test]
+fn archives_that_escape_are_refused_through_add_and_base_images() {
+    require_root();
+    let kiln = Kiln::new();
+    let work = tempfile::tempdir().expect("tmp");
+    let outside = work.path().join("outside");
+    fs::create_dir(&outside).expect("mkdir");
+    let evil = escaping_tar(&outside);
+
+    let context = Context::new();
+    fs::write(context.path().join("evil.tar"), &evil).expect("write");
+    context.write("Dockerfile", "FROM scratch\nADD evil.tar /x/\n");
+    let stderr = kiln.fails(&["build", context.path().to_str().expect("utf-8")]);
+    assert!(
+        stderr.contains("refusing archive entry \"link/escaped\""),
+        "{stderr}"
+    );
+    assert_eq!(fs::read_dir(&outside).expect("outside").count(), 0);
+
+    // The same tar as the layer of an image that is loaded and built on.
+    let layout = work.path().join("layout");
+    fs::create_dir_all(layout.join("blobs/sha256")).expect("mkdir");
+    let layer_hex = sha256_hex(&evil);
+    fs::write(layout.join("blobs/sha256").join(&layer_hex), &evil).expect("layer");
+    let config = serde_json::json!({
+        "architecture": host_architecture(), "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{layer_hex}")]},
+    });
+    let (config_digest, config_size) = write_layout_blob(&layout, &config);
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": config_digest, "size": config_size},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                    "digest": format!("sha256:{layer_hex}"), "size": evil.len()}],
+    });
+    let (manifest_digest, manifest_size) = write_layout_blob(&layout, &manifest);
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                       "digest": manifest_digest, "size": manifest_size,
+                       "annotations": {"io.containerd.image.name": "docker.io/library/evil:1"}}],
+    });
+    fs::write(
+        layout.join("index.json"),
+        serde_json::to_vec(&index).expect("json"),
+    )
+    .expect("index");
+    fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .expect("layout");
+    let archive = work.path().join("evil-image.tar");
+    tar_directory(&layout, &archive);
+    kiln.ok(&["load", "-i", archive.to_str().expect("utf-8")]);
+    context.write("a", "a");
+    context.write("Dockerfile", "FROM evil:1\nCOPY a /a\n");
+    let stderr = kiln.fails(&["build", context.path().to_str().expect("utf-8")]);
+    assert!(
+        stderr.contains("refusing archive entry \"link/escaped\""),
+        "{stderr}"
+    );
+    assert_eq!(fs::read_dir(&outside).expect("outside").count(), 0);
+    assert!(kiln.ok(&["check"]).contains("is consistent"));
+}
+
+#[test]
+fn truncated_archives_are_named_as_such() {
+    require_root();
+    let kiln = Kiln::new();
+    let context = rich_context();
+    kiln.build(context.path(), &["-t", "whole:1"]);
+    let work = tempfile::tempdir().expect("tmp");
+    let archive = work.path().join("whole.tar");
+    kiln.ok(&["save", "whole:1", "-o", archive.to_str().expect("utf-8")]);
+    let bytes = fs::read(&archive).expect("read");
+    let cut = work.path().join("cut.tar");
+    fs::write(&cut, &bytes[..bytes.len() / 2]).expect("write");
+    let other = Kiln::new();
+    let stderr = other.fails(&["load", "-i", cut.to_str().expect("utf-8")]);
+    assert!(stderr.contains("the archive is truncated"), "{stderr}");
+    assert!(other.ok(&["check"]).contains("is consistent"));
+}
+
+#[test]
+fn archives_and_file_trees_go_to_standard_output() {
+    require_root();
+    let kiln = Kiln::new();
+    let context = rich_context();
+    let path = context.path().to_str().expect("utf-8");
+    // `-o -`: the image's files as a tar, as BuildKit writes it.
+    let files = kiln.run(&["build", "-o", "-", path]);
+    assert!(files.status.success());
+    let names = list_tar(&files.stdout);
+    assert!(names.contains(&"setuid".to_string()), "{names:?}");
+    assert!(names.contains(&"dir/nested/data".to_string()), "{names:?}");
+    // `dest=-`: the archive alone on standard output, the digest on stderr.
+    let oci = kiln.run(&["build", "-o", "type=oci,dest=-", path]);
+    assert!(oci.status.success());
+    let names = list_tar(&oci.stdout);
+    assert!(names.contains(&"index.json".to_string()), "{names:?}");
+    assert!(String::from_utf8_lossy(&oci.stderr).contains("sha256:"));
+}
+
+fn list_tar(bytes: &[u8]) -> Vec<String> {
+    let mut archive = tar::Archive::new(bytes);
+    archive
+        .entries()
+        .expect("a tar archive")
+        .map(|entry| {
+            let entry = entry.expect("a complete tar archive");
+            entry
+                .path()
+                .expect("path")
+                .to_string_lossy()
+                .trim_start_matches("./")
+                .trim_end_matches('/')
+                .to_string()
+        })
+        .collect()
 }

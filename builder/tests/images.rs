@@ -436,9 +436,14 @@ fn empty_steps_add_no_layer() {
         .collect();
     assert_eq!(last_two, [true, true]);
     // An image without any layer exports as an empty directory.
-    context.write("Dockerfile", "FROM scratch\nENV A=1\n");
+    context.write("Dockerfile", "FROM scratch\nENV A=1\nCMD []\n");
     let out = kiln.files(context.path(), &[]);
     assert!(tree(out.path()).is_empty());
+    // Its configuration is what BuildKit gives an empty image.
+    kiln.build(context.path(), &["-t", "empty"]);
+    let config = &kiln.inspect("empty")["Config"]["config"];
+    assert_eq!(config["WorkingDir"], "/");
+    assert!(config.get("Cmd").is_none(), "CMD [] is left out: {config}");
 }
 
 #[test]
@@ -726,4 +731,57 @@ fn another_user_can_read_a_store_but_not_reach_its_snapshots() {
             & 0o777,
         0o700
     );
+}
+
+#[test]
+fn several_builds_share_one_store_at_once() {
+    require_root();
+    let kiln = Kiln::new();
+    kiln.busybox();
+    let context = Context::new();
+    for i in 0..200 {
+        context.write(&format!("files/f{i}"), &format!("{i}\n"));
+    }
+    context.write(
+        "Dockerfile",
+        "FROM busybox\nCOPY files /files\nWORKDIR /srv\n",
+    );
+    let builds: Vec<_> = (0..4)
+        .map(|i| {
+            kiln.command()
+                .env("SOURCE_DATE_EPOCH", "1700000000")
+                .args([
+                    "build",
+                    "-t",
+                    &format!("parallel:{i}"),
+                    context.path().to_str().expect("utf-8"),
+                ])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("kiln runs")
+        })
+        .collect();
+    let readers: Vec<_> = (0..10)
+        .map(|_| kiln.command().arg("images").output().expect("kiln runs"))
+        .collect();
+    assert!(readers.iter().all(|o| o.status.success()));
+    let digests: Vec<String> = builds
+        .into_iter()
+        .map(|child| {
+            let output = child.wait_with_output().expect("kiln exits");
+            assert!(
+                output.status.success(),
+                "{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            String::from_utf8_lossy(&output.stdout).trim().to_string()
+        })
+        .collect();
+    assert!(digests.iter().all(|d| d == &digests[0]), "{digests:?}");
+    let images = kiln.ok(&["images"]);
+    for i in 0..4 {
+        assert!(images.contains(&format!("parallel:{i}")), "{images}");
+    }
+    assert!(kiln.ok(&["check"]).contains("is consistent"));
 }

@@ -407,7 +407,12 @@ fn malicious_archives_are_refused_and_nothing_outside_changes() {
             "\"dir/escaped\": \"dir\" leads outside",
         ),
     ];
-    for (name, entries, message) in cases {
+    // Both ways archives are unpacked: base-image layers and ADD.
+    let modes = [ExtractMode::Layer, ExtractMode::Archive];
+    for ((name, entries, message), mode) in cases
+        .iter()
+        .flat_map(|case| modes.iter().map(move |mode| (case, *mode)))
+    {
         let sandbox = tempdir();
         let outside = sandbox.path().join("outside");
         fs::create_dir(&outside).expect("mkdir");
@@ -430,17 +435,13 @@ fn malicious_archives_are_refused_and_nothing_outside_changes() {
             .map(|(n, k, l, d)| (*n, *k, l.as_str(), *d))
             .collect();
         let archive = malicious(&entries);
-        let err = extract(
-            &archive[..],
-            &target,
-            &ExtractOptions {
-                mode: ExtractMode::Archive,
-                owner: None,
-            },
-        )
-        .expect_err(name);
-        assert!(matches!(err, Error::UnsafeEntry { .. }), "{name}: {err}");
-        assert!(err.to_string().contains(message), "{name}: {err}");
+        let err =
+            extract(&archive[..], &target, &ExtractOptions { mode, owner: None }).expect_err(name);
+        assert!(
+            matches!(err, Error::UnsafeEntry { .. }),
+            "{name} {mode:?}: {err}"
+        );
+        assert!(err.to_string().contains(message), "{name} {mode:?}: {err}");
         let outside_entries: Vec<String> = fs::read_dir(&outside)
             .expect("read")
             .map(|e| e.expect("e").file_name().to_string_lossy().into_owned())

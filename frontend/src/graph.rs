@@ -258,9 +258,9 @@ pub struct ImageConfig {
         deserialize_with = "null_as_default"
     )]
     pub env: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "is_none_or_empty")]
     pub entrypoint: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "is_none_or_empty")]
     pub cmd: Option<Vec<String>>,
     #[serde(
         default,
@@ -338,6 +338,12 @@ where
     T: Default + Deserialize<'de>,
 {
     Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}
+
+/// Docker leaves out an empty CMD or ENTRYPOINT (`CMD []`), which means the
+/// same as none.
+fn is_none_or_empty(value: &Option<Vec<String>>) -> bool {
+    value.as_ref().is_none_or(Vec::is_empty)
 }
 
 #[cfg(test)]

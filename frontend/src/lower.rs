@@ -592,7 +592,12 @@ impl Lowering<'_> {
                     .clone()
                     .unwrap_or_else(|| self.options.target_platform.clone());
                 let (base, config) = if reference == "scratch" {
-                    (Base::Scratch, ImageConfig::default())
+                    // What BuildKit starts an empty image with.
+                    let config = ImageConfig {
+                        working_dir: "/".to_string(),
+                        ..ImageConfig::default()
+                    };
+                    (Base::Scratch, config)
                 } else {
                     let resolved =
                         self.images
