@@ -106,6 +106,11 @@ impl<W: Write> HashingWriter<W> {
     pub fn get_mut(&mut self) -> &mut W {
         &mut self.inner
     }
+
+    /// How many bytes have gone through so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
 }
 
 impl<W: Write> Write for HashingWriter<W> {

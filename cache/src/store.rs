@@ -671,6 +671,11 @@ pub struct BlobWriter {
 }
 
 impl BlobWriter {
+    /// How many bytes have been written so far.
+    pub fn written(&self) -> u64 {
+        self.writer.written()
+    }
+
     /// Syncs the blob and moves it into the store under its digest, after
     /// checking it against `expected` when given.
     pub fn commit(self, expected: Option<&Digest>) -> Result<(Digest, u64), Error> {
@@ -707,12 +712,12 @@ impl Write for BlobWriter {
     }
 }
 
-/// Replaces `path` with `bytes` in one rename, after syncing them.
 /// Blobs and index files are readable by everyone, as in the OCI layouts
 /// other tools write, so that skopeo or umoci run by another user can read
 /// the store; the store's directory decides who may see it at all.
 const STORE_FILE_MODE: u32 = 0o644;
 
+/// Replaces `path` with `bytes` in one rename, after syncing them.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut temp = tempfile::Builder::new()

@@ -117,6 +117,23 @@ impl Reference {
         format!("{}/{}", self.registry, self.repository)
     }
 
+    /// The same repository at `target`, a tag or a digest.
+    pub fn with_target(&self, target: &str) -> Reference {
+        if validate_digest(target).is_ok() {
+            Reference {
+                tag: None,
+                digest: Some(target.to_string()),
+                ..self.clone()
+            }
+        } else {
+            Reference {
+                tag: Some(target.to_string()),
+                digest: None,
+                ..self.clone()
+            }
+        }
+    }
+
     /// The same reference pinned to a digest (the tag kept for display).
     pub fn with_digest(&self, digest: &str) -> Reference {
         Reference {

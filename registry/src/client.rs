@@ -1,0 +1,967 @@
+//! The OCI distribution API, request by request: manifests, blobs, uploads,
+//! with authentication and retries around each request.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use kiln_cache::{Digest, Store};
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
+use reqwest::{Method, Response, StatusCode};
+use url::Url;
+
+use crate::auth::{self, Challenge, TokenCache};
+use crate::credentials::{Credential, DockerConfig};
+use crate::error::Error;
+use crate::reference::Reference;
+use crate::retry::{retryable_status, RetryPolicy};
+use crate::transport::{self, TransportOptions};
+
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+
+/// Every manifest kind kiln reads, for `Accept`.
+const MANIFEST_TYPES: [&str; 4] = [
+    OCI_INDEX,
+    OCI_MANIFEST,
+    DOCKER_MANIFEST_LIST,
+    DOCKER_MANIFEST,
+];
+
+/// Manifests are small; a larger answer is not one.
+const MAX_MANIFEST_SIZE: usize = 4 << 20;
+
+/// Redirects followed for one blob before giving up.
+const MAX_REDIRECTS: u32 = 5;
+
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    pub transport: TransportOptions,
+    pub retry: RetryPolicy,
+    /// Docker's `config.json`, for credentials; none means anonymous.
+    pub docker_config: Option<std::path::PathBuf>,
+    /// Blobs up to this size go in one PUT, larger ones in PATCH chunks of
+    /// this size.
+    pub chunk_size: u64,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            transport: TransportOptions::default(),
+            retry: RetryPolicy::default(),
+            docker_config: DockerConfig::default_path(),
+            chunk_size: 32 << 20,
+        }
+    }
+}
+
+/// A manifest or index as the registry sent it.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    pub bytes: Bytes,
+    pub media_type: String,
+    pub digest: Digest,
+}
+
+impl Manifest {
+    pub fn is_index(&self) -> bool {
+        self.media_type == OCI_INDEX || self.media_type == DOCKER_MANIFEST_LIST
+    }
+}
+
+/// What happened to a blob on push.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// The registry had it.
+    Existed,
+    /// Mounted from another repository of the same registry.
+    Mounted,
+    Uploaded,
+}
+
+/// A registry reached over HTTPS or, where allowed, HTTP.
+#[derive(Debug)]
+struct Host {
+    registry: String,
+    http: reqwest::Client,
+    base: Url,
+}
+
+pub struct Client {
+    options: ClientOptions,
+    config: Option<DockerConfig>,
+    hosts: tokio::sync::Mutex<HashMap<String, Arc<Host>>>,
+    credentials: Mutex<HashMap<String, Option<Credential>>>,
+    challenges: Mutex<HashMap<String, Challenge>>,
+    tokens: TokenCache,
+}
+
+/// A URL as it may be shown: without user information.
+pub(crate) fn shown_url(url: &Url) -> String {
+    let mut shown = url.clone();
+    let _ = shown.set_username("");
+    let _ = shown.set_password(None);
+    shown.to_string()
+}
+
+/// A reqwest error with its causes, which it does not print itself.
+pub(crate) fn describe(error: &reqwest::Error) -> String {
+    let mut text = if error.is_timeout() {
+        "timed out".to_string()
+    } else if error.is_connect() {
+        "cannot connect".to_string()
+    } else {
+        "request failed".to_string()
+    };
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+fn repository_scope(reference: &Reference, actions: &str) -> String {
+    format!("repository:{}:{actions}", reference.repository())
+}
+
+fn header(response: &Response, name: &str) -> Option<String> {
+    response
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+/// The error a registry reports in its body (`{"errors":[{"message"}]}`).
+async fn status_error(method: &Method, url: &Url, response: Response) -> Error {
+    let status = response.status().as_u16();
+    let body = response.bytes().await.unwrap_or_default();
+    let message = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|value| {
+            let errors = value.get("errors")?.as_array()?;
+            let messages: Vec<String> = errors
+                .iter()
+                .filter_map(|e| {
+                    let code = e.get("code").and_then(|c| c.as_str()).unwrap_or("");
+                    let message = e.get("message").and_then(|m| m.as_str()).unwrap_or("");
+                    (!code.is_empty() || !message.is_empty())
+                        .then(|| format!("{code} {message}").trim().to_string())
+                })
+                .collect();
+            (!messages.is_empty()).then(|| messages.join("; "))
+        })
+        .unwrap_or_default();
+    Error::Status {
+        method: method.to_string(),
+        url: shown_url(url),
+        status,
+        message,
+    }
+}
+
+/// Whether a failed request is worth another try.
+fn retryable_error(error: &reqwest::Error) -> bool {
+    !error.is_builder() && !error.is_redirect() && !error.is_status()
+}
+
+impl Client {
+    pub fn new(options: ClientOptions) -> Result<Client, Error> {
+        let config = match &options.docker_config {
+            Some(path) => Some(DockerConfig::load(path)?),
+            None => None,
+        };
+        Ok(Client {
+            options,
+            config,
+            hosts: tokio::sync::Mutex::new(HashMap::new()),
+            credentials: Mutex::new(HashMap::new()),
+            challenges: Mutex::new(HashMap::new()),
+            tokens: TokenCache::default(),
+        })
+    }
+
+    pub fn options(&self) -> &ClientOptions {
+        &self.options
+    }
+
+    /// The registry's endpoint, found once: HTTPS, or HTTP where allowed
+    /// and HTTPS does not answer.
+    async fn host(&self, registry: &str) -> Result<Arc<Host>, Error> {
+        let mut hosts = self.hosts.lock().await;
+        if let Some(host) = hosts.get(registry) {
+            return Ok(host.clone());
+        }
+        let http = transport::http_client(registry, &self.options.transport)?;
+        let api = transport::api_host(registry);
+        let https = Url::parse(&format!("https://{api}/")).map_err(|e| Error::Unreachable {
+            registry: registry.to_string(),
+            reason: e.to_string(),
+        })?;
+        let base = if transport::plain_http_allowed(registry, &self.options.transport) {
+            match http
+                .get(https.join("v2/").unwrap_or(https.clone()))
+                .send()
+                .await
+            {
+                Ok(_) => https,
+                Err(https_error) => {
+                    let plain =
+                        Url::parse(&format!("http://{api}/")).map_err(|e| Error::Unreachable {
+                            registry: registry.to_string(),
+                            reason: e.to_string(),
+                        })?;
+                    match http
+                        .get(plain.join("v2/").unwrap_or(plain.clone()))
+                        .send()
+                        .await
+                    {
+                        Ok(_) => plain,
+                        Err(plain_error) => {
+                            return Err(Error::Unreachable {
+                                registry: registry.to_string(),
+                                reason: format!(
+                                    "HTTPS: {}; HTTP: {}",
+                                    describe(&https_error),
+                                    describe(&plain_error)
+                                ),
+                            })
+                        }
+                    }
+                }
+            }
+        } else {
+            https
+        };
+        let host = Arc::new(Host {
+            registry: registry.to_string(),
+            http,
+            base,
+        });
+        hosts.insert(registry.to_string(), host.clone());
+        Ok(host)
+    }
+
+    fn credential(&self, registry: &str) -> Result<Option<Credential>, Error> {
+        if let Ok(known) = self.credentials.lock() {
+            if let Some(credential) = known.get(registry) {
+                return Ok(credential.clone());
+            }
+        }
+        let credential = match &self.config {
+            Some(config) => config.credential(registry)?,
+            None => None,
+        };
+        if let Ok(mut known) = self.credentials.lock() {
+            known.insert(registry.to_string(), credential.clone());
+        }
+        Ok(credential)
+    }
+
+    /// Uses `credential` for `registry` instead of what config.json says
+    /// (for `kiln login`, before it is saved).
+    pub fn set_credential(&self, registry: &str, credential: Option<Credential>) {
+        if let Ok(mut known) = self.credentials.lock() {
+            known.insert(registry.to_string(), credential);
+        }
+    }
+
+    /// The `Authorization` header for a request of `scope`, when the
+    /// registry has asked for one before.
+    fn authorization(&self, host: &Host, scope: &str) -> Result<Option<String>, Error> {
+        let challenge = self
+            .challenges
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&host.registry).cloned());
+        Ok(match challenge {
+            Some(Challenge::Bearer { .. }) => self
+                .tokens
+                .get(&host.registry, scope)
+                .map(|token| format!("Bearer {token}")),
+            Some(Challenge::Basic) => match self.credential(&host.registry)? {
+                Some(Credential::Basic { username, password }) => {
+                    Some(auth::basic_header(&username, &password))
+                }
+                _ => None,
+            },
+            None => None,
+        })
+    }
+
+    /// Answers a 401: remembers how the registry wants to be spoken to and
+    /// gets a token for `scope` when it uses tokens.
+    async fn authenticate(
+        &self,
+        host: &Host,
+        response: &Response,
+        scope: &str,
+    ) -> Result<(), Error> {
+        let header = header(response, "www-authenticate").unwrap_or_default();
+        let challenge = auth::parse_challenge(&header).ok_or_else(|| Error::Unauthorized {
+            registry: host.registry.clone(),
+            username: None,
+            reason: format!("it asks for an authentication kiln does not know: {header:?}"),
+        })?;
+        let credential = self.credential(&host.registry)?;
+        if let Challenge::Bearer { realm, service, .. } = &challenge {
+            let (token, lifetime) = auth::fetch_token(
+                &host.http,
+                &host.registry,
+                realm,
+                service.as_deref(),
+                scope,
+                credential.as_ref(),
+            )
+            .await?;
+            self.tokens.put(&host.registry, scope, token, lifetime);
+        } else if credential.is_none() {
+            return Err(Error::Unauthorized {
+                registry: host.registry.clone(),
+                username: None,
+                reason: "it wants a user name and password (kiln login)".to_string(),
+            });
+        }
+        if let Ok(mut challenges) = self.challenges.lock() {
+            challenges.insert(host.registry.clone(), challenge);
+        }
+        Ok(())
+    }
+
+    /// Sends a request, authenticating when asked to and trying again (up
+    /// to the policy's attempts) on failures and answers that may pass.
+    /// `prepare` adds headers and body, afresh for every try. A request that
+    /// is not safe to repeat gets one try.
+    async fn send(
+        &self,
+        host: &Host,
+        scope: &str,
+        method: Method,
+        url: &Url,
+        repeatable: bool,
+        prepare: &(dyn Fn(reqwest::RequestBuilder) -> reqwest::RequestBuilder + Sync),
+    ) -> Result<Response, Error> {
+        let attempts = if repeatable {
+            self.options.retry.attempts.max(1)
+        } else {
+            1
+        };
+        let mut attempt = 0;
+        let mut authenticated = false;
+        loop {
+            attempt += 1;
+            let mut request = prepare(host.http.request(method.clone(), url.clone()));
+            // Credentials go only to the registry itself.
+            if url.host_str() == host.base.host_str() && url.port() == host.base.port() {
+                if let Some(value) = self.authorization(host, scope)? {
+                    request = request.header(AUTHORIZATION, value);
+                }
+            }
+            match request.send().await {
+                Ok(response) => {
+                    let status = response.status();
+                    if status == StatusCode::UNAUTHORIZED && !authenticated {
+                        authenticated = true;
+                        self.tokens.forget(&host.registry, scope);
+                        self.authenticate(host, &response, scope).await?;
+                        attempt -= 1;
+                        continue;
+                    }
+                    if status == StatusCode::UNAUTHORIZED {
+                        let credential = self.credential(&host.registry)?;
+                        return Err(Error::Unauthorized {
+                            registry: host.registry.clone(),
+                            username: credential.and_then(|c| c.username().map(str::to_string)),
+                            reason: format!("{method} {} answered 401", shown_url(url)),
+                        });
+                    }
+                    if retryable_status(status.as_u16()) && attempt < attempts {
+                        let wait = self
+                            .options
+                            .retry
+                            .requested_delay(header(&response, "retry-after").as_deref())
+                            .unwrap_or_else(|| self.options.retry.delay(attempt));
+                        tokio::time::sleep(wait).await;
+                        continue;
+                    }
+                    return Ok(response);
+                }
+                Err(error) if retryable_error(&error) && attempt < attempts => {
+                    tokio::time::sleep(self.options.retry.delay(attempt)).await;
+                }
+                Err(error) => {
+                    return Err(Error::Request {
+                        method: method.to_string(),
+                        url: shown_url(url),
+                        attempts: attempt,
+                        reason: describe(&error),
+                    })
+                }
+            }
+        }
+    }
+
+    fn url(host: &Host, path: &str) -> Result<Url, Error> {
+        host.base.join(path).map_err(|e| Error::InvalidManifest {
+            reference: host.registry.clone(),
+            reason: format!("cannot make a URL of {path:?}: {e}"),
+        })
+    }
+
+    /// Checks that the registry answers and accepts our credentials (for
+    /// `kiln login`).
+    pub async fn check_login(&self, registry: &str) -> Result<(), Error> {
+        let host = self.host(registry).await?;
+        let url = Self::url(&host, "v2/")?;
+        let response = self
+            .send(&host, "", Method::GET, &url, true, &|r| r)
+            .await?;
+        if response.status().is_success() {
+            return Ok(());
+        }
+        Err(status_error(&Method::GET, &url, response).await)
+    }
+
+    /// The digest, media type and size of a manifest, without its body;
+    /// `None` when the registry does not have it.
+    pub async fn head_manifest(
+        &self,
+        reference: &Reference,
+        target: &str,
+    ) -> Result<Option<(Digest, String, u64)>, Error> {
+        let host = self.host(reference.registry()).await?;
+        let url = Self::url(
+            &host,
+            &format!("v2/{}/manifests/{target}", reference.repository()),
+        )?;
+        let scope = repository_scope(reference, "pull");
+        let response = self
+            .send(&host, &scope, Method::HEAD, &url, true, &|r| {
+                r.header(ACCEPT, MANIFEST_TYPES.join(", "))
+            })
+            .await?;
+        match response.status() {
+            StatusCode::NOT_FOUND => Ok(None),
+            status if status.is_success() => {
+                let digest = header(&response, "docker-content-digest")
+                    .and_then(|d| d.parse::<Digest>().ok());
+                let media_type = header(&response, "content-type").unwrap_or_default();
+                let size = header(&response, "content-length")
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0);
+                Ok(digest.map(|digest| (digest, media_type, size)))
+            }
+            _ => Err(status_error(&Method::HEAD, &url, response).await),
+        }
+    }
+
+    /// A manifest or index by tag or digest, checked against its digest.
+    pub async fn get_manifest(
+        &self,
+        reference: &Reference,
+        target: &str,
+    ) -> Result<Manifest, Error> {
+        let host = self.host(reference.registry()).await?;
+        let url = Self::url(
+            &host,
+            &format!("v2/{}/manifests/{target}", reference.repository()),
+        )?;
+        let scope = repository_scope(reference, "pull");
+        let response = self
+            .send(&host, &scope, Method::GET, &url, true, &|r| {
+                r.header(ACCEPT, MANIFEST_TYPES.join(", "))
+            })
+            .await?;
+        if response.status() == StatusCode::NOT_FOUND {
+            return Err(Error::NotFound {
+                reference: format!("{}", reference.with_target(target)),
+            });
+        }
+        if !response.status().is_success() {
+            return Err(status_error(&Method::GET, &url, response).await);
+        }
+        let header_digest =
+            header(&response, "docker-content-digest").and_then(|d| d.parse::<Digest>().ok());
+        let content_type = header(&response, "content-type").unwrap_or_default();
+        let bytes = read_limited(response, MAX_MANIFEST_SIZE, &url).await?;
+        let digest = Digest::of(&bytes);
+        let expected = target.parse::<Digest>().ok().or(header_digest);
+        if let Some(expected) = expected {
+            if expected != digest {
+                return Err(Error::DigestMismatch {
+                    what: "manifest",
+                    url: shown_url(&url),
+                    expected,
+                    actual: digest,
+                });
+            }
+        }
+        let media_type =
+            manifest_media_type(&bytes, &content_type).ok_or_else(|| Error::InvalidManifest {
+                reference: reference.with_target(target).to_string(),
+                reason: format!(
+                    "it is not an image manifest or index (Content-Type {content_type:?})"
+                ),
+            })?;
+        Ok(Manifest {
+            bytes,
+            media_type,
+            digest,
+        })
+    }
+
+    /// Stores a manifest under `target` (a tag or its digest); returns the
+    /// digest the registry gave it.
+    pub async fn put_manifest(
+        &self,
+        reference: &Reference,
+        target: &str,
+        manifest: &Manifest,
+    ) -> Result<(), Error> {
+        let host = self.host(reference.registry()).await?;
+        let url = Self::url(
+            &host,
+            &format!("v2/{}/manifests/{target}", reference.repository()),
+        )?;
+        let scope = repository_scope(reference, "pull,push");
+        let body = manifest.bytes.clone();
+        let media_type = manifest.media_type.clone();
+        let response = self
+            .send(&host, &scope, Method::PUT, &url, true, &|r| {
+                r.header(CONTENT_TYPE, media_type.as_str())
+                    .body(body.clone())
+            })
+            .await?;
+        if !response.status().is_success() {
+            return Err(status_error(&Method::PUT, &url, response).await);
+        }
+        if let Some(digest) =
+            header(&response, "docker-content-digest").and_then(|d| d.parse::<Digest>().ok())
+        {
+            if digest != manifest.digest {
+                return Err(Error::DigestMismatch {
+                    what: "pushed manifest",
+                    url: shown_url(&url),
+                    expected: manifest.digest,
+                    actual: digest,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The size of a blob the registry has, or `None`.
+    pub async fn blob_exists(
+        &self,
+        reference: &Reference,
+        digest: &Digest,
+    ) -> Result<Option<u64>, Error> {
+        let host = self.host(reference.registry()).await?;
+        let url = Self::url(
+            &host,
+            &format!("v2/{}/blobs/{digest}", reference.repository()),
+        )?;
+        let scope = repository_scope(reference, "pull");
+        let response = self
+            .send(&host, &scope, Method::HEAD, &url, true, &|r| r)
+            .await?;
+        match response.status() {
+            StatusCode::NOT_FOUND => Ok(None),
+            status if status.is_success() => Ok(Some(
+                header(&response, "content-length")
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0),
+            )),
+            _ => Err(status_error(&Method::HEAD, &url, response).await),
+        }
+    }
+
+    /// Downloads a blob into the store, checking its digest (and size when
+    /// known). A transfer that breaks resumes where it stopped with a Range
+    /// request; a registry that cannot resume sends it again from the start.
+    pub async fn fetch_blob(
+        &self,
+        reference: &Reference,
+        digest: &Digest,
+        size: Option<u64>,
+        store: &Store,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<(), Error> {
+        let host = self.host(reference.registry()).await?;
+        let url = Self::url(
+            &host,
+            &format!("v2/{}/blobs/{digest}", reference.repository()),
+        )?;
+        let scope = repository_scope(reference, "pull");
+        let mut writer = store.blob_writer()?;
+        let mut failures = 0;
+        loop {
+            let offset = writer.written();
+            match self
+                .download(&host, &scope, &url, offset, &mut writer, progress)
+                .await
+            {
+                Ok(Downloaded::Complete) => break,
+                Ok(Downloaded::Restart) => {
+                    writer = store.blob_writer()?;
+                }
+                Err(error) => {
+                    failures += 1;
+                    let retryable = matches!(&error, Error::Request { .. })
+                        || matches!(&error, Error::Status { status, .. } if retryable_status(*status));
+                    if !retryable || failures >= self.options.retry.attempts {
+                        return Err(error);
+                    }
+                    tokio::time::sleep(self.options.retry.delay(failures)).await;
+                }
+            }
+        }
+        let written = writer.written();
+        if let Some(size) = size {
+            if written != size {
+                return Err(Error::SizeMismatch {
+                    what: "blob",
+                    url: shown_url(&url),
+                    digest: *digest,
+                    expected: size,
+                    actual: written,
+                });
+            }
+        }
+        writer.commit(Some(digest)).map_err(|e| match e {
+            kiln_cache::Error::DigestMismatch { expected, actual } => Error::DigestMismatch {
+                what: "blob",
+                url: shown_url(&url),
+                expected,
+                actual,
+            },
+            other => Error::Cache(other),
+        })?;
+        Ok(())
+    }
+
+    /// One try at the rest of a blob from `offset`.
+    async fn download(
+        &self,
+        host: &Host,
+        scope: &str,
+        url: &Url,
+        offset: u64,
+        writer: &mut kiln_cache::store::BlobWriter,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<Downloaded, Error> {
+        let range = (offset > 0).then(|| format!("bytes={offset}-"));
+        let prepare = |r: reqwest::RequestBuilder| match &range {
+            Some(range) => r.header("Range", range.as_str()),
+            None => r,
+        };
+        let mut response = self
+            .send(host, scope, Method::GET, url, true, &prepare)
+            .await?;
+        let mut redirects = 0;
+        let mut current = url.clone();
+        while response.status().is_redirection() {
+            redirects += 1;
+            let location = header(&response, "location").ok_or_else(|| Error::Status {
+                method: "GET".to_string(),
+                url: shown_url(&current),
+                status: response.status().as_u16(),
+                message: "a redirect without a Location".to_string(),
+            })?;
+            if redirects > MAX_REDIRECTS {
+                return Err(Error::Status {
+                    method: "GET".to_string(),
+                    url: shown_url(&current),
+                    status: response.status().as_u16(),
+                    message: "too many redirects".to_string(),
+                });
+            }
+            current = current.join(&location).map_err(|e| Error::Status {
+                method: "GET".to_string(),
+                url: shown_url(&current),
+                status: response.status().as_u16(),
+                message: format!("an invalid Location: {e}"),
+            })?;
+            response = self
+                .send(host, scope, Method::GET, &current, true, &prepare)
+                .await?;
+        }
+        let status = response.status();
+        if status == StatusCode::NOT_FOUND {
+            return Err(Error::NotFound {
+                reference: shown_url(url),
+            });
+        }
+        if !status.is_success() {
+            return Err(status_error(&Method::GET, &current, response).await);
+        }
+        if offset > 0 {
+            let resumed = status == StatusCode::PARTIAL_CONTENT
+                && header(&response, "content-range")
+                    .is_some_and(|r| r.starts_with(&format!("bytes {offset}-")));
+            if !resumed {
+                return Ok(Downloaded::Restart);
+            }
+        }
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    writer
+                        .write_all(&chunk)
+                        .map_err(|e| Error::io(store_tmp_hint(), e))?;
+                    progress(chunk.len() as u64);
+                }
+                Ok(None) => return Ok(Downloaded::Complete),
+                Err(error) => {
+                    return Err(Error::Request {
+                        method: "GET".to_string(),
+                        url: shown_url(&current),
+                        attempts: 1,
+                        reason: describe(&error),
+                    })
+                }
+            }
+        }
+    }
+
+    /// Uploads the blob in `path` unless the registry has it; mounts it from
+    /// `mount_from` (a repository of the same registry) when possible.
+    pub async fn push_blob(
+        &self,
+        reference: &Reference,
+        digest: &Digest,
+        size: u64,
+        path: &Path,
+        mount_from: Option<&Reference>,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<Pushed, Error> {
+        if self.blob_exists(reference, digest).await?.is_some() {
+            progress(size);
+            return Ok(Pushed::Existed);
+        }
+        let host = self.host(reference.registry()).await?;
+        let mount_from = mount_from.filter(|from| {
+            from.registry() == reference.registry() && from.repository() != reference.repository()
+        });
+        let scope = match mount_from {
+            Some(from) => format!(
+                "{} {}",
+                repository_scope(reference, "pull,push"),
+                repository_scope(from, "pull")
+            ),
+            None => repository_scope(reference, "pull,push"),
+        };
+        let mut failures = 0;
+        loop {
+            match self
+                .upload(
+                    &host, &scope, reference, digest, size, path, mount_from, progress,
+                )
+                .await
+            {
+                Ok(pushed) => return Ok(pushed),
+                Err(error) => {
+                    failures += 1;
+                    let retryable = matches!(&error, Error::Request { .. })
+                        || matches!(&error, Error::Status { status, .. } if retryable_status(*status));
+                    if !retryable || failures >= self.options.retry.attempts {
+                        return Err(error);
+                    }
+                    tokio::time::sleep(self.options.retry.delay(failures)).await;
+                }
+            }
+        }
+    }
+
+    /// One upload session, from its start: a session broken in the middle
+    /// is abandoned (the registry expires it) and a new one started.
+    #[allow(clippy::too_many_arguments)]
+    async fn upload(
+        &self,
+        host: &Host,
+        scope: &str,
+        reference: &Reference,
+        digest: &Digest,
+        size: u64,
+        path: &Path,
+        mount_from: Option<&Reference>,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<Pushed, Error> {
+        let mut start = Self::url(
+            host,
+            &format!("v2/{}/blobs/uploads/", reference.repository()),
+        )?;
+        if let Some(from) = mount_from {
+            start
+                .query_pairs_mut()
+                .append_pair("mount", &digest.to_string())
+                .append_pair("from", from.repository());
+        }
+        let response = self
+            .send(host, scope, Method::POST, &start, true, &|r| {
+                r.header(CONTENT_LENGTH, "0")
+            })
+            .await?;
+        if mount_from.is_some() && response.status() == StatusCode::CREATED {
+            progress(size);
+            return Ok(Pushed::Mounted);
+        }
+        if response.status() != StatusCode::ACCEPTED {
+            return Err(status_error(&Method::POST, &start, response).await);
+        }
+        let mut location = location_of(&response, &start)?;
+        let mut offset = 0u64;
+        if size > self.options.chunk_size {
+            while offset < size {
+                let length = (size - offset).min(self.options.chunk_size);
+                let chunk_end = offset + length - 1;
+                let open_at = offset;
+                let response = self
+                    .send(host, scope, Method::PATCH, &location, false, &|r| {
+                        r.header(CONTENT_TYPE, "application/octet-stream")
+                            .header("Content-Range", format!("{open_at}-{chunk_end}"))
+                            .header(CONTENT_LENGTH, length.to_string())
+                            .body(file_body(path, open_at, length))
+                    })
+                    .await?;
+                if response.status() != StatusCode::ACCEPTED {
+                    return Err(status_error(&Method::PATCH, &location, response).await);
+                }
+                let next = location_of(&response, &location)?;
+                // The registry says how much it has: continue from there.
+                offset = header(&response, "range")
+                    .and_then(|r| {
+                        r.rsplit_once('-')
+                            .and_then(|(_, end)| end.parse::<u64>().ok())
+                    })
+                    .map_or(chunk_end + 1, |end| end + 1);
+                location = next;
+                progress(length);
+            }
+        }
+        let mut finish = location.clone();
+        finish
+            .query_pairs_mut()
+            .append_pair("digest", &digest.to_string());
+        let remaining = size - offset;
+        let response = self
+            .send(host, scope, Method::PUT, &finish, false, &|r| {
+                let r = r
+                    .header(CONTENT_TYPE, "application/octet-stream")
+                    .header(CONTENT_LENGTH, remaining.to_string());
+                if remaining == 0 {
+                    r
+                } else {
+                    r.body(file_body(path, offset, remaining))
+                }
+            })
+            .await?;
+        if response.status() != StatusCode::CREATED {
+            return Err(status_error(&Method::PUT, &finish, response).await);
+        }
+        progress(remaining);
+        Ok(Pushed::Uploaded)
+    }
+}
+
+enum Downloaded {
+    Complete,
+    /// The registry sent the whole blob again instead of the rest.
+    Restart,
+}
+
+fn store_tmp_hint() -> &'static Path {
+    Path::new("the store's tmp/ directory")
+}
+
+/// The upload URL in a response's `Location`, which may be relative.
+fn location_of(response: &Response, request: &Url) -> Result<Url, Error> {
+    let value = header(response, "location").ok_or_else(|| Error::Status {
+        method: "upload".to_string(),
+        url: shown_url(request),
+        status: response.status().as_u16(),
+        message: "no Location for the upload".to_string(),
+    })?;
+    request.join(&value).map_err(|e| Error::Status {
+        method: "upload".to_string(),
+        url: shown_url(request),
+        status: response.status().as_u16(),
+        message: format!("an invalid upload Location: {e}"),
+    })
+}
+
+/// `length` bytes of the file at `path` from `offset`, streamed.
+fn file_body(path: &Path, offset: u64, length: u64) -> reqwest::Body {
+    use futures_util::TryStreamExt;
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let path = path.to_path_buf();
+    let stream = futures_util::stream::once(async move {
+        let mut file = tokio::fs::File::open(&path).await?;
+        file.seek(std::io::SeekFrom::Start(offset)).await?;
+        Ok::<_, std::io::Error>(tokio_util::io::ReaderStream::with_capacity(
+            file.take(length),
+            256 * 1024,
+        ))
+    })
+    .try_flatten();
+    reqwest::Body::wrap_stream(stream)
+}
+
+/// A manifest's media type: the registry's Content-Type when it names a
+/// manifest kind, else the `mediaType` in the document, else what its shape
+/// says.
+fn manifest_media_type(bytes: &[u8], content_type: &str) -> Option<String> {
+    let content_type = content_type.split(';').next().unwrap_or("").trim();
+    if MANIFEST_TYPES.contains(&content_type) {
+        return Some(content_type.to_string());
+    }
+    let value: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    if let Some(media_type) = value.get("mediaType").and_then(|m| m.as_str()) {
+        return MANIFEST_TYPES
+            .contains(&media_type)
+            .then(|| media_type.to_string());
+    }
+    if value.get("manifests").is_some() {
+        Some(OCI_INDEX.to_string())
+    } else if value.get("config").is_some() && value.get("layers").is_some() {
+        Some(OCI_MANIFEST.to_string())
+    } else {
+        None
+    }
+}
+
+async fn read_limited(mut response: Response, limit: usize, url: &Url) -> Result<Bytes, Error> {
+    let mut body = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > limit {
+                    return Err(Error::InvalidManifest {
+                        reference: shown_url(url),
+                        reason: format!("it is larger than {limit} bytes"),
+                    });
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(Bytes::from(body)),
+            Err(error) => {
+                return Err(Error::Request {
+                    method: "GET".to_string(),
+                    url: shown_url(url),
+                    attempts: 1,
+                    reason: describe(&error),
+                })
+            }
+        }
+    }
+}
