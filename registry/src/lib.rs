@@ -11,6 +11,7 @@ pub mod credentials;
 mod error;
 pub mod reference;
 mod retry;
+pub mod transfer;
 pub mod transport;
 
 pub use client::{Client, ClientOptions, Manifest, Pushed};
@@ -18,4 +19,5 @@ pub use credentials::{Credential, DockerConfig};
 pub use error::Error;
 pub use reference::{Reference, ReferenceError};
 pub use retry::RetryPolicy;
+pub use transfer::{Platform, Pulled, PushReport};
 pub use transport::TransportOptions;

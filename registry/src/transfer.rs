@@ -1,0 +1,337 @@
+//! Whole images between a registry and the store: pull (resolve, pick the
+//! platform, fetch what the store lacks, several blobs at once) and push
+//! (blobs first, several at once, then the manifest, then every tag).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use futures_util::stream::{self, TryStreamExt};
+use kiln_cache::{Digest, Store};
+
+use crate::client::{manifest_media_type, Client, Manifest, Pushed};
+use crate::error::Error;
+use crate::reference::Reference;
+
+/// The platform an image is wanted for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Platform {
+    pub os: String,
+    pub architecture: String,
+    /// Empty when any variant will do.
+    pub variant: String,
+}
+
+impl std::fmt::Display for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        if !self.variant.is_empty() {
+            write!(f, "/{}", self.variant)?;
+        }
+        Ok(())
+    }
+}
+
+/// Variants that mean the same thing written differently.
+fn normal_variant(architecture: &str, variant: &str) -> String {
+    match (architecture, variant) {
+        ("arm64", "v8") => String::new(),
+        ("arm", "") => "v7".to_string(),
+        _ => variant.to_string(),
+    }
+}
+
+impl Platform {
+    fn accepts(&self, os: &str, architecture: &str, variant: &str) -> bool {
+        os == self.os
+            && architecture == self.architecture
+            && (self.variant.is_empty()
+                || normal_variant(architecture, variant)
+                    == normal_variant(&self.architecture, &self.variant))
+    }
+}
+
+/// A blob an image manifest names.
+#[derive(Debug, Clone)]
+pub struct BlobRef {
+    pub digest: Digest,
+    pub size: u64,
+    pub media_type: String,
+}
+
+/// The config and layers of an image manifest.
+pub fn manifest_blobs(manifest: &Manifest) -> Result<(BlobRef, Vec<BlobRef>), Error> {
+    let invalid = |reason: String| Error::InvalidManifest {
+        reference: manifest.digest.to_string(),
+        reason,
+    };
+    let value: serde_json::Value =
+        serde_json::from_slice(&manifest.bytes).map_err(|e| invalid(format!("not JSON: {e}")))?;
+    let blob = |value: &serde_json::Value| -> Result<BlobRef, Error> {
+        let digest = value
+            .get("digest")
+            .and_then(|d| d.as_str())
+            .and_then(|d| d.parse::<Digest>().ok())
+            .ok_or_else(|| invalid("a descriptor without a sha256 digest".to_string()))?;
+        let size = value
+            .get("size")
+            .and_then(|s| s.as_u64())
+            .ok_or_else(|| invalid(format!("descriptor {digest} has no size")))?;
+        let media_type = value
+            .get("mediaType")
+            .and_then(|m| m.as_str())
+            .unwrap_or_default()
+            .to_string();
+        Ok(BlobRef {
+            digest,
+            size,
+            media_type,
+        })
+    };
+    let config = blob(
+        value
+            .get("config")
+            .ok_or_else(|| invalid("no config".to_string()))?,
+    )?;
+    let layers = value
+        .get("layers")
+        .and_then(|l| l.as_array())
+        .ok_or_else(|| invalid("no layers".to_string()))?
+        .iter()
+        .map(blob)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((config, layers))
+}
+
+/// The image manifest for `platform` that `reference` names: the manifest
+/// itself, or the matching one of the index it names.
+pub async fn resolve(
+    client: &Client,
+    reference: &Reference,
+    platform: &Platform,
+) -> Result<Manifest, Error> {
+    let target = reference
+        .digest()
+        .or(reference.tag())
+        .unwrap_or("latest")
+        .to_string();
+    let manifest = client.get_manifest(reference, &target).await?;
+    if !manifest.is_index() {
+        return Ok(manifest);
+    }
+    let index: serde_json::Value =
+        serde_json::from_slice(&manifest.bytes).map_err(|e| Error::InvalidManifest {
+            reference: reference.to_string(),
+            reason: format!("its index is not JSON: {e}"),
+        })?;
+    let entries = index
+        .get("manifests")
+        .and_then(|m| m.as_array())
+        .cloned()
+        .unwrap_or_default();
+    let mut available = Vec::new();
+    for entry in &entries {
+        let field = |name: &str| {
+            entry
+                .get("platform")
+                .and_then(|p| p.get(name))
+                .and_then(|v| v.as_str())
+                .unwrap_or("")
+                .to_string()
+        };
+        let (os, architecture, variant) = (field("os"), field("architecture"), field("variant"));
+        if os.is_empty() || os == "unknown" {
+            // Attestations and other non-images.
+            continue;
+        }
+        if platform.accepts(&os, &architecture, &variant) {
+            let digest = entry
+                .get("digest")
+                .and_then(|d| d.as_str())
+                .unwrap_or_default();
+            let chosen = client.get_manifest(reference, digest).await?;
+            if chosen.is_index() {
+                return Err(Error::InvalidManifest {
+                    reference: reference.to_string(),
+                    reason: format!("its entry for {platform} is an index, not an image"),
+                });
+            }
+            return Ok(chosen);
+        }
+        available.push(
+            Platform {
+                os,
+                architecture,
+                variant,
+            }
+            .to_string(),
+        );
+    }
+    Err(Error::NoMatchingPlatform {
+        reference: reference.to_string(),
+        platform: platform.to_string(),
+        available: if available.is_empty() {
+            "none".to_string()
+        } else {
+            available.join(", ")
+        },
+    })
+}
+
+/// What a pull did.
+#[derive(Debug, Clone)]
+pub struct Pulled {
+    pub manifest: Manifest,
+    /// Blobs fetched, and how many bytes; the others were in the store.
+    pub fetched: usize,
+    pub fetched_bytes: u64,
+}
+
+/// Pulls the image `reference` names for `platform` into the store: the
+/// blobs it lacks (`jobs` at once), then the manifest. Naming it is left to
+/// the caller.
+pub async fn pull(
+    client: &Client,
+    store: &Store,
+    reference: &Reference,
+    platform: &Platform,
+    jobs: usize,
+    progress: &(dyn Fn(&Digest, u64) + Sync),
+) -> Result<Pulled, Error> {
+    let manifest = resolve(client, reference, platform).await?;
+    let (config, layers) = manifest_blobs(&manifest)?;
+    let missing: Vec<BlobRef> = std::iter::once(config)
+        .chain(layers)
+        .filter(|blob| !store.has_blob(&blob.digest))
+        .collect();
+    let fetched = missing.len();
+    let fetched_bytes = missing.iter().map(|b| b.size).sum();
+    stream::iter(missing.into_iter().map(Ok::<_, Error>))
+        .try_for_each_concurrent(jobs.max(1), |blob| async move {
+            client
+                .fetch_blob(reference, &blob.digest, Some(blob.size), store, &|bytes| {
+                    progress(&blob.digest, bytes)
+                })
+                .await
+        })
+        .await?;
+    // The manifest comes last, so a store never holds one whose blobs are
+    // missing.
+    let (digest, _) = store.write_blob(&manifest.bytes)?;
+    if digest != manifest.digest {
+        return Err(Error::Cache(kiln_cache::Error::DigestMismatch {
+            expected: manifest.digest,
+            actual: digest,
+        }));
+    }
+    Ok(Pulled {
+        manifest,
+        fetched,
+        fetched_bytes,
+    })
+}
+
+/// What a push did with each blob.
+#[derive(Debug, Clone)]
+pub struct PushReport {
+    pub digest: Digest,
+    pub blobs: Vec<(Digest, u64, Pushed)>,
+}
+
+/// Pushes the image whose manifest is `manifest_digest` in the store to
+/// every reference of `destinations` (same registry and repository; each
+/// names a tag, or only the digest): blobs first (`jobs` at once, mounted
+/// from `mount_sources` where the registry has them in another
+/// repository), then the manifest under each tag.
+pub async fn push(
+    client: &Client,
+    store: &Store,
+    manifest_digest: &Digest,
+    destinations: &[Reference],
+    mount_sources: &HashMap<Digest, Reference>,
+    jobs: usize,
+    progress: &(dyn Fn(&Digest, u64) + Sync),
+) -> Result<PushReport, Error> {
+    let Some(first) = destinations.first() else {
+        return Err(Error::InvalidManifest {
+            reference: manifest_digest.to_string(),
+            reason: "nowhere to push it".to_string(),
+        });
+    };
+    let bytes = store.read_blob(manifest_digest)?;
+    let media_type = manifest_media_type(&bytes, "").ok_or_else(|| Error::InvalidManifest {
+        reference: manifest_digest.to_string(),
+        reason: "it is not an image manifest".to_string(),
+    })?;
+    let manifest = Manifest {
+        bytes: bytes.into(),
+        media_type,
+        digest: *manifest_digest,
+    };
+    let (config, layers) = manifest_blobs(&manifest)?;
+    let blobs: Vec<BlobRef> = std::iter::once(config).chain(layers).collect();
+    for blob in &blobs {
+        if !store.has_blob(&blob.digest) {
+            return Err(Error::Cache(kiln_cache::Error::MissingBlob(blob.digest)));
+        }
+    }
+    let results: Vec<(Digest, u64, Pushed)> = stream::iter(blobs.into_iter().map(Ok::<_, Error>))
+        .map_ok(|blob| async move {
+            let path: PathBuf = store.blob_path(&blob.digest);
+            let pushed = client
+                .push_blob(
+                    first,
+                    &blob.digest,
+                    blob.size,
+                    &path,
+                    mount_sources.get(&blob.digest),
+                    &|bytes| progress(&blob.digest, bytes),
+                )
+                .await?;
+            Ok((blob.digest, blob.size, pushed))
+        })
+        .try_buffer_unordered(jobs.max(1))
+        .try_collect()
+        .await?;
+    for destination in destinations {
+        let target = destination
+            .tag()
+            .map(str::to_string)
+            .unwrap_or_else(|| manifest_digest.to_string());
+        client.put_manifest(destination, &target, &manifest).await?;
+    }
+    Ok(PushReport {
+        digest: *manifest_digest,
+        blobs: results,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn platforms_match_as_containerd_normalises_variants() {
+        let arm64 = Platform {
+            os: "linux".into(),
+            architecture: "arm64".into(),
+            variant: "v8".into(),
+        };
+        assert!(arm64.accepts("linux", "arm64", ""));
+        assert!(arm64.accepts("linux", "arm64", "v8"));
+        assert!(!arm64.accepts("linux", "amd64", ""));
+        let any_amd64 = Platform {
+            os: "linux".into(),
+            architecture: "amd64".into(),
+            variant: String::new(),
+        };
+        assert!(any_amd64.accepts("linux", "amd64", "v3"));
+        let arm_v6 = Platform {
+            os: "linux".into(),
+            architecture: "arm".into(),
+            variant: "v6".into(),
+        };
+        assert!(!arm_v6.accepts("linux", "arm", ""), "arm means arm/v7");
+        assert!(arm_v6.accepts("linux", "arm", "v6"));
+        assert_eq!(arm_v6.to_string(), "linux/arm/v6");
+    }
+}

@@ -1,0 +1,225 @@
+//! Pull and push against a real registry (`docker-registry`, anonymous,
+//! over HTTP on a loopback port).
+
+mod support;
+
+use std::collections::HashMap;
+
+use kiln_registry::{transfer, Pushed};
+use support::{client, client_with, host_platform, runtime, store, test_image, Registry, Setup};
+
+#[test]
+fn an_image_pushed_pulls_back_whole_and_only_missing_blobs_move() {
+    let registry = Registry::start(Setup::Anonymous);
+    let (_a, source) = store();
+    let image = test_image(&source, 300_000, 1);
+    let client = client(&registry.certs_dir, None);
+    let destination = registry.reference("team/app:1");
+    let runtime = runtime();
+    let report = runtime
+        .block_on(transfer::push(
+            &client,
+            &source,
+            &image,
+            &[destination.clone(), registry.reference("team/app:latest")],
+            &HashMap::new(),
+            4,
+            &|_, _| {},
+        ))
+        .expect("push");
+    assert_eq!(report.blobs.len(), 2);
+    assert!(report.blobs.iter().all(|(_, _, p)| *p == Pushed::Uploaded));
+
+    let (_b, target) = store();
+    for tag in ["team/app:1", "team/app:latest"] {
+        let pulled = runtime
+            .block_on(transfer::pull(
+                &client,
+                &target,
+                &registry.reference(tag),
+                &host_platform(),
+                3,
+                &|_, _| {},
+            ))
+            .expect("pull");
+        assert_eq!(pulled.manifest.digest, image, "{tag}");
+    }
+    let manifest = target.read_blob(&image).expect("manifest in the store");
+    assert_eq!(manifest, source.read_blob(&image).expect("source manifest"));
+    assert!(target.check().expect("check").is_empty());
+
+    // Everything is there now: nothing moves the second time, nor on a push
+    // of what the registry has.
+    let again = runtime
+        .block_on(transfer::pull(
+            &client,
+            &target,
+            &destination,
+            &host_platform(),
+            3,
+            &|_, _| {},
+        ))
+        .expect("pull again");
+    assert_eq!(again.fetched, 0);
+    let report = runtime
+        .block_on(transfer::push(
+            &client,
+            &source,
+            &image,
+            &[destination],
+            &HashMap::new(),
+            4,
+            &|_, _| {},
+        ))
+        .expect("push again");
+    assert!(report.blobs.iter().all(|(_, _, p)| *p == Pushed::Existed));
+}
+
+#[test]
+fn large_blobs_go_up_in_chunks_and_blobs_mount_across_repositories() {
+    let registry = Registry::start(Setup::Anonymous);
+    let (_a, source) = store();
+    let image = test_image(&source, 1_500_000, 2);
+    let chunked = client_with(&registry.certs_dir, None, |options| {
+        options.chunk_size = 256 * 1024;
+    });
+    let runtime = runtime();
+    let first = registry.reference("one/app:1");
+    runtime
+        .block_on(transfer::push(
+            &chunked,
+            &source,
+            &image,
+            std::slice::from_ref(&first),
+            &HashMap::new(),
+            2,
+            &|_, _| {},
+        ))
+        .expect("chunked push");
+    let (config, layers) = transfer::manifest_blobs(&kiln_registry::Manifest {
+        bytes: source.read_blob(&image).expect("manifest").into(),
+        media_type: kiln_registry::client::OCI_MANIFEST.into(),
+        digest: image,
+    })
+    .expect("blobs");
+    let mounts: HashMap<_, _> = std::iter::once(config.digest)
+        .chain(layers.iter().map(|l| l.digest))
+        .map(|digest| (digest, first.clone()))
+        .collect();
+    let report = runtime
+        .block_on(transfer::push(
+            &chunked,
+            &source,
+            &image,
+            &[registry.reference("two/app:1")],
+            &mounts,
+            2,
+            &|_, _| {},
+        ))
+        .expect("push with mounts");
+    assert!(
+        report.blobs.iter().all(|(_, _, p)| *p == Pushed::Mounted),
+        "{:?}",
+        report.blobs
+    );
+    let (_b, target) = store();
+    let pulled = runtime
+        .block_on(transfer::pull(
+            &chunked,
+            &target,
+            &registry.reference("two/app:1"),
+            &host_platform(),
+            2,
+            &|_, _| {},
+        ))
+        .expect("pull");
+    assert_eq!(pulled.manifest.digest, image);
+    assert!(target.check().expect("check").is_empty());
+}
+
+#[test]
+fn missing_images_and_platforms_are_named() {
+    let registry = Registry::start(Setup::Anonymous);
+    let client = client(&registry.certs_dir, None);
+    let (_a, target) = store();
+    let runtime = runtime();
+    let err = runtime
+        .block_on(transfer::pull(
+            &client,
+            &target,
+            &registry.reference("nothing/here:1"),
+            &host_platform(),
+            2,
+            &|_, _| {},
+        ))
+        .expect_err("no such image");
+    assert!(err.to_string().contains("is not in the registry"), "{err}");
+}
+
+#[test]
+fn an_index_gives_the_image_for_the_platform_asked() {
+    let registry = Registry::start(Setup::Anonymous);
+    let (_a, source) = store();
+    let host_image = test_image(&source, 10_000, 3);
+    let other_image = test_image(&source, 10_000, 4);
+    let client = client(&registry.certs_dir, None);
+    let runtime = runtime();
+    for (image, tag) in [(host_image, "host"), (other_image, "other")] {
+        runtime
+            .block_on(transfer::push(
+                &client,
+                &source,
+                &image,
+                &[registry.reference(&format!("multi/app:{tag}"))],
+                &HashMap::new(),
+                2,
+                &|_, _| {},
+            ))
+            .expect("push");
+    }
+    let size = |digest| source.read_blob(digest).expect("manifest").len();
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json",
+             "digest": other_image.to_string(), "size": size(&other_image),
+             "platform": {"os": "linux", "architecture": "s390x"}},
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json",
+             "digest": other_image.to_string(), "size": size(&other_image),
+             "platform": {"os": "unknown", "architecture": "unknown"}},
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json",
+             "digest": host_image.to_string(), "size": size(&host_image),
+             "platform": {"os": "linux", "architecture": support::host_architecture()}},
+        ],
+    });
+    let bytes = kiln_cache::store::canonical_json(&index);
+    let manifest = kiln_registry::Manifest {
+        digest: kiln_cache::Digest::of(&bytes),
+        bytes: bytes.into(),
+        media_type: kiln_registry::client::OCI_INDEX.into(),
+    };
+    let reference = registry.reference("multi/app:all");
+    runtime
+        .block_on(client.put_manifest(&reference, "all", &manifest))
+        .expect("push index");
+    let resolved = runtime
+        .block_on(transfer::resolve(&client, &reference, &host_platform()))
+        .expect("resolve");
+    assert_eq!(resolved.digest, host_image);
+    let arm = kiln_registry::Platform {
+        os: "linux".into(),
+        architecture: "arm64".into(),
+        variant: String::new(),
+    };
+    let err = runtime
+        .block_on(transfer::resolve(&client, &reference, &arm))
+        .expect_err("no arm64 image");
+    assert!(
+        err.to_string().contains(&format!(
+            "has no image for linux/arm64 (it has: linux/s390x, linux/{})",
+            support::host_architecture()
+        )),
+        "{err}"
+    );
+}
