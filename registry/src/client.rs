@@ -99,6 +99,7 @@ pub struct Client {
     credentials: Mutex<HashMap<String, Option<Credential>>>,
     challenges: Mutex<HashMap<String, Challenge>>,
     tokens: TokenCache,
+    token_fetch: tokio::sync::Mutex<()>,
 }
 
 /// A URL as it may be shown: without user information.
@@ -170,6 +171,43 @@ async fn status_error(method: &Method, url: &Url, response: Response) -> Error {
     }
 }
 
+/// Whether a request failed because the server's certificate is not one we
+/// trust: it speaks TLS, so falling back to HTTP would only hide that.
+fn untrusted_certificate(error: &reqwest::Error) -> bool {
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        // I/O errors hide the errors they wrap from `source`: unwrap them.
+        let mut inner: &(dyn std::error::Error + 'static) = cause;
+        loop {
+            if let Some(rustls::Error::InvalidCertificate(_)) =
+                inner.downcast_ref::<rustls::Error>()
+            {
+                return true;
+            }
+            match inner
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+            {
+                Some(wrapped) => inner = wrapped,
+                None => break,
+            }
+        }
+        source = cause.source();
+    }
+    false
+}
+
+fn untrusted(registry: &str, transport: &TransportOptions, error: &reqwest::Error) -> Error {
+    Error::Tls {
+        registry: registry.to_string(),
+        reason: format!(
+            "{} (a registry with its own CA needs it in {}/{registry}/ca.crt)",
+            describe(error),
+            transport.certs_dir.display()
+        ),
+    }
+}
+
 /// Whether a failed request is worth another try.
 fn retryable_error(error: &reqwest::Error) -> bool {
     !error.is_builder() && !error.is_redirect() && !error.is_status()
@@ -188,6 +226,7 @@ impl Client {
             credentials: Mutex::new(HashMap::new()),
             challenges: Mutex::new(HashMap::new()),
             tokens: TokenCache::default(),
+            token_fetch: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -196,7 +235,8 @@ impl Client {
     }
 
     /// The registry's endpoint, found once: HTTPS, or HTTP where allowed
-    /// and HTTPS does not answer.
+    /// and HTTPS does not answer. Its answer to `GET /v2/` says how it wants
+    /// to be authenticated, so that later requests need no 401 first.
     async fn host(&self, registry: &str) -> Result<Arc<Host>, Error> {
         let mut hosts = self.hosts.lock().await;
         if let Some(host) = hosts.get(registry) {
@@ -204,45 +244,50 @@ impl Client {
         }
         let http = transport::http_client(registry, &self.options.transport)?;
         let api = transport::api_host(registry);
-        let https = Url::parse(&format!("https://{api}/")).map_err(|e| Error::Unreachable {
-            registry: registry.to_string(),
-            reason: e.to_string(),
-        })?;
-        let base = if transport::plain_http_allowed(registry, &self.options.transport) {
-            match http
-                .get(https.join("v2/").unwrap_or(https.clone()))
-                .send()
-                .await
+        let endpoint = |scheme: &str| {
+            Url::parse(&format!("{scheme}://{api}/")).map_err(|e| Error::Unreachable {
+                registry: registry.to_string(),
+                reason: e.to_string(),
+            })
+        };
+        let https = endpoint("https")?;
+        let ping = |base: &Url| http.get(base.join("v2/").unwrap_or(base.clone())).send();
+        let (base, answer) = match ping(&https).await {
+            Ok(answer) => (https, Some(answer)),
+            Err(error) if untrusted_certificate(&error) => {
+                return Err(untrusted(registry, &self.options.transport, &error));
+            }
+            Err(https_error)
+                if transport::plain_http_allowed(registry, &self.options.transport) =>
             {
-                Ok(_) => https,
-                Err(https_error) => {
-                    let plain =
-                        Url::parse(&format!("http://{api}/")).map_err(|e| Error::Unreachable {
+                let plain = endpoint("http")?;
+                match ping(&plain).await {
+                    Ok(answer) => (plain, Some(answer)),
+                    Err(plain_error) => {
+                        return Err(Error::Unreachable {
                             registry: registry.to_string(),
-                            reason: e.to_string(),
-                        })?;
-                    match http
-                        .get(plain.join("v2/").unwrap_or(plain.clone()))
-                        .send()
-                        .await
-                    {
-                        Ok(_) => plain,
-                        Err(plain_error) => {
-                            return Err(Error::Unreachable {
-                                registry: registry.to_string(),
-                                reason: format!(
-                                    "HTTPS: {}; HTTP: {}",
-                                    describe(&https_error),
-                                    describe(&plain_error)
-                                ),
-                            })
-                        }
+                            reason: format!(
+                                "HTTPS: {}; HTTP: {}",
+                                describe(&https_error),
+                                describe(&plain_error)
+                            ),
+                        })
                     }
                 }
             }
-        } else {
-            https
+            // Requests will fail again, with retries and a full report.
+            Err(_) => (https, None),
         };
+        if let Some(answer) = answer.filter(|a| a.status() == StatusCode::UNAUTHORIZED) {
+            if let Some(challenge) = header(&answer, "www-authenticate")
+                .as_deref()
+                .and_then(auth::parse_challenge)
+            {
+                if let Ok(mut challenges) = self.challenges.lock() {
+                    challenges.insert(registry.to_string(), challenge);
+                }
+            }
+        }
         let host = Arc::new(Host {
             registry: registry.to_string(),
             http,
@@ -276,36 +321,62 @@ impl Client {
         }
     }
 
-    /// The `Authorization` header for a request of `scope`, when the
-    /// registry has asked for one before.
-    fn authorization(&self, host: &Host, scope: &str) -> Result<Option<String>, Error> {
+    /// The `Authorization` header for a request of `scope`, as the
+    /// registry has said it wants: a token for the scope (fetched now when
+    /// there is none), or the Basic credentials.
+    async fn authorization(&self, host: &Host, scope: &str) -> Result<Option<String>, Error> {
         let challenge = self
             .challenges
             .lock()
             .ok()
             .and_then(|c| c.get(&host.registry).cloned());
-        Ok(match challenge {
-            Some(Challenge::Bearer { .. }) => self
-                .tokens
-                .get(&host.registry, scope)
-                .map(|token| format!("Bearer {token}")),
+        match challenge {
+            Some(Challenge::Bearer { realm, service, .. }) => {
+                if let Some(token) = self.tokens.get(&host.registry, scope) {
+                    return Ok(Some(format!("Bearer {token}")));
+                }
+                // One fetch per registry and scope, however many requests
+                // want it at once.
+                let _fetching = self.token_fetch.lock().await;
+                if let Some(token) = self.tokens.get(&host.registry, scope) {
+                    return Ok(Some(format!("Bearer {token}")));
+                }
+                let credential = self.credential(&host.registry)?;
+                let (token, lifetime) = auth::fetch_token(
+                    &host.http,
+                    &host.registry,
+                    &realm,
+                    service.as_deref(),
+                    scope,
+                    credential.as_ref(),
+                )
+                .await?;
+                self.tokens
+                    .put(&host.registry, scope, token.clone(), lifetime);
+                Ok(Some(format!("Bearer {token}")))
+            }
             Some(Challenge::Basic) => match self.credential(&host.registry)? {
                 Some(Credential::Basic { username, password }) => {
-                    Some(auth::basic_header(&username, &password))
+                    Ok(Some(auth::basic_header(&username, &password)))
                 }
-                _ => None,
+                _ => Err(Error::Unauthorized {
+                    registry: host.registry.clone(),
+                    username: None,
+                    reason: "it wants a user name and password (kiln login)".to_string(),
+                }),
             },
-            None => None,
-        })
+            None => Ok(None),
+        }
     }
 
-    /// Answers a 401: remembers how the registry wants to be spoken to and
-    /// gets a token for `scope` when it uses tokens.
-    async fn authenticate(
+    /// Answers a 401: remembers the challenge, and drops the token that was
+    /// refused so that the next try gets another.
+    fn challenged(
         &self,
         host: &Host,
         response: &Response,
         scope: &str,
+        sent: Option<&str>,
     ) -> Result<(), Error> {
         let header = header(response, "www-authenticate").unwrap_or_default();
         let challenge = auth::parse_challenge(&header).ok_or_else(|| Error::Unauthorized {
@@ -313,24 +384,10 @@ impl Client {
             username: None,
             reason: format!("it asks for an authentication kiln does not know: {header:?}"),
         })?;
-        let credential = self.credential(&host.registry)?;
-        if let Challenge::Bearer { realm, service, .. } = &challenge {
-            let (token, lifetime) = auth::fetch_token(
-                &host.http,
-                &host.registry,
-                realm,
-                service.as_deref(),
-                scope,
-                credential.as_ref(),
-            )
-            .await?;
-            self.tokens.put(&host.registry, scope, token, lifetime);
-        } else if credential.is_none() {
-            return Err(Error::Unauthorized {
-                registry: host.registry.clone(),
-                username: None,
-                reason: "it wants a user name and password (kiln login)".to_string(),
-            });
+        if let Some(token) = self.tokens.get(&host.registry, scope) {
+            if sent == Some(format!("Bearer {token}").as_str()) {
+                self.tokens.forget(&host.registry, scope);
+            }
         }
         if let Ok(mut challenges) = self.challenges.lock() {
             challenges.insert(host.registry.clone(), challenge);
@@ -362,18 +419,20 @@ impl Client {
             attempt += 1;
             let mut request = prepare(host.http.request(method.clone(), url.clone()));
             // Credentials go only to the registry itself.
-            if url.host_str() == host.base.host_str() && url.port() == host.base.port() {
-                if let Some(value) = self.authorization(host, scope)? {
-                    request = request.header(AUTHORIZATION, value);
-                }
+            let sent = if url.host_str() == host.base.host_str() && url.port() == host.base.port() {
+                self.authorization(host, scope).await?
+            } else {
+                None
+            };
+            if let Some(value) = &sent {
+                request = request.header(AUTHORIZATION, value.as_str());
             }
             match request.send().await {
                 Ok(response) => {
                     let status = response.status();
                     if status == StatusCode::UNAUTHORIZED && !authenticated {
                         authenticated = true;
-                        self.tokens.forget(&host.registry, scope);
-                        self.authenticate(host, &response, scope).await?;
+                        self.challenged(host, &response, scope, sent.as_deref())?;
                         attempt -= 1;
                         continue;
                     }
@@ -395,6 +454,9 @@ impl Client {
                         continue;
                     }
                     return Ok(response);
+                }
+                Err(error) if untrusted_certificate(&error) => {
+                    return Err(untrusted(&host.registry, &self.options.transport, &error));
                 }
                 Err(error) if retryable_error(&error) && attempt < attempts => {
                     tokio::time::sleep(self.options.retry.delay(attempt)).await;
@@ -566,14 +628,23 @@ impl Client {
         reference: &Reference,
         digest: &Digest,
     ) -> Result<Option<u64>, Error> {
+        self.blob_size(reference, digest, &repository_scope(reference, "pull"))
+            .await
+    }
+
+    async fn blob_size(
+        &self,
+        reference: &Reference,
+        digest: &Digest,
+        scope: &str,
+    ) -> Result<Option<u64>, Error> {
         let host = self.host(reference.registry()).await?;
         let url = Self::url(
             &host,
             &format!("v2/{}/blobs/{digest}", reference.repository()),
         )?;
-        let scope = repository_scope(reference, "pull");
         let response = self
-            .send(&host, &scope, Method::HEAD, &url, true, &|r| r)
+            .send(&host, scope, Method::HEAD, &url, true, &|r| r)
             .await?;
         match response.status() {
             StatusCode::NOT_FOUND => Ok(None),
@@ -745,10 +816,6 @@ impl Client {
         mount_from: Option<&Reference>,
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<Pushed, Error> {
-        if self.blob_exists(reference, digest).await?.is_some() {
-            progress(size);
-            return Ok(Pushed::Existed);
-        }
         let host = self.host(reference.registry()).await?;
         let mount_from = mount_from.filter(|from| {
             from.registry() == reference.registry() && from.repository() != reference.repository()
@@ -761,6 +828,11 @@ impl Client {
             ),
             None => repository_scope(reference, "pull,push"),
         };
+        // One scope (so one token) for the whole push, the check included.
+        if self.blob_size(reference, digest, &scope).await?.is_some() {
+            progress(size);
+            return Ok(Pushed::Existed);
+        }
         let mut failures = 0;
         loop {
             match self

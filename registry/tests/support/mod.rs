@@ -49,12 +49,12 @@ pub const TOKEN_SERVICE: &str = "kiln-test-registry";
 const TOKEN_ISSUER: &str = "kiln-test-issuer";
 
 /// How a test registry wants to be spoken to.
-pub enum Setup {
+pub enum Setup<'a> {
     Anonymous,
     /// htpasswd Basic auth over TLS; the CA is in `Registry::certs_dir`.
     BasicTls,
     /// Bearer tokens from the given issuer.
-    Token(TokenIssuer),
+    Token(&'a TokenIssuer),
 }
 
 /// A running `docker-registry`.
@@ -68,7 +68,7 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn start(setup: Setup) -> Registry {
+    pub fn start(setup: Setup<'_>) -> Registry {
         require_tool("docker-registry", "docker-registry");
         let dir = tempfile::tempdir().expect("registry directory");
         let port = free_port();

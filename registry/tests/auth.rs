@@ -1,0 +1,151 @@
+//! Authentication against real registries: Basic over TLS with a CA the
+//! test makes, and Bearer tokens from an issuer the test runs.
+
+mod support;
+
+use std::collections::HashMap;
+
+use kiln_registry::transfer;
+use support::{
+    client, docker_config_with_login, host_platform, runtime, store, test_image, Registry, Setup,
+    TokenIssuer, PASSWORD, USER,
+};
+
+#[test]
+fn basic_auth_over_tls_with_the_registrys_own_ca() {
+    let registry = Registry::start(Setup::BasicTls);
+    let logins = tempfile::tempdir().expect("tmp");
+    let config = docker_config_with_login(logins.path(), &registry.address, USER, PASSWORD);
+    let (_a, source) = store();
+    let image = test_image(&source, 50_000, 10);
+    let runtime = runtime();
+    let authorised = client(&registry.certs_dir, Some(&config));
+    let reference = registry.reference("private/app:1");
+    runtime
+        .block_on(transfer::push(
+            &authorised,
+            &source,
+            &image,
+            std::slice::from_ref(&reference),
+            &HashMap::new(),
+            2,
+            &|_, _| {},
+        ))
+        .expect("push with the login");
+    let (_b, target) = store();
+    let pulled = runtime
+        .block_on(transfer::pull(
+            &authorised,
+            &target,
+            &reference,
+            &host_platform(),
+            2,
+            &|_, _| {},
+        ))
+        .expect("pull with the login");
+    assert_eq!(pulled.manifest.digest, image);
+
+    // No login: the registry's demand is passed on with what to do.
+    let anonymous = client(&registry.certs_dir, None);
+    let err = runtime
+        .block_on(transfer::resolve(&anonymous, &reference, &host_platform()))
+        .expect_err("anonymous");
+    assert!(err.to_string().contains("kiln login"), "{err}");
+
+    // A wrong password is refused, and no secret appears in the message.
+    let wrong_dir = tempfile::tempdir().expect("tmp");
+    let wrong = docker_config_with_login(wrong_dir.path(), &registry.address, USER, "not-it-42");
+    let err = runtime
+        .block_on(transfer::resolve(
+            &client(&registry.certs_dir, Some(&wrong)),
+            &reference,
+            &host_platform(),
+        ))
+        .expect_err("wrong password");
+    let message = err.to_string();
+    assert!(
+        message.contains("refused the credentials of builder"),
+        "{message}"
+    );
+    assert!(!message.contains("not-it-42") && !message.contains(PASSWORD));
+
+    // Without its CA the registry's certificate is not trusted, and kiln
+    // does not fall back to plain HTTP.
+    let no_ca = tempfile::tempdir().expect("tmp");
+    let err = runtime
+        .block_on(transfer::resolve(
+            &client(no_ca.path(), Some(&config)),
+            &reference,
+            &host_platform(),
+        ))
+        .expect_err("untrusted");
+    assert!(
+        err.to_string().contains("ca.crt"),
+        "the error says where the CA goes: {err}"
+    );
+}
+
+#[test]
+fn bearer_tokens_per_scope_are_fetched_once_and_push_needs_a_login() {
+    let issuer = TokenIssuer::start();
+    let registry = Registry::start(Setup::Token(&issuer));
+    let (_a, source) = store();
+    let image = test_image(&source, 50_000, 11);
+    let runtime = runtime();
+    let reference = registry.reference("tokens/app:1");
+
+    let anonymous = client(&registry.certs_dir, None);
+    let err = runtime
+        .block_on(transfer::push(
+            &anonymous,
+            &source,
+            &image,
+            std::slice::from_ref(&reference),
+            &HashMap::new(),
+            2,
+            &|_, _| {},
+        ))
+        .expect_err("anonymous push");
+    assert!(err.to_string().contains("401"), "{err}");
+
+    let push_scope = "repository:tokens/app:pull,push";
+    let before = issuer.requests_for(push_scope);
+    let logins = tempfile::tempdir().expect("tmp");
+    let config = docker_config_with_login(logins.path(), &registry.address, USER, PASSWORD);
+    let authorised = client(&registry.certs_dir, Some(&config));
+    runtime
+        .block_on(transfer::push(
+            &authorised,
+            &source,
+            &image,
+            std::slice::from_ref(&reference),
+            &HashMap::new(),
+            2,
+            &|_, _| {},
+        ))
+        .expect("push with the login");
+    assert_eq!(
+        issuer.requests_for(push_scope) - before,
+        1,
+        "one token served the whole push (two blobs and the manifest)"
+    );
+
+    // Anyone may pull; the anonymous client gets a pull token of its own.
+    let (_b, target) = store();
+    let pulled = runtime
+        .block_on(transfer::pull(
+            &anonymous,
+            &target,
+            &reference,
+            &host_platform(),
+            2,
+            &|_, _| {},
+        ))
+        .expect("anonymous pull");
+    assert_eq!(pulled.manifest.digest, image);
+    assert_eq!(
+        issuer.requests_for("repository:tokens/app:pull"),
+        1,
+        "one pull token for the manifest and every blob"
+    );
+}
