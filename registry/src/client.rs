@@ -145,6 +145,17 @@ fn header(response: &Response, name: &str) -> Option<String> {
 
 /// The error a registry reports in its body (`{"errors":[{"message"}]}`).
 async fn status_error(method: &Method, url: &Url, response: Response) -> Error {
+    let (status, message) = registry_message(response).await;
+    Error::Status {
+        method: method.to_string(),
+        url: shown_url(url),
+        status,
+        message,
+    }
+}
+
+/// An error answer's status and what its body says about it.
+async fn registry_message(response: Response) -> (u16, String) {
     let status = response.status().as_u16();
     let body = response.bytes().await.unwrap_or_default();
     let message = serde_json::from_slice::<serde_json::Value>(&body)
@@ -163,12 +174,7 @@ async fn status_error(method: &Method, url: &Url, response: Response) -> Error {
             (!messages.is_empty()).then(|| messages.join("; "))
         })
         .unwrap_or_default();
-    Error::Status {
-        method: method.to_string(),
-        url: shown_url(url),
-        status,
-        message,
-    }
+    (status, message)
 }
 
 /// Whether a request failed because the server's certificate is not one we
@@ -442,6 +448,22 @@ impl Client {
                             registry: host.registry.clone(),
                             username: credential.and_then(|c| c.username().map(str::to_string)),
                             reason: format!("{method} {} answered 401", shown_url(url)),
+                        });
+                    }
+                    if retryable_status(status.as_u16()) && attempt >= attempts && repeatable {
+                        let (status, message) = registry_message(response).await;
+                        return Err(Error::Request {
+                            method: method.to_string(),
+                            url: shown_url(url),
+                            attempts: attempt,
+                            reason: format!(
+                                "the registry answered {status}{}",
+                                if message.is_empty() {
+                                    String::new()
+                                } else {
+                                    format!(": {message}")
+                                }
+                            ),
                         });
                     }
                     if retryable_status(status.as_u16()) && attempt < attempts {
@@ -855,8 +877,11 @@ impl Client {
         }
     }
 
-    /// One upload session, from its start: a session broken in the middle
-    /// is abandoned (the registry expires it) and a new one started.
+    /// One upload session: started (or mounted), fed in chunks or in one
+    /// go, closed with the digest. A request that fails in the middle is
+    /// followed by asking the registry how much it has, and the upload goes
+    /// on from there; a session that cannot go on is left to expire and the
+    /// caller starts another.
     #[allow(clippy::too_many_arguments)]
     async fn upload(
         &self,
@@ -893,57 +918,97 @@ impl Client {
         }
         let mut location = location_of(&response, &start)?;
         let mut offset = 0u64;
-        if size > self.options.chunk_size {
-            while offset < size {
-                let length = (size - offset).min(self.options.chunk_size);
-                let chunk_end = offset + length - 1;
-                let open_at = offset;
-                let response = self
-                    .send(host, scope, Method::PATCH, &location, false, &|r| {
-                        r.header(CONTENT_TYPE, "application/octet-stream")
-                            .header("Content-Range", format!("{open_at}-{chunk_end}"))
-                            .header(CONTENT_LENGTH, length.to_string())
-                            .body(file_body(path, open_at, length))
-                    })
-                    .await?;
-                if response.status() != StatusCode::ACCEPTED {
-                    return Err(status_error(&Method::PATCH, &location, response).await);
+        let mut failures = 0;
+        loop {
+            let remaining = size - offset;
+            let closing = remaining <= self.options.chunk_size;
+            let (method, url, expected) = if closing {
+                let mut finish = location.clone();
+                finish
+                    .query_pairs_mut()
+                    .append_pair("digest", &digest.to_string());
+                (Method::PUT, finish, StatusCode::CREATED)
+            } else {
+                (Method::PATCH, location.clone(), StatusCode::ACCEPTED)
+            };
+            let length = if closing {
+                remaining
+            } else {
+                self.options.chunk_size
+            };
+            let from = offset;
+            let result = self
+                .send(host, scope, method.clone(), &url, false, &|r| {
+                    let r = r
+                        .header(CONTENT_TYPE, "application/octet-stream")
+                        .header(CONTENT_LENGTH, length.to_string());
+                    if length == 0 {
+                        return r;
+                    }
+                    let r = if closing && from == 0 {
+                        r
+                    } else {
+                        r.header("Content-Range", format!("{from}-{}", from + length - 1))
+                    };
+                    r.body(file_body(path, from, length))
+                })
+                .await;
+            let failure = match result {
+                Ok(response) if response.status() == expected => {
+                    progress(length);
+                    if closing {
+                        return Ok(Pushed::Uploaded);
+                    }
+                    location = location_of(&response, &location)?;
+                    offset = uploaded_through(&response).unwrap_or(from + length);
+                    continue;
                 }
-                let next = location_of(&response, &location)?;
-                // The registry says how much it has: continue from there.
-                offset = header(&response, "range")
-                    .and_then(|r| {
-                        r.rsplit_once('-')
-                            .and_then(|(_, end)| end.parse::<u64>().ok())
-                    })
-                    .map_or(chunk_end + 1, |end| end + 1);
-                location = next;
-                progress(length);
+                Ok(response) if retryable_status(response.status().as_u16()) => {
+                    status_error(&method, &url, response).await
+                }
+                Ok(response) => return Err(status_error(&method, &url, response).await),
+                Err(error @ Error::Request { .. }) => error,
+                Err(error) => return Err(error),
+            };
+            failures += 1;
+            if failures >= self.options.retry.attempts {
+                return Err(failure);
             }
+            tokio::time::sleep(self.options.retry.delay(failures)).await;
+            // Where does the registry stand? Go on from what it has.
+            let (next, received) = self.upload_status(host, scope, &location).await?;
+            location = next;
+            offset = received;
         }
-        let mut finish = location.clone();
-        finish
-            .query_pairs_mut()
-            .append_pair("digest", &digest.to_string());
-        let remaining = size - offset;
-        let response = self
-            .send(host, scope, Method::PUT, &finish, false, &|r| {
-                let r = r
-                    .header(CONTENT_TYPE, "application/octet-stream")
-                    .header(CONTENT_LENGTH, remaining.to_string());
-                if remaining == 0 {
-                    r
-                } else {
-                    r.body(file_body(path, offset, remaining))
-                }
-            })
-            .await?;
-        if response.status() != StatusCode::CREATED {
-            return Err(status_error(&Method::PUT, &finish, response).await);
-        }
-        progress(remaining);
-        Ok(Pushed::Uploaded)
     }
+
+    /// How much of an upload the registry holds, and where it goes on.
+    async fn upload_status(
+        &self,
+        host: &Host,
+        scope: &str,
+        location: &Url,
+    ) -> Result<(Url, u64), Error> {
+        let response = self
+            .send(host, scope, Method::GET, location, true, &|r| r)
+            .await?;
+        if response.status() != StatusCode::NO_CONTENT {
+            return Err(status_error(&Method::GET, location, response).await);
+        }
+        let received = uploaded_through(&response).unwrap_or(0);
+        let next = location_of(&response, location).unwrap_or_else(|_| location.clone());
+        Ok((next, received))
+    }
+}
+
+/// The offset after what a registry says it has received (`Range: 0-N`).
+/// A registry that has nothing says `0-0`, as one that has one byte does;
+/// taking it as nothing at worst repeats a byte it then refuses, and the
+/// upload starts over.
+fn uploaded_through(response: &Response) -> Option<u64> {
+    let range = header(response, "range")?;
+    let end: u64 = range.rsplit_once('-')?.1.trim().parse().ok()?;
+    Some(if end == 0 { 0 } else { end + 1 })
 }
 
 enum Downloaded {

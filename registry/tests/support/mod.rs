@@ -538,6 +538,9 @@ pub struct Proxy {
 impl Proxy {
     pub fn start(upstream: &str, faults: Faults) -> Proxy {
         let upstream = format!("http://{upstream}");
+        // The proxy's own client only speaks HTTP, but reqwest wants a TLS
+        // provider to build one.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
@@ -625,10 +628,10 @@ async fn forward(
         request.method().clone(),
         format!("{upstream}{path_and_query}"),
     );
+    // Host goes along too: the registry builds upload URLs from it, which
+    // must lead back through the proxy.
     for (name, value) in request.headers() {
-        if name != "host" {
-            upstream_request = upstream_request.header(name, value);
-        }
+        upstream_request = upstream_request.header(name, value);
     }
     let cut_upload = is_upload
         && state
