@@ -936,8 +936,22 @@ impl Lowering<'_> {
             Err(_) => self.stage_by_name(name),
         };
         let Some(index) = index else {
+            // Pinned like a base image, so that the whole build reads one
+            // version of it.
+            let resolved = self
+                .images
+                .resolve(name, &stage.state.platform)
+                .map_err(|message| {
+                    source.error(
+                        ErrorKind::BaseImage {
+                            reference: name.to_string(),
+                            message,
+                        },
+                        pos,
+                    )
+                })?;
             return Ok(Source::Image {
-                reference: name.to_string(),
+                reference: resolved.reference,
             });
         };
         if index == current {

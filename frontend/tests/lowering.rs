@@ -273,8 +273,9 @@ fn copy_from_index_image_and_stage() {
         copies,
         [
             &Source::Stage { stage: 0 },
+            // Pinned to the digest the image resolved to, as FROM is.
             &Source::Image {
-                reference: "nginx:1.25".into()
+                reference: format!("nginx:1.25@sha256:{}", "0".repeat(64))
             }
         ]
     );
