@@ -6,10 +6,8 @@ mod support;
 use std::collections::HashMap;
 
 use kiln_registry::transfer;
-use support::{
-    client, docker_config_with_login, host_platform, runtime, store, test_image, Registry, Setup,
-    TokenIssuer, PASSWORD, USER,
-};
+use kiln_testkit::{runtime, Registry, Setup, TokenIssuer, PASSWORD, USER};
+use support::{client, docker_config_with_login, host_platform, reference, store, test_image};
 
 #[test]
 fn basic_auth_over_tls_with_the_registrys_own_ca() {
@@ -20,7 +18,7 @@ fn basic_auth_over_tls_with_the_registrys_own_ca() {
     let image = test_image(&source, 50_000, 10);
     let runtime = runtime();
     let authorised = client(&registry.certs_dir, Some(&config));
-    let reference = registry.reference("private/app:1");
+    let reference = reference(&registry, "private/app:1");
     runtime
         .block_on(transfer::push(
             &authorised,
@@ -92,7 +90,7 @@ fn bearer_tokens_per_scope_are_fetched_once_and_push_needs_a_login() {
     let (_a, source) = store();
     let image = test_image(&source, 50_000, 11);
     let runtime = runtime();
-    let reference = registry.reference("tokens/app:1");
+    let reference = reference(&registry, "tokens/app:1");
 
     let anonymous = client(&registry.certs_dir, None);
     let err = runtime

@@ -6,7 +6,8 @@ mod support;
 use std::collections::HashMap;
 
 use kiln_registry::{transfer, Pushed};
-use support::{client, client_with, host_platform, runtime, store, test_image, Registry, Setup};
+use kiln_testkit::{runtime, Registry, Setup};
+use support::{client, client_with, host_platform, reference, store, test_image};
 
 #[test]
 fn an_image_pushed_pulls_back_whole_and_only_missing_blobs_move() {
@@ -14,14 +15,14 @@ fn an_image_pushed_pulls_back_whole_and_only_missing_blobs_move() {
     let (_a, source) = store();
     let image = test_image(&source, 300_000, 1);
     let client = client(&registry.certs_dir, None);
-    let destination = registry.reference("team/app:1");
+    let destination = reference(&registry, "team/app:1");
     let runtime = runtime();
     let report = runtime
         .block_on(transfer::push(
             &client,
             &source,
             &image,
-            &[destination.clone(), registry.reference("team/app:latest")],
+            &[destination.clone(), reference(&registry, "team/app:latest")],
             &HashMap::new(),
             4,
             &|_, _| {},
@@ -36,7 +37,7 @@ fn an_image_pushed_pulls_back_whole_and_only_missing_blobs_move() {
             .block_on(transfer::pull(
                 &client,
                 &target,
-                &registry.reference(tag),
+                &reference(&registry, tag),
                 &host_platform(),
                 3,
                 &|_, _| {},
@@ -84,7 +85,7 @@ fn large_blobs_go_up_in_chunks_and_blobs_mount_across_repositories() {
         options.chunk_size = 256 * 1024;
     });
     let runtime = runtime();
-    let first = registry.reference("one/app:1");
+    let first = reference(&registry, "one/app:1");
     runtime
         .block_on(transfer::push(
             &chunked,
@@ -111,7 +112,7 @@ fn large_blobs_go_up_in_chunks_and_blobs_mount_across_repositories() {
             &chunked,
             &source,
             &image,
-            &[registry.reference("two/app:1")],
+            &[reference(&registry, "two/app:1")],
             &mounts,
             2,
             &|_, _| {},
@@ -127,7 +128,7 @@ fn large_blobs_go_up_in_chunks_and_blobs_mount_across_repositories() {
         .block_on(transfer::pull(
             &chunked,
             &target,
-            &registry.reference("two/app:1"),
+            &reference(&registry, "two/app:1"),
             &host_platform(),
             2,
             &|_, _| {},
@@ -147,7 +148,7 @@ fn missing_images_and_platforms_are_named() {
         .block_on(transfer::pull(
             &client,
             &target,
-            &registry.reference("nothing/here:1"),
+            &reference(&registry, "nothing/here:1"),
             &host_platform(),
             2,
             &|_, _| {},
@@ -170,7 +171,7 @@ fn an_index_gives_the_image_for_the_platform_asked() {
                 &client,
                 &source,
                 &image,
-                &[registry.reference(&format!("multi/app:{tag}"))],
+                &[reference(&registry, &format!("multi/app:{tag}"))],
                 &HashMap::new(),
                 2,
                 &|_, _| {},
@@ -199,7 +200,7 @@ fn an_index_gives_the_image_for_the_platform_asked() {
         bytes: bytes.into(),
         media_type: kiln_registry::client::OCI_INDEX.into(),
     };
-    let reference = registry.reference("multi/app:all");
+    let reference = reference(&registry, "multi/app:all");
     runtime
         .block_on(client.put_manifest(&reference, "all", &manifest))
         .expect("push index");

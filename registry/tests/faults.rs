@@ -7,9 +7,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use kiln_registry::transfer;
-use support::{
-    client, client_with, host_platform, runtime, store, test_image, Faults, Proxy, Registry, Setup,
-};
+use kiln_testkit::{runtime, Faults, Proxy, Registry, Setup};
+use support::{client, client_with, host_platform, reference, store, test_image};
 
 fn reference_via(proxy: &Proxy, name: &str) -> kiln_registry::Reference {
     kiln_registry::Reference::parse(&format!("{}/{name}", proxy.address)).expect("reference")
@@ -27,7 +26,7 @@ fn pulls_survive_503s_and_resume_broken_downloads() {
             &direct,
             &source,
             &image,
-            &[registry.reference("faulty/app:1")],
+            &[reference(&registry, "faulty/app:1")],
             &HashMap::new(),
             2,
             &|_, _| {},
@@ -114,7 +113,7 @@ fn pushes_survive_faults_and_the_manifest_comes_after_every_blob() {
         .block_on(transfer::pull(
             &client(&registry.certs_dir, None),
             &target,
-            &registry.reference("faulty/up:1"),
+            &reference(&registry, "faulty/up:1"),
             &host_platform(),
             2,
             &|_, _| {},
@@ -134,7 +133,7 @@ fn a_blob_that_does_not_match_its_digest_is_rejected() {
             &client(&registry.certs_dir, None),
             &source,
             &image,
-            &[registry.reference("corrupt/app:1")],
+            &[reference(&registry, "corrupt/app:1")],
             &HashMap::new(),
             2,
             &|_, _| {},
