@@ -14,6 +14,14 @@ pub struct Cli {
     /// The store directory (default: /var/lib/kiln for root, $XDG_DATA_HOME/kiln otherwise).
     #[arg(long, global = true, env = "KILN_ROOT", value_name = "DIR")]
     pub root: Option<PathBuf>,
+    /// A registry (`host[:port]`) that may be reached over plain HTTP, as
+    /// loopback ones may; may be repeated.
+    #[arg(long = "insecure-registry", global = true, value_name = "HOST")]
+    pub insecure_registries: Vec<String>,
+    /// Per-registry certificates: `DIR/HOST[:PORT]/*.crt` (CAs) and
+    /// `client.cert` with `client.key` (default: /etc/docker/certs.d).
+    #[arg(long = "cert-dir", global = true, value_name = "DIR")]
+    pub cert_dir: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -51,6 +59,42 @@ pub enum Command {
         /// `oci` (an OCI layout) or `docker` (the same plus Docker's manifest.json).
         #[arg(long, default_value = "docker")]
         format: String,
+    },
+    /// Fetch an image from its registry into the store.
+    Pull {
+        /// The image (`name[:tag]` or `name@sha256:...`).
+        image: String,
+        /// The platform to pull from a multi-platform image (`os/arch[/variant]`,
+        /// default: this machine's).
+        #[arg(long)]
+        platform: Option<String>,
+    },
+    /// Send an image of the store to a registry.
+    Push {
+        /// The image in the store.
+        image: String,
+        /// Where to push it (default: the image's own name).
+        destination: Option<String>,
+    },
+    /// Save credentials for a registry in Docker's config.json.
+    Login {
+        /// The registry (`host[:port]`; default: docker.io).
+        #[arg(default_value = "docker.io")]
+        server: String,
+        #[arg(short = 'u', long = "username")]
+        username: Option<String>,
+        /// The password (visible in the process list: prefer --password-stdin).
+        #[arg(short = 'p', long = "password", conflicts_with = "password_stdin")]
+        password: Option<String>,
+        /// Read the password from standard input.
+        #[arg(long = "password-stdin")]
+        password_stdin: bool,
+    },
+    /// Remove the credentials for a registry from Docker's config.json.
+    Logout {
+        /// The registry (`host[:port]`; default: docker.io).
+        #[arg(default_value = "docker.io")]
+        server: String,
     },
     /// Import the images of an OCI or Docker archive.
     Load {
@@ -97,6 +141,15 @@ pub struct BuildArgs {
     /// Layer compression: `gzip[:LEVEL]` (default), `zstd[:LEVEL]` or `uncompressed`.
     #[arg(long, default_value = "gzip")]
     pub compression: String,
+    /// Push the image to every `-t` name after building it.
+    #[arg(long)]
+    pub push: bool,
+    /// Look up base images in their registries even when the store has them.
+    #[arg(long)]
+    pub pull: bool,
+    /// Write the image's digests and pushed names to this file as JSON.
+    #[arg(long = "metadata-file", value_name = "FILE")]
+    pub metadata_file: Option<PathBuf>,
     /// Clamp file times in new layers to this time and use it as the image's
     /// creation time, for reproducible images (default: $SOURCE_DATE_EPOCH;
     /// empty means unset).

@@ -13,6 +13,7 @@ use crate::build::{Executor, Settings};
 use crate::cli::BuildArgs;
 use crate::dockerfile;
 use crate::image::{self, write_image, Format, StoreImages, StoredImage};
+use crate::remote::Remote;
 
 /// Where `kiln build` puts the result.
 #[derive(Debug, PartialEq, Eq)]
@@ -84,8 +85,16 @@ fn source_date_epoch(value: Option<&str>) -> anyhow::Result<Option<i64>> {
     }
 }
 
-pub fn build(store: &Store, args: &BuildArgs) -> anyhow::Result<()> {
+pub fn build(store: &Store, remote: &Remote, args: &BuildArgs) -> anyhow::Result<()> {
     let output = Output::parse(args.output.as_deref())?;
+    if args.push {
+        if !matches!(output, Output::Store) {
+            bail!("--push sends the image from the store to its registry: leave out --output");
+        }
+        if args.tags.is_empty() {
+            bail!("--push needs a name to push to (-t registry/repository:tag)");
+        }
+    }
     // BuildKit's docker exporter writes Docker media types unless told not to.
     let format = match (&args.format, &output) {
         (Some(format), _) => Format::parse(format)?,
@@ -104,7 +113,7 @@ pub fn build(store: &Store, args: &BuildArgs) -> anyhow::Result<()> {
         .map(|t| Reference::parse(t))
         .collect::<Result<Vec<_>, _>>()?;
     let _in_use = store.lock_shared()?;
-    let mut images = StoreImages { store };
+    let mut images = StoreImages::new(store, Some(remote), args.pull);
     let plan = dockerfile::load(&args.dockerfile, &args.labels, &args.allow, &mut images)?;
     if !rustix::process::geteuid().is_root() {
         bail!(
@@ -164,6 +173,12 @@ pub fn build(store: &Store, args: &BuildArgs) -> anyhow::Result<()> {
             store.set_name(Some(&tag.to_string()), &descriptor)?;
             eprintln!("naming to {tag}");
         }
+        if args.push {
+            remote.push(store, &digest, &tags)?;
+        }
+        if let Some(file) = &args.metadata_file {
+            write_metadata(store, file, &descriptor, &tags)?;
+        }
         println!("{digest}");
         return Ok(());
     };
@@ -184,6 +199,115 @@ pub fn build(store: &Store, args: &BuildArgs) -> anyhow::Result<()> {
         eprintln!("{digest}");
     } else {
         println!("{digest}");
+    }
+    Ok(())
+}
+
+/// `--metadata-file`: what BuildKit writes there, for the image built.
+fn write_metadata(
+    store: &Store,
+    file: &Path,
+    descriptor: &oci_spec::image::Descriptor,
+    names: &[Reference],
+) -> anyhow::Result<()> {
+    let digest: Digest = descriptor.digest().to_string().parse()?;
+    let image = StoredImage::read(store, &digest)?;
+    let metadata = serde_json::json!({
+        "containerimage.digest": digest.to_string(),
+        "containerimage.config.digest": image.config_digest.to_string(),
+        "containerimage.descriptor": {
+            "mediaType": descriptor.media_type().to_string(),
+            "digest": digest.to_string(),
+            "size": descriptor.size(),
+        },
+        "image.name": names.iter().map(Reference::to_string).collect::<Vec<_>>().join(","),
+    });
+    let mut bytes = serde_json::to_vec_pretty(&metadata)?;
+    bytes.push(b'\n');
+    archive::write_output(file, |out| {
+        out.write_all(&bytes)
+            .with_context(|| format!("writing {}", file.display()))
+    })
+}
+
+pub fn pull(
+    store: &Store,
+    remote: &Remote,
+    image: &str,
+    platform: Option<&str>,
+) -> anyhow::Result<()> {
+    let reference = Reference::parse(image)?;
+    let platform = match platform {
+        Some(text) => kiln_frontend::Platform::parse(text)
+            .map_err(|reason| anyhow::anyhow!("invalid --platform {text:?}: {reason}"))?,
+        None => kiln_frontend::Platform::host(),
+    };
+    let _in_use = store.lock_shared()?;
+    let digest = remote.pull(store, &reference, &platform)?;
+    println!("{digest}");
+    Ok(())
+}
+
+pub fn push(
+    store: &Store,
+    remote: &Remote,
+    image: &str,
+    destination: Option<&str>,
+) -> anyhow::Result<()> {
+    let _in_use = store.lock_shared()?;
+    let found = StoredImage::find(store, image)?;
+    let destination = match destination {
+        Some(destination) => Reference::parse(destination)?,
+        None => {
+            if image::image_id(store, image)?.is_some() {
+                bail!("an image given by ID needs a destination: kiln push {image} REGISTRY/REPOSITORY:TAG");
+            }
+            Reference::parse(image)?
+        }
+    };
+    remote.push(
+        store,
+        &found.manifest_digest,
+        std::slice::from_ref(&destination),
+    )?;
+    println!("{}", found.manifest_digest);
+    Ok(())
+}
+
+pub fn login(
+    remote: &Remote,
+    server: &str,
+    username: Option<String>,
+    password: Option<String>,
+    password_stdin: bool,
+) -> anyhow::Result<()> {
+    let registry = crate::remote::registry_of(server)?;
+    let username = username.context("give the user name with -u")?;
+    let password = match (password, password_stdin) {
+        (Some(password), _) => password,
+        (None, true) => {
+            let mut password = String::new();
+            std::io::stdin()
+                .read_line(&mut password)
+                .context("reading the password from standard input")?;
+            password.trim_end_matches(['\n', '\r']).to_string()
+        }
+        (None, false) => bail!("give the password with --password-stdin (or -p)"),
+    };
+    if password.is_empty() {
+        bail!("the password is empty");
+    }
+    remote.login(&registry, &username, &password)?;
+    println!("Login Succeeded");
+    Ok(())
+}
+
+pub fn logout(remote: &Remote, server: &str) -> anyhow::Result<()> {
+    let registry = crate::remote::registry_of(server)?;
+    if remote.logout(&registry)? {
+        println!("Removed the login for {registry}");
+    } else {
+        println!("Not logged in to {registry}");
     }
     Ok(())
 }

@@ -1,12 +1,16 @@
 //! Images: the configuration file (with the Docker fields the OCI types
 //! drop), manifests in OCI or Docker form, and images read from the store.
 
+use std::collections::HashMap;
+
 use anyhow::{bail, Context};
 use kiln_cache::store::canonical_json;
 use kiln_cache::{Digest, Store};
 use kiln_frontend::graph::ImageConfig;
 use kiln_frontend::{BaseImages, Platform, ResolvedImage};
 use kiln_registry::Reference;
+
+use crate::remote::Remote;
 use oci_spec::image::{Descriptor, ImageManifest, MediaType};
 use serde::{Deserialize, Serialize};
 
@@ -348,6 +352,11 @@ pub fn write_manifest(
         size,
         oci_digest(&digest)?,
     );
+    descriptor.set_platform(Some(platform_of(config)?));
+    Ok(descriptor)
+}
+
+fn platform_of(config: &ImageFile) -> anyhow::Result<oci_spec::image::Platform> {
     let mut platform = oci_spec::image::PlatformBuilder::default()
         .os(oci_spec::image::Os::from(config.os.as_str()))
         .architecture(oci_spec::image::Arch::from(config.architecture.as_str()))
@@ -356,34 +365,93 @@ pub fn write_manifest(
     if let Some(variant) = config.variant.as_ref().filter(|v| !v.is_empty()) {
         platform.set_variant(Some(variant.clone()));
     }
-    descriptor.set_platform(Some(platform));
+    Ok(platform)
+}
+
+/// The descriptor index.json gives an image manifest that is in the store.
+pub fn descriptor_of(store: &Store, digest: &Digest) -> anyhow::Result<Descriptor> {
+    let image = StoredImage::read(store, digest)?;
+    let size = store.read_blob(digest)?.len() as u64;
+    let media_type = image
+        .manifest
+        .media_type()
+        .clone()
+        .unwrap_or_else(|| MediaType::from(OCI_MANIFEST));
+    let mut descriptor = Descriptor::new(media_type, size, oci_digest(digest)?);
+    descriptor.set_platform(Some(platform_of(&image.config)?));
     Ok(descriptor)
 }
 
-/// Base images for the frontend, from the local store.
+/// Base images for the frontend: from the store, pulled from their
+/// registry when the store lacks them (or with `pull`, always looked up
+/// there), each reference once per build.
 pub struct StoreImages<'a> {
     pub store: &'a Store,
+    /// Where to pull from; none keeps to the store.
+    pub remote: Option<&'a Remote>,
+    /// Ask the registry even for images the store has (`--pull`).
+    pub pull: bool,
+    resolved: HashMap<(String, String), ResolvedImage>,
+}
+
+fn platform_matches(found: &Platform, wanted: &Platform) -> bool {
+    let variant_differs =
+        !found.variant.is_empty() && !wanted.variant.is_empty() && found.variant != wanted.variant;
+    found.os == wanted.os && found.architecture == wanted.architecture && !variant_differs
+}
+
+impl<'a> StoreImages<'a> {
+    pub fn new(store: &'a Store, remote: Option<&'a Remote>, pull: bool) -> Self {
+        StoreImages {
+            store,
+            remote,
+            pull,
+            resolved: HashMap::new(),
+        }
+    }
+
+    fn find(&self, reference: &str, platform: &Platform) -> anyhow::Result<StoredImage> {
+        let parsed = Reference::parse(reference)?;
+        // A digest names one image for good: no need to ask again.
+        let ask_registry = self.pull && parsed.digest().is_none();
+        if !ask_registry {
+            if let Ok(image) = StoredImage::find(self.store, reference) {
+                if platform_matches(&image.config.platform(), platform) || self.remote.is_none() {
+                    return Ok(image);
+                }
+            }
+        }
+        let Some(remote) = self.remote else {
+            return StoredImage::find(self.store, reference);
+        };
+        let digest = remote.pull(self.store, &parsed, platform)?;
+        StoredImage::read(self.store, &digest)
+    }
 }
 
 impl BaseImages for StoreImages<'_> {
     fn resolve(&mut self, reference: &str, platform: &Platform) -> Result<ResolvedImage, String> {
+        let key = (reference.to_string(), platform.to_string());
+        if let Some(resolved) = self.resolved.get(&key) {
+            return Ok(resolved.clone());
+        }
         let parsed = Reference::parse(reference).map_err(|e| e.to_string())?;
-        let image = StoredImage::find(self.store, reference).map_err(|e| format!("{e:#}"))?;
+        let image = self
+            .find(reference, platform)
+            .map_err(|e| format!("{e:#}"))?;
         let found = image.config.platform();
-        let variant_differs = !found.variant.is_empty()
-            && !platform.variant.is_empty()
-            && found.variant != platform.variant;
-        if found.os != platform.os || found.architecture != platform.architecture || variant_differs
-        {
+        if !platform_matches(&found, platform) {
             return Err(format!(
                 "the image in the store is for {found}, not {platform}"
             ));
         }
         let pinned = parsed.with_digest(&image.manifest_digest.to_string());
-        Ok(ResolvedImage {
+        let resolved = ResolvedImage {
             reference: pinned.to_string(),
             config: image.config.config,
-        })
+        };
+        self.resolved.insert(key, resolved.clone());
+        Ok(resolved)
     }
 }
 
@@ -395,7 +463,7 @@ pub struct StoreOrUnknownImages<'a> {
 
 impl BaseImages for StoreOrUnknownImages<'_> {
     fn resolve(&mut self, reference: &str, platform: &Platform) -> Result<ResolvedImage, String> {
-        StoreImages { store: self.store }
+        StoreImages::new(self.store, None, false)
             .resolve(reference, platform)
             .or_else(|_| {
                 Ok(ResolvedImage {

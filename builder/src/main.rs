@@ -11,6 +11,7 @@ mod commands;
 mod copy;
 mod dockerfile;
 mod image;
+mod remote;
 mod users;
 
 use std::io::Write;
@@ -61,6 +62,10 @@ fn open_store(root: Option<PathBuf>) -> anyhow::Result<Store> {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    let remote = remote::Remote::new(&remote::RegistrySettings {
+        insecure: cli.insecure_registries.clone(),
+        certs_dir: cli.cert_dir.clone(),
+    });
     match cli.command {
         Command::Debug(DebugCommand::Graph(args)) => {
             let store = open_store(cli.root)?;
@@ -71,7 +76,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             writeln!(stdout)?;
             Ok(())
         }
-        Command::Build(args) => commands::build(&open_store(cli.root)?, &args),
+        Command::Build(args) => commands::build(&open_store(cli.root)?, &remote, &args),
+        Command::Pull { image, platform } => {
+            commands::pull(&open_store(cli.root)?, &remote, &image, platform.as_deref())
+        }
+        Command::Push { image, destination } => commands::push(
+            &open_store(cli.root)?,
+            &remote,
+            &image,
+            destination.as_deref(),
+        ),
+        Command::Login {
+            server,
+            username,
+            password,
+            password_stdin,
+        } => commands::login(&remote, &server, username, password, password_stdin),
+        Command::Logout { server } => commands::logout(&remote, &server),
         Command::Images => commands::images(&open_store(cli.root)?),
         Command::Inspect { image } => commands::inspect(&open_store(cli.root)?, &image),
         Command::Tag { source, target } => commands::tag(&open_store(cli.root)?, &source, &target),

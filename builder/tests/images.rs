@@ -186,10 +186,6 @@ fn copy_errors_name_the_problem() {
         ),
         ("FROM scratch\nRUN echo hi\n", "RUN needs the build sandbox"),
         (
-            "FROM not-loaded:1\nCOPY a /\n",
-            "image not-loaded:1 is not in the store",
-        ),
-        (
             "FROM scratch\nCOPY --chown=app a /\n",
             "cannot find user \"app\": the image has no /etc/passwd",
         ),

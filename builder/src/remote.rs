@@ -1,0 +1,264 @@
+//! The registry side of kiln's commands: pulling images into the store,
+//! pushing them out, logging in. The client and its runtime are made on
+//! first use, so that builds that need no registry never start one.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use anyhow::{bail, Context};
+use kiln_cache::{Digest, Store};
+use kiln_registry::transfer::{self, manifest_blobs};
+use kiln_registry::{Client, ClientOptions, Credential, DockerConfig, Pushed, Reference};
+
+use crate::image::StoredImage;
+
+/// Blobs moved at once, each way.
+const PARALLEL_TRANSFERS: usize = 4;
+
+/// Registry settings from the command line.
+#[derive(Debug, Clone, Default)]
+pub struct RegistrySettings {
+    /// Registries (`host[:port]`) that may be spoken to over plain HTTP.
+    pub insecure: Vec<String>,
+    /// Docker's per-registry certificate directory (default
+    /// /etc/docker/certs.d).
+    pub certs_dir: Option<PathBuf>,
+}
+
+pub struct Remote {
+    options: ClientOptions,
+    connected: OnceLock<(tokio::runtime::Runtime, Client)>,
+}
+
+fn platform_of(platform: &kiln_frontend::Platform) -> transfer::Platform {
+    transfer::Platform {
+        os: platform.os.clone(),
+        architecture: platform.architecture.clone(),
+        variant: platform.variant.clone(),
+    }
+}
+
+fn human_bytes(bytes: u64) -> String {
+    let mut value = bytes as f64;
+    for unit in ["B", "kB", "MB", "GB"] {
+        if value < 1000.0 {
+            return format!("{value:.1} {unit}");
+        }
+        value /= 1000.0;
+    }
+    format!("{value:.1} TB")
+}
+
+impl Remote {
+    pub fn new(settings: &RegistrySettings) -> Remote {
+        let mut options = ClientOptions::default();
+        options.transport.insecure_registries = settings.insecure.clone();
+        if let Some(dir) = &settings.certs_dir {
+            options.transport.certs_dir = dir.clone();
+        }
+        Remote {
+            options,
+            connected: OnceLock::new(),
+        }
+    }
+
+    fn connect(&self) -> anyhow::Result<&(tokio::runtime::Runtime, Client)> {
+        if let Some(connected) = self.connected.get() {
+            return Ok(connected);
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("starting the network runtime")?;
+        let client = Client::new(self.options.clone())?;
+        let _ = self.connected.set((runtime, client));
+        self.connected
+            .get()
+            .context("the registry client disappeared")
+    }
+
+    /// Pulls `reference` for `platform` into the store and names it there
+    /// (a reference by digest stays unnamed); returns the manifest digest.
+    pub fn pull(
+        &self,
+        store: &Store,
+        reference: &Reference,
+        platform: &kiln_frontend::Platform,
+    ) -> anyhow::Result<Digest> {
+        let (runtime, client) = self.connect()?;
+        eprintln!("pulling {}", reference.familiar());
+        let pulled = runtime
+            .block_on(transfer::pull(
+                client,
+                store,
+                reference,
+                &platform_of(platform),
+                PARALLEL_TRANSFERS,
+                &|_, _| {},
+            ))
+            .with_context(|| format!("pulling {}", reference.familiar()))?;
+        let digest = pulled.manifest.digest;
+        let image = StoredImage::read(store, &digest)?;
+        let found = image.config.platform();
+        if found.os != platform.os || found.architecture != platform.architecture {
+            bail!(
+                "{} is an image for {found}, not {platform}",
+                reference.familiar()
+            );
+        }
+        let descriptor = crate::image::descriptor_of(store, &digest)?;
+        if reference.digest().is_none() {
+            store.set_name(Some(&reference.to_string()), &descriptor)?;
+        } else {
+            store.set_name(None, &descriptor)?;
+        }
+        eprintln!(
+            "pulled {} ({digest}): {} blob(s) fetched, {}",
+            reference.familiar(),
+            pulled.fetched,
+            human_bytes(pulled.fetched_bytes)
+        );
+        Ok(digest)
+    }
+
+    /// Pushes the image whose manifest is `manifest` to every destination,
+    /// grouped by repository.
+    pub fn push(
+        &self,
+        store: &Store,
+        manifest: &Digest,
+        destinations: &[Reference],
+    ) -> anyhow::Result<()> {
+        let (runtime, client) = self.connect()?;
+        let mut by_repository: Vec<(String, Vec<Reference>)> = Vec::new();
+        for destination in destinations {
+            let name = destination.name();
+            match by_repository.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, group)) => group.push(destination.clone()),
+                None => by_repository.push((name, vec![destination.clone()])),
+            }
+        }
+        for (name, group) in by_repository {
+            let mounts = mount_sources(store, &group[0])?;
+            let report = runtime
+                .block_on(transfer::push(
+                    client,
+                    store,
+                    manifest,
+                    &group,
+                    &mounts,
+                    PARALLEL_TRANSFERS,
+                    &|_, _| {},
+                ))
+                .with_context(|| format!("pushing to {name}"))?;
+            let count = |kind: Pushed| report.blobs.iter().filter(|(_, _, p)| *p == kind).count();
+            let uploaded: u64 = report
+                .blobs
+                .iter()
+                .filter(|(_, _, p)| *p == Pushed::Uploaded)
+                .map(|(_, size, _)| size)
+                .sum();
+            for destination in &group {
+                eprintln!("pushed {}@{manifest}", destination.familiar());
+            }
+            eprintln!(
+                "  {} blob(s) uploaded ({}), {} mounted, {} already there",
+                count(Pushed::Uploaded),
+                human_bytes(uploaded),
+                count(Pushed::Mounted),
+                count(Pushed::Existed)
+            );
+        }
+        Ok(())
+    }
+
+    /// Checks the credentials against the registry and saves them in
+    /// Docker's config.json.
+    pub fn login(&self, registry: &str, username: &str, password: &str) -> anyhow::Result<()> {
+        let (runtime, client) = self.connect()?;
+        client.set_credential(
+            registry,
+            Some(Credential::Basic {
+                username: username.to_string(),
+                password: password.to_string(),
+            }),
+        );
+        runtime
+            .block_on(client.check_login(registry))
+            .with_context(|| format!("logging in to {registry}"))?;
+        let mut config = docker_config()?;
+        config.store(registry, username, password)?;
+        Ok(())
+    }
+
+    /// Forgets the credentials for `registry`; returns whether there were
+    /// any.
+    pub fn logout(&self, registry: &str) -> anyhow::Result<bool> {
+        Ok(docker_config()?.erase(registry)?)
+    }
+}
+
+fn docker_config() -> anyhow::Result<DockerConfig> {
+    let path = DockerConfig::default_path()
+        .context("neither DOCKER_CONFIG nor HOME is set: no place for credentials")?;
+    Ok(DockerConfig::load(&path)?)
+}
+
+/// Where each blob of the images in the store can be mounted from on
+/// `destination`'s registry: other repositories there that the store's
+/// images came from or went to.
+fn mount_sources(
+    store: &Store,
+    destination: &Reference,
+) -> anyhow::Result<HashMap<Digest, Reference>> {
+    let mut sources = HashMap::new();
+    for entry in store.images()? {
+        let Some(name) = entry.name else { continue };
+        let Ok(reference) = Reference::parse(&name) else {
+            continue;
+        };
+        if reference.registry() != destination.registry()
+            || reference.repository() == destination.repository()
+        {
+            continue;
+        }
+        let Ok(digest) = entry.manifest.digest().to_string().parse::<Digest>() else {
+            continue;
+        };
+        let Ok(bytes) = store.read_blob(&digest) else {
+            continue;
+        };
+        let manifest = kiln_registry::Manifest {
+            bytes: bytes.into(),
+            media_type: String::new(),
+            digest,
+        };
+        if let Ok((config, layers)) = manifest_blobs(&manifest) {
+            for blob in std::iter::once(config).chain(layers) {
+                sources
+                    .entry(blob.digest)
+                    .or_insert_with(|| reference.clone());
+            }
+        }
+    }
+    Ok(sources)
+}
+
+/// The registry of a `kiln login`/`logout` argument, which may be written
+/// as Docker writes it: `docker.io`, `https://index.docker.io/v1/`,
+/// `localhost:5000`.
+pub fn registry_of(server: &str) -> anyhow::Result<String> {
+    let host = server
+        .strip_prefix("https://")
+        .or_else(|| server.strip_prefix("http://"))
+        .unwrap_or(server);
+    let host = host.split('/').next().unwrap_or(host);
+    if host.is_empty() {
+        bail!("invalid registry {server:?}");
+    }
+    Ok(match host {
+        "index.docker.io" | "registry-1.docker.io" => "docker.io".to_string(),
+        other => other.to_string(),
+    })
+}
