@@ -39,6 +39,9 @@ fn free_port() -> u16 {
 pub const USER: &str = "builder";
 pub const PASSWORD: &str = "s3cret-Pa55word";
 pub const TOKEN_SERVICE: &str = "kiln-test-registry";
+/// The identity (refresh) token the test issuer accepts in place of
+/// `USER` and `PASSWORD`.
+pub const REFRESH_TOKEN: &str = "kiln-test-refresh-token";
 const TOKEN_ISSUER: &str = "kiln-test-issuer";
 
 /// How a test registry wants to be spoken to.
@@ -294,7 +297,7 @@ impl TokenIssuer {
             let signer = signer.clone();
             let x5c = x5c.clone();
             let counted = counted.clone();
-            async move { issue_token(&request, &signer, &x5c, &counted) }
+            async move { issue_token(request, &signer, &x5c, &counted).await }
         });
         TokenIssuer {
             address: server.address.clone(),
@@ -312,30 +315,54 @@ impl TokenIssuer {
     }
 }
 
-fn issue_token(
-    request: &Request<Incoming>,
+async fn issue_token(
+    request: Request<Incoming>,
     signer: &ring::signature::EcdsaKeyPair,
     x5c: &str,
     requests: &Mutex<HashMap<String, usize>>,
 ) -> Response<Body> {
-    let query = request.uri().query().unwrap_or("");
-    let scopes: Vec<String> = url::form_urlencoded::parse(query.as_bytes())
-        .filter(|(k, _)| k == "scope")
-        .map(|(_, v)| v.into_owned())
-        .collect();
-    if let Ok(mut counts) = requests.lock() {
-        *counts.entry(scopes.join(" ")).or_default() += 1;
-    }
     let expected = format!(
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"))
     );
-    let authorised = request
+    let basic = request
         .headers()
         .get("authorization")
         .and_then(|v| v.to_str().ok())
-        == Some(expected.as_str());
-    if request.headers().contains_key("authorization") && !authorised {
+        .map(str::to_string);
+    // GET with scopes in the query (Basic credentials), or the OAuth2 POST
+    // of a refresh token (an identity token) with scopes in the form.
+    let (scopes, refresh_token) = if request.method() == hyper::Method::POST {
+        let body = request
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let form: Vec<(String, String)> = url::form_urlencoded::parse(&body)
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        let field = |name: &str| form.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        let scopes = field("scope")
+            .map(|s| s.split(' ').map(str::to_string).collect())
+            .unwrap_or_default();
+        (scopes, field("refresh_token"))
+    } else {
+        let query = request.uri().query().unwrap_or("");
+        let scopes: Vec<String> = url::form_urlencoded::parse(query.as_bytes())
+            .filter(|(k, _)| k == "scope")
+            .map(|(_, v)| v.into_owned())
+            .collect();
+        (scopes, None)
+    };
+    if let Ok(mut counts) = requests.lock() {
+        *counts.entry(scopes.join(" ")).or_default() += 1;
+    }
+    let authorised = match &refresh_token {
+        Some(token) => token == REFRESH_TOKEN,
+        None => basic.as_deref() == Some(expected.as_str()),
+    };
+    if (basic.is_some() || refresh_token.is_some()) && !authorised {
         return Response::builder()
             .status(401)
             .body(full("wrong credentials"))

@@ -1,0 +1,90 @@
+//! Credentials from `docker-credential-*` helpers and identity tokens, as
+//! Docker's config.json names them. One test per binary: the helper is
+//! found through PATH, which the test changes.
+
+mod support;
+
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
+
+use kiln_registry::transfer;
+use kiln_testkit::{runtime, Registry, Setup, TokenIssuer, PASSWORD, REFRESH_TOKEN, USER};
+use support::{client, reference, store, test_image};
+
+#[test]
+fn credential_helpers_and_identity_tokens_authorise_a_push() {
+    let issuer = TokenIssuer::start();
+    let registry = Registry::start(Setup::Token(&issuer));
+    let helpers = tempfile::tempdir().expect("tmp");
+    // A helper as Docker's protocol has them: `get` reads the server on
+    // stdin and answers JSON; it keeps a log of what it was asked.
+    let log = helpers.path().join("asked");
+    let script = format!(
+        "#!/bin/sh\nread server\necho \"$1 $server\" >> {}\nif [ \"$server\" = \"{}\" ]; then\n  printf '{{\"ServerURL\":\"%s\",\"Username\":\"{USER}\",\"Secret\":\"{PASSWORD}\"}}' \"$server\"\nelse\n  echo 'credentials not found in native keychain'; exit 1\nfi\n",
+        log.display(),
+        registry.address
+    );
+    let helper = helpers.path().join("docker-credential-kilntest");
+    std::fs::write(&helper, script).expect("helper");
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let path = format!(
+        "{}:{}",
+        helpers.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    // Safe here: this test binary runs this one test, on one thread, before
+    // anything reads the environment.
+    unsafe { std::env::set_var("PATH", path) };
+    let configs = tempfile::tempdir().expect("tmp");
+    let with_helper = configs.path().join("helper.json");
+    std::fs::write(
+        &with_helper,
+        serde_json::to_vec(
+            &serde_json::json!({"credHelpers": {registry.address.clone(): "kilntest"}}),
+        )
+        .expect("json"),
+    )
+    .expect("config");
+    let (_a, source) = store();
+    let image = test_image(&source, 20_000, 30);
+    let runtime = runtime();
+    runtime
+        .block_on(transfer::push(
+            &client(&registry.certs_dir, Some(&with_helper)),
+            &source,
+            &image,
+            &[reference(&registry, "helped/app:1")],
+            &HashMap::new(),
+            2,
+            &|_, _| {},
+        ))
+        .expect("push with the helper's credentials");
+    let asked = std::fs::read_to_string(&log).expect("the helper was asked");
+    assert!(
+        asked.contains(&format!("get {}", registry.address)),
+        "{asked}"
+    );
+
+    // An identity token (what `docker login` keeps for some registries) is
+    // exchanged for access tokens with the OAuth2 refresh-token grant.
+    let with_token = configs.path().join("token.json");
+    std::fs::write(
+        &with_token,
+        serde_json::to_vec(
+            &serde_json::json!({"auths": {registry.address.clone(): {"identitytoken": REFRESH_TOKEN}}}),
+        )
+        .expect("json"),
+    )
+    .expect("config");
+    runtime
+        .block_on(transfer::push(
+            &client(&registry.certs_dir, Some(&with_token)),
+            &source,
+            &image,
+            &[reference(&registry, "tokened/app:1")],
+            &HashMap::new(),
+            2,
+            &|_, _| {},
+        ))
+        .expect("push with the identity token");
+}
