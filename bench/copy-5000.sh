@@ -33,7 +33,7 @@ sync
 # Milliseconds a command takes.
 milliseconds() {
     start=$(date +%s%N)
-    "$@" > /dev/null 2>&1
+    "$@" > /dev/null 2>&1 || { echo "failed: $*" >&2; exit 1; }
     end=$(date +%s%N)
     echo $(( (end - start) / 1000000 ))
 }
