@@ -265,6 +265,14 @@ pub fn push(
             Reference::parse(image)?
         }
     };
+    if let Some(digest) = destination.digest() {
+        if digest != found.manifest_digest.to_string() {
+            bail!(
+                "{image} is {}, not the {digest} the destination names",
+                found.manifest_digest
+            );
+        }
+    }
     remote.push(
         store,
         &found.manifest_digest,

@@ -160,7 +160,10 @@ impl Remote {
                 .map(|(_, size, _)| size)
                 .sum();
             for destination in &group {
-                eprintln!("pushed {}@{manifest}", destination.familiar());
+                eprintln!(
+                    "pushed {}",
+                    destination.with_digest(&manifest.to_string()).familiar()
+                );
             }
             eprintln!(
                 "  {} blob(s) uploaded ({}), {} mounted, {} already there",

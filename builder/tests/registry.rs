@@ -296,3 +296,49 @@ fn a_base_image_the_registry_does_not_have_is_named() {
     );
     assert!(stderr.contains("/Dockerfile:1:6"), "{stderr}");
 }
+
+#[test]
+fn an_insecure_registry_is_reached_without_its_ca() {
+    require_root();
+    let registry = Registry::start(Setup::BasicTls);
+    let logins = tempfile::tempdir().expect("tmp");
+    let no_certs = tempfile::tempdir().expect("tmp");
+    let kiln = Kiln::new();
+    let login = |extra: &[&str]| {
+        let mut command = kiln.command();
+        command
+            .env("DOCKER_CONFIG", logins.path())
+            .args(["--cert-dir", no_certs.path().to_str().expect("utf-8")])
+            .args(extra)
+            .args(["login", "-u", USER, "-p", PASSWORD, &registry.address]);
+        command.output().expect("kiln runs")
+    };
+    let refused = login(&[]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("ca.crt"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let accepted = login(&["--insecure-registry", &registry.address]);
+    assert!(
+        accepted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&accepted.stderr)
+    );
+}
+
+#[test]
+fn pushing_to_a_digest_checks_it() {
+    require_root();
+    let registry = Registry::start(Setup::Anonymous);
+    let kiln = Kiln::new();
+    kiln.busybox();
+    let wrong = format!(
+        "{}@sha256:{}",
+        registry.name("pinned/busybox"),
+        "0".repeat(64)
+    );
+    let stderr = kiln.fails(&["push", "busybox", &wrong]);
+    assert!(stderr.contains("not the sha256:000"), "{stderr}");
+}

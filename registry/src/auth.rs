@@ -139,9 +139,10 @@ pub(crate) async fn fetch_token(
     credential: Option<&Credential>,
 ) -> Result<(String, Duration), Error> {
     let scopes: Vec<&str> = scope.split(' ').filter(|s| !s.is_empty()).collect();
+    let what = refused_what(registry, credential);
     let realm_url = url::Url::parse(realm).map_err(|e| Error::Unauthorized {
         registry: registry.to_string(),
-        username: None,
+        what: what.clone(),
         reason: format!("its token service {realm:?} is not a URL: {e}"),
     })?;
     let request = match credential {
@@ -201,7 +202,7 @@ pub(crate) async fn fetch_token(
     if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
         return Err(Error::Unauthorized {
             registry: registry.to_string(),
-            username: credential.and_then(|c| c.username().map(str::to_string)),
+            what: what.clone(),
             reason: format!("the token service at {shown} answered {status}"),
         });
     }
@@ -227,7 +228,7 @@ pub(crate) async fn fetch_token(
     })?;
     let answer: Answer = serde_json::from_slice(&body).map_err(|e| Error::Unauthorized {
         registry: registry.to_string(),
-        username: None,
+        what: what.clone(),
         reason: format!("the token service at {shown} sent no token: {e}"),
     })?;
     let token = answer
@@ -236,7 +237,7 @@ pub(crate) async fn fetch_token(
         .filter(|t| !t.is_empty())
         .ok_or_else(|| Error::Unauthorized {
             registry: registry.to_string(),
-            username: None,
+            what: what.clone(),
             reason: format!("the token service at {shown} sent an empty token"),
         })?;
     let lifetime = answer
@@ -244,6 +245,15 @@ pub(crate) async fn fetch_token(
         .map(Duration::from_secs)
         .unwrap_or(DEFAULT_TOKEN_LIFETIME);
     Ok((token, lifetime))
+}
+
+/// What a registry refuses when it refuses `credential`.
+pub(crate) fn refused_what(registry: &str, credential: Option<&Credential>) -> String {
+    match credential {
+        Some(Credential::Basic { username, .. }) => format!("the credentials of {username}"),
+        Some(Credential::IdentityToken { .. }) => "the identity token".to_string(),
+        None => format!("access without credentials (kiln login {registry})"),
+    }
 }
 
 fn urlencode(value: &str) -> String {

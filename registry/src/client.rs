@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use kiln_cache::{Digest, Store};
@@ -14,7 +15,7 @@ use url::Url;
 
 use crate::auth::{self, Challenge, TokenCache};
 use crate::credentials::{Credential, DockerConfig};
-use crate::error::Error;
+use crate::error::{detail, Error};
 use crate::reference::Reference;
 use crate::retry::{retryable_status, RetryPolicy};
 use crate::transport::{self, TransportOptions};
@@ -99,15 +100,88 @@ pub struct Client {
     credentials: Mutex<HashMap<String, Option<Credential>>>,
     challenges: Mutex<HashMap<String, Challenge>>,
     tokens: TokenCache,
-    token_fetch: tokio::sync::Mutex<()>,
+    token_fetch: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
-/// A URL as it may be shown: without user information.
+/// A URL as it may be shown: without user information, and without its
+/// query, which for storage behind a registry holds signatures and for
+/// uploads the registry's state.
 pub(crate) fn shown_url(url: &Url) -> String {
     let mut shown = url.clone();
     let _ = shown.set_username("");
     let _ = shown.set_password(None);
+    shown.set_query(None);
     shown.to_string()
+}
+
+/// Whether `url` is the registry itself (same scheme, host and port), the
+/// only place credentials may go.
+fn same_origin(url: &Url, base: &Url) -> bool {
+    url.scheme() == base.scheme()
+        && url.host_str() == base.host_str()
+        && url.port_or_known_default() == base.port_or_known_default()
+}
+
+/// When a request last moved: bytes of its body went out, or it began.
+/// A request that does not move for the stall timeout is given up on,
+/// however long it has taken as a whole.
+#[derive(Clone)]
+pub(crate) struct Progress {
+    started: std::time::Instant,
+    last: Arc<std::sync::atomic::AtomicU64>,
+    body_sent: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Once a body is all sent, the answer may wait until the network has
+/// carried what the socket buffers still hold: on a slow link that takes a
+/// while, with no sign of progress, so the wait may be this many times the
+/// stall timeout.
+const DRAIN_FACTOR: u32 = 5;
+
+impl Progress {
+    fn new() -> Progress {
+        Progress {
+            started: std::time::Instant::now(),
+            last: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            body_sent: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        }
+    }
+
+    pub(crate) fn touch(&self) {
+        let now = self.started.elapsed().as_millis() as u64;
+        self.last.store(now, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(crate) fn body_sent(&self) {
+        self.touch();
+        self.body_sent
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Returns once nothing has moved for `limit` (longer once the body is
+    /// sent).
+    async fn stalled(&self, limit: Duration) {
+        let step = (limit / 4).max(Duration::from_millis(20));
+        loop {
+            tokio::time::sleep(step).await;
+            let last = Duration::from_millis(self.last.load(std::sync::atomic::Ordering::Relaxed));
+            let allowed = if self.body_sent.load(std::sync::atomic::Ordering::Relaxed) {
+                limit * DRAIN_FACTOR
+            } else {
+                limit
+            };
+            if self.started.elapsed().saturating_sub(last) >= allowed {
+                return;
+            }
+        }
+    }
+}
+
+/// How a request ended, before it is judged.
+enum Sent {
+    Answer(Response),
+    Failed(reqwest::Error),
+    Stalled,
 }
 
 /// A reqwest error with its causes, which it does not print itself.
@@ -232,7 +306,7 @@ impl Client {
             credentials: Mutex::new(HashMap::new()),
             challenges: Mutex::new(HashMap::new()),
             tokens: TokenCache::default(),
-            token_fetch: tokio::sync::Mutex::new(()),
+            token_fetch: Mutex::new(HashMap::new()),
         })
     }
 
@@ -341,22 +415,46 @@ impl Client {
                 if let Some(token) = self.tokens.get(&host.registry, scope) {
                     return Ok(Some(format!("Bearer {token}")));
                 }
-                // One fetch per registry and scope, however many requests
-                // want it at once.
-                let _fetching = self.token_fetch.lock().await;
+                // One fetch per registry, however many requests want a
+                // token at once.
+                let lock = self
+                    .token_fetch
+                    .lock()
+                    .map(|mut locks| locks.entry(host.registry.clone()).or_default().clone())
+                    .unwrap_or_default();
+                let _fetching = lock.lock().await;
                 if let Some(token) = self.tokens.get(&host.registry, scope) {
                     return Ok(Some(format!("Bearer {token}")));
                 }
                 let credential = self.credential(&host.registry)?;
-                let (token, lifetime) = auth::fetch_token(
-                    &host.http,
-                    &host.registry,
-                    &realm,
-                    service.as_deref(),
-                    scope,
-                    credential.as_ref(),
-                )
-                .await?;
+                let mut attempt = 0;
+                let (token, lifetime) = loop {
+                    attempt += 1;
+                    match auth::fetch_token(
+                        &host.http,
+                        &host.registry,
+                        &realm,
+                        service.as_deref(),
+                        scope,
+                        credential.as_ref(),
+                    )
+                    .await
+                    {
+                        Ok(token) => break token,
+                        // A token service that is down for a moment is
+                        // waited for like the registry.
+                        Err(Error::Request { .. }) if attempt < self.options.retry.attempts => {
+                            tokio::time::sleep(self.options.retry.delay(attempt)).await;
+                        }
+                        Err(Error::Status { status, .. })
+                            if retryable_status(status)
+                                && attempt < self.options.retry.attempts =>
+                        {
+                            tokio::time::sleep(self.options.retry.delay(attempt)).await;
+                        }
+                        Err(error) => return Err(error),
+                    }
+                };
                 self.tokens
                     .put(&host.registry, scope, token.clone(), lifetime);
                 Ok(Some(format!("Bearer {token}")))
@@ -367,8 +465,8 @@ impl Client {
                 }
                 _ => Err(Error::Unauthorized {
                     registry: host.registry.clone(),
-                    username: None,
-                    reason: "it wants a user name and password (kiln login)".to_string(),
+                    what: auth::refused_what(&host.registry, None),
+                    reason: "it wants a user name and password".to_string(),
                 }),
             },
             None => Ok(None),
@@ -387,7 +485,7 @@ impl Client {
         let header = header(response, "www-authenticate").unwrap_or_default();
         let challenge = auth::parse_challenge(&header).ok_or_else(|| Error::Unauthorized {
             registry: host.registry.clone(),
-            username: None,
+            what: "the request".to_string(),
             reason: format!("it asks for an authentication kiln does not know: {header:?}"),
         })?;
         if let Some(token) = self.tokens.get(&host.registry, scope) {
@@ -401,10 +499,12 @@ impl Client {
         Ok(())
     }
 
-    /// Sends a request, authenticating when asked to and trying again (up
-    /// to the policy's attempts) on failures and answers that may pass.
-    /// `prepare` adds headers and body, afresh for every try. A request that
-    /// is not safe to repeat gets one try.
+    /// Sends a request, authenticating when asked to, following redirects
+    /// (credentials only ever go to the registry itself), and trying again
+    /// (up to the policy's attempts) on failures and answers that may pass.
+    /// `prepare` adds headers and body, afresh for every try, and touches
+    /// the progress as body bytes go out. A request that is not safe to
+    /// repeat gets one try.
     async fn send(
         &self,
         host: &Host,
@@ -412,20 +512,26 @@ impl Client {
         method: Method,
         url: &Url,
         repeatable: bool,
-        prepare: &(dyn Fn(reqwest::RequestBuilder) -> reqwest::RequestBuilder + Sync),
+        prepare: &(dyn Fn(reqwest::RequestBuilder, &Progress) -> reqwest::RequestBuilder + Sync),
     ) -> Result<Response, Error> {
         let attempts = if repeatable {
             self.options.retry.attempts.max(1)
         } else {
             1
         };
+        let stall = self.options.transport.stall_timeout;
         let mut attempt = 0;
         let mut authenticated = false;
+        let mut redirects = 0;
+        let mut current = url.clone();
         loop {
             attempt += 1;
-            let mut request = prepare(host.http.request(method.clone(), url.clone()));
-            // Credentials go only to the registry itself.
-            let sent = if url.host_str() == host.base.host_str() && url.port() == host.base.port() {
+            let progress = Progress::new();
+            let mut request = prepare(
+                host.http.request(method.clone(), current.clone()),
+                &progress,
+            );
+            let sent = if same_origin(&current, &host.base) {
                 self.authorization(host, scope).await?
             } else {
                 None
@@ -433,9 +539,37 @@ impl Client {
             if let Some(value) = &sent {
                 request = request.header(AUTHORIZATION, value.as_str());
             }
-            match request.send().await {
-                Ok(response) => {
+            let outcome = tokio::select! {
+                result = request.send() => match result {
+                    Ok(response) => Sent::Answer(response),
+                    Err(error) => Sent::Failed(error),
+                },
+                () = progress.stalled(stall) => Sent::Stalled,
+            };
+            let failure = match outcome {
+                Sent::Answer(response) => {
                     let status = response.status();
+                    if status.is_redirection() {
+                        if let Some(location) = header(&response, "location") {
+                            redirects += 1;
+                            if redirects > MAX_REDIRECTS {
+                                return Err(Error::Status {
+                                    method: method.to_string(),
+                                    url: shown_url(url),
+                                    status: status.as_u16(),
+                                    message: "too many redirects".to_string(),
+                                });
+                            }
+                            current = current.join(&location).map_err(|e| Error::Status {
+                                method: method.to_string(),
+                                url: shown_url(&current),
+                                status: status.as_u16(),
+                                message: format!("a redirect to an invalid URL: {e}"),
+                            })?;
+                            attempt -= 1;
+                            continue;
+                        }
+                    }
                     if status == StatusCode::UNAUTHORIZED && !authenticated {
                         authenticated = true;
                         self.challenged(host, &response, scope, sent.as_deref())?;
@@ -443,30 +577,19 @@ impl Client {
                         continue;
                     }
                     if status == StatusCode::UNAUTHORIZED {
-                        let credential = self.credential(&host.registry)?;
-                        return Err(Error::Unauthorized {
-                            registry: host.registry.clone(),
-                            username: credential.and_then(|c| c.username().map(str::to_string)),
-                            reason: format!("{method} {} answered 401", shown_url(url)),
-                        });
+                        let (_, message) = registry_message(response).await;
+                        return Err(self.refused(host, &method, &current, &message));
                     }
-                    if retryable_status(status.as_u16()) && attempt >= attempts && repeatable {
+                    if !retryable_status(status.as_u16()) {
+                        return Ok(response);
+                    }
+                    if attempt >= attempts {
+                        if !repeatable {
+                            return Ok(response);
+                        }
                         let (status, message) = registry_message(response).await;
-                        return Err(Error::Request {
-                            method: method.to_string(),
-                            url: shown_url(url),
-                            attempts: attempt,
-                            reason: format!(
-                                "the registry answered {status}{}",
-                                if message.is_empty() {
-                                    String::new()
-                                } else {
-                                    format!(": {message}")
-                                }
-                            ),
-                        });
-                    }
-                    if retryable_status(status.as_u16()) && attempt < attempts {
+                        format!("the registry answered {status}{}", detail(&message))
+                    } else {
                         let wait = self
                             .options
                             .retry
@@ -475,23 +598,46 @@ impl Client {
                         tokio::time::sleep(wait).await;
                         continue;
                     }
-                    return Ok(response);
                 }
-                Err(error) if untrusted_certificate(&error) => {
+                Sent::Failed(error) if untrusted_certificate(&error) => {
                     return Err(untrusted(&host.registry, &self.options.transport, &error));
                 }
-                Err(error) if retryable_error(&error) && attempt < attempts => {
-                    tokio::time::sleep(self.options.retry.delay(attempt)).await;
-                }
-                Err(error) => {
+                Sent::Failed(error) if !retryable_error(&error) => {
                     return Err(Error::Request {
                         method: method.to_string(),
-                        url: shown_url(url),
+                        url: shown_url(&current),
                         attempts: attempt,
                         reason: describe(&error),
                     })
                 }
+                Sent::Failed(error) => describe(&error),
+                Sent::Stalled => format!("timed out: nothing moved for {} s", stall.as_secs_f32()),
+            };
+            if attempt < attempts {
+                tokio::time::sleep(self.options.retry.delay(attempt)).await;
+                continue;
             }
+            return Err(Error::Request {
+                method: method.to_string(),
+                url: shown_url(&current),
+                attempts: attempt,
+                reason: failure,
+            });
+        }
+    }
+
+    /// The registry said no (401) although it got what it asked for.
+    fn refused(&self, host: &Host, method: &Method, url: &Url, message: &str) -> Error {
+        let credential = self.credential(&host.registry).ok().flatten();
+        let what = auth::refused_what(&host.registry, credential.as_ref());
+        Error::Unauthorized {
+            registry: host.registry.clone(),
+            what,
+            reason: format!(
+                "{method} {} answered 401{}",
+                shown_url(url),
+                detail(message)
+            ),
         }
     }
 
@@ -508,7 +654,7 @@ impl Client {
         let host = self.host(registry).await?;
         let url = Self::url(&host, "v2/")?;
         let response = self
-            .send(&host, "", Method::GET, &url, true, &|r| r)
+            .send(&host, "", Method::GET, &url, true, &|r, _| r)
             .await?;
         if response.status().is_success() {
             return Ok(());
@@ -530,7 +676,7 @@ impl Client {
         )?;
         let scope = repository_scope(reference, "pull");
         let response = self
-            .send(&host, &scope, Method::HEAD, &url, true, &|r| {
+            .send(&host, &scope, Method::HEAD, &url, true, &|r, _| {
                 r.header(ACCEPT, MANIFEST_TYPES.join(", "))
             })
             .await?;
@@ -555,6 +701,18 @@ impl Client {
         reference: &Reference,
         target: &str,
     ) -> Result<Manifest, Error> {
+        // A digest kiln cannot compute is one it cannot check.
+        let pinned = match target.split_once(':') {
+            Some(_) => Some(
+                target
+                    .parse::<Digest>()
+                    .map_err(|_| Error::InvalidManifest {
+                        reference: reference.with_target(target).to_string(),
+                        reason: "kiln checks sha256 digests only".to_string(),
+                    })?,
+            ),
+            None => None,
+        };
         let host = self.host(reference.registry()).await?;
         let url = Self::url(
             &host,
@@ -562,7 +720,7 @@ impl Client {
         )?;
         let scope = repository_scope(reference, "pull");
         let response = self
-            .send(&host, &scope, Method::GET, &url, true, &|r| {
+            .send(&host, &scope, Method::GET, &url, true, &|r, _| {
                 r.header(ACCEPT, MANIFEST_TYPES.join(", "))
             })
             .await?;
@@ -577,9 +735,15 @@ impl Client {
         let header_digest =
             header(&response, "docker-content-digest").and_then(|d| d.parse::<Digest>().ok());
         let content_type = header(&response, "content-type").unwrap_or_default();
-        let bytes = read_limited(response, MAX_MANIFEST_SIZE, &url).await?;
+        let bytes = read_limited(
+            response,
+            MAX_MANIFEST_SIZE,
+            &url,
+            self.options.transport.stall_timeout,
+        )
+        .await?;
         let digest = Digest::of(&bytes);
-        let expected = target.parse::<Digest>().ok().or(header_digest);
+        let expected = pinned.or(header_digest);
         if let Some(expected) = expected {
             if expected != digest {
                 return Err(Error::DigestMismatch {
@@ -621,7 +785,7 @@ impl Client {
         let body = manifest.bytes.clone();
         let media_type = manifest.media_type.clone();
         let response = self
-            .send(&host, &scope, Method::PUT, &url, true, &|r| {
+            .send(&host, &scope, Method::PUT, &url, true, &|r, _| {
                 r.header(CONTENT_TYPE, media_type.as_str())
                     .body(body.clone())
             })
@@ -666,7 +830,7 @@ impl Client {
             &format!("v2/{}/blobs/{digest}", reference.repository()),
         )?;
         let response = self
-            .send(&host, scope, Method::HEAD, &url, true, &|r| r)
+            .send(&host, scope, Method::HEAD, &url, true, &|r, _| r)
             .await?;
         match response.status() {
             StatusCode::NOT_FOUND => Ok(None),
@@ -697,26 +861,24 @@ impl Client {
         )?;
         let scope = repository_scope(reference, "pull");
         let mut writer = store.blob_writer()?;
-        let mut failures = 0;
+        let mut breaks = 0;
         loop {
-            let offset = writer.written();
             match self
-                .download(&host, &scope, &url, offset, &mut writer, progress)
+                .download(&host, &scope, &url, (digest, size), &mut writer, progress)
                 .await
             {
                 Ok(Downloaded::Complete) => break,
                 Ok(Downloaded::Restart) => {
                     writer = store.blob_writer()?;
                 }
-                Err(error) => {
-                    failures += 1;
-                    let retryable = matches!(&error, Error::Request { .. })
-                        || matches!(&error, Error::Status { status, .. } if retryable_status(*status));
-                    if !retryable || failures >= self.options.retry.attempts {
+                Err(Interrupted::Broken(error)) => {
+                    breaks += 1;
+                    if breaks >= self.options.retry.attempts {
                         return Err(error);
                     }
-                    tokio::time::sleep(self.options.retry.delay(failures)).await;
+                    tokio::time::sleep(self.options.retry.delay(breaks)).await;
                 }
+                Err(Interrupted::Fatal(error)) => return Err(error),
             }
         }
         let written = writer.written();
@@ -743,60 +905,40 @@ impl Client {
         Ok(())
     }
 
-    /// One try at the rest of a blob from `offset`.
+    /// One try at the rest of a blob (its digest and size, when known),
+    /// from what `writer` holds.
     async fn download(
         &self,
         host: &Host,
         scope: &str,
         url: &Url,
-        offset: u64,
+        (digest, size): (&Digest, Option<u64>),
         writer: &mut kiln_cache::store::BlobWriter,
         progress: &(dyn Fn(u64) + Sync),
-    ) -> Result<Downloaded, Error> {
+    ) -> Result<Downloaded, Interrupted> {
+        let offset = writer.written();
+        if size == Some(offset) && offset > 0 {
+            return Ok(Downloaded::Complete);
+        }
         let range = (offset > 0).then(|| format!("bytes={offset}-"));
-        let prepare = |r: reqwest::RequestBuilder| match &range {
+        let prepare = |r: reqwest::RequestBuilder, _: &Progress| match &range {
             Some(range) => r.header("Range", range.as_str()),
             None => r,
         };
         let mut response = self
             .send(host, scope, Method::GET, url, true, &prepare)
-            .await?;
-        let mut redirects = 0;
-        let mut current = url.clone();
-        while response.status().is_redirection() {
-            redirects += 1;
-            let location = header(&response, "location").ok_or_else(|| Error::Status {
-                method: "GET".to_string(),
-                url: shown_url(&current),
-                status: response.status().as_u16(),
-                message: "a redirect without a Location".to_string(),
-            })?;
-            if redirects > MAX_REDIRECTS {
-                return Err(Error::Status {
-                    method: "GET".to_string(),
-                    url: shown_url(&current),
-                    status: response.status().as_u16(),
-                    message: "too many redirects".to_string(),
-                });
-            }
-            current = current.join(&location).map_err(|e| Error::Status {
-                method: "GET".to_string(),
-                url: shown_url(&current),
-                status: response.status().as_u16(),
-                message: format!("an invalid Location: {e}"),
-            })?;
-            response = self
-                .send(host, scope, Method::GET, &current, true, &prepare)
-                .await?;
-        }
+            .await
+            .map_err(Interrupted::Fatal)?;
         let status = response.status();
         if status == StatusCode::NOT_FOUND {
-            return Err(Error::NotFound {
+            return Err(Interrupted::Fatal(Error::NotFound {
                 reference: shown_url(url),
-            });
+            }));
         }
         if !status.is_success() {
-            return Err(status_error(&Method::GET, &current, response).await);
+            return Err(Interrupted::Fatal(
+                status_error(&Method::GET, url, response).await,
+            ));
         }
         if offset > 0 {
             let resumed = status == StatusCode::PARTIAL_CONTENT
@@ -806,24 +948,48 @@ impl Client {
                 return Ok(Downloaded::Restart);
             }
         }
+        let stall = self.options.transport.stall_timeout;
         loop {
-            match response.chunk().await {
-                Ok(Some(chunk)) => {
-                    writer
-                        .write_all(&chunk)
-                        .map_err(|e| Error::io(store_tmp_hint(), e))?;
-                    progress(chunk.len() as u64);
-                }
-                Ok(None) => return Ok(Downloaded::Complete),
-                Err(error) => {
-                    return Err(Error::Request {
+            let chunk = match tokio::time::timeout(stall, response.chunk()).await {
+                Ok(Ok(Some(chunk))) => chunk,
+                Ok(Ok(None)) => return Ok(Downloaded::Complete),
+                Ok(Err(error)) => {
+                    return Err(Interrupted::Broken(Error::Request {
                         method: "GET".to_string(),
-                        url: shown_url(&current),
+                        url: shown_url(url),
                         attempts: 1,
                         reason: describe(&error),
-                    })
+                    }))
+                }
+                Err(_) => {
+                    return Err(Interrupted::Broken(Error::Request {
+                        method: "GET".to_string(),
+                        url: shown_url(url),
+                        attempts: 1,
+                        reason: format!(
+                            "timed out: nothing received for {} s",
+                            stall.as_secs_f32()
+                        ),
+                    }))
+                }
+            };
+            if let Some(size) = size {
+                // A registry that sends more than the manifest says does not
+                // get to fill the disk.
+                if writer.written() + chunk.len() as u64 > size {
+                    return Err(Interrupted::Fatal(Error::SizeMismatch {
+                        what: "blob",
+                        url: shown_url(url),
+                        digest: *digest,
+                        expected: size,
+                        actual: writer.written() + chunk.len() as u64,
+                    }));
                 }
             }
+            writer
+                .write_all(&chunk)
+                .map_err(|e| Interrupted::Fatal(Error::io(store_tmp(), e)))?;
+            progress(chunk.len() as u64);
         }
     }
 
@@ -842,6 +1008,7 @@ impl Client {
         let mount_from = mount_from.filter(|from| {
             from.registry() == reference.registry() && from.repository() != reference.repository()
         });
+        // One scope (so one token) for the whole push, the check included.
         let scope = match mount_from {
             Some(from) => format!(
                 "{} {}",
@@ -850,108 +1017,116 @@ impl Client {
             ),
             None => repository_scope(reference, "pull,push"),
         };
-        // One scope (so one token) for the whole push, the check included.
         if self.blob_size(reference, digest, &scope).await?.is_some() {
             progress(size);
             return Ok(Pushed::Existed);
         }
-        let mut failures = 0;
+        let mut sessions = 0;
         loop {
-            match self
-                .upload(
-                    &host, &scope, reference, digest, size, path, mount_from, progress,
-                )
-                .await
-            {
+            let upload = Upload {
+                host: &host,
+                scope: &scope,
+                reference,
+                digest,
+                size,
+                path,
+            };
+            match self.upload(&upload, mount_from, progress).await {
                 Ok(pushed) => return Ok(pushed),
-                Err(error) => {
-                    failures += 1;
-                    let retryable = matches!(&error, Error::Request { .. })
-                        || matches!(&error, Error::Status { status, .. } if retryable_status(*status));
-                    if !retryable || failures >= self.options.retry.attempts {
+                Err(Interrupted::Broken(error)) => {
+                    sessions += 1;
+                    if sessions >= self.options.retry.attempts {
                         return Err(error);
                     }
-                    tokio::time::sleep(self.options.retry.delay(failures)).await;
+                    tokio::time::sleep(self.options.retry.delay(sessions)).await;
                 }
+                Err(Interrupted::Fatal(error)) => return Err(error),
             }
         }
     }
 
     /// One upload session: started (or mounted), fed in chunks or in one
-    /// go, closed with the digest. A request that fails in the middle is
-    /// followed by asking the registry how much it has, and the upload goes
-    /// on from there; a session that cannot go on is left to expire and the
-    /// caller starts another.
-    #[allow(clippy::too_many_arguments)]
+    /// go, closed with the digest. A chunk that fails is followed by asking
+    /// the registry how much it has, and the upload goes on from there; a
+    /// session the registry no longer knows is `Broken`, for the caller to
+    /// start another.
     async fn upload(
         &self,
-        host: &Host,
-        scope: &str,
-        reference: &Reference,
-        digest: &Digest,
-        size: u64,
-        path: &Path,
+        upload: &Upload<'_>,
         mount_from: Option<&Reference>,
         progress: &(dyn Fn(u64) + Sync),
-    ) -> Result<Pushed, Error> {
+    ) -> Result<Pushed, Interrupted> {
+        let host = upload.host;
         let mut start = Self::url(
             host,
-            &format!("v2/{}/blobs/uploads/", reference.repository()),
-        )?;
+            &format!("v2/{}/blobs/uploads/", upload.reference.repository()),
+        )
+        .map_err(Interrupted::Fatal)?;
         if let Some(from) = mount_from {
             start
                 .query_pairs_mut()
-                .append_pair("mount", &digest.to_string())
+                .append_pair("mount", &upload.digest.to_string())
                 .append_pair("from", from.repository());
         }
         let response = self
-            .send(host, scope, Method::POST, &start, true, &|r| {
+            .send(host, upload.scope, Method::POST, &start, true, &|r, _| {
                 r.header(CONTENT_LENGTH, "0")
             })
-            .await?;
+            .await
+            .map_err(Interrupted::Fatal)?;
         if mount_from.is_some() && response.status() == StatusCode::CREATED {
-            progress(size);
+            progress(upload.size);
             return Ok(Pushed::Mounted);
         }
         if response.status() != StatusCode::ACCEPTED {
-            return Err(status_error(&Method::POST, &start, response).await);
+            return Err(Interrupted::Fatal(
+                status_error(&Method::POST, &start, response).await,
+            ));
         }
-        let mut location = location_of(&response, &start)?;
+        let mut location = location_of(&response, &start).map_err(Interrupted::Fatal)?;
         let mut offset = 0u64;
         let mut failures = 0;
         loop {
-            let remaining = size - offset;
+            let remaining = upload.size - offset;
             let closing = remaining <= self.options.chunk_size;
-            let (method, url, expected) = if closing {
-                let mut finish = location.clone();
-                finish
-                    .query_pairs_mut()
-                    .append_pair("digest", &digest.to_string());
-                (Method::PUT, finish, StatusCode::CREATED)
-            } else {
-                (Method::PATCH, location.clone(), StatusCode::ACCEPTED)
-            };
             let length = if closing {
                 remaining
             } else {
                 self.options.chunk_size
             };
+            let (method, url, expected) = if closing {
+                let mut finish = location.clone();
+                finish
+                    .query_pairs_mut()
+                    .append_pair("digest", &upload.digest.to_string());
+                (Method::PUT, finish, StatusCode::CREATED)
+            } else {
+                (Method::PATCH, location.clone(), StatusCode::ACCEPTED)
+            };
             let from = offset;
+            let path = upload.path;
             let result = self
-                .send(host, scope, method.clone(), &url, false, &|r| {
-                    let r = r
-                        .header(CONTENT_TYPE, "application/octet-stream")
-                        .header(CONTENT_LENGTH, length.to_string());
-                    if length == 0 {
-                        return r;
-                    }
-                    let r = if closing && from == 0 {
-                        r
-                    } else {
-                        r.header("Content-Range", format!("{from}-{}", from + length - 1))
-                    };
-                    r.body(file_body(path, from, length))
-                })
+                .send(
+                    host,
+                    upload.scope,
+                    method.clone(),
+                    &url,
+                    false,
+                    &|r, moved| {
+                        let r = r
+                            .header(CONTENT_TYPE, "application/octet-stream")
+                            .header(CONTENT_LENGTH, length.to_string());
+                        if length == 0 {
+                            return r;
+                        }
+                        let r = if closing && from == 0 {
+                            r
+                        } else {
+                            r.header("Content-Range", format!("{from}-{}", from + length - 1))
+                        };
+                        r.body(file_body(path, from, length, moved.clone()))
+                    },
+                )
                 .await;
             let failure = match result {
                 Ok(response) if response.status() == expected => {
@@ -959,26 +1134,49 @@ impl Client {
                     if closing {
                         return Ok(Pushed::Uploaded);
                     }
-                    location = location_of(&response, &location)?;
+                    location = location_of(&response, &location).map_err(Interrupted::Fatal)?;
                     offset = uploaded_through(&response).unwrap_or(from + length);
                     continue;
                 }
                 Ok(response) if retryable_status(response.status().as_u16()) => {
                     status_error(&method, &url, response).await
                 }
-                Ok(response) => return Err(status_error(&method, &url, response).await),
+                Ok(response) => {
+                    return Err(Interrupted::Fatal(
+                        status_error(&method, &url, response).await,
+                    ))
+                }
                 Err(error @ Error::Request { .. }) => error,
-                Err(error) => return Err(error),
+                Err(error) => return Err(Interrupted::Fatal(error)),
             };
             failures += 1;
             if failures >= self.options.retry.attempts {
-                return Err(failure);
+                return Err(Interrupted::Fatal(failure));
             }
             tokio::time::sleep(self.options.retry.delay(failures)).await;
             // Where does the registry stand? Go on from what it has.
-            let (next, received) = self.upload_status(host, scope, &location).await?;
-            location = next;
-            offset = received;
+            match self.upload_status(host, upload.scope, &location).await {
+                Ok((next, received)) => {
+                    location = next;
+                    offset = received;
+                }
+                Err(Error::Status { status: 404, .. }) => {
+                    // The session is gone: after the closing request, because
+                    // it went through and only its answer was lost.
+                    return match self
+                        .blob_size(upload.reference, upload.digest, upload.scope)
+                        .await
+                    {
+                        Ok(Some(_)) if closing => {
+                            progress(length);
+                            Ok(Pushed::Uploaded)
+                        }
+                        Ok(_) => Err(Interrupted::Broken(failure)),
+                        Err(error) => Err(Interrupted::Fatal(error)),
+                    };
+                }
+                Err(error) => return Err(Interrupted::Fatal(error)),
+            }
         }
     }
 
@@ -990,7 +1188,7 @@ impl Client {
         location: &Url,
     ) -> Result<(Url, u64), Error> {
         let response = self
-            .send(host, scope, Method::GET, location, true, &|r| r)
+            .send(host, scope, Method::GET, location, true, &|r, _| r)
             .await?;
         if response.status() != StatusCode::NO_CONTENT {
             return Err(status_error(&Method::GET, location, response).await);
@@ -999,6 +1197,25 @@ impl Client {
         let next = location_of(&response, location).unwrap_or_else(|_| location.clone());
         Ok((next, received))
     }
+}
+
+/// The blob an upload session sends, and where.
+struct Upload<'a> {
+    host: &'a Host,
+    scope: &'a str,
+    reference: &'a Reference,
+    digest: &'a Digest,
+    size: u64,
+    path: &'a Path,
+}
+
+/// Why a transfer stopped short.
+enum Interrupted {
+    /// In the middle, in a way another try (from where it stopped, or a
+    /// new session) may get past.
+    Broken(Error),
+    /// For good, or after the request's own tries.
+    Fatal(Error),
 }
 
 /// The offset after what a registry says it has received (`Range: 0-N`).
@@ -1017,7 +1234,8 @@ enum Downloaded {
     Restart,
 }
 
-fn store_tmp_hint() -> &'static Path {
+/// Where downloads are written, for errors that name a path.
+fn store_tmp() -> &'static Path {
     Path::new("the store's tmp/ directory")
 }
 
@@ -1037,9 +1255,10 @@ fn location_of(response: &Response, request: &Url) -> Result<Url, Error> {
     })
 }
 
-/// `length` bytes of the file at `path` from `offset`, streamed.
-fn file_body(path: &Path, offset: u64, length: u64) -> reqwest::Body {
-    use futures_util::TryStreamExt;
+/// `length` bytes of the file at `path` from `offset`, streamed, each
+/// piece marking progress.
+fn file_body(path: &Path, offset: u64, length: u64, progress: Progress) -> reqwest::Body {
+    use futures_util::{StreamExt, TryStreamExt};
     use tokio::io::{AsyncReadExt, AsyncSeekExt};
     let path = path.to_path_buf();
     let stream = futures_util::stream::once(async move {
@@ -1051,6 +1270,13 @@ fn file_body(path: &Path, offset: u64, length: u64) -> reqwest::Body {
         ))
     })
     .try_flatten();
+    let touched = progress.clone();
+    let stream = stream
+        .inspect(move |_| touched.touch())
+        .chain(futures_util::stream::poll_fn(move |_| {
+            progress.body_sent();
+            std::task::Poll::Ready(None)
+        }));
     reqwest::Body::wrap_stream(stream)
 }
 
@@ -1077,10 +1303,24 @@ pub(crate) fn manifest_media_type(bytes: &[u8], content_type: &str) -> Option<St
     }
 }
 
-async fn read_limited(mut response: Response, limit: usize, url: &Url) -> Result<Bytes, Error> {
+/// A small body, read whole, of at most `limit` bytes.
+async fn read_limited(
+    mut response: Response,
+    limit: usize,
+    url: &Url,
+    stall: Duration,
+) -> Result<Bytes, Error> {
     let mut body = Vec::new();
     loop {
-        match response.chunk().await {
+        let Ok(next) = tokio::time::timeout(stall, response.chunk()).await else {
+            return Err(Error::Request {
+                method: "GET".to_string(),
+                url: shown_url(url),
+                attempts: 1,
+                reason: format!("timed out: nothing received for {} s", stall.as_secs_f32()),
+            });
+        };
+        match next {
             Ok(Some(chunk)) => {
                 if body.len() + chunk.len() > limit {
                     return Err(Error::InvalidManifest {

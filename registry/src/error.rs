@@ -30,10 +30,12 @@ pub enum Error {
         message: String,
     },
 
-    #[error("{registry} refused the credentials{}: {reason}", user(.username))]
+    /// `what` says what was refused: "the credentials of NAME", "the
+    /// identity token", "access without credentials (kiln login HOST)".
+    #[error("{registry} refused {what}: {reason}")]
     Unauthorized {
         registry: String,
-        username: Option<String>,
+        what: String,
         reason: String,
     },
 
@@ -91,18 +93,11 @@ pub enum Error {
     },
 }
 
-fn detail(message: &str) -> String {
+pub(crate) fn detail(message: &str) -> String {
     if message.is_empty() {
         String::new()
     } else {
         format!(": {message}")
-    }
-}
-
-fn user(username: &Option<String>) -> String {
-    match username {
-        Some(name) => format!(" of {name}"),
-        None => String::new(),
     }
 }
 

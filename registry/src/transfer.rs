@@ -109,17 +109,61 @@ pub async fn resolve(
     reference: &Reference,
     platform: &Platform,
 ) -> Result<Manifest, Error> {
+    Ok(resolve_in(client, None, reference, platform).await?.0)
+}
+
+/// A manifest by tag or digest, from the store when it has the digest the
+/// registry names (a HEAD instead of a GET, which registries count against
+/// pull limits), from the registry otherwise.
+async fn manifest(
+    client: &Client,
+    store: Option<&Store>,
+    reference: &Reference,
+    target: &str,
+) -> Result<Manifest, Error> {
+    if let Some(store) = store {
+        let known = match target.parse::<Digest>() {
+            Ok(digest) => Some(digest),
+            // A registry that fails the HEAD may still answer the GET.
+            Err(_) => client
+                .head_manifest(reference, target)
+                .await
+                .ok()
+                .flatten()
+                .map(|(digest, _, _)| digest),
+        };
+        if let Some(digest) = known.filter(|d| store.has_blob(d)) {
+            let bytes = store.read_blob(&digest)?;
+            if let Some(media_type) = manifest_media_type(&bytes, "") {
+                return Ok(Manifest {
+                    bytes: bytes.into(),
+                    media_type,
+                    digest,
+                });
+            }
+        }
+    }
+    client.get_manifest(reference, target).await
+}
+
+/// The image manifest for `platform`, and the index it came from.
+async fn resolve_in(
+    client: &Client,
+    store: Option<&Store>,
+    reference: &Reference,
+    platform: &Platform,
+) -> Result<(Manifest, Option<Manifest>), Error> {
     let target = reference
         .digest()
         .or(reference.tag())
         .unwrap_or("latest")
         .to_string();
-    let manifest = client.get_manifest(reference, &target).await?;
-    if !manifest.is_index() {
-        return Ok(manifest);
+    let top = manifest(client, store, reference, &target).await?;
+    if !top.is_index() {
+        return Ok((top, None));
     }
     let index: serde_json::Value =
-        serde_json::from_slice(&manifest.bytes).map_err(|e| Error::InvalidManifest {
+        serde_json::from_slice(&top.bytes).map_err(|e| Error::InvalidManifest {
             reference: reference.to_string(),
             reason: format!("its index is not JSON: {e}"),
         })?;
@@ -148,14 +192,14 @@ pub async fn resolve(
                 .get("digest")
                 .and_then(|d| d.as_str())
                 .unwrap_or_default();
-            let chosen = client.get_manifest(reference, digest).await?;
+            let chosen = manifest(client, store, reference, digest).await?;
             if chosen.is_index() {
                 return Err(Error::InvalidManifest {
                     reference: reference.to_string(),
                     reason: format!("its entry for {platform} is an index, not an image"),
                 });
             }
-            return Ok(chosen);
+            return Ok((chosen, Some(top)));
         }
         available.push(
             Platform {
@@ -175,6 +219,16 @@ pub async fn resolve(
             available.join(", ")
         },
     })
+}
+
+/// Each blob once, in the order first named: an image may hold the same
+/// layer twice.
+fn distinct(blobs: impl IntoIterator<Item = BlobRef>) -> Vec<BlobRef> {
+    let mut seen = std::collections::HashSet::new();
+    blobs
+        .into_iter()
+        .filter(|blob| seen.insert(blob.digest))
+        .collect()
 }
 
 /// What a pull did.
@@ -197,10 +251,10 @@ pub async fn pull(
     jobs: usize,
     progress: &(dyn Fn(&Digest, u64) + Sync),
 ) -> Result<Pulled, Error> {
-    let manifest = resolve(client, reference, platform).await?;
+    let (manifest, index) = resolve_in(client, Some(store), reference, platform).await?;
     let (config, layers) = manifest_blobs(&manifest)?;
-    let missing: Vec<BlobRef> = std::iter::once(config)
-        .chain(layers)
+    let missing: Vec<BlobRef> = distinct(std::iter::once(config).chain(layers))
+        .into_iter()
         .filter(|blob| !store.has_blob(&blob.digest))
         .collect();
     let fetched = missing.len();
@@ -216,12 +270,15 @@ pub async fn pull(
         .await?;
     // The manifest comes last, so a store never holds one whose blobs are
     // missing.
-    let (digest, _) = store.write_blob(&manifest.bytes)?;
-    if digest != manifest.digest {
-        return Err(Error::Cache(kiln_cache::Error::DigestMismatch {
-            expected: manifest.digest,
-            actual: digest,
-        }));
+    // The index too, so that the next pull of the tag finds both here.
+    for document in std::iter::once(&manifest).chain(index.as_ref()) {
+        let (digest, _) = store.write_blob(&document.bytes)?;
+        if digest != document.digest {
+            return Err(Error::Cache(kiln_cache::Error::DigestMismatch {
+                expected: document.digest,
+                actual: digest,
+            }));
+        }
     }
     Ok(Pulled {
         manifest,
@@ -268,7 +325,7 @@ pub async fn push(
         digest: *manifest_digest,
     };
     let (config, layers) = manifest_blobs(&manifest)?;
-    let blobs: Vec<BlobRef> = std::iter::once(config).chain(layers).collect();
+    let blobs = distinct(std::iter::once(config).chain(layers));
     for blob in &blobs {
         if !store.has_blob(&blob.digest) {
             return Err(Error::Cache(kiln_cache::Error::MissingBlob(blob.digest)));

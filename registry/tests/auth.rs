@@ -128,6 +128,42 @@ fn bearer_tokens_per_scope_are_fetched_once_and_push_needs_a_login() {
         "one token served the whole push (two blobs and the manifest)"
     );
 
+    // Mounting into another repository needs a token for both: push to
+    // the target, pull from the source.
+    let (config, layers) = transfer::manifest_blobs(&kiln_registry::Manifest {
+        bytes: source.read_blob(&image).expect("manifest").into(),
+        media_type: String::new(),
+        digest: image,
+    })
+    .expect("blobs");
+    let mounts: HashMap<_, _> = std::iter::once(config.digest)
+        .chain(layers.iter().map(|l| l.digest))
+        .map(|digest| (digest, reference.clone()))
+        .collect();
+    let report = runtime
+        .block_on(transfer::push(
+            &authorised,
+            &source,
+            &image,
+            &[support::reference(&registry, "tokens/copy:1")],
+            &mounts,
+            2,
+            &|_, _| {},
+        ))
+        .expect("push with mounts");
+    assert!(
+        report
+            .blobs
+            .iter()
+            .all(|(_, _, pushed)| *pushed == kiln_registry::Pushed::Mounted),
+        "{:?}",
+        report.blobs
+    );
+    assert_eq!(
+        issuer.requests_for("repository:tokens/copy:pull,push repository:tokens/app:pull"),
+        1
+    );
+
     // Anyone may pull; the anonymous client gets a pull token of its own.
     let (_b, target) = store();
     let pulled = runtime

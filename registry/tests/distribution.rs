@@ -224,3 +224,45 @@ fn an_index_gives_the_image_for_the_platform_asked() {
         "{err}"
     );
 }
+
+#[test]
+fn a_tag_the_store_has_costs_a_head_not_a_get() {
+    let registry = Registry::start(Setup::Anonymous);
+    let (_a, source) = store();
+    let image = test_image(&source, 10_000, 5);
+    let client = client(&registry.certs_dir, None);
+    let runtime = runtime();
+    runtime
+        .block_on(transfer::push(
+            &client,
+            &source,
+            &image,
+            &[reference(&registry, "cheap/app:1")],
+            &HashMap::new(),
+            2,
+            &|_, _| {},
+        ))
+        .expect("push");
+    let watching = kiln_testkit::Proxy::start(&registry.address, kiln_testkit::Faults::default());
+    let through = kiln_registry::Reference::parse(&format!("{}/cheap/app:1", watching.address))
+        .expect("reference");
+    let (_b, target) = store();
+    for _ in 0..2 {
+        runtime
+            .block_on(transfer::pull(
+                &client,
+                &target,
+                &through,
+                &host_platform(),
+                2,
+                &|_, _| {},
+            ))
+            .expect("pull");
+    }
+    let manifest_gets = watching
+        .seen()
+        .iter()
+        .filter(|s| s.method == "GET" && s.path.contains("/manifests/"))
+        .count();
+    assert_eq!(manifest_gets, 1, "{:?}", watching.seen());
+}

@@ -211,3 +211,144 @@ fn the_last_try_says_which_request_failed_and_why() {
         .expect_err("stalled");
     assert!(err.to_string().contains("timed out"), "{err}");
 }
+
+/// Pushes `image` from `source` through `proxy` to `repository`, then
+/// pulls it straight from the registry and checks it came through whole.
+fn push_through_and_check(
+    registry: &Registry,
+    proxy: &Proxy,
+    source: &kiln_cache::Store,
+    image: &kiln_cache::Digest,
+    repository: &str,
+    adjust: impl FnOnce(&mut kiln_registry::ClientOptions),
+) {
+    let runtime = runtime();
+    let pushing = client_with(&registry.certs_dir, None, adjust);
+    runtime
+        .block_on(transfer::push(
+            &pushing,
+            source,
+            image,
+            &[reference_via(proxy, repository)],
+            &HashMap::new(),
+            2,
+            &|_, _| {},
+        ))
+        .unwrap_or_else(|e| panic!("push to {repository}: {e}"));
+    let (_dir, target) = store();
+    let pulled = runtime
+        .block_on(transfer::pull(
+            &client(&registry.certs_dir, None),
+            &target,
+            &reference(registry, repository),
+            &host_platform(),
+            2,
+            &|_, _| {},
+        ))
+        .expect("pull what was pushed");
+    assert_eq!(pulled.manifest.digest, *image);
+}
+
+#[test]
+fn an_upload_whose_answer_is_lost_is_finished_or_started_again() {
+    let registry = Registry::start(Setup::Anonymous);
+    let (_a, source) = store();
+    let image = test_image(&source, 3_000_000, 23);
+    // The first answers lost are those of chunks (the registry then no
+    // longer knows the session by its old address: a new one starts), and
+    // with monolithic uploads those of the closing PUT (the blob is there:
+    // the push goes on).
+    for (repository, chunk_size) in [("lost/chunked:1", 1 << 20), ("lost/whole:1", 32 << 20)] {
+        let proxy = Proxy::start(
+            &registry.address,
+            Faults {
+                lose_upload_replies: Some(2),
+                ..Faults::default()
+            },
+        );
+        push_through_and_check(&registry, &proxy, &source, &image, repository, |options| {
+            options.chunk_size = chunk_size;
+        });
+    }
+}
+
+#[test]
+fn a_slow_upload_that_keeps_moving_is_not_timed_out() {
+    let registry = Registry::start(Setup::Anonymous);
+    let (_a, source) = store();
+    // About 3 s at the proxy's pace, three times the stall timeout, and far
+    // more than the socket buffers between them hold.
+    let image = test_image(&source, 36_000_000, 24);
+    let proxy = Proxy::start(
+        &registry.address,
+        Faults {
+            throttle_uploads: Some(12_000_000),
+            ..Faults::default()
+        },
+    );
+    push_through_and_check(
+        &registry,
+        &proxy,
+        &source,
+        &image,
+        "slow/app:1",
+        |options| {
+            options.transport.stall_timeout = Duration::from_secs(1);
+        },
+    );
+}
+
+#[test]
+fn redirects_and_429s_are_followed() {
+    let registry = Registry::start(Setup::Anonymous);
+    let (_a, source) = store();
+    let image = test_image(&source, 200_000, 25);
+    let redirecting = Proxy::start(
+        &registry.address,
+        Faults {
+            redirect_to: Some(registry.address.clone()),
+            ..Faults::default()
+        },
+    );
+    push_through_and_check(
+        &registry,
+        &redirecting,
+        &source,
+        &image,
+        "moved/app:1",
+        |_| {},
+    );
+    let (_b, target) = store();
+    let runtime = runtime();
+    runtime
+        .block_on(transfer::pull(
+            &client(&registry.certs_dir, None),
+            &target,
+            &reference_via(&redirecting, "moved/app:1"),
+            &host_platform(),
+            2,
+            &|_, _| {},
+        ))
+        .expect("pull through redirects");
+    assert!(redirecting.seen().iter().all(|s| s.status == 307));
+
+    let busy = Proxy::start(
+        &registry.address,
+        Faults {
+            too_many_every: Some(2),
+            ..Faults::default()
+        },
+    );
+    let (_c, target) = store();
+    runtime
+        .block_on(transfer::pull(
+            &client(&registry.certs_dir, None),
+            &target,
+            &reference_via(&busy, "moved/app:1"),
+            &host_platform(),
+            2,
+            &|_, _| {},
+        ))
+        .expect("pull through 429s");
+    assert!(busy.seen().iter().any(|s| s.status == 429));
+}

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use bytes::Bytes;
+use futures_util::StreamExt;
 use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response};
@@ -431,6 +432,16 @@ pub struct Faults {
     pub delay: Option<Duration>,
     /// Blob downloads have one byte changed.
     pub corrupt_downloads: bool,
+    /// Uploads (PATCH, PUT of a blob) reach the registry whole, but their
+    /// answers are lost (the connection drops), this many times.
+    pub lose_upload_replies: Option<usize>,
+    /// Upload bodies are read at this many bytes a second.
+    pub throttle_uploads: Option<u64>,
+    /// Every request is redirected (307) to the registry itself, at this
+    /// address.
+    pub redirect_to: Option<String>,
+    /// Every n-th request gets 429 with `Retry-After: 1`.
+    pub too_many_every: Option<usize>,
 }
 
 /// A request as the proxy saw it: method, path, status and when it ended.
@@ -465,6 +476,7 @@ impl Proxy {
             requests: AtomicUsize::new(0),
             downloads_cut: AtomicUsize::new(0),
             uploads_cut: AtomicUsize::new(0),
+            replies_lost: AtomicUsize::new(0),
         });
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let recorded = seen.clone();
@@ -492,6 +504,7 @@ struct ProxyState {
     requests: AtomicUsize,
     downloads_cut: AtomicUsize,
     uploads_cut: AtomicUsize,
+    replies_lost: AtomicUsize,
 }
 
 async fn forward(
@@ -536,6 +549,28 @@ async fn forward(
             ))
             .expect("response");
     }
+    if state
+        .faults
+        .too_many_every
+        .is_some_and(|every| number.is_multiple_of(every))
+    {
+        record(429);
+        return Response::builder()
+            .status(429)
+            .header("retry-after", "1")
+            .body(full(
+                r#"{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down"}]}"#,
+            ))
+            .expect("response");
+    }
+    if let Some(target) = &state.faults.redirect_to {
+        record(307);
+        return Response::builder()
+            .status(307)
+            .header("location", format!("http://{target}{path_and_query}"))
+            .body(full(""))
+            .expect("response");
+    }
     let is_blob_download = method == "GET" && path.contains("/blobs/sha256:");
     let is_upload = (method == "PATCH" || method == "PUT") && path.contains("/blobs/uploads/");
     let mut upstream_request = http.request(
@@ -558,7 +593,6 @@ async fn forward(
         // Read part of the upload, then drop the connection.
         let mut stream = body_stream;
         let mut received = 0u64;
-        use futures_util::StreamExt;
         while let Some(Ok(chunk)) = stream.next().await {
             received += chunk.len() as u64;
             if received >= limit {
@@ -568,6 +602,23 @@ async fn forward(
         record(0);
         return cut_off();
     }
+    let lose_reply = is_upload
+        && state
+            .faults
+            .lose_upload_replies
+            .is_some_and(|times| state.replies_lost.fetch_add(1, Ordering::SeqCst) < times);
+    let body_stream = match state.faults.throttle_uploads.filter(|_| is_upload) {
+        Some(rate) => body_stream
+            .then(move |chunk| async move {
+                if let Ok(chunk) = &chunk {
+                    let seconds = chunk.len() as f64 / rate as f64;
+                    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+                }
+                chunk
+            })
+            .boxed(),
+        None => body_stream.boxed(),
+    };
     upstream_request = upstream_request.body(reqwest::Body::wrap_stream(body_stream));
     let response = match upstream_request.send().await {
         Ok(response) => response,
@@ -580,6 +631,11 @@ async fn forward(
         }
     };
     let status = response.status().as_u16();
+    if lose_reply {
+        // The registry did the work; the client never hears of it.
+        record(status);
+        return cut_off();
+    }
     let mut builder = Response::builder().status(status);
     for (name, value) in response.headers() {
         builder = builder.header(name, value);
@@ -597,7 +653,6 @@ async fn forward(
     };
     let corrupt = is_blob_download && status == 200 && state.faults.corrupt_downloads;
     record(status);
-    use futures_util::StreamExt;
     let mut sent = 0u64;
     let mut corrupted = false;
     let stream = response.bytes_stream().map(move |chunk| {
