@@ -56,7 +56,7 @@ impl Default for ClientOptions {
             transport: TransportOptions::default(),
             retry: RetryPolicy::default(),
             docker_config: DockerConfig::default_path(),
-            chunk_size: 32 << 20,
+            chunk_size: 128 << 20,
         }
     }
 }
