@@ -308,7 +308,8 @@ pub fn load(store: &Store, path: &Path) -> anyhow::Result<Vec<Loaded>> {
         load_docker(store, manifest, &files)
     } else {
         bail!(
-            "{} is neither an OCI archive (no index.json) nor a Docker archive (no manifest.json)",
+            "{} is neither an OCI archive (no index.json) nor a Docker archive (no manifest.json) \
+             (is the archive complete?)",
             path.display()
         )
     }

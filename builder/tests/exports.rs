@@ -823,12 +823,29 @@ fn truncated_archives_are_named_as_such() {
     let archive = work.path().join("whole.tar");
     kiln.ok(&["save", "whole:1", "-o", archive.to_str().expect("utf-8")]);
     let bytes = fs::read(&archive).expect("read");
-    let cut = work.path().join("cut.tar");
-    fs::write(&cut, &bytes[..bytes.len() / 2]).expect("write");
+    // Cut in the middle of the largest entry, and at an entry's boundary.
+    let mut largest = (0u64, 0u64);
+    let mut boundary = 0u64;
+    let mut entries = tar::Archive::new(&bytes[..]);
+    for entry in entries.entries().expect("entries") {
+        let entry = entry.expect("entry");
+        let (start, size) = (entry.raw_file_position(), entry.size());
+        if size > largest.1 {
+            largest = (start, size);
+            boundary = entry.raw_header_position();
+        }
+    }
     let other = Kiln::new();
-    let stderr = other.fails(&["load", "-i", cut.to_str().expect("utf-8")]);
-    assert!(stderr.contains("the archive is truncated"), "{stderr}");
-    assert!(other.ok(&["check"]).contains("is consistent"));
+    for (at, message) in [
+        (largest.0 + largest.1 / 2, "the archive is truncated"),
+        (boundary, "(is the archive complete?)"),
+    ] {
+        let cut = work.path().join("cut.tar");
+        fs::write(&cut, &bytes[..at as usize]).expect("write");
+        let stderr = other.fails(&["load", "-i", cut.to_str().expect("utf-8")]);
+        assert!(stderr.contains(message), "cut at {at}: {stderr}");
+        assert!(other.ok(&["check"]).contains("is consistent"));
+    }
 }
 
 #[test]
