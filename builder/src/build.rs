@@ -14,6 +14,7 @@ use kiln_frontend::{DockerIgnore, Platform};
 
 use crate::copy::{self, SourceTree};
 use crate::image::{rfc3339, History, ImageFile, Layer, LayerEncoding, RootFs, StoredImage};
+use crate::remote::Remote;
 
 /// BuildKit marks the history entries it writes with this comment.
 const HISTORY_COMMENT: &str = "buildkit.dockerfile.v0";
@@ -57,6 +58,8 @@ impl StageOutput {
 
 pub struct Executor<'a> {
     pub store: &'a Store,
+    /// For `ADD https://...`.
+    pub remote: &'a Remote,
     pub context: &'a Path,
     pub ignore: &'a DockerIgnore,
     pub dockerfile: &'a str,
@@ -115,7 +118,10 @@ impl Executor<'_> {
                     eprintln!("[{} {number}/{total}] {}", stage.name, step.instruction);
                     let source = self.source_tree(&copy_step.from, outputs, graph)?;
                     let view = self.view(&layers)?;
-                    self.in_diff(|diff| copy::copy(copy_step, &source, &view, diff, self.now))
+                    let fetch = |url: &str| self.download(url);
+                    self.in_diff(|diff| {
+                        copy::copy(copy_step, &source, &view, diff, self.now, &fetch)
+                    })
                         .with_context(|| format!("{location}: {}", step.instruction))?
                 }
                 Action::Mkdir(mkdir) => {
@@ -211,6 +217,25 @@ impl Executor<'_> {
     }
 
     /// The merged file system of `layers`, unpacking those not unpacked yet.
+    /// Downloads a URL for ADD into the store's scratch space.
+    fn download(&self, url: &str) -> anyhow::Result<copy::Downloaded> {
+        let keep = self.store.temp_dir()?;
+        let path = keep.path().join("download");
+        let mut file =
+            std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        let fetched = self.remote.fetch(url, &mut file)?;
+        let modified = fetched
+            .modified
+            .and_then(|time| time.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|since| since.as_secs() as i64);
+        Ok(copy::Downloaded {
+            path,
+            digest: fetched.digest,
+            modified,
+            _keep: keep,
+        })
+    }
+
     pub fn view(&self, layers: &[Layer]) -> anyhow::Result<LayerView> {
         let paths = layers
             .iter()

@@ -125,6 +125,7 @@ pub fn build(store: &Store, remote: &Remote, args: &BuildArgs) -> anyhow::Result
     let now = source_date_epoch.unwrap_or_else(now_seconds);
     let executor = Executor {
         store,
+        remote,
         context: &args.dockerfile.context,
         ignore: &plan.ignore,
         dockerfile: &plan.name,

@@ -63,12 +63,25 @@ struct Writer<'a> {
 }
 
 /// Runs a COPY or ADD step, writing into the empty directory `diff`.
+/// A file `ADD` downloaded, kept until the step has copied it.
+pub struct Downloaded {
+    pub path: std::path::PathBuf,
+    pub digest: kiln_cache::Digest,
+    /// The server's Last-Modified, in seconds since the epoch.
+    pub modified: Option<i64>,
+    pub _keep: tempfile::TempDir,
+}
+
+/// Downloads a URL for `ADD`.
+pub type Fetch<'a> = dyn Fn(&str) -> anyhow::Result<Downloaded> + 'a;
+
 pub fn copy(
     step: &CopyStep,
     source: &SourceTree<'_>,
     rootfs: &LayerView,
     diff: &Path,
     now: i64,
+    fetch: &Fetch<'_>,
 ) -> anyhow::Result<()> {
     let chown = step
         .chown
@@ -95,6 +108,7 @@ pub fn copy(
     }
     let mut matches = Vec::new();
     let mut inline = Vec::new();
+    let mut downloads = Vec::new();
     for copy_source in &step.sources {
         match copy_source {
             CopySource::Path(pattern) => {
@@ -106,7 +120,19 @@ pub fn copy(
             }
             CopySource::Inline(file) => inline.push(file),
             CopySource::Url(url) => {
-                bail!("ADD {url}: downloading is not supported by this version of kiln")
+                let downloaded = fetch(url).with_context(|| format!("downloading {url}"))?;
+                if let Some(expected) = &step.checksum {
+                    if !expected.starts_with("sha256:") {
+                        bail!("--checksum={expected}: kiln checks sha256 checksums only");
+                    }
+                    if *expected != downloaded.digest.to_string() {
+                        bail!(
+                            "{url} does not match --checksum={expected}: its content is {}",
+                            downloaded.digest
+                        );
+                    }
+                }
+                downloads.push((url_file_name(url), downloaded));
             }
             CopySource::Git(url) => {
                 bail!("ADD {url}: git sources are not supported by this version of kiln")
@@ -115,7 +141,7 @@ pub fn copy(
     }
     let dest = step.dest.as_str();
     let dest_is_dir = dest.ends_with('/')
-        || matches.len() + inline.len() > 1
+        || matches.len() + inline.len() + downloads.len() > 1
         || rootfs
             .resolve(dest, true)?
             .is_some_and(|e| e.metadata.is_dir());
@@ -173,7 +199,49 @@ pub fn copy(
         };
         writer.write_inline(file, &target, step.chmod, owner)?;
     }
+    for (name, downloaded) in downloads {
+        let target = if dest_is_dir {
+            join(dest, &name)
+        } else {
+            dest.to_string()
+        };
+        let (uid, gid) = owner.unwrap_or((0, 0));
+        // As BuildKit: downloads are private (0600) unless --chmod says
+        // otherwise, and dated by the server; remote archives are not
+        // unpacked.
+        let attributes = Attributes {
+            mode: step.chmod.unwrap_or(0o600),
+            uid,
+            gid,
+            mtime: downloaded.modified.unwrap_or(now),
+            xattrs: Vec::new(),
+        };
+        writer.write_file(&downloaded.path, &target, &attributes)?;
+    }
     Ok(())
+}
+
+/// The name a download gets in a destination directory: the last part of
+/// the URL's path, decoded, as BuildKit names it.
+fn url_file_name(url: &str) -> String {
+    let last = url::Url::parse(url)
+        .ok()
+        .and_then(|url| {
+            url.path_segments()?
+                .rev()
+                .find(|segment| !segment.is_empty())
+                .map(|segment| {
+                    percent_encoding::percent_decode_str(segment)
+                        .decode_utf8_lossy()
+                        .into_owned()
+                })
+        })
+        .unwrap_or_default();
+    if last.is_empty() || last == "." || last == ".." || last.contains('/') {
+        "__unnamed__".to_string()
+    } else {
+        last
+    }
 }
 
 /// Copies the whole file system `view` into the directory `dest`
@@ -202,7 +270,17 @@ pub fn export_tree(view: LayerView, dest: &Path, now: i64) -> anyhow::Result<()>
         checksum: None,
         keep_git_dir: false,
     };
-    copy(&step, &source, &LayerView::default(), dest, now)
+    let no_downloads = |url: &str| -> anyhow::Result<Downloaded> {
+        bail!("exporting files downloads nothing ({url})")
+    };
+    copy(
+        &step,
+        &source,
+        &LayerView::default(),
+        dest,
+        now,
+        &no_downloads,
+    )
 }
 
 /// Runs WORKDIR's directory creation, into the empty directory `diff`:
@@ -545,6 +623,21 @@ impl Writer<'_> {
         };
         extract_into(reader, self.diff_path, &path, &options)
             .with_context(|| format!("unpacking {}", archive.path))?;
+        Ok(())
+    }
+
+    /// Writes the host file `path` at `target` with `attributes`.
+    fn write_file(
+        &mut self,
+        path: &Path,
+        target: &str,
+        attributes: &Attributes,
+    ) -> anyhow::Result<()> {
+        let place = self.place(target)?;
+        self.ensure_parents(&place)?;
+        self.check_file_target(&place, true)?;
+        let mut file = File::open(path).with_context(|| format!("reading {}", path.display()))?;
+        self.diff.create_file(&place, &mut file, attributes)?;
         Ok(())
     }
 

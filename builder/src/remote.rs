@@ -176,6 +176,23 @@ impl Remote {
         Ok(())
     }
 
+    /// Downloads `url` (for `ADD`) into `out`.
+    pub fn fetch(
+        &self,
+        url: &str,
+        out: &mut dyn std::io::Write,
+    ) -> anyhow::Result<kiln_registry::fetch::Fetched> {
+        let parsed = url::Url::parse(url).with_context(|| format!("invalid URL {url:?}"))?;
+        let (runtime, _) = self.connect()?;
+        eprintln!("downloading {}", kiln_registry::client::shown_url(&parsed));
+        Ok(runtime.block_on(kiln_registry::fetch::download(
+            &parsed,
+            &self.options.transport,
+            &self.options.retry,
+            out,
+        ))?)
+    }
+
     /// Checks the credentials against the registry and saves them in
     /// Docker's config.json.
     pub fn login(&self, registry: &str, username: &str, password: &str) -> anyhow::Result<()> {

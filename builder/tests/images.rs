@@ -781,3 +781,76 @@ fn several_builds_share_one_store_at_once() {
     }
     assert!(kiln.ok(&["check"]).contains("is consistent"));
 }
+
+#[test]
+fn add_downloads_urls_as_buildkit_does() {
+    require_root();
+    // A gzip tar, which ADD must not unpack when it comes from a URL.
+    let payload = tempfile::tempdir().expect("payload");
+    fs::write(payload.path().join("inside.txt"), "inside").expect("write");
+    let archive = payload.path().join("tool.tar.gz");
+    let status = std::process::Command::new("tar")
+        .args(["-czf", archive.to_str().expect("utf-8"), "-C"])
+        .arg(payload.path())
+        .arg("inside.txt")
+        .status()
+        .expect("tar");
+    assert!(status.success());
+    let bytes = fs::read(&archive).expect("read");
+    let digest = format!("sha256:{}", kiln_cache::Digest::of(&bytes).hex());
+    let server = kiln_testkit::FileServer::start(
+        vec![
+            ("releases/tool.tar.gz".to_string(), bytes),
+            ("notes%20v1.txt".to_string(), b"notes".to_vec()),
+        ],
+        "Wed, 21 Oct 2015 07:28:00 GMT",
+    );
+    let base = format!("http://{}", server.address);
+    let kiln = Kiln::new();
+    let context = Context::new();
+    context.write(
+        "Dockerfile",
+        &format!(
+            "FROM scratch\n\
+             ADD --checksum={digest} {base}/moved/releases/tool.tar.gz /opt/\n\
+             ADD --chmod=0644 --chown=7:8 {base}/notes%20v1.txt /docs/\n\
+             ADD {base}/releases/tool.tar.gz /renamed.tgz\n"
+        ),
+    );
+    let out = kiln.files(context.path(), &[]);
+    let root = out.path();
+    let downloaded = root.join("opt/tool.tar.gz");
+    assert_eq!(
+        fs::read(&downloaded).expect("downloaded"),
+        fs::read(&archive).expect("archive"),
+        "a remote archive is not unpacked"
+    );
+    assert_eq!(owner_and_mode(root, "/opt/tool.tar.gz"), (0, 0, 0o600));
+    assert_eq!(
+        fs::metadata(&downloaded).expect("stat").mtime(),
+        1_445_412_480,
+        "dated by the server's Last-Modified"
+    );
+    assert_eq!(read(root, "/docs/notes v1.txt"), "notes");
+    assert_eq!(owner_and_mode(root, "/docs/notes v1.txt"), (7, 8, 0o644));
+    assert!(root.join("renamed.tgz").is_file());
+
+    context.write(
+        "Dockerfile",
+        &format!(
+            "FROM scratch\nADD --checksum=sha256:{} {base}/releases/tool.tar.gz /opt/\n",
+            "0".repeat(64)
+        ),
+    );
+    let stderr = kiln.fails(&["build", context.path().to_str().expect("utf-8")]);
+    assert!(
+        stderr.contains("does not match --checksum=sha256:000"),
+        "{stderr}"
+    );
+    context.write(
+        "Dockerfile",
+        &format!("FROM scratch\nADD {base}/missing /x\n"),
+    );
+    let stderr = kiln.fails(&["build", context.path().to_str().expect("utf-8")]);
+    assert!(stderr.contains("answered 404"), "{stderr}");
+}

@@ -106,7 +106,7 @@ pub struct Client {
 /// A URL as it may be shown: without user information, and without its
 /// query, which for storage behind a registry holds signatures and for
 /// uploads the registry's state.
-pub(crate) fn shown_url(url: &Url) -> String {
+pub fn shown_url(url: &Url) -> String {
     let mut shown = url.clone();
     let _ = shown.set_username("");
     let _ = shown.set_password(None);

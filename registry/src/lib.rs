@@ -9,6 +9,7 @@ mod auth;
 pub mod client;
 pub mod credentials;
 mod error;
+pub mod fetch;
 pub mod reference;
 mod retry;
 pub mod transfer;

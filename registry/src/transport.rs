@@ -74,11 +74,10 @@ fn host_of(registry: &str) -> &str {
     }
 }
 
-/// An HTTP client for one registry, with its certificates.
-pub(crate) fn http_client(
-    registry: &str,
-    options: &TransportOptions,
-) -> Result<reqwest::Client, Error> {
+/// An HTTP client for one registry (or any `host[:port]`), with its
+/// certificates from the certs directory. It follows no redirects: callers
+/// follow them, deciding where credentials may go.
+pub fn http_client(registry: &str, options: &TransportOptions) -> Result<reqwest::Client, Error> {
     let tls = tls_config(registry, options)?;
     let mut builder = reqwest::Client::builder()
         .use_preconfigured_tls(tls)

@@ -690,3 +690,50 @@ fn cut_off() -> Response<Body> {
         .body(BodyExt::boxed(StreamBody::new(stream)))
         .expect("response")
 }
+
+/// Serves fixed files over plain HTTP on a loopback port, each with a
+/// `Last-Modified`; `/moved/NAME` redirects to `/NAME`.
+pub struct FileServer {
+    pub address: String,
+    _server: Server,
+}
+
+impl FileServer {
+    pub fn start(files: Vec<(String, Vec<u8>)>, last_modified: &str) -> FileServer {
+        let files: Arc<HashMap<String, Bytes>> = Arc::new(
+            files
+                .into_iter()
+                .map(|(name, bytes)| (format!("/{name}"), Bytes::from(bytes)))
+                .collect(),
+        );
+        let last_modified = last_modified.to_string();
+        let server = Server::start(move |request| {
+            let files = files.clone();
+            let last_modified = last_modified.clone();
+            async move {
+                let path = request.uri().path().to_string();
+                if let Some(target) = path.strip_prefix("/moved") {
+                    return Response::builder()
+                        .status(302)
+                        .header("location", target)
+                        .body(full(""))
+                        .expect("response");
+                }
+                match files.get(&path) {
+                    Some(bytes) => Response::builder()
+                        .header("last-modified", last_modified.as_str())
+                        .body(full(bytes.clone()))
+                        .expect("response"),
+                    None => Response::builder()
+                        .status(404)
+                        .body(full("not found"))
+                        .expect("response"),
+                }
+            }
+        });
+        FileServer {
+            address: server.address.clone(),
+            _server: server,
+        }
+    }
+}
