@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use kiln_cache::digest::HashingReader;
 use kiln_cache::extract::{extract, ExtractOptions};
 use kiln_cache::pack::PackOptions;
@@ -60,6 +60,8 @@ pub struct Executor<'a> {
     pub store: &'a Store,
     /// For `ADD https://...`.
     pub remote: &'a Remote,
+    /// For RUN.
+    pub sandbox: &'a crate::run::Sandbox,
     pub context: &'a Path,
     pub ignore: &'a DockerIgnore,
     pub dockerfile: &'a str,
@@ -109,10 +111,12 @@ impl Executor<'_> {
                     }
                     continue;
                 }
-                Action::Run(_) => bail!(
-                    "{location}: {}: RUN needs the build sandbox, which this version of kiln does not have yet",
-                    step.instruction
-                ),
+                Action::Run(run) => {
+                    number += 1;
+                    eprintln!("[{} {number}/{total}] {}", stage.name, step.instruction);
+                    self.run_step(run, &layers, outputs, graph)
+                        .with_context(|| format!("{location}: {}", step.instruction))?
+                }
                 Action::Copy(copy_step) => {
                     number += 1;
                     eprintln!("[{} {number}/{total}] {}", stage.name, step.instruction);
@@ -122,7 +126,7 @@ impl Executor<'_> {
                     self.in_diff(|diff| {
                         copy::copy(copy_step, &source, &view, diff, self.now, &fetch)
                     })
-                        .with_context(|| format!("{location}: {}", step.instruction))?
+                    .with_context(|| format!("{location}: {}", step.instruction))?
                 }
                 Action::Mkdir(mkdir) => {
                     number += 1;
@@ -161,7 +165,7 @@ impl Executor<'_> {
         }
     }
 
-    fn source_tree(
+    pub(crate) fn source_tree(
         &self,
         from: &Source,
         outputs: &[StageOutput],
@@ -191,7 +195,7 @@ impl Executor<'_> {
 
     /// Runs `fill` on an empty directory and turns what it wrote into a
     /// layer; no layer when nothing was written.
-    fn in_diff(
+    pub(crate) fn in_diff(
         &self,
         fill: impl FnOnce(&Path) -> anyhow::Result<()>,
     ) -> anyhow::Result<Option<Layer>> {

@@ -22,6 +22,9 @@ pub struct Cli {
     /// `client.cert` with `client.key` (default: /etc/docker/certs.d).
     #[arg(long = "cert-dir", global = true, value_name = "DIR")]
     pub cert_dir: Option<PathBuf>,
+    /// The OCI runtime that runs RUN steps (default: runc).
+    #[arg(long, global = true, env = "KILN_RUNTIME", value_name = "PATH")]
+    pub runtime: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -29,7 +32,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Build an image from a Dockerfile and a context directory.
-    Build(BuildArgs),
+    Build(Box<BuildArgs>),
     /// List the images in the store.
     Images,
     /// Show an image's manifest and configuration (with its history) as JSON.
@@ -125,6 +128,15 @@ pub struct BuildArgs {
     /// Set metadata on the image (`key=value`); may be repeated.
     #[arg(long = "label", value_name = "KEY=VALUE")]
     pub labels: Vec<String>,
+    /// A secret for `RUN --mount=type=secret`: `id=ID,src=FILE` or
+    /// `id=ID,env=VARIABLE` (never stored in the image, its history or logs);
+    /// may be repeated.
+    #[arg(long = "secret", value_name = "id=ID,src=FILE|env=VAR")]
+    pub secrets: Vec<String>,
+    /// Forward an SSH agent to `RUN --mount=type=ssh`: `default` (the agent of
+    /// $SSH_AUTH_SOCK) or `ID=SOCKET`; may be repeated.
+    #[arg(long = "ssh", value_name = "ID[=SOCKET]")]
+    pub ssh: Vec<String>,
     /// Allow extra privileges: `security.insecure` lets `RUN --security=insecure` run.
     #[arg(long = "allow", value_name = "ENTITLEMENT")]
     pub allow: Vec<String>,

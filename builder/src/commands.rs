@@ -85,7 +85,12 @@ fn source_date_epoch(value: Option<&str>) -> anyhow::Result<Option<i64>> {
     }
 }
 
-pub fn build(store: &Store, remote: &Remote, args: &BuildArgs) -> anyhow::Result<()> {
+pub fn build(
+    store: &Store,
+    remote: &Remote,
+    sandbox: &crate::run::Sandbox,
+    args: &BuildArgs,
+) -> anyhow::Result<()> {
     let output = Output::parse(args.output.as_deref())?;
     if args.push {
         if !matches!(output, Output::Store) {
@@ -126,6 +131,7 @@ pub fn build(store: &Store, remote: &Remote, args: &BuildArgs) -> anyhow::Result
     let executor = Executor {
         store,
         remote,
+        sandbox,
         context: &args.dockerfile.context,
         ignore: &plan.ignore,
         dockerfile: &plan.name,

@@ -247,19 +247,31 @@ fn url_file_name(url: &str) -> String {
 /// Copies the whole file system `view` into the directory `dest`
 /// (`--output type=local`), keeping owners, modes and times.
 pub fn export_tree(view: LayerView, dest: &Path, now: i64) -> anyhow::Result<()> {
-    fs::create_dir_all(dest).with_context(|| format!("creating {}", dest.display()))?;
-    if view.layers().is_empty() {
-        // An image without layers has an empty file system.
-        return Ok(());
-    }
     let source = SourceTree {
         view,
         ignore: None,
         label: "the image".to_string(),
     };
+    copy_subtree(&source, "/", dest, now)
+}
+
+/// Copies the directory or file `path` of `source` into the directory
+/// `dest` (created when missing), as `COPY path /` would: owners, modes and
+/// times kept, what the context's ignore file leaves out left out.
+pub fn copy_subtree(
+    source: &SourceTree<'_>,
+    path: &str,
+    dest: &Path,
+    now: i64,
+) -> anyhow::Result<()> {
+    fs::create_dir_all(dest).with_context(|| format!("creating {}", dest.display()))?;
+    if source.view.layers().is_empty() {
+        // An image without layers has an empty file system.
+        return Ok(());
+    }
     let step = CopyStep {
         from: kiln_frontend::graph::Source::Context,
-        sources: vec![CopySource::Path("/".to_string())],
+        sources: vec![CopySource::Path(path.to_string())],
         dest: "/".to_string(),
         chown: None,
         chmod: None,
@@ -271,11 +283,11 @@ pub fn export_tree(view: LayerView, dest: &Path, now: i64) -> anyhow::Result<()>
         keep_git_dir: false,
     };
     let no_downloads = |url: &str| -> anyhow::Result<Downloaded> {
-        bail!("exporting files downloads nothing ({url})")
+        bail!("copying files downloads nothing ({url})")
     };
     copy(
         &step,
-        &source,
+        source,
         &LayerView::default(),
         dest,
         now,

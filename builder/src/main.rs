@@ -2,7 +2,8 @@
 //!
 //! Exit codes: 0 success; 1 the work could not be done (invalid Dockerfile,
 //! bad option value, missing image, failure while building, problems found
-//! by `kiln check`); 2 the command line itself is malformed.
+//! by `kiln check`, a RUN step that failed); 2 the command line itself is
+//! malformed; 130 interrupted by Ctrl-C or SIGTERM.
 
 mod archive;
 mod build;
@@ -12,6 +13,7 @@ mod copy;
 mod dockerfile;
 mod image;
 mod remote;
+mod run;
 mod users;
 
 use std::io::Write;
@@ -30,14 +32,34 @@ use cli::{Cli, Command, DebugCommand};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    let mut args = std::env::args_os();
+    if args.nth(1).as_deref() == Some(std::ffi::OsStr::new(kiln_runtime::SANDBOX_ARG)) {
+        // kiln started itself to set up a RUN step's sandbox.
+        let bundle = PathBuf::from(args.next().unwrap_or_default());
+        let code = kiln_runtime::sandbox_main(&bundle);
+        return ExitCode::from(u8::try_from(code).unwrap_or(255));
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(err) if was_interrupted(&err) => {
+            eprintln!("kiln: interrupted");
+            ExitCode::from(run::INTERRUPTED_EXIT_CODE)
+        }
         Err(err) => {
             report(&err);
             ExitCode::from(1)
         }
     }
+}
+
+fn was_interrupted(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<kiln_runtime::Error>(),
+            Some(kiln_runtime::Error::Interrupted)
+        )
+    })
 }
 
 /// The store directory: `--root`/`KILN_ROOT`, or the default for the user.
@@ -76,7 +98,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             writeln!(stdout)?;
             Ok(())
         }
-        Command::Build(args) => commands::build(&open_store(cli.root)?, &remote, &args),
+        Command::Build(args) => {
+            let store = open_store(cli.root)?;
+            let mut sandbox = run::Sandbox::new(&store, cli.runtime, run::Interrupt::install()?);
+            for spec in &args.secrets {
+                let (id, source) = run::parse_secret(spec)?;
+                sandbox.secrets.insert(id, source);
+            }
+            for spec in &args.ssh {
+                let (id, socket) = run::parse_ssh(spec)?;
+                sandbox.ssh.insert(id, socket);
+            }
+            commands::build(&store, &remote, &sandbox, &args)
+        }
         Command::Pull { image, platform } => {
             commands::pull(&open_store(cli.root)?, &remote, &image, platform.as_deref())
         }

@@ -1,5 +1,6 @@
 //! `user[:group]` resolved against an image's `/etc/passwd` and `/etc/group`,
-//! for `COPY --chown`, `ADD --chown` and the owner of WORKDIR directories.
+//! for `COPY --chown`, `ADD --chown`, the owner of WORKDIR directories and
+//! the user RUN steps run as.
 
 use anyhow::{bail, Context};
 use kiln_cache::LayerView;
@@ -51,6 +52,87 @@ pub fn resolve_owner(spec: &str, view: &LayerView) -> anyhow::Result<(u32, u32)>
     Ok((uid, gid))
 }
 
+/// Who a RUN step runs as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecUser {
+    pub uid: u32,
+    pub gid: u32,
+    /// The groups `/etc/group` lists the user in, besides its own.
+    pub additional_gids: Vec<u32>,
+}
+
+/// The user a process runs as for `USER spec`, as container runtimes
+/// resolve it: a name or number from `/etc/passwd` (a number it does not
+/// list runs with group 0), the group given or else the user's, and the
+/// supplementary groups `/etc/group` names the user in when no group is
+/// given.
+pub fn resolve_exec_user(spec: &str, view: &LayerView) -> anyhow::Result<ExecUser> {
+    let (user, group) = match spec.split_once(':') {
+        Some((user, group)) => (user, Some(group)),
+        None => (spec, None),
+    };
+    let user = if user.is_empty() { "0" } else { user };
+    let passwd = view
+        .read_to_string("/etc/passwd")
+        .context("reading /etc/passwd")?
+        .unwrap_or_default();
+    let entries: Vec<Vec<&str>> = passwd
+        .lines()
+        .map(|line| line.split(':').collect::<Vec<_>>())
+        .filter(|fields| fields.len() >= 4)
+        .collect();
+    let (name, uid, primary_gid) = match user.parse::<u32>() {
+        Ok(uid) => match entries.iter().find(|f| f[2].parse() == Ok(uid)) {
+            Some(fields) => (Some(fields[0]), uid, fields[3].parse().unwrap_or(0)),
+            None => (None, uid, 0),
+        },
+        Err(_) => {
+            let fields = entries
+                .iter()
+                .find(|f| f[0] == user)
+                .with_context(|| format!("cannot find user {user:?} in the image's /etc/passwd"))?;
+            let uid = fields[2].parse().with_context(|| {
+                format!("the image's /etc/passwd has no valid uid for {user:?}")
+            })?;
+            (Some(fields[0]), uid, fields[3].parse().unwrap_or(0))
+        }
+    };
+    let groups = view
+        .read_to_string("/etc/group")
+        .context("reading /etc/group")?
+        .unwrap_or_default();
+    let gid =
+        match group {
+            Some("") => bail!("invalid user {spec:?}: the group after ':' is empty"),
+            Some(group) => match group.parse::<u32>() {
+                Ok(gid) => gid,
+                Err(_) => find(&groups, group, |fields| fields.get(2)?.parse().ok()).with_context(
+                    || format!("cannot find group {group:?} in the image's /etc/group"),
+                )?,
+            },
+            None => primary_gid,
+        };
+    let mut additional_gids = Vec::new();
+    if let (None, Some(name)) = (group, name) {
+        for line in groups.lines() {
+            let fields: Vec<&str> = line.split(':').collect();
+            let members = fields.get(3).copied().unwrap_or("");
+            if members.split(',').any(|member| member.trim() == name) {
+                if let Some(member_gid) = fields.get(2).and_then(|g| g.parse().ok()) {
+                    if member_gid != gid && !additional_gids.contains(&member_gid) {
+                        additional_gids.push(member_gid);
+                    }
+                }
+            }
+        }
+    }
+    Ok(ExecUser {
+        uid,
+        gid,
+        additional_gids,
+    })
+}
+
 /// The value `extract` takes from the first line of a colon-separated
 /// database whose first field is `name`.
 fn find<T>(database: &str, name: &str, extract: impl Fn(&[&str]) -> Option<T>) -> Option<T> {
@@ -97,6 +179,55 @@ mod tests {
         for (spec, expected) in cases {
             assert_eq!(resolve_owner(spec, &view).expect(spec), expected, "{spec}");
         }
+    }
+
+    #[test]
+    fn run_users_as_runtimes_resolve_them() {
+        let (_dir, view) = image();
+        let user = |spec: &str| resolve_exec_user(spec, &view).expect(spec);
+        assert_eq!(
+            user(""),
+            ExecUser {
+                uid: 0,
+                gid: 0,
+                additional_gids: vec![]
+            }
+        );
+        assert_eq!(
+            user("app"),
+            ExecUser {
+                uid: 1000,
+                gid: 1001,
+                additional_gids: vec![50]
+            }
+        );
+        assert_eq!(
+            user("1000"),
+            ExecUser {
+                uid: 1000,
+                gid: 1001,
+                additional_gids: vec![50]
+            },
+            "a number the image knows is its user"
+        );
+        assert_eq!(
+            user("app:root"),
+            ExecUser {
+                uid: 1000,
+                gid: 0,
+                additional_gids: vec![]
+            },
+            "a group given replaces the supplementary ones"
+        );
+        assert_eq!(
+            user("4242"),
+            ExecUser {
+                uid: 4242,
+                gid: 0,
+                additional_gids: vec![]
+            }
+        );
+        assert!(resolve_exec_user("ghost", &view).is_err());
     }
 
     #[test]

@@ -3,3 +3,105 @@
 //! process.
 //!
 //! It knows nothing of layer tar formats or the cache index.
+
+mod error;
+mod sandbox;
+mod spec;
+
+use std::path::PathBuf;
+
+pub use error::Error;
+pub use sandbox::{sandbox_main, Layers, Outcome, Runtime, SANDBOX_ARG};
+
+/// Who a step runs as.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct User {
+    pub uid: u32,
+    pub gid: u32,
+    pub additional_gids: Vec<u32>,
+}
+
+/// The network a step sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Network {
+    /// The host's (what BuildKit gives by default).
+    Host,
+    /// Only a loopback interface of its own.
+    None,
+}
+
+/// Bytes that must not reach a log, an error or a file on disk: secrets.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Sensitive(pub Vec<u8>);
+
+impl std::fmt::Debug for Sensitive {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// A mount a step asks for, from the host's side. Targets are absolute
+/// paths in the step's root filesystem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepMount {
+    /// A host directory or socket (a cache directory, an SSH agent).
+    Bind {
+        source: PathBuf,
+        target: String,
+        readonly: bool,
+    },
+    /// The merged file system of layer directories (bottom first): a stage,
+    /// an image or the build context. `path` is the directory or file in it
+    /// to mount, already resolved so that it crosses no symlink. Writes,
+    /// when `writable`, go to a directory thrown away after the step.
+    Layers {
+        lowers: Vec<PathBuf>,
+        path: String,
+        target: String,
+        writable: bool,
+    },
+    Tmpfs {
+        target: String,
+        size: Option<u64>,
+        mode: u32,
+    },
+    /// A file kiln writes for the step (a secret, a heredoc script), kept
+    /// in memory (tmpfs) and removed after the step; read-only.
+    File {
+        target: String,
+        contents: Sensitive,
+        uid: u32,
+        gid: u32,
+        mode: u32,
+    },
+}
+
+impl StepMount {
+    pub fn target(&self) -> &str {
+        match self {
+            StepMount::Bind { target, .. }
+            | StepMount::Layers { target, .. }
+            | StepMount::Tmpfs { target, .. }
+            | StepMount::File { target, .. } => target,
+        }
+    }
+}
+
+/// One process to run in a sandbox.
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub args: Vec<String>,
+    /// `KEY=VALUE`.
+    pub env: Vec<String>,
+    /// Variables holding secrets: given to the process, never written to
+    /// disk.
+    pub secret_env: Vec<(String, Sensitive)>,
+    /// Absolute.
+    pub cwd: String,
+    pub user: User,
+    pub hostname: String,
+    pub network: Network,
+    /// `--security=insecure`: every capability, nothing masked.
+    pub insecure: bool,
+    pub mounts: Vec<StepMount>,
+}

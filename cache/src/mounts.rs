@@ -1,0 +1,183 @@
+//! Cache mounts (`RUN --mount=type=cache`): directories kept in the store
+//! across builds and shared between steps by id, never part of a layer.
+//!
+//! Layout: `cache-mounts/<sha256 of the id>/` holds the id in `id`, and one
+//! directory per instance (`0`, `1`, …) each with a lock file beside it
+//! (`0.lock`). Steps sharing an instance hold a shared lock on it, a
+//! `locked` step an exclusive one; a `private` step takes the first
+//! instance nobody holds, so concurrent private steps never see each other.
+
+use std::fs::{self, File, OpenOptions, TryLockError};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+use crate::digest::Digest;
+use crate::error::Error;
+use crate::store::{write_atomic, Store};
+
+/// How concurrent steps share a cache mount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sharing {
+    /// Every step uses the same directory at the same time.
+    Shared,
+    /// Each step has a directory of its own while it runs.
+    Private,
+    /// Steps wait for each other and use the same directory in turn.
+    Locked,
+}
+
+/// A cache directory in use; the lock on it is released when dropped.
+#[derive(Debug)]
+pub struct CacheMount {
+    pub path: PathBuf,
+    _lock: File,
+}
+
+fn open_lock(path: &Path) -> Result<File, Error> {
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io(path, e))
+}
+
+impl Store {
+    fn cache_mounts_dir(&self) -> PathBuf {
+        self.root().join("cache-mounts")
+    }
+
+    /// The directory of cache mount `id`, locked as `sharing` asks (waiting
+    /// for other processes when needed). A directory that does not exist
+    /// yet is made by `init`, which fills an empty directory, and appears
+    /// only once `init` succeeded.
+    pub fn cache_mount(
+        &self,
+        id: &str,
+        sharing: Sharing,
+        init: impl FnOnce(&Path) -> Result<(), Error>,
+    ) -> Result<CacheMount, Error> {
+        let parent = self
+            .cache_mounts_dir()
+            .join(Digest::of(id.as_bytes()).hex());
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&parent)
+            .map_err(|e| Error::io(&parent, e))?;
+        let id_file = parent.join("id");
+        if !id_file.exists() {
+            write_atomic(&id_file, id.as_bytes())?;
+        }
+        let (instance, lock) = match sharing {
+            Sharing::Shared | Sharing::Locked => {
+                let path = parent.join("0.lock");
+                let lock = open_lock(&path)?;
+                let locked = if sharing == Sharing::Shared {
+                    lock.lock_shared()
+                } else {
+                    lock.lock()
+                };
+                locked.map_err(|e| Error::io(&path, e))?;
+                (0, lock)
+            }
+            Sharing::Private => {
+                let mut instance = 0;
+                loop {
+                    let path = parent.join(format!("{instance}.lock"));
+                    let lock = open_lock(&path)?;
+                    match lock.try_lock() {
+                        Ok(()) => break (instance, lock),
+                        Err(TryLockError::WouldBlock) => instance += 1,
+                        Err(TryLockError::Error(e)) => return Err(Error::io(&path, e)),
+                    }
+                }
+            }
+        };
+        let path = parent.join(instance.to_string());
+        if !path.is_dir() {
+            // Shared users may race to create it: the first rename wins.
+            let work = self.temp_dir()?;
+            let fresh = work.path().join("cache");
+            fs::create_dir(&fresh).map_err(|e| Error::io(&fresh, e))?;
+            init(&fresh)?;
+            match fs::rename(&fresh, &path) {
+                Ok(()) => {}
+                Err(_) if path.is_dir() => {}
+                Err(e) => return Err(Error::io(&path, e)),
+            }
+        }
+        Ok(CacheMount { path, _lock: lock })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        (dir, store)
+    }
+
+    #[test]
+    fn content_persists_per_id() {
+        let (_dir, store) = store();
+        let first = store
+            .cache_mount("go-build", Sharing::Shared, |dir| {
+                fs::write(dir.join("seed"), b"from init").map_err(|e| Error::io(dir, e))
+            })
+            .unwrap();
+        fs::write(first.path.join("object"), b"compiled").unwrap();
+        let path = first.path.clone();
+        drop(first);
+        let again = store
+            .cache_mount("go-build", Sharing::Shared, |_| panic!("already made"))
+            .unwrap();
+        assert_eq!(again.path, path);
+        assert_eq!(fs::read(again.path.join("object")).unwrap(), b"compiled");
+        assert_eq!(fs::read(again.path.join("seed")).unwrap(), b"from init");
+        let other = store
+            .cache_mount("npm", Sharing::Shared, |_| Ok(()))
+            .unwrap();
+        assert_ne!(other.path, path);
+        assert!(!other.path.join("object").exists());
+    }
+
+    #[test]
+    fn shared_users_see_one_directory_private_ones_their_own() {
+        let (_dir, store) = store();
+        let a = store.cache_mount("c", Sharing::Shared, |_| Ok(())).unwrap();
+        let b = store.cache_mount("c", Sharing::Shared, |_| Ok(())).unwrap();
+        assert_eq!(a.path, b.path);
+        let private = store
+            .cache_mount("c", Sharing::Private, |_| Ok(()))
+            .unwrap();
+        assert_ne!(private.path, a.path, "the shared instance is in use");
+        let second_private = store
+            .cache_mount("c", Sharing::Private, |_| Ok(()))
+            .unwrap();
+        assert_ne!(second_private.path, private.path);
+        drop((a, b));
+        let third_private = store
+            .cache_mount("c", Sharing::Private, |_| Ok(()))
+            .unwrap();
+        assert_eq!(
+            third_private.path.file_name().unwrap(),
+            "0",
+            "the first instance is free again"
+        );
+    }
+
+    #[test]
+    fn failed_init_leaves_nothing() {
+        let (_dir, store) = store();
+        let failed = store.cache_mount("c", Sharing::Locked, |dir| {
+            Err(Error::io(dir, std::io::Error::other("no")))
+        });
+        assert!(failed.is_err());
+        let mount = store.cache_mount("c", Sharing::Locked, |_| Ok(())).unwrap();
+        assert_eq!(fs::read_dir(&mount.path).unwrap().count(), 0);
+    }
+}

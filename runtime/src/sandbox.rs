@@ -1,0 +1,669 @@
+//! Running a step. kiln starts a helper process (itself, with
+//! `SANDBOX_ARG`) that takes a mount namespace and a pid namespace of its
+//! own, mounts the overlay root there and runs the OCI runtime as the first
+//! process of that pid namespace. The mount lives only in the helper's
+//! namespace, so it goes away with the helper, whatever ends it; the
+//! helper and the runtime die with their parent (PR_SET_PDEATHSIG), and the
+//! step with the runtime, its pid namespace's first process. A kiln killed
+//! with SIGKILL therefore leaves no process and no mount, only the
+//! runtime's state directory, which the next kiln removes.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+use crate::{spec, Step, StepMount};
+
+/// The first argument that makes the `kiln` binary the sandbox helper.
+pub const SANDBOX_ARG: &str = "__kiln-sandbox";
+
+/// Lines of output kept for the report of a failed step.
+const TAIL_LINES: usize = 20;
+
+/// An overlay the helper mounts before it starts the runtime.
+#[derive(Debug, Serialize, Deserialize)]
+struct Overlay {
+    /// Bottom first; may be empty (FROM scratch).
+    lowers: Vec<PathBuf>,
+    /// Where writes go, with the work directory overlayfs needs beside it;
+    /// none for a read-only overlay.
+    upper: Option<(PathBuf, PathBuf)>,
+    at: PathBuf,
+}
+
+/// What the helper needs, written into the bundle by kiln.
+#[derive(Debug, Serialize, Deserialize)]
+struct Plan {
+    runtime: PathBuf,
+    state_dir: PathBuf,
+    id: String,
+    /// The root filesystem first, then those of `Layers` mounts.
+    overlays: Vec<Overlay>,
+}
+
+/// How a step ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// The exit code, or 128 + the signal that ended the step.
+    pub code: i32,
+    /// The last lines it wrote.
+    pub tail: Vec<String>,
+}
+
+impl Outcome {
+    pub fn success(&self) -> bool {
+        self.code == 0
+    }
+
+    /// "exit code 3" or "killed by signal 9".
+    pub fn describe(&self) -> String {
+        if self.code > 128 && self.code < 128 + 65 {
+            format!("killed by signal {}", self.code - 128)
+        } else {
+            format!("exit code {}", self.code)
+        }
+    }
+}
+
+/// The layers a step runs on: `lowers` bottom first (snapshot
+/// directories), `upper` an empty directory that receives its changes, and
+/// `scratch` an empty directory on the same file system for the overlays'
+/// work directories and mount points.
+pub struct Layers<'a> {
+    pub lowers: &'a [PathBuf],
+    pub upper: &'a Path,
+    pub scratch: &'a Path,
+}
+
+/// Where bundles live: in memory, so that secrets and the step's
+/// environment never reach a disk.
+const BUNDLE_ROOT: &str = "/dev/shm";
+
+/// The bundle directory of a step, removed when dropped.
+struct Bundle(PathBuf);
+
+impl Bundle {
+    fn create(id: &str) -> Result<Bundle, Error> {
+        let path = Path::new(BUNDLE_ROOT).join(id);
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        Ok(Bundle(path))
+    }
+}
+
+impl Drop for Bundle {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// An OCI runtime and the directory it keeps its state in.
+pub struct Runtime {
+    program: PathBuf,
+    /// Per kiln process: `state_root/PID`.
+    state_dir: PathBuf,
+    state_root: PathBuf,
+}
+
+static STEPS: AtomicU64 = AtomicU64::new(0);
+
+fn find_in_path(name: &str) -> Option<PathBuf> {
+    let paths = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&paths)
+        .chain(["/usr/sbin", "/usr/bin", "/sbin", "/bin"].map(PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|path| path.is_file())
+}
+
+impl Runtime {
+    /// `program` (default: `runc` from PATH or /usr/sbin), keeping its state
+    /// under `state_root`.
+    pub fn new(program: Option<&Path>, state_root: &Path) -> Result<Runtime, Error> {
+        let program = match program {
+            Some(path) if path.is_file() => path.to_path_buf(),
+            Some(path) => match path
+                .to_str()
+                .filter(|p| !p.contains('/'))
+                .and_then(find_in_path)
+            {
+                Some(found) => found,
+                None => return Err(Error::RuntimeMissing(path.to_path_buf())),
+            },
+            None => find_in_path("runc").ok_or_else(|| Error::RuntimeMissing("runc".into()))?,
+        };
+        let state_dir = state_root.join(std::process::id().to_string());
+        Ok(Runtime {
+            program,
+            state_dir,
+            state_root: state_root.to_path_buf(),
+        })
+    }
+
+    /// Removes what runtimes of kiln processes that no longer run left:
+    /// their containers' state and cgroups (their processes and mounts died
+    /// with them).
+    pub fn clean_leftovers(&self) -> Result<(), Error> {
+        // Bundles: `kiln-PID-N`.
+        if let Ok(bundles) = std::fs::read_dir(BUNDLE_ROOT) {
+            for bundle in bundles.flatten() {
+                let name = bundle.file_name();
+                let owner = name
+                    .to_str()
+                    .and_then(|name| name.strip_prefix("kiln-"))
+                    .and_then(|rest| rest.split_once('-'))
+                    .and_then(|(pid, _)| pid.parse::<i32>().ok());
+                if owner.is_some_and(|pid| !process_alive(pid)) {
+                    let _ = std::fs::remove_dir_all(bundle.path());
+                }
+            }
+        }
+        let entries = match std::fs::read_dir(&self.state_root) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Error::io(&self.state_root, e)),
+        };
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|name| name.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            if process_alive(pid) {
+                continue;
+            }
+            let dir = entry.path();
+            if let Ok(containers) = std::fs::read_dir(&dir) {
+                for container in containers.flatten() {
+                    if let Some(id) = container.file_name().to_str() {
+                        let _ = Command::new(&self.program)
+                            .arg("--root")
+                            .arg(&dir)
+                            .args(["delete", "--force", id])
+                            .stdout(Stdio::null())
+                            .stderr(Stdio::null())
+                            .status();
+                    }
+                }
+            }
+            std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        }
+        Ok(())
+    }
+
+    /// Runs `step` on `layers`, passing each line it writes (stdout and
+    /// stderr together) to `output`. `interrupted` stops it: the step is
+    /// killed and `Error::Interrupted` returned.
+    pub fn run(
+        &self,
+        step: &Step,
+        layers: &Layers<'_>,
+        output: &mut dyn FnMut(&str),
+        interrupted: &AtomicBool,
+    ) -> Result<Outcome, Error> {
+        let id = format!(
+            "kiln-{}-{}",
+            std::process::id(),
+            STEPS.fetch_add(1, Ordering::Relaxed)
+        );
+        let bundle = Bundle::create(&id)?;
+        let bundle_dir = &bundle.0;
+        let rootfs = layers.scratch.join("rootfs");
+        let etc = bundle_dir.join("etc");
+        let files = bundle_dir.join("files");
+        for dir in [&rootfs, &etc, &files] {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        }
+        std::fs::create_dir_all(&self.state_dir).map_err(|e| Error::io(&self.state_dir, e))?;
+        write_file(&etc.join("hosts"), &hosts(&step.hostname))?;
+        write_file(&etc.join("resolv.conf"), &resolv_conf())?;
+        let mut overlays = vec![Overlay {
+            lowers: layers.lowers.to_vec(),
+            upper: Some((layers.upper.to_path_buf(), layers.scratch.join("work"))),
+            at: rootfs.clone(),
+        }];
+        let mut sources = Vec::with_capacity(step.mounts.len());
+        for (index, mount) in step.mounts.iter().enumerate() {
+            sources.push(match mount {
+                StepMount::Bind { source, .. } => Some(source.clone()),
+                StepMount::Tmpfs { .. } => None,
+                StepMount::File {
+                    contents,
+                    uid,
+                    gid,
+                    mode,
+                    ..
+                } => {
+                    let path = files.join(index.to_string());
+                    write_private_file(&path, &contents.0, *uid, *gid, *mode)?;
+                    Some(path)
+                }
+                StepMount::Layers {
+                    lowers,
+                    path,
+                    writable,
+                    ..
+                } => {
+                    let inside = path.trim_start_matches('/');
+                    if let ([only], false) = (lowers.as_slice(), writable) {
+                        Some(only.join(inside))
+                    } else {
+                        let base = layers.scratch.join(format!("mount-{index}"));
+                        let at = base.join("merged");
+                        let upper = if *writable || lowers.len() < 2 {
+                            // overlayfs needs an upper directory unless it
+                            // merges at least two lower ones.
+                            Some((base.join("upper"), base.join("work")))
+                        } else {
+                            None
+                        };
+                        overlays.push(Overlay {
+                            lowers: lowers.clone(),
+                            upper,
+                            at: at.clone(),
+                        });
+                        Some(at.join(inside))
+                    }
+                }
+            });
+        }
+        for overlay in &overlays {
+            let dirs = [Some(&overlay.at)]
+                .into_iter()
+                .chain(
+                    overlay
+                        .upper
+                        .iter()
+                        .flat_map(|(upper, work)| [Some(upper), Some(work)]),
+                )
+                .flatten();
+            for dir in dirs {
+                std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+            }
+        }
+        let config = spec::config(step, &rootfs, &etc, &sources)?;
+        let config_path = bundle_dir.join("config.json");
+        config
+            .save(&config_path)
+            .map_err(|e| Error::Spec(format!("writing {}: {e}", config_path.display())))?;
+        let plan = Plan {
+            runtime: self.program.clone(),
+            state_dir: self.state_dir.clone(),
+            id: id.clone(),
+            overlays,
+        };
+        let plan_json = serde_json::to_vec(&plan).map_err(|e| Error::Spec(e.to_string()))?;
+        write_file(&bundle_dir.join("plan.json"), &plan_json)?;
+        let stubs = Stubs::before(step, layers.lowers);
+
+        let (reader, writer) = std::io::pipe().map_err(|e| Error::io("a pipe", e))?;
+        let writer_for_stderr = writer.try_clone().map_err(|e| Error::io("a pipe", e))?;
+        let helper = std::env::current_exe().map_err(|e| Error::io("the kiln binary", e))?;
+        let mut command = Command::new(&helper);
+        command
+            .arg(SANDBOX_ARG)
+            .arg(bundle_dir)
+            .stdin(Stdio::null())
+            .stdout(writer)
+            .stderr(writer_for_stderr);
+        // SAFETY: between fork and exec only async-signal-safe calls are
+        // made (prctl, setpgid).
+        unsafe {
+            command.pre_exec(|| {
+                // Die with kiln; and a process group of its own, so that a
+                // Ctrl-C at the terminal reaches kiln, which stops the step.
+                rustix::process::set_parent_process_death_signal(Some(
+                    rustix::process::Signal::KILL,
+                ))?;
+                rustix::process::setsid()?;
+                Ok(())
+            });
+        }
+        let mut child = command.spawn().map_err(|e| Error::io(&helper, e))?;
+        drop(command);
+
+        let (lines, received) = mpsc::channel::<String>();
+        let pump = std::thread::spawn(move || {
+            for line in BufReader::new(reader).split(b'\n') {
+                let Ok(line) = line else { break };
+                let text = String::from_utf8_lossy(&line)
+                    .trim_end_matches('\r')
+                    .to_string();
+                if lines.send(text).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut tail = std::collections::VecDeque::with_capacity(TAIL_LINES);
+        let mut keep = |line: String, output: &mut dyn FnMut(&str)| {
+            output(&line);
+            if tail.len() == TAIL_LINES {
+                tail.pop_front();
+            }
+            tail.push_back(line);
+        };
+        let mut was_interrupted = false;
+        let status = loop {
+            match received.recv_timeout(Duration::from_millis(50)) {
+                Ok(line) => keep(line, output),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    break child.wait().map_err(|e| Error::io(&helper, e))?;
+                }
+            }
+            if interrupted.load(Ordering::Relaxed) && !was_interrupted {
+                was_interrupted = true;
+                // The whole session: the helper, the runtime, and with
+                // the runtime's pid namespace the step.
+                if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+                    let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+                }
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                // Whatever the pipe still holds.
+                while let Ok(line) = received.recv_timeout(Duration::from_millis(200)) {
+                    keep(line, output);
+                }
+                break status;
+            }
+        };
+        let _ = pump.join();
+        // `run` removes its container when it ends; one that was killed has
+        // not.
+        let _ = Command::new(&self.program)
+            .arg("--root")
+            .arg(&self.state_dir)
+            .args(["delete", "--force", &id])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        stubs.remove(layers.upper);
+        drop(bundle);
+        if was_interrupted {
+            return Err(Error::Interrupted);
+        }
+        use std::os::unix::process::ExitStatusExt;
+        let code = match (status.code(), status.signal()) {
+            (Some(code), _) => code,
+            (None, Some(signal)) => 128 + signal,
+            (None, None) => 255,
+        };
+        Ok(Outcome {
+            code,
+            tail: tail.into_iter().collect(),
+        })
+    }
+}
+
+fn process_alive(pid: i32) -> bool {
+    rustix::process::Pid::from_raw(pid)
+        .is_some_and(|pid| rustix::process::test_kill_process(pid).is_ok())
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    std::fs::write(path, bytes).map_err(|e| Error::io(path, e))
+}
+
+/// Writes a file only its owner-to-be can read until `mode` is applied.
+fn write_private_file(
+    path: &Path,
+    bytes: &[u8],
+    uid: u32,
+    gid: u32,
+    mode: u32,
+) -> Result<(), Error> {
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Error::io(path, e))?;
+    file.write_all(bytes).map_err(|e| Error::io(path, e))?;
+    std::os::unix::fs::fchown(&file, Some(uid), Some(gid)).map_err(|e| Error::io(path, e))?;
+    file.set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(|e| Error::io(path, e))
+}
+
+fn hosts(hostname: &str) -> Vec<u8> {
+    format!(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
+    )
+    .into_bytes()
+}
+
+/// The host's resolver configuration, for steps on the host's network.
+fn resolv_conf() -> Vec<u8> {
+    std::fs::read("/etc/resolv.conf").unwrap_or_default()
+}
+
+/// Mount points the runtime creates in the root filesystem for the step's
+/// mounts: those the image did not have are removed from the step's changes
+/// afterwards, and so are the image's directories that overlayfs copied up
+/// only to hold them, so that none of them end up in the step's layer.
+struct Stubs {
+    /// Deepest first, so that emptied parents go too.
+    missing: Vec<String>,
+    /// Directories of the image that hold a stub: path and the metadata the
+    /// image gives them. Deepest first.
+    parents: Vec<(String, std::fs::Metadata)>,
+}
+
+/// What the merged lower layers have at `relative`: the topmost entry, or
+/// none when absent or whited out.
+fn lower_entry(lowers: &[PathBuf], relative: &Path) -> Option<std::fs::Metadata> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let metadata = lowers
+        .iter()
+        .rev()
+        .find_map(|lower| std::fs::symlink_metadata(lower.join(relative)).ok())?;
+    let whiteout = metadata.file_type().is_char_device() && metadata.rdev() == 0;
+    (!whiteout).then_some(metadata)
+}
+
+impl Stubs {
+    fn before(step: &Step, lowers: &[PathBuf]) -> Stubs {
+        let mut destinations: Vec<String> =
+            ["/proc", "/dev", "/sys", "/etc/hosts", "/etc/resolv.conf"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+        destinations.extend(step.mounts.iter().map(|m| m.target().to_string()));
+        let mut missing = Vec::new();
+        let mut parents = Vec::new();
+        for destination in destinations {
+            let mut path = PathBuf::from("/");
+            let parts: Vec<_> = Path::new(&destination).components().skip(1).collect();
+            for (depth, part) in parts.iter().enumerate() {
+                path.push(part);
+                let relative = path.strip_prefix("/").unwrap_or(&path).to_path_buf();
+                let text = path.to_string_lossy().into_owned();
+                match lower_entry(lowers, &relative) {
+                    None => {
+                        if !missing.contains(&text) {
+                            missing.push(text);
+                        }
+                    }
+                    Some(metadata) => {
+                        let is_parent = depth + 1 < parts.len();
+                        if is_parent
+                            && metadata.is_dir()
+                            && !parents.iter().any(|(p, _)| *p == text)
+                        {
+                            parents.push((text, metadata));
+                        }
+                    }
+                }
+            }
+        }
+        missing.sort_by_key(|p| std::cmp::Reverse(p.matches('/').count()));
+        parents.sort_by_key(|(p, _)| std::cmp::Reverse(p.matches('/').count()));
+        Stubs { missing, parents }
+    }
+
+    /// Removes the stubs that are still empty (a step that wrote into a
+    /// directory keeps it), then the image's directories that are left
+    /// empty and unchanged in the step's changes.
+    fn remove(&self, upper: &Path) {
+        use std::os::unix::fs::MetadataExt;
+        for path in &self.missing {
+            let full = upper.join(path.trim_start_matches('/'));
+            let Ok(metadata) = std::fs::symlink_metadata(&full) else {
+                continue;
+            };
+            if metadata.is_dir() {
+                let _ = std::fs::remove_dir(&full);
+            } else if metadata.is_file() && metadata.len() == 0 {
+                let _ = std::fs::remove_file(&full);
+            }
+        }
+        for (path, original) in &self.parents {
+            let full = upper.join(path.trim_start_matches('/'));
+            let Ok(metadata) = std::fs::symlink_metadata(&full) else {
+                continue;
+            };
+            let unchanged = metadata.is_dir()
+                && metadata.mode() == original.mode()
+                && metadata.uid() == original.uid()
+                && metadata.gid() == original.gid()
+                && !is_opaque(&full);
+            let empty = std::fs::read_dir(&full).is_ok_and(|mut entries| entries.next().is_none());
+            if unchanged && empty {
+                let _ = std::fs::remove_dir(&full);
+            }
+        }
+    }
+}
+
+/// Whether overlayfs marked a directory as hiding the lower layers'
+/// contents.
+fn is_opaque(dir: &Path) -> bool {
+    rustix::fs::lgetxattr(dir, "trusted.overlay.opaque", &mut [0u8; 4]).is_ok_and(|len| len > 0)
+}
+
+/// The helper: run from `main` of the kiln binary when its first argument is
+/// `SANDBOX_ARG`, with the bundle directory as the second. Returns the exit
+/// code to end with: the step's, or 125 when the sandbox could not be set up
+/// (as Docker does).
+pub fn sandbox_main(bundle: &Path) -> i32 {
+    match sandbox(bundle) {
+        Ok(code) => code,
+        Err(error) => {
+            let _ = writeln!(std::io::stderr(), "kiln: {error}");
+            125
+        }
+    }
+}
+
+fn sandbox(bundle: &Path) -> Result<i32, Error> {
+    let plan_path = bundle.join("plan.json");
+    let plan: Plan =
+        serde_json::from_slice(&std::fs::read(&plan_path).map_err(|e| Error::io(&plan_path, e))?)
+            .map_err(|e| Error::Setup(format!("{}: {e}", plan_path.display())))?;
+    // SAFETY: the helper has a single thread; no file descriptor table is
+    // unshared.
+    unsafe {
+        rustix::thread::unshare_unsafe(
+            rustix::thread::UnshareFlags::NEWNS | rustix::thread::UnshareFlags::NEWPID,
+        )
+    }
+    .map_err(|e| Error::Setup(format!("cannot make namespaces (is kiln root?): {e}")))?;
+    rustix::mount::mount_change(
+        "/",
+        rustix::mount::MountPropagationFlags::REC | rustix::mount::MountPropagationFlags::PRIVATE,
+    )
+    .map_err(|e| Error::Setup(format!("cannot make the mounts private: {e}")))?;
+    for (index, overlay) in plan.overlays.iter().enumerate() {
+        mount_overlay(&bundle.join(format!("lower-{index}")), overlay)?;
+    }
+    let mut runtime = Command::new(&plan.runtime);
+    runtime
+        .arg("--root")
+        .arg(&plan.state_dir)
+        .arg("run")
+        .arg("--bundle")
+        .arg(bundle)
+        .arg(&plan.id)
+        .stdin(Stdio::null());
+    // SAFETY: only prctl and mount between fork and exec.
+    unsafe {
+        runtime.pre_exec(|| {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
+            // The runtime is the first process of the new pid namespace and
+            // reads its children in /proc: a /proc of that namespace.
+            rustix::mount::mount(
+                "proc",
+                "/proc",
+                "proc",
+                rustix::mount::MountFlags::NOSUID
+                    | rustix::mount::MountFlags::NODEV
+                    | rustix::mount::MountFlags::NOEXEC,
+                None,
+            )?;
+            Ok(())
+        });
+    }
+    let status = runtime.status().map_err(|e| Error::io(&plan.runtime, e))?;
+    use std::os::unix::process::ExitStatusExt;
+    Ok(match (status.code(), status.signal()) {
+        (Some(code), _) => code,
+        (None, Some(signal)) => 128 + signal,
+        (None, None) => 255,
+    })
+}
+
+/// Mounts an overlay at `overlay.at`. The lower directories are named
+/// through short symlinks in `links`, so that many layers fit in the mount
+/// options (one page).
+fn mount_overlay(links: &Path, overlay: &Overlay) -> Result<(), Error> {
+    std::fs::create_dir_all(links).map_err(|e| Error::io(links, e))?;
+    let mut names = Vec::new();
+    if overlay.lowers.is_empty() {
+        // Overlay wants a lower directory: an empty one for FROM scratch.
+        let empty = links.join("empty");
+        std::fs::create_dir_all(&empty).map_err(|e| Error::io(&empty, e))?;
+        names.push("empty".to_string());
+    }
+    for (index, lower) in overlay.lowers.iter().enumerate() {
+        let name = index.to_string();
+        let link = links.join(&name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(lower, &link).map_err(|e| Error::io(&link, e))?;
+        names.push(name);
+    }
+    // The topmost layer comes first.
+    names.reverse();
+    std::env::set_current_dir(links).map_err(|e| Error::io(links, e))?;
+    let mut options = format!("lowerdir={}", names.join(":"));
+    if let Some((upper, work)) = &overlay.upper {
+        options.push_str(&format!(
+            ",upperdir={},workdir={}",
+            upper.display(),
+            work.display()
+        ));
+    }
+    // Whiteouts and opaque directories are the only overlay metadata a
+    // layer can carry: no redirects, metadata-only copies or inode index,
+    // whatever this kernel defaults to.
+    options.push_str(",redirect_dir=off,metacopy=off,index=off");
+    let data = std::ffi::CString::new(options.clone())
+        .map_err(|_| Error::Setup(format!("a layer path holds a NUL byte: {options}")))?;
+    rustix::mount::mount(
+        "overlay",
+        &overlay.at,
+        "overlay",
+        rustix::mount::MountFlags::empty(),
+        data.as_c_str(),
+    )
+    .map_err(|e| Error::Setup(format!("cannot mount the overlay ({options}): {e}")))
+}

@@ -1,0 +1,354 @@
+//! The OCI runtime configuration of a step: Docker's defaults for
+//! capabilities, masked and read-only paths, /proc, /dev and /sys, plus what
+//! the step asks for.
+
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
+    MountBuilder, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec,
+    SpecBuilder, UserBuilder,
+};
+
+use crate::error::Error;
+use crate::{Network, Step, StepMount};
+
+/// Docker's default capabilities.
+const CAPABILITIES: [Capability; 14] = [
+    Capability::Chown,
+    Capability::DacOverride,
+    Capability::Fsetid,
+    Capability::Fowner,
+    Capability::Mknod,
+    Capability::NetRaw,
+    Capability::Setgid,
+    Capability::Setuid,
+    Capability::Setfcap,
+    Capability::Setpcap,
+    Capability::NetBindService,
+    Capability::SysChroot,
+    Capability::Kill,
+    Capability::AuditWrite,
+];
+
+/// Paths Docker hides from containers.
+const MASKED_PATHS: [&str; 11] = [
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+/// Paths Docker makes read-only in containers.
+const READONLY_PATHS: [&str; 5] = [
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// The open files a step may have, as containerd allows, within what this
+/// machine lets kiln raise it to.
+const OPEN_FILES: u64 = 1_048_576;
+
+fn spec_error(e: impl std::fmt::Display) -> Error {
+    Error::Spec(e.to_string())
+}
+
+/// The mounts every step gets, as Docker sets them.
+fn standard_mounts(insecure: bool) -> Result<Vec<oci_spec::runtime::Mount>, Error> {
+    let mount = |destination: &str, kind: &str, source: &str, options: &[&str]| {
+        MountBuilder::default()
+            .destination(destination)
+            .typ(kind)
+            .source(source)
+            .options(options.iter().map(|o| o.to_string()).collect::<Vec<_>>())
+            .build()
+            .map_err(spec_error)
+    };
+    let sys_mode = if insecure { "rw" } else { "ro" };
+    Ok(vec![
+        mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
+        mount(
+            "/dev",
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+        )?,
+        mount(
+            "/dev/pts",
+            "devpts",
+            "devpts",
+            &[
+                "nosuid",
+                "noexec",
+                "newinstance",
+                "ptmxmode=0666",
+                "mode=0620",
+                "gid=5",
+            ],
+        )?,
+        mount(
+            "/dev/shm",
+            "tmpfs",
+            "shm",
+            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+        )?,
+        mount(
+            "/dev/mqueue",
+            "mqueue",
+            "mqueue",
+            &["nosuid", "noexec", "nodev"],
+        )?,
+        mount(
+            "/sys",
+            "sysfs",
+            "sysfs",
+            &["nosuid", "noexec", "nodev", sys_mode],
+        )?,
+    ])
+}
+
+/// The hard limit of open files this process has, which a step cannot
+/// exceed without CAP_SYS_RESOURCE.
+fn open_files_limit() -> u64 {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    limit.maximum.map_or(OPEN_FILES, |max| max.min(OPEN_FILES))
+}
+
+/// The configuration for running `step` on the root filesystem `rootfs`;
+/// `etc` holds the `hosts` and `resolv.conf` the step sees, and `sources`
+/// the host path of each of the step's mounts (none for a tmpfs).
+pub(crate) fn config(
+    step: &Step,
+    rootfs: &Path,
+    etc: &Path,
+    sources: &[Option<PathBuf>],
+) -> Result<Spec, Error> {
+    let capabilities: std::collections::HashSet<Capability> = if step.insecure {
+        // `--security=insecure`: every capability, as BuildKit gives.
+        all_capabilities()
+    } else {
+        CAPABILITIES.into_iter().collect()
+    };
+    let capabilities = LinuxCapabilitiesBuilder::default()
+        .bounding(capabilities.clone())
+        .effective(capabilities.clone())
+        .permitted(capabilities)
+        .inheritable(std::collections::HashSet::new())
+        .ambient(std::collections::HashSet::new())
+        .build()
+        .map_err(spec_error)?;
+    let user = UserBuilder::default()
+        .uid(step.user.uid)
+        .gid(step.user.gid)
+        .additional_gids(step.user.additional_gids.clone())
+        .build()
+        .map_err(spec_error)?;
+    let open_files = open_files_limit();
+    let rlimits = vec![PosixRlimitBuilder::default()
+        .typ(PosixRlimitType::RlimitNofile)
+        .soft(open_files)
+        .hard(open_files)
+        .build()
+        .map_err(spec_error)?];
+    let mut env = step.env.clone();
+    env.extend(
+        step.secret_env
+            .iter()
+            .map(|(name, value)| format!("{name}={}", String::from_utf8_lossy(&value.0))),
+    );
+    let process = ProcessBuilder::default()
+        .terminal(false)
+        .user(user)
+        .args(step.args.clone())
+        .env(env)
+        .cwd(step.cwd.clone())
+        .capabilities(capabilities)
+        .rlimits(rlimits)
+        .no_new_privileges(!step.insecure)
+        .build()
+        .map_err(spec_error)?;
+    let mut mounts = standard_mounts(step.insecure)?;
+    for (file, destination) in [("hosts", "/etc/hosts"), ("resolv.conf", "/etc/resolv.conf")] {
+        mounts.push(
+            MountBuilder::default()
+                .destination(destination)
+                .typ("bind")
+                .source(etc.join(file))
+                .options(vec!["rbind".to_string(), "ro".to_string()])
+                .build()
+                .map_err(spec_error)?,
+        );
+    }
+    for (mount, source) in step.mounts.iter().zip(sources) {
+        let bind = |source: &Path, target: &str, readonly: bool| {
+            MountBuilder::default()
+                .destination(target)
+                .typ("bind")
+                .source(source)
+                .options(vec![
+                    "rbind".to_string(),
+                    if readonly { "ro" } else { "rw" }.to_string(),
+                ])
+                .build()
+                .map_err(spec_error)
+        };
+        mounts.push(match (mount, source) {
+            (
+                StepMount::Bind {
+                    target, readonly, ..
+                },
+                Some(source),
+            ) => bind(source, target, *readonly)?,
+            (
+                StepMount::Layers {
+                    target, writable, ..
+                },
+                Some(source),
+            ) => bind(source, target, !*writable)?,
+            (StepMount::File { target, .. }, Some(source)) => bind(source, target, true)?,
+            (StepMount::Tmpfs { target, size, mode }, _) => {
+                let mut options = vec![
+                    "nosuid".to_string(),
+                    "nodev".to_string(),
+                    format!("mode={mode:o}"),
+                ];
+                if let Some(size) = size {
+                    options.push(format!("size={size}"));
+                }
+                MountBuilder::default()
+                    .destination(target)
+                    .typ("tmpfs")
+                    .source("tmpfs")
+                    .options(options)
+                    .build()
+                    .map_err(spec_error)?
+            }
+            (mount, None) => {
+                return Err(Error::Spec(format!(
+                    "no host path for the mount at {}",
+                    mount.target()
+                )))
+            }
+        });
+    }
+    let mut namespaces = vec![
+        LinuxNamespaceType::Pid,
+        LinuxNamespaceType::Ipc,
+        LinuxNamespaceType::Uts,
+        LinuxNamespaceType::Mount,
+    ];
+    if step.network == Network::None {
+        namespaces.push(LinuxNamespaceType::Network);
+    }
+    let namespaces = namespaces
+        .into_iter()
+        .map(|kind| LinuxNamespaceBuilder::default().typ(kind).build())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(spec_error)?;
+    let mut linux = LinuxBuilder::default().namespaces(namespaces);
+    if !step.insecure {
+        linux = linux
+            .masked_paths(
+                MASKED_PATHS
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>(),
+            )
+            .readonly_paths(
+                READONLY_PATHS
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>(),
+            );
+    }
+    let linux = linux.build().map_err(spec_error)?;
+    SpecBuilder::default()
+        .version("1.0.2")
+        .root(
+            RootBuilder::default()
+                .path(rootfs)
+                .readonly(false)
+                .build()
+                .map_err(spec_error)?,
+        )
+        .hostname(step.hostname.clone())
+        .process(process)
+        .mounts(mounts)
+        .linux(linux)
+        .build()
+        .map_err(spec_error)
+}
+
+/// Every capability this process may hand on (its bounding set): a step
+/// cannot get what kiln does not have.
+fn all_capabilities() -> std::collections::HashSet<Capability> {
+    use Capability::*;
+    // Capabilities by number, as in linux/capability.h.
+    let numbered = [
+        (0, Chown),
+        (1, DacOverride),
+        (2, DacReadSearch),
+        (3, Fowner),
+        (4, Fsetid),
+        (5, Kill),
+        (6, Setgid),
+        (7, Setuid),
+        (8, Setpcap),
+        (9, LinuxImmutable),
+        (10, NetBindService),
+        (11, NetBroadcast),
+        (12, NetAdmin),
+        (13, NetRaw),
+        (14, IpcLock),
+        (15, IpcOwner),
+        (16, SysModule),
+        (17, SysRawio),
+        (18, SysChroot),
+        (19, SysPtrace),
+        (20, SysPacct),
+        (21, SysAdmin),
+        (22, SysBoot),
+        (23, SysNice),
+        (24, SysResource),
+        (25, SysTime),
+        (26, SysTtyConfig),
+        (27, Mknod),
+        (28, Lease),
+        (29, AuditWrite),
+        (30, AuditControl),
+        (31, Setfcap),
+        (32, MacOverride),
+        (33, MacAdmin),
+        (34, Syslog),
+        (35, WakeAlarm),
+        (36, BlockSuspend),
+        (37, AuditRead),
+        (38, Perfmon),
+        (39, Bpf),
+        (40, CheckpointRestore),
+    ];
+    let bounding = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("CapBnd:"))
+                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        })
+        .unwrap_or(0);
+    numbered
+        .into_iter()
+        .filter(|(bit, _)| bounding & (1u64 << bit) != 0)
+        .map(|(_, capability)| capability)
+        .collect()
+}
