@@ -406,6 +406,14 @@ impl Runtime {
     }
 }
 
+impl Drop for Runtime {
+    /// This process's state directory goes when it is empty (every step
+    /// removed its container).
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.state_dir);
+    }
+}
+
 fn process_alive(pid: i32) -> bool {
     rustix::process::Pid::from_raw(pid)
         .is_some_and(|pid| rustix::process::test_kill_process(pid).is_ok())
