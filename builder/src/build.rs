@@ -203,24 +203,13 @@ impl Executor<'_> {
         let diff = work.path().join("diff");
         std::fs::create_dir(&diff).with_context(|| format!("creating {}", diff.display()))?;
         fill(&diff)?;
-        if std::fs::read_dir(&diff)?.next().is_none() {
-            return Ok(None);
-        }
         let options = PackOptions {
             compression: self.settings.compression,
             source_date_epoch: self.settings.source_date_epoch,
         };
-        let packed = self.store.pack_layer(&diff, &options)?;
-        self.store.adopt_snapshot(&packed.diff_id, &diff)?;
-        Ok(Some(Layer {
-            diff_id: packed.diff_id,
-            blob: packed.digest,
-            size: packed.size,
-            encoding: LayerEncoding::of_compression(packed.compression),
-        }))
+        layer_from_diff(self.store, &diff, &options)
     }
 
-    /// The merged file system of `layers`, unpacking those not unpacked yet.
     /// Downloads a URL for ADD into the store's scratch space.
     fn download(&self, url: &str) -> anyhow::Result<copy::Downloaded> {
         let keep = self.store.temp_dir()?;
@@ -241,41 +230,67 @@ impl Executor<'_> {
     }
 
     pub fn view(&self, layers: &[Layer]) -> anyhow::Result<LayerView> {
-        let paths = layers
-            .iter()
-            .map(|layer| self.snapshot(layer))
-            .collect::<anyhow::Result<Vec<PathBuf>>>()?;
-        Ok(LayerView::new(paths))
+        layer_view(self.store, layers)
     }
+}
 
-    fn snapshot(&self, layer: &Layer) -> anyhow::Result<PathBuf> {
-        if self.store.has_snapshot(&layer.diff_id) {
-            return Ok(self.store.snapshot_path(&layer.diff_id));
-        }
-        let path = self.store.create_snapshot(&layer.diff_id, |dir| {
-            let blob = self.store.open_blob(&layer.blob)?;
-            let tar =
-                kiln_cache::compress::decompressed(blob).map_err(|e| kiln_cache::Error::Io {
-                    path: self.store.blob_path(&layer.blob),
-                    source: e,
-                })?;
-            let mut hashed = HashingReader::new(tar);
-            extract(&mut hashed, dir, &ExtractOptions::layer())?;
-            std::io::copy(&mut hashed, &mut std::io::sink()).map_err(|e| {
-                kiln_cache::Error::Io {
-                    path: self.store.blob_path(&layer.blob),
-                    source: e,
-                }
-            })?;
-            let (actual, _) = hashed.finish();
-            if actual != layer.diff_id {
-                return Err(kiln_cache::Error::DigestMismatch {
-                    expected: layer.diff_id,
-                    actual,
-                });
-            }
-            Ok(())
-        })?;
-        Ok(path)
+/// Packs a directory of changes (on the store's file system) into a layer
+/// and keeps the directory as its snapshot; no layer when it is empty.
+pub fn layer_from_diff(
+    store: &Store,
+    diff: &Path,
+    options: &PackOptions,
+) -> anyhow::Result<Option<Layer>> {
+    if std::fs::read_dir(diff)
+        .with_context(|| format!("reading {}", diff.display()))?
+        .next()
+        .is_none()
+    {
+        return Ok(None);
     }
+    let packed = store.pack_layer(diff, options)?;
+    store.adopt_snapshot(&packed.diff_id, diff)?;
+    Ok(Some(Layer {
+        diff_id: packed.diff_id,
+        blob: packed.digest,
+        size: packed.size,
+        encoding: LayerEncoding::of_compression(packed.compression),
+    }))
+}
+
+/// The merged file system of `layers`, unpacking those not unpacked yet.
+pub fn layer_view(store: &Store, layers: &[Layer]) -> anyhow::Result<LayerView> {
+    let paths = layers
+        .iter()
+        .map(|layer| snapshot(store, layer))
+        .collect::<anyhow::Result<Vec<PathBuf>>>()?;
+    Ok(LayerView::new(paths))
+}
+
+fn snapshot(store: &Store, layer: &Layer) -> anyhow::Result<PathBuf> {
+    if store.has_snapshot(&layer.diff_id) {
+        return Ok(store.snapshot_path(&layer.diff_id));
+    }
+    let path = store.create_snapshot(&layer.diff_id, |dir| {
+        let blob = store.open_blob(&layer.blob)?;
+        let tar = kiln_cache::compress::decompressed(blob).map_err(|e| kiln_cache::Error::Io {
+            path: store.blob_path(&layer.blob),
+            source: e,
+        })?;
+        let mut hashed = HashingReader::new(tar);
+        extract(&mut hashed, dir, &ExtractOptions::layer())?;
+        std::io::copy(&mut hashed, &mut std::io::sink()).map_err(|e| kiln_cache::Error::Io {
+            path: store.blob_path(&layer.blob),
+            source: e,
+        })?;
+        let (actual, _) = hashed.finish();
+        if actual != layer.diff_id {
+            return Err(kiln_cache::Error::DigestMismatch {
+                expected: layer.diff_id,
+                actual,
+            });
+        }
+        Ok(())
+    })?;
+    Ok(path)
 }

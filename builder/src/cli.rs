@@ -105,6 +105,10 @@ pub enum Command {
         #[arg(short = 'i', long = "input", value_name = "FILE")]
         input: PathBuf,
     },
+    /// Run a command in a container made from an image of the store, attached
+    /// to this terminal; exits with the command's status (125 when kiln
+    /// itself fails).
+    Run(Box<RunArgs>),
     /// Verify every blob of the store against its digest and report what is wrong.
     Check,
     /// Commands for looking inside kiln.
@@ -167,6 +171,39 @@ pub struct BuildArgs {
     /// empty means unset).
     #[arg(long, env = "SOURCE_DATE_EPOCH", value_name = "SECONDS")]
     pub source_date_epoch: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Accepted for Docker's sake: kiln never keeps a stopped container.
+    #[arg(long)]
+    pub rm: bool,
+    /// Set a variable (`NAME=VALUE`, or `NAME` to pass this environment's value); may be repeated.
+    #[arg(short = 'e', long = "env", value_name = "NAME[=VALUE]")]
+    pub env: Vec<String>,
+    /// Mount a host directory or file: `SOURCE:TARGET[:ro]`; may be repeated.
+    #[arg(short = 'v', long = "volume", value_name = "SOURCE:TARGET[:ro]")]
+    pub volumes: Vec<String>,
+    /// `host` (default: the host's network) or `none` (only a loopback interface).
+    #[arg(long, default_value = "host")]
+    pub network: String,
+    /// Run as this user (`name|uid[:group|gid]`) instead of the image's USER.
+    #[arg(short = 'u', long = "user")]
+    pub user: Option<String>,
+    /// Run in this directory instead of the image's WORKDIR.
+    #[arg(short = 'w', long = "workdir")]
+    pub workdir: Option<String>,
+    /// Replace the image's ENTRYPOINT (and with it its CMD).
+    #[arg(long)]
+    pub entrypoint: Option<String>,
+    /// Save the container's changes as a new image with this name when it exits.
+    #[arg(long, value_name = "NAME")]
+    pub commit: Option<String>,
+    /// The image (`name[:tag]`, `name@sha256:...` or an image ID).
+    pub image: String,
+    /// The command and its arguments (default: the image's CMD).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
 }
 
 /// Which Dockerfile to read and how to lower it.

@@ -3,12 +3,14 @@
 //! Exit codes: 0 success; 1 the work could not be done (invalid Dockerfile,
 //! bad option value, missing image, failure while building, problems found
 //! by `kiln check`, a RUN step that failed); 2 the command line itself is
-//! malformed; 130 interrupted by Ctrl-C or SIGTERM.
+//! malformed; 130 interrupted by Ctrl-C or SIGTERM. `kiln run` exits with
+//! its container's status, or 125 when kiln itself fails.
 
 mod archive;
 mod build;
 mod cli;
 mod commands;
+mod container;
 mod copy;
 mod dockerfile;
 mod image;
@@ -40,17 +42,34 @@ fn main() -> ExitCode {
         return ExitCode::from(u8::try_from(code).unwrap_or(255));
     }
     let cli = Cli::parse();
+    // `kiln run` exits with its container's code, and with 125 when kiln
+    // itself fails, as Docker does.
+    let failure = if matches!(cli.command, Command::Run(_)) {
+        125
+    } else {
+        1
+    };
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(err) if was_interrupted(&err) => {
             eprintln!("kiln: interrupted");
             ExitCode::from(run::INTERRUPTED_EXIT_CODE)
         }
         Err(err) => {
             report(&err);
-            ExitCode::from(1)
+            ExitCode::from(failure)
         }
     }
+}
+
+fn run_container(
+    root: Option<PathBuf>,
+    runtime: Option<PathBuf>,
+    args: &cli::RunArgs,
+) -> anyhow::Result<u8> {
+    let store = open_store(root)?;
+    let sandbox = run::Sandbox::new(&store, runtime, run::Interrupt::install()?);
+    container::run(&store, &sandbox, args)
 }
 
 fn was_interrupted(err: &anyhow::Error) -> bool {
@@ -83,12 +102,13 @@ fn open_store(root: Option<PathBuf>) -> anyhow::Result<Store> {
     Store::open(&root).with_context(|| format!("opening the store at {}", root.display()))
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+/// Runs the command; returns the exit code for success.
+fn run(cli: Cli) -> anyhow::Result<u8> {
     let remote = remote::Remote::new(&remote::RegistrySettings {
         insecure: cli.insecure_registries.clone(),
         certs_dir: cli.cert_dir.clone(),
     });
-    match cli.command {
+    let done = match cli.command {
         Command::Debug(DebugCommand::Graph(args)) => {
             let store = open_store(cli.root)?;
             let mut images = image::StoreOrUnknownImages { store: &store };
@@ -143,7 +163,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         ),
         Command::Load { input } => commands::load(&open_store(cli.root)?, &input),
         Command::Check => commands::check(&open_store(cli.root)?),
-    }
+        Command::Run(args) => return run_container(cli.root, cli.runtime, &args),
+    };
+    done.map(|()| 0)
 }
 
 /// Prints an error with its causes, and the offending Dockerfile line when

@@ -12,7 +12,7 @@ use anyhow::{bail, Context};
 use kiln_cache::{CacheMount, Sharing, Store};
 use kiln_frontend::graph::{BuildGraph, Mount, RunStep, Sharing as MountSharing, Source};
 use kiln_frontend::instruction::{NetworkMode, SecurityMode};
-use kiln_runtime::{Network, Runtime, Sensitive, Step, StepMount, User};
+use kiln_runtime::{Network, Runtime, Sensitive, Step, StepIo, StepMount, User};
 
 use crate::build::StageOutput;
 use crate::image::Layer;
@@ -60,17 +60,22 @@ impl Interrupt {
         });
         Ok(interrupt)
     }
+
+    /// Set once kiln is asked to stop.
+    pub fn flag(&self) -> &AtomicBool {
+        &self.requested
+    }
+
+    /// Marks a step as running while the result lives: a signal then stops
+    /// the step instead of ending kiln at once.
+    pub fn step_running(&self) -> RunningStep<'_> {
+        self.steps_running.fetch_add(1, Ordering::SeqCst);
+        RunningStep(self)
+    }
 }
 
 /// Counts a running step while it lives.
-struct RunningStep<'a>(&'a Interrupt);
-
-impl<'a> RunningStep<'a> {
-    fn start(interrupt: &'a Interrupt) -> RunningStep<'a> {
-        interrupt.steps_running.fetch_add(1, Ordering::SeqCst);
-        RunningStep(interrupt)
-    }
-}
+pub struct RunningStep<'a>(&'a Interrupt);
 
 impl Drop for RunningStep<'_> {
     fn drop(&mut self) {
@@ -258,14 +263,19 @@ impl crate::build::Executor<'_> {
         };
         let lowers = view.layers().to_vec();
         self.in_diff(|diff| {
-            let _running = RunningStep::start(&sandbox.interrupt);
+            let _running = sandbox.interrupt.step_running();
             let layers = kiln_runtime::Layers {
                 lowers: &lowers,
                 upper: diff,
                 scratch: scratch.path(),
             };
             let mut print = |line: &str| eprintln!("  {line}");
-            let outcome = runtime.run(&step, &layers, &mut print, &sandbox.interrupt.requested)?;
+            let outcome = runtime.run(
+                &step,
+                &layers,
+                StepIo::Lines(&mut print),
+                sandbox.interrupt.flag(),
+            )?;
             if outcome.success() {
                 return Ok(());
             }

@@ -184,7 +184,10 @@ fn copy_errors_name_the_problem() {
             "FROM scratch\nCOPY ../outside /\n",
             "source \"../outside\" is outside the build context",
         ),
-        ("FROM scratch\nRUN echo hi\n", "RUN needs the build sandbox"),
+        (
+            "FROM scratch\nRUN echo hi\n",
+            "stat /bin/sh: no such file or directory",
+        ),
         (
             "FROM scratch\nCOPY --chown=app a /\n",
             "cannot find user \"app\": the image has no /etc/passwd",

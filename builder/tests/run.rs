@@ -600,3 +600,117 @@ fn a_killed_kiln_takes_its_step_along_and_the_next_cleans_up() {
     kiln.build(context.path(), &[]);
     assert_eq!(leftovers(&kiln, pid), Vec::<String>::new());
 }
+
+#[test]
+fn the_gcc_example_compiles_in_one_stage_and_runs_from_another() {
+    let kiln = kiln();
+    kiln.gcc();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/examples/gcc");
+    kiln.build(&example, &["-t", "hello-c"]);
+    let image = kiln.inspect("hello-c");
+    let base = kiln.inspect("busybox");
+    let layers = image["Manifest"]["layers"].as_array().expect("layers");
+    assert_eq!(
+        layers.len(),
+        base["Manifest"]["layers"].as_array().expect("layers").len() + 1,
+        "only the binary is added to busybox"
+    );
+    let output = kiln.run(&["run", "--rm", "hello-c", "first", "second"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "hello from a C program built by kiln, running on Linux\n\
+         argument 1: first\nargument 2: second\n"
+    );
+}
+
+#[test]
+fn kiln_run_runs_a_command_of_an_image_with_its_settings() {
+    let kiln = kiln();
+    let context = Context::new();
+    context.write(
+        "Dockerfile",
+        "FROM busybox\nENV GREETING=hello\nWORKDIR /work\nUSER app\nCMD [\"sh\", \"-c\", \"echo $GREETING from $(pwd) as $(id -un)\"]\n",
+    );
+    kiln.build(context.path(), &["-t", "settings"]);
+    assert_eq!(kiln.ok(&["run", "settings"]), "hello from /work as app\n");
+    assert_eq!(
+        kiln.ok(&["run", "-e", "GREETING=hi", "-u", "root", "settings"]),
+        "hi from /work as root\n"
+    );
+
+    let status = kiln.run(&["run", "busybox", "sh", "-c", "exit 7"]);
+    assert_eq!(status.status.code(), Some(7), "the command's exit code");
+
+    let mut child = kiln
+        .command()
+        .args(["run", "busybox", "tr", "a-z", "A-Z"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("kiln run");
+    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), b"from stdin\n")
+        .expect("write");
+    let output = child.wait_with_output().expect("output");
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "FROM STDIN\n");
+
+    let host = tempfile::tempdir().expect("dir");
+    fs::write(host.path().join("input"), "shared").expect("write");
+    let volume = format!("{}:/data", host.path().display());
+    assert_eq!(
+        kiln.ok(&[
+            "run",
+            "-v",
+            &volume,
+            "busybox",
+            "sh",
+            "-c",
+            "cat /data/input && echo back > /data/output"
+        ]),
+        "shared"
+    );
+    assert_eq!(
+        fs::read_to_string(host.path().join("output")).expect("written"),
+        "back\n"
+    );
+    let read_only = format!("{}:/data:ro", host.path().display());
+    let denied = kiln.run(&["run", "-v", &read_only, "busybox", "touch", "/data/x"]);
+    assert_eq!(denied.status.code(), Some(1));
+
+    let missing = kiln.run(&["run", "no-such-image"]);
+    assert_eq!(missing.status.code(), Some(125), "kiln's own failure");
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no-such-image"));
+}
+
+#[test]
+fn kiln_run_commit_saves_the_changes_as_an_image() {
+    let kiln = kiln();
+    kiln.ok(&[
+        "run",
+        "--commit",
+        "changed:1",
+        "busybox",
+        "sh",
+        "-c",
+        "echo made > /made && rm /bin/vi",
+    ]);
+    assert_eq!(kiln.ok(&["run", "changed:1", "cat", "/made"]), "made\n");
+    let gone = kiln.run(&["run", "changed:1", "test", "-e", "/bin/vi"]);
+    assert_eq!(gone.status.code(), Some(1));
+    let image = kiln.inspect("changed:1");
+    let history = image["Config"]["history"].as_array().expect("history");
+    assert!(history.last().expect("entry")["created_by"]
+        .as_str()
+        .expect("created_by")
+        .starts_with("kiln run busybox sh -c"));
+    let check = kiln.run(&["check"]);
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+}

@@ -11,7 +11,7 @@ mod spec;
 use std::path::PathBuf;
 
 pub use error::Error;
-pub use sandbox::{sandbox_main, Layers, Outcome, Runtime, SANDBOX_ARG};
+pub use sandbox::{sandbox_main, Layers, Outcome, Runtime, StepIo, SANDBOX_ARG};
 
 /// Who a step runs as.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

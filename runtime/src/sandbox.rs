@@ -73,6 +73,15 @@ impl Outcome {
     }
 }
 
+/// Where a step's input and output go.
+pub enum StepIo<'a> {
+    /// Each line it writes (stdout and stderr together) is passed on; it
+    /// reads nothing.
+    Lines(&'a mut dyn FnMut(&str)),
+    /// kiln's own standard input, output and error (`kiln run`).
+    Inherit,
+}
+
 /// The layers a step runs on: `lowers` bottom first (snapshot
 /// directories), `upper` an empty directory that receives its changes, and
 /// `scratch` an empty directory on the same file system for the overlays'
@@ -202,14 +211,14 @@ impl Runtime {
         Ok(())
     }
 
-    /// Runs `step` on `layers`, passing each line it writes (stdout and
-    /// stderr together) to `output`. `interrupted` stops it: the step is
-    /// killed and `Error::Interrupted` returned.
+    /// Runs `step` on `layers`, its output going where `io` says.
+    /// `interrupted` stops it: the step is killed and `Error::Interrupted`
+    /// returned.
     pub fn run(
         &self,
         step: &Step,
         layers: &Layers<'_>,
-        output: &mut dyn FnMut(&str),
+        io: StepIo<'_>,
         interrupted: &AtomicBool,
     ) -> Result<Outcome, Error> {
         let id = format!(
@@ -307,22 +316,27 @@ impl Runtime {
         write_file(&bundle_dir.join("plan.json"), &plan_json)?;
         let stubs = Stubs::before(step, layers.lowers);
 
-        let (reader, writer) = std::io::pipe().map_err(|e| Error::io("a pipe", e))?;
-        let writer_for_stderr = writer.try_clone().map_err(|e| Error::io("a pipe", e))?;
         let helper = std::env::current_exe().map_err(|e| Error::io("the kiln binary", e))?;
         let mut command = Command::new(&helper);
-        command
-            .arg(SANDBOX_ARG)
-            .arg(bundle_dir)
-            .stdin(Stdio::null())
-            .stdout(writer)
-            .stderr(writer_for_stderr);
+        command.arg(SANDBOX_ARG).arg(bundle_dir);
+        let mut lines_and_output = match io {
+            StepIo::Lines(output) => {
+                let (reader, writer) = std::io::pipe().map_err(|e| Error::io("a pipe", e))?;
+                let writer_for_stderr = writer.try_clone().map_err(|e| Error::io("a pipe", e))?;
+                command
+                    .stdin(Stdio::null())
+                    .stdout(writer)
+                    .stderr(writer_for_stderr);
+                Some((reader, output))
+            }
+            StepIo::Inherit => None,
+        };
         // SAFETY: between fork and exec only async-signal-safe calls are
-        // made (prctl, setpgid).
+        // made (prctl, setsid).
         unsafe {
             command.pre_exec(|| {
-                // Die with kiln; and a process group of its own, so that a
-                // Ctrl-C at the terminal reaches kiln, which stops the step.
+                // Die with kiln; and a session of its own, so that a Ctrl-C
+                // at the terminal reaches kiln, which stops the step.
                 rustix::process::set_parent_process_death_signal(Some(
                     rustix::process::Signal::KILL,
                 ))?;
@@ -334,20 +348,29 @@ impl Runtime {
         drop(command);
 
         let (lines, received) = mpsc::channel::<String>();
-        let pump = std::thread::spawn(move || {
-            for line in BufReader::new(reader).split(b'\n') {
-                let Ok(line) = line else { break };
-                let text = String::from_utf8_lossy(&line)
-                    .trim_end_matches('\r')
-                    .to_string();
-                if lines.send(text).is_err() {
-                    break;
+        let pump = lines_and_output.as_mut().map(|(reader, _)| {
+            let reader = reader.try_clone();
+            std::thread::spawn(move || {
+                let Ok(reader) = reader else { return };
+                for line in BufReader::new(reader).split(b'\n') {
+                    let Ok(line) = line else { break };
+                    let text = String::from_utf8_lossy(&line)
+                        .trim_end_matches('\r')
+                        .to_string();
+                    if lines.send(text).is_err() {
+                        break;
+                    }
                 }
-            }
+            })
         });
+        // Only the pump's copy of the pipe may stay open, or it would never
+        // see the end.
+        let mut output = lines_and_output.map(|(_, output)| output);
         let mut tail = std::collections::VecDeque::with_capacity(TAIL_LINES);
-        let mut keep = |line: String, output: &mut dyn FnMut(&str)| {
-            output(&line);
+        let mut keep = |line: String, output: &mut Option<&mut dyn FnMut(&str)>| {
+            if let Some(output) = output {
+                output(&line);
+            }
             if tail.len() == TAIL_LINES {
                 tail.pop_front();
             }
@@ -356,10 +379,14 @@ impl Runtime {
         let mut was_interrupted = false;
         let status = loop {
             match received.recv_timeout(Duration::from_millis(50)) {
-                Ok(line) => keep(line, output),
+                Ok(line) => keep(line, &mut output),
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    break child.wait().map_err(|e| Error::io(&helper, e))?;
+                    if pump.is_some() {
+                        break child.wait().map_err(|e| Error::io(&helper, e))?;
+                    }
+                    // Attached to kiln's own output: nothing to read.
+                    std::thread::sleep(Duration::from_millis(50));
                 }
             }
             if interrupted.load(Ordering::Relaxed) && !was_interrupted {
@@ -373,12 +400,14 @@ impl Runtime {
             if let Ok(Some(status)) = child.try_wait() {
                 // Whatever the pipe still holds.
                 while let Ok(line) = received.recv_timeout(Duration::from_millis(200)) {
-                    keep(line, output);
+                    keep(line, &mut output);
                 }
                 break status;
             }
         };
-        let _ = pump.join();
+        if let Some(pump) = pump {
+            let _ = pump.join();
+        }
         // `run` removes its container when it ends; one that was killed has
         // not.
         let _ = Command::new(&self.program)
@@ -601,8 +630,7 @@ fn sandbox(bundle: &Path) -> Result<i32, Error> {
         .arg("run")
         .arg("--bundle")
         .arg(bundle)
-        .arg(&plan.id)
-        .stdin(Stdio::null());
+        .arg(&plan.id);
     // SAFETY: only prctl and mount between fork and exec.
     unsafe {
         runtime.pre_exec(|| {

@@ -5,7 +5,6 @@
 #![allow(dead_code)] // Each test binary uses its own part of this module.
 
 use std::fs;
-use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -95,11 +94,23 @@ impl Kiln {
     /// group file with `staff` (50).
     pub fn busybox(&self) {
         require_tool("busybox", "busybox-static");
+        self.base_image("busybox", "busybox:latest", "gzip");
+    }
+
+    /// Makes `gcc:12` in the store: busybox's files plus Debian's gcc and
+    /// libc6-dev with everything they depend on.
+    pub fn gcc(&self) {
+        require_tool("busybox", "busybox-static");
+        require_tool("gcc", "gcc");
+        // zstd: the compiler's 200 MB would take seconds to gzip.
+        self.base_image("gcc", "gcc:12", "zstd");
+    }
+
+    fn base_image(&self, kind: &str, name: &str, compression: &str) {
         let context = Context::new();
-        let root = context.path().join("rootfs");
-        busybox_rootfs(&root);
+        base_rootfs(kind, &context.path().join("rootfs"));
         context.write("Dockerfile", "FROM scratch\nCOPY rootfs/ /\nCMD [\"sh\"]\n");
-        self.build(context.path(), &["-t", "busybox:latest"]);
+        self.build(context.path(), &["-t", name, "--compression", compression]);
     }
 
     /// Reads an image's configuration through `kiln inspect`.
@@ -150,30 +161,19 @@ impl Context {
     }
 }
 
-/// A minimal root file system around busybox-static.
-pub fn busybox_rootfs(root: &Path) {
-    for dir in ["bin", "etc", "tmp", "root", "home/app"] {
-        fs::create_dir_all(root.join(dir)).expect("mkdir");
-    }
-    fs::set_permissions(root.join("tmp"), fs::Permissions::from_mode(0o1777)).expect("chmod tmp");
-    fs::copy("/bin/busybox", root.join("bin/busybox")).expect("copy busybox");
-    let list = Command::new("/bin/busybox")
-        .arg("--list")
+/// Assembles a base image's root file system with
+/// testdata/images/rootfs.sh (`busybox` or `gcc`).
+pub fn base_rootfs(kind: &str, root: &Path) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/images/rootfs.sh");
+    let output = Command::new(&script)
+        .arg(kind)
+        .arg(root)
         .output()
-        .expect("busybox --list");
-    for applet in String::from_utf8_lossy(&list.stdout).lines() {
-        if applet != "busybox" && !applet.is_empty() {
-            symlink("busybox", root.join("bin").join(applet)).expect("applet link");
-        }
-    }
-    fs::write(
-        root.join("etc/passwd"),
-        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
-    )
-    .expect("passwd");
-    fs::write(
-        root.join("etc/group"),
-        "root:x:0:\nstaff:x:50:app\napp:x:1000:\nnogroup:x:65534:\n",
-    )
-    .expect("group");
+        .expect("rootfs.sh runs");
+    assert!(
+        output.status.success(),
+        "{} {kind} failed: {}",
+        script.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }

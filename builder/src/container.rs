@@ -1,0 +1,194 @@
+//! `kiln run`: a container from an image of the store, run through the same
+//! sandbox as RUN steps, attached to kiln's terminal; `--commit` keeps its
+//! changes as a new image.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use kiln_cache::pack::PackOptions;
+use kiln_cache::{Compression, Store};
+use kiln_registry::Reference;
+use kiln_runtime::{Layers, Network, Step, StepIo, StepMount, User};
+
+use crate::build::{layer_from_diff, layer_view};
+use crate::cli::RunArgs;
+use crate::image::{rfc3339, write_image, Format, History, StoredImage};
+use crate::run::Sandbox;
+use crate::users::resolve_exec_user;
+
+/// Runs the container and returns its exit code.
+pub fn run(store: &Store, sandbox: &Sandbox, args: &RunArgs) -> anyhow::Result<u8> {
+    if !rustix::process::geteuid().is_root() {
+        bail!("kiln run must run as root: the sandbox needs namespaces and mounts only root may make (run it with sudo)");
+    }
+    let commit_name = args
+        .commit
+        .as_deref()
+        .map(Reference::parse)
+        .transpose()
+        .context("--commit")?;
+    let _in_use = store.lock_shared()?;
+    let image = StoredImage::find(store, &args.image)?;
+    let config = &image.config.config;
+    let view = layer_view(store, &image.layers)?;
+
+    let entrypoint = match &args.entrypoint {
+        Some(entrypoint) if entrypoint.is_empty() => Vec::new(),
+        Some(entrypoint) => vec![entrypoint.clone()],
+        None => config.entrypoint.clone().unwrap_or_default(),
+    };
+    let command = if !args.command.is_empty() {
+        args.command.clone()
+    } else if args.entrypoint.is_some() {
+        // As Docker: a new entrypoint drops the image's CMD.
+        Vec::new()
+    } else {
+        config.cmd.clone().unwrap_or_default()
+    };
+    let process: Vec<String> = entrypoint.into_iter().chain(command).collect();
+    if process.is_empty() {
+        bail!(
+            "{} has no command to run: give one after the image name",
+            args.image
+        );
+    }
+    let user_spec = args.user.clone().unwrap_or_else(|| config.user.clone());
+    let user = resolve_exec_user(&user_spec, &view)
+        .with_context(|| format!("finding user {user_spec:?}"))?;
+    let mut env = config.env.clone();
+    for variable in &args.env {
+        let assignment = match variable.split_once('=') {
+            Some(_) => variable.clone(),
+            // `-e NAME` passes kiln's own value, or nothing when unset.
+            None => match std::env::var(variable) {
+                Ok(value) => format!("{variable}={value}"),
+                Err(_) => continue,
+            },
+        };
+        let name = assignment.split('=').next().unwrap_or_default().to_string();
+        env.retain(|existing| existing.split('=').next() != Some(name.as_str()));
+        env.push(assignment);
+    }
+    let mut mounts = Vec::new();
+    for volume in &args.volumes {
+        mounts.push(parse_volume(volume)?);
+    }
+    let network = match args.network.as_str() {
+        "host" | "default" => Network::Host,
+        "none" => Network::None,
+        other => bail!("invalid --network {other:?}: kiln runs containers with host or none"),
+    };
+    let workdir = args
+        .workdir
+        .clone()
+        .or_else(|| Some(config.working_dir.clone()).filter(|w| !w.is_empty()))
+        .unwrap_or_else(|| "/".to_string());
+    let step = Step {
+        args: process.clone(),
+        env,
+        secret_env: Vec::new(),
+        cwd: workdir,
+        user: User {
+            uid: user.uid,
+            gid: user.gid,
+            additional_gids: user.additional_gids,
+        },
+        hostname: "kiln".to_string(),
+        network,
+        insecure: false,
+        mounts,
+    };
+
+    let work = store.temp_dir()?;
+    let upper = work.path().join("diff");
+    let scratch = work.path().join("scratch");
+    for dir in [&upper, &scratch] {
+        std::fs::create_dir(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let runtime = sandbox.runtime()?;
+    let outcome = {
+        let _running = sandbox.interrupt.step_running();
+        runtime.run(
+            &step,
+            &Layers {
+                lowers: view.layers(),
+                upper: &upper,
+                scratch: &scratch,
+            },
+            StepIo::Inherit,
+            sandbox.interrupt.flag(),
+        )?
+    };
+
+    if let Some(name) = commit_name {
+        let options = PackOptions {
+            compression: Compression::parse("gzip").map_err(anyhow::Error::msg)?,
+            source_date_epoch: None,
+        };
+        let layer = layer_from_diff(store, &upper, &options)?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|since| since.as_secs() as i64)
+            .unwrap_or(0);
+        let mut file = image.config.clone();
+        file.created = Some(rfc3339(now));
+        file.history.push(History {
+            created: Some(rfc3339(now)),
+            created_by: Some(format!("kiln run {} {}", args.image, process.join(" "))),
+            comment: Some("kiln run --commit".to_string()),
+            empty_layer: layer.is_none(),
+        });
+        let mut layers = image.layers.clone();
+        if let Some(layer) = layer {
+            file.rootfs.diff_ids.push(layer.diff_id);
+            layers.push(layer);
+        }
+        let descriptor = write_image(store, &file, &layers, Format::Oci)?;
+        store.set_name(Some(&name.to_string()), &descriptor)?;
+        eprintln!("committed the container's changes as {name}");
+    }
+    Ok(u8::try_from(outcome.code).unwrap_or(255))
+}
+
+/// `-v SOURCE:TARGET[:ro|rw]`: a host directory or file.
+fn parse_volume(spec: &str) -> anyhow::Result<StepMount> {
+    let parts: Vec<&str> = spec.split(':').collect();
+    let (source, target, readonly) = match parts.as_slice() {
+        [source, target] => (*source, *target, false),
+        [source, target, "ro"] => (*source, *target, true),
+        [source, target, "rw"] => (*source, *target, false),
+        _ => bail!("invalid -v {spec:?}: expected SOURCE:TARGET[:ro]"),
+    };
+    if !target.starts_with('/') {
+        bail!("invalid -v {spec:?}: the target {target:?} must be an absolute path");
+    }
+    let source =
+        std::fs::canonicalize(source).with_context(|| format!("-v {spec}: cannot use {source}"))?;
+    Ok(StepMount::Bind {
+        source: PathBuf::from(source),
+        target: target.to_string(),
+        readonly,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn volumes_name_a_host_path_and_an_absolute_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = dir.path().display().to_string();
+        assert_eq!(
+            parse_volume(&format!("{host}:/data:ro")).unwrap(),
+            StepMount::Bind {
+                source: std::fs::canonicalize(dir.path()).unwrap(),
+                target: "/data".to_string(),
+                readonly: true
+            }
+        );
+        assert!(parse_volume(&format!("{host}:data")).is_err());
+        assert!(parse_volume("/does/not/exist:/data").is_err());
+        assert!(parse_volume(&format!("{host}:/data:rx")).is_err());
+    }
+}
