@@ -2,8 +2,6 @@
 //! sandbox as RUN steps, attached to kiln's terminal; `--commit` keeps its
 //! changes as a new image.
 
-use std::path::PathBuf;
-
 use anyhow::{bail, Context};
 use kiln_cache::pack::PackOptions;
 use kiln_cache::{Compression, Store};
@@ -165,7 +163,7 @@ fn parse_volume(spec: &str) -> anyhow::Result<StepMount> {
     let source =
         std::fs::canonicalize(source).with_context(|| format!("-v {spec}: cannot use {source}"))?;
     Ok(StepMount::Bind {
-        source: PathBuf::from(source),
+        source,
         target: target.to_string(),
         readonly,
     })
