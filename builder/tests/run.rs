@@ -714,3 +714,29 @@ fn kiln_run_commit_saves_the_changes_as_an_image() {
         String::from_utf8_lossy(&check.stdout)
     );
 }
+
+#[test]
+fn the_run_examples_build_and_run() {
+    let kiln = kiln();
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/examples");
+    kiln.build(&examples.join("run-steps"), &["-t", "run-steps"]);
+    assert_eq!(
+        kiln.ok(&["run", "run-steps"]),
+        "written by app in /home/app/work\n"
+    );
+    let owner = kiln.ok(&[
+        "run",
+        "run-steps",
+        "stat",
+        "-c",
+        "%U:%G %a",
+        "/home/app/work",
+        "/srv/data",
+        "/srv/data/copied",
+    ]);
+    assert_eq!(owner, "app:app 755\napp:app 750\napp:staff 644\n");
+
+    kiln.build(&examples.join("multistage"), &["-t", "multistage"]);
+    let output = kiln.ok(&["run", "multistage"]);
+    assert_eq!(output, "app built at stage app\n");
+}
