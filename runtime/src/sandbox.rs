@@ -315,6 +315,7 @@ impl Runtime {
         let plan_json = serde_json::to_vec(&plan).map_err(|e| Error::Spec(e.to_string()))?;
         write_file(&bundle_dir.join("plan.json"), &plan_json)?;
         let stubs = Stubs::before(step, layers.lowers);
+        make_root_directory(layers.upper)?;
 
         let helper = std::env::current_exe().map_err(|e| Error::io("the kiln binary", e))?;
         let mut command = Command::new(&helper);
@@ -441,6 +442,16 @@ impl Drop for Runtime {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir(&self.state_dir);
     }
+}
+
+/// Makes the upper directory a root directory as images have it (root's,
+/// 0755): overlayfs shows the upper directory's owner and mode as the
+/// step's `/`, and one made under a restrictive umask would lock other
+/// users out. (Layers record no entry for the root itself.)
+fn make_root_directory(upper: &Path) -> Result<(), Error> {
+    std::os::unix::fs::chown(upper, Some(0), Some(0)).map_err(|e| Error::io(upper, e))?;
+    std::fs::set_permissions(upper, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| Error::io(upper, e))
 }
 
 fn process_alive(pid: i32) -> bool {
