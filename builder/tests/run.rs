@@ -106,7 +106,9 @@ fn a_step_sees_its_own_processes_and_files_only() {
              RUN echo $$ > /pid && ls /proc | grep -E '^[0-9]+$' | sort -n > /pids \
              && (test -e {host} && echo visible || echo hidden) > /host-file \
              && hostname > /hostname && echo \"$PATH\" > /path \
-             && cat /proc/self/status | grep -E '^(CapEff|NoNewPrivs)' > /status\n",
+             && cat /proc/self/status | grep -E '^(CapEff|NoNewPrivs)' > /status \
+             && mknod /tmp/disk b 8 0 && (head -c 1 /tmp/disk 2>&1 || true) > /disk \
+             && rm /tmp/disk\n",
             host = marker.path().display()
         ),
     );
@@ -131,6 +133,11 @@ fn a_step_sees_its_own_processes_and_files_only() {
     // Docker's 14 default capabilities, and no way to gain more.
     assert!(status.contains("CapEff:\t00000000a80425fb"), "{status}");
     assert!(status.contains("NoNewPrivs:\t1"), "{status}");
+    let disk = read(root, "/disk");
+    assert!(
+        disk.contains("Operation not permitted"),
+        "a device node the step made opens: {disk}"
+    );
     for stub in ["proc", "sys", "dev", "etc/hosts", "etc/resolv.conf"] {
         assert!(
             !root.join(stub).exists()

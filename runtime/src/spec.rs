@@ -5,9 +5,10 @@
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
-    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
-    MountBuilder, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec,
-    SpecBuilder, UserBuilder,
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxDeviceCgroupBuilder,
+    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResourcesBuilder, MountBuilder,
+    PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
+    UserBuilder,
 };
 
 use crate::error::Error;
@@ -255,22 +256,31 @@ pub(crate) fn config(
         .map(|kind| LinuxNamespaceBuilder::default().typ(kind).build())
         .collect::<Result<Vec<_>, _>>()
         .map_err(spec_error)?;
-    let mut linux = LinuxBuilder::default().namespaces(namespaces);
-    if !step.insecure {
-        linux = linux
-            .masked_paths(
-                MASKED_PATHS
-                    .iter()
-                    .map(|p| p.to_string())
-                    .collect::<Vec<_>>(),
-            )
-            .readonly_paths(
-                READONLY_PATHS
-                    .iter()
-                    .map(|p| p.to_string())
-                    .collect::<Vec<_>>(),
-            );
-    }
+    // Device nodes: none may be opened but the standard ones the runtime
+    // allows itself (a step with CAP_MKNOD could otherwise make and read
+    // the host's disks), as Docker sets it.
+    let deny_all_devices = LinuxDeviceCgroupBuilder::default()
+        .allow(false)
+        .access("rwm")
+        .build()
+        .map_err(spec_error)?;
+    let resources = LinuxResourcesBuilder::default()
+        .devices(vec![deny_all_devices])
+        .build()
+        .map_err(spec_error)?;
+    let (masked, readonly): (Vec<String>, Vec<String>) = if step.insecure {
+        (Vec::new(), Vec::new())
+    } else {
+        (
+            MASKED_PATHS.iter().map(|p| p.to_string()).collect(),
+            READONLY_PATHS.iter().map(|p| p.to_string()).collect(),
+        )
+    };
+    let linux = LinuxBuilder::default()
+        .namespaces(namespaces)
+        .resources(resources)
+        .masked_paths(masked)
+        .readonly_paths(readonly);
     let linux = linux.build().map_err(spec_error)?;
     SpecBuilder::default()
         .version("1.0.2")
@@ -351,4 +361,172 @@ fn all_capabilities() -> std::collections::HashSet<Capability> {
         .filter(|(bit, _)| bounding & (1u64 << bit) != 0)
         .map(|(_, capability)| capability)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Sensitive, User};
+
+    fn step() -> Step {
+        Step {
+            args: vec!["/bin/sh".into(), "-c".into(), "true".into()],
+            env: vec!["PATH=/bin".into()],
+            secret_env: vec![("TOKEN".into(), Sensitive(b"hidden".to_vec()))],
+            cwd: "/src".into(),
+            user: User {
+                uid: 1000,
+                gid: 50,
+                additional_gids: vec![7],
+            },
+            hostname: "kiln".into(),
+            network: Network::Host,
+            insecure: false,
+            mounts: vec![
+                StepMount::Tmpfs {
+                    target: "/scratch".into(),
+                    size: Some(1024),
+                    mode: 0o1777,
+                },
+                StepMount::Bind {
+                    source: "/host/cache".into(),
+                    target: "/cache".into(),
+                    readonly: true,
+                },
+            ],
+        }
+    }
+
+    fn build(step: &Step) -> Spec {
+        config(
+            step,
+            Path::new("/rootfs"),
+            Path::new("/bundle/etc"),
+            &[None, Some(PathBuf::from("/host/cache"))],
+        )
+        .unwrap()
+    }
+
+    fn namespaces(spec: &Spec) -> Vec<LinuxNamespaceType> {
+        spec.linux()
+            .as_ref()
+            .unwrap()
+            .namespaces()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|n| n.typ())
+            .collect()
+    }
+
+    #[test]
+    fn a_sandboxed_step_gets_dockers_defaults() {
+        let spec = build(&step());
+        let process = spec.process().as_ref().unwrap();
+        let capabilities = process.capabilities().as_ref().unwrap();
+        let bounding = capabilities.bounding().as_ref().unwrap();
+        assert_eq!(bounding.len(), 14);
+        assert!(!bounding.contains(&Capability::SysAdmin));
+        assert!(bounding.contains(&Capability::Chown));
+        assert_eq!(process.no_new_privileges(), Some(true));
+        assert_eq!(process.user().uid(), 1000);
+        assert_eq!(process.user().gid(), 50);
+        assert_eq!(process.user().additional_gids(), &Some(vec![7]));
+        assert_eq!(process.cwd(), &PathBuf::from("/src"));
+        let env = process.env().as_ref().unwrap();
+        assert!(env.contains(&"TOKEN=hidden".to_string()));
+        let linux = spec.linux().as_ref().unwrap();
+        assert!(linux
+            .masked_paths()
+            .as_ref()
+            .unwrap()
+            .contains(&"/proc/kcore".to_string()));
+        assert!(linux
+            .readonly_paths()
+            .as_ref()
+            .unwrap()
+            .contains(&"/proc/sys".to_string()));
+        let ns = namespaces(&spec);
+        assert!(ns.contains(&LinuxNamespaceType::Pid));
+        assert!(ns.contains(&LinuxNamespaceType::Mount));
+        assert!(!ns.contains(&LinuxNamespaceType::Network), "host network");
+        assert_eq!(spec.hostname(), &Some("kiln".to_string()));
+        let devices = linux
+            .resources()
+            .as_ref()
+            .unwrap()
+            .devices()
+            .as_ref()
+            .unwrap();
+        assert!(!devices[0].allow(), "device nodes are denied first");
+    }
+
+    #[test]
+    fn mounts_are_where_the_step_asked_with_the_options_it_asked() {
+        let spec = build(&step());
+        let mounts = spec.mounts().as_ref().unwrap();
+        let find = |target: &str| {
+            mounts
+                .iter()
+                .find(|m| m.destination() == &PathBuf::from(target))
+                .unwrap_or_else(|| panic!("no mount at {target}"))
+        };
+        let sys = find("/sys");
+        assert!(sys.options().as_ref().unwrap().contains(&"ro".to_string()));
+        let hosts = find("/etc/hosts");
+        assert_eq!(
+            hosts.source(),
+            &Some(PathBuf::from("/bundle/etc/hosts")),
+            "the step's own hosts file"
+        );
+        let tmpfs = find("/scratch");
+        assert_eq!(tmpfs.typ(), &Some("tmpfs".to_string()));
+        assert!(tmpfs
+            .options()
+            .as_ref()
+            .unwrap()
+            .contains(&"size=1024".to_string()));
+        let cache = find("/cache");
+        assert_eq!(cache.source(), &Some(PathBuf::from("/host/cache")));
+        assert!(cache
+            .options()
+            .as_ref()
+            .unwrap()
+            .contains(&"ro".to_string()));
+    }
+
+    #[test]
+    fn network_none_and_insecure_change_what_they_should() {
+        let mut isolated = step();
+        isolated.network = Network::None;
+        assert!(namespaces(&build(&isolated)).contains(&LinuxNamespaceType::Network));
+
+        let mut insecure = step();
+        insecure.insecure = true;
+        let spec = build(&insecure);
+        let process = spec.process().as_ref().unwrap();
+        assert_eq!(process.no_new_privileges(), Some(false));
+        let bounding = process
+            .capabilities()
+            .as_ref()
+            .unwrap()
+            .bounding()
+            .as_ref()
+            .unwrap();
+        assert!(bounding.len() >= 14, "every capability kiln has");
+        let linux = spec.linux().as_ref().unwrap();
+        assert_eq!(linux.masked_paths(), &Some(Vec::new()));
+        assert_eq!(linux.readonly_paths(), &Some(Vec::new()));
+    }
+
+    #[test]
+    fn a_mount_without_its_host_path_is_an_error() {
+        let result = config(
+            &step(),
+            Path::new("/rootfs"),
+            Path::new("/etc"),
+            &[None, None],
+        );
+        assert!(matches!(result, Err(Error::Spec(message)) if message.contains("/cache")));
+    }
 }
