@@ -84,7 +84,9 @@ fn was_interrupted(err: &anyhow::Error) -> bool {
 /// The store directory: `--root`/`KILN_ROOT`, or the default for the user.
 fn store_root(root: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     if let Some(root) = root {
-        return Ok(root);
+        // Absolute: the sandbox helper works from other directories.
+        return std::path::absolute(&root)
+            .with_context(|| format!("the store directory {}", root.display()));
     }
     if rustix::process::geteuid().is_root() {
         return Ok(PathBuf::from("/var/lib/kiln"));

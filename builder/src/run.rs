@@ -12,7 +12,7 @@ use anyhow::{bail, Context};
 use kiln_cache::{CacheMount, Sharing, Store};
 use kiln_frontend::graph::{BuildGraph, Mount, RunStep, Sharing as MountSharing, Source};
 use kiln_frontend::instruction::{NetworkMode, SecurityMode};
-use kiln_runtime::{Network, Runtime, Sensitive, Step, StepIo, StepMount, User};
+use kiln_runtime::{BundleOwners, Network, Runtime, Sensitive, Step, StepIo, StepMount, User};
 
 use crate::build::StageOutput;
 use crate::image::Layer;
@@ -44,9 +44,9 @@ impl Interrupt {
     /// Handles SIGINT and SIGTERM from now on. A second signal ends kiln
     /// at once.
     pub fn install() -> anyhow::Result<Arc<Interrupt>> {
-        use signal_hook::consts::{SIGINT, SIGTERM};
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
         let interrupt = Arc::new(Interrupt::default());
-        let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
             .context("installing the Ctrl-C handler")?;
         let handler = Arc::clone(&interrupt);
         std::thread::spawn(move || {
@@ -54,6 +54,8 @@ impl Interrupt {
                 let again = handler.requested.swap(true, Ordering::SeqCst);
                 if again || handler.steps_running.load(Ordering::SeqCst) == 0 {
                     eprintln!("kiln: interrupted");
+                    // The step dies with kiln; its secrets must not stay.
+                    kiln_runtime::remove_bundles(BundleOwners::ThisProcess);
                     std::process::exit(i32::from(INTERRUPTED_EXIT_CODE));
                 }
             }
@@ -173,6 +175,9 @@ pub struct Sandbox {
 
 impl Sandbox {
     pub fn new(store: &Store, runtime_program: Option<PathBuf>, interrupt: Arc<Interrupt>) -> Self {
+        // Secrets of a kiln that was killed go first, whatever this one
+        // builds.
+        kiln_runtime::remove_bundles(BundleOwners::Dead);
         Sandbox {
             runtime_program,
             state_root: store.root().join("runtime"),
@@ -296,6 +301,68 @@ impl crate::build::Executor<'_> {
         })
     }
 
+    /// The cache directories a step mounts, locked as each asks: once per
+    /// id (the first mount of an id decides how), and in the order of their
+    /// ids, so that steps of concurrent builds never wait for each other in
+    /// a circle.
+    fn lock_caches(
+        &self,
+        run: &RunStep,
+        outputs: &[StageOutput],
+        graph: &BuildGraph,
+    ) -> anyhow::Result<BTreeMap<String, CacheMount>> {
+        let mut first_of_id = BTreeMap::new();
+        for mount in &run.mounts {
+            if let Mount::Cache { id, .. } = mount {
+                first_of_id.entry(id.clone()).or_insert(mount);
+            }
+        }
+        let mut caches = BTreeMap::new();
+        for (id, mount) in first_of_id {
+            let Mount::Cache {
+                sharing,
+                from,
+                source,
+                mode,
+                uid,
+                gid,
+                ..
+            } = mount
+            else {
+                continue;
+            };
+            let sharing = match sharing {
+                MountSharing::Shared => Sharing::Shared,
+                MountSharing::Private => Sharing::Private,
+                MountSharing::Locked => Sharing::Locked,
+            };
+            let seed = match from {
+                Some(from) => Some(self.source_tree(from, outputs, graph)?),
+                None => None,
+            };
+            let cache = self.store.cache_mount(&id, sharing, |dir| {
+                if let Some(tree) = &seed {
+                    crate::copy::copy_subtree(tree, source, dir, self.now).map_err(|e| {
+                        kiln_cache::Error::Io {
+                            path: dir.to_path_buf(),
+                            source: std::io::Error::other(format!("{e:#}")),
+                        }
+                    })?;
+                }
+                std::os::unix::fs::chown(dir, Some(*uid), Some(*gid))
+                    .and_then(|()| {
+                        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(*mode))
+                    })
+                    .map_err(|e| kiln_cache::Error::Io {
+                        path: dir.to_path_buf(),
+                        source: e,
+                    })
+            })?;
+            caches.insert(id, cache);
+        }
+        Ok(caches)
+    }
+
     fn prepare_mounts(
         &self,
         run: &RunStep,
@@ -304,6 +371,7 @@ impl crate::build::Executor<'_> {
         scratch: &Path,
     ) -> anyhow::Result<Prepared> {
         let mut prepared = Prepared::default();
+        let caches = self.lock_caches(run, outputs, graph)?;
         let mut ssh_socket_set = run.env.iter().any(|v| v.starts_with("SSH_AUTH_SOCK="));
         for (index, mount) in run.mounts.iter().enumerate() {
             match mount {
@@ -349,50 +417,17 @@ impl crate::build::Executor<'_> {
                 Mount::Cache {
                     target,
                     id,
-                    sharing,
-                    from,
-                    source,
                     readonly,
-                    mode,
-                    uid,
-                    gid,
+                    ..
                 } => {
-                    let sharing = match sharing {
-                        MountSharing::Shared => Sharing::Shared,
-                        MountSharing::Private => Sharing::Private,
-                        MountSharing::Locked => Sharing::Locked,
+                    let Some(cache) = caches.get(id.as_str()) else {
+                        bail!("the cache mount {id:?} was not prepared");
                     };
-                    let seed = match from {
-                        Some(from) => Some(self.source_tree(from, outputs, graph)?),
-                        None => None,
-                    };
-                    let cache = self.store.cache_mount(id, sharing, |dir| {
-                        if let Some(tree) = &seed {
-                            crate::copy::copy_subtree(tree, source, dir, self.now).map_err(
-                                |e| kiln_cache::Error::Io {
-                                    path: dir.to_path_buf(),
-                                    source: std::io::Error::other(format!("{e:#}")),
-                                },
-                            )?;
-                        }
-                        std::os::unix::fs::chown(dir, Some(*uid), Some(*gid))
-                            .and_then(|()| {
-                                std::fs::set_permissions(
-                                    dir,
-                                    std::fs::Permissions::from_mode(*mode),
-                                )
-                            })
-                            .map_err(|e| kiln_cache::Error::Io {
-                                path: dir.to_path_buf(),
-                                source: e,
-                            })
-                    })?;
                     prepared.mounts.push(StepMount::Bind {
                         source: cache.path.clone(),
                         target: target.clone(),
                         readonly: *readonly,
                     });
-                    prepared._cache_locks.push(cache);
                 }
                 Mount::Tmpfs { target, size } => prepared.mounts.push(StepMount::Tmpfs {
                     target: target.clone(),
@@ -415,6 +450,9 @@ impl crate::build::Executor<'_> {
                         continue;
                     };
                     if let Some(env) = env {
+                        if std::str::from_utf8(&secret.0).is_err() || secret.0.contains(&0) {
+                            bail!("secret {id:?} cannot be the variable {env}: it is not text");
+                        }
                         prepared.secret_env.push((env.clone(), secret.clone()));
                     }
                     if let Some(target) = target {
@@ -451,6 +489,7 @@ impl crate::build::Executor<'_> {
                 }
             }
         }
+        prepared._cache_locks = caches.into_values().collect();
         for file in &run.inline_files {
             prepared.mounts.push(StepMount::File {
                 target: file.path.clone(),

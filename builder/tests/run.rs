@@ -188,7 +188,7 @@ fn steps_run_as_the_user_and_their_files_belong_to_it() {
         "Dockerfile",
         "FROM busybox\n\
          USER app\n\
-         RUN id > /tmp/id && touch /tmp/by-app\n\
+         RUN id > /tmp/id && touch /tmp/by-app && grep CapEff /proc/self/status > /tmp/caps\n\
          USER nobody:staff\n\
          RUN id > /tmp/id-nobody\n\
          USER 4242\n\
@@ -207,6 +207,11 @@ fn steps_run_as_the_user_and_their_files_belong_to_it() {
         "{nobody}"
     );
     assert_eq!(read(root, "/tmp/id-number"), "4242\n");
+    assert_eq!(
+        read(root, "/tmp/caps"),
+        "CapEff:\t0000000000000000\n",
+        "a user other than root has no capability in effect"
+    );
     let owner = |path: &str| {
         let metadata = fs::metadata(root.join(path)).expect(path);
         (metadata.uid(), metadata.gid())
@@ -306,7 +311,10 @@ fn a_cache_mount_persists_across_builds_and_stays_out_of_the_image() {
          RUN --mount=type=cache,target=/var/cache/app echo run >> /var/cache/app/log \
          && cp /var/cache/app/log /seen\n\
          RUN --mount=type=cache,target=/root/.cache,id=shared,uid=1000,mode=0700 \
-         stat -c '%u %a' /root/.cache > /cache-owner\n",
+         stat -c '%u %a' /root/.cache > /cache-owner\n\
+         RUN --mount=type=cache,id=twice,target=/a,sharing=locked \
+         --mount=type=cache,id=twice,target=/b,sharing=locked \
+         touch /a/file && test -e /b/file\n",
     );
     kiln.build(context.path(), &[]);
     let files = kiln.files(context.path(), &[]);
@@ -746,4 +754,68 @@ fn the_run_examples_build_and_run() {
     kiln.build(&examples.join("multistage"), &["-t", "multistage"]);
     let output = kiln.ok(&["run", "multistage"]);
     assert_eq!(output, "app built at stage app\n");
+}
+
+#[test]
+fn a_store_named_by_a_relative_path_runs_steps() {
+    let kiln = kiln();
+    let work = tempfile::tempdir().expect("dir");
+    let archive = work.path().join("busybox.tar");
+    kiln.ok(&["save", "busybox", "-o", archive.to_str().expect("utf-8")]);
+    let context = Context::new();
+    context.write("Dockerfile", "FROM busybox\nRUN echo relative > /made\n");
+    let in_work = |args: &[&str]| {
+        let output = kiln
+            .command()
+            .env_remove("KILN_ROOT")
+            .current_dir(work.path())
+            .args(["--root", "store"])
+            .args(args)
+            .output()
+            .expect("kiln");
+        assert!(
+            output.status.success(),
+            "kiln {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    in_work(&["load", "-i", "busybox.tar"]);
+    in_work(&[
+        "build",
+        "-o",
+        "files",
+        context.path().to_str().expect("utf-8"),
+    ]);
+    assert_eq!(read(&work.path().join("files"), "/made"), "relative\n");
+}
+
+#[test]
+fn an_interrupted_kiln_run_lets_its_container_stop() {
+    let kiln = kiln();
+    let mut child = kiln
+        .command()
+        .args([
+            "run",
+            "busybox",
+            "sh",
+            "-c",
+            "trap 'echo stopping; exit 3' TERM; echo ready; while true; do sleep 0.1; done",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("kiln run");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    assert_eq!(lines.next().expect("a line").expect("text"), "ready");
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(child.id() as i32).expect("pid"),
+        rustix::process::Signal::INT,
+    )
+    .expect("SIGINT");
+    assert_eq!(
+        lines.next().expect("a line").expect("text"),
+        "stopping",
+        "the container got SIGTERM"
+    );
+    let status = child.wait().expect("kiln ends");
+    assert_eq!(status.code(), Some(130));
 }

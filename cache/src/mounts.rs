@@ -101,10 +101,18 @@ impl Store {
             let fresh = work.path().join("cache");
             fs::create_dir(&fresh).map_err(|e| Error::io(&fresh, e))?;
             init(&fresh)?;
-            match fs::rename(&fresh, &path) {
+            // Never over a directory another process has just made (a
+            // plain rename would replace it while it is in use).
+            match rustix::fs::renameat_with(
+                rustix::fs::CWD,
+                &fresh,
+                rustix::fs::CWD,
+                &path,
+                rustix::fs::RenameFlags::NOREPLACE,
+            ) {
                 Ok(()) => {}
-                Err(_) if path.is_dir() => {}
-                Err(e) => return Err(Error::io(&path, e)),
+                Err(rustix::io::Errno::EXIST) => {}
+                Err(e) => return Err(Error::io(&path, e.into())),
             }
         }
         Ok(CacheMount { path, _lock: lock })

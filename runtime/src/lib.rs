@@ -7,11 +7,14 @@
 mod error;
 mod sandbox;
 mod spec;
+mod stubs;
 
 use std::path::PathBuf;
 
 pub use error::Error;
-pub use sandbox::{sandbox_main, Layers, Outcome, Runtime, StepIo, SANDBOX_ARG};
+pub use sandbox::{
+    remove_bundles, sandbox_main, BundleOwners, Layers, Outcome, Runtime, StepIo, SANDBOX_ARG,
+};
 
 /// Who a step runs as.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -15,15 +15,31 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
+use crate::stubs::Stubs;
 use crate::{spec, Step, StepMount};
 
 /// The first argument that makes the `kiln` binary the sandbox helper.
 pub const SANDBOX_ARG: &str = "__kiln-sandbox";
+
+/// Where the runtime mounts something into every step.
+const STANDARD_MOUNT_POINTS: [&str; 5] =
+    ["/proc", "/dev", "/sys", "/etc/hosts", "/etc/resolv.conf"];
+
+/// The file in the bundle where the helper writes the runtime's pid.
+const RUNTIME_PID: &str = "runtime-pid";
+
+/// The file in the bundle where the helper leaves why it could not set the
+/// sandbox up.
+const SETUP_ERROR: &str = "setup-error";
+
+/// How long `kiln run` lets its container end after SIGTERM before it
+/// kills it (Docker's default for `docker stop`).
+const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// Lines of output kept for the report of a failed step.
 const TAIL_LINES: usize = 20;
@@ -139,7 +155,10 @@ impl Runtime {
     /// under `state_root`.
     pub fn new(program: Option<&Path>, state_root: &Path) -> Result<Runtime, Error> {
         let program = match program {
-            Some(path) if path.is_file() => path.to_path_buf(),
+            // Absolute: the helper runs it from another directory.
+            Some(path) if path.is_file() => {
+                std::path::absolute(path).map_err(|e| Error::io(path, e))?
+            }
             Some(path) => match path
                 .to_str()
                 .filter(|p| !p.contains('/'))
@@ -162,20 +181,7 @@ impl Runtime {
     /// their containers' state and cgroups (their processes and mounts died
     /// with them).
     pub fn clean_leftovers(&self) -> Result<(), Error> {
-        // Bundles: `kiln-PID-N`.
-        if let Ok(bundles) = std::fs::read_dir(BUNDLE_ROOT) {
-            for bundle in bundles.flatten() {
-                let name = bundle.file_name();
-                let owner = name
-                    .to_str()
-                    .and_then(|name| name.strip_prefix("kiln-"))
-                    .and_then(|rest| rest.split_once('-'))
-                    .and_then(|(pid, _)| pid.parse::<i32>().ok());
-                if owner.is_some_and(|pid| !process_alive(pid)) {
-                    let _ = std::fs::remove_dir_all(bundle.path());
-                }
-            }
-        }
+        remove_bundles(BundleOwners::Dead);
         let entries = match std::fs::read_dir(&self.state_root) {
             Ok(entries) => entries,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -314,13 +320,53 @@ impl Runtime {
         };
         let plan_json = serde_json::to_vec(&plan).map_err(|e| Error::Spec(e.to_string()))?;
         write_file(&bundle_dir.join("plan.json"), &plan_json)?;
-        let stubs = Stubs::before(step, layers.lowers);
+        let stubs = Stubs::before(
+            STANDARD_MOUNT_POINTS
+                .into_iter()
+                .chain(step.mounts.iter().map(|mount| mount.target())),
+            layers.lowers,
+        );
         make_root_directory(layers.upper)?;
 
+        let result = self.supervise(bundle_dir, io, interrupted);
+        // `run` removes its container when it ends; one that was killed, or
+        // whose runtime was, has not.
+        let _ = Command::new(&self.program)
+            .arg("--root")
+            .arg(&self.state_dir)
+            .args(["delete", "--force", &id])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        stubs.remove(layers.upper);
+        let setup_error = std::fs::read_to_string(bundle_dir.join(SETUP_ERROR)).ok();
+        drop(bundle);
+        let outcome = result?;
+        match setup_error {
+            Some(message) => Err(Error::Setup(message)),
+            None => Ok(outcome),
+        }
+    }
+
+    /// Starts the helper on the bundle and waits for it, passing on the
+    /// step's output; kills it when `interrupted` is set.
+    fn supervise(
+        &self,
+        bundle_dir: &Path,
+        io: StepIo<'_>,
+        interrupted: &AtomicBool,
+    ) -> Result<Outcome, Error> {
         let helper = std::env::current_exe().map_err(|e| Error::io("the kiln binary", e))?;
         let mut command = Command::new(&helper);
         command.arg(SANDBOX_ARG).arg(bundle_dir);
-        let mut lines_and_output = match io {
+        // `kiln run` stops its container as `docker stop` does: SIGTERM
+        // first, SIGKILL when it has not ended after a grace period. A
+        // build step is killed at once, as BuildKit cancels one.
+        let grace = match io {
+            StepIo::Lines(_) => None,
+            StepIo::Inherit => Some(STOP_GRACE),
+        };
+        let (reader, mut output) = match io {
             StepIo::Lines(output) => {
                 let (reader, writer) = std::io::pipe().map_err(|e| Error::io("a pipe", e))?;
                 let writer_for_stderr = writer.try_clone().map_err(|e| Error::io("a pipe", e))?;
@@ -328,31 +374,36 @@ impl Runtime {
                     .stdin(Stdio::null())
                     .stdout(writer)
                     .stderr(writer_for_stderr);
-                Some((reader, output))
+                (Some(reader), Some(output))
             }
-            StepIo::Inherit => None,
+            StepIo::Inherit => (None, None),
         };
+        let kiln = rustix::process::getpid();
         // SAFETY: between fork and exec only async-signal-safe calls are
-        // made (prctl, setsid).
+        // made (prctl, getppid, setsid).
         unsafe {
-            command.pre_exec(|| {
-                // Die with kiln; and a session of its own, so that a Ctrl-C
-                // at the terminal reaches kiln, which stops the step.
+            command.pre_exec(move || {
+                // Die with kiln (and if kiln died before this line, now);
+                // and a session of its own, so that a Ctrl-C at the
+                // terminal reaches kiln, which stops the step.
                 rustix::process::set_parent_process_death_signal(Some(
                     rustix::process::Signal::KILL,
                 ))?;
+                if rustix::process::getppid() != Some(kiln) {
+                    return Err(std::io::Error::other("kiln has ended"));
+                }
                 rustix::process::setsid()?;
                 Ok(())
             });
         }
         let mut child = command.spawn().map_err(|e| Error::io(&helper, e))?;
+        // The write ends now live only in the helper and what it starts, so
+        // the pipe ends when the step's pid namespace is gone.
         drop(command);
 
         let (lines, received) = mpsc::channel::<String>();
-        let pump = lines_and_output.as_mut().map(|(reader, _)| {
-            let reader = reader.try_clone();
+        let pump = reader.map(|reader| {
             std::thread::spawn(move || {
-                let Ok(reader) = reader else { return };
                 for line in BufReader::new(reader).split(b'\n') {
                     let Ok(line) = line else { break };
                     let text = String::from_utf8_lossy(&line)
@@ -364,12 +415,9 @@ impl Runtime {
                 }
             })
         });
-        // Only the pump's copy of the pipe may stay open, or it would never
-        // see the end.
-        let mut output = lines_and_output.map(|(_, output)| output);
         let mut tail = std::collections::VecDeque::with_capacity(TAIL_LINES);
-        let mut keep = |line: String, output: &mut Option<&mut dyn FnMut(&str)>| {
-            if let Some(output) = output {
+        let mut keep = |line: String| {
+            if let Some(output) = output.as_mut() {
                 output(&line);
             }
             if tail.len() == TAIL_LINES {
@@ -377,50 +425,56 @@ impl Runtime {
             }
             tail.push_back(line);
         };
-        let mut was_interrupted = false;
+        let mut interrupted_at: Option<Instant> = None;
+        let mut killed = false;
         let status = loop {
-            match received.recv_timeout(Duration::from_millis(50)) {
-                Ok(line) => keep(line, &mut output),
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    if pump.is_some() {
-                        break child.wait().map_err(|e| Error::io(&helper, e))?;
+            // Also the pause between checks when there is no output to read
+            // (the channel of `Inherit` has a sender that never sends).
+            if let Ok(line) = received.recv_timeout(Duration::from_millis(50)) {
+                keep(line);
+            }
+            if interrupted.load(Ordering::Relaxed) && interrupted_at.is_none() {
+                interrupted_at = Some(Instant::now());
+                if grace.is_some() {
+                    // `runc run` passes the signals it gets on to the step.
+                    let runtime_pid = std::fs::read_to_string(bundle_dir.join(RUNTIME_PID))
+                        .ok()
+                        .and_then(|pid| pid.trim().parse::<i32>().ok())
+                        .and_then(rustix::process::Pid::from_raw);
+                    if let Some(pid) = runtime_pid {
+                        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
                     }
-                    // Attached to kiln's own output: nothing to read.
-                    std::thread::sleep(Duration::from_millis(50));
                 }
             }
-            if interrupted.load(Ordering::Relaxed) && !was_interrupted {
-                was_interrupted = true;
+            let due =
+                interrupted_at.is_some_and(|at| grace.is_none_or(|grace| at.elapsed() >= grace));
+            if due && !killed {
+                killed = true;
                 // The whole session: the helper, the runtime, and with
                 // the runtime's pid namespace the step.
                 if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
                     let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
                 }
             }
-            if let Ok(Some(status)) = child.try_wait() {
-                // Whatever the pipe still holds.
-                while let Ok(line) = received.recv_timeout(Duration::from_millis(200)) {
-                    keep(line, &mut output);
+            match child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) => {}
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(Error::io(&helper, e));
                 }
-                break status;
             }
         };
         if let Some(pump) = pump {
+            // Every process that held the pipe has ended with the helper's
+            // pid namespace: read to its end.
             let _ = pump.join();
+            for line in received.try_iter() {
+                keep(line);
+            }
         }
-        // `run` removes its container when it ends; one that was killed has
-        // not.
-        let _ = Command::new(&self.program)
-            .arg("--root")
-            .arg(&self.state_dir)
-            .args(["delete", "--force", &id])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        stubs.remove(layers.upper);
-        drop(bundle);
-        if was_interrupted {
+        if interrupted_at.is_some() {
             return Err(Error::Interrupted);
         }
         use std::os::unix::process::ExitStatusExt;
@@ -433,6 +487,38 @@ impl Runtime {
             code,
             tail: tail.into_iter().collect(),
         })
+    }
+}
+
+/// Whose bundles [`remove_bundles`] removes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BundleOwners {
+    /// kiln processes that no longer run.
+    Dead,
+    /// This process, as it is about to exit.
+    ThisProcess,
+}
+
+/// Removes the bundles (and the secrets in them) of `owners`.
+pub fn remove_bundles(owners: BundleOwners) {
+    let Ok(bundles) = std::fs::read_dir(BUNDLE_ROOT) else {
+        return;
+    };
+    let me = std::process::id() as i32;
+    for bundle in bundles.flatten() {
+        let name = bundle.file_name();
+        let owner = name
+            .to_str()
+            .and_then(|name| name.strip_prefix("kiln-"))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<i32>().ok());
+        let remove = owner.is_some_and(|pid| match owners {
+            BundleOwners::Dead => !process_alive(pid),
+            BundleOwners::ThisProcess => pid == me,
+        });
+        if remove {
+            let _ = std::fs::remove_dir_all(bundle.path());
+        }
     }
 }
 
@@ -495,110 +581,6 @@ fn resolv_conf() -> Vec<u8> {
     std::fs::read("/etc/resolv.conf").unwrap_or_default()
 }
 
-/// Mount points the runtime creates in the root filesystem for the step's
-/// mounts: those the image did not have are removed from the step's changes
-/// afterwards, and so are the image's directories that overlayfs copied up
-/// only to hold them, so that none of them end up in the step's layer.
-struct Stubs {
-    /// Deepest first, so that emptied parents go too.
-    missing: Vec<String>,
-    /// Directories of the image that hold a stub: path and the metadata the
-    /// image gives them. Deepest first.
-    parents: Vec<(String, std::fs::Metadata)>,
-}
-
-/// What the merged lower layers have at `relative`: the topmost entry, or
-/// none when absent or whited out.
-fn lower_entry(lowers: &[PathBuf], relative: &Path) -> Option<std::fs::Metadata> {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    let metadata = lowers
-        .iter()
-        .rev()
-        .find_map(|lower| std::fs::symlink_metadata(lower.join(relative)).ok())?;
-    let whiteout = metadata.file_type().is_char_device() && metadata.rdev() == 0;
-    (!whiteout).then_some(metadata)
-}
-
-impl Stubs {
-    fn before(step: &Step, lowers: &[PathBuf]) -> Stubs {
-        let mut destinations: Vec<String> =
-            ["/proc", "/dev", "/sys", "/etc/hosts", "/etc/resolv.conf"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect();
-        destinations.extend(step.mounts.iter().map(|m| m.target().to_string()));
-        let mut missing = Vec::new();
-        let mut parents = Vec::new();
-        for destination in destinations {
-            let mut path = PathBuf::from("/");
-            let parts: Vec<_> = Path::new(&destination).components().skip(1).collect();
-            for (depth, part) in parts.iter().enumerate() {
-                path.push(part);
-                let relative = path.strip_prefix("/").unwrap_or(&path).to_path_buf();
-                let text = path.to_string_lossy().into_owned();
-                match lower_entry(lowers, &relative) {
-                    None => {
-                        if !missing.contains(&text) {
-                            missing.push(text);
-                        }
-                    }
-                    Some(metadata) => {
-                        let is_parent = depth + 1 < parts.len();
-                        if is_parent
-                            && metadata.is_dir()
-                            && !parents.iter().any(|(p, _)| *p == text)
-                        {
-                            parents.push((text, metadata));
-                        }
-                    }
-                }
-            }
-        }
-        missing.sort_by_key(|p| std::cmp::Reverse(p.matches('/').count()));
-        parents.sort_by_key(|(p, _)| std::cmp::Reverse(p.matches('/').count()));
-        Stubs { missing, parents }
-    }
-
-    /// Removes the stubs that are still empty (a step that wrote into a
-    /// directory keeps it), then the image's directories that are left
-    /// empty and unchanged in the step's changes.
-    fn remove(&self, upper: &Path) {
-        use std::os::unix::fs::MetadataExt;
-        for path in &self.missing {
-            let full = upper.join(path.trim_start_matches('/'));
-            let Ok(metadata) = std::fs::symlink_metadata(&full) else {
-                continue;
-            };
-            if metadata.is_dir() {
-                let _ = std::fs::remove_dir(&full);
-            } else if metadata.is_file() && metadata.len() == 0 {
-                let _ = std::fs::remove_file(&full);
-            }
-        }
-        for (path, original) in &self.parents {
-            let full = upper.join(path.trim_start_matches('/'));
-            let Ok(metadata) = std::fs::symlink_metadata(&full) else {
-                continue;
-            };
-            let unchanged = metadata.is_dir()
-                && metadata.mode() == original.mode()
-                && metadata.uid() == original.uid()
-                && metadata.gid() == original.gid()
-                && !is_opaque(&full);
-            let empty = std::fs::read_dir(&full).is_ok_and(|mut entries| entries.next().is_none());
-            if unchanged && empty {
-                let _ = std::fs::remove_dir(&full);
-            }
-        }
-    }
-}
-
-/// Whether overlayfs marked a directory as hiding the lower layers'
-/// contents.
-fn is_opaque(dir: &Path) -> bool {
-    rustix::fs::lgetxattr(dir, "trusted.overlay.opaque", &mut [0u8; 4]).is_ok_and(|len| len > 0)
-}
-
 /// The helper: run from `main` of the kiln binary when its first argument is
 /// `SANDBOX_ARG`, with the bundle directory as the second. Returns the exit
 /// code to end with: the step's, or 125 when the sandbox could not be set up
@@ -607,7 +589,10 @@ pub fn sandbox_main(bundle: &Path) -> i32 {
     match sandbox(bundle) {
         Ok(code) => code,
         Err(error) => {
-            let _ = writeln!(std::io::stderr(), "kiln: {error}");
+            // kiln reports it as the sandbox's failure, not the step's.
+            if std::fs::write(bundle.join(SETUP_ERROR), error.to_string()).is_err() {
+                let _ = writeln!(std::io::stderr(), "kiln: {error}");
+            }
             125
         }
     }
@@ -660,7 +645,12 @@ fn sandbox(bundle: &Path) -> Result<i32, Error> {
             Ok(())
         });
     }
-    let status = runtime.status().map_err(|e| Error::io(&plan.runtime, e))?;
+    let mut child = runtime.spawn().map_err(|e| Error::io(&plan.runtime, e))?;
+    // For kiln, which asks the runtime to stop the step by signalling it
+    // (its pid in this namespace; the state the runtime keeps names pids
+    // of the step's own namespace).
+    let _ = std::fs::write(bundle.join(RUNTIME_PID), child.id().to_string());
+    let status = child.wait().map_err(|e| Error::io(&plan.runtime, e))?;
     use std::os::unix::process::ExitStatusExt;
     Ok(match (status.code(), status.signal()) {
         (Some(code), _) => code,

@@ -140,10 +140,17 @@ pub(crate) fn config(
     } else {
         CAPABILITIES.into_iter().collect()
     };
+    // As Docker: a user other than root has none in effect (only what a
+    // set-user-ID program may gain, within the bounding set).
+    let in_effect = if step.user.uid == 0 {
+        capabilities.clone()
+    } else {
+        std::collections::HashSet::new()
+    };
     let capabilities = LinuxCapabilitiesBuilder::default()
-        .bounding(capabilities.clone())
-        .effective(capabilities.clone())
-        .permitted(capabilities)
+        .bounding(capabilities)
+        .effective(in_effect.clone())
+        .permitted(in_effect)
         .inheritable(std::collections::HashSet::new())
         .ambient(std::collections::HashSet::new())
         .build()
@@ -426,6 +433,11 @@ mod tests {
         let capabilities = process.capabilities().as_ref().unwrap();
         let bounding = capabilities.bounding().as_ref().unwrap();
         assert_eq!(bounding.len(), 14);
+        assert_eq!(
+            capabilities.effective(),
+            &Some(Default::default()),
+            "user 1000 has none in effect"
+        );
         assert!(!bounding.contains(&Capability::SysAdmin));
         assert!(bounding.contains(&Capability::Chown));
         assert_eq!(process.no_new_privileges(), Some(true));
