@@ -12,7 +12,8 @@ cd "$(dirname "$0")/.."
 cargo build --release -q -p kiln-builder
 kiln=$PWD/target/release/kiln
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+. bench/lib/dockerd.sh
+trap 'stop_dockerd; umount -R "$work/buildah/overlay" 2>/dev/null; rm -rf "$work"' EXIT
 
 mkdir -p "$work/context/files"
 i=0
@@ -53,7 +54,8 @@ if command -v buildah > /dev/null; then
         --storage-driver overlay bud --isolation chroot -t bench "$work/context")
     echo "buildah COPY of 5,000 files: ${other} ms; kiln/buildah = $(python3 -c "print(round($cold / $other, 2))")"
 fi
-if docker version > /dev/null 2>&1; then
-    other=$(DOCKER_BUILDKIT=1 milliseconds docker build -t bench "$work/context")
+start_dockerd
+if [ -n "$docker" ]; then
+    other=$(DOCKER_BUILDKIT=1 milliseconds $docker build -t bench "$work/context")
     echo "docker  COPY of 5,000 files: ${other} ms; kiln/docker = $(python3 -c "print(round($cold / $other, 2))")"
 fi

@@ -12,8 +12,9 @@ cd "$(dirname "$0")/.."
 cargo build --release -q -p kiln-builder
 kiln=$PWD/target/release/kiln
 work=$(mktemp -d)
+. bench/lib/dockerd.sh
 # buildah leaves its storage mounted.
-trap 'umount -R "$work/buildah/overlay" 2>/dev/null; rm -rf "$work"' EXIT
+trap 'stop_dockerd; umount -R "$work/buildah/overlay" 2>/dev/null; rm -rf "$work"' EXIT
 
 testdata/images/rootfs.sh busybox "$work/base/rootfs"
 printf 'FROM scratch\nCOPY rootfs/ /\nCMD ["sh"]\n' > "$work/base/Dockerfile"
@@ -61,10 +62,12 @@ $(measure $buildah bud --layers --no-cache --isolation oci --runtime "$runc" -t 
 RESULT
     echo "buildah 50 x RUN true: ${other_total} ms, ${other_step} ms per step; kiln/buildah = $(python3 -c "print(round($kiln_step / $other_step, 2))") per step"
 fi
-if docker version > /dev/null 2>&1; then
-    docker build -t localhost/busybox "$work/base" > /dev/null 2>&1
+start_dockerd
+if [ -n "$docker" ]; then
+    "$kiln" save localhost/busybox -o "$work/busybox.tar" > /dev/null 2>&1
+    $docker load -i "$work/busybox.tar" > /dev/null 2>&1
     read -r other_total other_step <<RESULT
-$(DOCKER_BUILDKIT=1 measure docker build --no-cache -t bench)
+$(DOCKER_BUILDKIT=1 measure $docker build --network none --no-cache -t bench)
 RESULT
     echo "docker  50 x RUN true: ${other_total} ms, ${other_step} ms per step; kiln/docker = $(python3 -c "print(round($kiln_step / $other_step, 2))") per step"
 fi
