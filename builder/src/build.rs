@@ -1,6 +1,8 @@
 //! Running a build graph: each stage from its base, step by step, every
 //! changed file set packed into a layer; the result assembled as an image.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -8,7 +10,7 @@ use anyhow::Context;
 use kiln_cache::digest::HashingReader;
 use kiln_cache::extract::{extract, ExtractOptions};
 use kiln_cache::pack::PackOptions;
-use kiln_cache::{Compression, LayerView, Store};
+use kiln_cache::{CacheRecord, Compression, Digest, KeyHasher, LayerView, StatCache, Store};
 use kiln_frontend::graph::{Action, Base, BuildGraph, ImageConfig, Source, Stage};
 use kiln_frontend::{DockerIgnore, Platform};
 
@@ -19,17 +21,35 @@ use crate::remote::Remote;
 /// BuildKit marks the history entries it writes with this comment.
 const HISTORY_COMMENT: &str = "buildkit.dockerfile.v0";
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Settings {
     pub compression: Compression,
     /// `SOURCE_DATE_EPOCH`: the image's creation time, and the latest
     /// modification time a layer records.
     pub source_date_epoch: Option<i64>,
+    /// `--no-cache`: run every step (and still record what they made).
+    pub no_cache: bool,
+    /// `--no-cache-filter`: the stages (lower case) to run without the cache.
+    pub no_cache_stages: Vec<String>,
+}
+
+/// How a step went, for `--metadata-file`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StepReport {
+    pub stage: String,
+    pub step: String,
+    /// Line in the Dockerfile.
+    pub line: usize,
+    pub key: String,
+    pub cached: bool,
+    pub duration_ms: u64,
 }
 
 /// What a stage produced.
 #[derive(Debug, Clone)]
 pub struct StageOutput {
+    /// The cache key of the stage's file system.
+    pub key: Digest,
     pub layers: Vec<Layer>,
     pub history: Vec<History>,
     pub config: ImageConfig,
@@ -68,6 +88,11 @@ pub struct Executor<'a> {
     pub settings: Settings,
     /// The time recorded for new files and history entries.
     pub now: i64,
+    pub stat_cache: &'a StatCache,
+    pub reports: RefCell<Vec<StepReport>>,
+    /// What `ADD URL` steps downloaded to compute their keys, for the step
+    /// to use.
+    pub downloads: RefCell<HashMap<String, copy::Downloaded>>,
 }
 
 impl Executor<'_> {
@@ -100,60 +125,151 @@ impl Executor<'_> {
             ),
         };
         let total = stage.steps.iter().filter(|s| s.makes_layer()).count();
+        let mut key = self.base_key(&stage.base, outputs, &stage.platform)?;
+        let use_cache = !self.settings.no_cache
+            && !self
+                .settings
+                .no_cache_stages
+                .contains(&stage.name.to_lowercase());
         let mut number = 0;
         for step in &stage.steps {
             let location = format!("{}:{}", self.dockerfile, step.location.line);
             let started = Instant::now();
-            let layer = match &step.action {
-                Action::Metadata => {
-                    if let Some(created_by) = &step.history {
-                        history.push(self.history(created_by, true));
-                    }
-                    continue;
+            if let Action::Metadata = step.action {
+                if let Some(created_by) = &step.history {
+                    history.push(self.history(created_by, true));
                 }
-                Action::Run(run) => {
-                    number += 1;
-                    eprintln!("[{} {number}/{total}] {}", stage.name, step.instruction);
-                    self.run_step(run, &layers, outputs, graph)
-                        .with_context(|| format!("{location}: {}", step.instruction))?
-                }
-                Action::Copy(copy_step) => {
-                    number += 1;
-                    eprintln!("[{} {number}/{total}] {}", stage.name, step.instruction);
-                    let source = self.source_tree(&copy_step.from, outputs, graph)?;
-                    let view = self.view(&layers)?;
-                    let fetch = |url: &str| self.download(url);
-                    self.in_diff(|diff| {
-                        copy::copy(copy_step, &source, &view, diff, self.now, &fetch)
-                    })
-                    .with_context(|| format!("{location}: {}", step.instruction))?
-                }
-                Action::Mkdir(mkdir) => {
-                    number += 1;
-                    eprintln!("[{} {number}/{total}] {}", stage.name, step.instruction);
-                    let view = self.view(&layers)?;
-                    self.in_diff(|diff| copy::mkdir(mkdir, &view, diff, self.now))
-                        .with_context(|| format!("{location}: {}", step.instruction))?
+                continue;
+            }
+            number += 1;
+            eprintln!("[{} {number}/{total}] {}", stage.name, step.instruction);
+            let step_key = self
+                .step_key(&key, &step.action, outputs, graph)
+                .with_context(|| format!("{location}: {}", step.instruction))?;
+            let cached = if use_cache {
+                self.cached_layer(&step_key)?
+            } else {
+                None
+            };
+            let was_cached = cached.is_some();
+            let layer = match cached {
+                Some(layer) => layer,
+                None => {
+                    let layer = self
+                        .execute(&step.action, &layers, outputs, graph)
+                        .with_context(|| format!("{location}: {}", step.instruction))?;
+                    self.store.put_cache_record(
+                        &step_key,
+                        &CacheRecord {
+                            layer: layer.as_ref().map(Layer::record),
+                        },
+                    )?;
+                    layer
                 }
             };
+            key = result_key(&step_key, layer.as_ref());
             let empty = layer.is_none();
             layers.extend(layer);
             if let Some(created_by) = &step.history {
                 history.push(self.history(created_by, empty));
             }
-            eprintln!(
-                "  done in {:.2}s{}",
-                started.elapsed().as_secs_f64(),
-                if empty { " (no changes)" } else { "" }
-            );
+            let elapsed = started.elapsed();
+            self.reports.borrow_mut().push(StepReport {
+                stage: stage.name.clone(),
+                step: step.instruction.clone(),
+                line: step.location.line,
+                key: step_key.to_string(),
+                cached: was_cached,
+                duration_ms: elapsed.as_millis() as u64,
+            });
+            if was_cached {
+                eprintln!("  CACHED");
+            } else {
+                eprintln!(
+                    "  done in {:.2}s{}",
+                    elapsed.as_secs_f64(),
+                    if empty { " (no changes)" } else { "" }
+                );
+            }
         }
         Ok(StageOutput {
+            key,
             layers,
             history,
             config: stage.config.clone(),
             author: stage.author.clone(),
             platform: stage.platform.clone(),
         })
+    }
+
+    /// Runs a step that makes a layer; none when it changed nothing.
+    fn execute(
+        &self,
+        action: &Action,
+        layers: &[Layer],
+        outputs: &[StageOutput],
+        graph: &BuildGraph,
+    ) -> anyhow::Result<Option<Layer>> {
+        match action {
+            Action::Run(run) => self.run_step(run, layers, outputs, graph),
+            Action::Copy(copy_step) => {
+                let source = self.source_tree(&copy_step.from, outputs, graph)?;
+                let view = self.view(layers)?;
+                let fetch = |url: &str| self.take_download(url);
+                self.in_diff(|diff| copy::copy(copy_step, &source, &view, diff, self.now, &fetch))
+            }
+            Action::Mkdir(mkdir) => {
+                let view = self.view(layers)?;
+                self.in_diff(|diff| copy::mkdir(mkdir, &view, diff, self.now))
+            }
+            Action::Metadata => Ok(None),
+        }
+    }
+
+    /// What an earlier build made for `key`: `Some(None)` when the step
+    /// changed nothing, `Some(layer)` when its layer is still in the store
+    /// (compressed as this build asks, recompressed from its snapshot if
+    /// need be), `None` for a miss.
+    fn cached_layer(&self, key: &Digest) -> anyhow::Result<Option<Option<Layer>>> {
+        let Some(record) = self.store.cache_record(key) else {
+            return Ok(None);
+        };
+        let Some(found) = record.layer else {
+            return Ok(Some(None));
+        };
+        let Ok(layer) = Layer::from_record(&found) else {
+            return Ok(None);
+        };
+        if !self.store.has_blob(&layer.blob) {
+            return Ok(None);
+        }
+        let wanted = LayerEncoding::of_compression(self.settings.compression);
+        if layer.encoding == wanted {
+            return Ok(Some(Some(layer)));
+        }
+        let snapshot = snapshot(self.store, &layer)?;
+        let options = PackOptions {
+            compression: self.settings.compression,
+            source_date_epoch: self.settings.source_date_epoch,
+        };
+        let packed = self.store.pack_layer(&snapshot, &options)?;
+        if packed.diff_id != layer.diff_id {
+            // The snapshot no longer packs to its layer: run the step.
+            return Ok(None);
+        }
+        let recompressed = Layer {
+            diff_id: packed.diff_id,
+            blob: packed.digest,
+            size: packed.size,
+            encoding: wanted,
+        };
+        self.store.put_cache_record(
+            key,
+            &CacheRecord {
+                layer: Some(recompressed.record()),
+            },
+        )?;
+        Ok(Some(Some(recompressed)))
     }
 
     fn history(&self, created_by: &str, empty_layer: bool) -> History {
@@ -210,6 +326,29 @@ impl Executor<'_> {
         layer_from_diff(self.store, &diff, &options)
     }
 
+    /// Downloads a URL for ADD (once per build) and returns its digest.
+    pub(crate) fn prefetch(&self, url: &str) -> anyhow::Result<Digest> {
+        if let Some(downloaded) = self.downloads.borrow().get(url) {
+            return Ok(downloaded.digest);
+        }
+        let downloaded = self
+            .download(url)
+            .with_context(|| format!("downloading {url}"))?;
+        let digest = downloaded.digest;
+        self.downloads
+            .borrow_mut()
+            .insert(url.to_string(), downloaded);
+        Ok(digest)
+    }
+
+    /// The download of `url` made for the key, or a new one.
+    fn take_download(&self, url: &str) -> anyhow::Result<copy::Downloaded> {
+        match self.downloads.borrow_mut().remove(url) {
+            Some(downloaded) => Ok(downloaded),
+            None => self.download(url),
+        }
+    }
+
     /// Downloads a URL for ADD into the store's scratch space.
     fn download(&self, url: &str) -> anyhow::Result<copy::Downloaded> {
         let keep = self.store.temp_dir()?;
@@ -232,6 +371,19 @@ impl Executor<'_> {
     pub fn view(&self, layers: &[Layer]) -> anyhow::Result<LayerView> {
         layer_view(self.store, layers)
     }
+}
+
+/// The key the steps after a step chain on: its own key and what it made.
+/// A step run again (`--no-cache`, a rebuilt stage) may make other files
+/// than the cached ones: what reads them must not reuse results made from
+/// the old ones.
+fn result_key(step_key: &Digest, layer: Option<&Layer>) -> Digest {
+    let mut key = KeyHasher::new("result", Some(step_key));
+    key.field(
+        "layer",
+        layer.map_or_else(|| "none".to_string(), |layer| layer.diff_id.to_string()),
+    );
+    key.finish()
 }
 
 /// Packs a directory of changes (on the store's file system) into a layer

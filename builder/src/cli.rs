@@ -163,9 +163,20 @@ pub struct BuildArgs {
     /// Look up base images in their registries even when the store has them.
     #[arg(long)]
     pub pull: bool,
-    /// Write the image's digests and pushed names to this file as JSON.
+    /// Write the image's digests, pushed names and each step's cache hit or
+    /// miss and duration to this file as JSON.
     #[arg(long = "metadata-file", value_name = "FILE")]
     pub metadata_file: Option<PathBuf>,
+    /// Write the image's ID (its manifest digest) to this file.
+    #[arg(long, value_name = "FILE")]
+    pub iidfile: Option<PathBuf>,
+    /// Run every step, reusing nothing from earlier builds.
+    #[arg(long = "no-cache")]
+    pub no_cache: bool,
+    /// Run every step of these stages without the cache (names, comma-separated
+    /// or repeated).
+    #[arg(long = "no-cache-filter", value_name = "STAGE")]
+    pub no_cache_filter: Vec<String>,
     /// Clamp file times in new layers to this time and use it as the image's
     /// creation time, for reproducible images (default: $SOURCE_DATE_EPOCH;
     /// empty means unset).

@@ -1,15 +1,17 @@
 //! The `kiln` commands that work on the store.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use kiln_cache::pack::{pack_dir, PackOptions};
-use kiln_cache::{Compression, Digest, ImageEntry, Store};
+use kiln_cache::{Compression, Digest, ImageEntry, StatCache, Store};
 use kiln_registry::Reference;
 
 use crate::archive::{self, ArchiveImage};
-use crate::build::{Executor, Settings};
+use crate::build::{Executor, Settings, StepReport};
 use crate::cli::BuildArgs;
 use crate::dockerfile;
 use crate::image::{self, write_image, Format, StoreImages, StoredImage};
@@ -118,6 +120,7 @@ pub fn build(
         .map(|t| Reference::parse(t))
         .collect::<Result<Vec<_>, _>>()?;
     let _in_use = store.lock_shared()?;
+    let stat_cache = StatCache::load(store);
     let mut images = StoreImages::new(store, Some(remote), args.pull);
     let plan = dockerfile::load(&args.dockerfile, &args.labels, &args.allow, &mut images)?;
     if !rustix::process::geteuid().is_root() {
@@ -138,15 +141,35 @@ pub fn build(
         settings: Settings {
             compression,
             source_date_epoch,
+            no_cache: args.no_cache,
+            no_cache_stages: args
+                .no_cache_filter
+                .iter()
+                .flat_map(|names| names.split(','))
+                .map(|name| name.trim().to_lowercase())
+                .filter(|name| !name.is_empty())
+                .collect(),
         },
         now,
+        stat_cache: &stat_cache,
+        reports: RefCell::new(Vec::new()),
+        downloads: RefCell::new(HashMap::new()),
     };
-    let outputs = executor.build(&plan.graph)?;
+    let built = executor.build(&plan.graph);
+    // What was learnt of the context's files stays, even when a step failed.
+    if let Err(e) = stat_cache.save() {
+        eprintln!("warning: could not save the stat cache: {e}");
+    }
+    let outputs = built?;
+    let steps = executor.reports.take();
     let target = &outputs[plan.graph.target];
     match &output {
         Output::Local(dir) => {
             crate::copy::export_tree(executor.view(&target.layers)?, dir, now)?;
             eprintln!("wrote the image's files to {}", dir.display());
+            if let Some(file) = &args.metadata_file {
+                write_metadata(file, None, &steps)?;
+            }
             return Ok(());
         }
         Output::Tar(path) => {
@@ -161,12 +184,21 @@ pub fn build(
                 Ok(())
             })?;
             eprintln!("wrote the image's files to {}", path.display());
+            if let Some(file) = &args.metadata_file {
+                write_metadata(file, None, &steps)?;
+            }
             return Ok(());
         }
         Output::Store | Output::Oci(_) | Output::Docker(_) => {}
     }
     let descriptor = write_image(store, &target.image_file(now), &target.layers, format)?;
     let digest: Digest = descriptor.digest().to_string().parse()?;
+    if let Some(file) = &args.iidfile {
+        archive::write_output(file, |out| {
+            out.write_all(digest.to_string().as_bytes())
+                .with_context(|| format!("writing {}", file.display()))
+        })?;
+    }
     let archive = match &output {
         Output::Oci(path) => Some((path, Format::Oci)),
         Output::Docker(path) => Some((path, Format::Docker)),
@@ -184,7 +216,7 @@ pub fn build(
             remote.push(store, &digest, &tags)?;
         }
         if let Some(file) = &args.metadata_file {
-            write_metadata(store, file, &descriptor, &tags)?;
+            write_metadata(file, Some((store, &descriptor, &tags)), &steps)?;
         }
         println!("{digest}");
         return Ok(());
@@ -194,13 +226,16 @@ pub fn build(
         store,
         &[ArchiveImage {
             image: &image,
-            names: tags,
+            names: tags.clone(),
         }],
         archive_format,
         path,
         source_date_epoch.unwrap_or(0),
     )?;
     eprintln!("wrote {}", path.display());
+    if let Some(file) = &args.metadata_file {
+        write_metadata(file, Some((store, &descriptor, &tags)), &steps)?;
+    }
     if path.as_os_str() == "-" {
         // Standard output holds the archive.
         eprintln!("{digest}");
@@ -210,25 +245,42 @@ pub fn build(
     Ok(())
 }
 
-/// `--metadata-file`: what BuildKit writes there, for the image built.
+/// `--metadata-file`: what BuildKit writes there for the image built (when
+/// the build made one), and how each step went (`kiln.steps`: cache hit or
+/// miss, duration).
 fn write_metadata(
-    store: &Store,
     file: &Path,
-    descriptor: &oci_spec::image::Descriptor,
-    names: &[Reference],
+    image: Option<(&Store, &oci_spec::image::Descriptor, &[Reference])>,
+    steps: &[StepReport],
 ) -> anyhow::Result<()> {
-    let digest: Digest = descriptor.digest().to_string().parse()?;
-    let image = StoredImage::read(store, &digest)?;
-    let metadata = serde_json::json!({
-        "containerimage.digest": digest.to_string(),
-        "containerimage.config.digest": image.config_digest.to_string(),
-        "containerimage.descriptor": {
-            "mediaType": descriptor.media_type().to_string(),
-            "digest": digest.to_string(),
-            "size": descriptor.size(),
-        },
-        "image.name": names.iter().map(Reference::to_string).collect::<Vec<_>>().join(","),
-    });
+    let mut metadata = serde_json::Map::new();
+    if let Some((store, descriptor, names)) = image {
+        let digest: Digest = descriptor.digest().to_string().parse()?;
+        let image = StoredImage::read(store, &digest)?;
+        metadata.insert("containerimage.digest".into(), digest.to_string().into());
+        metadata.insert(
+            "containerimage.config.digest".into(),
+            image.config_digest.to_string().into(),
+        );
+        metadata.insert(
+            "containerimage.descriptor".into(),
+            serde_json::json!({
+                "mediaType": descriptor.media_type().to_string(),
+                "digest": digest.to_string(),
+                "size": descriptor.size(),
+            }),
+        );
+        metadata.insert(
+            "image.name".into(),
+            names
+                .iter()
+                .map(Reference::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+                .into(),
+        );
+    }
+    metadata.insert("kiln.steps".into(), serde_json::to_value(steps)?);
     let mut bytes = serde_json::to_vec_pretty(&metadata)?;
     bytes.push(b'\n');
     archive::write_output(file, |out| {

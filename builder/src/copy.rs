@@ -12,7 +12,7 @@ use anyhow::{bail, Context};
 use kiln_cache::extract::{extract_into, ExtractMode, ExtractOptions};
 use kiln_cache::pack::{belongs_in_layer, read_xattrs};
 use kiln_cache::tree::{Attributes, TreeWriter};
-use kiln_cache::{LayerView, ViewEntry};
+use kiln_cache::{Digest, KeyHasher, LayerView, StatCache, ViewEntry};
 use kiln_frontend::graph::{CopySource, CopyStep, InlineFile, MkdirStep};
 use kiln_frontend::DockerIgnore;
 use rustix::fs::FileType;
@@ -331,6 +331,138 @@ pub fn mkdir(step: &MkdirStep, rootfs: &LayerView, diff: &Path, now: i64) -> any
     Ok(())
 }
 
+/// What a copy does with an entry it finds below a directory it copies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Choice {
+    Take,
+    /// An ignored directory below which an exception may bring something
+    /// back.
+    OnlyBelow,
+    Skip,
+}
+
+/// Whether `child`, found below the copied directory `root`, is copied,
+/// by the context's ignore rules and `--exclude`.
+fn choose(
+    source: &SourceTree<'_>,
+    root: &str,
+    exclude: Option<&DockerIgnore>,
+    child: &ViewEntry,
+) -> anyhow::Result<Choice> {
+    let is_dir = child.metadata.is_dir();
+    let ignored = source.ignored(&child.path);
+    let skip_ignored = !is_dir
+        || source
+            .ignore
+            .is_some_and(|rules| rules.can_skip_dir(child.path.trim_start_matches('/')));
+    if ignored && skip_ignored {
+        return Ok(Choice::Skip);
+    }
+    let relative = child.path[root.len()..].trim_start_matches('/');
+    if exclude.is_some_and(|rules| rules.is_excluded(relative)) {
+        return Ok(Choice::Skip);
+    }
+    if child.lossy_name {
+        bail!("{}: {UNSUPPORTED_NAME}", child.host.display());
+    }
+    Ok(if is_dir && ignored {
+        Choice::OnlyBelow
+    } else {
+        Choice::Take
+    })
+}
+
+/// A digest of what a COPY or ADD reads from `source`: for every path it
+/// matches, the files below it that it would copy, each by its path
+/// relative to the match, type, mode, link target and content (through the
+/// stat cache). Not times or owners: touching a file changes nothing, and
+/// files from the context belong to root (or to `--chown`) anyway.
+pub fn sources_digest(
+    step: &CopyStep,
+    source: &SourceTree<'_>,
+    stat_cache: &StatCache,
+) -> anyhow::Result<Digest> {
+    let exclude = if step.exclude.is_empty() {
+        None
+    } else {
+        Some(DockerIgnore::parse(&step.exclude.join("\n"), "--exclude")?)
+    };
+    let mut hasher = KeyHasher::new("sources", None);
+    for copy_source in &step.sources {
+        let CopySource::Path(pattern) = copy_source else {
+            continue;
+        };
+        hasher.field("pattern", pattern);
+        for found in expand(source, pattern)? {
+            hasher.field("match", &found.path);
+            hash_entry(
+                &mut hasher,
+                source,
+                &found.entry,
+                &found.entry.path,
+                exclude.as_ref(),
+                stat_cache,
+            )?;
+        }
+    }
+    Ok(hasher.finish())
+}
+
+/// A digest of the directory or file `path` of `source` and what is below
+/// it, as [`sources_digest`] takes it (a bind mount's content).
+pub fn tree_digest(
+    source: &SourceTree<'_>,
+    path: &str,
+    stat_cache: &StatCache,
+) -> anyhow::Result<Digest> {
+    let mut hasher = KeyHasher::new("tree", None);
+    if let Some(entry) = source.view.resolve(path, true)? {
+        hash_entry(&mut hasher, source, &entry, &entry.path, None, stat_cache)?;
+    }
+    Ok(hasher.finish())
+}
+
+fn hash_entry(
+    hasher: &mut KeyHasher,
+    source: &SourceTree<'_>,
+    entry: &ViewEntry,
+    root: &str,
+    exclude: Option<&DockerIgnore>,
+    stat_cache: &StatCache,
+) -> anyhow::Result<()> {
+    let metadata = &entry.metadata;
+    let relative = entry.path[root.len()..].trim_start_matches('/');
+    hasher.field("path", relative);
+    hasher.field("mode", format!("{:o}", metadata.mode()));
+    let file_type = metadata.file_type();
+    if file_type.is_symlink() {
+        let target = fs::read_link(&entry.host)
+            .with_context(|| format!("reading the link {}", entry.path))?;
+        hasher.field("link", target.as_os_str().as_encoded_bytes());
+    } else if file_type.is_file() {
+        let digest = stat_cache
+            .digest(&entry.host, metadata)
+            .with_context(|| format!("reading {}", entry.path))?;
+        hasher.field("content", digest.to_string());
+    } else if file_type.is_block_device() || file_type.is_char_device() {
+        hasher.field("device", metadata.rdev().to_string());
+    } else if file_type.is_dir() {
+        for child in source
+            .view
+            .read_dir(&entry.path)
+            .with_context(|| format!("reading {}", entry.path))?
+        {
+            match choose(source, root, exclude, &child)? {
+                Choice::Skip => {}
+                Choice::Take | Choice::OnlyBelow => {
+                    hash_entry(hasher, source, &child, root, exclude, stat_cache)?
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// What a directory copy takes from where, and how it changes it.
 struct Selection<'a> {
     source: &'a SourceTree<'a>,
@@ -580,22 +712,9 @@ impl Writer<'_> {
             .with_context(|| format!("reading {}", dir.path))?
         {
             let is_dir = child.metadata.is_dir();
-            let skip_ignored = !is_dir
-                || source
-                    .ignore
-                    .is_some_and(|rules| rules.can_skip_dir(child.path.trim_start_matches('/')));
-            if source.ignored(&child.path) && skip_ignored {
+            let choice = choose(source, selection.root, selection.exclude, &child)?;
+            if choice == Choice::Skip {
                 continue;
-            }
-            let relative = child.path[selection.root.len()..].trim_start_matches('/');
-            if selection
-                .exclude
-                .is_some_and(|rules| rules.is_excluded(relative))
-            {
-                continue;
-            }
-            if child.lossy_name {
-                bail!("{}: {UNSUPPORTED_NAME}", child.host.display());
             }
             let name = base_name(&child.path);
             let child_path = if path.is_empty() {
@@ -603,7 +722,7 @@ impl Writer<'_> {
             } else {
                 format!("{path}/{name}")
             };
-            if is_dir && source.ignored(&child.path) {
+            if choice == Choice::OnlyBelow {
                 // Ignored itself, but an exception may bring back something
                 // below it, whose parents are then made on demand.
                 self.walk(selection, &child, &child_path, in_image)?;

@@ -117,6 +117,27 @@ pub struct Layer {
     pub encoding: LayerEncoding,
 }
 
+impl Layer {
+    /// As a cache record keeps it (OCI media types).
+    pub fn record(&self) -> kiln_cache::LayerRecord {
+        kiln_cache::LayerRecord {
+            diff_id: self.diff_id,
+            blob: self.blob,
+            size: self.size,
+            media_type: self.encoding.media_type(Format::Oci).to_string(),
+        }
+    }
+
+    pub fn from_record(record: &kiln_cache::LayerRecord) -> anyhow::Result<Layer> {
+        Ok(Layer {
+            diff_id: record.diff_id,
+            blob: record.blob,
+            size: record.size,
+            encoding: LayerEncoding::of_media_type(&record.media_type)?,
+        })
+    }
+}
+
 /// An image configuration file (`application/vnd.oci.image.config.v1+json`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ImageFile {

@@ -14,6 +14,7 @@ mod container;
 mod copy;
 mod dockerfile;
 mod image;
+mod keys;
 mod remote;
 mod run;
 mod users;

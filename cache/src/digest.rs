@@ -23,6 +23,11 @@ impl Digest {
         Digest(Sha256::digest(bytes).into())
     }
 
+    /// The digest whose sha256 is `bytes`.
+    pub fn from_bytes(bytes: [u8; 32]) -> Digest {
+        Digest(bytes)
+    }
+
     /// The 64 hex digits, without the algorithm.
     pub fn hex(&self) -> String {
         hex::encode(self.0)

@@ -1,0 +1,273 @@
+//! The layer cache: which steps a rebuild runs again, read from the
+//! metadata file each build writes (never from the clock).
+
+mod support;
+
+use std::fs;
+use std::path::Path;
+
+use support::{require_root, require_tool, Context, Kiln};
+
+fn kiln() -> Kiln {
+    require_root();
+    require_tool("runc", "runc");
+    let kiln = Kiln::new();
+    kiln.busybox();
+    kiln
+}
+
+/// Builds and returns, for each step, its instruction and whether it came
+/// from the cache.
+fn build(kiln: &Kiln, context: &Path, extra: &[&str]) -> Vec<(String, bool)> {
+    let metadata = tempfile::NamedTempFile::new().expect("metadata file");
+    let path = metadata.path().to_str().expect("utf-8").to_string();
+    let mut args = vec!["--metadata-file", path.as_str()];
+    args.extend_from_slice(extra);
+    kiln.build(context, &args);
+    let metadata: serde_json::Value =
+        serde_json::from_slice(&fs::read(metadata.path()).expect("metadata")).expect("JSON");
+    metadata["kiln.steps"]
+        .as_array()
+        .expect("kiln.steps")
+        .iter()
+        .map(|step| {
+            (
+                step["step"].as_str().expect("step").to_string(),
+                step["cached"].as_bool().expect("cached"),
+            )
+        })
+        .collect()
+}
+
+/// The instructions that ran (missed the cache).
+fn ran(steps: &[(String, bool)]) -> Vec<&str> {
+    steps
+        .iter()
+        .filter(|(_, cached)| !cached)
+        .map(|(step, _)| step.as_str())
+        .collect()
+}
+
+#[test]
+fn only_steps_that_read_a_changed_file_run_again() {
+    let kiln = kiln();
+    let context = Context::new();
+    for dir in 0..50 {
+        for file in 0..100 {
+            context.write(&format!("files/{dir}/{file}.txt"), &format!("{dir}/{file}"));
+        }
+    }
+    context.write("other.txt", "one");
+    context.write("ignored.txt", "left out");
+    context.write(".dockerignore", "ignored.txt\n");
+    context.write(
+        "Dockerfile",
+        "FROM busybox\n\
+         COPY other.txt /other.txt\n\
+         RUN cat /other.txt > /other-copy\n\
+         COPY files/ /files/\n\
+         RUN find /files -type f | wc -l > /count\n",
+    );
+    let all = [
+        "COPY other.txt /other.txt",
+        "RUN cat /other.txt > /other-copy",
+        "COPY files/ /files/",
+        "RUN find /files -type f | wc -l > /count",
+    ];
+    assert_eq!(ran(&build(&kiln, context.path(), &[])), all, "a cold build");
+    assert_eq!(
+        ran(&build(&kiln, context.path(), &[])),
+        Vec::<&str>::new(),
+        "nothing changed"
+    );
+
+    // New times, same bytes: nothing runs.
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
+    for entry in walk(context.path()) {
+        let file = fs::File::options().append(true).open(&entry).expect("open");
+        file.set_modified(later).expect("touch");
+    }
+    fs::write(context.path().join("ignored.txt"), "changed, but ignored").expect("write");
+    assert_eq!(ran(&build(&kiln, context.path(), &[])), Vec::<&str>::new());
+
+    // One file of the 5,000: the steps from its COPY on.
+    fs::write(context.path().join("files/17/42.txt"), "changed").expect("write");
+    assert_eq!(ran(&build(&kiln, context.path(), &[])), &all[2..]);
+
+    // The first file: everything after it.
+    fs::write(context.path().join("other.txt"), "two").expect("write");
+    assert_eq!(ran(&build(&kiln, context.path(), &[])), all);
+
+    // --no-cache runs everything; the result is the same.
+    assert_eq!(ran(&build(&kiln, context.path(), &["--no-cache"])), all);
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in fs::read_dir(dir).expect("read_dir") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
+#[test]
+fn a_build_arg_reruns_exactly_the_steps_that_see_it() {
+    let kiln = kiln();
+    let context = Context::new();
+    context.write(
+        "Dockerfile",
+        "FROM busybox\n\
+         ARG EARLY=1\n\
+         RUN echo \"$EARLY\" > /early\n\
+         ARG LATE=1\n\
+         RUN echo \"$LATE\" > /late\n\
+         RUN echo after > /after\n",
+    );
+    // The steps that ran, by their place in the Dockerfile's RUNs.
+    let runs = |extra: &[&str]| -> Vec<bool> {
+        build(&kiln, context.path(), extra)
+            .iter()
+            .map(|(_, cached)| !cached)
+            .collect()
+    };
+    assert_eq!(runs(&[]), [true, true, true]);
+    assert_eq!(
+        runs(&["--build-arg", "LATE=2"]),
+        [false, true, true],
+        "the steps with LATE in scope"
+    );
+    assert_eq!(runs(&["--build-arg", "LATE=2"]), [false, false, false]);
+    assert_eq!(
+        runs(&["--build-arg", "EARLY=2", "--build-arg", "LATE=2"]),
+        [true, true, true]
+    );
+    // Proxy variables reach steps but not their keys.
+    assert_eq!(
+        runs(&[
+            "--build-arg",
+            "EARLY=2",
+            "--build-arg",
+            "LATE=2",
+            "--build-arg",
+            "HTTP_PROXY=http://proxy:3128"
+        ]),
+        [false, false, false]
+    );
+}
+
+#[test]
+fn no_cache_filter_reruns_the_stages_it_names_and_what_reads_them() {
+    let kiln = kiln();
+    let context = Context::new();
+    context.write(
+        "Dockerfile",
+        "FROM busybox AS build\n\
+         RUN cat /proc/sys/kernel/random/uuid > /out\n\
+         FROM busybox AS other\n\
+         RUN echo other > /other\n\
+         FROM busybox\n\
+         COPY --from=other /other /other\n\
+         COPY --from=build /out /out\n\
+         RUN cat /out > /copy\n",
+    );
+    assert_eq!(ran(&build(&kiln, context.path(), &[])).len(), 5);
+    assert_eq!(ran(&build(&kiln, context.path(), &[])).len(), 0);
+    // The stage runs again and makes another file: what copies it runs
+    // again too; the other stage and what only reads it do not.
+    assert_eq!(
+        ran(&build(
+            &kiln,
+            context.path(),
+            &["--no-cache-filter", "build"]
+        )),
+        [
+            "RUN cat /proc/sys/kernel/random/uuid > /out",
+            "COPY --from=build /out /out",
+            "RUN cat /out > /copy"
+        ]
+    );
+}
+
+#[test]
+fn a_secrets_value_is_not_part_of_the_key() {
+    let kiln = kiln();
+    let work = tempfile::tempdir().expect("dir");
+    let secret = work.path().join("secret");
+    fs::write(&secret, "first").expect("write");
+    let context = Context::new();
+    context.write(
+        "Dockerfile",
+        "FROM busybox\nRUN --mount=type=secret,id=s cat /run/secrets/s > /dev/null && echo ok > /ok\n",
+    );
+    let arg = format!("id=s,src={}", secret.display());
+    assert_eq!(
+        ran(&build(&kiln, context.path(), &["--secret", &arg])).len(),
+        1
+    );
+    fs::write(&secret, "second").expect("write");
+    assert_eq!(
+        ran(&build(&kiln, context.path(), &["--secret", &arg])),
+        Vec::<&str>::new(),
+        "a secret's value is not part of the key"
+    );
+}
+
+#[test]
+fn rebuilds_with_source_date_epoch_give_the_same_image() {
+    let kiln = kiln();
+    let context = Context::new();
+    context.write("hello.txt", "hello");
+    context.write(
+        "Dockerfile",
+        "FROM busybox\nCOPY hello.txt /\nRUN cp /hello.txt /copy\n",
+    );
+    let epoch = ["--source-date-epoch", "1700000000", "-t", "same"];
+    build(&kiln, context.path(), &epoch);
+    let first = kiln.inspect("same")["Digest"].clone();
+    let steps = build(&kiln, context.path(), &epoch);
+    assert_eq!(ran(&steps), Vec::<&str>::new());
+    assert_eq!(kiln.inspect("same")["Digest"], first);
+    let fresh = build(
+        &kiln,
+        context.path(),
+        &[&epoch[..], &["--no-cache"]].concat(),
+    );
+    assert_eq!(ran(&fresh).len(), 2);
+    assert_eq!(
+        kiln.inspect("same")["Digest"],
+        first,
+        "running the steps again makes the same image"
+    );
+}
+
+#[test]
+fn a_layer_gone_from_the_store_is_a_miss() {
+    let kiln = kiln();
+    let context = Context::new();
+    context.write("Dockerfile", "FROM busybox\nRUN echo made > /made\n");
+    build(&kiln, context.path(), &["-t", "made"]);
+    let manifest = &kiln.inspect("made")["Manifest"];
+    let layers = manifest["layers"].as_array().expect("layers");
+    let digest = layers.last().expect("layer")["digest"]
+        .as_str()
+        .expect("digest");
+    fs::remove_file(
+        kiln.root
+            .path()
+            .join("blobs/sha256")
+            .join(digest.trim_start_matches("sha256:")),
+    )
+    .expect("remove the blob");
+    assert_eq!(ran(&build(&kiln, context.path(), &["-t", "made"])).len(), 1);
+    let check = kiln.run(&["check"]);
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+}

@@ -1,0 +1,146 @@
+//! Cache keys and the records that map them to layers.
+//!
+//! A key is the sha256 of a step's definition chained on its parent's key:
+//! every field is written with its name and length, so that no two
+//! definitions hash alike by shifting bytes between fields. A record says
+//! what the step produced: a layer (by diff ID, with the blob it was stored
+//! as) or nothing. Records live in `cache-keys/<hex of key>`, one small
+//! JSON file each, written atomically; they are a cache, so a missing or
+//! unreadable one is a miss.
+
+use std::fs;
+use std::io;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use crate::digest::Digest;
+use crate::error::Error;
+use crate::store::{write_atomic, Store};
+
+/// Changes whenever what goes into keys changes, so that an older kiln's
+/// records are never taken for this one's.
+const KEY_VERSION: &str = "kiln-cache-key-v1";
+
+/// Builds a key from named fields.
+pub struct KeyHasher {
+    hasher: Sha256,
+}
+
+impl KeyHasher {
+    /// A key of a step of `kind` on top of `parent` (none for a chain's
+    /// start).
+    pub fn new(kind: &str, parent: Option<&Digest>) -> Self {
+        let mut key = KeyHasher {
+            hasher: Sha256::new(),
+        };
+        key.field("version", KEY_VERSION);
+        key.field("kind", kind);
+        if let Some(parent) = parent {
+            key.field("parent", parent.to_string());
+        }
+        key
+    }
+
+    pub fn field(&mut self, name: &str, value: impl AsRef<[u8]>) {
+        let value = value.as_ref();
+        self.hasher.update((name.len() as u64).to_le_bytes());
+        self.hasher.update(name.as_bytes());
+        self.hasher.update((value.len() as u64).to_le_bytes());
+        self.hasher.update(value);
+    }
+
+    pub fn finish(self) -> Digest {
+        let bytes: [u8; 32] = self.hasher.finalize().into();
+        Digest::from_bytes(bytes)
+    }
+}
+
+/// What a step with a given key produced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheRecord {
+    /// None: the step changed no file.
+    pub layer: Option<LayerRecord>,
+}
+
+/// A layer a step produced, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerRecord {
+    pub diff_id: Digest,
+    pub blob: Digest,
+    pub size: u64,
+    pub media_type: String,
+}
+
+impl Store {
+    fn record_path(&self, key: &Digest) -> std::path::PathBuf {
+        self.root().join("cache-keys").join(key.hex())
+    }
+
+    /// The record of `key`, if there is a readable one.
+    pub fn cache_record(&self, key: &Digest) -> Option<CacheRecord> {
+        let bytes = fs::read(self.record_path(key)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    pub fn put_cache_record(&self, key: &Digest, record: &CacheRecord) -> Result<(), Error> {
+        let path = self.record_path(key);
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        }
+        let bytes = serde_json::to_vec(record)
+            .map_err(|e| Error::io(&path, io::Error::other(e.to_string())))?;
+        write_atomic(&path, &bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(fields: &[(&str, &str)], parent: Option<&Digest>) -> Digest {
+        let mut hasher = KeyHasher::new("run", parent);
+        for (name, value) in fields {
+            hasher.field(name, value);
+        }
+        hasher.finish()
+    }
+
+    #[test]
+    fn keys_depend_on_every_field_its_name_and_the_parent() {
+        let base = key(&[("args", "make"), ("env", "A=1")], None);
+        assert_eq!(base, key(&[("args", "make"), ("env", "A=1")], None));
+        assert_ne!(base, key(&[("args", "make"), ("env", "A=2")], None));
+        assert_ne!(base, key(&[("args", "make"), ("user", "A=1")], None));
+        assert_ne!(
+            key(&[("a", "bc"), ("d", "")], None),
+            key(&[("a", "b"), ("d", "c")], None),
+            "bytes cannot move between fields"
+        );
+        let parent = Digest::of(b"parent");
+        assert_ne!(
+            base,
+            key(&[("args", "make"), ("env", "A=1")], Some(&parent))
+        );
+    }
+
+    #[test]
+    fn records_round_trip_and_a_broken_one_is_a_miss() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let key = Digest::of(b"step");
+        assert_eq!(store.cache_record(&key), None);
+        let record = CacheRecord {
+            layer: Some(LayerRecord {
+                diff_id: Digest::of(b"tar"),
+                blob: Digest::of(b"gz"),
+                size: 42,
+                media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+            }),
+        };
+        store.put_cache_record(&key, &record).unwrap();
+        assert_eq!(store.cache_record(&key), Some(record));
+        fs::write(store.record_path(&key), b"{broken").unwrap();
+        assert_eq!(store.cache_record(&key), None);
+    }
+}
