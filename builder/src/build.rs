@@ -234,6 +234,7 @@ impl Executor<'_> {
         let Some(record) = self.store.cache_record(key) else {
             return Ok(None);
         };
+        self.store.mark_record_used(key);
         let Some(found) = record.layer else {
             return Ok(Some(None));
         };

@@ -109,6 +109,23 @@ pub enum Command {
     /// to this terminal; exits with the command's status (125 when kiln
     /// itself fails).
     Run(Box<RunArgs>),
+    /// Show how much disk space the store takes, by kind.
+    Du,
+    /// Remove unused data from the store: blobs and snapshots nothing refers to
+    /// and, with --all, the build cache (cache records, their layers, cache
+    /// mounts). Images are never removed.
+    Prune {
+        /// Remove the build cache too, not only what nothing refers to.
+        #[arg(short = 'a', long)]
+        all: bool,
+        /// Remove the least recently used build cache (layers only the cache keeps,
+        /// and cache mounts) until it takes at most SIZE.
+        #[arg(long = "keep-storage", value_name = "SIZE")]
+        keep_storage: Option<String>,
+        /// `until=DURATION` (such as 24h): only what no build used for that long.
+        #[arg(long = "filter", value_name = "until=DURATION")]
+        filters: Vec<String>,
+    },
     /// Verify every blob of the store against its digest and report what is wrong.
     Check,
     /// Commands for looking inside kiln.
@@ -170,6 +187,15 @@ pub struct BuildArgs {
     /// Write the image's ID (its manifest digest) to this file.
     #[arg(long, value_name = "FILE")]
     pub iidfile: Option<PathBuf>,
+    /// After the build, when the build cache (layers only the cache keeps, and
+    /// cache mounts) takes more than SIZE (such as 20GB), remove the least
+    /// recently used of it until it fits.
+    #[arg(
+        long = "gc-keep-storage",
+        value_name = "SIZE",
+        env = "KILN_GC_KEEP_STORAGE"
+    )]
+    pub gc_keep_storage: Option<String>,
     /// Run every step, reusing nothing from earlier builds.
     #[arg(long = "no-cache")]
     pub no_cache: bool,

@@ -93,6 +93,28 @@ pub fn build(
     sandbox: &crate::run::Sandbox,
     args: &BuildArgs,
 ) -> anyhow::Result<()> {
+    let limit = args
+        .gc_keep_storage
+        .as_deref()
+        .map(parse_size)
+        .transpose()?;
+    build_image(store, remote, sandbox, args)?;
+    if let Some(limit) = limit {
+        // After the build has let go of the store: a collection waits for
+        // no one and never removes what the build was still naming.
+        if let Err(e) = collect_garbage(store, limit) {
+            eprintln!("warning: garbage collection failed: {e:#}");
+        }
+    }
+    Ok(())
+}
+
+fn build_image(
+    store: &Store,
+    remote: &Remote,
+    sandbox: &crate::run::Sandbox,
+    args: &BuildArgs,
+) -> anyhow::Result<()> {
     let output = Output::parse(args.output.as_deref())?;
     if args.push {
         if !matches!(output, Output::Store) {
@@ -551,6 +573,149 @@ pub fn load(store: &Store, input: &Path) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `SIZE`: bytes, or a number with a unit (`kB`, `MB`, `GB`, `TB`, powers
+/// of 1000; `KiB`, `MiB`, `GiB`, `TiB`, powers of 1024), as Docker's flags
+/// take them.
+pub fn parse_size(text: &str) -> anyhow::Result<u64> {
+    let trimmed = text.trim();
+    let split = trimmed
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(split);
+    let number: f64 = number.parse().with_context(|| {
+        format!("invalid size {text:?}: expected a number and a unit such as 10GB")
+    })?;
+    let factor: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "m" | "mb" => 1e6,
+        "g" | "gb" => 1e9,
+        "t" | "tb" => 1e12,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        other => bail!(
+            "invalid size {text:?}: unknown unit {other:?} (B, kB, MB, GB, TB, KiB, MiB, GiB, TiB)"
+        ),
+    };
+    Ok((number * factor) as u64)
+}
+
+/// `DURATION`: a sequence of numbers with units (`90s`, `30m`, `24h`, `7d`,
+/// `1h30m`), as `--filter until=` takes it.
+pub fn parse_duration(text: &str) -> anyhow::Result<std::time::Duration> {
+    let mut total = 0u64;
+    let mut number = String::new();
+    let invalid = || {
+        anyhow::anyhow!(
+            "invalid duration {text:?}: expected numbers with units such as 24h, 30m or 7d"
+        )
+    };
+    for c in text.trim().chars() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        let value: u64 = number.parse().map_err(|_| invalid())?;
+        number.clear();
+        let seconds = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            'w' => 7 * 86_400,
+            _ => return Err(invalid()),
+        };
+        total += value * seconds;
+    }
+    if !number.is_empty() || text.trim().is_empty() {
+        return Err(invalid());
+    }
+    Ok(std::time::Duration::from_secs(total))
+}
+
+/// `kiln du`.
+pub fn du(store: &Store) -> anyhow::Result<()> {
+    let _in_use = store.lock_shared()?;
+    let usage = store.disk_usage()?;
+    let rows = [
+        ("image blobs", usage.image_blobs),
+        ("build cache blobs", usage.cache_blobs),
+        ("unused blobs", usage.unused_blobs),
+        ("snapshots (unpacked layers)", usage.snapshots),
+        ("cache mounts", usage.cache_mounts),
+        ("cache records", usage.cache_records),
+        ("temporary files", usage.temporary),
+        ("other", usage.other),
+    ];
+    let mut stdout = std::io::stdout().lock();
+    for (kind, bytes) in rows {
+        writeln!(stdout, "{kind:<30} {:>10}", human_size(bytes))?;
+    }
+    writeln!(stdout, "{:<30} {:>10}", "total", human_size(usage.total()))?;
+    Ok(())
+}
+
+/// `kiln prune`.
+pub fn prune(
+    store: &Store,
+    all: bool,
+    keep_storage: Option<&str>,
+    filters: &[String],
+) -> anyhow::Result<()> {
+    let mut policy = kiln_cache::PrunePolicy {
+        all,
+        keep_storage: keep_storage.map(parse_size).transpose()?,
+        unused_for: None,
+    };
+    for filter in filters {
+        match filter.split_once('=') {
+            Some(("until", duration)) => policy.unused_for = Some(parse_duration(duration)?),
+            _ => bail!(
+                "invalid --filter {filter:?}: kiln filters by until=DURATION (such as until=24h)"
+            ),
+        }
+    }
+    let pruned = store.prune(&policy)?;
+    println!(
+        "removed {} cache record(s), {} blob(s), {} snapshot(s), {} cache mount(s); freed {}",
+        pruned.records,
+        pruned.blobs,
+        pruned.snapshots,
+        pruned.cache_mounts,
+        human_size(pruned.freed)
+    );
+    Ok(())
+}
+
+/// The automatic policy of `--gc-keep-storage`: after a build, when the
+/// build cache (layers only the cache keeps, and cache mounts) has grown past
+/// the limit and no other process uses the store, the least recently used
+/// of it goes until it fits.
+pub fn collect_garbage(store: &Store, limit: u64) -> anyhow::Result<()> {
+    let usage = store.disk_usage()?;
+    if usage.cache_blobs + usage.cache_mounts <= limit {
+        return Ok(());
+    }
+    let pruned = store.prune_if_idle(&kiln_cache::PrunePolicy {
+        all: false,
+        unused_for: None,
+        keep_storage: Some(limit),
+    })?;
+    report_collected(pruned);
+    Ok(())
+}
+
+fn report_collected(pruned: Option<kiln_cache::Pruned>) {
+    if let Some(pruned) = pruned.filter(|p| p.freed > 0) {
+        eprintln!(
+            "garbage collection (--gc-keep-storage): freed {}",
+            human_size(pruned.freed)
+        );
+    }
 }
 
 pub fn check(store: &Store) -> anyhow::Result<()> {

@@ -166,6 +166,17 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         ),
         Command::Load { input } => commands::load(&open_store(cli.root)?, &input),
         Command::Check => commands::check(&open_store(cli.root)?),
+        Command::Du => commands::du(&open_store(cli.root)?),
+        Command::Prune {
+            all,
+            keep_storage,
+            filters,
+        } => commands::prune(
+            &open_store(cli.root)?,
+            all,
+            keep_storage.as_deref(),
+            &filters,
+        ),
         Command::Run(args) => return run_container(cli.root, cli.runtime, &args),
     };
     done.map(|()| 0)

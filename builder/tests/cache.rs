@@ -271,3 +271,141 @@ fn a_layer_gone_from_the_store_is_a_miss() {
         String::from_utf8_lossy(&check.stdout)
     );
 }
+
+/// `du` of a directory in bytes of allocated blocks, as `kiln du` counts.
+fn du(path: &Path) -> u64 {
+    let output = std::process::Command::new("du")
+        .args(["-s", "-B1"])
+        .arg(path)
+        .output()
+        .expect("du runs");
+    String::from_utf8_lossy(&output.stdout)
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("du prints a size")
+}
+
+/// `kiln du`'s total, in bytes.
+fn kiln_du_total(kiln: &Kiln) -> String {
+    let text = kiln.ok(&["du"]);
+    let total = text
+        .lines()
+        .find(|line| line.starts_with("total"))
+        .expect("a total line");
+    total.split_whitespace().last().expect("size").to_string()
+}
+
+fn human(bytes: u64) -> String {
+    // As kiln prints sizes: one decimal, powers of 1000.
+    let units = ["B", "kB", "MB", "GB", "TB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit + 1 < units.len() {
+        value /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes}B")
+    } else {
+        format!("{value:.1}{}", units[unit])
+    }
+}
+
+#[test]
+fn prune_removes_what_nothing_needs_and_the_cache_only_when_asked() {
+    let kiln = kiln();
+    let context = Context::new();
+    context.write(
+        "Dockerfile",
+        "FROM busybox AS build\n\
+         RUN --mount=type=cache,target=/cache echo kept > /cache/file && echo built > /out\n\
+         FROM busybox\n\
+         COPY --from=build /out /out\n",
+    );
+    build(&kiln, context.path(), &["-t", "app"]);
+    assert_eq!(
+        kiln_du_total(&kiln),
+        human(du(kiln.root.path())),
+        "kiln du matches du"
+    );
+
+    // Garbage only: the cache stays.
+    kiln.ok(&["prune"]);
+    assert!(ran(&build(&kiln, context.path(), &["-t", "app"])).is_empty());
+    let check = kiln.run(&["check"]);
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+
+    // A filter that spares what was just used.
+    kiln.ok(&["prune", "--all", "--filter", "until=1h"]);
+    assert!(ran(&build(&kiln, context.path(), &["-t", "app"])).is_empty());
+
+    // The whole cache: every step runs again, the cache mount is empty.
+    let output = kiln.ok(&["prune", "--all"]);
+    assert!(output.contains("1 cache mount(s)"), "{output}");
+    let cache_mounts = kiln.root.path().join("cache-mounts");
+    let left: Vec<_> = walk(&cache_mounts)
+        .into_iter()
+        .filter(|p| p.file_name().is_some_and(|n| n == "file"))
+        .collect();
+    assert!(left.is_empty(), "cache mount content left: {left:?}");
+    let check = kiln.run(&["check"]);
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    assert_eq!(
+        kiln.ok(&["run", "app", "cat", "/out"]),
+        "built\n",
+        "images stay"
+    );
+    assert_eq!(ran(&build(&kiln, context.path(), &["-t", "app"])).len(), 2);
+
+    // --keep-storage 0: no space for the cache mount. (The records of
+    // layers the image has take none: they stay.)
+    let output = kiln.ok(&["prune", "--keep-storage", "0"]);
+    assert!(output.contains("1 cache mount(s)"), "{output}");
+    assert!(ran(&build(&kiln, context.path(), &["-t", "app"])).is_empty());
+    assert_eq!(kiln_du_total(&kiln), human(du(kiln.root.path())));
+}
+
+#[test]
+fn gc_keep_storage_trims_the_cache_after_a_build() {
+    let kiln = kiln();
+    let context = Context::new();
+    context.write(
+        "Dockerfile",
+        "FROM busybox AS big\n\
+         RUN head -c 3000000 /dev/urandom > /big\n\
+         FROM busybox\n\
+         RUN echo small > /small\n",
+    );
+    // Files only, no image: the big layer is the cache's alone.
+    let files = tempfile::tempdir().expect("dir");
+    let big = [
+        "--target",
+        "big",
+        "-o",
+        files.path().to_str().expect("utf-8"),
+    ];
+    build(&kiln, context.path(), &big);
+    assert!(ran(&build(&kiln, context.path(), &big)).is_empty());
+    build(
+        &kiln,
+        context.path(),
+        &["-t", "small", "--gc-keep-storage", "1MB"],
+    );
+    // The big layer is gone; the image is whole.
+    assert_eq!(ran(&build(&kiln, context.path(), &big)).len(), 1);
+    let check = kiln.run(&["check"]);
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+}

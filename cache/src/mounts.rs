@@ -94,6 +94,8 @@ impl Store {
                 }
             }
         };
+        // When it was last used, for `kiln prune`.
+        let _ = lock.set_modified(std::time::SystemTime::now());
         let path = parent.join(instance.to_string());
         if !path.is_dir() {
             // Shared users may race to create it: the first rename wins.

@@ -194,7 +194,7 @@ impl Store {
 
     /// Removes a directory of the store: renamed into `tmp/` first, so that
     /// it disappears at once even if the removal is interrupted.
-    fn discard(&self, path: &Path) -> Result<(), Error> {
+    pub(crate) fn discard(&self, path: &Path) -> Result<(), Error> {
         let doomed = self.temp_dir()?;
         let moved = doomed.path().join("discarded");
         fs::rename(path, &moved).map_err(|e| Error::io(path, e))?;
@@ -263,7 +263,7 @@ impl Store {
         Ok(StoreLock { _file: file })
     }
 
-    fn try_lock_exclusive(&self) -> Result<Option<StoreLock>, Error> {
+    pub(crate) fn try_lock_exclusive(&self) -> Result<Option<StoreLock>, Error> {
         let file = self.lock_file("lock")?;
         match file.try_lock() {
             Ok(()) => Ok(Some(StoreLock { _file: file })),
@@ -272,7 +272,7 @@ impl Store {
         }
     }
 
-    fn clean_tmp(&self) -> Result<(), Error> {
+    pub(crate) fn clean_tmp(&self) -> Result<(), Error> {
         let tmp = self.tmp_dir();
         for entry in fs::read_dir(&tmp).map_err(|e| Error::io(&tmp, e))? {
             let path = entry.map_err(|e| Error::io(&tmp, e))?.path();

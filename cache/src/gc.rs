@@ -1,0 +1,484 @@
+//! What the store holds (`kiln du`) and garbage collection (`kiln prune`).
+//!
+//! Images in `index.json` (named or not) are never touched: their
+//! manifests, configurations, layers and snapshots stay. The build cache is
+//! the rest: cache records and the layers and snapshots only they keep,
+//! and cache mounts. A plain prune removes garbage only (blobs and
+//! snapshots nothing refers to, broken records, leftovers in `tmp/`);
+//! `all` removes the build cache as well, `unused_for` limits that to what
+//! no build used for that long, and `keep_storage` removes the least
+//! recently used cache until the cache fits. Pruning holds the store's
+//! exclusive lock, so it waits for running builds and they wait for it.
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use oci_spec::image::{ImageIndex, ImageManifest};
+
+use crate::digest::Digest;
+use crate::error::Error;
+use crate::keys::CacheRecord;
+use crate::store::Store;
+
+/// Blobs up to this size are looked at as possible image indexes kept
+/// beside the manifests they list.
+const INDEX_MAX_SIZE: u64 = 4 << 20;
+
+/// What a prune may remove beyond garbage.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PrunePolicy {
+    /// The whole build cache (within `unused_for`).
+    pub all: bool,
+    /// Only what no build used for at least this long.
+    pub unused_for: Option<Duration>,
+    /// Remove the least recently used cache until it takes at most this many
+    /// bytes.
+    pub keep_storage: Option<u64>,
+}
+
+/// What a prune removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub records: usize,
+    pub blobs: usize,
+    pub snapshots: usize,
+    pub cache_mounts: usize,
+    /// Bytes of disk space given back.
+    pub freed: u64,
+}
+
+/// Disk space the store takes, by kind, in bytes (allocated blocks, each
+/// file counted once, as `du` counts).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DiskUsage {
+    /// Blobs of the images in the store.
+    pub image_blobs: u64,
+    /// Blobs only the build cache keeps.
+    pub cache_blobs: u64,
+    /// Blobs nothing refers to (`kiln prune` removes them).
+    pub unused_blobs: u64,
+    pub snapshots: u64,
+    pub cache_mounts: u64,
+    pub cache_records: u64,
+    pub temporary: u64,
+    /// index.json, locks, the stat cache, the runtime's state.
+    pub other: u64,
+}
+
+impl DiskUsage {
+    pub fn total(&self) -> u64 {
+        self.image_blobs
+            + self.cache_blobs
+            + self.unused_blobs
+            + self.snapshots
+            + self.cache_mounts
+            + self.cache_records
+            + self.temporary
+            + self.other
+    }
+}
+
+/// Allocated bytes of everything at and below `path`, counting each inode
+/// once across calls (as `du` does with hard links).
+fn allocated(path: &Path, seen: &mut HashSet<(u64, u64)>) -> u64 {
+    let Ok(metadata) = fs::symlink_metadata(path) else {
+        return 0;
+    };
+    let mut total = 0;
+    if seen.insert((metadata.dev(), metadata.ino())) {
+        total += metadata.blocks() * 512;
+    }
+    if metadata.is_dir() {
+        if let Ok(entries) = fs::read_dir(path) {
+            for entry in entries.flatten() {
+                total += allocated(&entry.path(), seen);
+            }
+        }
+    }
+    total
+}
+
+fn modified(path: &Path) -> SystemTime {
+    fs::symlink_metadata(path)
+        .and_then(|m| m.modified())
+        .unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
+/// A cache record on disk.
+struct RecordFile {
+    path: PathBuf,
+    record: CacheRecord,
+    last_used: SystemTime,
+}
+
+/// A cache mount instance directory and its lock file.
+struct MountInstance {
+    dir: PathBuf,
+    lock: PathBuf,
+    last_used: SystemTime,
+}
+
+impl Store {
+    fn records_dir(&self) -> PathBuf {
+        self.root().join("cache-keys")
+    }
+
+    /// Marks a cache record as used now, for `unused_for` and
+    /// `keep_storage`.
+    pub fn mark_record_used(&self, key: &Digest) {
+        let path = self.records_dir().join(key.hex());
+        if let Ok(file) = fs::File::options().append(true).open(path) {
+            let _ = file.set_modified(SystemTime::now());
+        }
+    }
+
+    /// The blobs and layer diff IDs the images in `index.json` need.
+    fn image_roots(&self) -> Result<(HashSet<Digest>, HashSet<Digest>), Error> {
+        let mut blobs = HashSet::new();
+        let mut diff_ids = HashSet::new();
+        let mut pending: Vec<Digest> = self
+            .images()?
+            .iter()
+            .filter_map(|entry| entry.manifest.digest().to_string().parse().ok())
+            .collect();
+        while let Some(digest) = pending.pop() {
+            if !blobs.insert(digest) {
+                continue;
+            }
+            let Ok(bytes) = self.read_blob(&digest) else {
+                continue;
+            };
+            if let Ok(manifest) = ImageManifest::from_reader(&bytes[..]) {
+                if let Ok(config) = manifest.config().digest().to_string().parse::<Digest>() {
+                    blobs.insert(config);
+                    if let Ok(config_bytes) = self.read_blob(&config) {
+                        diff_ids.extend(config_diff_ids(&config_bytes));
+                    }
+                }
+                blobs.extend(
+                    manifest
+                        .layers()
+                        .iter()
+                        .filter_map(|layer| layer.digest().to_string().parse::<Digest>().ok()),
+                );
+            } else if let Ok(index) = ImageIndex::from_reader(&bytes[..]) {
+                pending.extend(
+                    index
+                        .manifests()
+                        .iter()
+                        .filter_map(|m| m.digest().to_string().parse::<Digest>().ok()),
+                );
+            }
+        }
+        Ok((blobs, diff_ids))
+    }
+
+    fn record_files(&self) -> Vec<(PathBuf, Option<CacheRecord>, SystemTime)> {
+        let Ok(entries) = fs::read_dir(self.records_dir()) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .map(|entry| {
+                let path = entry.path();
+                let record = fs::read(&path)
+                    .ok()
+                    .and_then(|bytes| serde_json::from_slice::<CacheRecord>(&bytes).ok());
+                let last_used = modified(&path);
+                (path, record, last_used)
+            })
+            .collect()
+    }
+
+    fn mount_instances(&self) -> Vec<MountInstance> {
+        let mut instances = Vec::new();
+        let Ok(ids) = fs::read_dir(self.root().join("cache-mounts")) else {
+            return instances;
+        };
+        for id in ids.flatten() {
+            let Ok(entries) = fs::read_dir(id.path()) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let dir = entry.path();
+                let is_instance = entry
+                    .file_name()
+                    .to_str()
+                    .is_some_and(|name| name.parse::<u32>().is_ok());
+                if is_instance && dir.is_dir() {
+                    let lock = dir.with_extension("lock");
+                    let last_used = modified(&lock).max(modified(&dir));
+                    instances.push(MountInstance {
+                        dir,
+                        lock,
+                        last_used,
+                    });
+                }
+            }
+        }
+        instances
+    }
+
+    /// How much space the store takes, by kind.
+    pub fn disk_usage(&self) -> Result<DiskUsage, Error> {
+        let (image_blobs, _) = self.image_roots()?;
+        let cache_blobs: HashSet<Digest> = self
+            .record_files()
+            .into_iter()
+            .filter_map(|(_, record, _)| record?.layer.map(|layer| layer.blob))
+            .collect();
+        let mut seen = HashSet::new();
+        let mut usage = DiskUsage::default();
+        let blobs_dir = self.root().join("blobs/sha256");
+        if let Ok(entries) = fs::read_dir(&blobs_dir) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let size = allocated(&path, &mut seen);
+                let digest = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|hex| format!("sha256:{hex}").parse::<Digest>().ok());
+                match digest {
+                    Some(d) if image_blobs.contains(&d) => usage.image_blobs += size,
+                    Some(d) if cache_blobs.contains(&d) => usage.cache_blobs += size,
+                    _ => usage.unused_blobs += size,
+                }
+            }
+        }
+        usage.snapshots = allocated(&self.root().join("snapshots"), &mut seen);
+        usage.cache_mounts = allocated(&self.root().join("cache-mounts"), &mut seen);
+        usage.cache_records = allocated(&self.records_dir(), &mut seen);
+        usage.temporary = allocated(&self.root().join("tmp"), &mut seen);
+        // Everything else, the directories above included.
+        usage.other = allocated(self.root(), &mut seen);
+        Ok(usage)
+    }
+
+    /// Removes what `policy` allows (see the module's documentation),
+    /// once no build uses the store.
+    pub fn prune(&self, policy: &PrunePolicy) -> Result<Pruned, Error> {
+        let _exclusive = self.lock_exclusive()?;
+        self.prune_locked(policy)
+    }
+
+    /// The same, but only when no other process uses the store now (none
+    /// otherwise).
+    pub fn prune_if_idle(&self, policy: &PrunePolicy) -> Result<Option<Pruned>, Error> {
+        match self.try_lock_exclusive()? {
+            Some(_exclusive) => self.prune_locked(policy).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn prune_locked(&self, policy: &PrunePolicy) -> Result<Pruned, Error> {
+        let before = self.disk_usage()?.total();
+        let mut pruned = Pruned::default();
+        self.clean_tmp()?;
+        let now = SystemTime::now();
+        let old_enough = |last_used: SystemTime| {
+            policy
+                .unused_for
+                .is_none_or(|age| now.duration_since(last_used).unwrap_or_default() >= age)
+        };
+        let (image_blobs, image_diff_ids) = self.image_roots()?;
+
+        let mut records = Vec::new();
+        for (path, record, last_used) in self.record_files() {
+            let usable = record.as_ref().is_some_and(|record| {
+                record
+                    .layer
+                    .as_ref()
+                    .is_none_or(|layer| self.has_blob(&layer.blob))
+            });
+            match record {
+                Some(record) if usable && !(policy.all && old_enough(last_used)) => {
+                    records.push(RecordFile {
+                        path,
+                        record,
+                        last_used,
+                    })
+                }
+                _ => {
+                    fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+                    pruned.records += 1;
+                }
+            }
+        }
+        let mut mounts = Vec::new();
+        for instance in self.mount_instances() {
+            if policy.all && old_enough(instance.last_used) && self.remove_mount(&instance)? {
+                pruned.cache_mounts += 1;
+                continue;
+            }
+            mounts.push(instance);
+        }
+
+        if let Some(limit) = policy.keep_storage {
+            // Least recently used first: records (with the space of their
+            // layer, unless an image needs it) and cache mounts.
+            let mut sizes: HashMap<Digest, u64> = HashMap::new();
+            let layer_size = |record: &CacheRecord, sizes: &mut HashMap<Digest, u64>| {
+                record.layer.as_ref().map_or(0, |layer| {
+                    if image_blobs.contains(&layer.blob) {
+                        return 0;
+                    }
+                    *sizes.entry(layer.blob).or_insert(layer.size)
+                })
+            };
+            let mut seen = HashSet::new();
+            let mut total: u64 = records
+                .iter()
+                .map(|r| layer_size(&r.record, &mut sizes))
+                .sum::<u64>()
+                + mounts
+                    .iter()
+                    .map(|m| allocated(&m.dir, &mut seen))
+                    .sum::<u64>();
+            enum Item {
+                Record(usize),
+                Mount(usize),
+            }
+            let mut items: Vec<(SystemTime, Item)> = records
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (r.last_used, Item::Record(i)))
+                .chain(
+                    mounts
+                        .iter()
+                        .enumerate()
+                        .map(|(i, m)| (m.last_used, Item::Mount(i))),
+                )
+                .collect();
+            items.sort_by_key(|(last_used, _)| *last_used);
+            let mut removed_records = HashSet::new();
+            for (_, item) in items {
+                if total <= limit {
+                    break;
+                }
+                match item {
+                    Item::Record(i) => {
+                        let record = &records[i];
+                        total = total.saturating_sub(layer_size(&record.record, &mut sizes));
+                        fs::remove_file(&record.path).map_err(|e| Error::io(&record.path, e))?;
+                        removed_records.insert(i);
+                        pruned.records += 1;
+                    }
+                    Item::Mount(i) => {
+                        let size = allocated(&mounts[i].dir, &mut HashSet::new());
+                        if self.remove_mount(&mounts[i])? {
+                            total = total.saturating_sub(size);
+                            pruned.cache_mounts += 1;
+                        }
+                    }
+                }
+            }
+            let mut index = 0;
+            records.retain(|_| {
+                let keep = !removed_records.contains(&index);
+                index += 1;
+                keep
+            });
+        }
+
+        // Blobs and snapshots: what images and the remaining records need
+        // stays, with the indexes that list kept manifests.
+        let mut live_blobs = image_blobs;
+        let mut live_diff_ids = image_diff_ids;
+        for record in &records {
+            if let Some(layer) = &record.record.layer {
+                live_blobs.insert(layer.blob);
+                live_diff_ids.insert(layer.diff_id);
+            }
+        }
+        let blobs_dir = self.root().join("blobs/sha256");
+        if let Ok(entries) = fs::read_dir(&blobs_dir) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let Some(digest) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|hex| format!("sha256:{hex}").parse::<Digest>().ok())
+                else {
+                    continue;
+                };
+                if live_blobs.contains(&digest) || self.lists_a_kept_manifest(&path, &live_blobs) {
+                    continue;
+                }
+                fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+                pruned.blobs += 1;
+            }
+        }
+        let snapshots = self.root().join("snapshots");
+        if let Ok(entries) = fs::read_dir(&snapshots) {
+            for entry in entries.flatten() {
+                let Some(digest) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|hex| format!("sha256:{hex}").parse::<Digest>().ok())
+                else {
+                    continue;
+                };
+                if !live_diff_ids.contains(&digest) {
+                    self.discard(&entry.path())?;
+                    pruned.snapshots += 1;
+                }
+            }
+        }
+        self.clean_tmp()?;
+        pruned.freed = before.saturating_sub(self.disk_usage()?.total());
+        Ok(pruned)
+    }
+
+    /// An image index whose manifests include a kept one (pulls keep the
+    /// index of a tag beside the manifest they chose).
+    fn lists_a_kept_manifest(&self, path: &Path, live: &HashSet<Digest>) -> bool {
+        if fs::metadata(path).map_or(true, |m| m.len() > INDEX_MAX_SIZE) {
+            return false;
+        }
+        let Ok(bytes) = fs::read(path) else {
+            return false;
+        };
+        ImageIndex::from_reader(&bytes[..]).is_ok_and(|index| {
+            index.manifests().iter().any(|manifest| {
+                manifest
+                    .digest()
+                    .to_string()
+                    .parse::<Digest>()
+                    .is_ok_and(|digest| live.contains(&digest))
+            })
+        })
+    }
+
+    /// Removes a cache mount instance unless a step is using it.
+    fn remove_mount(&self, instance: &MountInstance) -> Result<bool, Error> {
+        let Ok(lock) = fs::File::options().write(true).open(&instance.lock) else {
+            self.discard(&instance.dir)?;
+            return Ok(true);
+        };
+        match lock.try_lock() {
+            Ok(()) => {
+                self.discard(&instance.dir)?;
+                Ok(true)
+            }
+            Err(fs::TryLockError::WouldBlock) => Ok(false),
+            Err(fs::TryLockError::Error(e)) => Err(Error::io(&instance.lock, e)),
+        }
+    }
+}
+
+/// The layer diff IDs an image configuration lists.
+fn config_diff_ids(bytes: &[u8]) -> Vec<Digest> {
+    serde_json::from_slice::<serde_json::Value>(bytes)
+        .ok()
+        .and_then(|config| {
+            config["rootfs"]["diff_ids"].as_array().map(|ids| {
+                ids.iter()
+                    .filter_map(|id| id.as_str()?.parse().ok())
+                    .collect()
+            })
+        })
+        .unwrap_or_default()
+}
