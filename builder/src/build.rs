@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use kiln_cache::digest::HashingReader;
 use kiln_cache::extract::{extract, ExtractOptions};
 use kiln_cache::pack::PackOptions;
@@ -72,6 +72,7 @@ impl StageOutput {
                 diff_ids: self.layers.iter().map(|l| l.diff_id).collect(),
             },
             history: self.history.clone(),
+            inline_cache: None,
         }
     }
 }
@@ -89,6 +90,10 @@ pub struct Executor<'a> {
     /// The time recorded for new files and history entries.
     pub now: i64,
     pub stat_cache: &'a StatCache,
+    /// Records read by `--cache-from`.
+    pub imported: &'a crate::cache_io::Imported,
+    /// Each layer step's stage, key and result, for `--cache-to`.
+    pub results: RefCell<Vec<(usize, Digest, Option<Layer>)>>,
     pub reports: RefCell<Vec<StepReport>>,
     /// What `ADD URL` steps downloaded to compute their keys, for the step
     /// to use.
@@ -100,8 +105,8 @@ impl Executor<'_> {
     /// returns their outputs, the target's at `graph.target`.
     pub fn build(&self, graph: &BuildGraph) -> anyhow::Result<Vec<StageOutput>> {
         let mut outputs: Vec<StageOutput> = Vec::with_capacity(graph.stages.len());
-        for stage in &graph.stages {
-            let output = self.stage(stage, &outputs, graph)?;
+        for (index, stage) in graph.stages.iter().enumerate() {
+            let output = self.stage(index, stage, &outputs, graph)?;
             outputs.push(output);
         }
         Ok(outputs)
@@ -109,6 +114,7 @@ impl Executor<'_> {
 
     fn stage(
         &self,
+        index: usize,
         stage: &Stage,
         outputs: &[StageOutput],
         graph: &BuildGraph,
@@ -167,6 +173,9 @@ impl Executor<'_> {
                     layer
                 }
             };
+            self.results
+                .borrow_mut()
+                .push((index, step_key, layer.clone()));
             key = result_key(&step_key, layer.as_ref());
             let empty = layer.is_none();
             layers.extend(layer);
@@ -232,7 +241,12 @@ impl Executor<'_> {
     /// need be), `None` for a miss.
     fn cached_layer(&self, key: &Digest) -> anyhow::Result<Option<Option<Layer>>> {
         let Some(record) = self.store.cache_record(key) else {
-            return Ok(None);
+            // An imported record: its layer is fetched only when needed.
+            return Ok(match self.imported.record(key) {
+                None => None,
+                Some(None) => Some(None),
+                Some(Some(layer)) => Layer::from_record(&layer).ok().map(Some),
+            });
         };
         self.store.mark_record_used(key);
         let Some(found) = record.layer else {
@@ -370,7 +384,31 @@ impl Executor<'_> {
     }
 
     pub fn view(&self, layers: &[Layer]) -> anyhow::Result<LayerView> {
+        self.fetch_layers(layers)?;
         layer_view(self.store, layers)
+    }
+
+    /// Brings the blobs of imported cache hits among `layers` into the
+    /// store, where they are not unpacked already.
+    pub fn fetch_layers(&self, layers: &[Layer]) -> anyhow::Result<()> {
+        for layer in layers {
+            if !self.store.has_blob(&layer.blob) && !self.store.has_snapshot(&layer.diff_id) {
+                self.imported.fetch(self.store, self.remote, &layer.blob)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The same for layers whose blob the export needs.
+    pub fn fetch_blobs(&self, layers: &[Layer]) -> anyhow::Result<()> {
+        for layer in layers {
+            if !self.store.has_blob(&layer.blob)
+                && !self.imported.fetch(self.store, self.remote, &layer.blob)?
+            {
+                bail!("the layer {} is missing from the store", layer.blob);
+            }
+        }
+        Ok(())
     }
 }
 

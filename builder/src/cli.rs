@@ -196,6 +196,15 @@ pub struct BuildArgs {
         env = "KILN_GC_KEEP_STORAGE"
     )]
     pub gc_keep_storage: Option<String>,
+    /// Export the build cache: `type=registry,ref=REF[,mode=min|max]`,
+    /// `type=local,dest=DIR[,mode=min|max]` (an OCI layout) or `type=inline`
+    /// (in the image); min keeps the final image's steps, max every stage's.
+    #[arg(long = "cache-to", value_name = "SPEC")]
+    pub cache_to: Vec<String>,
+    /// Import a build cache: `type=registry,ref=REF` (a cache or an image with
+    /// an inline cache) or `type=local,src=DIR`; may be repeated.
+    #[arg(long = "cache-from", value_name = "SPEC")]
+    pub cache_from: Vec<String>,
     /// Run every step, reusing nothing from earlier builds.
     #[arg(long = "no-cache")]
     pub no_cache: bool,

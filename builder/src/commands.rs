@@ -12,10 +12,12 @@ use kiln_registry::Reference;
 
 use crate::archive::{self, ArchiveImage};
 use crate::build::{Executor, Settings, StepReport};
+use crate::cache_io;
 use crate::cli::BuildArgs;
 use crate::dockerfile;
 use crate::image::{self, write_image, Format, StoreImages, StoredImage};
 use crate::remote::Remote;
+use kiln_frontend::graph::Base;
 
 /// Where `kiln build` puts the result.
 #[derive(Debug, PartialEq, Eq)]
@@ -143,6 +145,17 @@ fn build_image(
         .collect::<Result<Vec<_>, _>>()?;
     let _in_use = store.lock_shared()?;
     let stat_cache = StatCache::load(store);
+    let cache_to = args
+        .cache_to
+        .iter()
+        .map(|spec| cache_io::parse_cache_to(spec))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let cache_from = args
+        .cache_from
+        .iter()
+        .map(|spec| cache_io::parse_cache_from(spec))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let imported = cache_io::Imported::read(&cache_from, store, remote)?;
     let mut images = StoreImages::new(store, Some(remote), args.pull);
     let plan = dockerfile::load(&args.dockerfile, &args.labels, &args.allow, &mut images)?;
     if !rustix::process::geteuid().is_root() {
@@ -174,6 +187,8 @@ fn build_image(
         },
         now,
         stat_cache: &stat_cache,
+        imported: &imported,
+        results: RefCell::new(Vec::new()),
         reports: RefCell::new(Vec::new()),
         downloads: RefCell::new(HashMap::new()),
     };
@@ -185,6 +200,40 @@ fn build_image(
     let outputs = built?;
     let steps = executor.reports.take();
     let target = &outputs[plan.graph.target];
+    let results = executor.results.take();
+    // The stages whose layers make the target's: `--cache-to mode=min`.
+    let mut final_chain = vec![plan.graph.target];
+    while let Some(Base::Stage { stage }) = final_chain.last().map(|&s| &plan.graph.stages[s].base)
+    {
+        final_chain.push(*stage);
+    }
+    let entries = |mode: cache_io::Mode| -> Vec<(Digest, Option<crate::image::Layer>)> {
+        results
+            .iter()
+            .filter(|(stage, _, _)| mode == cache_io::Mode::Max || final_chain.contains(stage))
+            .map(|(_, key, layer)| (*key, layer.clone()))
+            .collect()
+    };
+    for target_cache in &cache_to {
+        let (mode, destination) = match target_cache {
+            cache_io::CacheTo::Inline => continue,
+            cache_io::CacheTo::Registry { reference, mode } => (*mode, Ok(reference)),
+            cache_io::CacheTo::Local { dir, mode } => (*mode, Err(dir)),
+        };
+        let (records, layers) = cache_io::exported(&entries(mode));
+        executor.fetch_blobs(&layers)?;
+        let (manifest, size) = cache_io::write_cache_manifest(store, records, &layers)?;
+        match destination {
+            Ok(reference) => {
+                remote.push(store, &manifest, std::slice::from_ref(reference))?;
+                eprintln!("exported the cache to {}", reference.familiar());
+            }
+            Err(dir) => {
+                cache_io::write_local(store, dir, &manifest, size)?;
+                eprintln!("exported the cache to {}", dir.display());
+            }
+        }
+    }
     match &output {
         Output::Local(dir) => {
             crate::copy::export_tree(executor.view(&target.layers)?, dir, now)?;
@@ -213,7 +262,28 @@ fn build_image(
         }
         Output::Store | Output::Oci(_) | Output::Docker(_) => {}
     }
-    let descriptor = write_image(store, &target.image_file(now), &target.layers, format)?;
+    executor.fetch_blobs(&target.layers)?;
+    let mut image_file = target.image_file(now);
+    if cache_to.contains(&cache_io::CacheTo::Inline) {
+        // Records of the target's layers, by their place in the image.
+        let (exported_records, exported_layers) = cache_io::exported(&entries(cache_io::Mode::Min));
+        let records = exported_records
+            .into_iter()
+            .filter_map(|record| match record.layer {
+                None => Some(record),
+                Some(index) => {
+                    let blob = exported_layers[index].blob;
+                    let position = target.layers.iter().position(|l| l.blob == blob)?;
+                    Some(cache_io::ExportedRecord {
+                        key: record.key,
+                        layer: Some(position),
+                    })
+                }
+            })
+            .collect();
+        image_file.inline_cache = Some(cache_io::CacheConfig { records });
+    }
+    let descriptor = write_image(store, &image_file, &target.layers, format)?;
     let digest: Digest = descriptor.digest().to_string().parse()?;
     if let Some(file) = &args.iidfile {
         archive::write_output(file, |out| {

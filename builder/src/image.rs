@@ -156,6 +156,13 @@ pub struct ImageFile {
     pub rootfs: RootFs,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<History>,
+    /// `--cache-to type=inline`: cache records of the image's own layers.
+    #[serde(
+        default,
+        rename = "kiln.cache.v1",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub inline_cache: Option<crate::cache_io::CacheConfig>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -8,6 +8,7 @@
 
 mod archive;
 mod build;
+mod cache_io;
 mod cli;
 mod commands;
 mod container;

@@ -176,6 +176,39 @@ impl Remote {
         Ok(())
     }
 
+    /// The manifest `reference` names (its tag or digest), as the registry
+    /// has it; none when the registry does not know it.
+    pub fn manifest(
+        &self,
+        reference: &Reference,
+    ) -> anyhow::Result<Option<kiln_registry::Manifest>> {
+        let (runtime, client) = self.connect()?;
+        let target = reference
+            .digest()
+            .map(str::to_string)
+            .or_else(|| reference.tag().map(str::to_string))
+            .unwrap_or_else(|| "latest".to_string());
+        match runtime.block_on(client.get_manifest(reference, &target)) {
+            Ok(manifest) => Ok(Some(manifest)),
+            Err(kiln_registry::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", reference.familiar())),
+        }
+    }
+
+    /// Downloads one blob of `reference`'s repository into the store.
+    pub fn fetch_blob(
+        &self,
+        store: &Store,
+        reference: &Reference,
+        digest: &Digest,
+        size: u64,
+    ) -> anyhow::Result<()> {
+        let (runtime, client) = self.connect()?;
+        runtime
+            .block_on(client.fetch_blob(reference, digest, Some(size), store, &|_| {}))
+            .with_context(|| format!("fetching {digest} from {}", reference.familiar()))
+    }
+
     /// Downloads `url` (for `ADD`) into `out`.
     pub fn fetch(
         &self,

@@ -409,3 +409,153 @@ fn gc_keep_storage_trims_the_cache_after_a_build() {
         String::from_utf8_lossy(&check.stdout)
     );
 }
+
+/// A second machine: an empty store with the same busybox as `first`.
+fn second_machine(first: &Kiln) -> Kiln {
+    let archive = tempfile::NamedTempFile::new().expect("archive");
+    let path = archive.path().to_str().expect("utf-8");
+    first.ok(&["save", "busybox", "-o", path]);
+    let second = Kiln::new();
+    second.ok(&["load", "-i", path]);
+    second
+}
+
+const EPOCH: [&str; 2] = ["--source-date-epoch", "1700000000"];
+
+/// Builds `dockerfile` on a first machine exporting the cache with
+/// `cache_to`, then on a second importing it with `cache_from`; returns
+/// the second build's steps, and whether both made the same image.
+fn share(dockerfile: &str, cache_to: &str, cache_from: &str) -> (Vec<(String, bool)>, bool) {
+    let first = kiln();
+    let context = Context::new();
+    context.write("input.txt", "input");
+    context.write("Dockerfile", dockerfile);
+    let mut args = vec!["-t", "app", "--cache-to", cache_to];
+    args.extend(EPOCH);
+    build(&first, context.path(), &args);
+    let second = second_machine(&first);
+    let mut args = vec!["-t", "app", "--cache-from", cache_from];
+    args.extend(EPOCH);
+    let steps = build(&second, context.path(), &args);
+    let same = first.inspect("app")["Digest"] == second.inspect("app")["Digest"];
+    let check = second.run(&["check"]);
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    (steps, same)
+}
+
+const ONE_STAGE: &str = "FROM busybox\n\
+    COPY input.txt /input.txt\n\
+    RUN cp /input.txt /copy\n\
+    RUN echo done > /done\n";
+
+const TWO_STAGES: &str = "FROM busybox AS build\n\
+    COPY input.txt /input.txt\n\
+    RUN cp /input.txt /built\n\
+    FROM busybox\n\
+    COPY --from=build /built /built\n\
+    RUN cat /built > /final\n";
+
+fn runs(steps: &[(String, bool)]) -> usize {
+    steps
+        .iter()
+        .filter(|(step, cached)| step.starts_with("RUN") && !cached)
+        .count()
+}
+
+#[test]
+fn a_local_cache_serves_an_empty_store() {
+    let dir = tempfile::tempdir().expect("dir");
+    let cache = dir.path().join("cache");
+    let to = |mode: &str| format!("type=local,dest={},mode={mode}", cache.display());
+    let from = format!("type=local,src={}", cache.display());
+
+    let (steps, same) = share(ONE_STAGE, &to("min"), &from);
+    assert_eq!(runs(&steps), 0, "{steps:?}");
+    assert!(same, "the same image");
+
+    let (steps, same) = share(TWO_STAGES, &to("max"), &from);
+    assert_eq!(runs(&steps), 0, "{steps:?}");
+    assert!(same);
+
+    // min keeps the final stage's steps only: the other stage runs, makes
+    // the same file again (times clamped), and the final stage's steps
+    // are hits.
+    let (steps, same) = share(TWO_STAGES, &to("min"), &from);
+    assert_eq!(runs(&steps), 1, "{steps:?}");
+    assert!(same);
+}
+
+#[test]
+fn a_registry_cache_serves_an_empty_store() {
+    require_root();
+    let registry = kiln_testkit::Registry::start(kiln_testkit::Setup::Anonymous);
+    let reference = registry.name("team/app:cache");
+    let to = |mode: &str| format!("type=registry,ref={reference},mode={mode}");
+    let from = format!("type=registry,ref={reference}");
+
+    let (steps, same) = share(ONE_STAGE, &to("min"), &from);
+    assert_eq!(runs(&steps), 0, "{steps:?}");
+    assert!(same);
+
+    let (steps, same) = share(TWO_STAGES, &to("max"), &from);
+    assert_eq!(runs(&steps), 0, "{steps:?}");
+    assert!(same);
+}
+
+#[test]
+fn an_inline_cache_travels_with_the_image() {
+    require_root();
+    let registry = kiln_testkit::Registry::start(kiln_testkit::Setup::Anonymous);
+    let first = kiln();
+    let context = Context::new();
+    context.write("input.txt", "input");
+    context.write("Dockerfile", ONE_STAGE);
+    let image = registry.name("team/app:1");
+    let mut args = vec!["-t", image.as_str(), "--push", "--cache-to", "type=inline"];
+    args.extend(EPOCH);
+    build(&first, context.path(), &args);
+    let second = second_machine(&first);
+    let mut args = vec!["--cache-from", image.as_str()];
+    args.extend(EPOCH);
+    let steps = build(&second, context.path(), &args);
+    assert_eq!(runs(&steps), 0, "{steps:?}");
+}
+
+#[test]
+fn a_missing_cache_is_a_warning_and_an_imported_layer_is_fetched_only_when_needed() {
+    let first = kiln();
+    let dir = tempfile::tempdir().expect("dir");
+    let cache = dir.path().join("cache");
+    let context = Context::new();
+    context.write(
+        "Dockerfile",
+        "FROM busybox AS big\n\
+         RUN head -c 2000000 /dev/urandom > /big && echo small > /small\n\
+         FROM busybox\n\
+         COPY --from=big /small /small\n",
+    );
+    let from = format!("type=local,src={}", cache.display());
+    let to = format!("type=local,dest={},mode=max", cache.display());
+    // No cache yet: a warning, and the build goes on.
+    build(
+        &first,
+        context.path(),
+        &["--cache-from", &from, "--cache-to", &to],
+    );
+    let second = second_machine(&first);
+    let steps = build(&second, context.path(), &["--cache-from", &from]);
+    assert_eq!(steps.iter().filter(|(_, cached)| !cached).count(), 0);
+    // The copy was a hit too, so nothing needed the big stage's files: its
+    // layer stayed where it was.
+    let usage = second.ok(&["du"]);
+    let blobs = walk(&second.root.path().join("blobs/sha256"));
+    let big = blobs
+        .iter()
+        .filter(|blob| fs::metadata(blob).map(|m| m.len()).unwrap_or(0) >= 2_000_000)
+        .count();
+    assert_eq!(big, 0, "the big layer was fetched: {usage}");
+}

@@ -1,0 +1,514 @@
+//! Sharing the layer cache between machines: `--cache-to` writes cache
+//! records and their layers to a registry (`type=registry,ref=R`), an OCI
+//! layout directory (`type=local,dest=DIR`) or into the image itself
+//! (`type=inline`); `--cache-from` reads them back. Imported records are
+//! hits like local ones, but their layers are fetched only when a later
+//! step or the export needs their bytes.
+//!
+//! The format is kiln's own: an OCI image manifest whose config
+//! (`application/vnd.kiln.cache.config.v1+json`) lists records, each a key
+//! and the index of its layer among the manifest's layers (or none for a
+//! step that changed nothing). An inline cache is the same list in the
+//! image configuration's `kiln.cache.v1` field, indexing the image's own
+//! layers.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use kiln_cache::{Digest, LayerRecord, Store};
+use kiln_registry::Reference;
+use serde::{Deserialize, Serialize};
+
+use crate::image::Layer;
+use crate::remote::Remote;
+
+pub const CACHE_CONFIG_MEDIA_TYPE: &str = "application/vnd.kiln.cache.config.v1+json";
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+/// The field of an image configuration that holds an inline cache.
+pub const INLINE_FIELD: &str = "kiln.cache.v1";
+/// The name a local cache directory gives its manifest.
+const LOCAL_TAG: &str = "cache";
+
+/// Which records `--cache-to` exports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The steps whose layers make the final image.
+    Min,
+    /// Every step of every stage built.
+    Max,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheTo {
+    Registry { reference: Reference, mode: Mode },
+    Local { dir: PathBuf, mode: Mode },
+    Inline,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheFrom {
+    Registry { reference: Reference },
+    Local { dir: PathBuf },
+}
+
+fn fields(spec: &str, flag: &str) -> anyhow::Result<HashMap<String, String>> {
+    spec.split(',')
+        .map(|field| {
+            field
+                .split_once('=')
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .with_context(|| format!("invalid {flag} {spec:?}: {field:?} is not KEY=VALUE"))
+        })
+        .collect()
+}
+
+fn mode(fields: &HashMap<String, String>, spec: &str) -> anyhow::Result<Mode> {
+    match fields.get("mode").map(String::as_str) {
+        None | Some("min") => Ok(Mode::Min),
+        Some("max") => Ok(Mode::Max),
+        Some(other) => bail!("invalid --cache-to {spec:?}: mode is min or max, not {other:?}"),
+    }
+}
+
+/// `--cache-to type=registry,ref=R[,mode=min|max]`, `type=local,dest=DIR[,mode=…]`,
+/// `type=inline`.
+pub fn parse_cache_to(spec: &str) -> anyhow::Result<CacheTo> {
+    let fields = fields(spec, "--cache-to")?;
+    match fields.get("type").map(String::as_str) {
+        Some("registry") => Ok(CacheTo::Registry {
+            reference: Reference::parse(fields.get("ref").with_context(|| {
+                format!("--cache-to {spec:?} needs ref=REGISTRY/REPOSITORY:TAG")
+            })?)?,
+            mode: mode(&fields, spec)?,
+        }),
+        Some("local") => Ok(CacheTo::Local {
+            dir: PathBuf::from(
+                fields
+                    .get("dest")
+                    .with_context(|| format!("--cache-to {spec:?} needs dest=DIRECTORY"))?,
+            ),
+            mode: mode(&fields, spec)?,
+        }),
+        Some("inline") => Ok(CacheTo::Inline),
+        _ => bail!("invalid --cache-to {spec:?}: type is registry, local or inline"),
+    }
+}
+
+/// `--cache-from type=registry,ref=R` (a cache or an image with an inline
+/// cache), `type=local,src=DIR`; a bare reference means `type=registry`.
+pub fn parse_cache_from(spec: &str) -> anyhow::Result<CacheFrom> {
+    if !spec.contains('=') {
+        return Ok(CacheFrom::Registry {
+            reference: Reference::parse(spec)?,
+        });
+    }
+    let fields = fields(spec, "--cache-from")?;
+    match fields.get("type").map(String::as_str) {
+        Some("registry") | None => Ok(CacheFrom::Registry {
+            reference: Reference::parse(fields.get("ref").with_context(|| {
+                format!("--cache-from {spec:?} needs ref=REGISTRY/REPOSITORY:TAG")
+            })?)?,
+        }),
+        Some("local") => Ok(CacheFrom::Local {
+            dir: PathBuf::from(
+                fields
+                    .get("src")
+                    .with_context(|| format!("--cache-from {spec:?} needs src=DIRECTORY"))?,
+            ),
+        }),
+        Some(other) => {
+            bail!("invalid --cache-from {spec:?}: type is registry or local, not {other:?}")
+        }
+    }
+}
+
+/// A record as exported: its layer by index among the exported layers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportedRecord {
+    pub key: Digest,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer: Option<usize>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheConfig {
+    pub records: Vec<ExportedRecord>,
+}
+
+/// Where an imported layer's bytes are.
+#[derive(Debug, Clone)]
+enum Origin {
+    Local(PathBuf),
+    Registry(Reference),
+}
+
+/// Records read by `--cache-from`.
+#[derive(Default)]
+pub struct Imported {
+    records: HashMap<Digest, Option<(LayerRecord, Origin)>>,
+    origins: HashMap<Digest, (Origin, u64)>,
+}
+
+impl Imported {
+    /// What an imported record says of `key`: `Some(None)` for a step that
+    /// changed nothing.
+    pub fn record(&self, key: &Digest) -> Option<Option<LayerRecord>> {
+        self.records
+            .get(key)
+            .map(|found| found.as_ref().map(|(layer, _)| layer.clone()))
+    }
+
+    /// Brings an imported layer's blob into the store, if it is one.
+    pub fn fetch(&self, store: &Store, remote: &Remote, blob: &Digest) -> anyhow::Result<bool> {
+        let Some((origin, size)) = self.origins.get(blob) else {
+            return Ok(false);
+        };
+        match origin {
+            Origin::Local(path) => {
+                let file = fs::File::open(path)
+                    .with_context(|| format!("reading the cached layer {}", path.display()))?;
+                store.import_blob(file, blob)?;
+            }
+            Origin::Registry(reference) => {
+                eprintln!("fetching cached layer {blob} from {}", reference.familiar());
+                remote.fetch_blob(store, reference, blob, *size)?;
+            }
+        }
+        Ok(true)
+    }
+
+    fn add(&mut self, records: Vec<ExportedRecord>, layers: &[(LayerRecord, Origin)]) {
+        for record in records {
+            let layer = record.layer.and_then(|index| layers.get(index)).cloned();
+            if record.layer.is_some() && layer.is_none() {
+                // A record naming a layer the manifest lacks is no record.
+                continue;
+            }
+            if let Some((layer, origin)) = &layer {
+                self.origins
+                    .insert(layer.blob, (origin.clone(), layer.size));
+            }
+            self.records.insert(record.key, layer);
+        }
+    }
+
+    /// Reads each source; one that does not exist yet (a first build) is a
+    /// warning, not an error.
+    pub fn read(sources: &[CacheFrom], store: &Store, remote: &Remote) -> anyhow::Result<Imported> {
+        let mut imported = Imported::default();
+        for source in sources {
+            match source {
+                CacheFrom::Local { dir } => {
+                    if !dir.join("index.json").exists() {
+                        eprintln!("warning: no cache at {} yet", dir.display());
+                        continue;
+                    }
+                    imported
+                        .read_local(dir)
+                        .with_context(|| format!("reading the cache at {}", dir.display()))?;
+                }
+                CacheFrom::Registry { reference } => imported
+                    .read_registry(reference, store, remote)
+                    .with_context(|| format!("reading the cache {}", reference.familiar()))?,
+            }
+        }
+        Ok(imported)
+    }
+
+    fn read_local(&mut self, dir: &Path) -> anyhow::Result<()> {
+        let blob_path = |digest: &Digest| dir.join("blobs/sha256").join(digest.hex());
+        let index: serde_json::Value = serde_json::from_slice(&fs::read(dir.join("index.json"))?)
+            .context("index.json is not JSON")?;
+        let manifest_digest: Digest = index["manifests"]
+            .as_array()
+            .and_then(|entries| {
+                entries.iter().find(|entry| {
+                    entry["annotations"]["org.opencontainers.image.ref.name"] == LOCAL_TAG
+                })
+            })
+            .and_then(|entry| entry["digest"].as_str())
+            .context("index.json names no cache manifest")?
+            .parse()?;
+        let manifest = read_checked(&blob_path(&manifest_digest), &manifest_digest)?;
+        let (config, layers) = parse_manifest(&manifest)?;
+        let config_bytes = read_checked(&blob_path(&config), &config)?;
+        let config: CacheConfig =
+            serde_json::from_slice(&config_bytes).context("the cache config is not valid")?;
+        let layers: Vec<(LayerRecord, Origin)> = layers
+            .into_iter()
+            .map(|layer| {
+                let origin = Origin::Local(blob_path(&layer.blob));
+                (layer, origin)
+            })
+            .collect();
+        self.add(config.records, &layers);
+        Ok(())
+    }
+
+    fn read_registry(
+        &mut self,
+        reference: &Reference,
+        store: &Store,
+        remote: &Remote,
+    ) -> anyhow::Result<()> {
+        let Some(manifest) = remote.manifest(reference)? else {
+            eprintln!("warning: no cache at {} yet", reference.familiar());
+            return Ok(());
+        };
+        let (config, layers) = parse_manifest(&manifest.bytes)?;
+        let config_size = serde_json::from_slice::<serde_json::Value>(&manifest.bytes)?["config"]
+            ["size"]
+            .as_u64()
+            .unwrap_or(0);
+        if !store.has_blob(&config) {
+            remote.fetch_blob(store, reference, &config, config_size)?;
+        }
+        let config_bytes = store.read_blob(&config)?;
+        let value: serde_json::Value =
+            serde_json::from_slice(&config_bytes).context("the cache config is not JSON")?;
+        // A cache manifest, or an image with an inline cache (whose layers'
+        // diff IDs its configuration lists).
+        let mut layers = layers;
+        let records = if value.get("records").is_some() {
+            serde_json::from_value::<CacheConfig>(value)?.records
+        } else if let Some(inline) = value.get(INLINE_FIELD) {
+            let diff_ids = value["rootfs"]["diff_ids"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            for (layer, diff_id) in layers.iter_mut().zip(diff_ids) {
+                if let Some(diff_id) = diff_id.as_str().and_then(|d| d.parse().ok()) {
+                    layer.diff_id = diff_id;
+                }
+            }
+            serde_json::from_value::<CacheConfig>(inline.clone())?.records
+        } else {
+            eprintln!("warning: {} holds no kiln cache", reference.familiar());
+            return Ok(());
+        };
+        let layers: Vec<(LayerRecord, Origin)> = layers
+            .into_iter()
+            .map(|layer| (layer, Origin::Registry(reference.clone())))
+            .collect();
+        self.add(records, &layers);
+        Ok(())
+    }
+}
+
+fn read_checked(path: &Path, digest: &Digest) -> anyhow::Result<Vec<u8>> {
+    let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    if Digest::of(&bytes) != *digest {
+        bail!("{} does not match its digest", path.display());
+    }
+    Ok(bytes)
+}
+
+/// The config digest and the layers (with their diff IDs unknown: a cache
+/// manifest's layer annotations carry them) of a manifest.
+fn parse_manifest(bytes: &[u8]) -> anyhow::Result<(Digest, Vec<LayerRecord>)> {
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).context("the manifest is not JSON")?;
+    let config: Digest = value["config"]["digest"]
+        .as_str()
+        .context("the manifest has no config")?
+        .parse()?;
+    let layers = value["layers"]
+        .as_array()
+        .context("the manifest has no layers")?
+        .iter()
+        .map(|layer| -> anyhow::Result<LayerRecord> {
+            let blob: Digest = layer["digest"]
+                .as_str()
+                .context("a layer without digest")?
+                .parse()?;
+            // Image manifests (inline caches) carry no diff IDs: the
+            // config's records would not match a layer then, so the blob
+            // digest stands in until the layer is fetched.
+            let diff_id = layer["annotations"][DIFF_ID_ANNOTATION]
+                .as_str()
+                .and_then(|d| d.parse().ok())
+                .unwrap_or(blob);
+            Ok(LayerRecord {
+                diff_id,
+                blob,
+                size: layer["size"].as_u64().context("a layer without size")?,
+                media_type: layer["mediaType"].as_str().unwrap_or_default().to_string(),
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok((config, layers))
+}
+
+/// The annotation of a cache manifest's layer that holds its diff ID.
+const DIFF_ID_ANNOTATION: &str = "dev.kiln.diff-id";
+
+/// The records to export and the layers they name, in order.
+pub fn exported(entries: &[(Digest, Option<Layer>)]) -> (Vec<ExportedRecord>, Vec<Layer>) {
+    let mut layers: Vec<Layer> = Vec::new();
+    let mut records = Vec::new();
+    for (key, layer) in entries {
+        let index = layer.as_ref().map(|layer| {
+            match layers.iter().position(|known| known.blob == layer.blob) {
+                Some(index) => index,
+                None => {
+                    layers.push(layer.clone());
+                    layers.len() - 1
+                }
+            }
+        });
+        if !records.iter().any(|r: &ExportedRecord| r.key == *key) {
+            records.push(ExportedRecord {
+                key: *key,
+                layer: index,
+            });
+        }
+    }
+    (records, layers)
+}
+
+/// Writes the cache manifest and its config into the store; returns the
+/// manifest's digest (its blobs are the layers, which must be there).
+pub fn write_cache_manifest(
+    store: &Store,
+    records: Vec<ExportedRecord>,
+    layers: &[Layer],
+) -> anyhow::Result<(Digest, u64)> {
+    let config = serde_json::to_vec(&CacheConfig { records })?;
+    let (config_digest, config_size) = store.write_blob(&config)?;
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {
+            "mediaType": CACHE_CONFIG_MEDIA_TYPE,
+            "digest": config_digest.to_string(),
+            "size": config_size,
+        },
+        "layers": layers.iter().map(|layer| serde_json::json!({
+            "mediaType": layer.encoding.media_type(crate::image::Format::Oci),
+            "digest": layer.blob.to_string(),
+            "size": layer.size,
+            "annotations": { DIFF_ID_ANNOTATION: layer.diff_id.to_string() },
+        })).collect::<Vec<_>>(),
+    });
+    let bytes = kiln_cache::store::canonical_json(&manifest);
+    Ok(store.write_blob(&bytes)?)
+}
+
+/// Writes a cache manifest and the blobs it names into the OCI layout
+/// `dir` (created when missing), replacing the cache it held.
+pub fn write_local(
+    store: &Store,
+    dir: &Path,
+    manifest: &Digest,
+    manifest_size: u64,
+) -> anyhow::Result<()> {
+    let blobs = dir.join("blobs/sha256");
+    fs::create_dir_all(&blobs).with_context(|| format!("creating {}", blobs.display()))?;
+    let manifest_bytes = store.read_blob(manifest)?;
+    let (config, layers) = parse_manifest(&manifest_bytes)?;
+    let wanted: Vec<Digest> = std::iter::once(*manifest)
+        .chain(std::iter::once(config))
+        .chain(layers.iter().map(|layer| layer.blob))
+        .collect();
+    for digest in &wanted {
+        let target = blobs.join(digest.hex());
+        if target.exists() {
+            continue;
+        }
+        let partial = blobs.join(format!(".{}.partial", digest.hex()));
+        fs::copy(store.blob_path(digest), &partial)
+            .with_context(|| format!("writing {}", partial.display()))?;
+        fs::rename(&partial, &target).with_context(|| format!("writing {}", target.display()))?;
+    }
+    fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)
+        .with_context(|| format!("writing {}", dir.display()))?;
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{
+            "mediaType": OCI_MANIFEST,
+            "digest": manifest.to_string(),
+            "size": manifest_size,
+            "annotations": { "org.opencontainers.image.ref.name": LOCAL_TAG },
+        }],
+    });
+    let partial = dir.join(".index.json.partial");
+    fs::write(&partial, serde_json::to_vec_pretty(&index)?)
+        .with_context(|| format!("writing {}", partial.display()))?;
+    fs::rename(&partial, dir.join("index.json"))
+        .with_context(|| format!("writing {}", dir.join("index.json").display()))?;
+    // Blobs of the cache this one replaces.
+    for entry in fs::read_dir(&blobs)?.flatten() {
+        let name = entry.file_name();
+        let keep = name
+            .to_str()
+            .and_then(|hex| format!("sha256:{hex}").parse::<Digest>().ok())
+            .is_some_and(|digest| wanted.contains(&digest));
+        if !keep {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::LayerEncoding;
+
+    #[test]
+    fn cache_options_read_as_buildx_writes_them() {
+        assert_eq!(
+            parse_cache_to("type=local,dest=/tmp/c,mode=max").unwrap(),
+            CacheTo::Local {
+                dir: "/tmp/c".into(),
+                mode: Mode::Max
+            }
+        );
+        assert!(matches!(
+            parse_cache_to("type=registry,ref=localhost:5000/app:cache").unwrap(),
+            CacheTo::Registry {
+                mode: Mode::Min,
+                ..
+            }
+        ));
+        assert_eq!(parse_cache_to("type=inline").unwrap(), CacheTo::Inline);
+        assert!(parse_cache_to("type=s3").is_err());
+        assert!(parse_cache_to("type=local,mode=max").is_err());
+        assert!(parse_cache_to("type=local,dest=d,mode=all").is_err());
+        assert!(matches!(
+            parse_cache_from("localhost:5000/app:cache").unwrap(),
+            CacheFrom::Registry { .. }
+        ));
+        assert_eq!(
+            parse_cache_from("type=local,src=/tmp/c").unwrap(),
+            CacheFrom::Local {
+                dir: "/tmp/c".into()
+            }
+        );
+    }
+
+    #[test]
+    fn records_share_layers_and_keep_their_order() {
+        let layer = |n: u8| Layer {
+            diff_id: Digest::of(&[n]),
+            blob: Digest::of(&[n, n]),
+            size: 1,
+            encoding: LayerEncoding::Gzip,
+        };
+        let keys: Vec<Digest> = (0..4u8).map(|n| Digest::of(&[n, 9])).collect();
+        let (records, layers) = exported(&[
+            (keys[0], Some(layer(1))),
+            (keys[1], None),
+            (keys[2], Some(layer(1))),
+            (keys[3], Some(layer(2))),
+        ]);
+        assert_eq!(layers.len(), 2);
+        assert_eq!(
+            records.iter().map(|r| r.layer).collect::<Vec<_>>(),
+            [Some(0), None, Some(0), Some(1)]
+        );
+    }
+}
