@@ -1,9 +1,9 @@
 //! Running a build graph: each stage from its base, step by step, every
 //! changed file set packed into a layer; the result assembled as an image.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Mutex, OnceLock};
 use std::time::Instant;
 
 use anyhow::{bail, Context};
@@ -16,6 +16,7 @@ use kiln_frontend::{DockerIgnore, Platform};
 
 use crate::copy::{self, SourceTree};
 use crate::image::{rfc3339, History, ImageFile, Layer, LayerEncoding, RootFs, StoredImage};
+use crate::progress::Progress;
 use crate::remote::Remote;
 
 /// BuildKit marks the history entries it writes with this comment.
@@ -42,6 +43,9 @@ pub struct StepReport {
     pub line: usize,
     pub key: String,
     pub cached: bool,
+    /// Milliseconds from the start of the build to the step's start and end.
+    pub started_ms: u64,
+    pub ended_ms: u64,
     pub duration_ms: u64,
 }
 
@@ -93,30 +97,117 @@ pub struct Executor<'a> {
     /// Records read by `--cache-from`.
     pub imported: &'a crate::cache_io::Imported,
     /// Each layer step's stage, key and result, for `--cache-to`.
-    pub results: RefCell<Vec<(usize, Digest, Option<Layer>)>>,
-    pub reports: RefCell<Vec<StepReport>>,
+    pub results: Mutex<Vec<StepResult>>,
+    pub reports: Mutex<Vec<StepReport>>,
     /// What `ADD URL` steps downloaded to compute their keys, for the step
     /// to use.
-    pub downloads: RefCell<HashMap<String, copy::Downloaded>>,
+    pub downloads: Mutex<HashMap<String, copy::Downloaded>>,
+    pub progress: &'a Progress,
+    /// Stages built at once at most (`--jobs`).
+    pub jobs: usize,
+    /// When the build began, for the times in the metadata file.
+    pub started: Instant,
+}
+
+/// A layer step's result, for `--cache-to`.
+#[derive(Debug, Clone)]
+pub struct StepResult {
+    pub stage: usize,
+    /// The step's place in its stage.
+    pub step: usize,
+    pub key: Digest,
+    pub layer: Option<Layer>,
+}
+
+/// The outputs of a build's stages, each set once the stage is built.
+pub type Outputs = [OnceLock<StageOutput>];
+
+/// The output of a stage that another one needs (the scheduler starts a
+/// stage only once those it depends on are built).
+pub fn output(outputs: &Outputs, stage: usize) -> anyhow::Result<&StageOutput> {
+    outputs
+        .get(stage)
+        .and_then(OnceLock::get)
+        .with_context(|| format!("stage {stage} is needed before it was built"))
 }
 
 impl Executor<'_> {
-    /// Builds every stage of the graph (they are in dependency order) and
-    /// returns their outputs, the target's at `graph.target`.
+    /// Builds the stages of the graph, each once those it depends on are
+    /// built, up to `jobs` at once, and returns their outputs (the target's
+    /// at `graph.target`). When one fails, the others are stopped and the
+    /// first failure returned.
     pub fn build(&self, graph: &BuildGraph) -> anyhow::Result<Vec<StageOutput>> {
-        let mut outputs: Vec<StageOutput> = Vec::with_capacity(graph.stages.len());
-        for (index, stage) in graph.stages.iter().enumerate() {
-            let output = self.stage(index, stage, &outputs, graph)?;
-            outputs.push(output);
+        let count = graph.stages.len();
+        let outputs: Vec<OnceLock<StageOutput>> = (0..count).map(|_| OnceLock::new()).collect();
+        let mut first_error = None;
+        std::thread::scope(|scope| {
+            let (finished, results) = mpsc::channel::<(usize, anyhow::Result<StageOutput>)>();
+            let mut started = vec![false; count];
+            let mut built = vec![false; count];
+            let mut running = 0;
+            loop {
+                if first_error.is_none() {
+                    for (index, stage) in graph.stages.iter().enumerate() {
+                        let ready = !started[index]
+                            && stage.depends_on.iter().all(|&dependency| built[dependency]);
+                        if !ready || running >= self.jobs.max(1) {
+                            continue;
+                        }
+                        started[index] = true;
+                        running += 1;
+                        let finished = finished.clone();
+                        let outputs = &outputs;
+                        // A thread per stage that lives as long as its steps:
+                        // the sandbox ties each step's life to the thread
+                        // that started it.
+                        scope.spawn(move || {
+                            let result = self.stage(index, stage, outputs, graph);
+                            let _ = finished.send((index, result));
+                        });
+                    }
+                }
+                if running == 0 {
+                    break;
+                }
+                let Ok((index, result)) = results.recv() else {
+                    break;
+                };
+                running -= 1;
+                match result {
+                    Ok(output) => {
+                        let _ = outputs[index].set(output);
+                        built[index] = true;
+                    }
+                    Err(error) => {
+                        if first_error.is_none() {
+                            // Stop the others: their running steps are
+                            // killed and cleaned up as on Ctrl-C.
+                            self.sandbox.interrupt.stop_steps();
+                            first_error = Some(error);
+                        }
+                    }
+                }
+            }
+        });
+        if let Some(error) = first_error {
+            return Err(error);
         }
-        Ok(outputs)
+        outputs
+            .into_iter()
+            .enumerate()
+            .map(|(index, output)| {
+                output
+                    .into_inner()
+                    .with_context(|| format!("stage {index} was not built"))
+            })
+            .collect()
     }
 
     fn stage(
         &self,
         index: usize,
         stage: &Stage,
-        outputs: &[StageOutput],
+        outputs: &Outputs,
         graph: &BuildGraph,
     ) -> anyhow::Result<StageOutput> {
         let (mut layers, mut history) = match &stage.base {
@@ -126,8 +217,8 @@ impl Executor<'_> {
                 (image.layers, image.config.history)
             }
             Base::Stage { stage } => (
-                outputs[*stage].layers.clone(),
-                outputs[*stage].history.clone(),
+                output(outputs, *stage)?.layers.clone(),
+                output(outputs, *stage)?.history.clone(),
             ),
         };
         let total = stage.steps.iter().filter(|s| s.makes_layer()).count();
@@ -138,44 +229,68 @@ impl Executor<'_> {
                 .no_cache_stages
                 .contains(&stage.name.to_lowercase());
         let mut number = 0;
-        for step in &stage.steps {
+        for (step_index, step) in stage.steps.iter().enumerate() {
             let location = format!("{}:{}", self.dockerfile, step.location.line);
-            let started = Instant::now();
             if let Action::Metadata = step.action {
                 if let Some(created_by) = &step.history {
                     history.push(self.history(created_by, true));
                 }
                 continue;
             }
+            if self
+                .sandbox
+                .interrupt
+                .flag()
+                .load(std::sync::atomic::Ordering::SeqCst)
+            {
+                return Err(kiln_runtime::Error::Interrupted.into());
+            }
             number += 1;
-            eprintln!("[{} {number}/{total}] {}", stage.name, step.instruction);
-            let step_key = self
-                .step_key(&key, &step.action, outputs, graph)
-                .with_context(|| format!("{location}: {}", step.instruction))?;
-            let cached = if use_cache {
-                self.cached_layer(&step_key)?
-            } else {
-                None
-            };
-            let was_cached = cached.is_some();
-            let layer = match cached {
-                Some(layer) => layer,
-                None => {
-                    let layer = self
-                        .execute(&step.action, &layers, outputs, graph)
-                        .with_context(|| format!("{location}: {}", step.instruction))?;
-                    self.store.put_cache_record(
-                        &step_key,
-                        &CacheRecord {
-                            layer: layer.as_ref().map(Layer::record),
-                        },
-                    )?;
-                    layer
+            let started = Instant::now();
+            let started_ms = self.started.elapsed().as_millis() as u64;
+            let progress = self.progress.step(&format!(
+                "[{} {number}/{total}] {}",
+                stage.name, step.instruction
+            ));
+            let outcome = self
+                .step_layer(
+                    &key,
+                    &step.action,
+                    &layers,
+                    outputs,
+                    graph,
+                    use_cache,
+                    &progress,
+                )
+                .with_context(|| format!("{location}: {}", step.instruction));
+            let (step_key, layer, was_cached) = match outcome {
+                Ok(outcome) => outcome,
+                Err(error) => {
+                    let interrupted = error.chain().any(|cause| {
+                        matches!(
+                            cause.downcast_ref::<kiln_runtime::Error>(),
+                            Some(kiln_runtime::Error::Interrupted)
+                        )
+                    });
+                    if interrupted {
+                        progress.error("interrupted");
+                    } else {
+                        progress.error(&error.root_cause().to_string());
+                    }
+                    return Err(error);
                 }
             };
-            self.results
-                .borrow_mut()
-                .push((index, step_key, layer.clone()));
+            if was_cached {
+                progress.cached();
+            } else {
+                progress.done();
+            }
+            self.lock(&self.results).push(StepResult {
+                stage: index,
+                step: step_index,
+                key: step_key,
+                layer: layer.clone(),
+            });
             key = result_key(&step_key, layer.as_ref());
             let empty = layer.is_none();
             layers.extend(layer);
@@ -183,23 +298,16 @@ impl Executor<'_> {
                 history.push(self.history(created_by, empty));
             }
             let elapsed = started.elapsed();
-            self.reports.borrow_mut().push(StepReport {
+            self.lock(&self.reports).push(StepReport {
                 stage: stage.name.clone(),
                 step: step.instruction.clone(),
                 line: step.location.line,
                 key: step_key.to_string(),
                 cached: was_cached,
+                started_ms,
+                ended_ms: self.started.elapsed().as_millis() as u64,
                 duration_ms: elapsed.as_millis() as u64,
             });
-            if was_cached {
-                eprintln!("  CACHED");
-            } else {
-                eprintln!(
-                    "  done in {:.2}s{}",
-                    elapsed.as_secs_f64(),
-                    if empty { " (no changes)" } else { "" }
-                );
-            }
         }
         Ok(StageOutput {
             key,
@@ -211,16 +319,53 @@ impl Executor<'_> {
         })
     }
 
+    /// The key of a layer step and its layer, from the cache or made by
+    /// running it; and whether it came from the cache.
+    #[allow(clippy::too_many_arguments)]
+    fn step_layer(
+        &self,
+        parent: &Digest,
+        action: &Action,
+        layers: &[Layer],
+        outputs: &Outputs,
+        graph: &BuildGraph,
+        use_cache: bool,
+        progress: &crate::progress::Step<'_>,
+    ) -> anyhow::Result<(Digest, Option<Layer>, bool)> {
+        let step_key = self.step_key(parent, action, outputs, graph)?;
+        if use_cache {
+            if let Some(layer) = self.cached_layer(&step_key)? {
+                return Ok((step_key, layer, true));
+            }
+        }
+        let layer = self.execute(action, layers, outputs, graph, progress)?;
+        self.store.put_cache_record(
+            &step_key,
+            &CacheRecord {
+                layer: layer.as_ref().map(Layer::record),
+            },
+        )?;
+        Ok((step_key, layer, false))
+    }
+
+    /// Locks shared build state (a panic elsewhere leaves it usable).
+    pub(crate) fn lock<'m, T>(&self, mutex: &'m Mutex<T>) -> std::sync::MutexGuard<'m, T> {
+        mutex
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Runs a step that makes a layer; none when it changed nothing.
     fn execute(
         &self,
         action: &Action,
         layers: &[Layer],
-        outputs: &[StageOutput],
+        outputs: &Outputs,
         graph: &BuildGraph,
+        progress: &crate::progress::Step<'_>,
     ) -> anyhow::Result<Option<Layer>> {
         match action {
-            Action::Run(run) => self.run_step(run, layers, outputs, graph),
+            Action::Run(run) => self.run_step(run, layers, outputs, graph, progress),
             Action::Copy(copy_step) => {
                 let source = self.source_tree(&copy_step.from, outputs, graph)?;
                 let view = self.view(layers)?;
@@ -299,7 +444,7 @@ impl Executor<'_> {
     pub(crate) fn source_tree(
         &self,
         from: &Source,
-        outputs: &[StageOutput],
+        outputs: &Outputs,
         graph: &BuildGraph,
     ) -> anyhow::Result<SourceTree<'_>> {
         Ok(match from {
@@ -309,7 +454,7 @@ impl Executor<'_> {
                 label: "the build context".to_string(),
             },
             Source::Stage { stage } => SourceTree {
-                view: self.view(&outputs[*stage].layers)?,
+                view: self.view(&output(outputs, *stage)?.layers)?,
                 ignore: None,
                 label: format!("stage {}", graph.stages[*stage].name),
             },
@@ -343,22 +488,22 @@ impl Executor<'_> {
 
     /// Downloads a URL for ADD (once per build) and returns its digest.
     pub(crate) fn prefetch(&self, url: &str) -> anyhow::Result<Digest> {
-        if let Some(downloaded) = self.downloads.borrow().get(url) {
+        if let Some(downloaded) = self.lock(&self.downloads).get(url) {
             return Ok(downloaded.digest);
         }
         let downloaded = self
             .download(url)
             .with_context(|| format!("downloading {url}"))?;
         let digest = downloaded.digest;
-        self.downloads
-            .borrow_mut()
+        self.lock(&self.downloads)
             .insert(url.to_string(), downloaded);
         Ok(digest)
     }
 
     /// The download of `url` made for the key, or a new one.
     fn take_download(&self, url: &str) -> anyhow::Result<copy::Downloaded> {
-        match self.downloads.borrow_mut().remove(url) {
+        let taken = self.lock(&self.downloads).remove(url);
+        match taken {
             Some(downloaded) => Ok(downloaded),
             None => self.download(url),
         }

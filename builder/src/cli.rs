@@ -205,6 +205,14 @@ pub struct BuildArgs {
     /// an inline cache) or `type=local,src=DIR`; may be repeated.
     #[arg(long = "cache-from", value_name = "SPEC")]
     pub cache_from: Vec<String>,
+    /// How to show progress: `auto` (tty on a terminal, plain otherwise),
+    /// `tty`, `plain` (BuildKit's numbered lines, for CI logs), `quiet` or
+    /// `rawjson` (a JSON object per line).
+    #[arg(long, default_value = "auto", env = "BUILDKIT_PROGRESS")]
+    pub progress: String,
+    /// Stages built at once at most (default: the number of cores).
+    #[arg(long, value_name = "N")]
+    pub jobs: Option<usize>,
     /// Run every step, reusing nothing from earlier builds.
     #[arg(long = "no-cache")]
     pub no_cache: bool,

@@ -1,9 +1,9 @@
 //! The `kiln` commands that work on the store.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use anyhow::{bail, Context};
 use kiln_cache::pack::{pack_dir, PackOptions};
@@ -16,6 +16,7 @@ use crate::cache_io;
 use crate::cli::BuildArgs;
 use crate::dockerfile;
 use crate::image::{self, write_image, Format, StoreImages, StoredImage};
+use crate::progress::Progress;
 use crate::remote::Remote;
 use kiln_frontend::graph::Base;
 
@@ -145,6 +146,7 @@ fn build_image(
         .collect::<Result<Vec<_>, _>>()?;
     let _in_use = store.lock_shared()?;
     let stat_cache = StatCache::load(store);
+    let progress = Progress::new(crate::progress::Mode::parse(&args.progress)?);
     let cache_to = args
         .cache_to
         .iter()
@@ -188,9 +190,16 @@ fn build_image(
         now,
         stat_cache: &stat_cache,
         imported: &imported,
-        results: RefCell::new(Vec::new()),
-        reports: RefCell::new(Vec::new()),
-        downloads: RefCell::new(HashMap::new()),
+        results: Mutex::new(Vec::new()),
+        reports: Mutex::new(Vec::new()),
+        downloads: Mutex::new(HashMap::new()),
+        progress: &progress,
+        jobs: match args.jobs {
+            Some(0) => bail!("--jobs must be at least 1"),
+            Some(jobs) => jobs,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        },
+        started: std::time::Instant::now(),
     };
     let built = executor.build(&plan.graph);
     // What was learnt of the context's files stays, even when a step failed.
@@ -198,9 +207,11 @@ fn build_image(
         eprintln!("warning: could not save the stat cache: {e}");
     }
     let outputs = built?;
-    let steps = executor.reports.take();
+    let steps = std::mem::take(&mut *executor.lock(&executor.reports));
     let target = &outputs[plan.graph.target];
-    let results = executor.results.take();
+    let mut results = std::mem::take(&mut *executor.lock(&executor.results));
+    // The order stages finished in changes nothing that is exported.
+    results.sort_by_key(|result| (result.stage, result.step));
     // The stages whose layers make the target's: `--cache-to mode=min`.
     let mut final_chain = vec![plan.graph.target];
     while let Some(Base::Stage { stage }) = final_chain.last().map(|&s| &plan.graph.stages[s].base)
@@ -210,8 +221,8 @@ fn build_image(
     let entries = |mode: cache_io::Mode| -> Vec<(Digest, Option<crate::image::Layer>)> {
         results
             .iter()
-            .filter(|(stage, _, _)| mode == cache_io::Mode::Max || final_chain.contains(stage))
-            .map(|(_, key, layer)| (*key, layer.clone()))
+            .filter(|result| mode == cache_io::Mode::Max || final_chain.contains(&result.stage))
+            .map(|result| (result.key, result.layer.clone()))
             .collect()
     };
     for target_cache in &cache_to {
@@ -226,18 +237,18 @@ fn build_image(
         match destination {
             Ok(reference) => {
                 remote.push(store, &manifest, std::slice::from_ref(reference))?;
-                eprintln!("exported the cache to {}", reference.familiar());
+                progress.note(&format!("exported the cache to {}", reference.familiar()));
             }
             Err(dir) => {
                 cache_io::write_local(store, dir, &manifest, size)?;
-                eprintln!("exported the cache to {}", dir.display());
+                progress.note(&format!("exported the cache to {}", dir.display()));
             }
         }
     }
     match &output {
         Output::Local(dir) => {
             crate::copy::export_tree(executor.view(&target.layers)?, dir, now)?;
-            eprintln!("wrote the image's files to {}", dir.display());
+            progress.note(&format!("wrote the image's files to {}", dir.display()));
             if let Some(file) = &args.metadata_file {
                 write_metadata(file, None, &steps)?;
             }
@@ -254,7 +265,7 @@ fn build_image(
                 pack_dir(files.path(), &options, out)?;
                 Ok(())
             })?;
-            eprintln!("wrote the image's files to {}", path.display());
+            progress.note(&format!("wrote the image's files to {}", path.display()));
             if let Some(file) = &args.metadata_file {
                 write_metadata(file, None, &steps)?;
             }
@@ -302,7 +313,7 @@ fn build_image(
         }
         for tag in &tags {
             store.set_name(Some(&tag.to_string()), &descriptor)?;
-            eprintln!("naming to {tag}");
+            progress.note(&format!("naming to {tag}"));
         }
         if args.push {
             remote.push(store, &digest, &tags)?;
@@ -324,7 +335,7 @@ fn build_image(
         path,
         source_date_epoch.unwrap_or(0),
     )?;
-    eprintln!("wrote {}", path.display());
+    progress.note(&format!("wrote {}", path.display()));
     if let Some(file) = &args.metadata_file {
         write_metadata(file, Some((store, &descriptor, &tags)), &steps)?;
     }

@@ -10,7 +10,7 @@ use kiln_frontend::graph::{
 };
 use kiln_frontend::Platform;
 
-use crate::build::{Executor, StageOutput};
+use crate::build::{output, Executor, Outputs};
 use crate::copy;
 use crate::image::StoredImage;
 
@@ -23,7 +23,7 @@ impl Executor<'_> {
     pub(crate) fn base_key(
         &self,
         base: &Base,
-        outputs: &[StageOutput],
+        outputs: &Outputs,
         platform: &Platform,
     ) -> anyhow::Result<Digest> {
         Ok(match base {
@@ -38,17 +38,17 @@ impl Executor<'_> {
                 key.field("manifest", image.manifest_digest.to_string());
                 key.finish()
             }
-            Base::Stage { stage } => outputs[*stage].key,
+            Base::Stage { stage } => output(outputs, *stage)?.key,
         })
     }
 
     /// What another stage, an image or the context stands for in a key:
     /// a stage by its key, an image by its manifest digest. (The context's
     /// content is hashed where it is read.)
-    fn source_identity(&self, from: &Source, outputs: &[StageOutput]) -> anyhow::Result<String> {
+    fn source_identity(&self, from: &Source, outputs: &Outputs) -> anyhow::Result<String> {
         Ok(match from {
             Source::Context => "context".to_string(),
-            Source::Stage { stage } => format!("stage {}", outputs[*stage].key),
+            Source::Stage { stage } => format!("stage {}", output(outputs, *stage)?.key),
             Source::Image { reference } => {
                 let image = StoredImage::find(self.store, reference)?;
                 format!("image {}", image.manifest_digest)
@@ -61,7 +61,7 @@ impl Executor<'_> {
         &self,
         parent: &Digest,
         action: &Action,
-        outputs: &[StageOutput],
+        outputs: &Outputs,
         graph: &BuildGraph,
     ) -> anyhow::Result<Digest> {
         match action {
@@ -80,7 +80,7 @@ impl Executor<'_> {
         &self,
         parent: &Digest,
         step: &CopyStep,
-        outputs: &[StageOutput],
+        outputs: &Outputs,
         graph: &BuildGraph,
     ) -> anyhow::Result<Digest> {
         let mut key = KeyHasher::new("copy", Some(parent));
@@ -108,7 +108,7 @@ impl Executor<'_> {
         &self,
         parent: &Digest,
         run: &RunStep,
-        outputs: &[StageOutput],
+        outputs: &Outputs,
         graph: &BuildGraph,
     ) -> anyhow::Result<Digest> {
         let mut key = KeyHasher::new("run", Some(parent));

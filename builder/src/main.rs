@@ -16,6 +16,7 @@ mod copy;
 mod dockerfile;
 mod image;
 mod keys;
+mod progress;
 mod remote;
 mod run;
 mod users;

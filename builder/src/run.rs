@@ -14,7 +14,7 @@ use kiln_frontend::graph::{BuildGraph, Mount, RunStep, Sharing as MountSharing, 
 use kiln_frontend::instruction::{NetworkMode, SecurityMode};
 use kiln_runtime::{BundleOwners, Network, Runtime, Sensitive, Step, StepIo, StepMount, User};
 
-use crate::build::StageOutput;
+use crate::build::Outputs;
 use crate::image::Layer;
 use crate::users::resolve_exec_user;
 
@@ -61,6 +61,12 @@ impl Interrupt {
             }
         });
         Ok(interrupt)
+    }
+
+    /// Stops the running steps (another stage failed), as a signal would,
+    /// but without ending kiln.
+    pub fn stop_steps(&self) {
+        self.requested.store(true, Ordering::SeqCst);
     }
 
     /// Set once kiln is asked to stop.
@@ -231,8 +237,9 @@ impl crate::build::Executor<'_> {
         &self,
         run: &RunStep,
         layers: &[Layer],
-        outputs: &[StageOutput],
+        outputs: &Outputs,
         graph: &BuildGraph,
+        progress: &crate::progress::Step<'_>,
     ) -> anyhow::Result<Option<Layer>> {
         let sandbox = self.sandbox;
         let runtime = sandbox.runtime()?;
@@ -274,7 +281,7 @@ impl crate::build::Executor<'_> {
                 upper: diff,
                 scratch: scratch.path(),
             };
-            let mut print = |line: &str| eprintln!("  {line}");
+            let mut print = |line: &str| progress.log(line);
             let outcome = runtime.run(
                 &step,
                 &layers,
@@ -308,7 +315,7 @@ impl crate::build::Executor<'_> {
     fn lock_caches(
         &self,
         run: &RunStep,
-        outputs: &[StageOutput],
+        outputs: &Outputs,
         graph: &BuildGraph,
     ) -> anyhow::Result<BTreeMap<String, CacheMount>> {
         let mut first_of_id = BTreeMap::new();
@@ -366,7 +373,7 @@ impl crate::build::Executor<'_> {
     fn prepare_mounts(
         &self,
         run: &RunStep,
-        outputs: &[StageOutput],
+        outputs: &Outputs,
         graph: &BuildGraph,
         scratch: &Path,
     ) -> anyhow::Result<Prepared> {

@@ -485,23 +485,30 @@ fn start_long_step(kiln: &Kiln, context: &Context, marker: u32) -> Child {
     );
     let mut child = kiln
         .command()
-        .args(["build", context.path().to_str().expect("utf-8")])
+        .args(["build", "--progress", "plain"])
+        .arg(context.path())
         .stderr(Stdio::piped())
         .spawn()
         .expect("kiln starts");
     let stderr = child.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(stderr).lines();
+    // Read on a thread of its own, which also keeps draining the pipe so
+    // that kiln never blocks on it.
+    let (lines, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
     loop {
-        let line = lines
-            .next()
-            .expect("kiln printed the step's output before it ended")
-            .expect("stderr line");
-        if line.trim() == "step-is-running" {
-            break;
+        match received.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) if line.ends_with(" step-is-running") => break,
+            Ok(_) => {}
+            Err(_) => {
+                let _ = child.kill();
+                panic!("kiln did not print the step's output");
+            }
         }
     }
-    // Keep draining, so that kiln never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
     wait_until("the step's start", || {
         processes_with(&format!("sleep {marker}")) > 0
     });
