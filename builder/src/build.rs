@@ -107,6 +107,8 @@ pub struct Executor<'a> {
     pub jobs: usize,
     /// When the build began, for the times in the metadata file.
     pub started: Instant,
+    /// Blobs written for layers that had none, by diff ID.
+    pub written: Mutex<HashMap<Digest, Layer>>,
 }
 
 /// A layer step's result, for `--cache-to`.
@@ -400,36 +402,59 @@ impl Executor<'_> {
         let Ok(layer) = Layer::from_record(&found) else {
             return Ok(None);
         };
-        if !self.store.has_blob(&layer.blob) {
-            return Ok(None);
+        // Its blob, or its snapshot to make the blob from when needed.
+        if self.store.has_blob(&layer.blob) || self.store.has_snapshot(&layer.diff_id) {
+            Ok(Some(Some(layer)))
+        } else {
+            Ok(None)
         }
-        let wanted = LayerEncoding::of_compression(self.settings.compression);
-        if layer.encoding == wanted {
-            return Ok(Some(Some(layer)));
-        }
-        let snapshot = snapshot(self.store, &layer)?;
+    }
+
+    /// `layers` with a blob each in the store, as an export needs them:
+    /// imported ones fetched, those never written packed from their
+    /// snapshot with this build's compression (and their cache records
+    /// updated, so that later builds reuse the blob).
+    pub fn materialize(&self, layers: &[Layer]) -> anyhow::Result<Vec<Layer>> {
         let options = PackOptions {
             compression: self.settings.compression,
             source_date_epoch: self.settings.source_date_epoch,
         };
-        let packed = self.store.pack_layer(&snapshot, &options)?;
-        if packed.diff_id != layer.diff_id {
-            // The snapshot no longer packs to its layer: run the step.
-            return Ok(None);
+        let mut materialized = Vec::with_capacity(layers.len());
+        for layer in layers {
+            if self.store.has_blob(&layer.blob)
+                || self.imported.fetch(self.store, self.remote, &layer.blob)?
+            {
+                materialized.push(layer.clone());
+                continue;
+            }
+            let known = self.lock(&self.written).get(&layer.diff_id).cloned();
+            let written = match known {
+                Some(written) if self.store.has_blob(&written.blob) => written,
+                _ => {
+                    let written = write_blob(self.store, layer, &options)?;
+                    self.lock(&self.written)
+                        .insert(layer.diff_id, written.clone());
+                    let results = self.lock(&self.results).clone();
+                    for result in results {
+                        let same = result
+                            .layer
+                            .as_ref()
+                            .is_some_and(|l| l.diff_id == layer.diff_id);
+                        if same {
+                            self.store.put_cache_record(
+                                &result.key,
+                                &CacheRecord {
+                                    layer: Some(written.record()),
+                                },
+                            )?;
+                        }
+                    }
+                    written
+                }
+            };
+            materialized.push(written);
         }
-        let recompressed = Layer {
-            diff_id: packed.diff_id,
-            blob: packed.digest,
-            size: packed.size,
-            encoding: wanted,
-        };
-        self.store.put_cache_record(
-            key,
-            &CacheRecord {
-                layer: Some(recompressed.record()),
-            },
-        )?;
-        Ok(Some(Some(recompressed)))
+        Ok(materialized)
     }
 
     fn history(&self, created_by: &str, empty_layer: bool) -> History {
@@ -543,18 +568,6 @@ impl Executor<'_> {
         }
         Ok(())
     }
-
-    /// The same for layers whose blob the export needs.
-    pub fn fetch_blobs(&self, layers: &[Layer]) -> anyhow::Result<()> {
-        for layer in layers {
-            if !self.store.has_blob(&layer.blob)
-                && !self.imported.fetch(self.store, self.remote, &layer.blob)?
-            {
-                bail!("the layer {} is missing from the store", layer.blob);
-            }
-        }
-        Ok(())
-    }
 }
 
 /// The key the steps after a step chain on: its own key and what it made.
@@ -570,8 +583,12 @@ fn result_key(step_key: &Digest, layer: Option<&Layer>) -> Digest {
     key.finish()
 }
 
-/// Packs a directory of changes (on the store's file system) into a layer
-/// and keeps the directory as its snapshot; no layer when it is empty.
+/// Makes a directory of changes (on the store's file system) a layer:
+/// its diff ID is computed and the directory kept as its snapshot, but no
+/// blob is written until something needs one (see
+/// [`Executor::materialize`]). Until then the layer is described as the
+/// uncompressed tar it packs to, whose digest is its diff ID. No layer when
+/// the directory is empty.
 pub fn layer_from_diff(
     store: &Store,
     diff: &Path,
@@ -584,14 +601,39 @@ pub fn layer_from_diff(
     {
         return Ok(None);
     }
-    let packed = store.pack_layer(diff, options)?;
-    store.adopt_snapshot(&packed.diff_id, diff)?;
+    let hashed = store.hash_layer(diff, options)?;
+    store.adopt_snapshot(&hashed.diff_id, diff)?;
     Ok(Some(Layer {
+        diff_id: hashed.diff_id,
+        blob: hashed.diff_id,
+        size: hashed.tar_size,
+        encoding: LayerEncoding::Tar,
+    }))
+}
+
+/// Writes the blob of a layer that has none yet, from its snapshot,
+/// compressed as `options` say.
+pub fn write_blob(store: &Store, layer: &Layer, options: &PackOptions) -> anyhow::Result<Layer> {
+    if !store.has_snapshot(&layer.diff_id) {
+        bail!(
+            "the layer {} has neither a blob nor a snapshot",
+            layer.diff_id
+        );
+    }
+    let packed = store.pack_layer(&store.snapshot_path(&layer.diff_id), options)?;
+    if packed.diff_id != layer.diff_id {
+        bail!(
+            "the snapshot of layer {} packs to {}: it was changed",
+            layer.diff_id,
+            packed.diff_id
+        );
+    }
+    Ok(Layer {
         diff_id: packed.diff_id,
         blob: packed.digest,
         size: packed.size,
         encoding: LayerEncoding::of_compression(packed.compression),
-    }))
+    })
 }
 
 /// The merged file system of `layers`, unpacking those not unpacked yet.

@@ -191,6 +191,7 @@ fn build_image(
         stat_cache: &stat_cache,
         imported: &imported,
         results: Mutex::new(Vec::new()),
+        written: Mutex::new(HashMap::new()),
         reports: Mutex::new(Vec::new()),
         downloads: Mutex::new(HashMap::new()),
         progress: &progress,
@@ -209,7 +210,7 @@ fn build_image(
     let outputs = built?;
     let steps = std::mem::take(&mut *executor.lock(&executor.reports));
     let target = &outputs[plan.graph.target];
-    let mut results = std::mem::take(&mut *executor.lock(&executor.results));
+    let mut results = executor.lock(&executor.results).clone();
     // The order stages finished in changes nothing that is exported.
     results.sort_by_key(|result| (result.stage, result.step));
     // The stages whose layers make the target's: `--cache-to mode=min`.
@@ -232,7 +233,7 @@ fn build_image(
             cache_io::CacheTo::Local { dir, mode } => (*mode, Err(dir)),
         };
         let (records, layers) = cache_io::exported(&entries(mode));
-        executor.fetch_blobs(&layers)?;
+        let layers = executor.materialize(&layers)?;
         let (manifest, size) = cache_io::write_cache_manifest(store, records, &layers)?;
         match destination {
             Ok(reference) => {
@@ -273,7 +274,7 @@ fn build_image(
         }
         Output::Store | Output::Oci(_) | Output::Docker(_) => {}
     }
-    executor.fetch_blobs(&target.layers)?;
+    let image_layers = executor.materialize(&target.layers)?;
     let mut image_file = target.image_file(now);
     if cache_to.contains(&cache_io::CacheTo::Inline) {
         // Records of the target's layers, by their place in the image.
@@ -283,8 +284,8 @@ fn build_image(
             .filter_map(|record| match record.layer {
                 None => Some(record),
                 Some(index) => {
-                    let blob = exported_layers[index].blob;
-                    let position = target.layers.iter().position(|l| l.blob == blob)?;
+                    let diff_id = exported_layers[index].diff_id;
+                    let position = target.layers.iter().position(|l| l.diff_id == diff_id)?;
                     Some(cache_io::ExportedRecord {
                         key: record.key,
                         layer: Some(position),
@@ -294,7 +295,7 @@ fn build_image(
             .collect();
         image_file.inline_cache = Some(cache_io::CacheConfig { records });
     }
-    let descriptor = write_image(store, &image_file, &target.layers, format)?;
+    let descriptor = write_image(store, &image_file, &image_layers, format)?;
     let digest: Digest = descriptor.digest().to_string().parse()?;
     if let Some(file) = &args.iidfile {
         archive::write_output(file, |out| {
@@ -726,7 +727,9 @@ pub fn du(store: &Store) -> anyhow::Result<()> {
         ("image blobs", usage.image_blobs),
         ("build cache blobs", usage.cache_blobs),
         ("unused blobs", usage.unused_blobs),
-        ("snapshots (unpacked layers)", usage.snapshots),
+        ("image snapshots (unpacked)", usage.image_snapshots),
+        ("build cache snapshots", usage.cache_snapshots),
+        ("unused snapshots", usage.unused_snapshots),
         ("cache mounts", usage.cache_mounts),
         ("cache records", usage.cache_records),
         ("temporary files", usage.temporary),
@@ -778,7 +781,7 @@ pub fn prune(
 /// of it goes until it fits.
 pub fn collect_garbage(store: &Store, limit: u64) -> anyhow::Result<()> {
     let usage = store.disk_usage()?;
-    if usage.cache_blobs + usage.cache_mounts <= limit {
+    if usage.cache_blobs + usage.cache_snapshots + usage.cache_mounts <= limit {
         return Ok(());
     }
     let pruned = store.prune_if_idle(&kiln_cache::PrunePolicy {

@@ -8,7 +8,7 @@ use kiln_cache::{Compression, Store};
 use kiln_registry::Reference;
 use kiln_runtime::{Layers, Network, Step, StepIo, StepMount, User};
 
-use crate::build::{layer_from_diff, layer_view};
+use crate::build::{layer_from_diff, layer_view, write_blob};
 use crate::cli::RunArgs;
 use crate::image::{rfc3339, write_image, Format, History, StoredImage};
 use crate::run::Sandbox;
@@ -123,7 +123,9 @@ pub fn run(store: &Store, sandbox: &Sandbox, args: &RunArgs) -> anyhow::Result<u
             compression: Compression::parse("gzip").map_err(anyhow::Error::msg)?,
             source_date_epoch: None,
         };
-        let layer = layer_from_diff(store, &upper, &options)?;
+        let layer = layer_from_diff(store, &upper, &options)?
+            .map(|layer| write_blob(store, &layer, &options))
+            .transpose()?;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|since| since.as_secs() as i64)

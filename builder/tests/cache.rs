@@ -263,6 +263,20 @@ fn a_layer_gone_from_the_store_is_a_miss() {
             .join(digest.trim_start_matches("sha256:")),
     )
     .expect("remove the blob");
+    // Its snapshot too: nothing is left to make the layer from.
+    let diff_ids = kiln.inspect("made")["Config"]["rootfs"]["diff_ids"].clone();
+    let diff_id = diff_ids
+        .as_array()
+        .and_then(|ids| ids.last())
+        .and_then(|id| id.as_str())
+        .expect("diff id");
+    fs::remove_dir_all(
+        kiln.root
+            .path()
+            .join("snapshots")
+            .join(diff_id.trim_start_matches("sha256:")),
+    )
+    .expect("remove the snapshot");
     assert_eq!(ran(&build(&kiln, context.path(), &["-t", "made"])).len(), 1);
     let check = kiln.run(&["check"]);
     assert!(
@@ -558,4 +572,34 @@ fn a_missing_cache_is_a_warning_and_an_imported_layer_is_fetched_only_when_neede
         .filter(|blob| fs::metadata(blob).map(|m| m.len()).unwrap_or(0) >= 2_000_000)
         .count();
     assert_eq!(big, 0, "the big layer was fetched: {usage}");
+}
+
+#[test]
+fn layers_nothing_exports_are_never_compressed() {
+    let kiln = kiln();
+    let context = Context::new();
+    context.write(
+        "Dockerfile",
+        "FROM busybox AS big\n\
+         RUN head -c 2000000 /dev/urandom > /big && echo small > /small\n\
+         FROM busybox\n\
+         COPY --from=big /small /small\n",
+    );
+    build(&kiln, context.path(), &["-t", "app"]);
+    let big_blobs = walk(&kiln.root.path().join("blobs/sha256"))
+        .into_iter()
+        .filter(|blob| fs::metadata(blob).map(|m| m.len()).unwrap_or(0) >= 2_000_000)
+        .count();
+    assert_eq!(big_blobs, 0, "the intermediate stage's layer was written as a blob");
+    // Still a hit: its snapshot is the cache.
+    assert!(ran(&build(&kiln, context.path(), &["-t", "app"])).is_empty());
+    // Exported, it gets a blob.
+    let files = tempfile::tempdir().expect("dir");
+    let archive = files.path().join("big.tar");
+    build(
+        &kiln,
+        context.path(),
+        &["--target", "big", "-o", &format!("type=oci,dest={}", archive.display())],
+    );
+    assert!(fs::metadata(&archive).expect("archive").len() >= 2_000_000);
 }

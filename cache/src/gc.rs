@@ -60,7 +60,13 @@ pub struct DiskUsage {
     pub cache_blobs: u64,
     /// Blobs nothing refers to (`kiln prune` removes them).
     pub unused_blobs: u64,
-    pub snapshots: u64,
+    /// Unpacked layers of the images.
+    pub image_snapshots: u64,
+    /// Unpacked layers only the build cache keeps (most of its layers are
+    /// only that: a layer is compressed when something exports it).
+    pub cache_snapshots: u64,
+    /// Unpacked layers nothing refers to.
+    pub unused_snapshots: u64,
     pub cache_mounts: u64,
     pub cache_records: u64,
     pub temporary: u64,
@@ -73,7 +79,9 @@ impl DiskUsage {
         self.image_blobs
             + self.cache_blobs
             + self.unused_blobs
-            + self.snapshots
+            + self.image_snapshots
+            + self.cache_snapshots
+            + self.unused_snapshots
             + self.cache_mounts
             + self.cache_records
             + self.temporary
@@ -224,12 +232,15 @@ impl Store {
 
     /// How much space the store takes, by kind.
     pub fn disk_usage(&self) -> Result<DiskUsage, Error> {
-        let (image_blobs, _) = self.image_roots()?;
-        let cache_blobs: HashSet<Digest> = self
+        let (image_blobs, image_diff_ids) = self.image_roots()?;
+        let cache_layers: Vec<_> = self
             .record_files()
             .into_iter()
-            .filter_map(|(_, record, _)| record?.layer.map(|layer| layer.blob))
+            .filter_map(|(_, record, _)| record?.layer)
             .collect();
+        let cache_blobs: HashSet<Digest> = cache_layers.iter().map(|layer| layer.blob).collect();
+        let cache_diff_ids: HashSet<Digest> =
+            cache_layers.iter().map(|layer| layer.diff_id).collect();
         let mut seen = HashSet::new();
         let mut usage = DiskUsage::default();
         let blobs_dir = self.root().join("blobs/sha256");
@@ -248,7 +259,20 @@ impl Store {
                 }
             }
         }
-        usage.snapshots = allocated(&self.root().join("snapshots"), &mut seen);
+        if let Ok(entries) = fs::read_dir(self.root().join("snapshots")) {
+            for entry in entries.flatten() {
+                let size = allocated(&entry.path(), &mut seen);
+                let diff_id = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|hex| format!("sha256:{hex}").parse::<Digest>().ok());
+                match diff_id {
+                    Some(d) if image_diff_ids.contains(&d) => usage.image_snapshots += size,
+                    Some(d) if cache_diff_ids.contains(&d) => usage.cache_snapshots += size,
+                    _ => usage.unused_snapshots += size,
+                }
+            }
+        }
         usage.cache_mounts = allocated(&self.root().join("cache-mounts"), &mut seen);
         usage.cache_records = allocated(&self.records_dir(), &mut seen);
         usage.temporary = allocated(&self.root().join("tmp"), &mut seen);
@@ -287,11 +311,11 @@ impl Store {
 
         let mut records = Vec::new();
         for (path, record, last_used) in self.record_files() {
+            // A layer needs its blob, or its snapshot to make one from.
             let usable = record.as_ref().is_some_and(|record| {
-                record
-                    .layer
-                    .as_ref()
-                    .is_none_or(|layer| self.has_blob(&layer.blob))
+                record.layer.as_ref().is_none_or(|layer| {
+                    self.has_blob(&layer.blob) || self.has_snapshot(&layer.diff_id)
+                })
             });
             match record {
                 Some(record) if usable && !(policy.all && old_enough(last_used)) => {
@@ -317,70 +341,14 @@ impl Store {
         }
 
         if let Some(limit) = policy.keep_storage {
-            // Least recently used first: records (with the space of their
-            // layer, unless an image needs it) and cache mounts.
-            let mut sizes: HashMap<Digest, u64> = HashMap::new();
-            let layer_size = |record: &CacheRecord, sizes: &mut HashMap<Digest, u64>| {
-                record.layer.as_ref().map_or(0, |layer| {
-                    if image_blobs.contains(&layer.blob) {
-                        return 0;
-                    }
-                    *sizes.entry(layer.blob).or_insert(layer.size)
-                })
-            };
-            let mut seen = HashSet::new();
-            let mut total: u64 = records
-                .iter()
-                .map(|r| layer_size(&r.record, &mut sizes))
-                .sum::<u64>()
-                + mounts
-                    .iter()
-                    .map(|m| allocated(&m.dir, &mut seen))
-                    .sum::<u64>();
-            enum Item {
-                Record(usize),
-                Mount(usize),
-            }
-            let mut items: Vec<(SystemTime, Item)> = records
-                .iter()
-                .enumerate()
-                .map(|(i, r)| (r.last_used, Item::Record(i)))
-                .chain(
-                    mounts
-                        .iter()
-                        .enumerate()
-                        .map(|(i, m)| (m.last_used, Item::Mount(i))),
-                )
-                .collect();
-            items.sort_by_key(|(last_used, _)| *last_used);
-            let mut removed_records = HashSet::new();
-            for (_, item) in items {
-                if total <= limit {
-                    break;
-                }
-                match item {
-                    Item::Record(i) => {
-                        let record = &records[i];
-                        total = total.saturating_sub(layer_size(&record.record, &mut sizes));
-                        fs::remove_file(&record.path).map_err(|e| Error::io(&record.path, e))?;
-                        removed_records.insert(i);
-                        pruned.records += 1;
-                    }
-                    Item::Mount(i) => {
-                        let size = allocated(&mounts[i].dir, &mut HashSet::new());
-                        if self.remove_mount(&mounts[i])? {
-                            total = total.saturating_sub(size);
-                            pruned.cache_mounts += 1;
-                        }
-                    }
-                }
-            }
-            let mut index = 0;
-            records.retain(|_| {
-                let keep = !removed_records.contains(&index);
-                index += 1;
-                keep
-            });
+            self.trim_to(
+                limit,
+                &image_blobs,
+                &image_diff_ids,
+                &mut records,
+                &mut mounts,
+                &mut pruned,
+            )?;
         }
 
         // Blobs and snapshots: what images and the remaining records need
@@ -430,6 +398,105 @@ impl Store {
         self.clean_tmp()?;
         pruned.freed = before.saturating_sub(self.disk_usage()?.total());
         Ok(pruned)
+    }
+
+    /// Removes the least recently used records and cache mounts until the
+    /// cache takes at most `limit` bytes. A layer costs its blob and its
+    /// snapshot (what an image needs costs nothing), counted once however
+    /// many records share it, and freed when the last of them goes.
+    fn trim_to(
+        &self,
+        limit: u64,
+        image_blobs: &HashSet<Digest>,
+        image_diff_ids: &HashSet<Digest>,
+        records: &mut Vec<RecordFile>,
+        mounts: &mut Vec<MountInstance>,
+        pruned: &mut Pruned,
+    ) -> Result<(), Error> {
+        let snapshots = self.root().join("snapshots");
+        let mut costs: HashMap<Digest, u64> = HashMap::new();
+        let mut users: HashMap<Digest, usize> = HashMap::new();
+        for record in records.iter() {
+            let Some(layer) = &record.record.layer else {
+                continue;
+            };
+            *users.entry(layer.diff_id).or_default() += 1;
+            costs.entry(layer.diff_id).or_insert_with(|| {
+                let blob = if image_blobs.contains(&layer.blob) {
+                    0
+                } else {
+                    fs::metadata(self.blob_path(&layer.blob)).map_or(0, |m| m.blocks() * 512)
+                };
+                let snapshot = if image_diff_ids.contains(&layer.diff_id) {
+                    0
+                } else {
+                    allocated(&snapshots.join(layer.diff_id.hex()), &mut HashSet::new())
+                };
+                blob + snapshot
+            });
+        }
+        let mount_sizes: Vec<u64> = mounts
+            .iter()
+            .map(|m| allocated(&m.dir, &mut HashSet::new()))
+            .collect();
+        let mut total: u64 = costs.values().sum::<u64>() + mount_sizes.iter().sum::<u64>();
+        enum Item {
+            Record(usize),
+            Mount(usize),
+        }
+        let mut items: Vec<(SystemTime, Item)> = records
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.last_used, Item::Record(i)))
+            .chain(
+                mounts
+                    .iter()
+                    .enumerate()
+                    .map(|(i, m)| (m.last_used, Item::Mount(i))),
+            )
+            .collect();
+        items.sort_by_key(|(last_used, _)| *last_used);
+        let mut removed_records = HashSet::new();
+        let mut removed_mounts = HashSet::new();
+        for (_, item) in items {
+            if total <= limit {
+                break;
+            }
+            match item {
+                Item::Record(i) => {
+                    let record = &records[i];
+                    fs::remove_file(&record.path).map_err(|e| Error::io(&record.path, e))?;
+                    removed_records.insert(i);
+                    pruned.records += 1;
+                    if let Some(layer) = &record.record.layer {
+                        let left = users.entry(layer.diff_id).or_default();
+                        *left = left.saturating_sub(1);
+                        if *left == 0 {
+                            total = total
+                                .saturating_sub(costs.get(&layer.diff_id).copied().unwrap_or(0));
+                        }
+                    }
+                }
+                Item::Mount(i) => {
+                    if self.remove_mount(&mounts[i])? {
+                        total = total.saturating_sub(mount_sizes[i]);
+                        removed_mounts.insert(i);
+                        pruned.cache_mounts += 1;
+                    }
+                }
+            }
+        }
+        let mut index = 0;
+        records.retain(|_| {
+            index += 1;
+            !removed_records.contains(&(index - 1))
+        });
+        let mut index = 0;
+        mounts.retain(|_| {
+            index += 1;
+            !removed_mounts.contains(&(index - 1))
+        });
+        Ok(())
     }
 
     /// An image index whose manifests include a kept one (pulls keep the

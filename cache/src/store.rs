@@ -359,6 +359,17 @@ impl Store {
     }
 
     /// Packs the tree at `dir` into a layer blob.
+    /// The diff ID and tar size a directory would pack to, writing nothing:
+    /// a layer whose blob nothing needs yet.
+    pub fn hash_layer(&self, dir: &Path, options: &PackOptions) -> Result<PackedLayer, Error> {
+        let uncompressed = PackOptions {
+            compression: crate::Compression::Uncompressed,
+            source_date_epoch: options.source_date_epoch,
+        };
+        let (_, layer) = pack_dir(dir, &uncompressed, io::sink())?;
+        Ok(layer)
+    }
+
     pub fn pack_layer(&self, dir: &Path, options: &PackOptions) -> Result<PackedLayer, Error> {
         let (writer, layer) = pack_dir(dir, options, self.blob_writer()?)?;
         writer.commit(Some(&layer.digest))?;
