@@ -1,0 +1,105 @@
+#!/bin/sh
+# The cache at work: each case of testdata/bench built cold (empty cache),
+# warm (nothing changed) and with one input file changed, with the release
+# kiln into a store of its own; where buildah or docker (a private daemon,
+# bench/lib/dockerd.sh) is installed, the same builds with them in the same
+# run, and kiln's time over theirs.
+#
+# Cases: compile (gcc stage + busybox stage), copy-5000 (COPY of 5,000
+# files), run-200mb (a RUN writing 200 MB). The base images (busybox,
+# gcc:12) come from this machine's packages (testdata/images/rootfs.sh) and
+# are loaded into each builder before timing starts.
+#
+# Usage: bench/cache.sh   (as root)
+set -eu
+cd "$(dirname "$0")/.."
+cargo build --release -q -p kiln-builder
+kiln=$PWD/target/release/kiln
+work=$(mktemp -d)
+. bench/lib/dockerd.sh
+trap 'stop_dockerd; umount -R "$work/buildah/overlay" 2>/dev/null; rm -rf "$work"' EXIT
+export KILN_ROOT="$work/kiln"
+unset SOURCE_DATE_EPOCH
+
+# Milliseconds a command takes.
+milliseconds() {
+    start=$(date +%s%N)
+    "$@" > "$work/last.log" 2>&1 || { echo "failed: $*" >&2; tail -20 "$work/last.log" >&2; exit 1; }
+    end=$(date +%s%N)
+    echo $(( (end - start) / 1000000 ))
+}
+
+ratio() {
+    python3 -c "print(round($1 / max($2, 1), 2))"
+}
+
+# Base images, for every builder.
+for kind in busybox gcc; do
+    mkdir -p "$work/base-$kind"
+    testdata/images/rootfs.sh "$kind" "$work/base-$kind/rootfs"
+    printf 'FROM scratch\nCOPY rootfs/ /\nCMD ["sh"]\n' > "$work/base-$kind/Dockerfile"
+done
+"$kiln" build -t busybox "$work/base-busybox" > /dev/null 2>&1
+"$kiln" build --compression zstd -t gcc:12 "$work/base-gcc" > /dev/null 2>&1
+
+# Contexts: copies of testdata/bench, so that changing a file changes
+# nothing in the repository.
+cp -r testdata/bench "$work/cases"
+mkdir -p "$work/cases/copy-5000/files"
+i=0
+while [ $i -lt 50 ]; do
+    mkdir "$work/cases/copy-5000/files/dir$i"
+    j=0
+    while [ $j -lt 100 ]; do
+        echo "file $i/$j" > "$work/cases/copy-5000/files/dir$i/file$j.txt"
+        j=$((j + 1))
+    done
+    i=$((i + 1))
+done
+sync
+
+# The one file each case changes.
+change() {
+    case $1 in
+        compile) echo "/* changed $2 */" >> "$work/cases/compile/hello.c" ;;
+        copy-5000) echo "changed $2" > "$work/cases/copy-5000/files/dir17/file42.txt" ;;
+        run-200mb) echo "$2" > "$work/cases/run-200mb/version.txt" ;;
+    esac
+}
+
+buildah_cmd=
+if command -v buildah > /dev/null; then
+    runc=$(command -v runc || echo /usr/sbin/runc)
+    buildah_cmd="buildah --root $work/buildah --runroot $work/buildah-run --storage-driver overlay"
+    $buildah_cmd bud -t docker.io/library/busybox:latest "$work/base-busybox" > /dev/null 2>&1
+    $buildah_cmd bud -t docker.io/library/gcc:12 "$work/base-gcc" > /dev/null 2>&1
+fi
+start_dockerd
+if [ -n "$docker" ]; then
+    DOCKER_BUILDKIT=1 $docker build -t busybox:latest "$work/base-busybox" > /dev/null 2>&1
+    DOCKER_BUILDKIT=1 $docker build -t gcc:12 "$work/base-gcc" > /dev/null 2>&1
+fi
+
+printf '%-10s %-6s %9s' case build kiln
+[ -n "$buildah_cmd" ] && printf ' %9s %9s' buildah kiln/bud
+[ -n "$docker" ] && printf ' %9s %9s' docker kiln/dkr
+printf '\n'
+for case in compile copy-5000 run-200mb; do
+    context="$work/cases/$case"
+    round=0
+    for build in cold warm changed; do
+        round=$((round + 1))
+        [ "$build" = changed ] && change "$case" "$round"
+        k=$(milliseconds "$kiln" build -t "bench-$case" "$context")
+        printf '%-10s %-6s %7sms' "$case" "$build" "$k"
+        if [ -n "$buildah_cmd" ]; then
+            b=$(milliseconds $buildah_cmd bud --layers --pull-never --isolation oci --runtime "$runc" -t "bench-$case" "$context")
+            printf ' %7sms %9s' "$b" "$(ratio "$k" "$b")"
+        fi
+        if [ -n "$docker" ]; then
+            d=$(DOCKER_BUILDKIT=1 milliseconds $docker build --network none -t "bench-$case" "$context")
+            printf ' %7sms %9s' "$d" "$(ratio "$k" "$d")"
+        fi
+        printf '\n'
+    done
+done
