@@ -32,6 +32,11 @@ pub struct Settings {
     pub no_cache: bool,
     /// `--no-cache-filter`: the stages (lower case) to run without the cache.
     pub no_cache_stages: Vec<String>,
+    /// `--explain`: say why each step that ran missed the cache.
+    pub explain: bool,
+    /// What makes steps the same across builds for `--explain`: the
+    /// Dockerfile's path.
+    pub explain_scope: String,
 }
 
 /// How a step went, for `--metadata-file`.
@@ -43,6 +48,9 @@ pub struct StepReport {
     pub line: usize,
     pub key: String,
     pub cached: bool,
+    /// `--explain`: why the step missed the cache.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub explain: Vec<String>,
     /// Milliseconds from the start of the build to the step's start and end.
     pub started_ms: u64,
     pub ended_ms: u64,
@@ -109,6 +117,12 @@ pub struct Executor<'a> {
     pub started: Instant,
     /// Blobs written for layers that had none, by diff ID.
     pub written: Mutex<HashMap<Digest, Layer>>,
+}
+
+/// Where a step is, for `--explain`: its stage's name and place in it.
+pub struct StepPlace<'a> {
+    pub stage: &'a str,
+    pub step: usize,
 }
 
 /// A layer step's result, for `--cache-to`.
@@ -254,6 +268,10 @@ impl Executor<'_> {
                 "[{} {number}/{total}] {}",
                 stage.name, step.instruction
             ));
+            let place = StepPlace {
+                stage: &stage.name,
+                step: step_index,
+            };
             let outcome = self
                 .step_layer(
                     &key,
@@ -262,10 +280,11 @@ impl Executor<'_> {
                     outputs,
                     graph,
                     use_cache,
+                    &place,
                     &progress,
                 )
                 .with_context(|| format!("{location}: {}", step.instruction));
-            let (step_key, layer, was_cached) = match outcome {
+            let (step_key, layer, was_cached, explanation) = match outcome {
                 Ok(outcome) => outcome,
                 Err(error) => {
                     let interrupted = error.chain().any(|cause| {
@@ -306,6 +325,7 @@ impl Executor<'_> {
                 line: step.location.line,
                 key: step_key.to_string(),
                 cached: was_cached,
+                explain: explanation,
                 started_ms,
                 ended_ms: self.started.elapsed().as_millis() as u64,
                 duration_ms: elapsed.as_millis() as u64,
@@ -332,13 +352,29 @@ impl Executor<'_> {
         outputs: &Outputs,
         graph: &BuildGraph,
         use_cache: bool,
+        place: &StepPlace<'_>,
         progress: &crate::progress::Step<'_>,
-    ) -> anyhow::Result<(Digest, Option<Layer>, bool)> {
-        let step_key = self.step_key(parent, action, outputs, graph)?;
+    ) -> anyhow::Result<(Digest, Option<Layer>, bool, Vec<String>)> {
+        let (step_key, parts) = self.step_key(parent, action, outputs, graph)?;
+        let before = self.remember_parts(place, &parts);
         if use_cache {
             if let Some(layer) = self.cached_layer(&step_key)? {
-                return Ok((step_key, layer, true));
+                return Ok((step_key, layer, true, Vec::new()));
             }
+        }
+        let explanation = if !self.settings.explain {
+            Vec::new()
+        } else if !use_cache {
+            vec!["the cache is off for it (--no-cache or --no-cache-filter)".to_string()]
+        } else {
+            match before {
+                Some(before) if before != parts => crate::keys::explain(&before, &parts),
+                Some(_) => vec!["its result is no longer in the store (pruned?)".to_string()],
+                None => vec!["no earlier build of this step is known".to_string()],
+            }
+        };
+        for line in &explanation {
+            progress.log(&format!("cache miss: {line}"));
         }
         let layer = self.execute(action, layers, outputs, graph, progress)?;
         self.store.put_cache_record(
@@ -347,7 +383,34 @@ impl Executor<'_> {
                 layer: layer.as_ref().map(Layer::record),
             },
         )?;
-        Ok((step_key, layer, false))
+        Ok((step_key, layer, false, explanation))
+    }
+
+    /// Keeps what went into the key of the step at `place` for the next
+    /// build's `--explain`, and returns what the last build kept.
+    fn remember_parts(
+        &self,
+        place: &StepPlace<'_>,
+        parts: &[(String, String)],
+    ) -> Option<Vec<(String, String)>> {
+        let mut id = KeyHasher::new("explain", None);
+        id.field("scope", &self.settings.explain_scope);
+        id.field("stage", place.stage.to_lowercase());
+        id.field("step", place.step.to_string());
+        let dir = self.store.root().join("explain");
+        let path = dir.join(id.finish().hex());
+        let before: Option<Vec<(String, String)>> = std::fs::read(&path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+        if before.as_deref() != Some(parts) {
+            // A cache: a failure to write it costs only an explanation.
+            let _ = std::fs::create_dir_all(&dir).and_then(|()| {
+                let partial = dir.join(format!(".{}.partial", std::process::id()));
+                std::fs::write(&partial, serde_json::to_vec(parts).unwrap_or_default())?;
+                std::fs::rename(&partial, &path)
+            });
+        }
+        before
     }
 
     /// Locks shared build state (a panic elsewhere leaves it usable).

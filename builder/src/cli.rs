@@ -213,6 +213,11 @@ pub struct BuildArgs {
     /// Stages built at once at most (default: the number of cores).
     #[arg(long, value_name = "N")]
     pub jobs: Option<usize>,
+    /// Say, for each step that missed the cache, which part of its key
+    /// changed since it was last built (a file, a build argument, the
+    /// command, the step before it); also in --metadata-file.
+    #[arg(long)]
+    pub explain: bool,
     /// Run every step, reusing nothing from earlier builds.
     #[arg(long = "no-cache")]
     pub no_cache: bool,

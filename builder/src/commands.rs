@@ -186,6 +186,8 @@ fn build_image(
                 .map(|name| name.trim().to_lowercase())
                 .filter(|name| !name.is_empty())
                 .collect(),
+            explain: args.explain,
+            explain_scope: explain_scope(&args.dockerfile),
         },
         now,
         stat_cache: &stat_cache,
@@ -347,6 +349,24 @@ fn build_image(
         println!("{digest}");
     }
     Ok(())
+}
+
+/// What identifies a Dockerfile across builds, for `--explain`: its path
+/// (the context's for one read from standard input).
+fn explain_scope(dockerfile: &crate::cli::DockerfileArgs) -> String {
+    let canonical = |path: &Path| {
+        std::fs::canonicalize(path)
+            .unwrap_or_else(|_| path.to_path_buf())
+            .display()
+            .to_string()
+    };
+    match &dockerfile.file {
+        Some(file) if file.as_os_str() == "-" => {
+            format!("stdin in {}", canonical(&dockerfile.context))
+        }
+        Some(file) => canonical(file),
+        None => canonical(&dockerfile.context.join("Dockerfile")),
+    }
 }
 
 /// `--metadata-file`: what BuildKit writes there for the image built (when

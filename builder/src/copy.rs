@@ -381,6 +381,7 @@ pub fn sources_digest(
     step: &CopyStep,
     source: &SourceTree<'_>,
     stat_cache: &StatCache,
+    files: &mut Vec<(String, String)>,
 ) -> anyhow::Result<Digest> {
     let exclude = if step.exclude.is_empty() {
         None
@@ -402,6 +403,7 @@ pub fn sources_digest(
                 &found.entry.path,
                 exclude.as_ref(),
                 stat_cache,
+                files,
             )?;
         }
     }
@@ -414,14 +416,25 @@ pub fn tree_digest(
     source: &SourceTree<'_>,
     path: &str,
     stat_cache: &StatCache,
+    files: &mut Vec<(String, String)>,
 ) -> anyhow::Result<Digest> {
     let mut hasher = KeyHasher::new("tree", None);
     if let Some(entry) = source.view.resolve(path, true)? {
-        hash_entry(&mut hasher, source, &entry, &entry.path, None, stat_cache)?;
+        hash_entry(
+            &mut hasher,
+            source,
+            &entry,
+            &entry.path,
+            None,
+            stat_cache,
+            files,
+        )?;
     }
     Ok(hasher.finish())
 }
 
+/// Hashes an entry and what is below it; `files` gets, for each, its path
+/// in the source and what was hashed of it (for `--explain`).
 fn hash_entry(
     hasher: &mut KeyHasher,
     source: &SourceTree<'_>,
@@ -429,24 +442,32 @@ fn hash_entry(
     root: &str,
     exclude: Option<&DockerIgnore>,
     stat_cache: &StatCache,
+    files: &mut Vec<(String, String)>,
 ) -> anyhow::Result<()> {
     let metadata = &entry.metadata;
     let relative = entry.path[root.len()..].trim_start_matches('/');
     hasher.field("path", relative);
-    hasher.field("mode", format!("{:o}", metadata.mode()));
+    let mode = format!("{:o}", metadata.mode());
+    hasher.field("mode", &mode);
     let file_type = metadata.file_type();
+    let mut description = format!("mode {mode}");
     if file_type.is_symlink() {
         let target = fs::read_link(&entry.host)
             .with_context(|| format!("reading the link {}", entry.path))?;
         hasher.field("link", target.as_os_str().as_encoded_bytes());
+        description.push_str(&format!(" link {}", target.display()));
     } else if file_type.is_file() {
         let digest = stat_cache
             .digest(&entry.host, metadata)
             .with_context(|| format!("reading {}", entry.path))?;
         hasher.field("content", digest.to_string());
+        description.push_str(&format!(" content {digest}"));
     } else if file_type.is_block_device() || file_type.is_char_device() {
         hasher.field("device", metadata.rdev().to_string());
-    } else if file_type.is_dir() {
+        description.push_str(&format!(" device {}", metadata.rdev()));
+    }
+    files.push((entry.path.trim_start_matches('/').to_string(), description));
+    if file_type.is_dir() {
         for child in source
             .view
             .read_dir(&entry.path)
@@ -455,7 +476,7 @@ fn hash_entry(
             match choose(source, root, exclude, &child)? {
                 Choice::Skip => {}
                 Choice::Take | Choice::OnlyBelow => {
-                    hash_entry(hasher, source, &child, root, exclude, stat_cache)?
+                    hash_entry(hasher, source, &child, root, exclude, stat_cache, files)?
                 }
             }
         }

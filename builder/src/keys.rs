@@ -56,23 +56,25 @@ impl Executor<'_> {
         })
     }
 
-    /// The key of a step that makes a layer, on top of `parent`.
+    /// The key of a step that makes a layer, on top of `parent`, with what
+    /// went into it (the key's fields, and `file PATH` for each file read),
+    /// for `--explain`.
     pub(crate) fn step_key(
         &self,
         parent: &Digest,
         action: &Action,
         outputs: &Outputs,
         graph: &BuildGraph,
-    ) -> anyhow::Result<Digest> {
+    ) -> anyhow::Result<(Digest, Vec<(String, String)>)> {
         match action {
             Action::Copy(step) => self.copy_key(parent, step, outputs, graph),
             Action::Run(run) => self.run_key(parent, run, outputs, graph),
             Action::Mkdir(mkdir) => {
-                let mut key = KeyHasher::new("mkdir", Some(parent));
+                let mut key = KeyHasher::explained("mkdir", Some(parent));
                 key.field("definition", json(mkdir)?);
-                Ok(key.finish())
+                Ok(key.finish_with_parts())
             }
-            Action::Metadata => Ok(*parent),
+            Action::Metadata => Ok((*parent, Vec::new())),
         }
     }
 
@@ -82,15 +84,16 @@ impl Executor<'_> {
         step: &CopyStep,
         outputs: &Outputs,
         graph: &BuildGraph,
-    ) -> anyhow::Result<Digest> {
-        let mut key = KeyHasher::new("copy", Some(parent));
+    ) -> anyhow::Result<(Digest, Vec<(String, String)>)> {
+        let mut key = KeyHasher::explained("copy", Some(parent));
         key.field("definition", json(step)?);
         key.field("from", self.source_identity(&step.from, outputs)?);
+        let mut files = Vec::new();
         if step.from == Source::Context {
             let source = self.source_tree(&step.from, outputs, graph)?;
             key.field(
                 "sources",
-                copy::sources_digest(step, &source, self.stat_cache)?.to_string(),
+                copy::sources_digest(step, &source, self.stat_cache, &mut files)?.to_string(),
             );
         }
         for source in &step.sources {
@@ -101,7 +104,7 @@ impl Executor<'_> {
                 key.field("download", format!("{url} {digest}"));
             }
         }
-        Ok(key.finish())
+        Ok(with_files(key, files))
     }
 
     fn run_key(
@@ -110,14 +113,15 @@ impl Executor<'_> {
         run: &RunStep,
         outputs: &Outputs,
         graph: &BuildGraph,
-    ) -> anyhow::Result<Digest> {
-        let mut key = KeyHasher::new("run", Some(parent));
+    ) -> anyhow::Result<(Digest, Vec<(String, String)>)> {
+        let mut key = KeyHasher::explained("run", Some(parent));
         // Proxy settings reach the step but not its key, as in BuildKit.
         let definition = RunStep {
             proxy_env: Vec::new(),
             ..run.clone()
         };
         key.field("definition", json(&definition)?);
+        let mut files = Vec::new();
         for mount in &run.mounts {
             match mount {
                 Mount::Bind { from, source, .. } => {
@@ -126,7 +130,8 @@ impl Executor<'_> {
                         let tree = self.source_tree(from, outputs, graph)?;
                         key.field(
                             "bind-content",
-                            copy::tree_digest(&tree, source, self.stat_cache)?.to_string(),
+                            copy::tree_digest(&tree, source, self.stat_cache, &mut files)?
+                                .to_string(),
                         );
                     }
                 }
@@ -141,6 +146,186 @@ impl Executor<'_> {
                 | Mount::Ssh { .. } => {}
             }
         }
-        Ok(key.finish())
+        Ok(with_files(key, files))
+    }
+}
+
+fn with_files(key: KeyHasher, files: Vec<(String, String)>) -> (Digest, Vec<(String, String)>) {
+    let (digest, mut parts) = key.finish_with_parts();
+    parts.extend(
+        files
+            .into_iter()
+            .map(|(path, description)| (format!("file {path}"), description)),
+    );
+    (digest, parts)
+}
+
+/// Why a step's key is not what it was the last time this step was built:
+/// a line for each part that changed, from `before` to `now` (each a
+/// step's key parts).
+pub fn explain(before: &[(String, String)], now: &[(String, String)]) -> Vec<String> {
+    let mut lines = Vec::new();
+    let get = |parts: &[(String, String)], name: &str| {
+        parts
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+    };
+    if get(before, "parent") != get(now, "parent") {
+        lines.push("what it builds on changed (the step before it, or the base image)".to_string());
+    }
+    if let (Some(old), Some(new)) = (get(before, "definition"), get(now, "definition")) {
+        if old != new {
+            lines.extend(definition_changes(&old, &new));
+        }
+    }
+    let files = |parts: &[(String, String)]| -> std::collections::BTreeMap<String, String> {
+        parts
+            .iter()
+            .filter_map(|(name, value)| {
+                Some((name.strip_prefix("file ")?.to_string(), value.clone()))
+            })
+            .collect()
+    };
+    let (old_files, new_files) = (files(before), files(now));
+    let mut file_lines = Vec::new();
+    for (path, value) in &new_files {
+        match old_files.get(path) {
+            None => file_lines.push(format!("file {path} was added")),
+            Some(old) if old != value => file_lines.push(format!("file {path} changed")),
+            Some(_) => {}
+        }
+    }
+    for path in old_files
+        .keys()
+        .filter(|path| !new_files.contains_key(*path))
+    {
+        file_lines.push(format!("file {path} was removed"));
+    }
+    const SHOWN_FILES: usize = 10;
+    if file_lines.len() > SHOWN_FILES {
+        let more = file_lines.len() - SHOWN_FILES;
+        file_lines.truncate(SHOWN_FILES);
+        file_lines.push(format!("... and {more} more file(s)"));
+    }
+    lines.extend(file_lines);
+    for (name, value) in now {
+        let plain = !matches!(
+            name.as_str(),
+            "parent" | "definition" | "sources" | "bind-content"
+        ) && !name.starts_with("file ");
+        if plain && get(before, name).as_ref() != Some(value) {
+            lines.push(format!("{name} changed"));
+        }
+    }
+    if lines.is_empty() {
+        lines.push("its key changed, but no part of it did (a newer kiln?)".to_string());
+    }
+    lines
+}
+
+/// What changed between two step definitions (JSON), field by field;
+/// variables by name only (their values may be private).
+fn definition_changes(old: &str, new: &str) -> Vec<String> {
+    let (Ok(old), Ok(new)) = (
+        serde_json::from_str::<serde_json::Value>(old),
+        serde_json::from_str::<serde_json::Value>(new),
+    ) else {
+        return vec!["the instruction changed".to_string()];
+    };
+    let (Some(old), Some(new)) = (old.as_object(), new.as_object()) else {
+        return vec!["the instruction changed".to_string()];
+    };
+    let mut lines = Vec::new();
+    let mut names: Vec<&String> = old.keys().chain(new.keys()).collect();
+    names.sort();
+    names.dedup();
+    for name in names {
+        let (before, after) = (old.get(name), new.get(name));
+        if before == after {
+            continue;
+        }
+        if name == "env" {
+            let variables =
+                |value: Option<&serde_json::Value>| -> std::collections::BTreeMap<String, String> {
+                    value
+                        .and_then(|v| v.as_array())
+                        .map(|entries| {
+                            entries
+                                .iter()
+                                .filter_map(|e| {
+                                    e.as_str()?
+                                        .split_once('=')
+                                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default()
+                };
+            let (before, after) = (variables(before), variables(after));
+            for key in before
+                .keys()
+                .chain(after.keys())
+                .collect::<std::collections::BTreeSet<_>>()
+            {
+                if before.get(key) != after.get(key) {
+                    lines.push(format!("the build argument or variable {key} changed"));
+                }
+            }
+        } else if name == "args" {
+            lines.push("the command changed".to_string());
+        } else {
+            lines.push(format!("its {name} changed"));
+        }
+    }
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(items: &[(&str, &str)]) -> Vec<(String, String)> {
+        items
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn explanations_name_what_changed() {
+        let before = parts(&[
+            ("parent", "sha256:a"),
+            (
+                "definition",
+                r#"{"args":["make"],"env":["A=1","B=2"],"user":""}"#,
+            ),
+            ("file src/a.c", "mode 644 content x"),
+            ("file src/b.c", "mode 644 content y"),
+        ]);
+        let now = parts(&[
+            ("parent", "sha256:a"),
+            (
+                "definition",
+                r#"{"args":["make"],"env":["A=1","B=3"],"user":"app"}"#,
+            ),
+            ("file src/a.c", "mode 644 content z"),
+            ("file src/c.c", "mode 644 content y"),
+        ]);
+        assert_eq!(
+            explain(&before, &now),
+            [
+                "the build argument or variable B changed",
+                "its user changed",
+                "file src/a.c changed",
+                "file src/c.c was added",
+                "file src/b.c was removed",
+            ]
+        );
+        let moved = parts(&[("parent", "sha256:b")]);
+        assert_eq!(
+            explain(&parts(&[("parent", "sha256:a")]), &moved),
+            ["what it builds on changed (the step before it, or the base image)"]
+        );
     }
 }

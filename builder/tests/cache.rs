@@ -590,7 +590,10 @@ fn layers_nothing_exports_are_never_compressed() {
         .into_iter()
         .filter(|blob| fs::metadata(blob).map(|m| m.len()).unwrap_or(0) >= 2_000_000)
         .count();
-    assert_eq!(big_blobs, 0, "the intermediate stage's layer was written as a blob");
+    assert_eq!(
+        big_blobs, 0,
+        "the intermediate stage's layer was written as a blob"
+    );
     // Still a hit: its snapshot is the cache.
     assert!(ran(&build(&kiln, context.path(), &["-t", "app"])).is_empty());
     // Exported, it gets a blob.
@@ -599,7 +602,65 @@ fn layers_nothing_exports_are_never_compressed() {
     build(
         &kiln,
         context.path(),
-        &["--target", "big", "-o", &format!("type=oci,dest={}", archive.display())],
+        &[
+            "--target",
+            "big",
+            "-o",
+            &format!("type=oci,dest={}", archive.display()),
+        ],
     );
     assert!(fs::metadata(&archive).expect("archive").len() >= 2_000_000);
+}
+
+#[test]
+fn explain_says_which_part_of_a_key_changed() {
+    let kiln = kiln();
+    let context = Context::new();
+    context.write("src/main.c", "int main() { return 0; }");
+    context.write("src/util.c", "int util;");
+    context.write(
+        "Dockerfile",
+        "FROM busybox\nARG VERSION=1\nCOPY src /src\nRUN ls /src > /listing\n",
+    );
+    let explained = |extra: &[&str]| -> Vec<Vec<String>> {
+        let metadata = tempfile::NamedTempFile::new().expect("metadata file");
+        let path = metadata.path().to_str().expect("utf-8").to_string();
+        let mut args = vec!["--explain", "--metadata-file", path.as_str()];
+        args.extend_from_slice(extra);
+        kiln.build(context.path(), &args);
+        let metadata: serde_json::Value =
+            serde_json::from_slice(&fs::read(metadata.path()).expect("metadata")).expect("JSON");
+        metadata["kiln.steps"]
+            .as_array()
+            .expect("steps")
+            .iter()
+            .map(|step| {
+                step["explain"]
+                    .as_array()
+                    .map(|lines| {
+                        lines
+                            .iter()
+                            .map(|l| l.as_str().expect("text").to_string())
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            })
+            .collect()
+    };
+    let first = explained(&[]);
+    assert_eq!(first[0], ["no earlier build of this step is known"]);
+    fs::write(context.path().join("src/util.c"), "int util = 1;").expect("write");
+    fs::write(context.path().join("src/new.c"), "").expect("write");
+    let second = explained(&[]);
+    assert_eq!(
+        second[0],
+        ["file src/new.c was added", "file src/util.c changed"]
+    );
+    assert_eq!(
+        second[1],
+        ["what it builds on changed (the step before it, or the base image)"]
+    );
+    let third = explained(&["--build-arg", "VERSION=2"]);
+    assert!(third[0].is_empty(), "the copy was a hit: {third:?}");
+    assert_eq!(third[1], ["the build argument or variable VERSION changed"]);
 }

@@ -22,17 +22,33 @@ use crate::store::{write_atomic, Store};
 /// records are never taken for this one's.
 const KEY_VERSION: &str = "kiln-cache-key-v1";
 
-/// Builds a key from named fields.
+/// Field values up to this size are kept as they are for explanations;
+/// longer ones by their digest.
+const SHOWN_MAX: usize = 4096;
+
+/// Builds a key from named fields, and (when asked) keeps them so that a
+/// key that changed can be explained field by field.
 pub struct KeyHasher {
     hasher: Sha256,
+    parts: Option<Vec<(String, String)>>,
 }
 
 impl KeyHasher {
     /// A key of a step of `kind` on top of `parent` (none for a chain's
     /// start).
     pub fn new(kind: &str, parent: Option<&Digest>) -> Self {
+        Self::start(kind, parent, None)
+    }
+
+    /// The same, keeping each field for [`KeyHasher::finish_with_parts`].
+    pub fn explained(kind: &str, parent: Option<&Digest>) -> Self {
+        Self::start(kind, parent, Some(Vec::new()))
+    }
+
+    fn start(kind: &str, parent: Option<&Digest>, parts: Option<Vec<(String, String)>>) -> Self {
         let mut key = KeyHasher {
             hasher: Sha256::new(),
+            parts,
         };
         key.field("version", KEY_VERSION);
         key.field("kind", kind);
@@ -48,11 +64,24 @@ impl KeyHasher {
         self.hasher.update(name.as_bytes());
         self.hasher.update((value.len() as u64).to_le_bytes());
         self.hasher.update(value);
+        if let Some(parts) = &mut self.parts {
+            let shown = match std::str::from_utf8(value) {
+                Ok(text) if text.len() <= SHOWN_MAX => text.to_string(),
+                _ => Digest::of(value).to_string(),
+            };
+            parts.push((name.to_string(), shown));
+        }
     }
 
     pub fn finish(self) -> Digest {
         let bytes: [u8; 32] = self.hasher.finalize().into();
         Digest::from_bytes(bytes)
+    }
+
+    /// The key and its fields (none unless made with `explained`).
+    pub fn finish_with_parts(mut self) -> (Digest, Vec<(String, String)>) {
+        let parts = self.parts.take().unwrap_or_default();
+        (self.finish(), parts)
     }
 }
 
