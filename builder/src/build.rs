@@ -700,7 +700,29 @@ pub fn write_blob(store: &Store, layer: &Layer, options: &PackOptions) -> anyhow
 }
 
 /// The merged file system of `layers`, unpacking those not unpacked yet.
+/// Layers are independent of each other: those not unpacked yet are
+/// unpacked at once, a thread each (decompression is single-threaded), as
+/// many at a time as there are cores.
 pub fn layer_view(store: &Store, layers: &[Layer]) -> anyhow::Result<LayerView> {
+    let at_once = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let missing: Vec<&Layer> = layers
+        .iter()
+        .filter(|layer| !store.has_snapshot(&layer.diff_id))
+        .collect();
+    for batch in missing.chunks(at_once) {
+        std::thread::scope(|scope| {
+            let threads: Vec<_> = batch
+                .iter()
+                .map(|layer| scope.spawn(move || snapshot(store, layer)))
+                .collect();
+            for thread in threads {
+                thread
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("unpacking a layer failed unexpectedly"))??;
+            }
+            anyhow::Ok(())
+        })?;
+    }
     let paths = layers
         .iter()
         .map(|layer| snapshot(store, layer))
