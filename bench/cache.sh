@@ -5,33 +5,20 @@
 # bench/lib/dockerd.sh) is installed, the same builds with them in the same
 # run, and kiln's time over theirs.
 #
-# Cases: compile (gcc stage + busybox stage), copy-5000 (COPY of 5,000
-# files), run-200mb (a RUN writing 200 MB). The base images (busybox,
+# Cases: compile (testdata/examples/gcc: a gcc stage and a busybox stage),
+# copy-5000 (COPY of 5,000 files), run-200mb (a RUN writing 200 MB). The base images (busybox,
 # gcc:12) come from this machine's packages (testdata/images/rootfs.sh) and
 # are loaded into each builder before timing starts.
 #
 # Usage: bench/cache.sh   (as root)
 set -eu
-cd "$(dirname "$0")/.."
-cargo build --release -q -p kiln-builder
-kiln=$PWD/target/release/kiln
-work=$(mktemp -d)
+. "$(dirname "$0")/lib/common.sh"
 . bench/lib/dockerd.sh
 trap 'stop_dockerd; umount -R "$work/buildah/overlay" 2>/dev/null; rm -rf "$work"' EXIT
 export KILN_ROOT="$work/kiln"
 unset SOURCE_DATE_EPOCH
 
-# Milliseconds a command takes.
-milliseconds() {
-    start=$(date +%s%N)
-    "$@" > "$work/last.log" 2>&1 || { echo "failed: $*" >&2; tail -20 "$work/last.log" >&2; exit 1; }
-    end=$(date +%s%N)
-    echo $(( (end - start) / 1000000 ))
-}
 
-ratio() {
-    python3 -c "print(round($1 / max($2, 1), 2))"
-}
 
 # Base images, for every builder.
 for kind in busybox gcc; do
@@ -45,6 +32,7 @@ done
 # Contexts: copies of testdata/bench, so that changing a file changes
 # nothing in the repository.
 cp -r testdata/bench "$work/cases"
+cp -r testdata/examples/gcc "$work/cases/compile"
 mkdir -p "$work/cases/copy-5000/files"
 i=0
 while [ $i -lt 50 ]; do

@@ -8,10 +8,7 @@
 #
 # Usage: bench/copy-5000.sh   (as root)
 set -eu
-cd "$(dirname "$0")/.."
-cargo build --release -q -p kiln-builder
-kiln=$PWD/target/release/kiln
-work=$(mktemp -d)
+. "$(dirname "$0")/lib/common.sh"
 . bench/lib/dockerd.sh
 trap 'stop_dockerd; umount -R "$work/buildah/overlay" 2>/dev/null; rm -rf "$work"' EXIT
 
@@ -31,13 +28,6 @@ printf 'FROM scratch\nCOPY files/ /files/\n' > "$work/context/Dockerfile"
 # that no run pays for writing it out.
 sync
 
-# Milliseconds a command takes.
-milliseconds() {
-    start=$(date +%s%N)
-    "$@" > /dev/null 2>&1 || { echo "failed: $*" >&2; exit 1; }
-    end=$(date +%s%N)
-    echo $(( (end - start) / 1000000 ))
-}
 
 cold=$(KILN_ROOT="$work/store" milliseconds "$kiln" build -t bench "$work/context")
 warm=$(KILN_ROOT="$work/store" milliseconds "$kiln" build -t bench "$work/context")
@@ -46,16 +36,16 @@ echo "kiln    COPY of 5,000 files: cold ${cold} ms, warm ${warm} ms"
 # What creating the same files costs on this file system, whoever does it.
 sync
 copied=$(milliseconds cp -a "$work/context/files" "$work/cp-copy")
-echo "cp -a   of the same files:   ${copied} ms; kiln/cp = $(python3 -c "print(round($cold / $copied, 2))")"
+echo "cp -a   of the same files:   ${copied} ms; kiln/cp = $(ratio "$cold" "$copied")"
 
 if command -v buildah > /dev/null; then
     # Its own fresh storage, with the overlay driver, as kiln gets a fresh store.
     other=$(milliseconds buildah --root "$work/buildah" --runroot "$work/buildah-run" \
         --storage-driver overlay bud --isolation chroot -t bench "$work/context")
-    echo "buildah COPY of 5,000 files: ${other} ms; kiln/buildah = $(python3 -c "print(round($cold / $other, 2))")"
+    echo "buildah COPY of 5,000 files: ${other} ms; kiln/buildah = $(ratio "$cold" "$other")"
 fi
 start_dockerd
 if [ -n "$docker" ]; then
     other=$(DOCKER_BUILDKIT=1 milliseconds $docker build -t bench "$work/context")
-    echo "docker  COPY of 5,000 files: ${other} ms; kiln/docker = $(python3 -c "print(round($cold / $other, 2))")"
+    echo "docker  COPY of 5,000 files: ${other} ms; kiln/docker = $(ratio "$cold" "$other")"
 fi

@@ -6,10 +6,7 @@
 #
 # Usage: bench/push-pull.sh   (as root; needs docker-registry and skopeo)
 set -eu
-cd "$(dirname "$0")/.."
-cargo build --release -q -p kiln-builder
-kiln=$PWD/target/release/kiln
-work=$(mktemp -d)
+. "$(dirname "$0")/lib/common.sh"
 pids=""
 cleanup() {
     for pid in $pids; do kill "$pid" 2> /dev/null || true; done
@@ -48,13 +45,6 @@ EOF
     echo "127.0.0.1:$port"
 }
 
-milliseconds() {
-    start=$(date +%s%N)
-    "$@" > /dev/null 2>&1 || { echo "failed: $*" >&2; exit 1; }
-    end=$(date +%s%N)
-    echo $(( (end - start) / 1000000 ))
-}
-
 rate() {
     python3 -c "print(f'{$1 / 1e6 / ($2 / 1000):.1f}')"
 }
@@ -80,5 +70,5 @@ if command -v skopeo > /dev/null; then
     skopeo_pull=$(milliseconds skopeo copy --src-tls-verify=false \
         "docker://$other/bench/big:1" "oci:$work/skopeo-pulled:big")
     echo "skopeo push $(rate "$size" "$skopeo_push") MB/s (${skopeo_push} ms), pull $(rate "$size" "$skopeo_pull") MB/s (${skopeo_pull} ms)"
-    echo "kiln/skopeo time: push $(python3 -c "print(round($push / $skopeo_push, 2))"), pull $(python3 -c "print(round($pull / $skopeo_pull, 2))")"
+    echo "kiln/skopeo time: push $(ratio "$push" "$skopeo_push"), pull $(ratio "$pull" "$skopeo_pull")"
 fi

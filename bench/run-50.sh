@@ -8,10 +8,7 @@
 #
 # Usage: bench/run-50.sh   (as root)
 set -eu
-cd "$(dirname "$0")/.."
-cargo build --release -q -p kiln-builder
-kiln=$PWD/target/release/kiln
-work=$(mktemp -d)
+. "$(dirname "$0")/lib/common.sh"
 . bench/lib/dockerd.sh
 # buildah leaves its storage mounted.
 trap 'stop_dockerd; umount -R "$work/buildah/overlay" 2>/dev/null; rm -rf "$work"' EXIT
@@ -29,13 +26,6 @@ printf 'FROM localhost/busybox\nRUN true 0\n' > "$work/one/Dockerfile"
     done
 } > "$work/fifty/Dockerfile"
 
-# Milliseconds a command takes.
-milliseconds() {
-    start=$(date +%s%N)
-    "$@" > /dev/null 2>&1 || { echo "failed: $*" >&2; exit 1; }
-    end=$(date +%s%N)
-    echo $(( (end - start) / 1000000 ))
-}
 
 # Prints "TOTAL PER_STEP" for a builder command (the context comes last).
 measure() {
@@ -48,7 +38,7 @@ measure() {
 export KILN_ROOT="$work/store"
 "$kiln" build -t localhost/busybox "$work/base" > /dev/null 2>&1
 read -r kiln_total kiln_step <<RESULT
-$(measure "$kiln" build -t bench)
+$(measure "$kiln" build --no-cache -t bench)
 RESULT
 echo "kiln    50 x RUN true: ${kiln_total} ms, ${kiln_step} ms per step"
 
@@ -60,7 +50,7 @@ if command -v buildah > /dev/null; then
     read -r other_total other_step <<RESULT
 $(measure $buildah bud --layers --no-cache --isolation oci --runtime "$runc" -t bench)
 RESULT
-    echo "buildah 50 x RUN true: ${other_total} ms, ${other_step} ms per step; kiln/buildah = $(python3 -c "print(round($kiln_step / $other_step, 2))") per step"
+    echo "buildah 50 x RUN true: ${other_total} ms, ${other_step} ms per step; kiln/buildah = $(ratio "$kiln_step" "$other_step") per step"
 fi
 start_dockerd
 if [ -n "$docker" ]; then
@@ -69,5 +59,5 @@ if [ -n "$docker" ]; then
     read -r other_total other_step <<RESULT
 $(DOCKER_BUILDKIT=1 measure $docker build --network none --no-cache -t bench)
 RESULT
-    echo "docker  50 x RUN true: ${other_total} ms, ${other_step} ms per step; kiln/docker = $(python3 -c "print(round($kiln_step / $other_step, 2))") per step"
+    echo "docker  50 x RUN true: ${other_total} ms, ${other_step} ms per step; kiln/docker = $(ratio "$kiln_step" "$other_step") per step"
 fi

@@ -19,16 +19,7 @@ fn kiln() -> Kiln {
 /// Builds and returns, for each step, its instruction and whether it came
 /// from the cache.
 fn build(kiln: &Kiln, context: &Path, extra: &[&str]) -> Vec<(String, bool)> {
-    let metadata = tempfile::NamedTempFile::new().expect("metadata file");
-    let path = metadata.path().to_str().expect("utf-8").to_string();
-    let mut args = vec!["--metadata-file", path.as_str()];
-    args.extend_from_slice(extra);
-    kiln.build(context, &args);
-    let metadata: serde_json::Value =
-        serde_json::from_slice(&fs::read(metadata.path()).expect("metadata")).expect("JSON");
-    metadata["kiln.steps"]
-        .as_array()
-        .expect("kiln.steps")
+    kiln.build_steps(context, extra)
         .iter()
         .map(|step| {
             (
@@ -623,16 +614,9 @@ fn explain_says_which_part_of_a_key_changed() {
         "FROM busybox\nARG VERSION=1\nCOPY src /src\nRUN ls /src > /listing\n",
     );
     let explained = |extra: &[&str]| -> Vec<Vec<String>> {
-        let metadata = tempfile::NamedTempFile::new().expect("metadata file");
-        let path = metadata.path().to_str().expect("utf-8").to_string();
-        let mut args = vec!["--explain", "--metadata-file", path.as_str()];
+        let mut args = vec!["--explain"];
         args.extend_from_slice(extra);
-        kiln.build(context.path(), &args);
-        let metadata: serde_json::Value =
-            serde_json::from_slice(&fs::read(metadata.path()).expect("metadata")).expect("JSON");
-        metadata["kiln.steps"]
-            .as_array()
-            .expect("steps")
+        kiln.build_steps(context.path(), &args)
             .iter()
             .map(|step| {
                 step["explain"]

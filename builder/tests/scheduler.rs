@@ -21,16 +21,7 @@ fn kiln() -> Kiln {
 /// Each step's stage, start and end (milliseconds from the build's start)
 /// from the metadata file.
 fn timeline(kiln: &Kiln, context: &Path, extra: &[&str]) -> Vec<(String, u64, u64)> {
-    let metadata = tempfile::NamedTempFile::new().expect("metadata file");
-    let path = metadata.path().to_str().expect("utf-8").to_string();
-    let mut args = vec!["--metadata-file", path.as_str()];
-    args.extend_from_slice(extra);
-    kiln.build(context, &args);
-    let metadata: serde_json::Value =
-        serde_json::from_slice(&fs::read(metadata.path()).expect("metadata")).expect("JSON");
-    metadata["kiln.steps"]
-        .as_array()
-        .expect("kiln.steps")
+    kiln.build_steps(context, extra)
         .iter()
         .map(|step| {
             (

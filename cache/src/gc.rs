@@ -248,10 +248,7 @@ impl Store {
             for entry in entries.flatten() {
                 let path = entry.path();
                 let size = allocated(&path, &mut seen);
-                let digest = entry
-                    .file_name()
-                    .to_str()
-                    .and_then(|hex| format!("sha256:{hex}").parse::<Digest>().ok());
+                let digest = digest_named(&entry);
                 match digest {
                     Some(d) if image_blobs.contains(&d) => usage.image_blobs += size,
                     Some(d) if cache_blobs.contains(&d) => usage.cache_blobs += size,
@@ -262,10 +259,7 @@ impl Store {
         if let Ok(entries) = fs::read_dir(self.root().join("snapshots")) {
             for entry in entries.flatten() {
                 let size = allocated(&entry.path(), &mut seen);
-                let diff_id = entry
-                    .file_name()
-                    .to_str()
-                    .and_then(|hex| format!("sha256:{hex}").parse::<Digest>().ok());
+                let diff_id = digest_named(&entry);
                 match diff_id {
                     Some(d) if image_diff_ids.contains(&d) => usage.image_snapshots += size,
                     Some(d) if cache_diff_ids.contains(&d) => usage.cache_snapshots += size,
@@ -365,11 +359,7 @@ impl Store {
         if let Ok(entries) = fs::read_dir(&blobs_dir) {
             for entry in entries.flatten() {
                 let path = entry.path();
-                let Some(digest) = entry
-                    .file_name()
-                    .to_str()
-                    .and_then(|hex| format!("sha256:{hex}").parse::<Digest>().ok())
-                else {
+                let Some(digest) = digest_named(&entry) else {
                     continue;
                 };
                 if live_blobs.contains(&digest) || self.lists_a_kept_manifest(&path, &live_blobs) {
@@ -382,11 +372,7 @@ impl Store {
         let snapshots = self.root().join("snapshots");
         if let Ok(entries) = fs::read_dir(&snapshots) {
             for entry in entries.flatten() {
-                let Some(digest) = entry
-                    .file_name()
-                    .to_str()
-                    .and_then(|hex| format!("sha256:{hex}").parse::<Digest>().ok())
-                else {
+                let Some(digest) = digest_named(&entry) else {
                     continue;
                 };
                 if !live_diff_ids.contains(&digest) {
@@ -534,6 +520,15 @@ impl Store {
             Err(fs::TryLockError::Error(e)) => Err(Error::io(&instance.lock, e)),
         }
     }
+}
+
+/// The digest a directory entry of `blobs/sha256` or `snapshots` is named
+/// after (its hex digits).
+fn digest_named(entry: &fs::DirEntry) -> Option<Digest> {
+    entry
+        .file_name()
+        .to_str()
+        .and_then(|hex| format!("sha256:{hex}").parse::<Digest>().ok())
 }
 
 /// The layer diff IDs an image configuration lists.

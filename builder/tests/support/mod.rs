@@ -113,6 +113,23 @@ impl Kiln {
         self.build(context.path(), &["-t", name, "--compression", compression]);
     }
 
+    /// Builds with `--metadata-file` and returns the `kiln.steps` it lists
+    /// (one JSON object per step: stage, step, cached, explain, times).
+    pub fn build_steps(&self, context: &Path, extra: &[&str]) -> Vec<serde_json::Value> {
+        let metadata = tempfile::NamedTempFile::new().expect("metadata file");
+        let path = metadata.path().to_str().expect("utf-8").to_string();
+        let mut args = vec!["--metadata-file", path.as_str()];
+        args.extend_from_slice(extra);
+        self.build(context, &args);
+        let metadata: serde_json::Value =
+            serde_json::from_slice(&fs::read(metadata.path()).expect("metadata"))
+                .expect("the metadata file is JSON");
+        metadata["kiln.steps"]
+            .as_array()
+            .expect("kiln.steps")
+            .clone()
+    }
+
     /// Reads an image's configuration through `kiln inspect`.
     pub fn inspect(&self, image: &str) -> serde_json::Value {
         serde_json::from_str(&self.ok(&["inspect", image])).expect("inspect prints JSON")
