@@ -146,7 +146,9 @@ fn build_image(
         .collect::<Result<Vec<_>, _>>()?;
     let _in_use = store.lock_shared()?;
     let stat_cache = StatCache::load(store);
-    let progress = Progress::new(crate::progress::Mode::parse(&args.progress)?);
+    let progress =
+        std::sync::Arc::new(Progress::new(crate::progress::Mode::parse(&args.progress)?));
+    remote.show_progress_on(progress.clone());
     let cache_to = args
         .cache_to
         .iter()
@@ -276,7 +278,18 @@ fn build_image(
         }
         Output::Store | Output::Oci(_) | Output::Docker(_) => {}
     }
-    let image_layers = executor.materialize(&target.layers)?;
+    let exporting = progress.step("exporting layers");
+    let image_layers = match executor.materialize(&target.layers) {
+        Ok(layers) => {
+            exporting.add_bytes(layers.iter().map(|layer| layer.size).sum());
+            exporting.done();
+            layers
+        }
+        Err(e) => {
+            exporting.error(&e.root_cause().to_string());
+            return Err(e);
+        }
+    };
     let mut image_file = target.image_file(now);
     if cache_to.contains(&cache_io::CacheTo::Inline) {
         // Records of the target's layers, by their place in the image.

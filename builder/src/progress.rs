@@ -60,6 +60,19 @@ pub struct Step<'a> {
     name: String,
     started: Instant,
     bar: Option<ProgressBar>,
+    /// Bytes moved so far (pulls, pushes, exports).
+    bytes: std::sync::atomic::AtomicU64,
+}
+
+fn human_bytes(bytes: u64) -> String {
+    let mut value = bytes as f64;
+    for unit in ["B", "kB", "MB", "GB"] {
+        if value < 1000.0 {
+            return format!("{value:.1} {unit}");
+        }
+        value /= 1000.0;
+    }
+    format!("{value:.1} TB")
 }
 
 fn seconds(duration: Duration) -> String {
@@ -137,6 +150,7 @@ impl Progress {
             name: name.to_string(),
             started: Instant::now(),
             bar,
+            bytes: std::sync::atomic::AtomicU64::new(0),
         }
     }
 }
@@ -170,13 +184,27 @@ impl Step<'_> {
         }
     }
 
+    /// Counts bytes the step moved; the live line shows them.
+    pub fn add_bytes(&self, bytes: u64) {
+        let total = self.bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        if let Some(bar) = &self.bar {
+            bar.set_message(format!("{} {}", self.name, human_bytes(total)));
+        }
+    }
+
     pub fn cached(self) {
         self.finish("CACHED".to_string(), "cached");
     }
 
     pub fn done(self) {
         let elapsed = seconds(self.started.elapsed());
-        self.finish(format!("DONE {elapsed}"), "done");
+        let bytes = self.bytes.load(Ordering::Relaxed);
+        let text = if bytes > 0 {
+            format!("DONE {elapsed} ({})", human_bytes(bytes))
+        } else {
+            format!("DONE {elapsed}")
+        };
+        self.finish(text, "done");
     }
 
     pub fn error(self, message: &str) {

@@ -29,6 +29,8 @@ pub struct RegistrySettings {
 pub struct Remote {
     options: ClientOptions,
     connected: OnceLock<(tokio::runtime::Runtime, Client)>,
+    /// Where a build shows its pulls and pushes (none: a line each).
+    progress: OnceLock<std::sync::Arc<crate::progress::Progress>>,
 }
 
 fn platform_of(platform: &kiln_frontend::Platform) -> transfer::Platform {
@@ -60,6 +62,20 @@ impl Remote {
         Remote {
             options,
             connected: OnceLock::new(),
+            progress: OnceLock::new(),
+        }
+    }
+
+    /// Shows transfers on a build's progress from now on.
+    pub fn show_progress_on(&self, progress: std::sync::Arc<crate::progress::Progress>) {
+        let _ = self.progress.set(progress);
+    }
+
+    /// A line about a transfer: on the build's progress when there is one.
+    fn say(&self, text: &str) {
+        match self.progress.get() {
+            Some(progress) => progress.note(text),
+            None => eprintln!("{text}"),
         }
     }
 
@@ -87,7 +103,13 @@ impl Remote {
         platform: &kiln_frontend::Platform,
     ) -> anyhow::Result<Digest> {
         let (runtime, client) = self.connect()?;
-        eprintln!("pulling {}", reference.familiar());
+        let step = self
+            .progress
+            .get()
+            .map(|progress| progress.step(&format!("pulling {}", reference.familiar())));
+        if step.is_none() {
+            eprintln!("pulling {}", reference.familiar());
+        }
         let pulled = runtime
             .block_on(transfer::pull(
                 client,
@@ -95,9 +117,25 @@ impl Remote {
                 reference,
                 &platform_of(platform),
                 PARALLEL_TRANSFERS,
-                &|_, _| {},
+                &|_, bytes| {
+                    if let Some(step) = &step {
+                        step.add_bytes(bytes);
+                    }
+                },
             ))
-            .with_context(|| format!("pulling {}", reference.familiar()))?;
+            .with_context(|| format!("pulling {}", reference.familiar()));
+        let pulled = match (pulled, step) {
+            (Ok(pulled), Some(step)) => {
+                step.done();
+                pulled
+            }
+            (Ok(pulled), None) => pulled,
+            (Err(e), Some(step)) => {
+                step.error(&e.root_cause().to_string());
+                return Err(e);
+            }
+            (Err(e), None) => return Err(e),
+        };
         let digest = pulled.manifest.digest;
         let image = StoredImage::read(store, &digest)?;
         let found = image.config.platform();
@@ -113,12 +151,12 @@ impl Remote {
         } else {
             store.set_name(None, &descriptor)?;
         }
-        eprintln!(
+        self.say(&format!(
             "pulled {} ({digest}): {} blob(s) fetched, {}",
             reference.familiar(),
             pulled.fetched,
             human_bytes(pulled.fetched_bytes)
-        );
+        ));
         Ok(digest)
     }
 
@@ -141,6 +179,10 @@ impl Remote {
         }
         for (name, group) in by_repository {
             let mounts = mount_sources(store, &group[0])?;
+            let step = self
+                .progress
+                .get()
+                .map(|progress| progress.step(&format!("pushing to {name}")));
             let report = runtime
                 .block_on(transfer::push(
                     client,
@@ -149,9 +191,25 @@ impl Remote {
                     &group,
                     &mounts,
                     PARALLEL_TRANSFERS,
-                    &|_, _| {},
+                    &|_, bytes| {
+                        if let Some(step) = &step {
+                            step.add_bytes(bytes);
+                        }
+                    },
                 ))
-                .with_context(|| format!("pushing to {name}"))?;
+                .with_context(|| format!("pushing to {name}"));
+            let report = match (report, step) {
+                (Ok(report), Some(step)) => {
+                    step.done();
+                    report
+                }
+                (Ok(report), None) => report,
+                (Err(e), Some(step)) => {
+                    step.error(&e.root_cause().to_string());
+                    return Err(e);
+                }
+                (Err(e), None) => return Err(e),
+            };
             let count = |kind: Pushed| report.blobs.iter().filter(|(_, _, p)| *p == kind).count();
             let uploaded: u64 = report
                 .blobs
@@ -160,18 +218,18 @@ impl Remote {
                 .map(|(_, size, _)| size)
                 .sum();
             for destination in &group {
-                eprintln!(
+                self.say(&format!(
                     "pushed {}",
                     destination.with_digest(&manifest.to_string()).familiar()
-                );
+                ));
             }
-            eprintln!(
+            self.say(&format!(
                 "  {} blob(s) uploaded ({}), {} mounted, {} already there",
                 count(Pushed::Uploaded),
                 human_bytes(uploaded),
                 count(Pushed::Mounted),
                 count(Pushed::Existed)
-            );
+            ));
         }
         Ok(())
     }
