@@ -153,8 +153,12 @@ fn plain_progress_numbers_steps_as_buildkit_does() {
     assert!(log("hello") && log("world"), "{stderr}");
     assert!(
         lines
-            .last()
-            .is_some_and(|l| l.starts_with("#1 DONE ") && l.ends_with('s')),
+            .iter()
+            .any(|l| l.starts_with("#1 DONE ") && l.ends_with('s')),
+        "{stderr}"
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("#2 exporting layers")),
         "{stderr}"
     );
     let output = kiln.run(&[
