@@ -177,7 +177,18 @@ impl Executor<'_> {
                         // the sandbox ties each step's life to the thread
                         // that started it.
                         scope.spawn(move || {
-                            let result = self.stage(index, stage, outputs, graph);
+                            // A stage that panics still reports, or the
+                            // build would wait for it forever.
+                            let result =
+                                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                    self.stage(index, stage, outputs, graph)
+                                }))
+                                .unwrap_or_else(|_| {
+                                    Err(anyhow::anyhow!(
+                                        "building stage {} failed unexpectedly (a bug in kiln)",
+                                        stage.name
+                                    ))
+                                });
                             let _ = finished.send((index, result));
                         });
                     }
@@ -405,9 +416,12 @@ impl Executor<'_> {
         if before.as_deref() != Some(parts) {
             // A cache: a failure to write it costs only an explanation.
             let _ = std::fs::create_dir_all(&dir).and_then(|()| {
-                let partial = dir.join(format!(".{}.partial", std::process::id()));
-                std::fs::write(&partial, serde_json::to_vec(parts).unwrap_or_default())?;
-                std::fs::rename(&partial, &path)
+                let mut partial = tempfile::NamedTempFile::new_in(&dir)?;
+                std::io::Write::write_all(
+                    &mut partial,
+                    &serde_json::to_vec(parts).unwrap_or_default(),
+                )?;
+                partial.persist(&path).map(|_| ()).map_err(|e| e.error)
             });
         }
         before
@@ -434,7 +448,7 @@ impl Executor<'_> {
             Action::Copy(copy_step) => {
                 let source = self.source_tree(&copy_step.from, outputs, graph)?;
                 let view = self.view(layers)?;
-                let fetch = |url: &str| self.take_download(url);
+                let fetch = |url: &str| self.downloaded(url);
                 self.in_diff(|diff| copy::copy(copy_step, &source, &view, diff, self.now, &fetch))
             }
             Action::Mkdir(mkdir) => {
@@ -451,12 +465,7 @@ impl Executor<'_> {
     /// need be), `None` for a miss.
     fn cached_layer(&self, key: &Digest) -> anyhow::Result<Option<Option<Layer>>> {
         let Some(record) = self.store.cache_record(key) else {
-            // An imported record: its layer is fetched only when needed.
-            return Ok(match self.imported.record(key) {
-                None => None,
-                Some(None) => Some(None),
-                Some(Some(layer)) => Layer::from_record(&layer).ok().map(Some),
-            });
+            return Ok(self.imported_layer(key));
         };
         self.store.mark_record_used(key);
         let Some(found) = record.layer else {
@@ -465,28 +474,52 @@ impl Executor<'_> {
         let Ok(layer) = Layer::from_record(&found) else {
             return Ok(None);
         };
-        // Its blob, or its snapshot to make the blob from when needed.
+        // Its blob, or its snapshot to make the blob from when needed; or
+        // else what an imported cache has for the key.
         if self.store.has_blob(&layer.blob) || self.store.has_snapshot(&layer.diff_id) {
             Ok(Some(Some(layer)))
         } else {
-            Ok(None)
+            Ok(self.imported_layer(key))
+        }
+    }
+
+    /// What an imported cache has for `key` (its layer is fetched only
+    /// when needed).
+    fn imported_layer(&self, key: &Digest) -> Option<Option<Layer>> {
+        match self.imported.record(key)? {
+            None => Some(None),
+            Some(layer) => Layer::from_record(&layer).ok().map(Some),
         }
     }
 
     /// `layers` with a blob each in the store, as an export needs them:
-    /// imported ones fetched, those never written packed from their
-    /// snapshot with this build's compression (and their cache records
-    /// updated, so that later builds reuse the blob).
+    /// imported ones fetched, this build's own written from their snapshot
+    /// compressed as it asks when they have no such blob yet (and their
+    /// cache records updated, so that later builds reuse the blob).
     pub fn materialize(&self, layers: &[Layer]) -> anyhow::Result<Vec<Layer>> {
         let options = PackOptions {
             compression: self.settings.compression,
             source_date_epoch: self.settings.source_date_epoch,
         };
+        let wanted = LayerEncoding::of_compression(self.settings.compression);
+        let ours: std::collections::HashSet<Digest> = self
+            .lock(&self.results)
+            .iter()
+            .filter_map(|result| result.layer.as_ref().map(|layer| layer.diff_id))
+            .collect();
         let mut materialized = Vec::with_capacity(layers.len());
         for layer in layers {
-            if self.store.has_blob(&layer.blob)
-                || self.imported.fetch(self.store, self.remote, &layer.blob)?
-            {
+            // Base image layers keep their compression; this build's are
+            // compressed as it asks, from their snapshot.
+            let as_asked = layer.encoding == wanted
+                || !ours.contains(&layer.diff_id)
+                || !self.store.has_snapshot(&layer.diff_id);
+            let usable = if self.store.has_blob(&layer.blob) {
+                as_asked
+            } else {
+                self.imported.fetch(self.store, self.remote, layer)?
+            };
+            if usable {
                 materialized.push(layer.clone());
                 continue;
             }
@@ -576,25 +609,22 @@ impl Executor<'_> {
 
     /// Downloads a URL for ADD (once per build) and returns its digest.
     pub(crate) fn prefetch(&self, url: &str) -> anyhow::Result<Digest> {
-        if let Some(downloaded) = self.lock(&self.downloads).get(url) {
-            return Ok(downloaded.digest);
+        Ok(self.downloaded(url)?.digest)
+    }
+
+    /// The download of `url` its key was made from (one per build: the
+    /// lock is held while downloading, so that two stages adding the same
+    /// URL cannot see two versions of it).
+    fn downloaded(&self, url: &str) -> anyhow::Result<copy::Downloaded> {
+        let mut downloads = self.lock(&self.downloads);
+        if let Some(downloaded) = downloads.get(url) {
+            return Ok(downloaded.clone());
         }
         let downloaded = self
             .download(url)
             .with_context(|| format!("downloading {url}"))?;
-        let digest = downloaded.digest;
-        self.lock(&self.downloads)
-            .insert(url.to_string(), downloaded);
-        Ok(digest)
-    }
-
-    /// The download of `url` made for the key, or a new one.
-    fn take_download(&self, url: &str) -> anyhow::Result<copy::Downloaded> {
-        let taken = self.lock(&self.downloads).remove(url);
-        match taken {
-            Some(downloaded) => Ok(downloaded),
-            None => self.download(url),
-        }
+        downloads.insert(url.to_string(), downloaded.clone());
+        Ok(downloaded)
     }
 
     /// Downloads a URL for ADD into the store's scratch space.
@@ -612,7 +642,7 @@ impl Executor<'_> {
             path,
             digest: fetched.digest,
             modified,
-            _keep: keep,
+            _keep: std::sync::Arc::new(keep),
         })
     }
 
@@ -626,7 +656,7 @@ impl Executor<'_> {
     pub fn fetch_layers(&self, layers: &[Layer]) -> anyhow::Result<()> {
         for layer in layers {
             if !self.store.has_blob(&layer.blob) && !self.store.has_snapshot(&layer.diff_id) {
-                self.imported.fetch(self.store, self.remote, &layer.blob)?;
+                self.imported.fetch(self.store, self.remote, layer)?;
             }
         }
         Ok(())

@@ -17,6 +17,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
+use kiln_cache::digest::HashingReader;
 use kiln_cache::{Digest, LayerRecord, Store};
 use kiln_registry::Reference;
 use serde::{Deserialize, Serialize};
@@ -160,21 +161,34 @@ impl Imported {
             .map(|found| found.as_ref().map(|(layer, _)| layer.clone()))
     }
 
-    /// Brings an imported layer's blob into the store, if it is one.
-    pub fn fetch(&self, store: &Store, remote: &Remote, blob: &Digest) -> anyhow::Result<bool> {
-        let Some((origin, size)) = self.origins.get(blob) else {
+    /// Brings an imported layer's blob into the store, if it is one, and
+    /// checks that it unpacks to the diff ID the cache claims before
+    /// anything relies on it.
+    pub fn fetch(&self, store: &Store, remote: &Remote, layer: &Layer) -> anyhow::Result<bool> {
+        let Some((origin, size)) = self.origins.get(&layer.blob) else {
             return Ok(false);
         };
         match origin {
             Origin::Local(path) => {
                 let file = fs::File::open(path)
                     .with_context(|| format!("reading the cached layer {}", path.display()))?;
-                store.import_blob(file, blob)?;
+                store.import_blob(file, &layer.blob)?;
             }
             Origin::Registry(reference) => {
-                eprintln!("fetching cached layer {blob} from {}", reference.familiar());
-                remote.fetch_blob(store, reference, blob, *size)?;
+                remote.fetch_blob(store, reference, &layer.blob, *size)?;
             }
+        }
+        let blob = store.open_blob(&layer.blob)?;
+        let mut tar = HashingReader::new(kiln_cache::compress::decompressed(blob)?);
+        std::io::copy(&mut tar, &mut std::io::sink())
+            .with_context(|| format!("reading the cached layer {}", layer.blob))?;
+        let (diff_id, _) = tar.finish();
+        if diff_id != layer.diff_id {
+            bail!(
+                "the cached layer {} is not what its cache says: it unpacks to {diff_id}, not {}",
+                layer.blob,
+                layer.diff_id
+            );
         }
         Ok(true)
     }
@@ -417,10 +431,13 @@ pub fn write_local(
         if target.exists() {
             continue;
         }
-        let partial = blobs.join(format!(".{}.partial", digest.hex()));
-        fs::copy(store.blob_path(digest), &partial)
-            .with_context(|| format!("writing {}", partial.display()))?;
-        fs::rename(&partial, &target).with_context(|| format!("writing {}", target.display()))?;
+        let partial = tempfile::NamedTempFile::new_in(&blobs)
+            .with_context(|| format!("writing into {}", blobs.display()))?;
+        fs::copy(store.blob_path(digest), partial.path())
+            .with_context(|| format!("writing {}", partial.path().display()))?;
+        partial
+            .persist(&target)
+            .with_context(|| format!("writing {}", target.display()))?;
     }
     fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)
         .with_context(|| format!("writing {}", dir.display()))?;
@@ -434,19 +451,21 @@ pub fn write_local(
             "annotations": { "org.opencontainers.image.ref.name": LOCAL_TAG },
         }],
     });
-    let partial = dir.join(".index.json.partial");
-    fs::write(&partial, serde_json::to_vec_pretty(&index)?)
-        .with_context(|| format!("writing {}", partial.display()))?;
-    fs::rename(&partial, dir.join("index.json"))
+    let mut partial = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("writing into {}", dir.display()))?;
+    std::io::Write::write_all(&mut partial, &serde_json::to_vec_pretty(&index)?)
+        .with_context(|| format!("writing {}", partial.path().display()))?;
+    partial
+        .persist(dir.join("index.json"))
         .with_context(|| format!("writing {}", dir.join("index.json").display()))?;
-    // Blobs of the cache this one replaces.
+    // Blobs of the cache this one replaces (not files being written).
     for entry in fs::read_dir(&blobs)?.flatten() {
         let name = entry.file_name();
-        let keep = name
+        let stale = name
             .to_str()
             .and_then(|hex| format!("sha256:{hex}").parse::<Digest>().ok())
-            .is_some_and(|digest| wanted.contains(&digest));
-        if !keep {
+            .is_some_and(|digest| !wanted.contains(&digest));
+        if stale {
             let _ = fs::remove_file(entry.path());
         }
     }

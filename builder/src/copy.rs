@@ -63,13 +63,14 @@ struct Writer<'a> {
 }
 
 /// Runs a COPY or ADD step, writing into the empty directory `diff`.
-/// A file `ADD` downloaded, kept until the step has copied it.
+/// A file `ADD` downloaded, kept as long as a copy of this refers to it.
+#[derive(Clone)]
 pub struct Downloaded {
     pub path: std::path::PathBuf,
     pub digest: kiln_cache::Digest,
     /// The server's Last-Modified, in seconds since the epoch.
     pub modified: Option<i64>,
-    pub _keep: tempfile::TempDir,
+    pub _keep: std::sync::Arc<tempfile::TempDir>,
 }
 
 /// Downloads a URL for `ADD`.

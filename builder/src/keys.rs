@@ -18,6 +18,16 @@ fn json(value: &impl serde::Serialize) -> anyhow::Result<Vec<u8>> {
     serde_json::to_vec(value).context("encoding a step for its cache key")
 }
 
+/// A stage as a definition names it: by its number among the stages this
+/// build needs, which another `--target` changes. Keys take the stage's own
+/// key instead (`source_identity`), so the number is left out.
+fn without_stage_number(source: &Source) -> Source {
+    match source {
+        Source::Stage { .. } => Source::Stage { stage: 0 },
+        other => other.clone(),
+    }
+}
+
 impl Executor<'_> {
     /// The key a stage's chain starts from: its base.
     pub(crate) fn base_key(
@@ -26,16 +36,23 @@ impl Executor<'_> {
         outputs: &Outputs,
         platform: &Platform,
     ) -> anyhow::Result<Digest> {
+        // SOURCE_DATE_EPOCH changes the times every new layer records.
+        let epoch = self
+            .settings
+            .source_date_epoch
+            .map_or_else(|| "none".to_string(), |epoch| epoch.to_string());
         Ok(match base {
             Base::Scratch => {
                 let mut key = KeyHasher::new("scratch", None);
                 key.field("platform", platform.to_string());
+                key.field("source-date-epoch", &epoch);
                 key.finish()
             }
             Base::Image { reference } => {
                 let image = StoredImage::find(self.store, reference)?;
                 let mut key = KeyHasher::new("image", None);
                 key.field("manifest", image.manifest_digest.to_string());
+                key.field("source-date-epoch", &epoch);
                 key.finish()
             }
             Base::Stage { stage } => output(outputs, *stage)?.key,
@@ -86,7 +103,11 @@ impl Executor<'_> {
         graph: &BuildGraph,
     ) -> anyhow::Result<(Digest, Vec<(String, String)>)> {
         let mut key = KeyHasher::explained("copy", Some(parent));
-        key.field("definition", json(step)?);
+        let definition = CopyStep {
+            from: without_stage_number(&step.from),
+            ..step.clone()
+        };
+        key.field("definition", json(&definition)?);
         key.field("from", self.source_identity(&step.from, outputs)?);
         let mut files = Vec::new();
         if step.from == Source::Context {
@@ -118,6 +139,31 @@ impl Executor<'_> {
         // Proxy settings reach the step but not its key, as in BuildKit.
         let definition = RunStep {
             proxy_env: Vec::new(),
+            mounts: run
+                .mounts
+                .iter()
+                .map(|mount| match mount {
+                    Mount::Bind {
+                        target,
+                        from,
+                        source,
+                        readonly,
+                    } => Mount::Bind {
+                        target: target.clone(),
+                        from: without_stage_number(from),
+                        source: source.clone(),
+                        readonly: *readonly,
+                    },
+                    Mount::Cache { from, .. } => {
+                        let mut mount = mount.clone();
+                        if let Mount::Cache { from: seed, .. } = &mut mount {
+                            *seed = from.as_ref().map(without_stage_number);
+                        }
+                        mount
+                    }
+                    other => other.clone(),
+                })
+                .collect(),
             ..run.clone()
         };
         key.field("definition", json(&definition)?);

@@ -223,6 +223,13 @@ fn rebuilds_with_source_date_epoch_give_the_same_image() {
     let steps = build(&kiln, context.path(), &epoch);
     assert_eq!(ran(&steps), Vec::<&str>::new());
     assert_eq!(kiln.inspect("same")["Digest"], first);
+    // Another epoch stamps other times on new files: every step runs.
+    let other = build(
+        &kiln,
+        context.path(),
+        &["--source-date-epoch", "1700000001", "-t", "other"],
+    );
+    assert_eq!(ran(&other).len(), 2, "{other:?}");
     let fresh = build(
         &kiln,
         context.path(),
@@ -647,4 +654,50 @@ fn explain_says_which_part_of_a_key_changed() {
     let third = explained(&["--build-arg", "VERSION=2"]);
     assert!(third[0].is_empty(), "the copy was a hit: {third:?}");
     assert_eq!(third[1], ["the build argument or variable VERSION changed"]);
+}
+
+#[test]
+fn keys_do_not_depend_on_which_stages_a_target_needs() {
+    let kiln = kiln();
+    let context = Context::new();
+    context.write(
+        "Dockerfile",
+        "FROM busybox AS x\n\
+         RUN echo x > /x\n\
+         FROM busybox AS a\n\
+         RUN echo a > /a\n\
+         FROM busybox AS b\n\
+         COPY --from=a /a /a\n\
+         RUN --mount=type=bind,from=a,target=/mnt cat /mnt/a > /bound\n\
+         FROM busybox\n\
+         COPY --from=x /x /x\n\
+         COPY --from=b /a /b\n",
+    );
+    build(&kiln, context.path(), &[]);
+    // Stage a is the first stage this target needs, the second before.
+    let steps = build(&kiln, context.path(), &["--target", "b"]);
+    assert!(ran(&steps).is_empty(), "{steps:?}");
+}
+
+#[test]
+fn prune_refuses_to_guess_when_an_image_cannot_be_read() {
+    let kiln = kiln();
+    let context = Context::new();
+    context.write("Dockerfile", "FROM busybox\nRUN echo made > /made\n");
+    build(&kiln, context.path(), &["-t", "app"]);
+    let manifest = kiln.inspect("app")["Digest"]
+        .as_str()
+        .expect("digest")
+        .trim_start_matches("sha256:")
+        .to_string();
+    let blobs = kiln.root.path().join("blobs/sha256");
+    let before = fs::read_dir(&blobs).expect("blobs").count();
+    fs::remove_file(blobs.join(&manifest)).expect("remove the manifest");
+    let error = kiln.fails(&["prune", "--all"]);
+    assert!(error.contains("kiln check"), "{error}");
+    assert_eq!(
+        fs::read_dir(&blobs).expect("blobs").count(),
+        before - 1,
+        "nothing else was removed"
+    );
 }

@@ -115,6 +115,15 @@ fn modified(path: &Path) -> SystemTime {
         .unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
+/// What the images need, as it is gathered.
+#[derive(Default)]
+struct Roots {
+    blobs: HashSet<Digest>,
+    diff_ids: HashSet<Digest>,
+    /// Manifests and indexes still to read.
+    pending: Vec<Digest>,
+}
+
 /// A cache record on disk.
 struct RecordFile {
     path: PathBuf,
@@ -143,45 +152,70 @@ impl Store {
         }
     }
 
-    /// The blobs and layer diff IDs the images in `index.json` need.
-    fn image_roots(&self) -> Result<(HashSet<Digest>, HashSet<Digest>), Error> {
-        let mut blobs = HashSet::new();
-        let mut diff_ids = HashSet::new();
-        let mut pending: Vec<Digest> = self
-            .images()?
-            .iter()
-            .filter_map(|entry| entry.manifest.digest().to_string().parse().ok())
-            .collect();
-        while let Some(digest) = pending.pop() {
-            if !blobs.insert(digest) {
+    /// The blobs and layer diff IDs the images in `index.json` need. An
+    /// image whose manifest or configuration cannot be read would lose all
+    /// its layers to a collection that skipped it: `strict` (prune) fails
+    /// then; otherwise (du) it is skipped.
+    fn image_roots(&self, strict: bool) -> Result<(HashSet<Digest>, HashSet<Digest>), Error> {
+        let mut roots = Roots {
+            pending: self
+                .images()?
+                .iter()
+                .filter_map(|entry| entry.manifest.digest().to_string().parse().ok())
+                .collect(),
+            ..Roots::default()
+        };
+        while let Some(digest) = roots.pending.pop() {
+            if !roots.blobs.insert(digest) {
                 continue;
             }
-            let Ok(bytes) = self.read_blob(&digest) else {
-                continue;
-            };
-            if let Ok(manifest) = ImageManifest::from_reader(&bytes[..]) {
-                if let Ok(config) = manifest.config().digest().to_string().parse::<Digest>() {
-                    blobs.insert(config);
-                    if let Ok(config_bytes) = self.read_blob(&config) {
-                        diff_ids.extend(config_diff_ids(&config_bytes));
-                    }
-                }
-                blobs.extend(
-                    manifest
-                        .layers()
-                        .iter()
-                        .filter_map(|layer| layer.digest().to_string().parse::<Digest>().ok()),
-                );
-            } else if let Ok(index) = ImageIndex::from_reader(&bytes[..]) {
-                pending.extend(
-                    index
-                        .manifests()
-                        .iter()
-                        .filter_map(|m| m.digest().to_string().parse::<Digest>().ok()),
-                );
+            match self.add_image(&digest, &mut roots) {
+                Err(e) if strict => return Err(e),
+                Ok(()) | Err(_) => {}
             }
         }
-        Ok((blobs, diff_ids))
+        Ok((roots.blobs, roots.diff_ids))
+    }
+
+    /// Adds what the manifest or index `digest` needs to `roots`.
+    fn add_image(&self, digest: &Digest, roots: &mut Roots) -> Result<(), Error> {
+        let unreadable = |at: &Digest, reason: &str| Error::BadStore {
+            path: self.blob_path(at),
+            reason: format!(
+                "an image's {reason}: nothing is pruned until `kiln check` finds no problem"
+            ),
+        };
+        let sha256 = |descriptor: &oci_spec::image::Descriptor| {
+            descriptor
+                .digest()
+                .to_string()
+                .parse::<Digest>()
+                .map_err(|_| unreadable(digest, "manifest names a digest that is not sha256"))
+        };
+        let bytes = self
+            .read_blob(digest)
+            .map_err(|_| unreadable(digest, "manifest cannot be read"))?;
+        if let Ok(manifest) = ImageManifest::from_reader(&bytes[..]) {
+            let config = sha256(manifest.config())?;
+            roots.blobs.insert(config);
+            let config_bytes = self
+                .read_blob(&config)
+                .map_err(|_| unreadable(&config, "configuration cannot be read"))?;
+            roots.diff_ids.extend(config_diff_ids(&config_bytes));
+            for layer in manifest.layers() {
+                roots.blobs.insert(sha256(layer)?);
+            }
+        } else if let Ok(index) = ImageIndex::from_reader(&bytes[..]) {
+            for manifest in index.manifests() {
+                roots.pending.push(sha256(manifest)?);
+            }
+        } else {
+            return Err(unreadable(
+                digest,
+                "manifest is neither a manifest nor an index",
+            ));
+        }
+        Ok(())
     }
 
     fn record_files(&self) -> Vec<(PathBuf, Option<CacheRecord>, SystemTime)> {
@@ -232,7 +266,7 @@ impl Store {
 
     /// How much space the store takes, by kind.
     pub fn disk_usage(&self) -> Result<DiskUsage, Error> {
-        let (image_blobs, image_diff_ids) = self.image_roots()?;
+        let (image_blobs, image_diff_ids) = self.image_roots(false)?;
         let cache_layers: Vec<_> = self
             .record_files()
             .into_iter()
@@ -301,7 +335,7 @@ impl Store {
                 .unused_for
                 .is_none_or(|age| now.duration_since(last_used).unwrap_or_default() >= age)
         };
-        let (image_blobs, image_diff_ids) = self.image_roots()?;
+        let (image_blobs, image_diff_ids) = self.image_roots(true)?;
 
         let mut records = Vec::new();
         for (path, record, last_used) in self.record_files() {
@@ -322,6 +356,16 @@ impl Store {
                 _ => {
                     fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
                     pruned.records += 1;
+                }
+            }
+        }
+        if policy.all {
+            // What earlier builds' keys were made of, for --explain: a cache.
+            if let Ok(entries) = fs::read_dir(self.root().join("explain")) {
+                for entry in entries.flatten() {
+                    if old_enough(modified(&entry.path())) {
+                        let _ = fs::remove_file(entry.path());
+                    }
                 }
             }
         }

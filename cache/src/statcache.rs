@@ -22,6 +22,9 @@ use crate::digest::{Digest, HashingWriter};
 use crate::error::Error;
 use crate::store::{write_atomic, Store};
 
+/// How long ago a file must have changed for its digest to be kept.
+const SETTLED_NS: i128 = 2_000_000_000;
+
 /// Entries kept at most; the oldest go first once there are more.
 const MAX_ENTRIES: usize = 1_000_000;
 
@@ -47,6 +50,8 @@ struct Saved {
 pub struct StatCache {
     path: PathBuf,
     generation: u64,
+    /// How long ago a file must have changed for its digest to be kept.
+    settled_ns: i128,
     entries: Mutex<HashMap<(u64, u64), Seen>>,
 }
 
@@ -67,6 +72,7 @@ impl StatCache {
         StatCache {
             path,
             generation: saved.generation + 1,
+            settled_ns: SETTLED_NS,
             entries: Mutex::new(
                 saved
                     .entries
@@ -98,9 +104,15 @@ impl StatCache {
         io::copy(&mut file, &mut hashing)?;
         let (_, digest, _) = hashing.finish();
         // What the file was when it was read: a file that changed while
-        // being read is not remembered with the old times.
+        // being read is not remembered with the old times; nor is one
+        // changed just now, which a write within the same clock tick could
+        // change again without changing its times (git's "racy clean").
         let after = file.metadata()?;
-        if times(&after) == (mtime_ns, ctime_ns) && after.len() == metadata.len() {
+        let now_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_nanos() as i128);
+        let settled = now_ns - ctime_ns > self.settled_ns;
+        if settled && times(&after) == (mtime_ns, ctime_ns) && after.len() == metadata.len() {
             if let Ok(mut entries) = self.entries.lock() {
                 entries.insert(
                     id,
@@ -147,12 +159,29 @@ mod tests {
     use std::fs;
 
     #[test]
+    fn a_file_changed_just_now_is_read_every_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let file = dir.path().join("file");
+        fs::write(&file, b"one").unwrap();
+        let metadata = fs::metadata(&file).unwrap();
+        let cache = StatCache::load(&store);
+        cache.digest(&file, &metadata).unwrap();
+        // Same times, other bytes (a rewrite within the clock's tick): read.
+        let fake = dir.path().join("fake");
+        fs::write(&fake, b"two").unwrap();
+        assert_eq!(cache.digest(&fake, &metadata).unwrap(), Digest::of(b"two"));
+    }
+
+    #[test]
     fn a_file_is_read_again_only_when_it_changed() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("store")).unwrap();
         let file = dir.path().join("file");
         fs::write(&file, b"one").unwrap();
-        let cache = StatCache::load(&store);
+        // As if the file had been written long ago.
+        let mut cache = StatCache::load(&store);
+        cache.settled_ns = 0;
         let metadata = fs::metadata(&file).unwrap();
         assert_eq!(cache.digest(&file, &metadata).unwrap(), Digest::of(b"one"));
         cache.save().unwrap();
