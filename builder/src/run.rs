@@ -33,7 +33,10 @@ const ERROR_TAIL_LINES: usize = 10;
 /// consistent at every point).
 #[derive(Debug, Default)]
 pub struct Interrupt {
+    /// A signal came.
     requested: AtomicBool,
+    /// Running steps must stop: a signal came, or a stage failed.
+    stop: AtomicBool,
     steps_running: AtomicUsize,
 }
 
@@ -52,6 +55,7 @@ impl Interrupt {
         std::thread::spawn(move || {
             for _ in signals.forever() {
                 let again = handler.requested.swap(true, Ordering::SeqCst);
+                handler.stop.store(true, Ordering::SeqCst);
                 if again || handler.steps_running.load(Ordering::SeqCst) == 0 {
                     eprintln!("kiln: interrupted");
                     // The step dies with kiln; its secrets must not stay.
@@ -64,14 +68,14 @@ impl Interrupt {
     }
 
     /// Stops the running steps (another stage failed), as a signal would,
-    /// but without ending kiln.
+    /// but without ending kiln or counting as a first Ctrl-C.
     pub fn stop_steps(&self) {
-        self.requested.store(true, Ordering::SeqCst);
+        self.stop.store(true, Ordering::SeqCst);
     }
 
-    /// Set once kiln is asked to stop.
+    /// Set once running steps must stop.
     pub fn flag(&self) -> &AtomicBool {
-        &self.requested
+        &self.stop
     }
 
     /// Marks a step as running while the result lives: a signal then stops
