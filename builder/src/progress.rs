@@ -129,13 +129,15 @@ impl Progress {
     pub fn step(&self, name: &str) -> Step<'_> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let bar = self.bars.as_ref().map(|bars| {
-            let bar = bars.add(ProgressBar::new_spinner());
-            bar.set_style(
-                ProgressStyle::with_template("{spinner} #{prefix} {msg} {elapsed}")
-                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-            );
-            bar.set_prefix(id.to_string());
-            bar.set_message(name.to_string());
+            // Set up before it is shown, so that it never shows empty.
+            let bar = ProgressBar::new_spinner()
+                .with_style(
+                    ProgressStyle::with_template("{spinner} #{prefix} {msg} {elapsed}")
+                        .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                )
+                .with_prefix(id.to_string())
+                .with_message(name.to_string());
+            let bar = bars.add(bar);
             bar.enable_steady_tick(Duration::from_millis(100));
             bar
         });
