@@ -261,7 +261,13 @@ pub fn explain(before: &[(String, String)], now: &[(String, String)]) -> Vec<Str
             "parent" | "definition" | "sources" | "bind-content"
         ) && !name.starts_with("file ");
         if plain && get(before, name).as_ref() != Some(value) {
-            lines.push(format!("{name} changed"));
+            lines.push(match name.as_str() {
+                "from" => "the stage or image it copies from changed".to_string(),
+                "bind" => "the stage or image a bind mount shows changed".to_string(),
+                "cache-from" => "what a cache mount starts from changed".to_string(),
+                "download" => "the file the URL serves changed".to_string(),
+                other => format!("{other} changed"),
+            });
         }
     }
     if lines.is_empty() {
