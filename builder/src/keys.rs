@@ -18,6 +18,21 @@ fn json(value: &impl serde::Serialize) -> anyhow::Result<Vec<u8>> {
     serde_json::to_vec(value).context("encoding a step for its cache key")
 }
 
+/// A mount with its stage numbers left out (see `without_stage_number`).
+fn without_stage_numbers(mount: &Mount) -> Mount {
+    let mut mount = mount.clone();
+    match &mut mount {
+        Mount::Bind { from, .. }
+        | Mount::Cache {
+            from: Some(from), ..
+        } => {
+            *from = without_stage_number(from);
+        }
+        _ => {}
+    }
+    mount
+}
+
 /// A stage as a definition names it: by its number among the stages this
 /// build needs, which another `--target` changes. Keys take the stage's own
 /// key instead (`source_identity`), so the number is left out.
@@ -139,31 +154,7 @@ impl Executor<'_> {
         // Proxy settings reach the step but not its key, as in BuildKit.
         let definition = RunStep {
             proxy_env: Vec::new(),
-            mounts: run
-                .mounts
-                .iter()
-                .map(|mount| match mount {
-                    Mount::Bind {
-                        target,
-                        from,
-                        source,
-                        readonly,
-                    } => Mount::Bind {
-                        target: target.clone(),
-                        from: without_stage_number(from),
-                        source: source.clone(),
-                        readonly: *readonly,
-                    },
-                    Mount::Cache { from, .. } => {
-                        let mut mount = mount.clone();
-                        if let Mount::Cache { from: seed, .. } = &mut mount {
-                            *seed = from.as_ref().map(without_stage_number);
-                        }
-                        mount
-                    }
-                    other => other.clone(),
-                })
-                .collect(),
+            mounts: run.mounts.iter().map(without_stage_numbers).collect(),
             ..run.clone()
         };
         key.field("definition", json(&definition)?);
