@@ -15,6 +15,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use anyhow::{bail, Context};
 use kiln_cache::digest::HashingReader;
@@ -29,6 +30,10 @@ pub const CACHE_CONFIG_MEDIA_TYPE: &str = "application/vnd.kiln.cache.config.v1+
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 /// The field of an image configuration that holds an inline cache.
 pub const INLINE_FIELD: &str = "kiln.cache.v1";
+/// How long the blobs a local cache no longer names stay, for builds that
+/// read the earlier cache and fetch from it later.
+const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 /// The name a local cache directory gives its manifest.
 const LOCAL_TAG: &str = "cache";
 
@@ -428,12 +433,22 @@ pub fn write_local(
         .collect();
     for digest in &wanted {
         let target = blobs.join(digest.hex());
-        if target.exists() {
+        let intact = fs::metadata(&target)
+            .is_ok_and(|m| m.len() == fs::metadata(store.blob_path(digest)).map_or(0, |s| s.len()));
+        if intact {
+            // Still in use: not one of the blobs the sweep below takes.
+            if let Ok(file) = fs::File::options().append(true).open(&target) {
+                let _ = file.set_modified(SystemTime::now());
+            }
             continue;
         }
         let partial = tempfile::NamedTempFile::new_in(&blobs)
             .with_context(|| format!("writing into {}", blobs.display()))?;
         fs::copy(store.blob_path(digest), partial.path())
+            .with_context(|| format!("writing {}", partial.path().display()))?;
+        partial
+            .as_file()
+            .sync_all()
             .with_context(|| format!("writing {}", partial.path().display()))?;
         partial
             .persist(&target)
@@ -456,16 +471,26 @@ pub fn write_local(
     std::io::Write::write_all(&mut partial, &serde_json::to_vec_pretty(&index)?)
         .with_context(|| format!("writing {}", partial.path().display()))?;
     partial
+        .as_file()
+        .sync_all()
+        .with_context(|| format!("writing {}", partial.path().display()))?;
+    partial
         .persist(dir.join("index.json"))
         .with_context(|| format!("writing {}", dir.join("index.json").display()))?;
-    // Blobs of the cache this one replaces (not files being written).
+    // Blobs of caches this one replaced, once no build that read one of
+    // them can still be fetching from it (nor an export writing it).
+    let now = SystemTime::now();
     for entry in fs::read_dir(&blobs)?.flatten() {
         let name = entry.file_name();
-        let stale = name
+        let unwanted = name
             .to_str()
             .and_then(|hex| format!("sha256:{hex}").parse::<Digest>().ok())
             .is_some_and(|digest| !wanted.contains(&digest));
-        if stale {
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|modified| now.duration_since(modified).unwrap_or_default() > STALE_AFTER);
+        if unwanted && old {
             let _ = fs::remove_file(entry.path());
         }
     }
