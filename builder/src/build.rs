@@ -304,10 +304,21 @@ impl Executor<'_> {
                             Some(kiln_runtime::Error::Interrupted)
                         )
                     });
+                    let failed = error
+                        .chain()
+                        .find_map(|cause| cause.downcast_ref::<crate::run::StepFailed>());
                     if interrupted {
-                        progress.error("interrupted");
+                        progress.error("interrupted", &[]);
+                    } else if let Some(failed) = failed {
+                        progress.error(
+                            &format!(
+                                "process {:?} did not complete successfully: {}",
+                                failed.command, failed.outcome
+                            ),
+                            &failed.tail,
+                        );
                     } else {
-                        progress.error(&error.root_cause().to_string());
+                        progress.error(&error.root_cause().to_string(), &[]);
                     }
                     return Err(error);
                 }

@@ -286,7 +286,7 @@ fn build_image(
             layers
         }
         Err(e) => {
-            exporting.error(&e.root_cause().to_string());
+            exporting.error(&e.root_cause().to_string(), &[]);
             return Err(e);
         }
     };

@@ -209,7 +209,9 @@ impl Step<'_> {
         self.finish(text, "done");
     }
 
-    pub fn error(self, message: &str) {
+    /// The step failed; `tail` holds its last lines of output, which
+    /// plain progress repeats as BuildKit does, between `------` lines.
+    pub fn error(self, message: &str, tail: &[String]) {
         let progress = self.progress;
         if progress.mode == Mode::Quiet {
             // Errors are reported by kiln's final message.
@@ -218,7 +220,16 @@ impl Step<'_> {
             }
             return;
         }
+        let (id, name) = (self.id, self.name.clone());
         self.finish(format!("ERROR: {message}"), "error");
+        if progress.mode == Mode::Plain && !tail.is_empty() {
+            let mut block = format!("------\n > {name}:");
+            for line in tail {
+                block.push_str(&format!("\n#{id} {line}"));
+            }
+            block.push_str("\n------");
+            progress.line(&block);
+        }
     }
 }
 

@@ -131,7 +131,7 @@ impl Remote {
             }
             (Ok(pulled), None) => pulled,
             (Err(e), Some(step)) => {
-                step.error(&e.root_cause().to_string());
+                step.error(&e.root_cause().to_string(), &[]);
                 return Err(e);
             }
             (Err(e), None) => return Err(e),
@@ -205,7 +205,7 @@ impl Remote {
                 }
                 (Ok(report), None) => report,
                 (Err(e), Some(step)) => {
-                    step.error(&e.root_cause().to_string());
+                    step.error(&e.root_cause().to_string(), &[]);
                     return Err(e);
                 }
                 (Err(e), None) => return Err(e),

@@ -95,6 +95,34 @@ impl Drop for RunningStep<'_> {
     }
 }
 
+/// A RUN step whose process failed: the command, how it ended and its
+/// last lines of output.
+#[derive(Debug)]
+pub struct StepFailed {
+    pub command: String,
+    pub outcome: String,
+    pub tail: Vec<String>,
+}
+
+impl std::fmt::Display for StepFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "process {:?} did not complete successfully: {}",
+            self.command, self.outcome
+        )?;
+        if !self.tail.is_empty() {
+            write!(f, "\nits last lines of output:")?;
+            for line in &self.tail {
+                write!(f, "\n  {line}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for StepFailed {}
+
 /// Where a `--secret` comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SecretSource {
@@ -295,20 +323,13 @@ impl crate::build::Executor<'_> {
             if outcome.success() {
                 return Ok(());
             }
-            let tail = outcome.tail.len().saturating_sub(ERROR_TAIL_LINES);
-            let mut message = format!(
-                "process {:?} did not complete successfully: {}",
-                run.args.join(" "),
-                outcome.describe()
-            );
-            if tail < outcome.tail.len() {
-                message.push_str("\nits last lines of output:");
-                for line in &outcome.tail[tail..] {
-                    message.push_str("\n  ");
-                    message.push_str(line);
-                }
+            let first = outcome.tail.len().saturating_sub(ERROR_TAIL_LINES);
+            Err(StepFailed {
+                command: run.args.join(" "),
+                outcome: outcome.describe(),
+                tail: outcome.tail[first..].to_vec(),
             }
-            bail!(message)
+            .into())
         })
     }
 

@@ -73,6 +73,11 @@ fn a_failing_step_reports_its_exit_code_command_and_output() {
         "{error}"
     );
     assert!(error.contains("about to fail"), "{error}");
+    // BuildKit's summary of the failed step, which CI users look for.
+    assert!(
+        error.contains("------\n > [stage-0 1/1] RUN echo preparing"),
+        "{error}"
+    );
 
     // A child shell: the step's first process ignores signals it has no
     // handler for, as the first process of every pid namespace does.
