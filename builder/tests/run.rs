@@ -113,7 +113,7 @@ fn a_step_sees_its_own_processes_and_files_only() {
              && hostname > /hostname && echo \"$PATH\" > /path \
              && cat /proc/self/status | grep -E '^(CapEff|NoNewPrivs)' > /status \
              && mknod /tmp/disk b 8 0 && (head -c 1 /tmp/disk 2>&1 || true) > /disk \
-             && rm /tmp/disk\n",
+             && rm /tmp/disk && (unshare -U true 2>&1 || true) > /unshare\n",
             host = marker.path().display()
         ),
     );
@@ -138,6 +138,11 @@ fn a_step_sees_its_own_processes_and_files_only() {
     // Docker's 14 default capabilities, and no way to gain more.
     assert!(status.contains("CapEff:\t00000000a80425fb"), "{status}");
     assert!(status.contains("NoNewPrivs:\t1"), "{status}");
+    let unshare = read(root, "/unshare");
+    assert!(
+        unshare.contains("Operation not permitted"),
+        "a step made a user namespace: {unshare}"
+    );
     let disk = read(root, "/disk");
     assert!(
         disk.contains("Operation not permitted"),
