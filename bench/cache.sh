@@ -33,17 +33,7 @@ done
 # nothing in the repository.
 cp -r testdata/bench "$work/cases"
 cp -r testdata/examples/gcc "$work/cases/compile"
-mkdir -p "$work/cases/copy-5000/files"
-i=0
-while [ $i -lt 50 ]; do
-    mkdir "$work/cases/copy-5000/files/dir$i"
-    j=0
-    while [ $j -lt 100 ]; do
-        echo "file $i/$j" > "$work/cases/copy-5000/files/dir$i/file$j.txt"
-        j=$((j + 1))
-    done
-    i=$((i + 1))
-done
+make_files "$work/cases/copy-5000/files"
 sync
 
 # The one file each case changes.

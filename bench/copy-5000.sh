@@ -12,17 +12,7 @@ set -eu
 . bench/lib/dockerd.sh
 trap 'stop_dockerd; umount -R "$work/buildah/overlay" 2>/dev/null; rm -rf "$work"' EXIT
 
-mkdir -p "$work/context/files"
-i=0
-while [ $i -lt 50 ]; do
-    mkdir "$work/context/files/dir$i"
-    j=0
-    while [ $j -lt 100 ]; do
-        echo "file $i/$j" > "$work/context/files/dir$i/file$j.txt"
-        j=$((j + 1))
-    done
-    i=$((i + 1))
-done
+make_files "$work/context/files"
 printf 'FROM scratch\nCOPY files/ /files/\n' > "$work/context/Dockerfile"
 # A context is usually on disk long before it is built: flush it now, so
 # that no run pays for writing it out.

@@ -20,3 +20,17 @@ milliseconds() {
 ratio() {
     python3 -c "print(round($1 / max($2, 1), 2))"
 }
+
+# Writes 5,000 small files into $1 (50 directories of 100).
+make_files() {
+    i=0
+    while [ $i -lt 50 ]; do
+        mkdir -p "$1/dir$i"
+        j=0
+        while [ $j -lt 100 ]; do
+            echo "file $i/$j" > "$1/dir$i/file$j.txt"
+            j=$((j + 1))
+        done
+        i=$((i + 1))
+    done
+}

@@ -415,6 +415,24 @@ pub fn write_cache_manifest(
     Ok(store.write_blob(&bytes)?)
 }
 
+/// Makes `target` appear whole: `fill` writes a temporary file beside it,
+/// which is synced and renamed into place.
+fn write_synced(
+    target: &Path,
+    fill: impl FnOnce(&Path) -> std::io::Result<()>,
+) -> anyhow::Result<()> {
+    let dir = target.parent().unwrap_or(Path::new("."));
+    let partial = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("writing into {}", dir.display()))?;
+    fill(partial.path())
+        .and_then(|()| fs::File::open(partial.path())?.sync_all())
+        .with_context(|| format!("writing {}", partial.path().display()))?;
+    partial
+        .persist(target)
+        .with_context(|| format!("writing {}", target.display()))?;
+    Ok(())
+}
+
 /// Writes a cache manifest and the blobs it names into the OCI layout
 /// `dir` (created when missing), replacing the cache it held.
 pub fn write_local(
@@ -442,17 +460,9 @@ pub fn write_local(
             }
             continue;
         }
-        let partial = tempfile::NamedTempFile::new_in(&blobs)
-            .with_context(|| format!("writing into {}", blobs.display()))?;
-        fs::copy(store.blob_path(digest), partial.path())
-            .with_context(|| format!("writing {}", partial.path().display()))?;
-        partial
-            .as_file()
-            .sync_all()
-            .with_context(|| format!("writing {}", partial.path().display()))?;
-        partial
-            .persist(&target)
-            .with_context(|| format!("writing {}", target.display()))?;
+        write_synced(&target, |partial| {
+            fs::copy(store.blob_path(digest), partial).map(|_| ())
+        })?;
     }
     fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)
         .with_context(|| format!("writing {}", dir.display()))?;
@@ -466,17 +476,10 @@ pub fn write_local(
             "annotations": { "org.opencontainers.image.ref.name": LOCAL_TAG },
         }],
     });
-    let mut partial = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("writing into {}", dir.display()))?;
-    std::io::Write::write_all(&mut partial, &serde_json::to_vec_pretty(&index)?)
-        .with_context(|| format!("writing {}", partial.path().display()))?;
-    partial
-        .as_file()
-        .sync_all()
-        .with_context(|| format!("writing {}", partial.path().display()))?;
-    partial
-        .persist(dir.join("index.json"))
-        .with_context(|| format!("writing {}", dir.join("index.json").display()))?;
+    let index = serde_json::to_vec_pretty(&index)?;
+    write_synced(&dir.join("index.json"), |partial| {
+        fs::write(partial, &index)
+    })?;
     // Blobs of caches this one replaced, once no build that read one of
     // them can still be fetching from it (nor an export writing it).
     let now = SystemTime::now();

@@ -279,17 +279,11 @@ fn build_image(
         Output::Store | Output::Oci(_) | Output::Docker(_) => {}
     }
     let exporting = progress.step("exporting layers");
-    let image_layers = match executor.materialize(&target.layers) {
-        Ok(layers) => {
-            exporting.add_bytes(layers.iter().map(|layer| layer.size).sum());
-            exporting.done();
-            layers
-        }
-        Err(e) => {
-            exporting.error(&e.root_cause().to_string(), &[]);
-            return Err(e);
-        }
-    };
+    let materialized = executor.materialize(&target.layers);
+    if let Ok(layers) = &materialized {
+        exporting.add_bytes(layers.iter().map(|layer| layer.size).sum());
+    }
+    let image_layers = exporting.finish_with(materialized)?;
     let mut image_file = target.image_file(now);
     if cache_to.contains(&cache_io::CacheTo::Inline) {
         // Records of the target's layers, by their place in the image.

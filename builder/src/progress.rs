@@ -64,7 +64,8 @@ pub struct Step<'a> {
     bytes: std::sync::atomic::AtomicU64,
 }
 
-fn human_bytes(bytes: u64) -> String {
+/// `12.3 MB`.
+pub fn human_bytes(bytes: u64) -> String {
     let mut value = bytes as f64;
     for unit in ["B", "kB", "MB", "GB"] {
         if value < 1000.0 {
@@ -183,6 +184,20 @@ impl Step<'_> {
             Mode::Tty => progress.line(&format!("#{} {} {plain}", self.id, self.name)),
             Mode::RawJson => progress.event(self.id, event, &self.name, Some(&plain)),
             Mode::Quiet => {}
+        }
+    }
+
+    /// Ends the step as `result` says, passing the result on.
+    pub fn finish_with<T>(self, result: anyhow::Result<T>) -> anyhow::Result<T> {
+        match result {
+            Ok(value) => {
+                self.done();
+                Ok(value)
+            }
+            Err(error) => {
+                self.error(&error.root_cause().to_string(), &[]);
+                Err(error)
+            }
         }
     }
 

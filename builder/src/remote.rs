@@ -12,6 +12,7 @@ use kiln_registry::transfer::{self, manifest_blobs};
 use kiln_registry::{Client, ClientOptions, Credential, DockerConfig, Pushed, Reference};
 
 use crate::image::StoredImage;
+use crate::progress::human_bytes;
 
 /// Blobs moved at once, each way.
 const PARALLEL_TRANSFERS: usize = 4;
@@ -39,17 +40,6 @@ fn platform_of(platform: &kiln_frontend::Platform) -> transfer::Platform {
         architecture: platform.architecture.clone(),
         variant: platform.variant.clone(),
     }
-}
-
-fn human_bytes(bytes: u64) -> String {
-    let mut value = bytes as f64;
-    for unit in ["B", "kB", "MB", "GB"] {
-        if value < 1000.0 {
-            return format!("{value:.1} {unit}");
-        }
-        value /= 1000.0;
-    }
-    format!("{value:.1} TB")
 }
 
 impl Remote {
@@ -124,17 +114,9 @@ impl Remote {
                 },
             ))
             .with_context(|| format!("pulling {}", reference.familiar()));
-        let pulled = match (pulled, step) {
-            (Ok(pulled), Some(step)) => {
-                step.done();
-                pulled
-            }
-            (Ok(pulled), None) => pulled,
-            (Err(e), Some(step)) => {
-                step.error(&e.root_cause().to_string(), &[]);
-                return Err(e);
-            }
-            (Err(e), None) => return Err(e),
+        let pulled = match step {
+            Some(step) => step.finish_with(pulled)?,
+            None => pulled?,
         };
         let digest = pulled.manifest.digest;
         let image = StoredImage::read(store, &digest)?;
@@ -198,17 +180,9 @@ impl Remote {
                     },
                 ))
                 .with_context(|| format!("pushing to {name}"));
-            let report = match (report, step) {
-                (Ok(report), Some(step)) => {
-                    step.done();
-                    report
-                }
-                (Ok(report), None) => report,
-                (Err(e), Some(step)) => {
-                    step.error(&e.root_cause().to_string(), &[]);
-                    return Err(e);
-                }
-                (Err(e), None) => return Err(e),
+            let report = match step {
+                Some(step) => step.finish_with(report)?,
+                None => report?,
             };
             let count = |kind: Pushed| report.blobs.iter().filter(|(_, _, p)| *p == kind).count();
             let uploaded: u64 = report
