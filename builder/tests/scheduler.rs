@@ -112,9 +112,12 @@ fn a_failing_stage_stops_the_others() {
     };
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("exit code 3"), "{stderr}");
+    // The slow step, if it had started, was stopped (on a slow machine the
+    // failure may come before it starts; then it never does).
+    let started = stderr.contains("RUN sleep 317");
     assert!(
-        stderr.contains("ERROR: interrupted"),
-        "the slow step was stopped: {stderr}"
+        !started || stderr.contains("ERROR: interrupted"),
+        "the slow step was not stopped: {stderr}"
     );
     let survivors = fs::read_dir("/proc")
         .expect("/proc")
