@@ -14,6 +14,7 @@ use kiln_frontend::graph::{BuildGraph, Mount, RunStep, Sharing as MountSharing, 
 use kiln_frontend::instruction::{NetworkMode, SecurityMode};
 use kiln_runtime::{BundleOwners, Network, Runtime, Sensitive, Step, StepIo, StepMount, User};
 
+use crate::agent::AgentProxy;
 use crate::build::Outputs;
 use crate::image::Layer;
 use crate::users::resolve_exec_user;
@@ -260,6 +261,7 @@ struct Prepared {
     secret_env: Vec<(String, Sensitive)>,
     env: Vec<String>,
     _cache_locks: Vec<CacheMount>,
+    _agents: Vec<AgentProxy>,
 }
 
 impl crate::build::Executor<'_> {
@@ -501,19 +503,29 @@ impl crate::build::Executor<'_> {
                     id,
                     target,
                     required,
-                    ..
+                    mode,
+                    uid,
+                    gid,
                 } => {
-                    let Some(socket) = self.sandbox.ssh.get(id) else {
+                    let Some(agent) = self.sandbox.ssh.get(id) else {
                         if *required {
                             bail!("the SSH agent {id:?} is required: pass it with --ssh {id} (or --ssh {id}=SOCKET)");
                         }
                         continue;
                     };
+                    let proxy = AgentProxy::start(
+                        &scratch.join(format!("ssh-{index}.sock")),
+                        agent,
+                        *uid,
+                        *gid,
+                        *mode,
+                    )?;
                     prepared.mounts.push(StepMount::Bind {
-                        source: socket.clone(),
+                        source: proxy.socket.clone(),
                         target: target.clone(),
                         readonly: false,
                     });
+                    prepared._agents.push(proxy);
                     if !ssh_socket_set {
                         prepared.env.push(format!("{SSH_AUTH_SOCK}={target}"));
                         ssh_socket_set = true;

@@ -472,11 +472,18 @@ fn the_ssh_agent_socket_is_forwarded() {
     let context = Context::new();
     context.write(
         "Dockerfile",
-        "FROM busybox\nRUN --mount=type=ssh test -S \"$SSH_AUTH_SOCK\" && echo \"$SSH_AUTH_SOCK\" > /agent\n",
+        "FROM busybox\n\
+         RUN --mount=type=ssh test -S \"$SSH_AUTH_SOCK\" && echo \"$SSH_AUTH_SOCK\" > /agent \
+         && stat -c '%u %a' \"$SSH_AUTH_SOCK\" > /default-owner\n\
+         USER app\n\
+         RUN --mount=type=ssh,uid=1000,mode=0660 stat -c '%u %a' \"$SSH_AUTH_SOCK\" > /tmp/owner\n",
     );
     let ssh = format!("default={}", socket.display());
     let files = kiln.files(context.path(), &["--ssh", &ssh]);
     assert_eq!(read(files.path(), "/agent"), "/run/buildkit/ssh_agent.0\n");
+    // A socket of the step's own, owned and permitted as the mount says.
+    assert_eq!(read(files.path(), "/default-owner"), "0 600\n");
+    assert_eq!(read(files.path(), "/tmp/owner"), "1000 660\n");
     context.write(
         "Dockerfile",
         "FROM busybox\nRUN --mount=type=ssh,required true\n",

@@ -356,7 +356,9 @@ impl Runtime {
         io: StepIo<'_>,
         interrupted: &AtomicBool,
     ) -> Result<Outcome, Error> {
-        let helper = std::env::current_exe().map_err(|e| Error::io("the kiln binary", e))?;
+        // The running binary itself, even if an upgrade replaced the file
+        // since kiln started.
+        let helper = PathBuf::from("/proc/self/exe");
         let mut command = Command::new(&helper);
         command.arg(SANDBOX_ARG).arg(bundle_dir);
         // `kiln run` stops its container as `docker stop` does: SIGTERM
