@@ -6,14 +6,10 @@ mod support;
 use std::fs;
 use std::path::Path;
 
-use support::{require_root, require_tool, Context, Kiln};
+use support::{require_root, Context, Kiln};
 
 fn kiln() -> Kiln {
-    require_root();
-    require_tool("runc", "runc");
-    let kiln = Kiln::new();
-    kiln.busybox();
-    kiln
+    Kiln::with_busybox()
 }
 
 /// Builds and returns, for each step, its instruction and whether it came
@@ -553,11 +549,17 @@ fn a_missing_cache_is_a_warning_and_an_imported_layer_is_fetched_only_when_neede
     let from = format!("type=local,src={}", cache.display());
     let to = format!("type=local,dest={},mode=max", cache.display());
     // No cache yet: a warning, and the build goes on.
-    build(
-        &first,
-        context.path(),
-        &["--cache-from", &from, "--cache-to", &to],
-    );
+    let output = first.run(&[
+        "build",
+        "--cache-from",
+        &from,
+        "--cache-to",
+        &to,
+        context.path().to_str().expect("utf-8"),
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("warning: no cache at"), "{stderr}");
     let second = second_machine(&first);
     let steps = build(&second, context.path(), &["--cache-from", &from]);
     assert_eq!(steps.iter().filter(|(_, cached)| !cached).count(), 0);

@@ -6,23 +6,9 @@ mod support;
 use std::fs;
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{require_root, require_tool, Context, Kiln};
-
-fn run(program: &str, args: &[&str]) -> String {
-    let output = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("running {program}: {e}"));
-    assert!(
-        output.status.success(),
-        "{program} {args:?} failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
+use support::{require_root, require_tool, run_tool, Context, Kiln};
 
 /// A `security.capability` value (revision 2) granting CAP_NET_BIND_SERVICE.
 const NET_BIND_SERVICE: [u8; 20] = [1, 0, 0, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
@@ -104,7 +90,7 @@ fn skopeo_reads_both_archive_formats() {
             &format!("type=docker,dest={}", docker.display()),
         ],
     );
-    let inspected: serde_json::Value = serde_json::from_str(&run(
+    let inspected: serde_json::Value = serde_json::from_str(&run_tool(
         "skopeo",
         &["inspect", &format!("oci-archive:{}", oci.display())],
     ))
@@ -112,7 +98,7 @@ fn skopeo_reads_both_archive_formats() {
     assert_eq!(inspected["Digest"], digest);
     assert_eq!(inspected["Layers"].as_array().map(Vec::len), Some(2));
     assert_eq!(inspected["Os"], "linux");
-    let inspected: serde_json::Value = serde_json::from_str(&run(
+    let inspected: serde_json::Value = serde_json::from_str(&run_tool(
         "skopeo",
         &["inspect", &format!("docker-archive:{}", docker.display())],
     ))
@@ -154,7 +140,7 @@ fn skopeo_reads_both_archive_formats() {
         }
     }
     let copied = out.path().join("copied");
-    run(
+    run_tool(
         "skopeo",
         &[
             "copy",
@@ -184,7 +170,7 @@ fn umoci_unpacks_exactly_the_expected_tree() {
     );
     let layout = out.path().join("layout");
     fs::create_dir(&layout).expect("mkdir");
-    run(
+    run_tool(
         "tar",
         &[
             "-xf",
@@ -194,7 +180,7 @@ fn umoci_unpacks_exactly_the_expected_tree() {
         ],
     );
     let bundle = out.path().join("bundle");
-    run(
+    run_tool(
         "umoci",
         &[
             "unpack",
@@ -285,7 +271,7 @@ fn saved_images_load_back_with_the_same_digest() {
         } else {
             "docker-archive"
         };
-        let inspected: serde_json::Value = serde_json::from_str(&run(
+        let inspected: serde_json::Value = serde_json::from_str(&run_tool(
             "skopeo",
             &["inspect", &format!("{transport}:{}", archive.display())],
         ))
@@ -315,7 +301,7 @@ fn docker_save_archives_load() {
     let layer_dir = work.path().join("layer-content");
     fs::create_dir_all(layer_dir.join("etc")).expect("mkdir");
     fs::write(layer_dir.join("etc/motd"), "welcome\n").expect("write");
-    run(
+    run_tool(
         "tar",
         &[
             "-cf",
@@ -344,7 +330,7 @@ fn docker_save_archives_load() {
     )
     .expect("manifest");
     let archive = work.path().join("docker-save.tar");
-    run(
+    run_tool(
         "tar",
         &[
             "-cf",
@@ -394,7 +380,7 @@ fn host_architecture() -> &'static str {
 /// Unpacks a tar archive into a directory with the system's tar.
 fn untar(archive: &Path, dir: &Path) {
     fs::create_dir_all(dir).expect("mkdir");
-    run(
+    run_tool(
         "tar",
         &[
             "-xf",
@@ -406,7 +392,7 @@ fn untar(archive: &Path, dir: &Path) {
 }
 
 fn tar_directory(dir: &Path, archive: &Path) {
-    run(
+    run_tool(
         "tar",
         &[
             "-cf",
@@ -535,7 +521,7 @@ fn zstd_layers_make_oci_images_even_with_the_docker_format() {
         context.path(),
         &["--format", "docker", "--compression", "zstd", "-o", &output],
     );
-    let raw = run(
+    let raw = run_tool(
         "skopeo",
         &[
             "inspect",
@@ -567,7 +553,7 @@ fn source_date_epoch_makes_builds_reproducible_across_stores_and_checkouts() {
     let second = tempfile::tempdir().expect("tmp");
     let second_path = second.path().join("another/checkout");
     fs::create_dir_all(&second_path).expect("mkdir");
-    run(
+    run_tool(
         "cp",
         &[
             "-a",
@@ -576,7 +562,7 @@ fn source_date_epoch_makes_builds_reproducible_across_stores_and_checkouts() {
         ],
     );
     // A fresh checkout: every file gets a new modification time.
-    run(
+    run_tool(
         "sh",
         &[
             "-c",

@@ -7,20 +7,7 @@ mod support;
 use std::fs;
 
 use kiln_testkit::{Registry, Setup, PASSWORD, USER};
-use support::{require_root, require_tool, Context, Kiln};
-
-fn run(program: &str, args: &[&str]) -> String {
-    let output = std::process::Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("running {program}: {e}"));
-    assert!(
-        output.status.success(),
-        "{program} {args:?} failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
+use support::{require_root, require_tool, run_tool, Context, Kiln};
 
 /// Pushes busybox (made by `Kiln::busybox`) to `name` in the registry.
 fn publish_busybox(registry: &Registry, name: &str) -> String {
@@ -76,7 +63,7 @@ fn built_images_are_pushed_and_skopeo_reads_and_copies_them() {
     assert_eq!(metadata["containerimage.digest"], digest);
     assert_eq!(metadata["image.name"], format!("{name},{latest}"));
     for reference in [&name, &latest] {
-        let inspected: serde_json::Value = serde_json::from_str(&run(
+        let inspected: serde_json::Value = serde_json::from_str(&run_tool(
             "skopeo",
             &[
                 "inspect",
@@ -88,7 +75,7 @@ fn built_images_are_pushed_and_skopeo_reads_and_copies_them() {
         assert_eq!(inspected["Digest"], digest, "{reference}");
     }
     let copied = tempfile::tempdir().expect("tmp");
-    run(
+    run_tool(
         "skopeo",
         &[
             "copy",
@@ -120,7 +107,7 @@ fn kiln_builds_on_an_image_skopeo_pushed_and_pulls_each_base_once() {
         "oci",
     ]);
     let base = registry.name("skopeo/busybox:1");
-    run(
+    run_tool(
         "skopeo",
         &[
             "copy",

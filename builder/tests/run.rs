@@ -11,15 +11,11 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{require_root, require_tool, Context, Kiln};
+use support::{Context, Kiln};
 
 /// A store with busybox, and runc at hand.
 fn kiln() -> Kiln {
-    require_root();
-    require_tool("runc", "runc");
-    let kiln = Kiln::new();
-    kiln.busybox();
-    kiln
+    Kiln::with_busybox()
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {

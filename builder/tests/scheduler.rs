@@ -8,14 +8,10 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use support::{require_root, require_tool, Context, Kiln};
+use support::{Context, Kiln};
 
 fn kiln() -> Kiln {
-    require_root();
-    require_tool("runc", "runc");
-    let kiln = Kiln::new();
-    kiln.busybox();
-    kiln
+    Kiln::with_busybox()
 }
 
 /// Each step's stage, start and end (milliseconds from the build's start)

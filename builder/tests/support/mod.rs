@@ -28,6 +28,21 @@ pub fn require_tool(tool: &str, package: &str) {
     );
 }
 
+/// Runs a tool (skopeo, umoci, ...), expecting success; returns its
+/// standard output.
+pub fn run_tool(program: &str, args: &[&str]) -> String {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {program}: {e}"));
+    assert!(
+        output.status.success(),
+        "{program} {args:?} failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 /// A store of its own and the `kiln` binary working on it.
 pub struct Kiln {
     pub root: tempfile::TempDir,
@@ -87,6 +102,16 @@ impl Kiln {
         args.extend_from_slice(extra);
         args.push(context.to_str().expect("utf-8 path"));
         self.ok(&args).trim().to_string()
+    }
+
+    /// A store with busybox in it, for tests that run steps (as root, with
+    /// runc).
+    pub fn with_busybox() -> Self {
+        require_root();
+        require_tool("runc", "runc");
+        let kiln = Kiln::new();
+        kiln.busybox();
+        kiln
     }
 
     /// Makes `busybox:latest` in the store: busybox-static's binary, its
