@@ -6,7 +6,6 @@
 //! malformed; 130 interrupted by Ctrl-C or SIGTERM. `kiln run` exits with
 //! its container's status, or 125 when kiln itself fails.
 
-mod agent;
 mod archive;
 mod build;
 mod cache_io;

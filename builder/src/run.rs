@@ -12,9 +12,10 @@ use anyhow::{bail, Context};
 use kiln_cache::{CacheMount, Sharing, Store};
 use kiln_frontend::graph::{BuildGraph, Mount, RunStep, Sharing as MountSharing, Source};
 use kiln_frontend::instruction::{NetworkMode, SecurityMode};
-use kiln_runtime::{BundleOwners, Network, Runtime, Sensitive, Step, StepIo, StepMount, User};
+use kiln_runtime::{
+    AgentProxy, BundleOwners, Network, Runtime, Sensitive, Step, StepIo, StepMount, User,
+};
 
-use crate::agent::AgentProxy;
 use crate::build::Outputs;
 use crate::image::Layer;
 use crate::users::resolve_exec_user;

@@ -4,6 +4,7 @@
 //!
 //! It knows nothing of layer tar formats or the cache index.
 
+mod agent;
 mod error;
 mod sandbox;
 mod spec;
@@ -11,6 +12,7 @@ mod stubs;
 
 use std::path::PathBuf;
 
+pub use agent::AgentProxy;
 pub use error::Error;
 pub use sandbox::{
     remove_bundles, sandbox_main, BundleOwners, Layers, Outcome, Runtime, StepIo, SANDBOX_ARG,

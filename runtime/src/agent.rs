@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use anyhow::Context;
+use crate::error::Error;
 
 /// How often the proxy looks whether the step has ended.
 const POLL: Duration = Duration::from_millis(20);
@@ -32,13 +32,12 @@ impl AgentProxy {
         uid: u32,
         gid: u32,
         mode: u32,
-    ) -> anyhow::Result<AgentProxy> {
-        let listener = UnixListener::bind(socket)
-            .with_context(|| format!("making the SSH agent socket {}", socket.display()))?;
+    ) -> Result<AgentProxy, Error> {
+        let listener = UnixListener::bind(socket).map_err(|e| Error::io(socket, e))?;
         std::os::unix::fs::chown(socket, Some(uid), Some(gid))
             .and_then(|()| std::fs::set_permissions(socket, std::fs::Permissions::from_mode(mode)))
             .and_then(|()| listener.set_nonblocking(true))
-            .with_context(|| format!("setting up {}", socket.display()))?;
+            .map_err(|e| Error::io(socket, e))?;
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = Arc::clone(&stop);
         let agent = agent.to_path_buf();
