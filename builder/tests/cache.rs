@@ -480,14 +480,7 @@ fn a_local_cache_serves_an_empty_store() {
     let cache = dir.path().join("cache");
     let to = |mode: &str| format!("type=local,dest={},mode={mode}", cache.display());
     let from = format!("type=local,src={}", cache.display());
-
-    let (steps, same) = share(ONE_STAGE, &to("min"), &from);
-    assert_eq!(runs(&steps), 0, "{steps:?}");
-    assert!(same, "the same image");
-
-    let (steps, same) = share(TWO_STAGES, &to("max"), &from);
-    assert_eq!(runs(&steps), 0, "{steps:?}");
-    assert!(same);
+    serves_an_empty_store(&to, &from);
 
     // min keeps the final stage's steps only: the other stage runs, makes
     // the same file again (times clamped), and the final stage's steps
@@ -503,15 +496,20 @@ fn a_registry_cache_serves_an_empty_store() {
     let registry = kiln_testkit::Registry::start(kiln_testkit::Setup::Anonymous);
     let reference = registry.name("team/app:cache");
     let to = |mode: &str| format!("type=registry,ref={reference},mode={mode}");
-    let from = format!("type=registry,ref={reference}");
+    serves_an_empty_store(&to, &format!("type=registry,ref={reference}"));
+}
 
-    let (steps, same) = share(ONE_STAGE, &to("min"), &from);
+/// A cache exported with `to(mode)` and imported with `from` lets a second
+/// store run no RUN step and make the same image: mode=min for a single
+/// stage, mode=max for two.
+fn serves_an_empty_store(to: &dyn Fn(&str) -> String, from: &str) {
+    let (steps, same) = share(ONE_STAGE, &to("min"), from);
     assert_eq!(runs(&steps), 0, "{steps:?}");
-    assert!(same);
+    assert!(same, "the same image");
 
-    let (steps, same) = share(TWO_STAGES, &to("max"), &from);
+    let (steps, same) = share(TWO_STAGES, &to("max"), from);
     assert_eq!(runs(&steps), 0, "{steps:?}");
-    assert!(same);
+    assert!(same, "the same image");
 }
 
 #[test]
