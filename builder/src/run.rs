@@ -375,24 +375,18 @@ impl crate::build::Executor<'_> {
                 Some(from) => Some(self.source_tree(from, outputs, graph)?),
                 None => None,
             };
-            let cache = self.store.cache_mount(&id, sharing, |dir| {
-                if let Some(tree) = &seed {
-                    crate::copy::copy_subtree(tree, source, dir, self.now).map_err(|e| {
-                        kiln_cache::Error::Io {
-                            path: dir.to_path_buf(),
-                            source: std::io::Error::other(format!("{e:#}")),
-                        }
-                    })?;
-                }
-                std::os::unix::fs::chown(dir, Some(*uid), Some(*gid))
-                    .and_then(|()| {
-                        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(*mode))
-                    })
-                    .map_err(|e| kiln_cache::Error::Io {
-                        path: dir.to_path_buf(),
-                        source: e,
-                    })
-            })?;
+            let cache = self
+                .store
+                .cache_mount(&id, sharing, |dir| -> anyhow::Result<()> {
+                    if let Some(tree) = &seed {
+                        crate::copy::copy_subtree(tree, source, dir, self.now)?;
+                    }
+                    std::os::unix::fs::chown(dir, Some(*uid), Some(*gid))
+                        .and_then(|()| {
+                            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(*mode))
+                        })
+                        .with_context(|| format!("preparing the cache mount {id:?}"))
+                })?;
             caches.insert(id, cache);
         }
         Ok(caches)

@@ -51,12 +51,12 @@ impl Store {
     /// for other processes when needed). A directory that does not exist
     /// yet is made by `init`, which fills an empty directory, and appears
     /// only once `init` succeeded.
-    pub fn cache_mount(
+    pub fn cache_mount<E: From<Error>>(
         &self,
         id: &str,
         sharing: Sharing,
-        init: impl FnOnce(&Path) -> Result<(), Error>,
-    ) -> Result<CacheMount, Error> {
+        init: impl FnOnce(&Path) -> Result<(), E>,
+    ) -> Result<CacheMount, E> {
         let parent = self
             .cache_mounts_dir()
             .join(Digest::of(id.as_bytes()).hex());
@@ -89,7 +89,7 @@ impl Store {
                     match lock.try_lock() {
                         Ok(()) => break (instance, lock),
                         Err(TryLockError::WouldBlock) => instance += 1,
-                        Err(TryLockError::Error(e)) => return Err(Error::io(&path, e)),
+                        Err(TryLockError::Error(e)) => return Err(Error::io(&path, e).into()),
                     }
                 }
             }
@@ -114,7 +114,7 @@ impl Store {
             ) {
                 Ok(()) => {}
                 Err(rustix::io::Errno::EXIST) => {}
-                Err(e) => return Err(Error::io(&path, e.into())),
+                Err(e) => return Err(Error::io(&path, e.into()).into()),
             }
         }
         Ok(CacheMount { path, _lock: lock })
@@ -143,13 +143,15 @@ mod tests {
         let path = first.path.clone();
         drop(first);
         let again = store
-            .cache_mount("go-build", Sharing::Shared, |_| panic!("already made"))
+            .cache_mount("go-build", Sharing::Shared, |_| -> Result<(), Error> {
+                panic!("already made")
+            })
             .unwrap();
         assert_eq!(again.path, path);
         assert_eq!(fs::read(again.path.join("object")).unwrap(), b"compiled");
         assert_eq!(fs::read(again.path.join("seed")).unwrap(), b"from init");
         let other = store
-            .cache_mount("npm", Sharing::Shared, |_| Ok(()))
+            .cache_mount("npm", Sharing::Shared, |_| Ok::<(), Error>(()))
             .unwrap();
         assert_ne!(other.path, path);
         assert!(!other.path.join("object").exists());
@@ -158,20 +160,24 @@ mod tests {
     #[test]
     fn shared_users_see_one_directory_private_ones_their_own() {
         let (_dir, store) = store();
-        let a = store.cache_mount("c", Sharing::Shared, |_| Ok(())).unwrap();
-        let b = store.cache_mount("c", Sharing::Shared, |_| Ok(())).unwrap();
+        let a = store
+            .cache_mount("c", Sharing::Shared, |_| Ok::<(), Error>(()))
+            .unwrap();
+        let b = store
+            .cache_mount("c", Sharing::Shared, |_| Ok::<(), Error>(()))
+            .unwrap();
         assert_eq!(a.path, b.path);
         let private = store
-            .cache_mount("c", Sharing::Private, |_| Ok(()))
+            .cache_mount("c", Sharing::Private, |_| Ok::<(), Error>(()))
             .unwrap();
         assert_ne!(private.path, a.path, "the shared instance is in use");
         let second_private = store
-            .cache_mount("c", Sharing::Private, |_| Ok(()))
+            .cache_mount("c", Sharing::Private, |_| Ok::<(), Error>(()))
             .unwrap();
         assert_ne!(second_private.path, private.path);
         drop((a, b));
         let third_private = store
-            .cache_mount("c", Sharing::Private, |_| Ok(()))
+            .cache_mount("c", Sharing::Private, |_| Ok::<(), Error>(()))
             .unwrap();
         assert_eq!(
             third_private.path.file_name().unwrap(),
@@ -187,7 +193,9 @@ mod tests {
             Err(Error::io(dir, std::io::Error::other("no")))
         });
         assert!(failed.is_err());
-        let mount = store.cache_mount("c", Sharing::Locked, |_| Ok(())).unwrap();
+        let mount = store
+            .cache_mount("c", Sharing::Locked, |_| Ok::<(), Error>(()))
+            .unwrap();
         assert_eq!(fs::read_dir(&mount.path).unwrap().count(), 0);
     }
 }
