@@ -513,17 +513,19 @@ impl Executor<'_> {
             source_date_epoch: self.settings.source_date_epoch,
         };
         let wanted = LayerEncoding::of_compression(self.settings.compression);
-        let ours: std::collections::HashSet<Digest> = self
-            .lock(&self.results)
-            .iter()
-            .filter_map(|result| result.layer.as_ref().map(|layer| layer.diff_id))
-            .collect();
+        // This build's layers, with the keys of the steps that made them.
+        let mut ours: HashMap<Digest, Vec<Digest>> = HashMap::new();
+        for result in self.lock(&self.results).iter() {
+            if let Some(layer) = &result.layer {
+                ours.entry(layer.diff_id).or_default().push(result.key);
+            }
+        }
         let mut materialized = Vec::with_capacity(layers.len());
         for layer in layers {
             // Base image layers keep their compression; this build's are
             // compressed as it asks, from their snapshot.
             let as_asked = layer.encoding == wanted
-                || !ours.contains(&layer.diff_id)
+                || !ours.contains_key(&layer.diff_id)
                 || !self.store.has_snapshot(&layer.diff_id);
             let usable = if self.store.has_blob(&layer.blob) {
                 as_asked
@@ -541,20 +543,11 @@ impl Executor<'_> {
                     let written = write_blob(self.store, layer, &options)?;
                     self.lock(&self.written)
                         .insert(layer.diff_id, written.clone());
-                    let results = self.lock(&self.results).clone();
-                    for result in results {
-                        let same = result
-                            .layer
-                            .as_ref()
-                            .is_some_and(|l| l.diff_id == layer.diff_id);
-                        if same {
-                            self.store.put_cache_record(
-                                &result.key,
-                                &CacheRecord {
-                                    layer: Some(written.record()),
-                                },
-                            )?;
-                        }
+                    let record = CacheRecord {
+                        layer: Some(written.record()),
+                    };
+                    for key in ours.get(&layer.diff_id).into_iter().flatten() {
+                        self.store.put_cache_record(key, &record)?;
                     }
                     written
                 }
