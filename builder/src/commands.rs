@@ -174,7 +174,7 @@ fn build_image(
         store,
         remote,
         sandbox,
-        context: &args.dockerfile.context,
+        context: &plan.context,
         ignore: &plan.ignore,
         dockerfile: &plan.name,
         settings: Settings {

@@ -156,6 +156,9 @@ pub fn copy(
         hard_links: HashMap::new(),
     };
     for found in matches {
+        // Each source is copied on its own, as BuildKit does: hard links are
+        // kept inside one copied directory, not between separate sources.
+        writer.hard_links.clear();
         let overrides = Overrides {
             mode: step.chmod,
             owner,
@@ -167,7 +170,14 @@ pub fn copy(
             } else {
                 dest.trim_end_matches('/').to_string()
             };
-            writer.copy_directory(source, &found.entry, &target, &overrides, exclude.as_ref())?;
+            writer.copy_directory(
+                source,
+                &found.entry,
+                &target,
+                &overrides,
+                exclude.as_ref(),
+                !step.parents,
+            )?;
             continue;
         }
         let target = if step.parents {
@@ -596,13 +606,7 @@ impl Writer<'_> {
                 self.diff.create_dir(&prefix)?;
                 let attributes = match self.existing_directory(&prefix)? {
                     Some(attributes) => attributes,
-                    None => Attributes {
-                        mode: 0o755,
-                        uid: self.default_owner.0,
-                        gid: self.default_owner.1,
-                        mtime: self.now,
-                        xattrs: Vec::new(),
-                    },
+                    None => self.new_directory_attributes(),
                 };
                 self.diff.set_directory_attributes(&prefix, &attributes)?;
             }
@@ -671,7 +675,22 @@ impl Writer<'_> {
         Ok(())
     }
 
-    /// Copies the contents of the directory `entry` into `target`.
+    /// A directory the copy creates where the image has none: 0755, owned by
+    /// `--chown`'s owner or root.
+    fn new_directory_attributes(&self) -> Attributes {
+        Attributes {
+            mode: 0o755,
+            uid: self.default_owner.0,
+            gid: self.default_owner.1,
+            mtime: self.now,
+            xattrs: Vec::new(),
+        }
+    }
+
+    /// Copies the contents of the directory `entry` into `target`. With
+    /// `plain_destination`, a destination the image lacks is made as
+    /// BuildKit makes it (see `new_directory_attributes`) rather than with
+    /// the source directory's mode and owner: only the contents are copied.
     fn copy_directory(
         &mut self,
         source: &SourceTree<'_>,
@@ -679,6 +698,7 @@ impl Writer<'_> {
         target: &str,
         overrides: &Overrides,
         exclude: Option<&DockerIgnore>,
+        plain_destination: bool,
     ) -> anyhow::Result<()> {
         let path = self.place(target)?;
         self.ensure_parents(&path)?;
@@ -688,7 +708,17 @@ impl Writer<'_> {
             overrides,
             exclude,
         };
-        self.write_directory(&selection, entry, &path, true)
+        if !plain_destination {
+            return self.write_directory(&selection, entry, &path, true);
+        }
+        self.check_directory_target(&path, true)?;
+        let existing = self.existing_directory(&path)?;
+        self.diff.create_dir(&path)?;
+        self.ensured.insert(path.clone());
+        self.walk(&selection, entry, &path, existing.is_some())?;
+        let attributes = existing.unwrap_or_else(|| self.new_directory_attributes());
+        self.diff.set_directory_attributes(&path, &attributes)?;
+        Ok(())
     }
 
     /// Creates the directory `path` in the diff with the contents of `dir`.

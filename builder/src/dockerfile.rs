@@ -13,6 +13,9 @@ use crate::cli::DockerfileArgs;
 /// A lowered Dockerfile and what came with it.
 pub struct Plan {
     pub graph: BuildGraph,
+    /// The build context as an absolute path: steps run with another working
+    /// directory, so a relative one (`.`) would name something else there.
+    pub context: PathBuf,
     pub ignore: DockerIgnore,
     /// How to name the Dockerfile in messages.
     pub name: String,
@@ -38,6 +41,8 @@ pub fn load(
             })
         }
     }
+    let context = std::fs::canonicalize(&args.context)
+        .with_context(|| format!("cannot use the build context {}", args.context.display()))?;
     let (path, name, bytes) = read_dockerfile(args)?;
     let dockerfile = kiln_frontend::parse_bytes(&bytes, &name)?;
     for warning in &dockerfile.warnings {
@@ -54,6 +59,7 @@ pub fn load(
     }
     Ok(Plan {
         graph,
+        context,
         ignore,
         name,
     })

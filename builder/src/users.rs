@@ -57,7 +57,8 @@ pub fn resolve_owner(spec: &str, view: &LayerView) -> anyhow::Result<(u32, u32)>
 pub struct ExecUser {
     pub uid: u32,
     pub gid: u32,
-    /// The groups `/etc/group` lists the user in, besides its own.
+    /// The process's groups: its primary group, then those `/etc/group`
+    /// lists the user in (only the primary one when a group is given).
     pub additional_gids: Vec<u32>,
 }
 
@@ -119,12 +120,17 @@ pub fn resolve_exec_user(spec: &str, view: &LayerView) -> anyhow::Result<ExecUse
             let members = fields.get(3).copied().unwrap_or("");
             if members.split(',').any(|member| member.trim() == name) {
                 if let Some(member_gid) = fields.get(2).and_then(|g| g.parse().ok()) {
-                    if member_gid != gid && !additional_gids.contains(&member_gid) {
+                    if !additional_gids.contains(&member_gid) {
                         additional_gids.push(member_gid);
                     }
                 }
             }
         }
+    }
+    // The process keeps its primary group among its groups, as BuildKit
+    // and Docker give it.
+    if !additional_gids.contains(&gid) {
+        additional_gids.insert(0, gid);
     }
     Ok(ExecUser {
         uid,
@@ -190,7 +196,7 @@ mod tests {
             ExecUser {
                 uid: 0,
                 gid: 0,
-                additional_gids: vec![]
+                additional_gids: vec![0]
             }
         );
         assert_eq!(
@@ -198,7 +204,7 @@ mod tests {
             ExecUser {
                 uid: 1000,
                 gid: 1001,
-                additional_gids: vec![50]
+                additional_gids: vec![1001, 50]
             }
         );
         assert_eq!(
@@ -206,7 +212,7 @@ mod tests {
             ExecUser {
                 uid: 1000,
                 gid: 1001,
-                additional_gids: vec![50]
+                additional_gids: vec![1001, 50]
             },
             "a number the image knows is its user"
         );
@@ -215,7 +221,7 @@ mod tests {
             ExecUser {
                 uid: 1000,
                 gid: 0,
-                additional_gids: vec![]
+                additional_gids: vec![0]
             },
             "a group given replaces the supplementary ones"
         );
@@ -224,7 +230,7 @@ mod tests {
             ExecUser {
                 uid: 4242,
                 gid: 0,
-                additional_gids: vec![]
+                additional_gids: vec![0]
             }
         );
         assert!(resolve_exec_user("ghost", &view).is_err());

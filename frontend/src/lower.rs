@@ -578,13 +578,21 @@ impl Lowering<'_> {
             Some(j) => {
                 self.lower_stage(j)?;
                 depends_on.insert(j);
-                let base_state = self.lowered[j]
+                let mut base_state = self.lowered[j]
                     .as_ref()
                     .map(|s| s.state.clone())
                     .ok_or_else(|| {
                         self.source
                             .error(ErrorKind::SelfReference(reference.clone()), from.image.pos)
                     })?;
+                // The new stage starts from the earlier stage's image: its
+                // ENV values win over a same-named ARG that the earlier
+                // stage declared after them (BuildKit re-applies the
+                // image's variables when a stage starts).
+                let image_env = base_state.image_env.clone();
+                for (key, value) in image_env.iter() {
+                    base_state.env.set(key, value);
+                }
                 (Base::Stage { stage: j }, base_state)
             }
             None => {

@@ -153,6 +153,21 @@ fn later_env_or_arg_wins_and_only_env_reaches_the_image() {
     assert_eq!(env_value(&runs_of(&g)[1].env, "A"), Some("given"));
 }
 
+#[test]
+fn a_stage_built_on_another_sees_its_env_over_an_arg_it_declared_later() {
+    let text = "FROM scratch AS base\nENV A=env\nARG A\nARG B\nRUN one\n\
+                FROM base\nRUN two\nARG A\nRUN three\n";
+    let g = graph_with_args(text, &[("A", "given"), ("B", "b")]);
+    let base = &g.stages[0];
+    assert_eq!(env_value(&runs(base)[0].env, "A"), Some("given"));
+    let steps = runs_of(&g);
+    assert_eq!(env_value(&steps[0].env, "A"), Some("env"));
+    // An ARG of the earlier stage that no ENV shadows stays visible.
+    assert_eq!(env_value(&steps[0].env, "B"), Some("b"));
+    // Declared again in the new stage, the build arg wins there.
+    assert_eq!(env_value(&steps[1].env, "A"), Some("given"));
+}
+
 fn runs_of(g: &BuildGraph) -> Vec<&RunStep> {
     runs(target(g))
 }

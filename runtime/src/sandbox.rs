@@ -108,6 +108,17 @@ pub struct Layers<'a> {
     pub scratch: &'a Path,
 }
 
+/// `path` made absolute: the runtime and the helper run in the bundle or
+/// other directories, where a relative path (a context given as `.`) names
+/// something else.
+fn absolute(path: &Path) -> Result<PathBuf, Error> {
+    std::path::absolute(path).map_err(|e| Error::io(path, e))
+}
+
+fn absolute_all(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Error> {
+    paths.iter().map(|p| absolute(p)).collect()
+}
+
 /// Where bundles live: in memory, so that secrets and the step's
 /// environment never reach a disk.
 const BUNDLE_ROOT: &str = "/dev/shm";
@@ -234,7 +245,7 @@ impl Runtime {
         );
         let bundle = Bundle::create(&id)?;
         let bundle_dir = &bundle.0;
-        let rootfs = layers.scratch.join("rootfs");
+        let rootfs = absolute(&layers.scratch.join("rootfs"))?;
         let etc = bundle_dir.join("etc");
         let files = bundle_dir.join("files");
         for dir in [&rootfs, &etc, &files] {
@@ -244,14 +255,17 @@ impl Runtime {
         write_file(&etc.join("hosts"), &hosts(&step.hostname))?;
         write_file(&etc.join("resolv.conf"), &resolv_conf())?;
         let mut overlays = vec![Overlay {
-            lowers: layers.lowers.to_vec(),
-            upper: Some((layers.upper.to_path_buf(), layers.scratch.join("work"))),
+            lowers: absolute_all(layers.lowers)?,
+            upper: Some((
+                absolute(layers.upper)?,
+                absolute(&layers.scratch.join("work"))?,
+            )),
             at: rootfs.clone(),
         }];
         let mut sources = Vec::with_capacity(step.mounts.len());
         for (index, mount) in step.mounts.iter().enumerate() {
             sources.push(match mount {
-                StepMount::Bind { source, .. } => Some(source.clone()),
+                StepMount::Bind { source, .. } => Some(absolute(source)?),
                 StepMount::Tmpfs { .. } => None,
                 StepMount::File {
                     contents,
@@ -271,10 +285,11 @@ impl Runtime {
                     ..
                 } => {
                     let inside = path.trim_start_matches('/');
+                    let lowers = absolute_all(lowers)?;
                     if let ([only], false) = (lowers.as_slice(), writable) {
                         Some(only.join(inside))
                     } else {
-                        let base = layers.scratch.join(format!("mount-{index}"));
+                        let base = absolute(&layers.scratch.join(format!("mount-{index}")))?;
                         let at = base.join("merged");
                         let upper = if *writable || lowers.len() < 2 {
                             // overlayfs needs an upper directory unless it
@@ -284,7 +299,7 @@ impl Runtime {
                             None
                         };
                         overlays.push(Overlay {
-                            lowers: lowers.clone(),
+                            lowers,
                             upper,
                             at: at.clone(),
                         });

@@ -95,13 +95,25 @@ impl Kiln {
         String::from_utf8_lossy(&output.stderr).into_owned()
     }
 
-    /// Builds `context` (a directory with a Dockerfile) and returns the
-    /// image digest kiln prints.
+    /// Builds `context` (a directory with a Dockerfile) the way a user does,
+    /// from inside it with `.` as the context, and returns the image digest
+    /// kiln prints.
     pub fn build(&self, context: &Path, extra: &[&str]) -> String {
-        let mut args = vec!["build"];
-        args.extend_from_slice(extra);
-        args.push(context.to_str().expect("utf-8 path"));
-        self.ok(&args).trim().to_string()
+        let output = self
+            .command()
+            .current_dir(context)
+            .arg("build")
+            .args(extra)
+            .arg(".")
+            .output()
+            .expect("kiln runs");
+        assert!(
+            output.status.success(),
+            "kiln build {extra:?} . in {} failed:\n{}",
+            context.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
     }
 
     /// A store with busybox in it, for tests that run steps (as root, with
