@@ -1,0 +1,2 @@
+chmod 0600 foo
+chmod 0700 bar

@@ -1,0 +1,2 @@
+chmod 0700 foo
+ln -s ../bar foo/sub

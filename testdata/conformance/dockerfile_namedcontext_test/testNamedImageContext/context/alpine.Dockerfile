@@ -1,0 +1,2 @@
+FROM busybox
+RUN echo 3.18.0 > /etc/alpine-release

@@ -1,0 +1,4 @@
+
+FROM realalpine:latest
+ENV PATH=/foobar:$PATH
+ENV FOOBAR=foobar

@@ -1,0 +1,4 @@
+
+FROM alpine
+ENV FOO=bar
+RUN echo first > /out

@@ -1,0 +1,5 @@
+
+FROM scratch
+WORKDIR /test
+ENV foo=bar
+	

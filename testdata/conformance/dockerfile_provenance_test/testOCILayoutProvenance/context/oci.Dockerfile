@@ -1,0 +1,6 @@
+
+FROM scratch
+COPY <<EOF /foo
+foo
+EOF
+	
