@@ -1,0 +1,1 @@
+chmod 0700 myscript.sh
