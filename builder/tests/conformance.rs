@@ -66,6 +66,14 @@ struct Build {
     #[serde(default)]
     stdout: Vec<String>,
     #[serde(default)]
+    stdout_not: Vec<String>,
+    /// Environment variables for kiln.
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    /// Where the `file` checks look, relative to the context, when the
+    /// build's own `-o` says where the files go.
+    files_from: Option<String>,
+    #[serde(default)]
     file: Vec<FileCheck>,
     #[serde(default)]
     config: BTreeMap<String, toml::Value>,
@@ -84,6 +92,7 @@ struct FileCheck {
     path: String,
     content: Option<String>,
     contains: Option<String>,
+    not_contains: Option<String>,
     kind: Option<String>,
     mode: Option<String>,
     uid: Option<u32>,
@@ -314,7 +323,18 @@ fn run_build(
     let out_arg = format!("{}../out", "../".repeat(depth));
     let out = work.join("out");
     let args: Vec<String> = build.args.iter().map(|a| servers.substitute(a)).collect();
-    let exports_files = !build.file.is_empty();
+    let context_arg = servers.substitute(&build.context);
+    let checks_config = !build.config.is_empty() || build.config_absent.is_some();
+    let exports_files = !build.file.is_empty() && build.files_from.is_none();
+    let files_root = match &build.files_from {
+        Some(path) => context.join(path),
+        None => out.clone(),
+    };
+    let env: Vec<(String, String)> = build
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), servers.substitute(v)))
+        .collect();
 
     let mut command_args = vec!["build".to_string()];
     command_args.extend(args.iter().cloned());
@@ -322,12 +342,12 @@ fn run_build(
         let _ = fs::remove_dir_all(&out);
         command_args.push("-o".into());
         command_args.push(format!("type=local,dest={out_arg}"));
-    } else if !build.fails {
+    } else if checks_config {
         command_args.push("-t".into());
         command_args.push("conformance:latest".into());
     }
-    command_args.push(build.context.clone());
-    let result = kiln(store, &cwd, &command_args)?;
+    command_args.push(context_arg.clone());
+    let result = kiln(store, &cwd, &env, &command_args)?;
     let mut problems = Vec::new();
     if result.stderr.contains("panicked at") {
         problems.push("kiln panicked".to_string());
@@ -352,21 +372,26 @@ fn run_build(
             problems.push(format!("standard output lacks {expected:?}"));
         }
     }
-    if problems.is_empty() && exports_files {
-        for check in &build.file {
-            check_file(&out, check, &mut problems);
+    for unexpected in &build.stdout_not {
+        if result.stdout.contains(unexpected.as_str()) {
+            problems.push(format!("standard output holds {unexpected:?}"));
         }
     }
-    if problems.is_empty() && (!build.config.is_empty() || build.config_absent.is_some()) {
+    if problems.is_empty() {
+        for check in &build.file {
+            check_file(&files_root, check, &mut problems);
+        }
+    }
+    if problems.is_empty() && checks_config {
         if exports_files {
             let mut again = vec!["build".to_string()];
             again.extend(args.iter().cloned());
             again.extend([
                 "-t".to_string(),
                 "conformance:latest".to_string(),
-                build.context.clone(),
+                context_arg,
             ]);
-            let second = kiln(store, &cwd, &again)?;
+            let second = kiln(store, &cwd, &env, &again)?;
             if second.code != Some(0) {
                 return Err(
                     format!("{label}: building the image failed:\n{}", second.stderr).into(),
@@ -376,6 +401,7 @@ fn run_build(
         let inspect = kiln(
             store,
             &cwd,
+            &[],
             &["inspect".into(), "conformance:latest".into()],
         )?;
         let inspected: serde_json::Value = serde_json::from_str(&inspect.stdout)
@@ -418,10 +444,16 @@ struct Outcome {
 }
 
 /// Runs kiln on `store` from `cwd`, killing it after BUILD_TIMEOUT.
-fn kiln(store: &Path, cwd: &Path, args: &[String]) -> Result<Outcome, Failed> {
+fn kiln(
+    store: &Path,
+    cwd: &Path,
+    env: &[(String, String)],
+    args: &[String],
+) -> Result<Outcome, Failed> {
     let mut child = Command::new(kiln_binary())
         .env("KILN_ROOT", store)
         .env_remove("SOURCE_DATE_EPOCH")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .args(args)
         .current_dir(cwd)
         .stdin(Stdio::null())
@@ -515,7 +547,7 @@ fn check_file(root: &Path, check: &FileCheck, problems: &mut Vec<String>) {
             ));
         }
     }
-    if check.content.is_some() || check.contains.is_some() {
+    if check.content.is_some() || check.contains.is_some() || check.not_contains.is_some() {
         let content = fs::read(&path).map(|b| String::from_utf8_lossy(&b).into_owned());
         match content {
             Err(e) => problems.push(format!("{name}: cannot read: {e}")),
@@ -531,6 +563,13 @@ fn check_file(root: &Path, check: &FileCheck, problems: &mut Vec<String>) {
                     .filter(|p| !content.contains(p.as_str()))
                 {
                     problems.push(format!("{name}: content {content:?} lacks {part:?}"));
+                }
+                if let Some(part) = check
+                    .not_contains
+                    .as_ref()
+                    .filter(|p| content.contains(p.as_str()))
+                {
+                    problems.push(format!("{name}: content {content:?} holds {part:?}"));
                 }
             }
         }
