@@ -1,7 +1,7 @@
 //! Running a build graph: each stage from its base, step by step, every
 //! changed file set packed into a layer; the result assembled as an image.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Mutex, OnceLock};
 use std::time::Instant;
@@ -117,6 +117,9 @@ pub struct Executor<'a> {
     pub started: Instant,
     /// Blobs written for layers that had none, by diff ID.
     pub written: Mutex<HashMap<Digest, Layer>>,
+    /// Cache mount ids this build has used: with `--no-cache` the first use
+    /// of each starts it over, as BuildKit does.
+    pub cache_mounts_used: Mutex<HashSet<String>>,
 }
 
 /// Where a step is, for `--explain`: its stage's name and place in it.

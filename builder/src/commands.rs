@@ -1,6 +1,6 @@
 //! The `kiln` commands that work on the store.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -168,7 +168,21 @@ fn build_image(
              root can create files owned by others (run it with sudo)"
         );
     }
-    let source_date_epoch = source_date_epoch(args.source_date_epoch.as_deref())?;
+    // buildx passes the epoch as a build argument; one given so wins over
+    // the flag's default from the environment.
+    let epoch_build_arg = args
+        .dockerfile
+        .build_args
+        .iter()
+        .rev()
+        .find_map(|arg| arg.strip_prefix("SOURCE_DATE_EPOCH="));
+    let source_date_epoch = match epoch_build_arg {
+        // The time of a remote context (a git commit, an HTTP download): a
+        // local directory has none.
+        Some("context") => None,
+        Some(seconds) => source_date_epoch(Some(seconds))?,
+        None => source_date_epoch(args.source_date_epoch.as_deref())?,
+    };
     let now = source_date_epoch.unwrap_or_else(now_seconds);
     let executor = Executor {
         store,
@@ -198,6 +212,7 @@ fn build_image(
         written: Mutex::new(HashMap::new()),
         reports: Mutex::new(Vec::new()),
         downloads: Mutex::new(HashMap::new()),
+        cache_mounts_used: Mutex::new(HashSet::new()),
         progress: &progress,
         jobs: match args.jobs {
             Some(0) => bail!("--jobs must be at least 1"),
@@ -372,7 +387,7 @@ fn explain_scope(dockerfile: &crate::cli::DockerfileArgs) -> String {
             format!("stdin in {}", canonical(&dockerfile.context))
         }
         Some(file) => canonical(file),
-        None => canonical(&dockerfile.context.join("Dockerfile")),
+        None => canonical(&crate::dockerfile::default_dockerfile(&dockerfile.context)),
     }
 }
 

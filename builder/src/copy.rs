@@ -58,6 +58,9 @@ struct Writer<'a> {
     diff_path: &'a Path,
     now: i64,
     default_owner: (u32, u32),
+    /// The mode of directories the step creates: `--chmod`'s, as BuildKit
+    /// gives them, or 0755.
+    new_directory_mode: u32,
     ensured: HashSet<String>,
     hard_links: HashMap<(u64, u64), String>,
 }
@@ -152,6 +155,7 @@ pub fn copy(
         diff_path: diff,
         now,
         default_owner: owner.unwrap_or((0, 0)),
+        new_directory_mode: step.chmod.unwrap_or(0o755),
         ensured: HashSet::new(),
         hard_links: HashMap::new(),
     };
@@ -325,6 +329,7 @@ pub fn mkdir(step: &MkdirStep, rootfs: &LayerView, diff: &Path, now: i64) -> any
         diff_path: diff,
         now,
         default_owner: owner,
+        new_directory_mode: 0o755,
         ensured: HashSet::new(),
         hard_links: HashMap::new(),
     };
@@ -670,16 +675,20 @@ impl Writer<'_> {
                 rustix::fs::minor(rdev),
                 &attributes,
             )?;
+        } else if file_type.is_socket() {
+            // A socket cannot be part of an image: BuildKit copies it as an
+            // empty file.
+            self.diff
+                .create_file(path, &mut std::io::empty(), &attributes)?;
         }
-        // Sockets cannot be part of an image and are left out, as Docker does.
         Ok(())
     }
 
-    /// A directory the copy creates where the image has none: 0755, owned by
-    /// `--chown`'s owner or root.
+    /// A directory the copy creates where the image has none: 0755 or
+    /// `--chmod`'s mode, owned by `--chown`'s owner or root.
     fn new_directory_attributes(&self) -> Attributes {
         Attributes {
-            mode: 0o755,
+            mode: self.new_directory_mode,
             uid: self.default_owner.0,
             gid: self.default_owner.1,
             mtime: self.now,

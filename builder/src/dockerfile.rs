@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use kiln_frontend::{BaseImages, BuildGraph, DockerIgnore, LowerOptions, Platform};
@@ -67,11 +67,23 @@ pub fn load(
 
 /// The Dockerfile's path (where its own ignore file is looked for), the name
 /// messages give it, and its bytes.
+/// The Dockerfile of `context` when `-f` names none: `Dockerfile`, or else
+/// `dockerfile`, as Docker looks for it.
+pub fn default_dockerfile(context: &Path) -> PathBuf {
+    let standard = context.join("Dockerfile");
+    let lowercase = context.join("dockerfile");
+    if !standard.exists() && lowercase.exists() {
+        lowercase
+    } else {
+        standard
+    }
+}
+
 fn read_dockerfile(args: &DockerfileArgs) -> anyhow::Result<(PathBuf, String, Vec<u8>)> {
     let path = args
         .file
         .clone()
-        .unwrap_or_else(|| args.context.join("Dockerfile"));
+        .unwrap_or_else(|| default_dockerfile(&args.context));
     if path.as_os_str() == "-" {
         let mut bytes = Vec::new();
         std::io::stdin()

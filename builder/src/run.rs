@@ -375,18 +375,27 @@ impl crate::build::Executor<'_> {
                 Some(from) => Some(self.source_tree(from, outputs, graph)?),
                 None => None,
             };
-            let cache = self
-                .store
-                .cache_mount(&id, sharing, |dir| -> anyhow::Result<()> {
-                    if let Some(tree) = &seed {
-                        crate::copy::copy_subtree(tree, source, dir, self.now)?;
-                    }
-                    std::os::unix::fs::chown(dir, Some(*uid), Some(*gid))
-                        .and_then(|()| {
-                            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(*mode))
-                        })
-                        .with_context(|| format!("preparing the cache mount {id:?}"))
-                })?;
+            let first_use = self
+                .cache_mounts_used
+                .lock()
+                .map_err(|_| anyhow::anyhow!("a step failed while noting its cache mounts"))?
+                .insert(id.clone());
+            let fresh = first_use && self.settings.no_cache;
+            let cache =
+                self.store
+                    .cache_mount(&id, sharing, fresh, |dir| -> anyhow::Result<()> {
+                        if let Some(tree) = &seed {
+                            crate::copy::copy_subtree(tree, source, dir, self.now)?;
+                        }
+                        std::os::unix::fs::chown(dir, Some(*uid), Some(*gid))
+                            .and_then(|()| {
+                                std::fs::set_permissions(
+                                    dir,
+                                    std::fs::Permissions::from_mode(*mode),
+                                )
+                            })
+                            .with_context(|| format!("preparing the cache mount {id:?}"))
+                    })?;
             caches.insert(id, cache);
         }
         Ok(caches)
@@ -447,15 +456,28 @@ impl crate::build::Executor<'_> {
                     target,
                     id,
                     readonly,
+                    from,
+                    source,
                     ..
                 } => {
                     let Some(cache) = caches.get(id.as_str()) else {
                         bail!("the cache mount {id:?} was not prepared");
                     };
-                    prepared.mounts.push(StepMount::Bind {
-                        source: cache.path.clone(),
-                        target: target.clone(),
-                        readonly: *readonly,
+                    // Without `from`, `source` is a directory of the cache
+                    // itself, which steps may have replaced with a link.
+                    prepared.mounts.push(if from.is_none() && source != "/" {
+                        StepMount::Beneath {
+                            root: cache.path.clone(),
+                            path: source.clone(),
+                            target: target.clone(),
+                            readonly: *readonly,
+                        }
+                    } else {
+                        StepMount::Bind {
+                            source: cache.path.clone(),
+                            target: target.clone(),
+                            readonly: *readonly,
+                        }
                     });
                 }
                 Mount::Tmpfs { target, size } => prepared.mounts.push(StepMount::Tmpfs {

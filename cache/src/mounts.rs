@@ -50,11 +50,14 @@ impl Store {
     /// The directory of cache mount `id`, locked as `sharing` asks (waiting
     /// for other processes when needed). A directory that does not exist
     /// yet is made by `init`, which fills an empty directory, and appears
-    /// only once `init` succeeded.
+    /// only once `init` succeeded. `fresh` starts over (`--no-cache`): what
+    /// the directory held is moved into the store's temporary directory,
+    /// where steps that still use it keep it until the store is idle.
     pub fn cache_mount<E: From<Error>>(
         &self,
         id: &str,
         sharing: Sharing,
+        fresh: bool,
         init: impl FnOnce(&Path) -> Result<(), E>,
     ) -> Result<CacheMount, E> {
         let parent = self
@@ -97,6 +100,10 @@ impl Store {
         // When it was last used, for `kiln prune`.
         let _ = lock.set_modified(std::time::SystemTime::now());
         let path = parent.join(instance.to_string());
+        if fresh && path.is_dir() {
+            let aside = self.temp_dir()?.keep().join("cache");
+            fs::rename(&path, &aside).map_err(|e| Error::io(&path, e))?;
+        }
         if !path.is_dir() {
             // Shared users may race to create it: the first rename wins.
             let work = self.temp_dir()?;
@@ -135,7 +142,7 @@ mod tests {
     fn content_persists_per_id() {
         let (_dir, store) = store();
         let first = store
-            .cache_mount("go-build", Sharing::Shared, |dir| {
+            .cache_mount("go-build", Sharing::Shared, false, |dir| {
                 fs::write(dir.join("seed"), b"from init").map_err(|e| Error::io(dir, e))
             })
             .unwrap();
@@ -143,15 +150,18 @@ mod tests {
         let path = first.path.clone();
         drop(first);
         let again = store
-            .cache_mount("go-build", Sharing::Shared, |_| -> Result<(), Error> {
-                panic!("already made")
-            })
+            .cache_mount(
+                "go-build",
+                Sharing::Shared,
+                false,
+                |_| -> Result<(), Error> { panic!("already made") },
+            )
             .unwrap();
         assert_eq!(again.path, path);
         assert_eq!(fs::read(again.path.join("object")).unwrap(), b"compiled");
         assert_eq!(fs::read(again.path.join("seed")).unwrap(), b"from init");
         let other = store
-            .cache_mount("npm", Sharing::Shared, |_| Ok::<(), Error>(()))
+            .cache_mount("npm", Sharing::Shared, false, |_| Ok::<(), Error>(()))
             .unwrap();
         assert_ne!(other.path, path);
         assert!(!other.path.join("object").exists());
@@ -161,23 +171,23 @@ mod tests {
     fn shared_users_see_one_directory_private_ones_their_own() {
         let (_dir, store) = store();
         let a = store
-            .cache_mount("c", Sharing::Shared, |_| Ok::<(), Error>(()))
+            .cache_mount("c", Sharing::Shared, false, |_| Ok::<(), Error>(()))
             .unwrap();
         let b = store
-            .cache_mount("c", Sharing::Shared, |_| Ok::<(), Error>(()))
+            .cache_mount("c", Sharing::Shared, false, |_| Ok::<(), Error>(()))
             .unwrap();
         assert_eq!(a.path, b.path);
         let private = store
-            .cache_mount("c", Sharing::Private, |_| Ok::<(), Error>(()))
+            .cache_mount("c", Sharing::Private, false, |_| Ok::<(), Error>(()))
             .unwrap();
         assert_ne!(private.path, a.path, "the shared instance is in use");
         let second_private = store
-            .cache_mount("c", Sharing::Private, |_| Ok::<(), Error>(()))
+            .cache_mount("c", Sharing::Private, false, |_| Ok::<(), Error>(()))
             .unwrap();
         assert_ne!(second_private.path, private.path);
         drop((a, b));
         let third_private = store
-            .cache_mount("c", Sharing::Private, |_| Ok::<(), Error>(()))
+            .cache_mount("c", Sharing::Private, false, |_| Ok::<(), Error>(()))
             .unwrap();
         assert_eq!(
             third_private.path.file_name().unwrap(),
@@ -187,14 +197,42 @@ mod tests {
     }
 
     #[test]
+    fn a_fresh_mount_starts_over_and_leaves_the_old_content_to_its_users() {
+        let (_dir, store) = store();
+        let old = store
+            .cache_mount("c", Sharing::Shared, false, |dir| {
+                fs::write(dir.join("kept"), b"old").map_err(|e| Error::io(dir, e))
+            })
+            .unwrap();
+        let fresh = store
+            .cache_mount("c", Sharing::Shared, true, |dir| {
+                fs::write(dir.join("new"), b"new").map_err(|e| Error::io(dir, e))
+            })
+            .unwrap();
+        assert_eq!(fresh.path, old.path);
+        assert!(!fresh.path.join("kept").exists());
+        assert_eq!(fs::read(fresh.path.join("new")).unwrap(), b"new");
+        let aside: Vec<_> = fs::read_dir(store.root().join("tmp"))
+            .unwrap()
+            .map(|e| e.unwrap().path().join("cache/kept"))
+            .filter(|p| p.exists())
+            .collect();
+        assert_eq!(
+            aside.len(),
+            1,
+            "the old content waits in tmp/ for its users"
+        );
+    }
+
+    #[test]
     fn failed_init_leaves_nothing() {
         let (_dir, store) = store();
-        let failed = store.cache_mount("c", Sharing::Locked, |dir| {
+        let failed = store.cache_mount("c", Sharing::Locked, false, |dir| {
             Err(Error::io(dir, std::io::Error::other("no")))
         });
         assert!(failed.is_err());
         let mount = store
-            .cache_mount("c", Sharing::Locked, |_| Ok::<(), Error>(()))
+            .cache_mount("c", Sharing::Locked, false, |_| Ok::<(), Error>(()))
             .unwrap();
         assert_eq!(fs::read_dir(&mount.path).unwrap().count(), 0);
     }

@@ -184,7 +184,10 @@ pub enum ErrorKind {
     InstructionBeforeFrom(Keyword),
     #[error("duplicate stage name {name:?}: it is already used on line {first_line}")]
     DuplicateStageName { name: String, first_line: usize },
-    #[error("target stage {name:?} could not be found{}", known_stages(stages))]
+    #[error(
+        "target stage {name:?} could not be found{}",
+        known_stages(name, stages)
+    )]
     UnknownTarget { name: String, stages: Vec<String> },
     #[error("invalid stage index {index}: the Dockerfile has stages 0 to {}", count.saturating_sub(1))]
     InvalidStageIndex { index: usize, count: usize },
@@ -266,8 +269,11 @@ fn flag_hint(hint: &FlagHint) -> String {
     }
 }
 
-fn known_stages(stages: &[String]) -> String {
-    if stages.is_empty() {
+fn known_stages(name: &str, stages: &[String]) -> String {
+    let names: Vec<&str> = stages.iter().map(String::as_str).collect();
+    if let Some(close) = crate::suggest::closest(name, &names) {
+        format!(" (did you mean {close}?)")
+    } else if stages.is_empty() {
         " (the Dockerfile has no named stages)".to_string()
     } else {
         format!(" (named stages: {})", stages.join(", "))

@@ -127,7 +127,12 @@ pub fn lower(
     let unused: Vec<&str> = options
         .build_args
         .keys()
-        .filter(|k| !lowering.consumed_args.contains(k.as_str()) && !is_proxy_arg(k))
+        .filter(|k| {
+            !lowering.consumed_args.contains(k.as_str())
+                && !is_proxy_arg(k)
+                // The builder itself takes this one (file times, dates).
+                && k.as_str() != "SOURCE_DATE_EPOCH"
+        })
         .map(String::as_str)
         .collect();
     if !unused.is_empty() {
@@ -372,7 +377,8 @@ impl Lowering<'_> {
                 .stages
                 .last()
                 .and_then(|s| s.name())
-                .unwrap_or_default()
+                // BuildKit's name for an unnamed last stage.
+                .unwrap_or("default")
                 .to_string(),
         };
         let defaults = [
@@ -750,6 +756,23 @@ impl Lowering<'_> {
             }
             CommandKind::Run(run) => {
                 let (run_step, display_suffix) = self.run_step(stage, source, command, run)?;
+                let secret_variables: Vec<&str> = run_step
+                    .mounts
+                    .iter()
+                    .filter_map(|mount| match mount {
+                        Mount::Secret { env: Some(env), .. } => Some(env.as_str()),
+                        _ => None,
+                    })
+                    .collect();
+                if !secret_variables.is_empty() {
+                    // The step sees the secret there, not the stage's value:
+                    // show neither, as BuildKit masks it.
+                    let mut masked = stage.state.env.clone();
+                    for variable in secret_variables {
+                        masked.set(variable, "****");
+                    }
+                    step.instruction = display_text(&lexer, &command.text, &masked);
+                }
                 step.instruction.push_str(&display_suffix);
                 let history = format!(
                     "RUN {} # buildkit",
@@ -798,7 +821,11 @@ impl Lowering<'_> {
                 Some(format!("VOLUME {}", go_list(&expanded)))
             }
             CommandKind::Expose(ports) => {
-                let mut exposed = BTreeSet::new();
+                // BuildKit's order: the words as written, sorted, then
+                // expanded and parsed one by one.
+                let mut ports: Vec<_> = ports.iter().collect();
+                ports.sort_by(|a, b| a.text.cmp(&b.text));
+                let mut exposed = Vec::new();
                 for port in ports {
                     let words =
                         lexer
@@ -830,8 +857,7 @@ impl Lowering<'_> {
                     .config
                     .exposed_ports
                     .extend(exposed.iter().cloned());
-                let shown: Vec<String> = exposed.iter().map(|p| format!("{p}:{{}}")).collect();
-                Some(format!("EXPOSE map[{}]", shown.join(" ")))
+                Some(format!("EXPOSE [{}]", exposed.join(" ")))
             }
             CommandKind::StopSignal(signal) => {
                 let text = word(signal, &stage.state.env)?;

@@ -1,11 +1,11 @@
 //! "Did you mean ...?" suggestions for misspelt names.
 
 /// The candidate closest to `input` (ignoring case), if it is close enough to
-/// be a plausible typo: at most one edit for short words, a third of the
-/// length for longer ones. A swap of two neighbouring letters is one edit.
+/// be a plausible typo: at most two edits, whatever the length, as BuildKit
+/// suggests. A swap of two neighbouring letters is one edit.
 pub fn closest<'a>(input: &str, candidates: &[&'a str]) -> Option<&'a str> {
     let input = input.to_lowercase();
-    let limit = (input.chars().count() / 3).max(1);
+    let limit = 2;
     candidates
         .iter()
         .map(|candidate| (edit_distance(&input, &candidate.to_lowercase()), *candidate))
@@ -56,6 +56,9 @@ mod tests {
         assert_eq!(closest("entrypiont", NAMES), Some("ENTRYPOINT"));
         assert_eq!(closest("HEALTCHECK", NAMES), Some("HEALTHCHECK"));
         assert_eq!(closest("usr", NAMES), Some("USER"));
+        // Two edits away, however short the word.
+        let mount_types = ["bind", "cache", "tmpfs", "secret", "ssh"];
+        assert_eq!(closest("tmp", &mount_types), Some("tmpfs"));
     }
 
     #[test]

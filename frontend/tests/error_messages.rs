@@ -117,7 +117,17 @@ fn messages_about_options() {
     };
     assert_eq!(
         message("FROM a AS test\n", &options),
-        "target stage \"tset\" could not be found (named stages: test)"
+        "target stage \"tset\" could not be found (did you mean test?)"
+    );
+    assert_eq!(
+        message(
+            "FROM a AS test\nFROM a AS build\n",
+            &LowerOptions {
+                target: Some("release".into()),
+                ..LowerOptions::default()
+            }
+        ),
+        "target stage \"release\" could not be found (named stages: test, build)"
     );
     assert_eq!(
         message("FROM a\n", &options),

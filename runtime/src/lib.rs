@@ -65,6 +65,16 @@ pub enum StepMount {
         target: String,
         writable: bool,
     },
+    /// The directory `path` below the host directory `root` (a cache
+    /// mount's `source=`), resolved by the sandbox helper without leaving
+    /// `root`: a symlink that points outside fails the step instead of
+    /// handing it the host directory it names.
+    Beneath {
+        root: PathBuf,
+        path: String,
+        target: String,
+        readonly: bool,
+    },
     Tmpfs {
         target: String,
         size: Option<u64>,
@@ -85,6 +95,7 @@ impl StepMount {
     pub fn target(&self) -> &str {
         match self {
             StepMount::Bind { target, .. }
+            | StepMount::Beneath { target, .. }
             | StepMount::Layers { target, .. }
             | StepMount::Tmpfs { target, .. }
             | StepMount::File { target, .. } => target,

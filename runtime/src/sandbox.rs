@@ -63,6 +63,16 @@ struct Plan {
     id: String,
     /// The root filesystem first, then those of `Layers` mounts.
     overlays: Vec<Overlay>,
+    /// Directories resolved inside a root before the runtime binds them.
+    beneath: Vec<BeneathBind>,
+}
+
+/// A directory below `root`, bound at `at` by the helper.
+#[derive(Debug, Serialize, Deserialize)]
+struct BeneathBind {
+    root: PathBuf,
+    path: String,
+    at: PathBuf,
 }
 
 /// How a step ended.
@@ -263,9 +273,20 @@ impl Runtime {
             at: rootfs.clone(),
         }];
         let mut sources = Vec::with_capacity(step.mounts.len());
+        let mut beneath = Vec::new();
         for (index, mount) in step.mounts.iter().enumerate() {
             sources.push(match mount {
                 StepMount::Bind { source, .. } => Some(absolute(source)?),
+                StepMount::Beneath { root, path, .. } => {
+                    let at = absolute(&layers.scratch.join(format!("beneath-{index}")))?;
+                    std::fs::create_dir_all(&at).map_err(|e| Error::io(&at, e))?;
+                    beneath.push(BeneathBind {
+                        root: absolute(root)?,
+                        path: path.clone(),
+                        at: at.clone(),
+                    });
+                    Some(at)
+                }
                 StepMount::Tmpfs { .. } => None,
                 StepMount::File {
                     contents,
@@ -332,6 +353,7 @@ impl Runtime {
             state_dir: self.state_dir.clone(),
             id: id.clone(),
             overlays,
+            beneath,
         };
         let plan_json = serde_json::to_vec(&plan).map_err(|e| Error::Spec(e.to_string()))?;
         write_file(&bundle_dir.join("plan.json"), &plan_json)?;
@@ -602,6 +624,37 @@ fn resolv_conf() -> Vec<u8> {
 /// `SANDBOX_ARG`, with the bundle directory as the second. Returns the exit
 /// code to end with: the step's, or 125 when the sandbox could not be set up
 /// (as Docker does).
+/// Binds `bind.path` of `bind.root` at `bind.at`, opened with the kernel
+/// keeping the lookup below the root (no `..` out, no absolute or escaping
+/// symlink) and bound through that open directory, so that nothing can swap
+/// a link in between the check and the mount.
+fn bind_beneath(bind: &BeneathBind) -> Result<(), Error> {
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let root = rustix::fs::open(&bind.root, flags, Mode::empty())
+        .map_err(|e| Error::io(&bind.root, e.into()))?;
+    let inside = match bind.path.trim_matches('/') {
+        "" => ".",
+        inside => inside,
+    };
+    let dir = rustix::fs::openat2(
+        &root,
+        inside,
+        flags,
+        Mode::empty(),
+        ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
+    )
+    .map_err(|e| {
+        Error::Setup(format!(
+            "the mount source {inside:?} is not a directory inside {}: {e}",
+            bind.root.display()
+        ))
+    })?;
+    let opened = format!("/proc/self/fd/{}", rustix::fd::AsRawFd::as_raw_fd(&dir));
+    rustix::mount::mount_bind(opened.as_str(), &bind.at)
+        .map_err(|e| Error::Setup(format!("cannot bind {inside:?}: {e}")))
+}
+
 pub fn sandbox_main(bundle: &Path) -> i32 {
     match sandbox(bundle) {
         Ok(code) => code,
@@ -635,6 +688,9 @@ fn sandbox(bundle: &Path) -> Result<i32, Error> {
     .map_err(|e| Error::Setup(format!("cannot make the mounts private: {e}")))?;
     for (index, overlay) in plan.overlays.iter().enumerate() {
         mount_overlay(&bundle.join(format!("lower-{index}")), overlay)?;
+    }
+    for bind in &plan.beneath {
+        bind_beneath(bind)?;
     }
     let mut runtime = Command::new(&plan.runtime);
     runtime

@@ -5,10 +5,10 @@
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
-    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxDeviceCgroupBuilder,
-    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResourcesBuilder, MountBuilder,
-    PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
-    UserBuilder,
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxDevice, LinuxDeviceBuilder,
+    LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxNamespaceBuilder, LinuxNamespaceType,
+    LinuxResourcesBuilder, MountBuilder, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder,
+    RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 
 use crate::error::Error;
@@ -338,6 +338,12 @@ pub(crate) fn config(
                 },
                 Some(source),
             ) => bind(source, target, !*writable)?,
+            (
+                StepMount::Beneath {
+                    target, readonly, ..
+                },
+                Some(source),
+            ) => bind(source, target, *readonly)?,
             (StepMount::File { target, .. }, Some(source)) => bind(source, target, true)?,
             (StepMount::Tmpfs { target, size, mode }, _) => {
                 let mut options = vec![
@@ -380,14 +386,16 @@ pub(crate) fn config(
         .map_err(spec_error)?;
     // Device nodes: none may be opened but the standard ones the runtime
     // allows itself (a step with CAP_MKNOD could otherwise make and read
-    // the host's disks), as Docker sets it.
-    let deny_all_devices = LinuxDeviceCgroupBuilder::default()
-        .allow(false)
+    // the host's disks), as Docker sets it. An insecure step is privileged,
+    // as BuildKit makes it: every host device is there and may be used
+    // (loop devices, FUSE).
+    let device_rule = LinuxDeviceCgroupBuilder::default()
+        .allow(step.insecure)
         .access("rwm")
         .build()
         .map_err(spec_error)?;
     let resources = LinuxResourcesBuilder::default()
-        .devices(vec![deny_all_devices])
+        .devices(vec![device_rule])
         .build()
         .map_err(spec_error)?;
     let (masked, readonly): (Vec<String>, Vec<String>) = if step.insecure {
@@ -399,6 +407,11 @@ pub(crate) fn config(
         )
     };
     let mut linux = LinuxBuilder::default()
+        .devices(if step.insecure {
+            host_devices(Path::new("/dev"))?
+        } else {
+            Vec::new()
+        })
         .namespaces(namespaces)
         .resources(resources)
         .masked_paths(masked)
@@ -422,6 +435,62 @@ pub(crate) fn config(
         .linux(linux)
         .build()
         .map_err(spec_error)
+}
+
+/// Device nodes the runtime makes in every container: not listed again.
+const RUNTIME_DEVICES: [&str; 7] = [
+    "/dev/null",
+    "/dev/zero",
+    "/dev/full",
+    "/dev/random",
+    "/dev/urandom",
+    "/dev/tty",
+    "/dev/ptmx",
+];
+
+/// The character and block devices under `dir` (the host's /dev), for a
+/// privileged step; the file systems /dev/pts, /dev/shm and /dev/mqueue
+/// are the step's own.
+fn host_devices(dir: &Path) -> Result<Vec<LinuxDevice>, Error> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let mut devices = Vec::new();
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Ok(metadata) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        let file_type = metadata.file_type();
+        if file_type.is_dir() {
+            if !matches!(entry.file_name().to_str(), Some("pts" | "shm" | "mqueue")) {
+                devices.extend(host_devices(&path)?);
+            }
+            continue;
+        }
+        let typ = if file_type.is_char_device() {
+            LinuxDeviceType::C
+        } else if file_type.is_block_device() {
+            LinuxDeviceType::B
+        } else {
+            continue;
+        };
+        if RUNTIME_DEVICES.iter().any(|known| path == Path::new(known)) {
+            continue;
+        }
+        devices.push(
+            LinuxDeviceBuilder::default()
+                .path(&path)
+                .typ(typ)
+                .major(i64::from(rustix::fs::major(metadata.rdev())))
+                .minor(i64::from(rustix::fs::minor(metadata.rdev())))
+                .file_mode(metadata.mode() & 0o7777)
+                .uid(metadata.uid())
+                .gid(metadata.gid())
+                .build()
+                .map_err(spec_error)?,
+        );
+    }
+    Ok(devices)
 }
 
 /// Every capability this process may hand on (its bounding set): a step
@@ -662,6 +731,20 @@ mod tests {
         );
         assert_eq!(linux.masked_paths(), &Some(Vec::new()));
         assert_eq!(linux.readonly_paths(), &Some(Vec::new()));
+        let rules = linux
+            .resources()
+            .as_ref()
+            .unwrap()
+            .devices()
+            .as_ref()
+            .unwrap();
+        assert!(rules[0].allow(), "a privileged step may use every device");
+        let devices = linux.devices().as_ref().expect("the host's devices");
+        let listed = |path: &str| devices.iter().any(|d| d.path() == Path::new(path));
+        assert!(!listed("/dev/null"), "the runtime makes the standard nodes");
+        if Path::new("/dev/loop-control").exists() {
+            assert!(listed("/dev/loop-control"));
+        }
     }
 
     #[test]
