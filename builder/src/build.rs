@@ -16,6 +16,7 @@ use kiln_frontend::{DockerIgnore, Platform};
 
 use crate::copy::{self, SourceTree};
 use crate::image::{rfc3339, History, ImageFile, Layer, LayerEncoding, RootFs, StoredImage};
+use crate::keys::{reads_stage_files, StageFiles};
 use crate::progress::Progress;
 use crate::remote::Remote;
 
@@ -251,7 +252,16 @@ impl Executor<'_> {
                 output(outputs, *stage)?.history.clone(),
             ),
         };
-        let total = stage.steps.iter().filter(|s| s.makes_layer()).count();
+        // BuildKit's numbering, which CI logs are read by: the base image is
+        // step 1 (scratch and stages are not), then every COPY, ADD, RUN and
+        // WORKDIR, a WORKDIR / counted though it shows no step.
+        let total = usize::from(matches!(stage.base, Base::Image { .. }))
+            + stage
+                .steps
+                .iter()
+                .filter(|s| s.makes_layer() || s.instruction.starts_with("WORKDIR"))
+                .count();
+        let width = total.to_string().len();
         let mut key = self.base_key(&stage.base, outputs, &stage.platform)?;
         let use_cache = !self.settings.no_cache
             && !self
@@ -259,6 +269,15 @@ impl Executor<'_> {
                 .no_cache_stages
                 .contains(&stage.name.to_lowercase());
         let mut number = 0;
+        if let Base::Image { reference } = &stage.base {
+            number += 1;
+            self.progress
+                .step(&format!(
+                    "[{} {number:>width$}/{total}] FROM {reference}",
+                    stage.name
+                ))
+                .cached();
+        }
         for (step_index, step) in stage.steps.iter().enumerate() {
             let location = format!("{}:{}", self.dockerfile, step.location.line);
             if let Action::Metadata = step.action {
@@ -279,7 +298,7 @@ impl Executor<'_> {
             let started = Instant::now();
             let started_ms = self.started.elapsed().as_millis() as u64;
             let progress = self.progress.step(&format!(
-                "[{} {number}/{total}] {}",
+                "[{} {number:>width$}/{total}] {}",
                 stage.name, step.instruction
             ));
             let place = StepPlace {
@@ -380,10 +399,34 @@ impl Executor<'_> {
         place: &StepPlace<'_>,
         progress: &crate::progress::Step<'_>,
     ) -> anyhow::Result<(Digest, Option<Layer>, bool, Vec<String>)> {
-        let (step_key, parts) = self.step_key(parent, action, outputs, graph)?;
+        let (step_key, parts) = self.step_key(parent, action, outputs, graph, StageFiles::ByKey)?;
         let before = self.remember_parts(place, &parts);
         if use_cache {
             if let Some(layer) = self.cached_layer(&step_key)? {
+                return Ok((step_key, layer, true, Vec::new()));
+            }
+        }
+        // A step reading another stage's files is also known by their
+        // content: a stage rebuilt (its key changed) that made the same
+        // files reuses its result. The record under the stage's key is
+        // added, so the next build finds it without reading a file; later
+        // steps chain on that key.
+        let content_key = if reads_stage_files(action) {
+            Some(
+                self.step_key(parent, action, outputs, graph, StageFiles::ByContent)?
+                    .0,
+            )
+        } else {
+            None
+        };
+        if let (true, Some(content_key)) = (use_cache, &content_key) {
+            if let Some(layer) = self.cached_layer(content_key)? {
+                self.store.put_cache_record(
+                    &step_key,
+                    &CacheRecord {
+                        layer: layer.as_ref().map(Layer::record),
+                    },
+                )?;
                 return Ok((step_key, layer, true, Vec::new()));
             }
         }
@@ -402,12 +445,12 @@ impl Executor<'_> {
             progress.log(&format!("cache miss: {line}"));
         }
         let layer = self.execute(action, layers, outputs, graph, progress)?;
-        self.store.put_cache_record(
-            &step_key,
-            &CacheRecord {
-                layer: layer.as_ref().map(Layer::record),
-            },
-        )?;
+        let record = CacheRecord {
+            layer: layer.as_ref().map(Layer::record),
+        };
+        for key in std::iter::once(&step_key).chain(&content_key) {
+            self.store.put_cache_record(key, &record)?;
+        }
         Ok((step_key, layer, false, explanation))
     }
 
@@ -598,7 +641,8 @@ impl Executor<'_> {
     }
 
     /// Runs `fill` on an empty directory and turns what it wrote into a
-    /// layer; no layer when nothing was written.
+    /// layer, an empty one when nothing was written: every RUN, COPY, ADD
+    /// and WORKDIR (but `/`) has a layer in BuildKit's images.
     pub(crate) fn in_diff(
         &self,
         fill: impl FnOnce(&Path) -> anyhow::Result<()>,
@@ -611,7 +655,7 @@ impl Executor<'_> {
             compression: self.settings.compression,
             source_date_epoch: self.settings.source_date_epoch,
         };
-        layer_from_diff(self.store, &diff, &options)
+        layer_from_diff(self.store, &diff, &options, true)
     }
 
     /// Downloads a URL for ADD (once per build) and returns its digest.
@@ -688,16 +732,18 @@ fn result_key(step_key: &Digest, layer: Option<&Layer>) -> Digest {
 /// blob is written until something needs one (see
 /// [`Executor::materialize`]). Until then the layer is described as the
 /// uncompressed tar it packs to, whose digest is its diff ID. No layer when
-/// the directory is empty.
+/// the directory is empty, unless `keep_empty`.
 pub fn layer_from_diff(
     store: &Store,
     diff: &Path,
     options: &PackOptions,
+    keep_empty: bool,
 ) -> anyhow::Result<Option<Layer>> {
-    if std::fs::read_dir(diff)
-        .with_context(|| format!("reading {}", diff.display()))?
-        .next()
-        .is_none()
+    if !keep_empty
+        && std::fs::read_dir(diff)
+            .with_context(|| format!("reading {}", diff.display()))?
+            .next()
+            .is_none()
     {
         return Ok(None);
     }

@@ -232,11 +232,27 @@ fn build_image(
     let mut results = executor.lock(&executor.results).clone();
     // The order stages finished in changes nothing that is exported.
     results.sort_by_key(|result| (result.stage, result.step));
-    // The stages whose layers make the target's: `--cache-to mode=min`.
+    // `--cache-to mode=min`: the stages the target is built from or reads
+    // files of. Keys chain on the results of the stages a step copies from,
+    // so another machine needs their records too to reuse the target's.
     let mut final_chain = vec![plan.graph.target];
-    while let Some(Base::Stage { stage }) = final_chain.last().map(|&s| &plan.graph.stages[s].base)
-    {
-        final_chain.push(*stage);
+    let mut pending = vec![plan.graph.target];
+    while let Some(index) = pending.pop() {
+        let stage = &plan.graph.stages[index];
+        let mut needs: Vec<usize> = stage
+            .depends_on
+            .iter()
+            .filter_map(|id| plan.graph.stages.iter().position(|s| s.id == *id))
+            .collect();
+        if let Base::Stage { stage } = stage.base {
+            needs.push(stage);
+        }
+        for need in needs {
+            if !final_chain.contains(&need) {
+                final_chain.push(need);
+                pending.push(need);
+            }
+        }
     }
     let entries = |mode: cache_io::Mode| -> Vec<(Digest, Option<crate::image::Layer>)> {
         results

@@ -123,7 +123,7 @@ pub fn run(store: &Store, sandbox: &Sandbox, args: &RunArgs) -> anyhow::Result<u
             compression: Compression::parse("gzip").map_err(anyhow::Error::msg)?,
             source_date_epoch: None,
         };
-        let layer = layer_from_diff(store, &upper, &options)?
+        let layer = layer_from_diff(store, &upper, &options, false)?
             .map(|layer| write_blob(store, &layer, &options))
             .transpose()?;
         let now = std::time::SystemTime::now()

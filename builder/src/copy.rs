@@ -467,6 +467,13 @@ fn hash_entry(
     hasher.field("mode", &mode);
     let file_type = metadata.file_type();
     let mut description = format!("mode {mode}");
+    if !source.is_context() {
+        // Files of a stage or an image keep their owners when copied;
+        // those of the context become root's.
+        let owner = format!("{}:{}", metadata.uid(), metadata.gid());
+        hasher.field("owner", &owner);
+        description.push_str(&format!(" owner {owner}"));
+    }
     if file_type.is_symlink() {
         let target = fs::read_link(&entry.host)
             .with_context(|| format!("reading the link {}", entry.path))?;

@@ -43,6 +43,36 @@ fn without_stage_number(source: &Source) -> Source {
     }
 }
 
+/// How a step's key names the files it reads from another stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StageFiles {
+    /// By the stage's key: known without reading a file, and the same on
+    /// every machine that has the stage's cache records.
+    ByKey,
+    /// By the files' content (paths, modes, owners, bytes): the same when a
+    /// stage is rebuilt and makes the same files, as BuildKit's content
+    /// keys are.
+    ByContent,
+}
+
+/// Whether `action` reads files of another stage, which its key can name
+/// two ways (see `StageFiles`).
+pub(crate) fn reads_stage_files(action: &Action) -> bool {
+    match action {
+        Action::Copy(step) => matches!(step.from, Source::Stage { .. }),
+        Action::Run(run) => run.mounts.iter().any(|mount| {
+            matches!(
+                mount,
+                Mount::Bind {
+                    from: Source::Stage { .. },
+                    ..
+                }
+            )
+        }),
+        Action::Mkdir(_) | Action::Metadata => false,
+    }
+}
+
 impl Executor<'_> {
     /// The key a stage's chain starts from: its base.
     pub(crate) fn base_key(
@@ -97,10 +127,11 @@ impl Executor<'_> {
         action: &Action,
         outputs: &Outputs,
         graph: &BuildGraph,
+        stage_files: StageFiles,
     ) -> anyhow::Result<(Digest, Vec<(String, String)>)> {
         match action {
-            Action::Copy(step) => self.copy_key(parent, step, outputs, graph),
-            Action::Run(run) => self.run_key(parent, run, outputs, graph),
+            Action::Copy(step) => self.copy_key(parent, step, outputs, graph, stage_files),
+            Action::Run(run) => self.run_key(parent, run, outputs, graph, stage_files),
             Action::Mkdir(mkdir) => {
                 let mut key = KeyHasher::explained("mkdir", Some(parent));
                 key.field("definition", json(mkdir)?);
@@ -116,16 +147,31 @@ impl Executor<'_> {
         step: &CopyStep,
         outputs: &Outputs,
         graph: &BuildGraph,
+        stage_files: StageFiles,
     ) -> anyhow::Result<(Digest, Vec<(String, String)>)> {
-        let mut key = KeyHasher::explained("copy", Some(parent));
+        let by_content = match step.from {
+            Source::Context => true,
+            Source::Stage { .. } => stage_files == StageFiles::ByContent,
+            Source::Image { .. } => false,
+        };
+        let mut key = KeyHasher::explained(
+            if by_content && step.from != Source::Context {
+                "copy-content"
+            } else {
+                "copy"
+            },
+            Some(parent),
+        );
         let definition = CopyStep {
             from: without_stage_number(&step.from),
             ..step.clone()
         };
         key.field("definition", json(&definition)?);
-        key.field("from", self.source_identity(&step.from, outputs)?);
+        if !by_content || step.from == Source::Context {
+            key.field("from", self.source_identity(&step.from, outputs)?);
+        }
         let mut files = Vec::new();
-        if step.from == Source::Context {
+        if by_content {
             let source = self.source_tree(&step.from, outputs, graph)?;
             key.field(
                 "sources",
@@ -149,8 +195,15 @@ impl Executor<'_> {
         run: &RunStep,
         outputs: &Outputs,
         graph: &BuildGraph,
+        stage_files: StageFiles,
     ) -> anyhow::Result<(Digest, Vec<(String, String)>)> {
-        let mut key = KeyHasher::explained("run", Some(parent));
+        let mut key = KeyHasher::explained(
+            match stage_files {
+                StageFiles::ByKey => "run",
+                StageFiles::ByContent => "run-content",
+            },
+            Some(parent),
+        );
         // Proxy settings reach the step but not its key, as in BuildKit.
         let definition = RunStep {
             proxy_env: Vec::new(),
@@ -162,8 +215,15 @@ impl Executor<'_> {
         for mount in &run.mounts {
             match mount {
                 Mount::Bind { from, source, .. } => {
-                    key.field("bind", self.source_identity(from, outputs)?);
-                    if *from == Source::Context {
+                    let by_content = match from {
+                        Source::Context => true,
+                        Source::Stage { .. } => stage_files == StageFiles::ByContent,
+                        Source::Image { .. } => false,
+                    };
+                    if !by_content || *from == Source::Context {
+                        key.field("bind", self.source_identity(from, outputs)?);
+                    }
+                    if by_content {
                         let tree = self.source_tree(from, outputs, graph)?;
                         key.field(
                             "bind-content",

@@ -137,14 +137,20 @@ fn plain_progress_numbers_steps_as_buildkit_does() {
     ]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with('#')).collect();
+    // The base image is step 1, as BuildKit numbers it.
+    assert!(
+        lines[0].starts_with("#1 [stage-0 1/2] FROM docker.io/library/busybox:latest@sha256:"),
+        "{stderr}"
+    );
+    assert_eq!(lines[1], "#1 CACHED", "{stderr}");
     assert_eq!(
-        lines[0], "#1 [stage-0 1/1] RUN echo hello && echo world",
+        lines[2], "#2 [stage-0 2/2] RUN echo hello && echo world",
         "{stderr}"
     );
     let log = |text: &str| {
         lines.iter().any(|line| {
             let mut parts = line.splitn(3, ' ');
-            parts.next() == Some("#1")
+            parts.next() == Some("#2")
                 && parts.next().is_some_and(|t| t.parse::<f64>().is_ok())
                 && parts.next() == Some(text)
         })
@@ -153,11 +159,11 @@ fn plain_progress_numbers_steps_as_buildkit_does() {
     assert!(
         lines
             .iter()
-            .any(|l| l.starts_with("#1 DONE ") && l.ends_with('s')),
+            .any(|l| l.starts_with("#2 DONE ") && l.ends_with('s')),
         "{stderr}"
     );
     assert!(
-        lines.iter().any(|l| l.starts_with("#2 exporting layers")),
+        lines.iter().any(|l| l.starts_with("#3 exporting layers")),
         "{stderr}"
     );
     let output = kiln.run(&[
@@ -167,7 +173,7 @@ fn plain_progress_numbers_steps_as_buildkit_does() {
         context.path().to_str().expect("utf-8"),
     ]);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.lines().any(|l| l == "#1 CACHED"), "{stderr}");
+    assert!(stderr.lines().any(|l| l == "#2 CACHED"), "{stderr}");
 
     let output = kiln.run(&[
         "build",

@@ -125,8 +125,22 @@ fn absolute(path: &Path) -> Result<PathBuf, Error> {
     std::path::absolute(path).map_err(|e| Error::io(path, e))
 }
 
-fn absolute_all(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Error> {
-    paths.iter().map(|p| absolute(p)).collect()
+/// The lower directories of an overlay, bottom first, made absolute and
+/// each only once: overlayfs refuses a directory that appears twice (two
+/// steps that made the same layer, such as two empty ones), and the upper
+/// of two copies hides all of the lower one anyway.
+fn overlay_lowers(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Error> {
+    let absolute_paths = paths
+        .iter()
+        .map(|p| absolute(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut lowers = Vec::with_capacity(absolute_paths.len());
+    for (index, path) in absolute_paths.iter().enumerate() {
+        if !absolute_paths[index + 1..].contains(path) {
+            lowers.push(path.clone());
+        }
+    }
+    Ok(lowers)
 }
 
 /// Where bundles live: in memory, so that secrets and the step's
@@ -265,7 +279,7 @@ impl Runtime {
         write_file(&etc.join("hosts"), &hosts(&step.hostname))?;
         write_file(&etc.join("resolv.conf"), &resolv_conf())?;
         let mut overlays = vec![Overlay {
-            lowers: absolute_all(layers.lowers)?,
+            lowers: overlay_lowers(layers.lowers)?,
             upper: Some((
                 absolute(layers.upper)?,
                 absolute(&layers.scratch.join("work"))?,
@@ -306,7 +320,7 @@ impl Runtime {
                     ..
                 } => {
                     let inside = path.trim_start_matches('/');
-                    let lowers = absolute_all(lowers)?;
+                    let lowers = overlay_lowers(lowers)?;
                     if let ([only], false) = (lowers.as_slice(), writable) {
                         Some(only.join(inside))
                     } else {
@@ -776,4 +790,24 @@ fn mount_overlay(links: &Path, overlay: &Overlay) -> Result<(), Error> {
         data.as_c_str(),
     )
     .map_err(|e| Error::Setup(format!("cannot mount the overlay ({options}): {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lower_directory_given_twice_is_kept_where_it_is_uppermost() {
+        let paths: Vec<PathBuf> = ["/s/a", "/s/empty", "/s/b", "/s/empty", "/s/c"]
+            .iter()
+            .map(PathBuf::from)
+            .collect();
+        assert_eq!(
+            overlay_lowers(&paths).expect("absolute"),
+            ["/s/a", "/s/b", "/s/empty", "/s/c"]
+                .iter()
+                .map(PathBuf::from)
+                .collect::<Vec<_>>()
+        );
+    }
 }
