@@ -71,10 +71,23 @@ pub struct StageOutput {
 }
 
 impl StageOutput {
-    /// The image configuration file of this stage's result.
-    pub fn image_file(&self, created: i64) -> ImageFile {
+    /// The image configuration file of this stage's result. Its time is
+    /// SOURCE_DATE_EPOCH when set; otherwise it and the times of history
+    /// entries that made no layer come from the layers' (so that a build
+    /// from the cache makes the same image), or else are `now`.
+    pub fn image_file(&self, source_date_epoch: Option<i64>, now: i64) -> ImageFile {
+        let mut history = self.history.clone();
+        fill_history_times(&mut history);
+        let created = match source_date_epoch {
+            Some(epoch) => rfc3339(epoch),
+            None => history
+                .iter()
+                .rev()
+                .find_map(|entry| entry.created.clone())
+                .unwrap_or_else(|| rfc3339(now)),
+        };
         ImageFile {
-            created: Some(rfc3339(created)),
+            created: Some(created),
             author: self.author.clone(),
             architecture: self.platform.architecture.clone(),
             os: self.platform.os.clone(),
@@ -84,7 +97,7 @@ impl StageOutput {
                 kind: "layers".to_string(),
                 diff_ids: self.layers.iter().map(|l| l.diff_id).collect(),
             },
-            history: self.history.clone(),
+            history,
             inline_cache: None,
         }
     }
@@ -137,6 +150,18 @@ pub struct StepResult {
     pub step: usize,
     pub key: Digest,
     pub layer: Option<Layer>,
+    /// When the layer was first made (a cache hit keeps its record's time).
+    pub created: i64,
+}
+
+/// How a step that makes a layer went.
+struct StepOutcome {
+    key: Digest,
+    layer: Option<Layer>,
+    cached: bool,
+    /// Why it missed the cache (`--explain`).
+    explanation: Vec<String>,
+    created: i64,
 }
 
 /// The outputs of a build's stages, each set once the stage is built.
@@ -282,7 +307,9 @@ impl Executor<'_> {
             let location = format!("{}:{}", self.dockerfile, step.location.line);
             if let Action::Metadata = step.action {
                 if let Some(created_by) = &step.history {
-                    history.push(self.history(created_by, true));
+                    // Dated when the image is assembled, from the layers
+                    // around it (see `fill_history_times`).
+                    history.push(self.history(created_by, true, None));
                 }
                 continue;
             }
@@ -317,7 +344,13 @@ impl Executor<'_> {
                     &progress,
                 )
                 .with_context(|| format!("{location}: {}", step.instruction));
-            let (step_key, layer, was_cached, explanation) = match outcome {
+            let StepOutcome {
+                key: step_key,
+                layer,
+                cached: was_cached,
+                explanation,
+                created,
+            } = match outcome {
                 Ok(outcome) => outcome,
                 Err(error) => {
                     let interrupted = error.chain().any(|cause| {
@@ -355,12 +388,13 @@ impl Executor<'_> {
                 step: step_index,
                 key: step_key,
                 layer: layer.clone(),
+                created,
             });
             key = result_key(&step_key, layer.as_ref());
             let empty = layer.is_none();
             layers.extend(layer);
             if let Some(created_by) = &step.history {
-                history.push(self.history(created_by, empty));
+                history.push(self.history(created_by, empty, Some(created)));
             }
             let elapsed = started.elapsed();
             self.lock(&self.reports).push(StepReport {
@@ -398,12 +432,20 @@ impl Executor<'_> {
         use_cache: bool,
         place: &StepPlace<'_>,
         progress: &crate::progress::Step<'_>,
-    ) -> anyhow::Result<(Digest, Option<Layer>, bool, Vec<String>)> {
+    ) -> anyhow::Result<StepOutcome> {
         let (step_key, parts) = self.step_key(parent, action, outputs, graph, StageFiles::ByKey)?;
         let before = self.remember_parts(place, &parts);
+        let hit = |key: Digest, layer: Option<Layer>, created: Option<i64>| StepOutcome {
+            key,
+            layer,
+            cached: true,
+            explanation: Vec::new(),
+            // A record from before kiln kept times: dated now.
+            created: created.unwrap_or(self.now),
+        };
         if use_cache {
-            if let Some(layer) = self.cached_layer(&step_key)? {
-                return Ok((step_key, layer, true, Vec::new()));
+            if let Some((layer, created)) = self.cached_layer(&step_key)? {
+                return Ok(hit(step_key, layer, created));
             }
         }
         // A step reading another stage's files is also known by their
@@ -420,14 +462,15 @@ impl Executor<'_> {
             None
         };
         if let (true, Some(content_key)) = (use_cache, &content_key) {
-            if let Some(layer) = self.cached_layer(content_key)? {
+            if let Some((layer, created)) = self.cached_layer(content_key)? {
                 self.store.put_cache_record(
                     &step_key,
                     &CacheRecord {
                         layer: layer.as_ref().map(Layer::record),
+                        created,
                     },
                 )?;
-                return Ok((step_key, layer, true, Vec::new()));
+                return Ok(hit(step_key, layer, created));
             }
         }
         let explanation = if !self.settings.explain {
@@ -447,11 +490,18 @@ impl Executor<'_> {
         let layer = self.execute(action, layers, outputs, graph, progress)?;
         let record = CacheRecord {
             layer: layer.as_ref().map(Layer::record),
+            created: Some(self.now),
         };
         for key in std::iter::once(&step_key).chain(&content_key) {
             self.store.put_cache_record(key, &record)?;
         }
-        Ok((step_key, layer, false, explanation))
+        Ok(StepOutcome {
+            key: step_key,
+            layer,
+            cached: false,
+            explanation,
+            created: self.now,
+        })
     }
 
     /// Keeps what went into the key of the step at `place` for the next
@@ -516,17 +566,17 @@ impl Executor<'_> {
         }
     }
 
-    /// What an earlier build made for `key`: `Some(None)` when the step
-    /// changed nothing, `Some(layer)` when its layer is still in the store
-    /// (compressed as this build asks, recompressed from its snapshot if
-    /// need be), `None` for a miss.
-    fn cached_layer(&self, key: &Digest) -> anyhow::Result<Option<Option<Layer>>> {
+    /// What an earlier build made for `key`, and when: `Some((None, _))`
+    /// when the step changed nothing, `Some((Some(layer), _))` when its
+    /// layer is still in the store (compressed as this build asks,
+    /// recompressed from its snapshot if need be), `None` for a miss.
+    fn cached_layer(&self, key: &Digest) -> anyhow::Result<Option<(Option<Layer>, Option<i64>)>> {
         let Some(record) = self.store.cache_record(key) else {
             return Ok(self.imported_layer(key));
         };
         self.store.mark_record_used(key);
         let Some(found) = record.layer else {
-            return Ok(Some(None));
+            return Ok(Some((None, record.created)));
         };
         let Ok(layer) = Layer::from_record(&found) else {
             return Ok(None);
@@ -534,7 +584,7 @@ impl Executor<'_> {
         // Its blob, or its snapshot to make the blob from when needed; or
         // else what an imported cache has for the key.
         if self.store.has_blob(&layer.blob) || self.store.has_snapshot(&layer.diff_id) {
-            Ok(Some(Some(layer)))
+            Ok(Some((Some(layer), record.created)))
         } else {
             Ok(self.imported_layer(key))
         }
@@ -542,10 +592,11 @@ impl Executor<'_> {
 
     /// What an imported cache has for `key` (its layer is fetched only
     /// when needed).
-    fn imported_layer(&self, key: &Digest) -> Option<Option<Layer>> {
+    fn imported_layer(&self, key: &Digest) -> Option<(Option<Layer>, Option<i64>)> {
+        let created = self.imported.created(key);
         match self.imported.record(key)? {
-            None => Some(None),
-            Some(layer) => Layer::from_record(&layer).ok().map(Some),
+            None => Some((None, created)),
+            Some(layer) => Layer::from_record(&layer).ok().map(|l| (Some(l), created)),
         }
     }
 
@@ -589,10 +640,12 @@ impl Executor<'_> {
                     let written = write_blob(self.store, layer, &options)?;
                     self.lock(&self.written)
                         .insert(layer.diff_id, written.clone());
-                    let record = CacheRecord {
-                        layer: Some(written.record()),
-                    };
                     for key in ours.get(&layer.diff_id).into_iter().flatten() {
+                        let created = self.store.cache_record(key).and_then(|r| r.created);
+                        let record = CacheRecord {
+                            layer: Some(written.record()),
+                            created,
+                        };
                         self.store.put_cache_record(key, &record)?;
                     }
                     written
@@ -603,9 +656,9 @@ impl Executor<'_> {
         Ok(materialized)
     }
 
-    fn history(&self, created_by: &str, empty_layer: bool) -> History {
+    fn history(&self, created_by: &str, empty_layer: bool, created: Option<i64>) -> History {
         History {
-            created: Some(rfc3339(self.now)),
+            created: created.map(rfc3339),
             created_by: Some(created_by.to_string()),
             comment: Some(HISTORY_COMMENT.to_string()),
             empty_layer,
@@ -711,6 +764,36 @@ impl Executor<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// Dates the history entries that have no time as BuildKit does: those
+/// before the first layer this build made take that layer's time, later
+/// ones the time of the layer before them.
+fn fill_history_times(history: &mut [History]) {
+    let mut time = None;
+    let mut undated_seen = false;
+    for entry in history.iter() {
+        match &entry.created {
+            Some(created) => {
+                time = Some(created.clone());
+                if undated_seen {
+                    break;
+                }
+            }
+            None => undated_seen = true,
+        }
+    }
+    undated_seen = false;
+    for entry in history.iter_mut() {
+        match &entry.created {
+            Some(created) if undated_seen => time = Some(created.clone()),
+            Some(_) => {}
+            None => {
+                undated_seen = true;
+                entry.created = time.clone();
+            }
+        }
     }
 }
 
@@ -839,4 +922,51 @@ fn snapshot(store: &Store, layer: &Layer) -> anyhow::Result<PathBuf> {
         Ok(())
     })?;
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(created: Option<&str>) -> History {
+        History {
+            created: created.map(str::to_string),
+            created_by: None,
+            comment: None,
+            empty_layer: created.is_none(),
+        }
+    }
+
+    #[test]
+    fn undated_history_takes_the_times_of_the_layers_around_it() {
+        // Base image, LABEL, COPY, ENV, RUN, EXPOSE.
+        let mut history = vec![
+            entry(Some("base")),
+            entry(None),
+            entry(Some("copy")),
+            entry(None),
+            entry(Some("run")),
+            entry(None),
+        ];
+        fill_history_times(&mut history);
+        let times: Vec<_> = history.iter().map(|h| h.created.as_deref()).collect();
+        assert_eq!(
+            times,
+            [
+                Some("base"),
+                Some("copy"),
+                Some("copy"),
+                Some("copy"),
+                Some("run"),
+                Some("run")
+            ]
+        );
+    }
+
+    #[test]
+    fn an_image_without_new_layers_is_dated_by_its_base() {
+        let mut history = vec![entry(Some("one")), entry(Some("two")), entry(None)];
+        fill_history_times(&mut history);
+        assert_eq!(history[2].created.as_deref(), Some("two"));
+    }
 }

@@ -136,6 +136,9 @@ pub struct ExportedRecord {
     pub key: Digest,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layer: Option<usize>,
+    /// When the result was first made (see `CacheRecord::created`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<i64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,6 +157,7 @@ enum Origin {
 #[derive(Default)]
 pub struct Imported {
     records: HashMap<Digest, Option<(LayerRecord, Origin)>>,
+    created: HashMap<Digest, i64>,
     origins: HashMap<Digest, (Origin, u64)>,
 }
 
@@ -164,6 +168,11 @@ impl Imported {
         self.records
             .get(key)
             .map(|found| found.as_ref().map(|(layer, _)| layer.clone()))
+    }
+
+    /// When the imported result of `key` was first made.
+    pub fn created(&self, key: &Digest) -> Option<i64> {
+        self.created.get(key).copied()
     }
 
     /// Brings an imported layer's blob into the store, if it is one, and
@@ -210,6 +219,9 @@ impl Imported {
                     .insert(layer.blob, (origin.clone(), layer.size));
             }
             self.records.insert(record.key, layer);
+            if let Some(created) = record.created {
+                self.created.insert(record.key, created);
+            }
         }
     }
 
@@ -364,10 +376,10 @@ fn parse_manifest(bytes: &[u8]) -> anyhow::Result<(Digest, Vec<LayerRecord>)> {
 const DIFF_ID_ANNOTATION: &str = "dev.kiln.diff-id";
 
 /// The records to export and the layers they name, in order.
-pub fn exported(entries: &[(Digest, Option<Layer>)]) -> (Vec<ExportedRecord>, Vec<Layer>) {
+pub fn exported(entries: &[(Digest, Option<Layer>, i64)]) -> (Vec<ExportedRecord>, Vec<Layer>) {
     let mut layers: Vec<Layer> = Vec::new();
     let mut records = Vec::new();
-    for (key, layer) in entries {
+    for (key, layer, created) in entries {
         let index = layer.as_ref().map(|layer| {
             match layers.iter().position(|known| known.blob == layer.blob) {
                 Some(index) => index,
@@ -381,6 +393,7 @@ pub fn exported(entries: &[(Digest, Option<Layer>)]) -> (Vec<ExportedRecord>, Ve
             records.push(ExportedRecord {
                 key: *key,
                 layer: index,
+                created: Some(*created),
             });
         }
     }
@@ -547,15 +560,20 @@ mod tests {
         };
         let keys: Vec<Digest> = (0..4u8).map(|n| Digest::of(&[n, 9])).collect();
         let (records, layers) = exported(&[
-            (keys[0], Some(layer(1))),
-            (keys[1], None),
-            (keys[2], Some(layer(1))),
-            (keys[3], Some(layer(2))),
+            (keys[0], Some(layer(1)), 10),
+            (keys[1], None, 11),
+            (keys[2], Some(layer(1)), 12),
+            (keys[3], Some(layer(2)), 13),
         ]);
         assert_eq!(layers.len(), 2);
         assert_eq!(
             records.iter().map(|r| r.layer).collect::<Vec<_>>(),
             [Some(0), None, Some(0), Some(1)]
+        );
+        assert_eq!(
+            records.iter().map(|r| r.created).collect::<Vec<_>>(),
+            [Some(10), Some(11), Some(12), Some(13)],
+            "each record keeps when its result was made"
         );
     }
 }

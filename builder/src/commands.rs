@@ -254,11 +254,11 @@ fn build_image(
             }
         }
     }
-    let entries = |mode: cache_io::Mode| -> Vec<(Digest, Option<crate::image::Layer>)> {
+    let entries = |mode: cache_io::Mode| -> Vec<(Digest, Option<crate::image::Layer>, i64)> {
         results
             .iter()
             .filter(|result| mode == cache_io::Mode::Max || final_chain.contains(&result.stage))
-            .map(|result| (result.key, result.layer.clone()))
+            .map(|result| (result.key, result.layer.clone(), result.created))
             .collect()
     };
     for target_cache in &cache_to {
@@ -315,7 +315,7 @@ fn build_image(
         exporting.add_bytes(layers.iter().map(|layer| layer.size).sum());
     }
     let image_layers = exporting.finish_with(materialized)?;
-    let mut image_file = target.image_file(now);
+    let mut image_file = target.image_file(source_date_epoch, now);
     if cache_to.contains(&cache_io::CacheTo::Inline) {
         // Records of the target's layers, by their place in the image.
         let (exported_records, exported_layers) = cache_io::exported(&entries(cache_io::Mode::Min));
@@ -327,8 +327,8 @@ fn build_image(
                     let diff_id = exported_layers[index].diff_id;
                     let position = target.layers.iter().position(|l| l.diff_id == diff_id)?;
                     Some(cache_io::ExportedRecord {
-                        key: record.key,
                         layer: Some(position),
+                        ..record
                     })
                 }
             })

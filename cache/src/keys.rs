@@ -90,6 +90,11 @@ impl KeyHasher {
 pub struct CacheRecord {
     /// None: the step changed no file.
     pub layer: Option<LayerRecord>,
+    /// When the step first made this result (seconds since 1970): the time
+    /// its history entry keeps, so that a build from the cache makes the
+    /// same image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<i64>,
 }
 
 /// A layer a step produced, as stored.
@@ -166,6 +171,7 @@ mod tests {
                 size: 42,
                 media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
             }),
+            created: Some(1_700_000_000),
         };
         store.put_cache_record(&key, &record).unwrap();
         assert_eq!(store.cache_record(&key), Some(record));
