@@ -71,7 +71,7 @@ fn a_failing_step_reports_its_exit_code_command_and_output() {
     assert!(error.contains("about to fail"), "{error}");
     // BuildKit's summary of the failed step, which CI users look for.
     assert!(
-        error.contains("------\n > [stage-0 1/1] RUN echo preparing"),
+        error.contains("------\n > [stage-0 2/2] RUN echo preparing"),
         "{error}"
     );
 
@@ -333,6 +333,7 @@ fn a_cache_mount_persists_across_builds_and_stays_out_of_the_image() {
     context.write(
         "Dockerfile",
         "FROM busybox\n\
+         ARG ATTEMPT\n\
          RUN --mount=type=cache,target=/var/cache/app echo run >> /var/cache/app/log \
          && cp /var/cache/app/log /seen\n\
          RUN --mount=type=cache,target=/root/.cache,id=shared,uid=1000,mode=0700 \
@@ -342,13 +343,16 @@ fn a_cache_mount_persists_across_builds_and_stays_out_of_the_image() {
          touch /a/file && test -e /b/file\n",
     );
     kiln.build(context.path(), &[]);
-    // --no-cache: the step itself runs again, with what the first left.
-    let files = kiln.files(context.path(), &["--no-cache"]);
+    // Another build argument: the step runs again, with what the first left.
+    let files = kiln.files(context.path(), &["--build-arg", "ATTEMPT=2"]);
     assert_eq!(
         read(files.path(), "/seen"),
         "run\nrun\n",
         "the second build saw the first's"
     );
+    // --no-cache starts cache mounts over, as BuildKit does.
+    let fresh = kiln.files(context.path(), &["--no-cache", "--build-arg", "ATTEMPT=2"]);
+    assert_eq!(read(fresh.path(), "/seen"), "run\n");
     assert_eq!(read(files.path(), "/cache-owner"), "1000 700\n");
     assert!(!files.path().join("var/cache").exists());
     assert!(
