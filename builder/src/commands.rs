@@ -176,12 +176,23 @@ fn build_image(
         .iter()
         .rev()
         .find_map(|arg| arg.strip_prefix("SOURCE_DATE_EPOCH="));
-    let source_date_epoch = match epoch_build_arg {
+    let source_date_epoch = match (epoch_build_arg, args.source_date_epoch.as_deref()) {
         // The time of a remote context (a git commit, an HTTP download): a
         // local directory has none.
-        Some("context") => None,
-        Some(seconds) => source_date_epoch(Some(seconds))?,
-        None => source_date_epoch(args.source_date_epoch.as_deref())?,
+        (Some("context"), _) => None,
+        (Some(seconds), _) => source_date_epoch(Some(seconds))?,
+        (None, Some(given)) => source_date_epoch(Some(given))?,
+        // The Dockerfile's own default (a global ARG).
+        (None, None) => match plan.graph.source_date_epoch.as_deref() {
+            None | Some("context") => None,
+            Some(value) => match value.trim().parse::<i64>() {
+                Ok(seconds) if seconds >= 0 => Some(seconds),
+                _ => bail!(
+                    "invalid SOURCE_DATE_EPOCH {value:?} (the Dockerfile's ARG default): expected \
+                     seconds since 1970 (kiln cannot take it from a stage's sources yet)"
+                ),
+            },
+        },
     };
     let now = source_date_epoch.unwrap_or_else(now_seconds);
     let executor = Executor {

@@ -22,6 +22,10 @@ pub struct BuildGraph {
     pub target: usize,
     pub build_platform: Platform,
     pub target_platform: Platform,
+    /// The value of a global `ARG SOURCE_DATE_EPOCH`: the build's epoch
+    /// unless the command line gives one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_date_epoch: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<Warning>,
 }

@@ -144,6 +144,10 @@ pub fn lower(
             ),
         });
     }
+    let source_date_epoch = lowering
+        .global_args
+        .get("SOURCE_DATE_EPOCH")
+        .map(str::to_string);
     let lowered: Vec<(usize, LoweredStage)> = lowering
         .lowered
         .into_iter()
@@ -172,6 +176,7 @@ pub fn lower(
         target: target_id,
         build_platform: options.build_platform.clone(),
         target_platform: options.target_platform.clone(),
+        source_date_epoch,
         warnings,
     })
 }
