@@ -591,13 +591,24 @@ impl Executor<'_> {
     }
 
     /// What an imported cache has for `key` (its layer is fetched only
-    /// when needed).
+    /// when needed). The store keeps the record, so that later builds
+    /// without `--cache-from` reuse the result once its layer is here.
     fn imported_layer(&self, key: &Digest) -> Option<(Option<Layer>, Option<i64>)> {
         let created = self.imported.created(key);
-        match self.imported.record(key)? {
-            None => Some((None, created)),
-            Some(layer) => Layer::from_record(&layer).ok().map(|l| (Some(l), created)),
-        }
+        let found = self.imported.record(key)?;
+        let layer = match &found {
+            None => None,
+            Some(record) => Some(Layer::from_record(record).ok()?),
+        };
+        // A cache: failing to keep the record costs a rerun later, no more.
+        let _ = self.store.put_cache_record(
+            key,
+            &CacheRecord {
+                layer: found,
+                created,
+            },
+        );
+        Some((layer, created))
     }
 
     /// `layers` with a blob each in the store, as an export needs them:

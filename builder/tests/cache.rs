@@ -433,7 +433,13 @@ const EPOCH: [&str; 2] = ["--source-date-epoch", "1700000000"];
 /// Builds `dockerfile` on a first machine exporting the cache with
 /// `cache_to`, then on a second importing it with `cache_from`; returns
 /// the second build's steps, and whether both made the same image.
-fn share(dockerfile: &str, cache_to: &str, cache_from: &str) -> (Vec<(String, bool)>, bool) {
+/// Builds `dockerfile` exporting its cache, then on a second, empty store
+/// importing it; returns the second build's steps, whether it made the same
+/// image, and the steps of the second store building it again without
+/// `--cache-from`.
+type Shared = (Vec<(String, bool)>, bool, Vec<(String, bool)>);
+
+fn share(dockerfile: &str, cache_to: &str, cache_from: &str) -> Shared {
     let first = kiln();
     let context = Context::new();
     context.write("input.txt", "input");
@@ -452,7 +458,10 @@ fn share(dockerfile: &str, cache_to: &str, cache_from: &str) -> (Vec<(String, bo
         "{}",
         String::from_utf8_lossy(&check.stdout)
     );
-    (steps, same)
+    let mut args = vec!["-t", "app"];
+    args.extend(EPOCH);
+    let again = build(&second, context.path(), &args);
+    (steps, same, again)
 }
 
 const ONE_STAGE: &str = "FROM busybox\n\
@@ -484,7 +493,7 @@ fn a_local_cache_serves_an_empty_store() {
 
     // min keeps the steps of the stages the final one copies from too:
     // nothing runs.
-    let (steps, same) = share(TWO_STAGES, &to("min"), &from);
+    let (steps, same, _) = share(TWO_STAGES, &to("min"), &from);
     assert_eq!(runs(&steps), 0, "{steps:?}");
     assert!(same);
 }
@@ -502,11 +511,16 @@ fn a_registry_cache_serves_an_empty_store() {
 /// store run no RUN step and make the same image: mode=min for a single
 /// stage, mode=max for two.
 fn serves_an_empty_store(to: &dyn Fn(&str) -> String, from: &str) {
-    let (steps, same) = share(ONE_STAGE, &to("min"), from);
+    let (steps, same, again) = share(ONE_STAGE, &to("min"), from);
     assert_eq!(runs(&steps), 0, "{steps:?}");
     assert!(same, "the same image");
+    assert_eq!(
+        runs(&again),
+        0,
+        "imported records stay in the store: {again:?}"
+    );
 
-    let (steps, same) = share(TWO_STAGES, &to("max"), from);
+    let (steps, same, _) = share(TWO_STAGES, &to("max"), from);
     assert_eq!(runs(&steps), 0, "{steps:?}");
     assert!(same, "the same image");
 }
