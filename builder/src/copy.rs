@@ -9,9 +9,9 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
 use anyhow::{bail, Context};
-use kiln_cache::extract::{extract_into, ExtractMode, ExtractOptions};
+use kiln_cache::extract::{extract_with, ExtractMode, ExtractOptions, Placement, PlacementError};
 use kiln_cache::pack::{belongs_in_layer, read_xattrs};
-use kiln_cache::tree::{Attributes, TreeWriter};
+use kiln_cache::tree::{split_parent, Attributes, TreeWriter};
 use kiln_cache::{Digest, KeyHasher, LayerView, StatCache, ViewEntry};
 use kiln_frontend::graph::{CopySource, CopyStep, InlineFile, MkdirStep};
 use kiln_frontend::DockerIgnore;
@@ -831,7 +831,16 @@ impl Writer<'_> {
             mode: ExtractMode::Archive,
             owner,
         };
-        extract_into(reader, self.diff_path, &path, &options)
+        let diff_path = self.diff_path;
+        let mut layers = self.rootfs.layers().to_vec();
+        layers.push(diff_path.to_path_buf());
+        let mut placement = ThroughImage {
+            writer: self,
+            view: LayerView::new(layers),
+            root: format!("/{path}"),
+            resolved: HashMap::new(),
+        };
+        extract_with(reader, diff_path, &options, &mut placement)
             .with_context(|| format!("unpacking {}", archive.path))?;
         Ok(())
     }
@@ -872,6 +881,70 @@ impl Writer<'_> {
         self.diff
             .create_file(&path, &mut file.content.as_bytes(), &attributes)?;
         Ok(())
+    }
+}
+
+/// Places an archive's entries as BuildKit unpacks it, chrooted in the
+/// destination directory: the directories on an entry's path are followed
+/// through the symlinks the image has there (or the archive made earlier),
+/// absolute ones from the destination, so that with the image's
+/// `var/run -> /run` the entry `var/run/x` lands in `/run/x` and the link
+/// stays (moby/moby#53258). The entry itself replaces whatever is at its own
+/// path. Nothing is placed outside the destination.
+struct ThroughImage<'w, 'a> {
+    writer: &'w mut Writer<'a>,
+    /// The image with what the step has written so far on top.
+    view: LayerView,
+    /// The destination directory, resolved, as a path of the image.
+    root: String,
+    /// Where each directory of the archive resolved so far leads (as a diff
+    /// path), so that an archive of many files resolves each directory once.
+    resolved: HashMap<String, String>,
+}
+
+impl ThroughImage<'_, '_> {
+    /// The diff path of the archive's `path`: its directory resolved, its
+    /// name as it is.
+    fn locate(&mut self, path: &str) -> anyhow::Result<String> {
+        let (parent, name) = split_parent(path);
+        let dir = match self.resolved.get(parent) {
+            Some(dir) => dir.clone(),
+            None => {
+                let dir = self
+                    .view
+                    .resolve_for_creation_beneath(&self.root, parent)?
+                    .with_context(|| {
+                        format!("cannot unpack {path}: one of its parents is not a directory")
+                    })?
+                    .trim_start_matches('/')
+                    .to_string();
+                self.resolved.insert(parent.to_string(), dir.clone());
+                dir
+            }
+        };
+        Ok(if dir.is_empty() {
+            name.to_string()
+        } else {
+            format!("{dir}/{name}")
+        })
+    }
+}
+
+impl Placement for ThroughImage<'_, '_> {
+    fn entry(&mut self, path: &str, changes_paths: bool) -> Result<String, PlacementError> {
+        if changes_paths {
+            // A directory or symlink written here may change where paths
+            // resolved before lead.
+            self.resolved.clear();
+        }
+        let target = self.locate(path)?;
+        // Directories the image has keep their owner and mode in the diff.
+        self.writer.ensure_parents(&target)?;
+        Ok(target)
+    }
+
+    fn link_target(&mut self, path: &str) -> Result<String, PlacementError> {
+        Ok(self.locate(path)?)
     }
 }
 
@@ -1419,6 +1492,163 @@ mod tests {
         let found = expand(&source, "/test/a/b3*/c", true).expect("expand");
         assert!(found.matches.is_empty());
         assert_eq!(found.pivots, 1);
+    }
+
+    /// A tar archive of directories (a name ending in `/`), files (holding
+    /// their own name), symlinks (`name -> target`) and hard links
+    /// (`name => target`).
+    fn tar_of(entries: &[&str]) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        for entry in entries {
+            let mut header = tar::Header::new_ustar();
+            header.set_mode(0o755);
+            header.set_size(0);
+            if let Some((name, target)) = entry.split_once(" -> ") {
+                header.set_entry_type(tar::EntryType::Symlink);
+                builder
+                    .append_link(&mut header, name, target)
+                    .expect("symlink");
+            } else if let Some((name, target)) = entry.split_once(" => ") {
+                header.set_entry_type(tar::EntryType::Link);
+                builder
+                    .append_link(&mut header, name, target)
+                    .expect("link");
+            } else if entry.ends_with('/') {
+                header.set_entry_type(tar::EntryType::Directory);
+                builder
+                    .append_data(&mut header, entry, std::io::empty())
+                    .expect("directory");
+            } else {
+                header.set_entry_type(tar::EntryType::Regular);
+                header.set_size(entry.len() as u64);
+                builder
+                    .append_data(&mut header, entry, entry.as_bytes())
+                    .expect("file");
+            }
+        }
+        builder.into_inner().expect("tar")
+    }
+
+    /// Runs `ADD payload.tar dest` over an image of one layer that `image`
+    /// fills; returns the diff directory.
+    fn add_archive(
+        payload: &[u8],
+        dest: &str,
+        image: impl FnOnce(&Path),
+    ) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let (context, layer, diff) = (
+            dir.path().join("context"),
+            dir.path().join("layer"),
+            dir.path().join("diff"),
+        );
+        for path in [&context, &layer, &diff] {
+            fs::create_dir(path).expect("mkdir");
+        }
+        fs::write(context.join("payload.tar"), payload).expect("write");
+        image(&layer);
+        let ignore = DockerIgnore::parse("", ".dockerignore").expect("no rules");
+        let source = SourceTree {
+            view: LayerView::new(vec![context]),
+            ignore: Some(&ignore),
+            label: "the build context".to_string(),
+        };
+        let step = CopyStep {
+            from: kiln_frontend::graph::Source::Context,
+            sources: vec![CopySource::Path("payload.tar".to_string())],
+            dest: dest.to_string(),
+            chown: None,
+            chmod: None,
+            link: false,
+            parents: false,
+            exclude: Vec::new(),
+            unpack: true,
+            checksum: None,
+            keep_git_dir: false,
+        };
+        let no_downloads =
+            |url: &str| -> anyhow::Result<Downloaded> { bail!("no download of {url}") };
+        let rootfs = LayerView::new(vec![layer]);
+        copy(&step, &source, &rootfs, &diff, 0, &no_downloads).expect("ADD");
+        (dir, diff)
+    }
+
+    #[test]
+    fn archives_unpack_through_the_images_symlinks() {
+        let payload = tar_of(&[
+            "var/run/act/",
+            "var/run/act/HEAD",
+            "var/run/act/HEAD.link => var/run/act/HEAD",
+        ]);
+        let (_dir, diff) = add_archive(&payload, "/", |layer| {
+            fs::create_dir_all(layer.join("run")).expect("mkdir");
+            fs::create_dir_all(layer.join("var")).expect("mkdir");
+            std::os::unix::fs::symlink("/run", layer.join("var/run")).expect("symlink");
+        });
+        let head = fs::metadata(diff.join("run/act/HEAD")).expect("HEAD in /run");
+        let link = fs::metadata(diff.join("run/act/HEAD.link")).expect("link in /run");
+        assert_eq!(head.ino(), link.ino(), "a hard link, through the symlink");
+        // The image's var/run stays the symlink it is.
+        assert!(fs::symlink_metadata(diff.join("var")).is_err());
+    }
+
+    #[test]
+    fn archive_symlinks_resolve_inside_the_destination() {
+        // As BuildKit, chrooted in the destination: an absolute link and one
+        // that climbs lead below /app, not to the image's /usr.
+        let payload = tar_of(&["abs/a", "climb/b"]);
+        let (_dir, diff) = add_archive(&payload, "/app", |layer| {
+            fs::create_dir_all(layer.join("app")).expect("mkdir");
+            fs::create_dir_all(layer.join("usr/lib")).expect("mkdir");
+            std::os::unix::fs::symlink("/usr/lib", layer.join("app/abs")).expect("symlink");
+            std::os::unix::fs::symlink("../../../usr/lib", layer.join("app/climb"))
+                .expect("symlink");
+        });
+        assert!(diff.join("app/usr/lib/a").is_file());
+        assert!(diff.join("app/usr/lib/b").is_file());
+        assert!(fs::symlink_metadata(diff.join("usr")).is_err());
+    }
+
+    #[test]
+    fn archive_symlinks_lead_its_later_entries() {
+        // lib is first a directory, then a link: what comes after the link
+        // goes through it, inside the image.
+        let payload = tar_of(&["usr/lib/", "lib/", "lib/x", "lib -> /usr/lib", "lib/y"]);
+        let (_dir, diff) = add_archive(&payload, "/", |_| {});
+        assert!(diff.join("usr/lib/y").is_file());
+        let lib = fs::symlink_metadata(diff.join("lib")).expect("lib");
+        assert!(lib.file_type().is_symlink());
+    }
+
+    #[test]
+    fn archive_entries_replace_a_symlink_at_their_own_path() {
+        // A directory entry for var/run itself replaces the link, as
+        // BuildKit's unpacking does; what follows goes into it.
+        let payload = tar_of(&["var/run/", "var/run/x"]);
+        let (_dir, diff) = add_archive(&payload, "/", |layer| {
+            fs::create_dir_all(layer.join("run")).expect("mkdir");
+            fs::create_dir_all(layer.join("var")).expect("mkdir");
+            std::os::unix::fs::symlink("/run", layer.join("var/run")).expect("symlink");
+        });
+        assert!(diff.join("var/run/x").is_file());
+        assert!(fs::symlink_metadata(diff.join("run")).is_err());
+    }
+
+    #[test]
+    fn implied_parents_keep_the_images_owner_and_mode() {
+        let payload = tar_of(&["var/x"]);
+        let (_dir, diff) = add_archive(&payload, "/", |layer| {
+            fs::create_dir_all(layer.join("var")).expect("mkdir");
+            fs::set_permissions(
+                layer.join("var"),
+                std::os::unix::fs::PermissionsExt::from_mode(0o700),
+            )
+            .expect("chmod");
+            std::os::unix::fs::chown(layer.join("var"), Some(7), Some(8)).expect("chown");
+        });
+        let var = fs::metadata(diff.join("var")).expect("var");
+        assert_eq!(var.mode() & 0o7777, 0o700);
+        assert_eq!((var.uid(), var.gid()), (7, 8));
     }
 
     #[test]
