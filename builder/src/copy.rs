@@ -9,9 +9,9 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
 use anyhow::{bail, Context};
-use kiln_cache::extract::{extract_into, ExtractMode, ExtractOptions};
+use kiln_cache::extract::{extract_with, ExtractMode, ExtractOptions, Placement, PlacementError};
 use kiln_cache::pack::{belongs_in_layer, read_xattrs};
-use kiln_cache::tree::{Attributes, TreeWriter};
+use kiln_cache::tree::{split_parent, Attributes, TreeWriter};
 use kiln_cache::{Digest, KeyHasher, LayerView, StatCache, ViewEntry};
 use kiln_frontend::graph::{CopySource, CopyStep, InlineFile, MkdirStep};
 use kiln_frontend::DockerIgnore;
@@ -113,14 +113,18 @@ pub fn copy(
     let mut matches = Vec::new();
     let mut inline = Vec::new();
     let mut downloads = Vec::new();
+    // A `--parents` copy from an existing directory makes the destination
+    // even when nothing below it matches, as BuildKit does.
+    let mut make_dest = false;
     for copy_source in &step.sources {
         match copy_source {
             CopySource::Path(pattern) => {
-                let found = expand(source, pattern)?;
-                if found.is_empty() && !has_wildcard(pattern) {
+                let found = expand(source, pattern, step.parents)?;
+                if found.matches.is_empty() && !has_wildcard(pattern) {
                     bail!("{pattern}: not found in {}", source.label);
                 }
-                matches.extend(found);
+                make_dest |= step.parents && found.pivots > 0;
+                matches.extend(found.matches);
             }
             CopySource::Inline(file) => inline.push(file),
             CopySource::Url(url) => {
@@ -159,6 +163,9 @@ pub fn copy(
         ensured: HashSet::new(),
         hard_links: HashMap::new(),
     };
+    if make_dest {
+        writer.ensure_directory(dest)?;
+    }
     for found in matches {
         // Each source is copied on its own, as BuildKit does: hard links are
         // kept inside one copied directory, not between separate sources.
@@ -410,7 +417,7 @@ pub fn sources_digest(
             continue;
         };
         hasher.field("pattern", pattern);
-        for found in expand(source, pattern)? {
+        for found in expand(source, pattern, step.parents)?.matches {
             hasher.field("match", &found.path);
             hash_entry(
                 &mut hasher,
@@ -627,6 +634,17 @@ impl Writer<'_> {
         Ok(())
     }
 
+    /// Makes the directory `target` (a path in the image) unless the image
+    /// or the step has it already.
+    fn ensure_directory(&mut self, target: &str) -> anyhow::Result<()> {
+        let path = self.place(target)?;
+        if path.is_empty() || self.existing(&path, true)? == Existing::Directory {
+            return Ok(());
+        }
+        self.check_directory_target(&path, true)?;
+        self.ensure_parents(&format!("{path}/"))
+    }
+
     fn copy_entry(
         &mut self,
         entry: &ViewEntry,
@@ -820,7 +838,16 @@ impl Writer<'_> {
             mode: ExtractMode::Archive,
             owner,
         };
-        extract_into(reader, self.diff_path, &path, &options)
+        let diff_path = self.diff_path;
+        let mut layers = self.rootfs.layers().to_vec();
+        layers.push(diff_path.to_path_buf());
+        let mut placement = ThroughImage {
+            writer: self,
+            view: LayerView::new(layers),
+            root: format!("/{path}"),
+            resolved: HashMap::new(),
+        };
+        extract_with(reader, diff_path, &options, &mut placement)
             .with_context(|| format!("unpacking {}", archive.path))?;
         Ok(())
     }
@@ -861,6 +888,70 @@ impl Writer<'_> {
         self.diff
             .create_file(&path, &mut file.content.as_bytes(), &attributes)?;
         Ok(())
+    }
+}
+
+/// Places an archive's entries as BuildKit unpacks it, chrooted in the
+/// destination directory: the directories on an entry's path are followed
+/// through the symlinks the image has there (or the archive made earlier),
+/// absolute ones from the destination, so that with the image's
+/// `var/run -> /run` the entry `var/run/x` lands in `/run/x` and the link
+/// stays (moby/moby#53258). The entry itself replaces whatever is at its own
+/// path. Nothing is placed outside the destination.
+struct ThroughImage<'w, 'a> {
+    writer: &'w mut Writer<'a>,
+    /// The image with what the step has written so far on top.
+    view: LayerView,
+    /// The destination directory, resolved, as a path of the image.
+    root: String,
+    /// Where each directory of the archive resolved so far leads (as a diff
+    /// path), so that an archive of many files resolves each directory once.
+    resolved: HashMap<String, String>,
+}
+
+impl ThroughImage<'_, '_> {
+    /// The diff path of the archive's `path`: its directory resolved, its
+    /// name as it is.
+    fn locate(&mut self, path: &str) -> anyhow::Result<String> {
+        let (parent, name) = split_parent(path);
+        let dir = match self.resolved.get(parent) {
+            Some(dir) => dir.clone(),
+            None => {
+                let dir = self
+                    .view
+                    .resolve_for_creation_beneath(&self.root, parent)?
+                    .with_context(|| {
+                        format!("cannot unpack {path}: one of its parents is not a directory")
+                    })?
+                    .trim_start_matches('/')
+                    .to_string();
+                self.resolved.insert(parent.to_string(), dir.clone());
+                dir
+            }
+        };
+        Ok(if dir.is_empty() {
+            name.to_string()
+        } else {
+            format!("{dir}/{name}")
+        })
+    }
+}
+
+impl Placement for ThroughImage<'_, '_> {
+    fn entry(&mut self, path: &str, changes_paths: bool) -> Result<String, PlacementError> {
+        if changes_paths {
+            // A directory or symlink written here may change where paths
+            // resolved before lead.
+            self.resolved.clear();
+        }
+        let target = self.locate(path)?;
+        // Directories the image has keep their owner and mode in the diff.
+        self.writer.ensure_parents(&target)?;
+        Ok(target)
+    }
+
+    fn link_target(&mut self, path: &str) -> Result<String, PlacementError> {
+        Ok(self.locate(path)?)
     }
 }
 
@@ -924,80 +1015,219 @@ fn join(dir: &str, name: &str) -> String {
     }
 }
 
-/// The paths of `source` a COPY pattern matches, sorted; symlinks in the
-/// matched path are followed (inside the source), not in what is copied.
-fn expand(source: &SourceTree<'_>, pattern: &str) -> anyhow::Result<Vec<Matched>> {
-    // `--parents` keeps the path from the pivot `/./`, or from the root. A
-    // leading `./` only says "in the context" and is no pivot.
-    let mut pattern = pattern;
-    while let Some(rest) = pattern.strip_prefix("./") {
-        pattern = rest.trim_start_matches('/');
-    }
-    let (pivot, pattern_from_pivot) = match pattern.split_once("/./") {
-        Some((pivot, rest)) => (format!("/{}", pivot.trim_start_matches('/')), rest),
-        None => ("/".to_string(), pattern),
-    };
-    let full = join(&pivot, pattern_from_pivot.trim_start_matches("./"));
-    let parts: Vec<String> = full
-        .split('/')
-        .filter(|p| !p.is_empty() && *p != ".")
-        .map(str::to_string)
-        .collect();
-    let mut candidates = vec!["/".to_string()];
-    for (index, part) in parts.iter().enumerate() {
-        let last = index + 1 == parts.len();
-        let mut next = Vec::new();
-        for base in &candidates {
-            if has_wildcard(part) {
-                let dir = source.view.resolve(base, true)?;
-                let Some(dir) = dir.filter(|d| d.metadata.is_dir()) else {
-                    continue;
-                };
-                for child in source.view.read_dir(&dir.path)? {
-                    let name = base_name(&child.path);
-                    if glob_match(part, name) {
-                        if child.lossy_name {
-                            bail!("{}: {UNSUPPORTED_NAME}", child.host.display());
-                        }
-                        next.push(join(base, name));
-                    }
-                }
-            } else {
-                next.push(join(base, &unescape(part)));
-            }
-            if !last {
-                next.retain(|p| {
-                    !source.ignored(p)
-                        || source
-                            .ignore
-                            .is_some_and(|r| !r.can_skip_dir(p.trim_start_matches('/')))
-                });
-            }
+/// A COPY source pattern as BuildKit reads it. With `--parents`, the part
+/// before the first `/./` (the pivot; the root when there is none) names
+/// the directories copied from, its wildcards resolved as for a plain COPY,
+/// and the part after it is matched below each of them as an include
+/// pattern, where a `**` component stands for any number of directories;
+/// what it matches keeps its path from the pivot. Without `--parents` the
+/// whole pattern is one path whose every component names one component.
+struct SourcePattern {
+    /// The pivot's components, `.` and `..` resolved.
+    pivot: Vec<String>,
+    /// The components after the pivot, `.` and `..` resolved.
+    below: Vec<String>,
+    /// Whether a `**` component matches any number of components.
+    recursive: bool,
+}
+
+impl SourcePattern {
+    fn parse(pattern: &str, parents: bool) -> SourcePattern {
+        if !parents {
+            return SourcePattern {
+                pivot: Vec::new(),
+                below: clean(pattern),
+                recursive: false,
+            };
         }
-        candidates = next;
+        // BuildKit cuts at the first `/./` and cleans both halves on their
+        // own: `..` after the pivot cannot climb above it. A leading `./`
+        // only says "in the context" (or the stage's root) and is no pivot.
+        match pattern.split_once("/./") {
+            Some((pivot, below)) => SourcePattern {
+                pivot: clean(pivot),
+                below: clean(below),
+                recursive: true,
+            },
+            None => SourcePattern {
+                pivot: Vec::new(),
+                below: clean(pattern),
+                recursive: true,
+            },
+        }
+    }
+}
+
+/// The components of a path, `.` dropped and `..` taking the one before
+/// it (never above the root), as Go's `path.Clean` does.
+fn clean(path: &str) -> Vec<String> {
+    let mut parts = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            other => parts.push(other.to_string()),
+        }
+    }
+    parts
+}
+
+/// What a COPY source pattern matches.
+struct Expansion {
+    /// The matched paths, sorted, none below another (which copies it).
+    matches: Vec<Matched>,
+    /// How many of the pivot's paths are directories: a `--parents` copy
+    /// from one makes the destination even when nothing below it matches.
+    pivots: usize,
+}
+
+/// The paths of `source` a COPY pattern matches; symlinks in the matched
+/// path are followed (inside the source), not in what is copied.
+fn expand(source: &SourceTree<'_>, pattern: &str, parents: bool) -> anyhow::Result<Expansion> {
+    let pattern = SourcePattern::parse(pattern, parents);
+    let mut pivots = vec!["/".to_string()];
+    for (index, part) in pattern.pivot.iter().enumerate() {
+        let last = index + 1 == pattern.pivot.len() && pattern.below.is_empty();
+        pivots = match_component(source, &pivots, part, false, last)?;
+    }
+    let mut existing_pivots = 0;
+    let mut candidates = Vec::new();
+    for pivot in pivots {
+        if source
+            .view
+            .resolve(&pivot, true)?
+            .is_some_and(|entry| entry.metadata.is_dir())
+        {
+            existing_pivots += 1;
+        }
+        let mut paths = vec![pivot.clone()];
+        for (index, part) in pattern.below.iter().enumerate() {
+            let last = index + 1 == pattern.below.len();
+            paths = match_component(source, &paths, part, pattern.recursive, last)?;
+        }
+        candidates.extend(paths.into_iter().map(|path| (path, pivot.len())));
     }
     candidates.sort();
     candidates.dedup();
-    let mut matched = Vec::new();
-    for path in candidates {
+    let mut kept = HashSet::new();
+    let mut matches = Vec::new();
+    for (path, pivot_len) in candidates {
+        // With `**`, a directory and what is below it may both match: the
+        // directory's copy already holds the rest. Sorted, a directory
+        // comes before what is below it.
+        if path
+            .match_indices('/')
+            .any(|(at, _)| at > 0 && kept.contains(&path[..at]))
+        {
+            continue;
+        }
         if source.ignored(&path) {
             continue;
         }
         let Some(entry) = source.view.resolve(&path, true)? else {
             continue;
         };
-        let parents_path = path
-            .strip_prefix(pivot.as_str())
-            .unwrap_or(&path)
-            .trim_start_matches('/')
-            .to_string();
-        matched.push(Matched {
+        let parents_path = path[pivot_len..].trim_start_matches('/').to_string();
+        kept.insert(path.clone());
+        matches.push(Matched {
             entry,
             path,
             parents_path,
         });
     }
-    Ok(matched)
+    Ok(Expansion {
+        matches,
+        pivots: existing_pivots,
+    })
+}
+
+/// The paths below each of `bases` that one pattern component matches. A
+/// name without wildcards is taken as is (whether it exists is checked at
+/// the end). With `recursive`, `**` matches the base itself and every
+/// directory below it, symlinks not followed (as BuildKit walks the tree).
+/// Unless the component is the `last`, directories the ignore file leaves
+/// out entirely are dropped, as nothing below them can be copied.
+fn match_component(
+    source: &SourceTree<'_>,
+    bases: &[String],
+    part: &str,
+    recursive: bool,
+    last: bool,
+) -> anyhow::Result<Vec<String>> {
+    let mut found = Vec::new();
+    for base in bases {
+        if recursive && part == "**" {
+            found.push(base.clone());
+            descendant_directories(source, base, &mut found)?;
+        } else if has_wildcard(part) {
+            let dir = source.view.resolve(base, true)?;
+            let Some(dir) = dir.filter(|d| d.metadata.is_dir()) else {
+                continue;
+            };
+            for child in source.view.read_dir(&dir.path)? {
+                let name = base_name(&child.path);
+                if glob_match(part, name) {
+                    if child.lossy_name {
+                        bail!("{}: {UNSUPPORTED_NAME}", child.host.display());
+                    }
+                    found.push(join(base, name));
+                }
+            }
+        } else {
+            found.push(join(base, &unescape(part)));
+        }
+    }
+    if !last {
+        found.retain(|path| may_hold_matches(source, path));
+    }
+    Ok(found)
+}
+
+/// Adds every directory below `base` (a path as written) to `found`,
+/// skipping what the ignore file leaves out entirely.
+fn descendant_directories(
+    source: &SourceTree<'_>,
+    base: &str,
+    found: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    let Some(dir) = source
+        .view
+        .resolve(base, true)?
+        .filter(|d| d.metadata.is_dir())
+    else {
+        return Ok(());
+    };
+    let mut pending = vec![(base.to_string(), dir.path)];
+    while let Some((written, resolved)) = pending.pop() {
+        for child in source.view.read_dir(&resolved)? {
+            // `metadata` is the child's own (lstat): a symlink to a
+            // directory is not walked into, which also keeps loops out.
+            if !child.metadata.is_dir() {
+                continue;
+            }
+            let path = join(&written, base_name(&child.path));
+            if !may_hold_matches(source, &path) {
+                continue;
+            }
+            if child.lossy_name {
+                bail!("{}: {UNSUPPORTED_NAME}", child.host.display());
+            }
+            found.push(path.clone());
+            pending.push((path, child.path));
+        }
+    }
+    Ok(())
+}
+
+/// Whether something at or below `path` may be copied: false for a
+/// directory the ignore file leaves out with no exception below it.
+fn may_hold_matches(source: &SourceTree<'_>, path: &str) -> bool {
+    !source.ignored(path)
+        || source
+            .ignore
+            .is_some_and(|rules| !rules.can_skip_dir(path.trim_start_matches('/')))
 }
 
 fn unescape(part: &str) -> String {
@@ -1137,6 +1367,297 @@ mod tests {
         assert!(!glob_match("*a*a*a*a*a*a*a*a*a*a*a*a*b", &"a".repeat(60)));
     }
 
+    /// A source tree holding the empty files `files` (and their parents).
+    fn tree(files: &[&str]) -> (tempfile::TempDir, SourceTree<'static>) {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        for file in files {
+            let path = dir.path().join(file);
+            fs::create_dir_all(path.parent().expect("a parent")).expect("mkdir");
+            fs::write(&path, "").expect("write");
+        }
+        let source = SourceTree {
+            view: LayerView::new(vec![dir.path().to_path_buf()]),
+            ignore: None,
+            label: "the test tree".to_string(),
+        };
+        (dir, source)
+    }
+
+    /// Each match as (path, where it goes below the destination).
+    fn matched(source: &SourceTree<'_>, pattern: &str, parents: bool) -> Vec<(String, String)> {
+        expand(source, pattern, parents)
+            .expect("expand")
+            .matches
+            .into_iter()
+            .map(|found| (found.path, found.parents_path))
+            .collect()
+    }
+
+    fn pairs(expected: &[(&str, &str)]) -> Vec<(String, String)> {
+        expected
+            .iter()
+            .map(|(path, below)| (path.to_string(), below.to_string()))
+            .collect()
+    }
+
+    const FILES: &[&str] = &[
+        "test/a/b/c/d/foo",
+        "test/a/b/c/d/e/bay",
+        "test/a/b2/c/d/e/bar",
+        "test/a/b/c2/d/e/baz",
+        "test/a/b/c2/d/e2/baz",
+    ];
+
+    #[test]
+    fn parents_patterns_split_at_the_first_pivot() {
+        let pattern = SourcePattern::parse("/test/a/b*/./c/**/e", true);
+        assert_eq!(pattern.pivot, ["test", "a", "b*"]);
+        assert_eq!(pattern.below, ["c", "**", "e"]);
+        assert!(pattern.recursive);
+        // Later pivots are plain `.`; `..` cannot climb above the pivot.
+        let pattern = SourcePattern::parse("/test/a/./b/./c/../../../d", true);
+        assert_eq!(pattern.pivot, ["test", "a"]);
+        assert_eq!(pattern.below, ["d"]);
+        // A leading `./` and a trailing `/.` are no pivot.
+        let pattern = SourcePattern::parse("./test/a/.", true);
+        assert!(pattern.pivot.is_empty());
+        assert_eq!(pattern.below, ["test", "a"]);
+        // Without --parents `/./` means nothing and `**` is a plain `*`.
+        let pattern = SourcePattern::parse("/test/./a/**", false);
+        assert!(pattern.pivot.is_empty());
+        assert_eq!(pattern.below, ["test", "a", "**"]);
+        assert!(!pattern.recursive);
+    }
+
+    #[test]
+    fn parents_keep_the_path_from_a_wildcard_pivot() {
+        let (_dir, source) = tree(FILES);
+        assert_eq!(
+            matched(&source, "/test/a/b*/./c/**/e", true),
+            pairs(&[("/test/a/b/c/d/e", "c/d/e"), ("/test/a/b2/c/d/e", "c/d/e"),])
+        );
+        assert_eq!(
+            matched(&source, "/test/a/./*/c", true),
+            pairs(&[("/test/a/b/c", "b/c"), ("/test/a/b2/c", "b2/c")])
+        );
+        assert_eq!(
+            matched(&source, "/test/a/b/c/d", true),
+            pairs(&[("/test/a/b/c/d", "test/a/b/c/d")])
+        );
+    }
+
+    #[test]
+    fn double_star_matches_any_number_of_directories() {
+        let (_dir, source) = tree(FILES);
+        // Two directories deep, and none at all.
+        assert_eq!(
+            matched(&source, "/test/a/b2/c/**/bar", true),
+            pairs(&[("/test/a/b2/c/d/e/bar", "test/a/b2/c/d/e/bar")])
+        );
+        assert_eq!(
+            matched(&source, "/test/a/b/./c2/**/d", true),
+            pairs(&[("/test/a/b/c2/d", "c2/d")])
+        );
+        assert_eq!(
+            matched(&source, "/test/a/b/./c*/**/baz", true),
+            pairs(&[
+                ("/test/a/b/c2/d/e/baz", "c2/d/e/baz"),
+                ("/test/a/b/c2/d/e2/baz", "c2/d/e2/baz"),
+            ])
+        );
+        // What is below a match is copied with it, not again on its own.
+        assert_eq!(
+            matched(&source, "/test/a/./b2/**", true),
+            pairs(&[("/test/a/b2", "b2")])
+        );
+        // Without --parents, `**` stands for one name, as in Go's
+        // filepath.Match.
+        assert!(matched(&source, "/test/a/b2/c/**/bar", false).is_empty());
+        assert_eq!(
+            matched(&source, "/test/a/b2/c/**/e", false),
+            pairs(&[("/test/a/b2/c/d/e", "test/a/b2/c/d/e")])
+        );
+    }
+
+    #[test]
+    fn double_star_does_not_follow_symlinks() {
+        let (dir, source) = tree(FILES);
+        std::os::unix::fs::symlink("/test/a/b2", dir.path().join("test/a/b/loop"))
+            .expect("symlink");
+        assert!(matched(&source, "/test/a/b/**/bar", true).is_empty());
+    }
+
+    #[test]
+    fn pivots_are_counted_even_when_nothing_below_matches() {
+        let (_dir, source) = tree(FILES);
+        let found = expand(&source, "/test/a/b/./c3*", true).expect("expand");
+        assert!(found.matches.is_empty());
+        assert_eq!(found.pivots, 1);
+        let found = expand(&source, "/test/a/b3*/./c", true).expect("expand");
+        assert_eq!(found.pivots, 0);
+        // Without a pivot the copy is from the root.
+        let found = expand(&source, "/test/a/b3*/c", true).expect("expand");
+        assert!(found.matches.is_empty());
+        assert_eq!(found.pivots, 1);
+    }
+
+    /// A tar archive of directories (a name ending in `/`), files (holding
+    /// their own name), symlinks (`name -> target`) and hard links
+    /// (`name => target`).
+    fn tar_of(entries: &[&str]) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        for entry in entries {
+            let mut header = tar::Header::new_ustar();
+            header.set_mode(0o755);
+            header.set_size(0);
+            if let Some((name, target)) = entry.split_once(" -> ") {
+                header.set_entry_type(tar::EntryType::Symlink);
+                builder
+                    .append_link(&mut header, name, target)
+                    .expect("symlink");
+            } else if let Some((name, target)) = entry.split_once(" => ") {
+                header.set_entry_type(tar::EntryType::Link);
+                builder
+                    .append_link(&mut header, name, target)
+                    .expect("link");
+            } else if entry.ends_with('/') {
+                header.set_entry_type(tar::EntryType::Directory);
+                builder
+                    .append_data(&mut header, entry, std::io::empty())
+                    .expect("directory");
+            } else {
+                header.set_entry_type(tar::EntryType::Regular);
+                header.set_size(entry.len() as u64);
+                builder
+                    .append_data(&mut header, entry, entry.as_bytes())
+                    .expect("file");
+            }
+        }
+        builder.into_inner().expect("tar")
+    }
+
+    /// Runs `ADD payload.tar dest` over an image of one layer that `image`
+    /// fills; returns the diff directory.
+    fn add_archive(
+        payload: &[u8],
+        dest: &str,
+        image: impl FnOnce(&Path),
+    ) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let (context, layer, diff) = (
+            dir.path().join("context"),
+            dir.path().join("layer"),
+            dir.path().join("diff"),
+        );
+        for path in [&context, &layer, &diff] {
+            fs::create_dir(path).expect("mkdir");
+        }
+        fs::write(context.join("payload.tar"), payload).expect("write");
+        image(&layer);
+        let ignore = DockerIgnore::parse("", ".dockerignore").expect("no rules");
+        let source = SourceTree {
+            view: LayerView::new(vec![context]),
+            ignore: Some(&ignore),
+            label: "the build context".to_string(),
+        };
+        let step = CopyStep {
+            from: kiln_frontend::graph::Source::Context,
+            sources: vec![CopySource::Path("payload.tar".to_string())],
+            dest: dest.to_string(),
+            chown: None,
+            chmod: None,
+            link: false,
+            parents: false,
+            exclude: Vec::new(),
+            unpack: true,
+            checksum: None,
+            keep_git_dir: false,
+        };
+        let no_downloads =
+            |url: &str| -> anyhow::Result<Downloaded> { bail!("no download of {url}") };
+        let rootfs = LayerView::new(vec![layer]);
+        copy(&step, &source, &rootfs, &diff, 0, &no_downloads).expect("ADD");
+        (dir, diff)
+    }
+
+    #[test]
+    fn archives_unpack_through_the_images_symlinks() {
+        let payload = tar_of(&[
+            "var/run/act/",
+            "var/run/act/HEAD",
+            "var/run/act/HEAD.link => var/run/act/HEAD",
+        ]);
+        let (_dir, diff) = add_archive(&payload, "/", |layer| {
+            fs::create_dir_all(layer.join("run")).expect("mkdir");
+            fs::create_dir_all(layer.join("var")).expect("mkdir");
+            std::os::unix::fs::symlink("/run", layer.join("var/run")).expect("symlink");
+        });
+        let head = fs::metadata(diff.join("run/act/HEAD")).expect("HEAD in /run");
+        let link = fs::metadata(diff.join("run/act/HEAD.link")).expect("link in /run");
+        assert_eq!(head.ino(), link.ino(), "a hard link, through the symlink");
+        // The image's var/run stays the symlink it is.
+        assert!(fs::symlink_metadata(diff.join("var")).is_err());
+    }
+
+    #[test]
+    fn archive_symlinks_resolve_inside_the_destination() {
+        // As BuildKit, chrooted in the destination: an absolute link and one
+        // that climbs lead below /app, not to the image's /usr.
+        let payload = tar_of(&["abs/a", "climb/b"]);
+        let (_dir, diff) = add_archive(&payload, "/app", |layer| {
+            fs::create_dir_all(layer.join("app")).expect("mkdir");
+            fs::create_dir_all(layer.join("usr/lib")).expect("mkdir");
+            std::os::unix::fs::symlink("/usr/lib", layer.join("app/abs")).expect("symlink");
+            std::os::unix::fs::symlink("../../../usr/lib", layer.join("app/climb"))
+                .expect("symlink");
+        });
+        assert!(diff.join("app/usr/lib/a").is_file());
+        assert!(diff.join("app/usr/lib/b").is_file());
+        assert!(fs::symlink_metadata(diff.join("usr")).is_err());
+    }
+
+    #[test]
+    fn archive_symlinks_lead_its_later_entries() {
+        // lib is first a directory, then a link: what comes after the link
+        // goes through it, inside the image.
+        let payload = tar_of(&["usr/lib/", "lib/", "lib/x", "lib -> /usr/lib", "lib/y"]);
+        let (_dir, diff) = add_archive(&payload, "/", |_| {});
+        assert!(diff.join("usr/lib/y").is_file());
+        let lib = fs::symlink_metadata(diff.join("lib")).expect("lib");
+        assert!(lib.file_type().is_symlink());
+    }
+
+    #[test]
+    fn archive_entries_replace_a_symlink_at_their_own_path() {
+        // A directory entry for var/run itself replaces the link, as
+        // BuildKit's unpacking does; what follows goes into it.
+        let payload = tar_of(&["var/run/", "var/run/x"]);
+        let (_dir, diff) = add_archive(&payload, "/", |layer| {
+            fs::create_dir_all(layer.join("run")).expect("mkdir");
+            fs::create_dir_all(layer.join("var")).expect("mkdir");
+            std::os::unix::fs::symlink("/run", layer.join("var/run")).expect("symlink");
+        });
+        assert!(diff.join("var/run/x").is_file());
+        assert!(fs::symlink_metadata(diff.join("run")).is_err());
+    }
+
+    #[test]
+    fn implied_parents_keep_the_images_owner_and_mode() {
+        let payload = tar_of(&["var/x"]);
+        let (_dir, diff) = add_archive(&payload, "/", |layer| {
+            fs::create_dir_all(layer.join("var")).expect("mkdir");
+            fs::set_permissions(
+                layer.join("var"),
+                std::os::unix::fs::PermissionsExt::from_mode(0o700),
+            )
+            .expect("chmod");
+            std::os::unix::fs::chown(layer.join("var"), Some(7), Some(8)).expect("chown");
+        });
+        let var = fs::metadata(diff.join("var")).expect("var");
+        assert_eq!(var.mode() & 0o7777, 0o700);
+        assert_eq!((var.uid(), var.gid()), (7, 8));
+    }
+
     #[test]
     fn path_helpers() {
         assert_eq!(join("/dst/", "a"), "/dst/a");
@@ -1146,5 +1667,6 @@ mod tests {
         assert_eq!(parent_of("/a/b"), "/a");
         assert_eq!(parent_of("/a"), "/");
         assert_eq!(unescape("a\\*b"), "a*b");
+        assert_eq!(clean("/a/./b/../../../c/"), ["c"]);
     }
 }

@@ -228,10 +228,7 @@ impl Servers {
             text = text.replace("{{HTTP}}", &format!("http://{}", http.address));
         }
         if let Some(registry) = &self.registry {
-            text = text.replace(
-                "{{REGISTRY}}",
-                &registry.name("").trim_end_matches('/').to_string(),
-            );
+            text = text.replace("{{REGISTRY}}", registry.name("").trim_end_matches('/'));
         }
         text
     }

@@ -23,6 +23,12 @@ pub enum Error {
         #[source]
         source: crate::tree::TreeError,
     },
+    #[error("cannot extract archive entry {entry:?}: {source}")]
+    Place {
+        entry: String,
+        #[source]
+        source: crate::extract::PlacementError,
+    },
     #[error("invalid archive: {0}")]
     InvalidArchive(String),
     #[error("blob {expected} does not match its content, which hashes to {actual}")]

@@ -42,19 +42,49 @@ impl ExtractOptions {
     }
 }
 
-/// Extracts the (uncompressed) tar stream `reader` into the directory
-/// `dest`, below `prefix` (a relative path, empty for `dest` itself).
-/// Returns the number of entries written.
-pub fn extract<R: Read>(reader: R, dest: &Path, options: &ExtractOptions) -> Result<u64, Error> {
-    extract_into(reader, dest, "", options)
+/// An error a [`Placement`] gives for an entry it cannot place.
+pub type PlacementError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Where the entries of an archive go in the target directory.
+pub trait Placement {
+    /// The path in the target where the entry at `path` (relative, free of
+    /// `..`) is written, with the directories leading to it made. Called
+    /// once per entry, in the archive's order, before it is written;
+    /// `changes_paths` says that it is a directory or symlink, which may
+    /// change where later paths through it lead.
+    fn entry(&mut self, path: &str, changes_paths: bool) -> Result<String, PlacementError>;
+
+    /// The path in the target of `path` (relative, free of `..`), an entry
+    /// that a hard link names.
+    fn link_target(&mut self, path: &str) -> Result<String, PlacementError>;
 }
 
-/// Like [`extract`], with the entries placed below `prefix` inside `dest`.
-pub fn extract_into<R: Read>(
+/// Entries go where their paths say, below the target's root.
+struct AsWritten;
+
+impl Placement for AsWritten {
+    fn entry(&mut self, path: &str, _changes_paths: bool) -> Result<String, PlacementError> {
+        Ok(path.to_string())
+    }
+
+    fn link_target(&mut self, path: &str) -> Result<String, PlacementError> {
+        Ok(path.to_string())
+    }
+}
+
+/// Extracts the (uncompressed) tar stream `reader` into the directory
+/// `dest`. Returns the number of entries written.
+pub fn extract<R: Read>(reader: R, dest: &Path, options: &ExtractOptions) -> Result<u64, Error> {
+    extract_with(reader, dest, options, &mut AsWritten)
+}
+
+/// Like [`extract`], with each entry written where `placement` says. The
+/// writes stay inside `dest` whatever it says.
+pub fn extract_with<R: Read>(
     reader: R,
     dest: &Path,
-    prefix: &str,
     options: &ExtractOptions,
+    placement: &mut dyn Placement,
 ) -> Result<u64, Error> {
     let tree = TreeWriter::open(dest).map_err(|e| Error::io(dest, e))?;
     let mut archive = tar::Archive::new(reader);
@@ -68,7 +98,7 @@ pub fn extract_into<R: Read>(
         let entry =
             entry.map_err(|e| Error::InvalidArchive(format!("{e} after entry {last:?}")))?;
         last = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-        written += extract_entry(&tree, prefix, entry, options, &mut directories)?;
+        written += extract_entry(&tree, placement, entry, options, &mut directories)?;
     }
     // Deepest first: adding entries changes a directory's time.
     for (path, attributes) in directories.iter().rev() {
@@ -103,10 +133,10 @@ fn relative_path(raw: &str) -> Result<String, Error> {
 }
 
 fn under(prefix: &str, path: &str) -> String {
-    match (prefix.is_empty(), path.is_empty()) {
-        (true, _) => path.to_string(),
-        (false, true) => prefix.to_string(),
-        (false, false) => format!("{prefix}/{path}"),
+    if prefix.is_empty() {
+        path.to_string()
+    } else {
+        format!("{prefix}/{path}")
     }
 }
 
@@ -157,7 +187,7 @@ fn attributes_of<R: Read>(
 
 fn extract_entry<R: Read>(
     tree: &TreeWriter,
-    prefix: &str,
+    placement: &mut dyn Placement,
     mut entry: tar::Entry<'_, R>,
     options: &ExtractOptions,
     directories: &mut Vec<(String, Attributes)>,
@@ -174,7 +204,13 @@ fn extract_entry<R: Read>(
             Err(refuse(&raw_path, "only a directory can replace the root"))
         };
     }
-    let path = under(prefix, &relative);
+    let changes_paths = matches!(kind, tar::EntryType::Directory | tar::EntryType::Symlink);
+    let path = placement
+        .entry(&relative, changes_paths)
+        .map_err(|source| Error::Place {
+            entry: raw_path.clone(),
+            source,
+        })?;
     let failed = |e: TreeError| match e {
         TreeError::Io { .. } => Error::Extract {
             entry: raw_path.clone(),
@@ -219,8 +255,13 @@ fn extract_entry<R: Read>(
                     format!("hard link target {target_raw:?} is outside the target directory"),
                 )
             })?;
-            tree.create_hard_link(&path, &under(prefix, &target))
-                .map_err(failed)?;
+            let target = placement
+                .link_target(&target)
+                .map_err(|source| Error::Place {
+                    entry: raw_path.clone(),
+                    source,
+                })?;
+            tree.create_hard_link(&path, &target).map_err(failed)?;
         }
         tar::EntryType::Symlink => {
             let target = link_target()?;

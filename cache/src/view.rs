@@ -73,6 +73,24 @@ fn components(path: &str) -> Vec<&str> {
     parts
 }
 
+/// Resolves `.` and `..` in `parts` lexically, `..` never taking away any
+/// of the first `floor` components.
+fn beneath<'p>(parts: &[&'p str], floor: usize) -> Vec<&'p str> {
+    let mut resolved = Vec::with_capacity(parts.len());
+    for (index, &part) in parts.iter().enumerate() {
+        match part {
+            "" | "." if index >= floor => {}
+            ".." if index >= floor => {
+                if resolved.len() > floor {
+                    resolved.pop();
+                }
+            }
+            other => resolved.push(other),
+        }
+    }
+    resolved
+}
+
 /// Looks `parts` up below `host` within one layer, one component at a time,
 /// so that a symlink on the way ends the lookup instead of being followed on
 /// the host.
@@ -167,7 +185,7 @@ impl LayerView {
     /// (the final one only when `follow_final`). Returns the resolved entry,
     /// or `None` when it does not exist.
     pub fn resolve(&self, path: &str, follow_final: bool) -> io::Result<Option<ViewEntry>> {
-        match self.resolve_parent(path, follow_final)? {
+        match self.resolve_parent("/", path, follow_final)? {
             Resolved::Found(entry) => Ok(Some(*entry)),
             Resolved::Missing { .. } | Resolved::Broken => Ok(None),
         }
@@ -176,24 +194,41 @@ impl LayerView {
     /// Resolves a path that may not exist yet: the directories leading to it
     /// are resolved (through symlinks) and the canonical path returned.
     pub fn resolve_for_creation(&self, path: &str) -> io::Result<Option<String>> {
-        match self.resolve_parent(path, true)? {
+        self.resolve_for_creation_beneath("/", path)
+    }
+
+    /// Like [`LayerView::resolve_for_creation`], with `path` taken below the
+    /// directory `root` (a resolved path of the view) as a process chrooted
+    /// there sees it: absolute symlinks start again from `root` and `..`
+    /// never climbs above it. This is how BuildKit unpacks an `ADD`
+    /// archive, chrooted in its destination.
+    pub fn resolve_for_creation_beneath(
+        &self,
+        root: &str,
+        path: &str,
+    ) -> io::Result<Option<String>> {
+        match self.resolve_parent(root, path, true)? {
             Resolved::Found(entry) => Ok(Some(entry.path)),
             Resolved::Missing { path } => Ok(Some(path)),
             Resolved::Broken => Ok(None),
         }
     }
 
-    fn resolve_parent(&self, path: &str, follow_final: bool) -> io::Result<Resolved> {
+    /// Resolves `path` below `root` (see `resolve_for_creation_beneath`).
+    fn resolve_parent(&self, root: &str, path: &str, follow_final: bool) -> io::Result<Resolved> {
+        let floor = components(root).len();
         let mut pending: Vec<String> = components(path)
             .into_iter()
             .rev()
             .map(str::to_string)
             .collect();
-        let mut current: Vec<String> = Vec::new();
+        let mut current: Vec<String> = components(root).into_iter().map(str::to_string).collect();
         let mut followed = 0;
         while let Some(part) = pending.pop() {
             if part == ".." {
-                current.pop();
+                if current.len() > floor {
+                    current.pop();
+                }
                 continue;
             }
             if part == "." || part.is_empty() {
@@ -203,11 +238,10 @@ impl LayerView {
             candidate.push(&part);
             let Some(entry) = self.lookup(&candidate)? else {
                 // Missing: everything after it would be created new.
-                let mut created = candidate.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-                created.extend(pending.into_iter().rev());
-                let parts: Vec<&str> = created.iter().map(String::as_str).collect();
+                let mut created: Vec<&str> = candidate;
+                created.extend(pending.iter().rev().map(String::as_str));
                 return Ok(Resolved::Missing {
-                    path: join(&components(&parts.join("/"))),
+                    path: join(&beneath(&created, floor)),
                 });
             };
             let is_last = pending.is_empty();
@@ -219,7 +253,7 @@ impl LayerView {
                 let target = fs::read_link(&entry.host)?;
                 let target = target.to_string_lossy().into_owned();
                 if target.starts_with('/') {
-                    current.clear();
+                    current.truncate(floor);
                 }
                 pending.extend(
                     target
@@ -435,6 +469,41 @@ mod tests {
             .expect("resolve")
             .expect("found");
         assert!(unfollowed.metadata.file_type().is_symlink());
+    }
+
+    #[test]
+    fn resolving_beneath_a_directory_keeps_to_it() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let base = layer(tmp.path(), "base");
+        fs::create_dir_all(base.join("app/usr/lib")).expect("mkdir");
+        fs::create_dir_all(base.join("usr/lib")).expect("mkdir");
+        symlink("/usr/lib", base.join("app/abs")).expect("symlink");
+        symlink("../../usr/lib", base.join("app/rel")).expect("symlink");
+        symlink("../../../../missing/x", base.join("app/dangling")).expect("symlink");
+        let view = LayerView::new(vec![base]);
+        // An absolute symlink starts from the directory, not the view's root.
+        assert_eq!(
+            view.resolve_for_creation_beneath("/app", "abs/new")
+                .expect("resolve"),
+            Some("/app/usr/lib/new".into())
+        );
+        // `..` stops at the directory.
+        assert_eq!(
+            view.resolve_for_creation_beneath("/app", "rel/new")
+                .expect("resolve"),
+            Some("/app/usr/lib/new".into())
+        );
+        assert_eq!(
+            view.resolve_for_creation_beneath("/app", "dangling/y")
+                .expect("resolve"),
+            Some("/app/missing/x/y".into())
+        );
+        // From the root, the same links lead out of /app.
+        assert_eq!(
+            view.resolve_for_creation("/app/abs/new").expect("resolve"),
+            Some("/usr/lib/new".into())
+        );
+        assert_eq!(beneath(&["a", "b", "..", "..", "..", "c"], 1), ["a", "c"]);
     }
 
     #[test]
