@@ -1,7 +1,7 @@
 //! Running a build graph: each stage from its base, step by step, every
 //! changed file set packed into a layer; the result assembled as an image.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Mutex, OnceLock};
 use std::time::Instant;
@@ -131,9 +131,6 @@ pub struct Executor<'a> {
     pub started: Instant,
     /// Blobs written for layers that had none, by diff ID.
     pub written: Mutex<HashMap<Digest, Layer>>,
-    /// Cache mount ids this build has used: with `--no-cache` the first use
-    /// of each starts it over, as BuildKit does.
-    pub cache_mounts_used: Mutex<HashSet<String>>,
 }
 
 /// Where a step is, for `--explain`: its stage's name and place in it.
@@ -591,24 +588,24 @@ impl Executor<'_> {
     }
 
     /// What an imported cache has for `key` (its layer is fetched only
-    /// when needed). The store keeps the record, so that later builds
-    /// without `--cache-from` reuse the result once its layer is here.
+    /// when needed, and its record kept in the store once the layer is
+    /// checked: see `Imported::fetch`).
     fn imported_layer(&self, key: &Digest) -> Option<(Option<Layer>, Option<i64>)> {
         let created = self.imported.created(key);
-        let found = self.imported.record(key)?;
-        let layer = match &found {
-            None => None,
-            Some(record) => Some(Layer::from_record(record).ok()?),
-        };
-        // A cache: failing to keep the record costs a rerun later, no more.
-        let _ = self.store.put_cache_record(
-            key,
-            &CacheRecord {
-                layer: found,
-                created,
-            },
-        );
-        Some((layer, created))
+        match self.imported.record(key)? {
+            None => {
+                // A cache: failing to keep the record costs a rerun later.
+                let _ = self.store.put_cache_record(
+                    key,
+                    &CacheRecord {
+                        layer: None,
+                        created,
+                    },
+                );
+                Some((None, created))
+            }
+            Some(layer) => Layer::from_record(&layer).ok().map(|l| (Some(l), created)),
+        }
     }
 
     /// `layers` with a blob each in the store, as an export needs them:

@@ -19,7 +19,7 @@ use std::time::SystemTime;
 
 use anyhow::{bail, Context};
 use kiln_cache::digest::HashingReader;
-use kiln_cache::{Digest, LayerRecord, Store};
+use kiln_cache::{CacheRecord, Digest, LayerRecord, Store};
 use kiln_registry::Reference;
 use serde::{Deserialize, Serialize};
 
@@ -177,7 +177,9 @@ impl Imported {
 
     /// Brings an imported layer's blob into the store, if it is one, and
     /// checks that it unpacks to the diff ID the cache claims before
-    /// anything relies on it.
+    /// anything relies on it. Once checked, the store keeps the records that
+    /// name it, so that later builds without `--cache-from` reuse them; a
+    /// blob that fails the check is removed.
     pub fn fetch(&self, store: &Store, remote: &Remote, layer: &Layer) -> anyhow::Result<bool> {
         let Some((origin, size)) = self.origins.get(&layer.blob) else {
             return Ok(false);
@@ -198,11 +200,24 @@ impl Imported {
             .with_context(|| format!("reading the cached layer {}", layer.blob))?;
         let (diff_id, _) = tar.finish();
         if diff_id != layer.diff_id {
+            let _ = fs::remove_file(store.blob_path(&layer.blob));
             bail!(
                 "the cached layer {} is not what its cache says: it unpacks to {diff_id}, not {}",
                 layer.blob,
                 layer.diff_id
             );
+        }
+        for (key, record) in &self.records {
+            if let Some((found, _)) = record.as_ref().filter(|(r, _)| r.blob == layer.blob) {
+                // A cache: failing to keep a record costs a rerun later.
+                let _ = store.put_cache_record(
+                    key,
+                    &CacheRecord {
+                        layer: Some(found.clone()),
+                        created: self.created(key),
+                    },
+                );
+            }
         }
         Ok(true)
     }

@@ -1,6 +1,6 @@
 //! The `kiln` commands that work on the store.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -195,6 +195,24 @@ fn build_image(
         },
     };
     let now = source_date_epoch.unwrap_or_else(now_seconds);
+    if args.no_cache {
+        // BuildKit starts cache mounts over with --no-cache: done before
+        // any step runs, so that every step of this build sees the same.
+        for stage in &plan.graph.stages {
+            for step in &stage.steps {
+                let kiln_frontend::graph::Action::Run(run) = &step.action else {
+                    continue;
+                };
+                for mount in &run.mounts {
+                    if let kiln_frontend::graph::Mount::Cache { id, .. } = mount {
+                        store
+                            .reset_cache_mount(id)
+                            .with_context(|| format!("starting the cache mount {id:?} over"))?;
+                    }
+                }
+            }
+        }
+    }
     let executor = Executor {
         store,
         remote,
@@ -223,7 +241,6 @@ fn build_image(
         written: Mutex::new(HashMap::new()),
         reports: Mutex::new(Vec::new()),
         downloads: Mutex::new(HashMap::new()),
-        cache_mounts_used: Mutex::new(HashSet::new()),
         progress: &progress,
         jobs: match args.jobs {
             Some(0) => bail!("--jobs must be at least 1"),

@@ -375,27 +375,18 @@ impl crate::build::Executor<'_> {
                 Some(from) => Some(self.source_tree(from, outputs, graph)?),
                 None => None,
             };
-            let first_use = self
-                .cache_mounts_used
-                .lock()
-                .map_err(|_| anyhow::anyhow!("a step failed while noting its cache mounts"))?
-                .insert(id.clone());
-            let fresh = first_use && self.settings.no_cache;
-            let cache =
-                self.store
-                    .cache_mount(&id, sharing, fresh, |dir| -> anyhow::Result<()> {
-                        if let Some(tree) = &seed {
-                            crate::copy::copy_subtree(tree, source, dir, self.now)?;
-                        }
-                        std::os::unix::fs::chown(dir, Some(*uid), Some(*gid))
-                            .and_then(|()| {
-                                std::fs::set_permissions(
-                                    dir,
-                                    std::fs::Permissions::from_mode(*mode),
-                                )
-                            })
-                            .with_context(|| format!("preparing the cache mount {id:?}"))
-                    })?;
+            let cache = self
+                .store
+                .cache_mount(&id, sharing, |dir| -> anyhow::Result<()> {
+                    if let Some(tree) = &seed {
+                        crate::copy::copy_subtree(tree, source, dir, self.now)?;
+                    }
+                    std::os::unix::fs::chown(dir, Some(*uid), Some(*gid))
+                        .and_then(|()| {
+                            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(*mode))
+                        })
+                        .with_context(|| format!("preparing the cache mount {id:?}"))
+                })?;
             caches.insert(id, cache);
         }
         Ok(caches)

@@ -47,22 +47,46 @@ impl Store {
         self.root().join("cache-mounts")
     }
 
+    fn cache_mount_dir(&self, id: &str) -> PathBuf {
+        self.cache_mounts_dir()
+            .join(Digest::of(id.as_bytes()).hex())
+    }
+
+    /// Starts cache mount `id` over (`--no-cache`, as BuildKit does): each
+    /// of its directories is taken exclusively (waiting for the steps using
+    /// it) and moved into the store's temporary directory, which the next
+    /// kiln that has the store to itself clears. The next use makes a new
+    /// one.
+    pub fn reset_cache_mount(&self, id: &str) -> Result<(), Error> {
+        let parent = self.cache_mount_dir(id);
+        let Ok(entries) = fs::read_dir(&parent) else {
+            return Ok(());
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(instance) = name.to_str().filter(|n| n.parse::<u32>().is_ok()) else {
+                continue;
+            };
+            let lock_path = parent.join(format!("{instance}.lock"));
+            let lock = open_lock(&lock_path)?;
+            lock.lock().map_err(|e| Error::io(&lock_path, e))?;
+            let aside = self.temp_dir()?.keep().join("cache");
+            fs::rename(entry.path(), &aside).map_err(|e| Error::io(&entry.path(), e))?;
+        }
+        Ok(())
+    }
+
     /// The directory of cache mount `id`, locked as `sharing` asks (waiting
     /// for other processes when needed). A directory that does not exist
     /// yet is made by `init`, which fills an empty directory, and appears
-    /// only once `init` succeeded. `fresh` starts over (`--no-cache`): what
-    /// the directory held is moved into the store's temporary directory,
-    /// where steps that still use it keep it until the store is idle.
+    /// only once `init` succeeded.
     pub fn cache_mount<E: From<Error>>(
         &self,
         id: &str,
         sharing: Sharing,
-        fresh: bool,
         init: impl FnOnce(&Path) -> Result<(), E>,
     ) -> Result<CacheMount, E> {
-        let parent = self
-            .cache_mounts_dir()
-            .join(Digest::of(id.as_bytes()).hex());
+        let parent = self.cache_mount_dir(id);
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -100,21 +124,17 @@ impl Store {
         // When it was last used, for `kiln prune`.
         let _ = lock.set_modified(std::time::SystemTime::now());
         let path = parent.join(instance.to_string());
-        if fresh && path.is_dir() {
-            let aside = self.temp_dir()?.keep().join("cache");
-            fs::rename(&path, &aside).map_err(|e| Error::io(&path, e))?;
-        }
         if !path.is_dir() {
             // Shared users may race to create it: the first rename wins.
             let work = self.temp_dir()?;
-            let fresh = work.path().join("cache");
-            fs::create_dir(&fresh).map_err(|e| Error::io(&fresh, e))?;
-            init(&fresh)?;
+            let staging = work.path().join("cache");
+            fs::create_dir(&staging).map_err(|e| Error::io(&staging, e))?;
+            init(&staging)?;
             // Never over a directory another process has just made (a
             // plain rename would replace it while it is in use).
             match rustix::fs::renameat_with(
                 rustix::fs::CWD,
-                &fresh,
+                &staging,
                 rustix::fs::CWD,
                 &path,
                 rustix::fs::RenameFlags::NOREPLACE,
@@ -142,7 +162,7 @@ mod tests {
     fn content_persists_per_id() {
         let (_dir, store) = store();
         let first = store
-            .cache_mount("go-build", Sharing::Shared, false, |dir| {
+            .cache_mount("go-build", Sharing::Shared, |dir| {
                 fs::write(dir.join("seed"), b"from init").map_err(|e| Error::io(dir, e))
             })
             .unwrap();
@@ -150,18 +170,15 @@ mod tests {
         let path = first.path.clone();
         drop(first);
         let again = store
-            .cache_mount(
-                "go-build",
-                Sharing::Shared,
-                false,
-                |_| -> Result<(), Error> { panic!("already made") },
-            )
+            .cache_mount("go-build", Sharing::Shared, |_| -> Result<(), Error> {
+                panic!("already made")
+            })
             .unwrap();
         assert_eq!(again.path, path);
         assert_eq!(fs::read(again.path.join("object")).unwrap(), b"compiled");
         assert_eq!(fs::read(again.path.join("seed")).unwrap(), b"from init");
         let other = store
-            .cache_mount("npm", Sharing::Shared, false, |_| Ok::<(), Error>(()))
+            .cache_mount("npm", Sharing::Shared, |_| Ok::<(), Error>(()))
             .unwrap();
         assert_ne!(other.path, path);
         assert!(!other.path.join("object").exists());
@@ -171,23 +188,23 @@ mod tests {
     fn shared_users_see_one_directory_private_ones_their_own() {
         let (_dir, store) = store();
         let a = store
-            .cache_mount("c", Sharing::Shared, false, |_| Ok::<(), Error>(()))
+            .cache_mount("c", Sharing::Shared, |_| Ok::<(), Error>(()))
             .unwrap();
         let b = store
-            .cache_mount("c", Sharing::Shared, false, |_| Ok::<(), Error>(()))
+            .cache_mount("c", Sharing::Shared, |_| Ok::<(), Error>(()))
             .unwrap();
         assert_eq!(a.path, b.path);
         let private = store
-            .cache_mount("c", Sharing::Private, false, |_| Ok::<(), Error>(()))
+            .cache_mount("c", Sharing::Private, |_| Ok::<(), Error>(()))
             .unwrap();
         assert_ne!(private.path, a.path, "the shared instance is in use");
         let second_private = store
-            .cache_mount("c", Sharing::Private, false, |_| Ok::<(), Error>(()))
+            .cache_mount("c", Sharing::Private, |_| Ok::<(), Error>(()))
             .unwrap();
         assert_ne!(second_private.path, private.path);
         drop((a, b));
         let third_private = store
-            .cache_mount("c", Sharing::Private, false, |_| Ok::<(), Error>(()))
+            .cache_mount("c", Sharing::Private, |_| Ok::<(), Error>(()))
             .unwrap();
         assert_eq!(
             third_private.path.file_name().unwrap(),
@@ -197,42 +214,46 @@ mod tests {
     }
 
     #[test]
-    fn a_fresh_mount_starts_over_and_leaves_the_old_content_to_its_users() {
+    fn a_reset_mount_starts_over_and_leaves_the_old_content_aside() {
         let (_dir, store) = store();
-        let old = store
-            .cache_mount("c", Sharing::Shared, false, |dir| {
-                fs::write(dir.join("kept"), b"old").map_err(|e| Error::io(dir, e))
-            })
-            .unwrap();
-        let fresh = store
-            .cache_mount("c", Sharing::Shared, true, |dir| {
-                fs::write(dir.join("new"), b"new").map_err(|e| Error::io(dir, e))
-            })
-            .unwrap();
-        assert_eq!(fresh.path, old.path);
-        assert!(!fresh.path.join("kept").exists());
-        assert_eq!(fs::read(fresh.path.join("new")).unwrap(), b"new");
-        let aside: Vec<_> = fs::read_dir(store.root().join("tmp"))
+        for sharing in [Sharing::Shared, Sharing::Private] {
+            let mount = store
+                .cache_mount("c", sharing, |dir| {
+                    fs::write(dir.join("kept"), b"old").map_err(|e| Error::io(dir, e))
+                })
+                .unwrap();
+            // A second private user gets an instance of its own.
+            let _other = store
+                .cache_mount("c", Sharing::Private, |dir| {
+                    fs::write(dir.join("kept"), b"old").map_err(|e| Error::io(dir, e))
+                })
+                .unwrap();
+            drop(mount);
+        }
+        store.reset_cache_mount("c").unwrap();
+        for sharing in [Sharing::Shared, Sharing::Private] {
+            let fresh = store
+                .cache_mount("c", sharing, |_| Ok::<(), Error>(()))
+                .unwrap();
+            assert!(!fresh.path.join("kept").exists(), "{sharing:?}");
+        }
+        let aside = fs::read_dir(store.root().join("tmp"))
             .unwrap()
-            .map(|e| e.unwrap().path().join("cache/kept"))
-            .filter(|p| p.exists())
-            .collect();
-        assert_eq!(
-            aside.len(),
-            1,
-            "the old content waits in tmp/ for its users"
-        );
+            .filter(|e| e.as_ref().unwrap().path().join("cache/kept").exists())
+            .count();
+        assert_eq!(aside, 2, "every instance waits in tmp/ for its users");
+        store.reset_cache_mount("never-used").unwrap();
     }
 
     #[test]
     fn failed_init_leaves_nothing() {
         let (_dir, store) = store();
-        let failed = store.cache_mount("c", Sharing::Locked, false, |dir| {
+        let failed = store.cache_mount("c", Sharing::Locked, |dir| {
             Err(Error::io(dir, std::io::Error::other("no")))
         });
         assert!(failed.is_err());
         let mount = store
-            .cache_mount("c", Sharing::Locked, false, |_| Ok::<(), Error>(()))
+            .cache_mount("c", Sharing::Locked, |_| Ok::<(), Error>(()))
             .unwrap();
         assert_eq!(fs::read_dir(&mount.path).unwrap().count(), 0);
     }
