@@ -146,14 +146,26 @@ pub struct StepResult {
     /// The step's place in its stage.
     pub step: usize,
     pub key: Digest,
+    /// The key later steps chained on, when not `key` (see
+    /// `CacheRecord::chain`).
+    pub chain: Option<Digest>,
     pub layer: Option<Layer>,
     /// When the layer was first made (a cache hit keeps its record's time).
     pub created: i64,
 }
 
+/// What a cache record (local or imported) gives a step.
+struct Cached {
+    layer: Option<Layer>,
+    created: Option<i64>,
+    chain: Option<Digest>,
+}
+
 /// How a step that makes a layer went.
 struct StepOutcome {
     key: Digest,
+    /// The key later steps chain on.
+    chain: Digest,
     layer: Option<Layer>,
     cached: bool,
     /// Why it missed the cache (`--explain`).
@@ -343,6 +355,7 @@ impl Executor<'_> {
                 .with_context(|| format!("{location}: {}", step.instruction));
             let StepOutcome {
                 key: step_key,
+                chain,
                 layer,
                 cached: was_cached,
                 explanation,
@@ -384,10 +397,11 @@ impl Executor<'_> {
                 stage: index,
                 step: step_index,
                 key: step_key,
+                chain: Some(chain).filter(|chain| *chain != step_key),
                 layer: layer.clone(),
                 created,
             });
-            key = result_key(&step_key, layer.as_ref());
+            key = result_key(&chain, layer.as_ref());
             let empty = layer.is_none();
             layers.extend(layer);
             if let Some(created_by) = &step.history {
@@ -432,24 +446,27 @@ impl Executor<'_> {
     ) -> anyhow::Result<StepOutcome> {
         let (step_key, parts) = self.step_key(parent, action, outputs, graph, StageFiles::ByKey)?;
         let before = self.remember_parts(place, &parts);
-        let hit = |key: Digest, layer: Option<Layer>, created: Option<i64>| StepOutcome {
-            key,
-            layer,
+        let hit = |cached: Cached, chain: Digest| StepOutcome {
+            key: step_key,
+            chain,
+            layer: cached.layer,
             cached: true,
             explanation: Vec::new(),
             // A record from before kiln kept times: dated now.
-            created: created.unwrap_or(self.now),
+            created: cached.created.unwrap_or(self.now),
         };
         if use_cache {
-            if let Some((layer, created)) = self.cached_layer(&step_key)? {
-                return Ok(hit(step_key, layer, created));
+            if let Some(cached) = self.cached_layer(&step_key)? {
+                let chain = cached.chain.unwrap_or(step_key);
+                return Ok(hit(cached, chain));
             }
         }
         // A step reading another stage's files is also known by their
-        // content: a stage rebuilt (its key changed) that made the same
-        // files reuses its result. The record under the stage's key is
-        // added, so the next build finds it without reading a file; later
-        // steps chain on that key.
+        // content, and later steps chain on that: a stage rebuilt (its key
+        // changed) that made the same files reuses this step and what
+        // follows it. The record under the stage's key is added, naming the
+        // content key, so that the next build finds both without reading a
+        // file.
         let content_key = if reads_stage_files(action) {
             Some(
                 self.step_key(parent, action, outputs, graph, StageFiles::ByContent)?
@@ -458,16 +475,17 @@ impl Executor<'_> {
         } else {
             None
         };
-        if let (true, Some(content_key)) = (use_cache, &content_key) {
-            if let Some((layer, created)) = self.cached_layer(content_key)? {
+        if let (true, Some(content_key)) = (use_cache, content_key) {
+            if let Some(cached) = self.cached_layer(&content_key)? {
                 self.store.put_cache_record(
                     &step_key,
                     &CacheRecord {
-                        layer: layer.as_ref().map(Layer::record),
-                        created,
+                        layer: cached.layer.as_ref().map(Layer::record),
+                        created: cached.created,
+                        chain: Some(content_key),
                     },
                 )?;
-                return Ok(hit(step_key, layer, created));
+                return Ok(hit(cached, content_key));
             }
         }
         let explanation = if !self.settings.explain {
@@ -488,12 +506,19 @@ impl Executor<'_> {
         let record = CacheRecord {
             layer: layer.as_ref().map(Layer::record),
             created: Some(self.now),
+            chain: content_key,
         };
-        for key in std::iter::once(&step_key).chain(&content_key) {
-            self.store.put_cache_record(key, &record)?;
+        self.store.put_cache_record(&step_key, &record)?;
+        if let Some(content_key) = &content_key {
+            let own = CacheRecord {
+                chain: None,
+                ..record
+            };
+            self.store.put_cache_record(content_key, &own)?;
         }
         Ok(StepOutcome {
             key: step_key,
+            chain: content_key.unwrap_or(step_key),
             layer,
             cached: false,
             explanation,
@@ -563,25 +588,30 @@ impl Executor<'_> {
         }
     }
 
-    /// What an earlier build made for `key`, and when: `Some((None, _))`
-    /// when the step changed nothing, `Some((Some(layer), _))` when its
-    /// layer is still in the store (compressed as this build asks,
-    /// recompressed from its snapshot if need be), `None` for a miss.
-    fn cached_layer(&self, key: &Digest) -> anyhow::Result<Option<(Option<Layer>, Option<i64>)>> {
+    /// What an earlier build made for `key`: no layer when the step changed
+    /// nothing, else its layer when it is still in the store (compressed as
+    /// this build asks, recompressed from its snapshot if need be); `None`
+    /// for a miss.
+    fn cached_layer(&self, key: &Digest) -> anyhow::Result<Option<Cached>> {
         let Some(record) = self.store.cache_record(key) else {
             return Ok(self.imported_layer(key));
         };
         self.store.mark_record_used(key);
-        let Some(found) = record.layer else {
-            return Ok(Some((None, record.created)));
+        let cached = |layer| Cached {
+            layer,
+            created: record.created,
+            chain: record.chain,
         };
-        let Ok(layer) = Layer::from_record(&found) else {
+        let Some(found) = &record.layer else {
+            return Ok(Some(cached(None)));
+        };
+        let Ok(layer) = Layer::from_record(found) else {
             return Ok(None);
         };
         // Its blob, or its snapshot to make the blob from when needed; or
         // else what an imported cache has for the key.
         if self.store.has_blob(&layer.blob) || self.store.has_snapshot(&layer.diff_id) {
-            Ok(Some((Some(layer), record.created)))
+            Ok(Some(cached(Some(layer))))
         } else {
             Ok(self.imported_layer(key))
         }
@@ -590,9 +620,10 @@ impl Executor<'_> {
     /// What an imported cache has for `key` (its layer is fetched only
     /// when needed, and its record kept in the store once the layer is
     /// checked: see `Imported::fetch`).
-    fn imported_layer(&self, key: &Digest) -> Option<(Option<Layer>, Option<i64>)> {
+    fn imported_layer(&self, key: &Digest) -> Option<Cached> {
         let created = self.imported.created(key);
-        match self.imported.record(key)? {
+        let chain = self.imported.chain(key);
+        let layer = match self.imported.record(key)? {
             None => {
                 // A cache: failing to keep the record costs a rerun later.
                 let _ = self.store.put_cache_record(
@@ -600,12 +631,18 @@ impl Executor<'_> {
                     &CacheRecord {
                         layer: None,
                         created,
+                        chain,
                     },
                 );
-                Some((None, created))
+                None
             }
-            Some(layer) => Layer::from_record(&layer).ok().map(|l| (Some(l), created)),
-        }
+            Some(layer) => Some(Layer::from_record(&layer).ok()?),
+        };
+        Some(Cached {
+            layer,
+            created,
+            chain,
+        })
     }
 
     /// `layers` with a blob each in the store, as an export needs them:
@@ -649,10 +686,11 @@ impl Executor<'_> {
                     self.lock(&self.written)
                         .insert(layer.diff_id, written.clone());
                     for key in ours.get(&layer.diff_id).into_iter().flatten() {
-                        let created = self.store.cache_record(key).and_then(|r| r.created);
+                        let known = self.store.cache_record(key);
                         let record = CacheRecord {
                             layer: Some(written.record()),
-                            created,
+                            created: known.as_ref().and_then(|r| r.created),
+                            chain: known.and_then(|r| r.chain),
                         };
                         self.store.put_cache_record(key, &record)?;
                     }

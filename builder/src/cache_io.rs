@@ -139,6 +139,9 @@ pub struct ExportedRecord {
     /// When the result was first made (see `CacheRecord::created`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created: Option<i64>,
+    /// See `CacheRecord::chain`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain: Option<Digest>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -158,6 +161,7 @@ enum Origin {
 pub struct Imported {
     records: HashMap<Digest, Option<(LayerRecord, Origin)>>,
     created: HashMap<Digest, i64>,
+    chains: HashMap<Digest, Digest>,
     origins: HashMap<Digest, (Origin, u64)>,
 }
 
@@ -173,6 +177,11 @@ impl Imported {
     /// When the imported result of `key` was first made.
     pub fn created(&self, key: &Digest) -> Option<i64> {
         self.created.get(key).copied()
+    }
+
+    /// The key the steps after `key`'s chain on (see `CacheRecord::chain`).
+    pub fn chain(&self, key: &Digest) -> Option<Digest> {
+        self.chains.get(key).copied()
     }
 
     /// Brings an imported layer's blob into the store, if it is one, and
@@ -215,6 +224,7 @@ impl Imported {
                     &CacheRecord {
                         layer: Some(found.clone()),
                         created: self.created(key),
+                        chain: self.chain(key),
                     },
                 );
             }
@@ -236,6 +246,9 @@ impl Imported {
             self.records.insert(record.key, layer);
             if let Some(created) = record.created {
                 self.created.insert(record.key, created);
+            }
+            if let Some(chain) = record.chain {
+                self.chains.insert(record.key, chain);
             }
         }
     }
@@ -390,11 +403,25 @@ fn parse_manifest(bytes: &[u8]) -> anyhow::Result<(Digest, Vec<LayerRecord>)> {
 /// The annotation of a cache manifest's layer that holds its diff ID.
 const DIFF_ID_ANNOTATION: &str = "dev.kiln.diff-id";
 
+/// A step's result as the cache exports it.
+pub struct Entry {
+    pub key: Digest,
+    pub layer: Option<Layer>,
+    pub created: i64,
+    pub chain: Option<Digest>,
+}
+
 /// The records to export and the layers they name, in order.
-pub fn exported(entries: &[(Digest, Option<Layer>, i64)]) -> (Vec<ExportedRecord>, Vec<Layer>) {
+pub fn exported(entries: &[Entry]) -> (Vec<ExportedRecord>, Vec<Layer>) {
     let mut layers: Vec<Layer> = Vec::new();
     let mut records = Vec::new();
-    for (key, layer, created) in entries {
+    for Entry {
+        key,
+        layer,
+        created,
+        chain,
+    } in entries
+    {
         let index = layer.as_ref().map(|layer| {
             match layers.iter().position(|known| known.blob == layer.blob) {
                 Some(index) => index,
@@ -409,6 +436,7 @@ pub fn exported(entries: &[(Digest, Option<Layer>, i64)]) -> (Vec<ExportedRecord
                 key: *key,
                 layer: index,
                 created: Some(*created),
+                chain: *chain,
             });
         }
     }
@@ -574,11 +602,17 @@ mod tests {
             encoding: LayerEncoding::Gzip,
         };
         let keys: Vec<Digest> = (0..4u8).map(|n| Digest::of(&[n, 9])).collect();
+        let entry = |key: Digest, layer: Option<Layer>, created: i64| Entry {
+            key,
+            layer,
+            created,
+            chain: None,
+        };
         let (records, layers) = exported(&[
-            (keys[0], Some(layer(1)), 10),
-            (keys[1], None, 11),
-            (keys[2], Some(layer(1)), 12),
-            (keys[3], Some(layer(2)), 13),
+            entry(keys[0], Some(layer(1)), 10),
+            entry(keys[1], None, 11),
+            entry(keys[2], Some(layer(1)), 12),
+            entry(keys[3], Some(layer(2)), 13),
         ]);
         assert_eq!(layers.len(), 2);
         assert_eq!(

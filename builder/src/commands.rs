@@ -282,11 +282,16 @@ fn build_image(
             }
         }
     }
-    let entries = |mode: cache_io::Mode| -> Vec<(Digest, Option<crate::image::Layer>, i64)> {
+    let entries = |mode: cache_io::Mode| -> Vec<cache_io::Entry> {
         results
             .iter()
             .filter(|result| mode == cache_io::Mode::Max || final_chain.contains(&result.stage))
-            .map(|result| (result.key, result.layer.clone(), result.created))
+            .map(|result| cache_io::Entry {
+                key: result.key,
+                layer: result.layer.clone(),
+                created: result.created,
+                chain: result.chain,
+            })
             .collect()
     };
     for target_cache in &cache_to {

@@ -714,3 +714,34 @@ fn prune_refuses_to_guess_when_an_image_cannot_be_read() {
         "nothing else was removed"
     );
 }
+
+/// A stage rebuilt (here with another build argument) that makes the same
+/// files again: the steps copying or mounting them, and those after them,
+/// are hits, as BuildKit's content keys make them.
+#[test]
+fn a_rebuilt_stage_that_makes_the_same_files_reuses_what_reads_them() {
+    let kiln = kiln();
+    let context = Context::new();
+    context.write(
+        "Dockerfile",
+        "FROM busybox AS build\n\
+         ARG BUST\n\
+         RUN echo $BUST > /bust && mkdir /out && echo same > /out/file\n\
+         FROM busybox\n\
+         COPY --from=build /out /out\n\
+         RUN cat /out/file > /final\n\
+         RUN --mount=from=build,source=/out,target=/in cat /in/file > /mounted\n\
+         RUN echo after > /after\n",
+    );
+    let first = build(&kiln, context.path(), &["--build-arg", "BUST=1"]);
+    assert_eq!(ran(&first).len(), 5, "{first:?}");
+    let second = build(&kiln, context.path(), &["--build-arg", "BUST=2"]);
+    assert_eq!(
+        ran(&second),
+        ["RUN echo 2 > /bust && mkdir /out && echo same > /out/file"],
+        "only the stage's own step runs again"
+    );
+    // And the third build finds it all under the stage's new key.
+    let third = build(&kiln, context.path(), &["--build-arg", "BUST=2"]);
+    assert!(ran(&third).is_empty(), "{third:?}");
+}

@@ -95,6 +95,11 @@ pub struct CacheRecord {
     /// same image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created: Option<i64>,
+    /// The key the steps after this one chain on, when it is not this
+    /// record's own: the builder keys a step that reads another stage's
+    /// files also by their content, and chains on that.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain: Option<Digest>,
 }
 
 /// A layer a step produced, as stored.
@@ -172,6 +177,7 @@ mod tests {
                 media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
             }),
             created: Some(1_700_000_000),
+            chain: Some(Digest::of(b"content")),
         };
         store.put_cache_record(&key, &record).unwrap();
         assert_eq!(store.cache_record(&key), Some(record));
