@@ -475,11 +475,22 @@ fn hash_entry(
     let file_type = metadata.file_type();
     let mut description = format!("mode {mode}");
     if !source.is_context() {
-        // Files of a stage or an image keep their owners when copied;
-        // those of the context become root's.
+        // Files of a stage or an image keep their owners and extended
+        // attributes (file capabilities among them) when copied; those of
+        // the context become root's.
         let owner = format!("{}:{}", metadata.uid(), metadata.gid());
         hasher.field("owner", &owner);
         description.push_str(&format!(" owner {owner}"));
+        let kept = Overrides {
+            mode: None,
+            owner: None,
+            capabilities_only: false,
+        };
+        for (name, value) in attributes_of(entry, &kept)?.xattrs {
+            hasher.field("xattr", &name);
+            hasher.field("xattr-value", &value);
+            description.push_str(&format!(" xattr {name}"));
+        }
     }
     if file_type.is_symlink() {
         let target = fs::read_link(&entry.host)

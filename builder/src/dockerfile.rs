@@ -65,8 +65,6 @@ pub fn load(
     })
 }
 
-/// The Dockerfile's path (where its own ignore file is looked for), the name
-/// messages give it, and its bytes.
 /// The Dockerfile of `context` when `-f` names none: `Dockerfile`, or else
 /// `dockerfile`, as Docker looks for it.
 pub fn default_dockerfile(context: &Path) -> PathBuf {
@@ -79,6 +77,8 @@ pub fn default_dockerfile(context: &Path) -> PathBuf {
     }
 }
 
+/// The Dockerfile's path (where its own ignore file is looked for), the name
+/// messages give it, and its bytes.
 fn read_dockerfile(args: &DockerfileArgs) -> anyhow::Result<(PathBuf, String, Vec<u8>)> {
     let path = args
         .file

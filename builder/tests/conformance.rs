@@ -67,12 +67,6 @@ struct Build {
     stdout: Vec<String>,
     #[serde(default)]
     stdout_not: Vec<String>,
-    /// Environment variables for kiln.
-    #[serde(default)]
-    env: BTreeMap<String, String>,
-    /// Where the `file` checks look, relative to the context, when the
-    /// build's own `-o` says where the files go.
-    files_from: Option<String>,
     #[serde(default)]
     file: Vec<FileCheck>,
     #[serde(default)]
@@ -322,16 +316,12 @@ fn run_build(
     let args: Vec<String> = build.args.iter().map(|a| servers.substitute(a)).collect();
     let context_arg = servers.substitute(&build.context);
     let checks_config = !build.config.is_empty() || build.config_absent.is_some();
-    let exports_files = !build.file.is_empty() && build.files_from.is_none();
-    let files_root = match &build.files_from {
-        Some(path) => context.join(path),
-        None => out.clone(),
-    };
-    let env: Vec<(String, String)> = build
-        .env
-        .iter()
-        .map(|(k, v)| (k.clone(), servers.substitute(v)))
-        .collect();
+    let exports_files = !build.file.is_empty();
+    if build.fails && (exports_files || checks_config) {
+        return Err(
+            format!("{label}: a build that must fail has no files or image to check").into(),
+        );
+    }
 
     let mut command_args = vec!["build".to_string()];
     command_args.extend(args.iter().cloned());
@@ -344,7 +334,11 @@ fn run_build(
         command_args.push("conformance:latest".into());
     }
     command_args.push(context_arg.clone());
-    let result = kiln(store, &cwd, &env, &command_args)?;
+    if checks_config {
+        // What is inspected must be this build's image, never an earlier one.
+        kiln(store, &cwd, &["rmi".into(), "conformance:latest".into()])?;
+    }
+    let result = kiln(store, &cwd, &command_args)?;
     let mut problems = Vec::new();
     if result.stderr.contains("panicked at") {
         problems.push("kiln panicked".to_string());
@@ -374,9 +368,13 @@ fn run_build(
             problems.push(format!("standard output holds {unexpected:?}"));
         }
     }
-    if problems.is_empty() {
-        for check in &build.file {
-            check_file(&files_root, check, &mut problems);
+    if problems.is_empty() && exports_files && !build.fails {
+        if out.is_dir() {
+            for check in &build.file {
+                check_file(&out, check, &mut problems);
+            }
+        } else {
+            problems.push("the build exported no files".to_string());
         }
     }
     if problems.is_empty() && checks_config {
@@ -388,7 +386,7 @@ fn run_build(
                 "conformance:latest".to_string(),
                 context_arg,
             ]);
-            let second = kiln(store, &cwd, &env, &again)?;
+            let second = kiln(store, &cwd, &again)?;
             if second.code != Some(0) {
                 return Err(
                     format!("{label}: building the image failed:\n{}", second.stderr).into(),
@@ -398,7 +396,6 @@ fn run_build(
         let inspect = kiln(
             store,
             &cwd,
-            &[],
             &["inspect".into(), "conformance:latest".into()],
         )?;
         let inspected: serde_json::Value = serde_json::from_str(&inspect.stdout)
@@ -441,16 +438,10 @@ struct Outcome {
 }
 
 /// Runs kiln on `store` from `cwd`, killing it after BUILD_TIMEOUT.
-fn kiln(
-    store: &Path,
-    cwd: &Path,
-    env: &[(String, String)],
-    args: &[String],
-) -> Result<Outcome, Failed> {
+fn kiln(store: &Path, cwd: &Path, args: &[String]) -> Result<Outcome, Failed> {
     let mut child = Command::new(kiln_binary())
         .env("KILN_ROOT", store)
         .env_remove("SOURCE_DATE_EPOCH")
-        .envs(env.iter().map(|(k, v)| (k, v)))
         .args(args)
         .current_dir(cwd)
         .stdin(Stdio::null())
@@ -579,9 +570,14 @@ fn check_file(root: &Path, check: &FileCheck, problems: &mut Vec<String>) {
         }
     }
     if let Some(expected) = &check.entries {
-        let mut actual: Vec<String> = fs::read_dir(&path)
-            .into_iter()
-            .flatten()
+        let listing = match fs::read_dir(&path) {
+            Ok(listing) => listing,
+            Err(e) => {
+                problems.push(format!("{name}: cannot list its entries: {e}"));
+                return;
+            }
+        };
+        let mut actual: Vec<String> = listing
             .flatten()
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect();

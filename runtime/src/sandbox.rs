@@ -634,10 +634,6 @@ fn resolv_conf() -> Vec<u8> {
     std::fs::read("/etc/resolv.conf").unwrap_or_default()
 }
 
-/// The helper: run from `main` of the kiln binary when its first argument is
-/// `SANDBOX_ARG`, with the bundle directory as the second. Returns the exit
-/// code to end with: the step's, or 125 when the sandbox could not be set up
-/// (as Docker does).
 /// Binds `bind.path` of `bind.root` at `bind.at`, opened with the kernel
 /// keeping the lookup below the root (no `..` out, no absolute or escaping
 /// symlink) and bound through that open directory, so that nothing can swap
@@ -669,6 +665,10 @@ fn bind_beneath(bind: &BeneathBind) -> Result<(), Error> {
         .map_err(|e| Error::Setup(format!("cannot bind {inside:?}: {e}")))
 }
 
+/// The helper: run from `main` of the kiln binary when its first argument is
+/// `SANDBOX_ARG`, with the bundle directory as the second. Returns the exit
+/// code to end with: the step's, or 125 when the sandbox could not be set up
+/// (as Docker does).
 pub fn sandbox_main(bundle: &Path) -> i32 {
     match sandbox(bundle) {
         Ok(code) => code,

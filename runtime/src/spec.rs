@@ -437,8 +437,9 @@ pub(crate) fn config(
         .map_err(spec_error)
 }
 
-/// Device nodes the runtime makes in every container: not listed again.
-const RUNTIME_DEVICES: [&str; 7] = [
+/// Device nodes the runtime makes in every container (and the host's
+/// console, which a step must not take over): not listed again.
+const RUNTIME_DEVICES: [&str; 8] = [
     "/dev/null",
     "/dev/zero",
     "/dev/full",
@@ -446,15 +447,21 @@ const RUNTIME_DEVICES: [&str; 7] = [
     "/dev/urandom",
     "/dev/tty",
     "/dev/ptmx",
+    "/dev/console",
 ];
 
+/// Directories of /dev that are not the host's devices: the step's own file
+/// systems, and those of udev and LXC, as runc leaves them out.
+const NOT_HOST_DEVICES: [&str; 7] = ["pts", "shm", "mqueue", "fd", ".udev", ".lxc", ".lxd-mounts"];
+
 /// The character and block devices under `dir` (the host's /dev), for a
-/// privileged step; the file systems /dev/pts, /dev/shm and /dev/mqueue
-/// are the step's own.
+/// privileged step. A directory that cannot be read is left out.
 fn host_devices(dir: &Path) -> Result<Vec<LinuxDevice>, Error> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let mut devices = Vec::new();
-    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(devices);
+    };
     for entry in entries.flatten() {
         let path = entry.path();
         let Ok(metadata) = std::fs::symlink_metadata(&path) else {
@@ -462,7 +469,8 @@ fn host_devices(dir: &Path) -> Result<Vec<LinuxDevice>, Error> {
         };
         let file_type = metadata.file_type();
         if file_type.is_dir() {
-            if !matches!(entry.file_name().to_str(), Some("pts" | "shm" | "mqueue")) {
+            let name = entry.file_name();
+            if !NOT_HOST_DEVICES.iter().any(|skipped| name == *skipped) {
                 devices.extend(host_devices(&path)?);
             }
             continue;
