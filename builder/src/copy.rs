@@ -34,9 +34,12 @@ impl SourceTree<'_> {
     }
 
     /// Whether a path (absolute in the view) is left out by the ignore file.
+    /// Never the context's root: `*` or `**` (with `!` exceptions) leave out
+    /// what is in it, not the directory `COPY . .` copies from.
     fn ignored(&self, path: &str) -> bool {
-        self.ignore
-            .is_some_and(|rules| rules.is_excluded(path.trim_start_matches('/')))
+        let relative = path.trim_matches('/');
+        !matches!(relative, "" | ".")
+            && self.ignore.is_some_and(|rules| rules.is_excluded(relative))
     }
 }
 

@@ -185,3 +185,38 @@ fn separate_sources_are_not_hard_linked() {
     assert_eq!(read(out.path(), "dst/b"), "same\n");
     assert_eq!(inode("dir/x"), inode("dir/y"));
 }
+
+/// Found by the conformance suite (BuildKit's testCopyIgnoredFiles): with a
+/// .dockerignore that leaves out everything at the top (`*`, `.*`, `**`)
+/// but some exceptions, `COPY . .` failed with "not found in the build
+/// context": the context's root itself counted as ignored.
+#[test]
+fn copy_of_the_context_root_when_the_ignore_file_leaves_out_everything_at_the_top() {
+    support::require_root();
+    let kiln = Kiln::new();
+    let context = Context::new();
+    context.write("a", "a\n");
+    context.write("b", "b\n");
+    context.write(".hidden", "hidden\n");
+    context.write("Dockerfile", "FROM scratch\nCOPY . /out/\n");
+    let listing = |ignore: &str| {
+        context.write(".dockerignore", ignore);
+        let out = kiln.files(context.path(), &[]);
+        let mut names: Vec<String> = fs::read_dir(out.path().join("out"))
+            .expect("the destination is made")
+            .map(|entry| {
+                entry
+                    .expect("entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(listing("*\n!a\n"), ["a"]);
+    assert_eq!(listing("**\n!b\n"), ["b"]);
+    assert_eq!(listing(".*\n"), ["Dockerfile", "a", "b"]);
+    assert!(listing("*\n").is_empty());
+}
