@@ -142,7 +142,7 @@ fn load_case(name: &str) -> Result<Case, String> {
 
 fn main() {
     let arguments = Arguments::from_args();
-    let template = Arc::new(OnceLock::<Result<PathBuf, String>>::new());
+    let template: Arc<Template> = Arc::new(OnceLock::new());
     let mut trials = vec![
         Trial::test("inventory: every BuildKit test has a case", check_inventory),
         Trial::test("readme: the table counts the cases", check_readme_table),
@@ -160,23 +160,27 @@ fn main() {
         };
         trials.push(trial);
     }
-    libtest_mimic::run(&arguments, trials).exit();
+    let conclusion = libtest_mimic::run(&arguments, trials);
+    // The template store goes with the last reference to it.
+    drop(template);
+    conclusion.exit();
 }
 
-/// A store with the base images, made once per run and copied for each case.
-fn base_store(template: &OnceLock<Result<PathBuf, String>>) -> Result<PathBuf, Failed> {
-    template
-        .get_or_init(|| {
+/// The store with the base images, made once per run (in a directory
+/// removed at the end) and copied for each case.
+type Template = OnceLock<Result<tempfile::TempDir, String>>;
+
+fn base_store(template: &Template) -> Result<PathBuf, Failed> {
+    let made = template.get_or_init(|| {
             if !rustix::process::geteuid().is_root() {
                 return Err("the conformance cases run steps in the sandbox and build files owned by other users: run them as root (sudo scripts/test)".to_string());
             }
             let dir = tempfile::Builder::new()
                 .prefix("kiln-conformance-")
                 .tempdir()
-                .map_err(|e| e.to_string())?
-                .keep();
-            let store = dir.join("store");
-            let context = dir.join("base");
+                .map_err(|e| e.to_string())?;
+            let store = dir.path().join("store");
+            let context = dir.path().join("base");
             support::base_rootfs("busybox", &context.join("rootfs"));
             fs::write(
                 context.join("Dockerfile"),
@@ -204,10 +208,12 @@ fn base_store(template: &OnceLock<Result<PathBuf, String>>) -> Result<PathBuf, F
             for name in BASE_NAMES {
                 kiln(&["tag", "busybox:latest", name])?;
             }
-            Ok(store)
-        })
-        .clone()
-        .map_err(Failed::from)
+            Ok(dir)
+        });
+    match made {
+        Ok(dir) => Ok(dir.path().join("store")),
+        Err(message) => Err(message.clone().into()),
+    }
 }
 
 struct Servers {
@@ -228,11 +234,7 @@ impl Servers {
     }
 }
 
-fn run_case(
-    name: &str,
-    case: &Case,
-    template: &OnceLock<Result<PathBuf, String>>,
-) -> Result<(), Failed> {
+fn run_case(name: &str, case: &Case, template: &Template) -> Result<(), Failed> {
     let store_template = base_store(template)?;
     let source = cases_dir().join(name);
     let work = tempfile::Builder::new()
