@@ -14,7 +14,7 @@
 set -eu
 . "$(dirname "$0")/lib/common.sh"
 . bench/lib/dockerd.sh
-trap 'stop_dockerd; umount -R "$work/buildah/overlay" 2>/dev/null; rm -rf "$work"' EXIT
+trap 'stop_dockerd; umount -R "$work/buildah/overlay" 2>/dev/null || true; rm -rf "$work"' EXIT
 export KILN_ROOT="$work/kiln"
 unset SOURCE_DATE_EPOCH
 

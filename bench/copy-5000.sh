@@ -10,7 +10,7 @@
 set -eu
 . "$(dirname "$0")/lib/common.sh"
 . bench/lib/dockerd.sh
-trap 'stop_dockerd; umount -R "$work/buildah/overlay" 2>/dev/null; rm -rf "$work"' EXIT
+trap 'stop_dockerd; umount -R "$work/buildah/overlay" 2>/dev/null || true; rm -rf "$work"' EXIT
 
 make_files "$work/context/files"
 printf 'FROM scratch\nCOPY files/ /files/\n' > "$work/context/Dockerfile"

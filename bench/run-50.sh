@@ -11,7 +11,7 @@ set -eu
 . "$(dirname "$0")/lib/common.sh"
 . bench/lib/dockerd.sh
 # buildah leaves its storage mounted.
-trap 'stop_dockerd; umount -R "$work/buildah/overlay" 2>/dev/null; rm -rf "$work"' EXIT
+trap 'stop_dockerd; umount -R "$work/buildah/overlay" 2>/dev/null || true; rm -rf "$work"' EXIT
 
 testdata/images/rootfs.sh busybox "$work/base/rootfs"
 printf 'FROM scratch\nCOPY rootfs/ /\nCMD ["sh"]\n' > "$work/base/Dockerfile"
