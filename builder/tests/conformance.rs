@@ -261,39 +261,20 @@ fn run_case(name: &str, case: &Case, template: &Template) -> Result<(), Failed> 
     };
     substitute_tree(&context, &servers)?;
 
-    if source.join("setup.sh").is_file() {
-        let output = Command::new("sh")
-            .arg("-eu")
-            .arg(source.join("setup.sh"))
-            .current_dir(&context)
-            .output()
-            .map_err(|e| format!("setup.sh: {e}"))?;
-        if !output.status.success() {
-            return Err(format!(
-                "setup.sh failed: {}",
-                String::from_utf8_lossy(&output.stderr)
-            )
-            .into());
-        }
+    let setup = source.join("setup.sh");
+    if setup.is_file() {
+        shell(&[setup.as_os_str()], &context, "setup.sh")?;
     }
 
     for (index, build) in case.build.iter().enumerate() {
         let label = format!("build {}", index + 1);
         if let Some(script) = &build.run {
-            let output = Command::new("sh")
-                .arg("-eu")
-                .arg("-c")
-                .arg(servers.substitute(script))
-                .current_dir(&context)
-                .output()
-                .map_err(|e| format!("{label}: run: {e}"))?;
-            if !output.status.success() {
-                return Err(format!(
-                    "{label}: `run` failed: {}",
-                    String::from_utf8_lossy(&output.stderr)
-                )
-                .into());
-            }
+            let script = servers.substitute(script);
+            shell(
+                &["-c".as_ref(), script.as_ref()],
+                &context,
+                &format!("{label}: `run`"),
+            )?;
         }
         run_build(&label, build, &context, &store, work.path(), &servers)?;
     }
@@ -437,6 +418,21 @@ struct Outcome {
     code: Option<i32>,
     stdout: String,
     stderr: String,
+}
+
+/// Runs `sh -eu ARGS` in `dir`, failing with its standard error.
+fn shell(args: &[&std::ffi::OsStr], dir: &Path, what: &str) -> Result<(), Failed> {
+    let output = Command::new("sh")
+        .arg("-eu")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .map_err(|e| format!("{what}: {e}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!("{what} failed: {}", String::from_utf8_lossy(&output.stderr)).into())
+    }
 }
 
 /// Runs kiln on `store` from `cwd`, killing it after BUILD_TIMEOUT.

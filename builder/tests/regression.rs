@@ -11,22 +11,12 @@ use std::path::Path;
 use support::{Context, Kiln};
 
 /// Builds `context_arg` from `cwd`, exporting the result to `out_arg`
-/// (both relative to `cwd`); fails the test with kiln's output otherwise.
+/// (both relative to `cwd`).
 fn build_from(kiln: &Kiln, cwd: &Path, extra: &[&str], context_arg: &str, out_arg: &str) {
-    let output = kiln
-        .command()
-        .current_dir(cwd)
-        .arg("build")
-        .args(extra)
-        .args(["-o", &format!("type=local,dest={out_arg}"), context_arg])
-        .output()
-        .expect("kiln runs");
-    assert!(
-        output.status.success(),
-        "kiln build {context_arg} from {} failed:\n{}",
-        cwd.display(),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let output = format!("type=local,dest={out_arg}");
+    let mut args = extra.to_vec();
+    args.extend(["-o", output.as_str()]);
+    kiln.build_from(cwd, context_arg, &args);
 }
 
 fn read(root: &Path, path: &str) -> String {

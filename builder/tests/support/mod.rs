@@ -99,18 +99,24 @@ impl Kiln {
     /// from inside it with `.` as the context, and returns the image digest
     /// kiln prints.
     pub fn build(&self, context: &Path, extra: &[&str]) -> String {
+        self.build_from(context, ".", extra)
+    }
+
+    /// Builds `context_arg` (relative to `cwd`, as a user types it) from
+    /// `cwd` and returns the image digest kiln prints.
+    pub fn build_from(&self, cwd: &Path, context_arg: &str, extra: &[&str]) -> String {
         let output = self
             .command()
-            .current_dir(context)
+            .current_dir(cwd)
             .arg("build")
             .args(extra)
-            .arg(".")
+            .arg(context_arg)
             .output()
             .expect("kiln runs");
         assert!(
             output.status.success(),
-            "kiln build {extra:?} . in {} failed:\n{}",
-            context.display(),
+            "kiln build {extra:?} {context_arg} in {} failed:\n{}",
+            cwd.display(),
             String::from_utf8_lossy(&output.stderr)
         );
         String::from_utf8_lossy(&output.stdout).trim().to_string()
