@@ -199,6 +199,14 @@ pub enum ErrorKind {
     EmptyBaseName(String),
     #[error("invalid platform {value:?}: {reason}")]
     InvalidPlatform { value: String, reason: String },
+    #[error(
+        "FROM --platform={expression} expands to an empty platform{}",
+        did_you_mean(suggestion)
+    )]
+    EmptyPlatform {
+        expression: String,
+        suggestion: Option<String>,
+    },
     #[error("{error} (while expanding {word:?})")]
     Expansion { word: String, error: ShellError },
     #[error("--from does not expand variables ({0:?}); name the image in a stage, `FROM ${{VAR}} AS src`, and use --from=src")]

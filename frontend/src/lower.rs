@@ -429,6 +429,23 @@ impl Lowering<'_> {
         Ok(())
     }
 
+    /// A global build argument that an unset variable of `text` is probably
+    /// a typo of (`$BULIDPLATFORM`).
+    fn misspelt_variable(&self, text: &str) -> Option<String> {
+        let known: Vec<&str> = self.global_args.iter().map(|(key, _)| key).collect();
+        text.split('$')
+            .skip(1)
+            .map(|rest| {
+                rest.trim_start_matches('{')
+                    .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .next()
+                    .unwrap_or_default()
+            })
+            .filter(|name| !name.is_empty() && !self.global_args.contains(name))
+            .find_map(|name| crate::suggest::closest(name, &known))
+            .map(str::to_string)
+    }
+
     /// A stage can only use stages defined before it. This is checked for
     /// every stage, built or not, wherever the reference is literal.
     fn check_forward_references(&self) -> Result<(), Error> {
@@ -563,6 +580,15 @@ impl Lowering<'_> {
             None => None,
             Some(word) => {
                 let text = expand(&self.lexer, self.source, word, &self.global_args)?;
+                if text.is_empty() {
+                    return Err(self.source.error(
+                        ErrorKind::EmptyPlatform {
+                            expression: word.text.clone(),
+                            suggestion: self.misspelt_variable(&word.text),
+                        },
+                        word.pos,
+                    ));
+                }
                 let platform = Platform::parse(&text).map_err(|reason| {
                     self.source.error(
                         ErrorKind::InvalidPlatform {

@@ -79,6 +79,8 @@ fn messages() {
         ("FROM a AS me\nCOPY --from=me x y\n", "Dockerfile:2:13: a stage cannot use itself (\"me\")"),
         ("ARG IMAGE\nFROM $IMAGE\n", "Dockerfile:2:6: FROM $IMAGE expands to an empty image name; give the variable a value with --build-arg or a default in its ARG"),
         ("FROM --platform=linux/amd64/v3/x a\n", "Dockerfile:1:17: invalid platform \"linux/amd64/v3/x\": expected os/arch[/variant]"),
+        ("FROM --platform=$BULIDPLATFORM a\n", "Dockerfile:1:17: FROM --platform=$BULIDPLATFORM expands to an empty platform (did you mean BUILDPLATFORM?)"),
+        ("FROM --platform=${NOPE} a\n", "Dockerfile:1:17: FROM --platform=${NOPE} expands to an empty platform"),
         ("FROM a\nWORKDIR \"/unterminated\n", "Dockerfile:2:9: unterminated double quote (while expanding \"\\\"/unterminated\")"),
         ("FROM a\nCOPY --from=${SRC} x y\n", "Dockerfile:2:13: --from does not expand variables (\"${SRC}\"); name the image in a stage, `FROM ${VAR} AS src`, and use --from=src"),
         ("FROM a\nCOPY ../../etc/passwd /x\n", "Dockerfile:2:6: source \"../../etc/passwd\" is outside the build context"),
