@@ -154,13 +154,6 @@ pub struct StepResult {
     pub created: i64,
 }
 
-/// What a cache record (local or imported) gives a step.
-struct Cached {
-    layer: Option<Layer>,
-    created: Option<i64>,
-    chain: Option<Digest>,
-}
-
 /// How a step that makes a layer went.
 struct StepOutcome {
     key: Digest,
@@ -287,14 +280,9 @@ impl Executor<'_> {
             ),
         };
         // BuildKit's numbering, which CI logs are read by: the base image is
-        // step 1 (scratch and stages are not), then every COPY, ADD, RUN and
-        // WORKDIR, a WORKDIR / counted though it shows no step.
+        // step 1 (scratch and stages are not), then the numbered steps.
         let total = usize::from(matches!(stage.base, Base::Image { .. }))
-            + stage
-                .steps
-                .iter()
-                .filter(|s| s.makes_layer() || s.instruction.starts_with("WORKDIR"))
-                .count();
+            + stage.steps.iter().filter(|s| s.numbered).count();
         let width = total.to_string().len();
         let mut key = self.base_key(&stage.base, outputs, &stage.platform)?;
         let use_cache = !self.settings.no_cache
@@ -446,19 +434,18 @@ impl Executor<'_> {
     ) -> anyhow::Result<StepOutcome> {
         let (step_key, parts) = self.step_key(parent, action, outputs, graph, StageFiles::ByKey)?;
         let before = self.remember_parts(place, &parts);
-        let hit = |cached: Cached, chain: Digest| StepOutcome {
+        let hit = |record: &CacheRecord, layer: Option<Layer>, chain: Digest| StepOutcome {
             key: step_key,
             chain,
-            layer: cached.layer,
+            layer,
             cached: true,
             explanation: Vec::new(),
             // A record from before kiln kept times: dated now.
-            created: cached.created.unwrap_or(self.now),
+            created: record.created.unwrap_or(self.now),
         };
         if use_cache {
-            if let Some(cached) = self.cached_layer(&step_key)? {
-                let chain = cached.chain.unwrap_or(step_key);
-                return Ok(hit(cached, chain));
+            if let Some((record, layer)) = self.cached_layer(&step_key)? {
+                return Ok(hit(&record, layer, record.chain.unwrap_or(step_key)));
             }
         }
         // A step reading another stage's files is also known by their
@@ -476,16 +463,13 @@ impl Executor<'_> {
             None
         };
         if let (true, Some(content_key)) = (use_cache, content_key) {
-            if let Some(cached) = self.cached_layer(&content_key)? {
-                self.store.put_cache_record(
-                    &step_key,
-                    &CacheRecord {
-                        layer: cached.layer.as_ref().map(Layer::record),
-                        created: cached.created,
-                        chain: Some(content_key),
-                    },
-                )?;
-                return Ok(hit(cached, content_key));
+            if let Some((record, layer)) = self.cached_layer(&content_key)? {
+                let alias = CacheRecord {
+                    chain: Some(content_key),
+                    ..record.clone()
+                };
+                self.store.put_cache_record(&step_key, &alias)?;
+                return Ok(hit(&record, layer, content_key));
             }
         }
         let explanation = if !self.settings.explain {
@@ -588,22 +572,17 @@ impl Executor<'_> {
         }
     }
 
-    /// What an earlier build made for `key`: no layer when the step changed
-    /// nothing, else its layer when it is still in the store (compressed as
-    /// this build asks, recompressed from its snapshot if need be); `None`
-    /// for a miss.
-    fn cached_layer(&self, key: &Digest) -> anyhow::Result<Option<Cached>> {
+    /// What an earlier build made for `key`: its record, and no layer when
+    /// the step changed nothing, else its layer when it is still in the
+    /// store (compressed as this build asks, recompressed from its snapshot
+    /// if need be); `None` for a miss.
+    fn cached_layer(&self, key: &Digest) -> anyhow::Result<Option<(CacheRecord, Option<Layer>)>> {
         let Some(record) = self.store.cache_record(key) else {
             return Ok(self.imported_layer(key));
         };
         self.store.mark_record_used(key);
-        let cached = |layer| Cached {
-            layer,
-            created: record.created,
-            chain: record.chain,
-        };
         let Some(found) = &record.layer else {
-            return Ok(Some(cached(None)));
+            return Ok(Some((record, None)));
         };
         let Ok(layer) = Layer::from_record(found) else {
             return Ok(None);
@@ -611,7 +590,7 @@ impl Executor<'_> {
         // Its blob, or its snapshot to make the blob from when needed; or
         // else what an imported cache has for the key.
         if self.store.has_blob(&layer.blob) || self.store.has_snapshot(&layer.diff_id) {
-            Ok(Some(cached(Some(layer))))
+            Ok(Some((record, Some(layer))))
         } else {
             Ok(self.imported_layer(key))
         }
@@ -620,29 +599,17 @@ impl Executor<'_> {
     /// What an imported cache has for `key` (its layer is fetched only
     /// when needed, and its record kept in the store once the layer is
     /// checked: see `Imported::fetch`).
-    fn imported_layer(&self, key: &Digest) -> Option<Cached> {
-        let created = self.imported.created(key);
-        let chain = self.imported.chain(key);
-        let layer = match self.imported.record(key)? {
+    fn imported_layer(&self, key: &Digest) -> Option<(CacheRecord, Option<Layer>)> {
+        let record = self.imported.record(key)?;
+        let layer = match &record.layer {
             None => {
                 // A cache: failing to keep the record costs a rerun later.
-                let _ = self.store.put_cache_record(
-                    key,
-                    &CacheRecord {
-                        layer: None,
-                        created,
-                        chain,
-                    },
-                );
+                let _ = self.store.put_cache_record(key, record);
                 None
             }
-            Some(layer) => Some(Layer::from_record(&layer).ok()?),
+            Some(layer) => Some(Layer::from_record(layer).ok()?),
         };
-        Some(Cached {
-            layer,
-            created,
-            chain,
-        })
+        Some((record.clone(), layer))
     }
 
     /// `layers` with a blob each in the store, as an export needs them:
@@ -686,11 +653,9 @@ impl Executor<'_> {
                     self.lock(&self.written)
                         .insert(layer.diff_id, written.clone());
                     for key in ours.get(&layer.diff_id).into_iter().flatten() {
-                        let known = self.store.cache_record(key);
                         let record = CacheRecord {
                             layer: Some(written.record()),
-                            created: known.as_ref().and_then(|r| r.created),
-                            chain: known.and_then(|r| r.chain),
+                            ..self.store.cache_record(key).unwrap_or_default()
                         };
                         self.store.put_cache_record(key, &record)?;
                     }

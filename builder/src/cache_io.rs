@@ -37,19 +37,14 @@ const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(24 * 360
 /// The name a local cache directory gives its manifest.
 const LOCAL_TAG: &str = "cache";
 
-/// Which records `--cache-to` exports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// The steps whose layers make the final image.
-    Min,
-    /// Every step of every stage built.
-    Max,
-}
-
+/// Where `--cache-to` exports every step of the build. buildx's `mode=min`
+/// and `mode=max` are accepted and export the same: a kiln build has only
+/// the stages its target needs, and the keys of the target's steps chain on
+/// the results of all of them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CacheTo {
-    Registry { reference: Reference, mode: Mode },
-    Local { dir: PathBuf, mode: Mode },
+    Registry { reference: Reference },
+    Local { dir: PathBuf },
     Inline,
 }
 
@@ -70,10 +65,9 @@ fn fields(spec: &str, flag: &str) -> anyhow::Result<HashMap<String, String>> {
         .collect()
 }
 
-fn mode(fields: &HashMap<String, String>, spec: &str) -> anyhow::Result<Mode> {
+fn check_mode(fields: &HashMap<String, String>, spec: &str) -> anyhow::Result<()> {
     match fields.get("mode").map(String::as_str) {
-        None | Some("min") => Ok(Mode::Min),
-        Some("max") => Ok(Mode::Max),
+        None | Some("min" | "max") => Ok(()),
         Some(other) => bail!("invalid --cache-to {spec:?}: mode is min or max, not {other:?}"),
     }
 }
@@ -82,12 +76,15 @@ fn mode(fields: &HashMap<String, String>, spec: &str) -> anyhow::Result<Mode> {
 /// `type=inline`.
 pub fn parse_cache_to(spec: &str) -> anyhow::Result<CacheTo> {
     let fields = fields(spec, "--cache-to")?;
-    match fields.get("type").map(String::as_str) {
+    let kind = fields.get("type").map(String::as_str);
+    if matches!(kind, Some("registry" | "local")) {
+        check_mode(&fields, spec)?;
+    }
+    match kind {
         Some("registry") => Ok(CacheTo::Registry {
             reference: Reference::parse(fields.get("ref").with_context(|| {
                 format!("--cache-to {spec:?} needs ref=REGISTRY/REPOSITORY:TAG")
             })?)?,
-            mode: mode(&fields, spec)?,
         }),
         Some("local") => Ok(CacheTo::Local {
             dir: PathBuf::from(
@@ -95,7 +92,6 @@ pub fn parse_cache_to(spec: &str) -> anyhow::Result<CacheTo> {
                     .get("dest")
                     .with_context(|| format!("--cache-to {spec:?} needs dest=DIRECTORY"))?,
             ),
-            mode: mode(&fields, spec)?,
         }),
         Some("inline") => Ok(CacheTo::Inline),
         _ => bail!("invalid --cache-to {spec:?}: type is registry, local or inline"),
@@ -159,29 +155,15 @@ enum Origin {
 /// Records read by `--cache-from`.
 #[derive(Default)]
 pub struct Imported {
-    records: HashMap<Digest, Option<(LayerRecord, Origin)>>,
-    created: HashMap<Digest, i64>,
-    chains: HashMap<Digest, Digest>,
+    records: HashMap<Digest, CacheRecord>,
+    /// Where each imported layer's blob is, and its size.
     origins: HashMap<Digest, (Origin, u64)>,
 }
 
 impl Imported {
-    /// What an imported record says of `key`: `Some(None)` for a step that
-    /// changed nothing.
-    pub fn record(&self, key: &Digest) -> Option<Option<LayerRecord>> {
-        self.records
-            .get(key)
-            .map(|found| found.as_ref().map(|(layer, _)| layer.clone()))
-    }
-
-    /// When the imported result of `key` was first made.
-    pub fn created(&self, key: &Digest) -> Option<i64> {
-        self.created.get(key).copied()
-    }
-
-    /// The key the steps after `key`'s chain on (see `CacheRecord::chain`).
-    pub fn chain(&self, key: &Digest) -> Option<Digest> {
-        self.chains.get(key).copied()
+    /// What an imported cache says of `key`, as a record of the store would.
+    pub fn record(&self, key: &Digest) -> Option<&CacheRecord> {
+        self.records.get(key)
     }
 
     /// Brings an imported layer's blob into the store, if it is one, and
@@ -217,16 +199,9 @@ impl Imported {
             );
         }
         for (key, record) in &self.records {
-            if let Some((found, _)) = record.as_ref().filter(|(r, _)| r.blob == layer.blob) {
+            if record.layer.as_ref().is_some_and(|r| r.blob == layer.blob) {
                 // A cache: failing to keep a record costs a rerun later.
-                let _ = store.put_cache_record(
-                    key,
-                    &CacheRecord {
-                        layer: Some(found.clone()),
-                        created: self.created(key),
-                        chain: self.chain(key),
-                    },
-                );
+                let _ = store.put_cache_record(key, record);
             }
         }
         Ok(true)
@@ -243,13 +218,14 @@ impl Imported {
                 self.origins
                     .insert(layer.blob, (origin.clone(), layer.size));
             }
-            self.records.insert(record.key, layer);
-            if let Some(created) = record.created {
-                self.created.insert(record.key, created);
-            }
-            if let Some(chain) = record.chain {
-                self.chains.insert(record.key, chain);
-            }
+            self.records.insert(
+                record.key,
+                CacheRecord {
+                    layer: layer.map(|(layer, _)| layer),
+                    created: record.created,
+                    chain: record.chain,
+                },
+            );
         }
     }
 
@@ -567,16 +543,12 @@ mod tests {
             parse_cache_to("type=local,dest=/tmp/c,mode=max").unwrap(),
             CacheTo::Local {
                 dir: "/tmp/c".into(),
-                mode: Mode::Max
             }
         );
-        assert!(matches!(
-            parse_cache_to("type=registry,ref=localhost:5000/app:cache").unwrap(),
-            CacheTo::Registry {
-                mode: Mode::Min,
-                ..
-            }
-        ));
+        assert_eq!(
+            parse_cache_to("type=registry,ref=localhost:5000/app:cache,mode=min").unwrap(),
+            parse_cache_to("type=registry,ref=localhost:5000/app:cache").unwrap()
+        );
         assert_eq!(parse_cache_to("type=inline").unwrap(), CacheTo::Inline);
         assert!(parse_cache_to("type=s3").is_err());
         assert!(parse_cache_to("type=local,mode=max").is_err());

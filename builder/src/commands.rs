@@ -18,7 +18,6 @@ use crate::dockerfile;
 use crate::image::{self, write_image, Format, StoreImages, StoredImage};
 use crate::progress::Progress;
 use crate::remote::Remote;
-use kiln_frontend::graph::Base;
 
 /// Where `kiln build` puts the result.
 #[derive(Debug, PartialEq, Eq)]
@@ -76,16 +75,37 @@ fn now_seconds() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-/// `--source-date-epoch` or `SOURCE_DATE_EPOCH`: seconds since 1970, or
-/// empty for none (as tools that export the variable unconditionally do).
-fn source_date_epoch(value: Option<&str>) -> anyhow::Result<Option<i64>> {
+/// The build's epoch: seconds since 1970 from `--build-arg
+/// SOURCE_DATE_EPOCH` (as buildx passes it), else `--source-date-epoch` or
+/// `SOURCE_DATE_EPOCH`, else the Dockerfile's global ARG. Empty means none
+/// (tools export the variable unconditionally), and so does `context` from
+/// a build argument or the Dockerfile (the time of a remote context: a local
+/// one has none).
+fn source_date_epoch(
+    args: &BuildArgs,
+    dockerfile_default: Option<&str>,
+) -> anyhow::Result<Option<i64>> {
+    let build_arg = args
+        .dockerfile
+        .build_args
+        .iter()
+        .rev()
+        .find_map(|arg| arg.strip_prefix("SOURCE_DATE_EPOCH="));
+    let (value, origin) = match (build_arg, args.source_date_epoch.as_deref()) {
+        (Some(value), _) => (Some(value), "--build-arg SOURCE_DATE_EPOCH"),
+        (None, Some(value)) => (Some(value), "--source-date-epoch or SOURCE_DATE_EPOCH"),
+        (None, None) => (
+            dockerfile_default,
+            "SOURCE_DATE_EPOCH (the Dockerfile's ARG default; kiln cannot take it from a stage's sources yet)",
+        ),
+    };
+    let from_flag = build_arg.is_none() && args.source_date_epoch.is_some();
     match value.map(str::trim) {
         None | Some("") => Ok(None),
+        Some("context") if !from_flag => Ok(None),
         Some(text) => match text.parse::<i64>() {
             Ok(seconds) if seconds >= 0 => Ok(Some(seconds)),
-            _ => bail!(
-                "invalid --source-date-epoch or SOURCE_DATE_EPOCH {text:?}: expected seconds since 1970"
-            ),
+            _ => bail!("invalid {origin} {text:?}: expected seconds since 1970"),
         },
     }
 }
@@ -168,49 +188,15 @@ fn build_image(
              root can create files owned by others (run it with sudo)"
         );
     }
-    // buildx passes the epoch as a build argument; one given so wins over
-    // the flag's default from the environment.
-    let epoch_build_arg = args
-        .dockerfile
-        .build_args
-        .iter()
-        .rev()
-        .find_map(|arg| arg.strip_prefix("SOURCE_DATE_EPOCH="));
-    let source_date_epoch = match (epoch_build_arg, args.source_date_epoch.as_deref()) {
-        // The time of a remote context (a git commit, an HTTP download): a
-        // local directory has none.
-        (Some("context"), _) => None,
-        (Some(seconds), _) => source_date_epoch(Some(seconds))?,
-        (None, Some(given)) => source_date_epoch(Some(given))?,
-        // The Dockerfile's own default (a global ARG).
-        (None, None) => match plan.graph.source_date_epoch.as_deref() {
-            None | Some("context") => None,
-            Some(value) => match value.trim().parse::<i64>() {
-                Ok(seconds) if seconds >= 0 => Some(seconds),
-                _ => bail!(
-                    "invalid SOURCE_DATE_EPOCH {value:?} (the Dockerfile's ARG default): expected \
-                     seconds since 1970 (kiln cannot take it from a stage's sources yet)"
-                ),
-            },
-        },
-    };
+    let source_date_epoch = source_date_epoch(args, plan.graph.source_date_epoch.as_deref())?;
     let now = source_date_epoch.unwrap_or_else(now_seconds);
     if args.no_cache {
         // BuildKit starts cache mounts over with --no-cache: done before
         // any step runs, so that every step of this build sees the same.
-        for stage in &plan.graph.stages {
-            for step in &stage.steps {
-                let kiln_frontend::graph::Action::Run(run) = &step.action else {
-                    continue;
-                };
-                for mount in &run.mounts {
-                    if let kiln_frontend::graph::Mount::Cache { id, .. } = mount {
-                        store
-                            .reset_cache_mount(id)
-                            .with_context(|| format!("starting the cache mount {id:?} over"))?;
-                    }
-                }
-            }
+        for id in plan.graph.cache_mount_ids() {
+            store
+                .reset_cache_mount(id)
+                .with_context(|| format!("starting the cache mount {id:?} over"))?;
         }
     }
     let executor = Executor {
@@ -260,47 +246,24 @@ fn build_image(
     let mut results = executor.lock(&executor.results).clone();
     // The order stages finished in changes nothing that is exported.
     results.sort_by_key(|result| (result.stage, result.step));
-    // `--cache-to mode=min`: the stages the target is built from or reads
-    // files of. Keys chain on the results of the stages a step copies from,
-    // so another machine needs their records too to reuse the target's.
-    let mut final_chain = vec![plan.graph.target];
-    let mut pending = vec![plan.graph.target];
-    while let Some(index) = pending.pop() {
-        let stage = &plan.graph.stages[index];
-        let mut needs: Vec<usize> = stage
-            .depends_on
-            .iter()
-            .filter_map(|id| plan.graph.stages.iter().position(|s| s.id == *id))
-            .collect();
-        if let Base::Stage { stage } = stage.base {
-            needs.push(stage);
-        }
-        for need in needs {
-            if !final_chain.contains(&need) {
-                final_chain.push(need);
-                pending.push(need);
-            }
-        }
-    }
-    let entries = |mode: cache_io::Mode| -> Vec<cache_io::Entry> {
-        results
-            .iter()
-            .filter(|result| mode == cache_io::Mode::Max || final_chain.contains(&result.stage))
-            .map(|result| cache_io::Entry {
-                key: result.key,
-                layer: result.layer.clone(),
-                created: result.created,
-                chain: result.chain,
-            })
-            .collect()
-    };
+    // Every step of the build, whatever `mode=` says: the build has only
+    // the stages the target needs, and its keys chain on their results.
+    let entries: Vec<cache_io::Entry> = results
+        .iter()
+        .map(|result| cache_io::Entry {
+            key: result.key,
+            layer: result.layer.clone(),
+            created: result.created,
+            chain: result.chain,
+        })
+        .collect();
     for target_cache in &cache_to {
-        let (mode, destination) = match target_cache {
+        let destination = match target_cache {
             cache_io::CacheTo::Inline => continue,
-            cache_io::CacheTo::Registry { reference, mode } => (*mode, Ok(reference)),
-            cache_io::CacheTo::Local { dir, mode } => (*mode, Err(dir)),
+            cache_io::CacheTo::Registry { reference } => Ok(reference),
+            cache_io::CacheTo::Local { dir } => Err(dir),
         };
-        let (records, layers) = cache_io::exported(&entries(mode));
+        let (records, layers) = cache_io::exported(&entries);
         let layers = executor.materialize(&layers)?;
         let (manifest, size) = cache_io::write_cache_manifest(store, records, &layers)?;
         match destination {
@@ -351,7 +314,7 @@ fn build_image(
     let mut image_file = target.image_file(source_date_epoch, now);
     if cache_to.contains(&cache_io::CacheTo::Inline) {
         // Records of the target's layers, by their place in the image.
-        let (exported_records, exported_layers) = cache_io::exported(&entries(cache_io::Mode::Min));
+        let (exported_records, exported_layers) = cache_io::exported(&entries);
         let records = exported_records
             .into_iter()
             .filter_map(|record| match record.layer {

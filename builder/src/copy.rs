@@ -484,12 +484,7 @@ fn hash_entry(
         let owner = format!("{}:{}", metadata.uid(), metadata.gid());
         hasher.field("owner", &owner);
         description.push_str(&format!(" owner {owner}"));
-        let kept = Overrides {
-            mode: None,
-            owner: None,
-            capabilities_only: false,
-        };
-        for (name, value) in attributes_of(entry, &kept)?.xattrs {
+        for (name, value) in attributes_of(entry, &Overrides::NONE)?.xattrs {
             hasher.field("xattr", &name);
             hasher.field("xattr-value", &value);
             description.push_str(&format!(" xattr {name}"));
@@ -547,6 +542,15 @@ struct Overrides {
     capabilities_only: bool,
 }
 
+impl Overrides {
+    /// An entry's own attributes, every extended attribute a layer holds.
+    const NONE: Overrides = Overrides {
+        mode: None,
+        owner: None,
+        capabilities_only: false,
+    };
+}
+
 /// What a path of the image holds before a step writes it, counting what the
 /// step has written already.
 #[derive(PartialEq, Eq)]
@@ -600,14 +604,9 @@ impl Writer<'_> {
     /// a copy into it keeps.
     fn existing_directory(&self, path: &str) -> anyhow::Result<Option<Attributes>> {
         match self.rootfs.resolve(&format!("/{path}"), false)? {
-            Some(existing) if existing.metadata.is_dir() => Ok(Some(attributes_of(
-                &existing,
-                &Overrides {
-                    mode: None,
-                    owner: None,
-                    capabilities_only: false,
-                },
-            )?)),
+            Some(existing) if existing.metadata.is_dir() => {
+                Ok(Some(attributes_of(&existing, &Overrides::NONE)?))
+            }
             _ => Ok(None),
         }
     }
@@ -756,29 +755,22 @@ impl Writer<'_> {
             overrides,
             exclude,
         };
-        if !plain_destination {
-            return self.write_directory(&selection, entry, &path, true);
-        }
-        self.check_directory_target(&path, true)?;
-        let existing = self.existing_directory(&path)?;
-        self.diff.create_dir(&path)?;
-        self.ensured.insert(path.clone());
-        self.walk(&selection, entry, &path, existing.is_some())?;
-        let attributes = existing.unwrap_or_else(|| self.new_directory_attributes());
-        self.diff.set_directory_attributes(&path, &attributes)?;
-        Ok(())
+        self.write_directory(&selection, entry, &path, true, plain_destination)
     }
 
     /// Creates the directory `path` in the diff with the contents of `dir`.
     /// A directory the image already has keeps its attributes, as in
-    /// BuildKit. `in_image` says whether the image may have `path` at all,
-    /// which spares looking up what lies below a directory it does not have.
+    /// BuildKit; a new one gets `dir`'s, or with `plain` those of a
+    /// directory the step makes. `in_image` says whether the image may have
+    /// `path` at all, which spares looking up what lies below a directory it
+    /// does not have.
     fn write_directory(
         &mut self,
         selection: &Selection<'_>,
         dir: &ViewEntry,
         path: &str,
         in_image: bool,
+        plain: bool,
     ) -> anyhow::Result<()> {
         self.check_directory_target(path, in_image)?;
         let existing = if in_image {
@@ -791,6 +783,7 @@ impl Writer<'_> {
         self.walk(selection, dir, path, existing.is_some())?;
         let attributes = match existing {
             Some(attributes) => attributes,
+            None if plain => self.new_directory_attributes(),
             None => attributes_of(dir, selection.overrides)?,
         };
         self.diff.set_directory_attributes(path, &attributes)?;
@@ -827,7 +820,7 @@ impl Writer<'_> {
                 // below it, whose parents are then made on demand.
                 self.walk(selection, &child, &child_path, in_image)?;
             } else if is_dir {
-                self.write_directory(selection, &child, &child_path, in_image)?;
+                self.write_directory(selection, &child, &child_path, in_image, false)?;
             } else {
                 self.ensure_parents(&child_path)?;
                 self.check_file_target(&child_path, in_image)?;

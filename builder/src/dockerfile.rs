@@ -29,20 +29,14 @@ pub fn load(
     allow: &[String],
     images: &mut dyn BaseImages,
 ) -> anyhow::Result<Plan> {
-    match std::fs::metadata(&args.context) {
-        Ok(metadata) if metadata.is_dir() => {}
-        Ok(_) => bail!(
-            "the build context {} is not a directory",
-            args.context.display()
-        ),
-        Err(e) => {
-            return Err(e).with_context(|| {
-                format!("cannot use the build context {}", args.context.display())
-            })
-        }
-    }
     let context = std::fs::canonicalize(&args.context)
         .with_context(|| format!("cannot use the build context {}", args.context.display()))?;
+    if !context.is_dir() {
+        bail!(
+            "the build context {} is not a directory",
+            args.context.display()
+        );
+    }
     let (path, name, bytes) = read_dockerfile(args)?;
     let dockerfile = kiln_frontend::parse_bytes(&bytes, &name)?;
     for warning in &dockerfile.warnings {

@@ -55,6 +55,26 @@ pub(crate) enum StageFiles {
     ByContent,
 }
 
+impl StageFiles {
+    /// Whether a key names the files `from` gives by their content instead
+    /// of by what `from` is. The context's files always count by content,
+    /// and are keyed so in both ways; an image's never (its digest names
+    /// them).
+    fn by_content(self, from: &Source) -> bool {
+        match from {
+            Source::Context => true,
+            Source::Stage { .. } => self == StageFiles::ByContent,
+            Source::Image { .. } => false,
+        }
+    }
+
+    /// Whether the key leaves out what `from` is: a stage named by its
+    /// files.
+    fn omits_identity(self, from: &Source) -> bool {
+        matches!(from, Source::Stage { .. }) && self == StageFiles::ByContent
+    }
+}
+
 /// Whether `action` reads files of another stage, which its key can name
 /// two ways (see `StageFiles`).
 pub(crate) fn reads_stage_files(action: &Action) -> bool {
@@ -149,13 +169,9 @@ impl Executor<'_> {
         graph: &BuildGraph,
         stage_files: StageFiles,
     ) -> anyhow::Result<(Digest, Vec<(String, String)>)> {
-        let by_content = match step.from {
-            Source::Context => true,
-            Source::Stage { .. } => stage_files == StageFiles::ByContent,
-            Source::Image { .. } => false,
-        };
+        let omits_identity = stage_files.omits_identity(&step.from);
         let mut key = KeyHasher::explained(
-            if by_content && step.from != Source::Context {
+            if omits_identity {
                 "copy-content"
             } else {
                 "copy"
@@ -167,11 +183,11 @@ impl Executor<'_> {
             ..step.clone()
         };
         key.field("definition", json(&definition)?);
-        if !by_content || step.from == Source::Context {
+        if !omits_identity {
             key.field("from", self.source_identity(&step.from, outputs)?);
         }
         let mut files = Vec::new();
-        if by_content {
+        if stage_files.by_content(&step.from) {
             let source = self.source_tree(&step.from, outputs, graph)?;
             key.field(
                 "sources",
@@ -215,15 +231,10 @@ impl Executor<'_> {
         for mount in &run.mounts {
             match mount {
                 Mount::Bind { from, source, .. } => {
-                    let by_content = match from {
-                        Source::Context => true,
-                        Source::Stage { .. } => stage_files == StageFiles::ByContent,
-                        Source::Image { .. } => false,
-                    };
-                    if !by_content || *from == Source::Context {
+                    if !stage_files.omits_identity(from) {
                         key.field("bind", self.source_identity(from, outputs)?);
                     }
-                    if by_content {
+                    if stage_files.by_content(from) {
                         let tree = self.source_tree(from, outputs, graph)?;
                         key.field(
                             "bind-content",

@@ -9,6 +9,8 @@
 
 mod support;
 
+use support::Kiln;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Read;
@@ -104,12 +106,6 @@ fn cases_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/conformance")
 }
 
-fn kiln_binary() -> PathBuf {
-    std::env::var_os("KILN_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_kiln")))
-}
-
 /// The case directories, as `<file>/<test>` names.
 fn case_names() -> Vec<String> {
     let mut names = Vec::new();
@@ -166,54 +162,22 @@ fn main() {
     conclusion.exit();
 }
 
-/// The store with the base images, made once per run (in a directory
-/// removed at the end) and copied for each case.
-type Template = OnceLock<Result<tempfile::TempDir, String>>;
+/// The store with the base images, made once per run (removed at the end)
+/// and copied for each case.
+type Template = OnceLock<Kiln>;
 
-fn base_store(template: &Template) -> Result<PathBuf, Failed> {
-    let made = template.get_or_init(|| {
-            if !rustix::process::geteuid().is_root() {
-                return Err("the conformance cases run steps in the sandbox and build files owned by other users: run them as root (sudo scripts/test)".to_string());
-            }
-            let dir = tempfile::Builder::new()
-                .prefix("kiln-conformance-")
-                .tempdir()
-                .map_err(|e| e.to_string())?;
-            let store = dir.path().join("store");
-            let context = dir.path().join("base");
-            support::base_rootfs("busybox", &context.join("rootfs"));
-            fs::write(
-                context.join("Dockerfile"),
-                "FROM scratch\nCOPY rootfs/ /\nCMD [\"sh\"]\n",
-            )
-            .map_err(|e| e.to_string())?;
-            let kiln = |args: &[&str]| -> Result<(), String> {
-                let output = Command::new(kiln_binary())
-                    .env("KILN_ROOT", &store)
-                    .env_remove("SOURCE_DATE_EPOCH")
-                    .args(args)
-                    .output()
-                    .map_err(|e| e.to_string())?;
-                if output.status.success() {
-                    Ok(())
-                } else {
-                    Err(format!(
-                        "kiln {args:?}: {}",
-                        String::from_utf8_lossy(&output.stderr)
-                    ))
-                }
-            };
-            let context_arg = context.to_string_lossy().into_owned();
-            kiln(&["build", "-t", "busybox:latest", &context_arg])?;
+fn base_store(template: &Template) -> PathBuf {
+    template
+        .get_or_init(|| {
+            let kiln = Kiln::with_busybox();
             for name in BASE_NAMES {
-                kiln(&["tag", "busybox:latest", name])?;
+                kiln.ok(&["tag", "busybox:latest", name]);
             }
-            Ok(dir)
-        });
-    match made {
-        Ok(dir) => Ok(dir.path().join("store")),
-        Err(message) => Err(message.clone().into()),
-    }
+            kiln
+        })
+        .root
+        .path()
+        .to_path_buf()
 }
 
 struct Servers {
@@ -235,7 +199,7 @@ impl Servers {
 }
 
 fn run_case(name: &str, case: &Case, template: &Template) -> Result<(), Failed> {
-    let store_template = base_store(template)?;
+    let store_template = base_store(template);
     let source = cases_dir().join(name);
     let work = tempfile::Builder::new()
         .prefix("kiln-case-")
@@ -437,7 +401,7 @@ fn shell(args: &[&std::ffi::OsStr], dir: &Path, what: &str) -> Result<(), Failed
 
 /// Runs kiln on `store` from `cwd`, killing it after BUILD_TIMEOUT.
 fn kiln(store: &Path, cwd: &Path, args: &[String]) -> Result<Outcome, Failed> {
-    let mut child = Command::new(kiln_binary())
+    let mut child = Command::new(support::kiln_binary())
         .env("KILN_ROOT", store)
         .env_remove("SOURCE_DATE_EPOCH")
         .args(args)
@@ -446,7 +410,7 @@ fn kiln(store: &Path, cwd: &Path, args: &[String]) -> Result<Outcome, Failed> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("running {}: {e}", kiln_binary().display()))?;
+        .map_err(|e| format!("running {}: {e}", support::kiln_binary().display()))?;
     let mut stdout = child.stdout.take().ok_or("no stdout")?;
     let mut stderr = child.stderr.take().ok_or("no stderr")?;
     let out_reader = std::thread::spawn(move || {

@@ -86,7 +86,7 @@ impl KeyHasher {
 }
 
 /// What a step with a given key produced.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CacheRecord {
     /// None: the step changed no file.
     pub layer: Option<LayerRecord>,

@@ -30,6 +30,25 @@ pub struct BuildGraph {
     pub warnings: Vec<Warning>,
 }
 
+impl BuildGraph {
+    /// The ids of the cache mounts the build's RUN steps use.
+    pub fn cache_mount_ids(&self) -> BTreeSet<&str> {
+        self.stages
+            .iter()
+            .flat_map(|stage| &stage.steps)
+            .filter_map(|step| match &step.action {
+                Action::Run(run) => Some(&run.mounts),
+                _ => None,
+            })
+            .flatten()
+            .filter_map(|mount| match mount {
+                Mount::Cache { id, .. } => Some(id.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stage {
     /// Index of this stage in [`BuildGraph::stages`].
@@ -71,6 +90,10 @@ pub struct Step {
     /// The image history entry (`created_by`), when the step records one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub history: Option<String>,
+    /// BuildKit numbers it in the progress (`[stage 2/5]`): ADD, COPY, RUN
+    /// and WORKDIR, a `WORKDIR /` too though it shows no step.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub numbered: bool,
     pub action: Action,
 }
 

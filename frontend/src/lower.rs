@@ -24,7 +24,7 @@ use crate::mount::{literal_from, parse_mount, MountSpec, MountType};
 use crate::parser::{self, parse_heredoc_word};
 use crate::paths;
 use crate::platform::Platform;
-use crate::shell::{EnvList, Lexer};
+use crate::shell::{EnvList, Environment, Lexer};
 
 /// The PATH an image gets when its configuration sets none.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -179,6 +179,22 @@ pub fn lower(
         source_date_epoch,
         warnings,
     })
+}
+
+/// An environment that notes the variables looked up in it that it lacks.
+struct UnsetVariables<'e> {
+    env: &'e EnvList,
+    names: std::cell::RefCell<Vec<String>>,
+}
+
+impl Environment for UnsetVariables<'_> {
+    fn lookup(&self, name: &str) -> Option<&str> {
+        let value = self.env.get(name);
+        if value.is_none() {
+            self.names.borrow_mut().push(name.to_string());
+        }
+        value
+    }
 }
 
 fn is_proxy_arg(name: &str) -> bool {
@@ -432,16 +448,17 @@ impl Lowering<'_> {
     /// A global build argument that an unset variable of `text` is probably
     /// a typo of (`$BULIDPLATFORM`).
     fn misspelt_variable(&self, text: &str) -> Option<String> {
+        let unset = UnsetVariables {
+            env: &self.global_args,
+            names: std::cell::RefCell::new(Vec::new()),
+        };
+        // Only the names it looks up are wanted, not what it expands to.
+        let _ = self.lexer.process_word(text, &unset);
         let known: Vec<&str> = self.global_args.iter().map(|(key, _)| key).collect();
-        text.split('$')
-            .skip(1)
-            .map(|rest| {
-                rest.trim_start_matches('{')
-                    .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                    .next()
-                    .unwrap_or_default()
-            })
-            .filter(|name| !name.is_empty() && !self.global_args.contains(name))
+        unset
+            .names
+            .into_inner()
+            .iter()
             .find_map(|name| crate::suggest::closest(name, &known))
             .map(str::to_string)
     }
@@ -757,6 +774,10 @@ impl Lowering<'_> {
             instruction: display_text(&lexer, &command.text, &stage.state.env),
             from_onbuild: false,
             history: None,
+            numbered: matches!(
+                command.keyword,
+                Keyword::Add | Keyword::Copy | Keyword::Run | Keyword::Workdir
+            ),
             action: Action::Metadata,
         };
         let history = match &command.kind {

@@ -893,3 +893,22 @@ fn graph_serialises_to_json() {
     let back: BuildGraph = serde_json::from_value(json).expect("deserialises");
     assert_eq!(back, g);
 }
+
+#[test]
+fn the_cache_mounts_a_build_uses_are_listed_once_by_id() {
+    let g = graph(
+        "FROM scratch\nRUN --mount=type=cache,target=/a true\n\
+         RUN --mount=type=cache,id=x,target=/b --mount=type=cache,target=/a true\n",
+    );
+    assert_eq!(
+        g.cache_mount_ids().into_iter().collect::<Vec<_>>(),
+        ["/a", "x"]
+    );
+}
+
+#[test]
+fn progress_numbers_add_copy_run_and_every_workdir_as_buildkit_does() {
+    let g = graph("FROM scratch\nWORKDIR /\nENV A=1\nRUN x\nCOPY a b\nWORKDIR /w\nLABEL l=1\n");
+    let numbered: Vec<bool> = target(&g).steps.iter().map(|s| s.numbered).collect();
+    assert_eq!(numbered, [true, false, true, true, true, false]);
+}

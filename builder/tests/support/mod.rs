@@ -43,6 +43,14 @@ pub fn run_tool(program: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// The `kiln` binary the tests run: this build's, or `KILN_BIN`'s to test
+/// another one.
+pub fn kiln_binary() -> PathBuf {
+    std::env::var_os("KILN_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_kiln")))
+}
+
 /// A store of its own and the `kiln` binary working on it.
 pub struct Kiln {
     pub root: tempfile::TempDir,
@@ -62,7 +70,7 @@ impl Kiln {
     }
 
     pub fn command(&self) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_kiln"));
+        let mut command = Command::new(kiln_binary());
         command
             .env("KILN_ROOT", self.root.path())
             .env_remove("SOURCE_DATE_EPOCH");
