@@ -3,7 +3,7 @@
 # it on exit), and timing helpers.
 
 cd "$(dirname "$0")/.."
-cargo build --release -q -p kiln-builder
+cargo build --release -q -p kiln
 kiln=$PWD/target/release/kiln
 work=$(mktemp -d)
 

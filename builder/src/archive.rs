@@ -13,7 +13,7 @@ use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use anyhow::{bail, Context};
+use crate::error::{bail, Context};
 use kiln_cache::store::canonical_json;
 use kiln_cache::{Digest, Store};
 use kiln_frontend::Platform;
@@ -42,7 +42,7 @@ pub fn write_archive(
     format: Format,
     path: &Path,
     mtime: i64,
-) -> anyhow::Result<()> {
+) -> crate::Result<()> {
     write_output(path, |out| write_layout(store, images, format, mtime, out))
 }
 
@@ -51,8 +51,8 @@ pub fn write_archive(
 /// leaves no half archive, and an existing file stays until it is replaced.
 pub fn write_output(
     path: &Path,
-    write: impl FnOnce(&mut dyn Write) -> anyhow::Result<()>,
-) -> anyhow::Result<()> {
+    write: impl FnOnce(&mut dyn Write) -> crate::Result<()>,
+) -> crate::Result<()> {
     if path.as_os_str() == "-" {
         let mut out = BufWriter::new(io::stdout().lock());
         write(&mut out)?;
@@ -95,7 +95,7 @@ fn write_layout(
     format: Format,
     mtime: i64,
     out: &mut dyn Write,
-) -> anyhow::Result<()> {
+) -> crate::Result<()> {
     let mut tar = tar::Builder::new(out);
     let mut blobs: BTreeMap<Digest, u64> = BTreeMap::new();
     let mut index_entries = Vec::new();
@@ -173,7 +173,7 @@ fn write_layout(
     Ok(())
 }
 
-fn file_header(path: &str, size: u64, mtime: i64) -> anyhow::Result<tar::Header> {
+fn file_header(path: &str, size: u64, mtime: i64) -> crate::Result<tar::Header> {
     let mut header = tar::Header::new_ustar();
     header.set_path(path)?;
     header.set_size(size);
@@ -191,13 +191,13 @@ fn append_bytes<W: Write>(
     path: &str,
     bytes: &[u8],
     mtime: i64,
-) -> anyhow::Result<()> {
+) -> crate::Result<()> {
     let header = file_header(path, bytes.len() as u64, mtime)?;
     tar.append(&header, bytes)
         .with_context(|| format!("writing {path}"))
 }
 
-fn append_dir<W: Write>(tar: &mut tar::Builder<W>, path: &str, mtime: i64) -> anyhow::Result<()> {
+fn append_dir<W: Write>(tar: &mut tar::Builder<W>, path: &str, mtime: i64) -> crate::Result<()> {
     let mut header = tar::Header::new_ustar();
     header.set_path(path)?;
     header.set_size(0);
@@ -240,7 +240,7 @@ pub struct Loaded {
 
 /// Imports the images of an OCI or Docker archive (optionally compressed)
 /// into the store, verifying every blob whose name is its digest.
-pub fn load(store: &Store, path: &Path) -> anyhow::Result<Vec<Loaded>> {
+pub fn load(store: &Store, path: &Path) -> crate::Result<Vec<Loaded>> {
     let reader: Box<dyn Read> = if path.as_os_str() == "-" {
         Box::new(io::stdin().lock())
     } else {
@@ -315,7 +315,7 @@ pub fn load(store: &Store, path: &Path) -> anyhow::Result<Vec<Loaded>> {
     }
 }
 
-fn load_oci(store: &Store, index_bytes: &[u8]) -> anyhow::Result<Vec<Loaded>> {
+fn load_oci(store: &Store, index_bytes: &[u8]) -> crate::Result<Vec<Loaded>> {
     let index = ImageIndex::from_reader(index_bytes).context("index.json is invalid")?;
     let mut loaded = Vec::new();
     let platform = Platform::host();
@@ -367,7 +367,7 @@ fn select_manifest(
     descriptor: &oci_spec::image::Descriptor,
     platform: &Platform,
     depth: usize,
-) -> anyhow::Result<oci_spec::image::Descriptor> {
+) -> crate::Result<oci_spec::image::Descriptor> {
     let digest: Digest = descriptor.digest().to_string().parse()?;
     let media_type = descriptor.media_type().to_string();
     match media_type.as_str() {
@@ -424,7 +424,7 @@ fn load_docker(
     store: &Store,
     manifest_bytes: &[u8],
     files: &BTreeMap<String, (Digest, u64)>,
-) -> anyhow::Result<Vec<Loaded>> {
+) -> crate::Result<Vec<Loaded>> {
     #[derive(serde::Deserialize)]
     #[serde(rename_all = "PascalCase")]
     struct Entry {

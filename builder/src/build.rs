@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Mutex, OnceLock};
 use std::time::Instant;
 
-use anyhow::{bail, Context};
+use crate::error::{bail, Context};
 use kiln_cache::digest::HashingReader;
 use kiln_cache::extract::{extract, ExtractOptions};
 use kiln_cache::pack::PackOptions;
@@ -107,8 +107,11 @@ pub struct Executor<'a> {
     pub store: &'a Store,
     /// For `ADD https://...`.
     pub remote: &'a Remote,
-    /// For RUN.
-    pub sandbox: &'a crate::run::Sandbox,
+    /// Where RUN steps run.
+    pub sandbox: &'a dyn crate::run::StepRunner,
+    /// Stops running steps (Ctrl-C, a failed stage).
+    pub interrupt: &'a crate::run::Interrupt,
+    pub secrets: &'a crate::run::Secrets,
     pub context: &'a Path,
     pub ignore: &'a DockerIgnore,
     pub dockerfile: &'a str,
@@ -171,7 +174,7 @@ pub type Outputs = [OnceLock<StageOutput>];
 
 /// The output of a stage that another one needs (the scheduler starts a
 /// stage only once those it depends on are built).
-pub fn output(outputs: &Outputs, stage: usize) -> anyhow::Result<&StageOutput> {
+pub fn output(outputs: &Outputs, stage: usize) -> crate::Result<&StageOutput> {
     outputs
         .get(stage)
         .and_then(OnceLock::get)
@@ -183,12 +186,12 @@ impl Executor<'_> {
     /// built, up to `jobs` at once, and returns their outputs (the target's
     /// at `graph.target`). When one fails, the others are stopped and the
     /// first failure returned.
-    pub fn build(&self, graph: &BuildGraph) -> anyhow::Result<Vec<StageOutput>> {
+    pub fn build(&self, graph: &BuildGraph) -> crate::Result<Vec<StageOutput>> {
         let count = graph.stages.len();
         let outputs: Vec<OnceLock<StageOutput>> = (0..count).map(|_| OnceLock::new()).collect();
         let mut first_error = None;
         std::thread::scope(|scope| {
-            let (finished, results) = mpsc::channel::<(usize, anyhow::Result<StageOutput>)>();
+            let (finished, results) = mpsc::channel::<(usize, crate::Result<StageOutput>)>();
             let mut started = vec![false; count];
             let mut built = vec![false; count];
             let mut running = 0;
@@ -215,10 +218,10 @@ impl Executor<'_> {
                                     self.stage(index, stage, outputs, graph)
                                 }))
                                 .unwrap_or_else(|_| {
-                                    Err(anyhow::anyhow!(
+                                    Err(crate::Error::msg(format!(
                                         "building stage {} failed unexpectedly (a bug in kiln)",
                                         stage.name
-                                    ))
+                                    )))
                                 });
                             let _ = finished.send((index, result));
                         });
@@ -240,7 +243,7 @@ impl Executor<'_> {
                         if first_error.is_none() {
                             // Stop the others: their running steps are
                             // killed and cleaned up as on Ctrl-C.
-                            self.sandbox.interrupt.stop_steps();
+                            self.interrupt.stop_steps();
                             first_error = Some(error);
                         }
                     }
@@ -267,7 +270,7 @@ impl Executor<'_> {
         stage: &Stage,
         outputs: &Outputs,
         graph: &BuildGraph,
-    ) -> anyhow::Result<StageOutput> {
+    ) -> crate::Result<StageOutput> {
         let (mut layers, mut history) = match &stage.base {
             Base::Scratch => (Vec::new(), Vec::new()),
             Base::Image { reference } => {
@@ -311,12 +314,11 @@ impl Executor<'_> {
                 continue;
             }
             if self
-                .sandbox
                 .interrupt
                 .flag()
                 .load(std::sync::atomic::Ordering::SeqCst)
             {
-                return Err(kiln_runtime::Error::Interrupted.into());
+                return Err(crate::Error::Interrupted);
             }
             number += 1;
             let started = Instant::now();
@@ -340,7 +342,14 @@ impl Executor<'_> {
                     &place,
                     &progress,
                 )
-                .with_context(|| format!("{location}: {}", step.instruction));
+                .map_err(|cause| match cause {
+                    crate::Error::Interrupted | crate::Error::Stopped => cause,
+                    cause => crate::Error::Step {
+                        location: location.clone(),
+                        instruction: step.instruction.clone(),
+                        cause: Box::new(cause),
+                    },
+                });
             let StepOutcome {
                 key: step_key,
                 chain,
@@ -351,18 +360,9 @@ impl Executor<'_> {
             } = match outcome {
                 Ok(outcome) => outcome,
                 Err(error) => {
-                    let interrupted = error.chain().any(|cause| {
-                        matches!(
-                            cause.downcast_ref::<kiln_runtime::Error>(),
-                            Some(kiln_runtime::Error::Interrupted)
-                        )
-                    });
-                    let failed = error
-                        .chain()
-                        .find_map(|cause| cause.downcast_ref::<crate::run::StepFailed>());
-                    if interrupted {
+                    if error.is_interrupted() {
                         progress.error("interrupted", &[]);
-                    } else if let Some(failed) = failed {
+                    } else if let Some(failed) = error.process_failed() {
                         progress.error(
                             &format!(
                                 "process {:?} did not complete successfully: {}",
@@ -431,7 +431,7 @@ impl Executor<'_> {
         use_cache: bool,
         place: &StepPlace<'_>,
         progress: &crate::progress::Step<'_>,
-    ) -> anyhow::Result<StepOutcome> {
+    ) -> crate::Result<StepOutcome> {
         let (step_key, parts) = self.step_key(parent, action, outputs, graph, StageFiles::ByKey)?;
         let before = self.remember_parts(place, &parts);
         let hit = |record: &CacheRecord, layer: Option<Layer>, chain: Digest| StepOutcome {
@@ -555,7 +555,7 @@ impl Executor<'_> {
         outputs: &Outputs,
         graph: &BuildGraph,
         progress: &crate::progress::Step<'_>,
-    ) -> anyhow::Result<Option<Layer>> {
+    ) -> crate::Result<Option<Layer>> {
         match action {
             Action::Run(run) => self.run_step(run, layers, outputs, graph, progress),
             Action::Copy(copy_step) => {
@@ -576,7 +576,7 @@ impl Executor<'_> {
     /// the step changed nothing, else its layer when it is still in the
     /// store (compressed as this build asks, recompressed from its snapshot
     /// if need be); `None` for a miss.
-    fn cached_layer(&self, key: &Digest) -> anyhow::Result<Option<(CacheRecord, Option<Layer>)>> {
+    fn cached_layer(&self, key: &Digest) -> crate::Result<Option<(CacheRecord, Option<Layer>)>> {
         let Some(record) = self.store.cache_record(key) else {
             return Ok(self.imported_layer(key));
         };
@@ -616,7 +616,7 @@ impl Executor<'_> {
     /// imported ones fetched, this build's own written from their snapshot
     /// compressed as it asks when they have no such blob yet (and their
     /// cache records updated, so that later builds reuse the blob).
-    pub fn materialize(&self, layers: &[Layer]) -> anyhow::Result<Vec<Layer>> {
+    pub fn materialize(&self, layers: &[Layer]) -> crate::Result<Vec<Layer>> {
         let options = PackOptions {
             compression: self.settings.compression,
             source_date_epoch: self.settings.source_date_epoch,
@@ -681,7 +681,7 @@ impl Executor<'_> {
         from: &Source,
         outputs: &Outputs,
         graph: &BuildGraph,
-    ) -> anyhow::Result<SourceTree<'_>> {
+    ) -> crate::Result<SourceTree<'_>> {
         Ok(match from {
             Source::Context => SourceTree {
                 view: LayerView::new(vec![self.context.to_path_buf()]),
@@ -709,8 +709,8 @@ impl Executor<'_> {
     /// and WORKDIR (but `/`) has a layer in BuildKit's images.
     pub(crate) fn in_diff(
         &self,
-        fill: impl FnOnce(&Path) -> anyhow::Result<()>,
-    ) -> anyhow::Result<Option<Layer>> {
+        fill: impl FnOnce(&Path) -> crate::Result<()>,
+    ) -> crate::Result<Option<Layer>> {
         let work = self.store.temp_dir()?;
         let diff = work.path().join("diff");
         std::fs::create_dir(&diff).with_context(|| format!("creating {}", diff.display()))?;
@@ -723,14 +723,14 @@ impl Executor<'_> {
     }
 
     /// Downloads a URL for ADD (once per build) and returns its digest.
-    pub(crate) fn prefetch(&self, url: &str) -> anyhow::Result<Digest> {
+    pub(crate) fn prefetch(&self, url: &str) -> crate::Result<Digest> {
         Ok(self.downloaded(url)?.digest)
     }
 
     /// The download of `url` its key was made from (one per build: the
     /// lock is held while downloading, so that two stages adding the same
     /// URL cannot see two versions of it).
-    fn downloaded(&self, url: &str) -> anyhow::Result<copy::Downloaded> {
+    fn downloaded(&self, url: &str) -> crate::Result<copy::Downloaded> {
         let mut downloads = self.lock(&self.downloads);
         if let Some(downloaded) = downloads.get(url) {
             return Ok(downloaded.clone());
@@ -743,7 +743,7 @@ impl Executor<'_> {
     }
 
     /// Downloads a URL for ADD into the store's scratch space.
-    fn download(&self, url: &str) -> anyhow::Result<copy::Downloaded> {
+    fn download(&self, url: &str) -> crate::Result<copy::Downloaded> {
         let keep = self.store.temp_dir()?;
         let path = keep.path().join("download");
         let mut file =
@@ -761,14 +761,14 @@ impl Executor<'_> {
         })
     }
 
-    pub fn view(&self, layers: &[Layer]) -> anyhow::Result<LayerView> {
+    pub fn view(&self, layers: &[Layer]) -> crate::Result<LayerView> {
         self.fetch_layers(layers)?;
         layer_view(self.store, layers)
     }
 
     /// Brings the blobs of imported cache hits among `layers` into the
     /// store, where they are not unpacked already.
-    pub fn fetch_layers(&self, layers: &[Layer]) -> anyhow::Result<()> {
+    pub fn fetch_layers(&self, layers: &[Layer]) -> crate::Result<()> {
         for layer in layers {
             if !self.store.has_blob(&layer.blob) && !self.store.has_snapshot(&layer.diff_id) {
                 self.imported.fetch(self.store, self.remote, layer)?;
@@ -832,7 +832,7 @@ pub fn layer_from_diff(
     diff: &Path,
     options: &PackOptions,
     keep_empty: bool,
-) -> anyhow::Result<Option<Layer>> {
+) -> crate::Result<Option<Layer>> {
     if !keep_empty
         && std::fs::read_dir(diff)
             .with_context(|| format!("reading {}", diff.display()))?
@@ -853,7 +853,7 @@ pub fn layer_from_diff(
 
 /// Writes the blob of a layer that has none yet, from its snapshot,
 /// compressed as `options` say.
-pub fn write_blob(store: &Store, layer: &Layer, options: &PackOptions) -> anyhow::Result<Layer> {
+pub fn write_blob(store: &Store, layer: &Layer, options: &PackOptions) -> crate::Result<Layer> {
     if !store.has_snapshot(&layer.diff_id) {
         bail!(
             "the layer {} has neither a blob nor a snapshot",
@@ -880,14 +880,14 @@ pub fn write_blob(store: &Store, layer: &Layer, options: &PackOptions) -> anyhow
 /// Layers are independent of each other: those not unpacked yet are
 /// unpacked at once, a thread each (decompression is single-threaded), as
 /// many at a time as there are cores.
-pub fn layer_view(store: &Store, layers: &[Layer]) -> anyhow::Result<LayerView> {
+pub fn layer_view(store: &Store, layers: &[Layer]) -> crate::Result<LayerView> {
     let at_once = std::thread::available_parallelism().map_or(1, |n| n.get());
     let missing: Vec<&Layer> = layers
         .iter()
         .filter(|layer| !store.has_snapshot(&layer.diff_id))
         .collect();
     for batch in missing.chunks(at_once) {
-        std::thread::scope(|scope| {
+        std::thread::scope(|scope| -> crate::Result<()> {
             let threads: Vec<_> = batch
                 .iter()
                 .map(|layer| scope.spawn(move || snapshot(store, layer)))
@@ -895,19 +895,19 @@ pub fn layer_view(store: &Store, layers: &[Layer]) -> anyhow::Result<LayerView> 
             for thread in threads {
                 thread
                     .join()
-                    .map_err(|_| anyhow::anyhow!("unpacking a layer failed unexpectedly"))??;
+                    .map_err(|_| crate::Error::msg("unpacking a layer failed unexpectedly"))??;
             }
-            anyhow::Ok(())
+            Ok(())
         })?;
     }
     let paths = layers
         .iter()
         .map(|layer| snapshot(store, layer))
-        .collect::<anyhow::Result<Vec<PathBuf>>>()?;
+        .collect::<crate::Result<Vec<PathBuf>>>()?;
     Ok(LayerView::new(paths))
 }
 
-fn snapshot(store: &Store, layer: &Layer) -> anyhow::Result<PathBuf> {
+fn snapshot(store: &Store, layer: &Layer) -> crate::Result<PathBuf> {
     if store.has_snapshot(&layer.diff_id) {
         return Ok(store.snapshot_path(&layer.diff_id));
     }

@@ -17,13 +17,14 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use anyhow::{bail, Context};
+use crate::error::{bail, Context};
 use kiln_cache::digest::HashingReader;
 use kiln_cache::{CacheRecord, Digest, LayerRecord, Store};
 use kiln_registry::Reference;
 use serde::{Deserialize, Serialize};
 
 use crate::image::Layer;
+use crate::progress::Progress;
 use crate::remote::Remote;
 
 pub const CACHE_CONFIG_MEDIA_TYPE: &str = "application/vnd.kiln.cache.config.v1+json";
@@ -54,7 +55,7 @@ pub enum CacheFrom {
     Local { dir: PathBuf },
 }
 
-fn fields(spec: &str, flag: &str) -> anyhow::Result<HashMap<String, String>> {
+fn fields(spec: &str, flag: &str) -> crate::Result<HashMap<String, String>> {
     spec.split(',')
         .map(|field| {
             field
@@ -65,7 +66,7 @@ fn fields(spec: &str, flag: &str) -> anyhow::Result<HashMap<String, String>> {
         .collect()
 }
 
-fn check_mode(fields: &HashMap<String, String>, spec: &str) -> anyhow::Result<()> {
+fn check_mode(fields: &HashMap<String, String>, spec: &str) -> crate::Result<()> {
     match fields.get("mode").map(String::as_str) {
         None | Some("min" | "max") => Ok(()),
         Some(other) => bail!("invalid --cache-to {spec:?}: mode is min or max, not {other:?}"),
@@ -74,7 +75,7 @@ fn check_mode(fields: &HashMap<String, String>, spec: &str) -> anyhow::Result<()
 
 /// `--cache-to type=registry,ref=R[,mode=min|max]`, `type=local,dest=DIR[,mode=…]`,
 /// `type=inline`.
-pub fn parse_cache_to(spec: &str) -> anyhow::Result<CacheTo> {
+pub fn parse_cache_to(spec: &str) -> crate::Result<CacheTo> {
     let fields = fields(spec, "--cache-to")?;
     let kind = fields.get("type").map(String::as_str);
     if matches!(kind, Some("registry" | "local")) {
@@ -100,7 +101,7 @@ pub fn parse_cache_to(spec: &str) -> anyhow::Result<CacheTo> {
 
 /// `--cache-from type=registry,ref=R` (a cache or an image with an inline
 /// cache), `type=local,src=DIR`; a bare reference means `type=registry`.
-pub fn parse_cache_from(spec: &str) -> anyhow::Result<CacheFrom> {
+pub fn parse_cache_from(spec: &str) -> crate::Result<CacheFrom> {
     if !spec.contains('=') {
         return Ok(CacheFrom::Registry {
             reference: Reference::parse(spec)?,
@@ -171,7 +172,7 @@ impl Imported {
     /// anything relies on it. Once checked, the store keeps the records that
     /// name it, so that later builds without `--cache-from` reuse them; a
     /// blob that fails the check is removed.
-    pub fn fetch(&self, store: &Store, remote: &Remote, layer: &Layer) -> anyhow::Result<bool> {
+    pub fn fetch(&self, store: &Store, remote: &Remote, layer: &Layer) -> crate::Result<bool> {
         let Some((origin, size)) = self.origins.get(&layer.blob) else {
             return Ok(false);
         };
@@ -231,13 +232,18 @@ impl Imported {
 
     /// Reads each source; one that does not exist yet (a first build) is a
     /// warning, not an error.
-    pub fn read(sources: &[CacheFrom], store: &Store, remote: &Remote) -> anyhow::Result<Imported> {
+    pub fn read(
+        sources: &[CacheFrom],
+        store: &Store,
+        remote: &Remote,
+        progress: &Progress,
+    ) -> crate::Result<Imported> {
         let mut imported = Imported::default();
         for source in sources {
             match source {
                 CacheFrom::Local { dir } => {
                     if !dir.join("index.json").exists() {
-                        eprintln!("warning: no cache at {} yet", dir.display());
+                        progress.warn(&format!("no cache at {} yet", dir.display()));
                         continue;
                     }
                     imported
@@ -245,14 +251,14 @@ impl Imported {
                         .with_context(|| format!("reading the cache at {}", dir.display()))?;
                 }
                 CacheFrom::Registry { reference } => imported
-                    .read_registry(reference, store, remote)
+                    .read_registry(reference, store, remote, progress)
                     .with_context(|| format!("reading the cache {}", reference.familiar()))?,
             }
         }
         Ok(imported)
     }
 
-    fn read_local(&mut self, dir: &Path) -> anyhow::Result<()> {
+    fn read_local(&mut self, dir: &Path) -> crate::Result<()> {
         let blob_path = |digest: &Digest| dir.join("blobs/sha256").join(digest.hex());
         let index: serde_json::Value = serde_json::from_slice(&fs::read(dir.join("index.json"))?)
             .context("index.json is not JSON")?;
@@ -287,9 +293,10 @@ impl Imported {
         reference: &Reference,
         store: &Store,
         remote: &Remote,
-    ) -> anyhow::Result<()> {
+        progress: &Progress,
+    ) -> crate::Result<()> {
         let Some(manifest) = remote.manifest(reference)? else {
-            eprintln!("warning: no cache at {} yet", reference.familiar());
+            progress.warn(&format!("no cache at {} yet", reference.familiar()));
             return Ok(());
         };
         let (config, layers) = parse_manifest(&manifest.bytes)?;
@@ -320,7 +327,7 @@ impl Imported {
             }
             serde_json::from_value::<CacheConfig>(inline.clone())?.records
         } else {
-            eprintln!("warning: {} holds no kiln cache", reference.familiar());
+            progress.warn(&format!("{} holds no kiln cache", reference.familiar()));
             return Ok(());
         };
         let layers: Vec<(LayerRecord, Origin)> = layers
@@ -332,7 +339,7 @@ impl Imported {
     }
 }
 
-fn read_checked(path: &Path, digest: &Digest) -> anyhow::Result<Vec<u8>> {
+fn read_checked(path: &Path, digest: &Digest) -> crate::Result<Vec<u8>> {
     let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     if Digest::of(&bytes) != *digest {
         bail!("{} does not match its digest", path.display());
@@ -342,7 +349,7 @@ fn read_checked(path: &Path, digest: &Digest) -> anyhow::Result<Vec<u8>> {
 
 /// The config digest and the layers (with their diff IDs unknown: a cache
 /// manifest's layer annotations carry them) of a manifest.
-fn parse_manifest(bytes: &[u8]) -> anyhow::Result<(Digest, Vec<LayerRecord>)> {
+fn parse_manifest(bytes: &[u8]) -> crate::Result<(Digest, Vec<LayerRecord>)> {
     let value: serde_json::Value =
         serde_json::from_slice(bytes).context("the manifest is not JSON")?;
     let config: Digest = value["config"]["digest"]
@@ -353,7 +360,7 @@ fn parse_manifest(bytes: &[u8]) -> anyhow::Result<(Digest, Vec<LayerRecord>)> {
         .as_array()
         .context("the manifest has no layers")?
         .iter()
-        .map(|layer| -> anyhow::Result<LayerRecord> {
+        .map(|layer| -> crate::Result<LayerRecord> {
             let blob: Digest = layer["digest"]
                 .as_str()
                 .context("a layer without digest")?
@@ -372,7 +379,7 @@ fn parse_manifest(bytes: &[u8]) -> anyhow::Result<(Digest, Vec<LayerRecord>)> {
                 media_type: layer["mediaType"].as_str().unwrap_or_default().to_string(),
             })
         })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+        .collect::<crate::Result<Vec<_>>>()?;
     Ok((config, layers))
 }
 
@@ -425,7 +432,7 @@ pub fn write_cache_manifest(
     store: &Store,
     records: Vec<ExportedRecord>,
     layers: &[Layer],
-) -> anyhow::Result<(Digest, u64)> {
+) -> crate::Result<(Digest, u64)> {
     let config = serde_json::to_vec(&CacheConfig { records })?;
     let (config_digest, config_size) = store.write_blob(&config)?;
     let manifest = serde_json::json!({
@@ -452,7 +459,7 @@ pub fn write_cache_manifest(
 fn write_synced(
     target: &Path,
     fill: impl FnOnce(&Path) -> std::io::Result<()>,
-) -> anyhow::Result<()> {
+) -> crate::Result<()> {
     let dir = target.parent().unwrap_or(Path::new("."));
     let partial = tempfile::NamedTempFile::new_in(dir)
         .with_context(|| format!("writing into {}", dir.display()))?;
@@ -472,7 +479,7 @@ pub fn write_local(
     dir: &Path,
     manifest: &Digest,
     manifest_size: u64,
-) -> anyhow::Result<()> {
+) -> crate::Result<()> {
     let blobs = dir.join("blobs/sha256");
     fs::create_dir_all(&blobs).with_context(|| format!("creating {}", blobs.display()))?;
     let manifest_bytes = store.read_blob(manifest)?;

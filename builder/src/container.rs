@@ -2,20 +2,47 @@
 //! sandbox as RUN steps, attached to kiln's terminal; `--commit` keeps its
 //! changes as a new image.
 
-use anyhow::{bail, Context};
+use crate::error::{bail, Context};
 use kiln_cache::pack::PackOptions;
 use kiln_cache::{Compression, Store};
 use kiln_registry::Reference;
 use kiln_runtime::{Layers, Network, Step, StepIo, StepMount, User};
 
 use crate::build::{layer_from_diff, layer_view, write_blob};
-use crate::cli::RunArgs;
 use crate::image::{rfc3339, write_image, Format, History, StoredImage};
-use crate::run::Sandbox;
+use crate::run::{Interrupt, Sandbox};
 use crate::users::resolve_exec_user;
 
+/// What `kiln run` runs, and how.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// The image (`name[:tag]`, `name@sha256:...` or an image ID).
+    pub image: String,
+    /// The command and its arguments (default: the image's CMD).
+    pub command: Vec<String>,
+    /// `NAME=VALUE`, or `NAME` to pass kiln's own value.
+    pub env: Vec<String>,
+    /// `SOURCE:TARGET[:ro]`.
+    pub volumes: Vec<String>,
+    /// `host` or `none`.
+    pub network: String,
+    /// Instead of the image's USER.
+    pub user: Option<String>,
+    /// Instead of the image's WORKDIR.
+    pub workdir: Option<String>,
+    /// Instead of the image's ENTRYPOINT (and with it its CMD).
+    pub entrypoint: Option<String>,
+    /// Keep the container's changes as an image of this name.
+    pub commit: Option<String>,
+}
+
 /// Runs the container and returns its exit code.
-pub fn run(store: &Store, sandbox: &Sandbox, args: &RunArgs) -> anyhow::Result<u8> {
+pub fn run(
+    store: &Store,
+    sandbox: &Sandbox,
+    interrupt: &Interrupt,
+    args: &RunOptions,
+) -> crate::Result<u8> {
     if !rustix::process::geteuid().is_root() {
         bail!("kiln run must run as root: the sandbox needs namespaces and mounts only root may make (run it with sudo)");
     }
@@ -105,7 +132,7 @@ pub fn run(store: &Store, sandbox: &Sandbox, args: &RunArgs) -> anyhow::Result<u
     }
     let runtime = sandbox.runtime()?;
     let outcome = {
-        let _running = sandbox.interrupt.step_running();
+        let _running = interrupt.step_running();
         runtime.run(
             &step,
             &Layers {
@@ -114,13 +141,13 @@ pub fn run(store: &Store, sandbox: &Sandbox, args: &RunArgs) -> anyhow::Result<u
                 scratch: &scratch,
             },
             StepIo::Inherit,
-            sandbox.interrupt.flag(),
+            interrupt.flag(),
         )?
     };
 
     if let Some(name) = commit_name {
         let options = PackOptions {
-            compression: Compression::parse("gzip").map_err(anyhow::Error::msg)?,
+            compression: Compression::parse("gzip").map_err(crate::Error::Invalid)?,
             source_date_epoch: None,
         };
         let layer = layer_from_diff(store, &upper, &options, false)?
@@ -151,7 +178,7 @@ pub fn run(store: &Store, sandbox: &Sandbox, args: &RunArgs) -> anyhow::Result<u
 }
 
 /// `-v SOURCE:TARGET[:ro|rw]`: a host directory or file.
-fn parse_volume(spec: &str) -> anyhow::Result<StepMount> {
+fn parse_volume(spec: &str) -> crate::Result<StepMount> {
     let parts: Vec<&str> = spec.split(':').collect();
     let (source, target, readonly) = match parts.as_slice() {
         [source, target] => (*source, *target, false),

@@ -8,7 +8,7 @@ use std::fs::{self, File};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
-use anyhow::{bail, Context};
+use crate::error::{bail, Context};
 use kiln_cache::extract::{extract_with, ExtractMode, ExtractOptions, Placement, PlacementError};
 use kiln_cache::pack::{belongs_in_layer, read_xattrs};
 use kiln_cache::tree::{split_parent, Attributes, TreeWriter};
@@ -80,7 +80,7 @@ pub struct Downloaded {
 }
 
 /// Downloads a URL for `ADD`.
-pub type Fetch<'a> = dyn Fn(&str) -> anyhow::Result<Downloaded> + 'a;
+pub type Fetch<'a> = dyn Fn(&str) -> crate::Result<Downloaded> + 'a;
 
 pub fn copy(
     step: &CopyStep,
@@ -89,7 +89,7 @@ pub fn copy(
     diff: &Path,
     now: i64,
     fetch: &Fetch<'_>,
-) -> anyhow::Result<()> {
+) -> crate::Result<()> {
     let chown = step
         .chown
         .as_ref()
@@ -271,7 +271,7 @@ fn url_file_name(url: &str) -> String {
 
 /// Copies the whole file system `view` into the directory `dest`
 /// (`--output type=local`), keeping owners, modes and times.
-pub fn export_tree(view: LayerView, dest: &Path, now: i64) -> anyhow::Result<()> {
+pub fn export_tree(view: LayerView, dest: &Path, now: i64) -> crate::Result<()> {
     let source = SourceTree {
         view,
         ignore: None,
@@ -288,7 +288,7 @@ pub fn copy_subtree(
     path: &str,
     dest: &Path,
     now: i64,
-) -> anyhow::Result<()> {
+) -> crate::Result<()> {
     fs::create_dir_all(dest).with_context(|| format!("creating {}", dest.display()))?;
     if source.view.layers().is_empty() {
         // An image without layers has an empty file system.
@@ -307,7 +307,7 @@ pub fn copy_subtree(
         checksum: None,
         keep_git_dir: false,
     };
-    let no_downloads = |url: &str| -> anyhow::Result<Downloaded> {
+    let no_downloads = |url: &str| -> crate::Result<Downloaded> {
         bail!("copying files downloads nothing ({url})")
     };
     copy(
@@ -322,7 +322,7 @@ pub fn copy_subtree(
 
 /// Runs WORKDIR's directory creation, into the empty directory `diff`:
 /// nothing when the directory exists already.
-pub fn mkdir(step: &MkdirStep, rootfs: &LayerView, diff: &Path, now: i64) -> anyhow::Result<()> {
+pub fn mkdir(step: &MkdirStep, rootfs: &LayerView, diff: &Path, now: i64) -> crate::Result<()> {
     match rootfs.resolve(&step.path, true)? {
         Some(existing) if existing.metadata.is_dir() => return Ok(()),
         Some(existing) => bail!(
@@ -374,7 +374,7 @@ fn choose(
     root: &str,
     exclude: Option<&DockerIgnore>,
     child: &ViewEntry,
-) -> anyhow::Result<Choice> {
+) -> crate::Result<Choice> {
     let is_dir = child.metadata.is_dir();
     let ignored = source.ignored(&child.path);
     let skip_ignored = !is_dir
@@ -408,7 +408,7 @@ pub fn sources_digest(
     source: &SourceTree<'_>,
     stat_cache: &StatCache,
     files: &mut Vec<(String, String)>,
-) -> anyhow::Result<Digest> {
+) -> crate::Result<Digest> {
     let exclude = if step.exclude.is_empty() {
         None
     } else {
@@ -443,7 +443,7 @@ pub fn tree_digest(
     path: &str,
     stat_cache: &StatCache,
     files: &mut Vec<(String, String)>,
-) -> anyhow::Result<Digest> {
+) -> crate::Result<Digest> {
     let mut hasher = KeyHasher::new("tree", None);
     if let Some(entry) = source.view.resolve(path, true)? {
         hash_entry(
@@ -469,7 +469,7 @@ fn hash_entry(
     exclude: Option<&DockerIgnore>,
     stat_cache: &StatCache,
     files: &mut Vec<(String, String)>,
-) -> anyhow::Result<()> {
+) -> crate::Result<()> {
     let metadata = &entry.metadata;
     let relative = entry.path[root.len()..].trim_start_matches('/');
     hasher.field("path", relative);
@@ -563,7 +563,7 @@ enum Existing {
 impl Writer<'_> {
     /// What is at `path` (canonical, relative) now: the step's own writes
     /// first, then the image.
-    fn existing(&self, path: &str, check_image: bool) -> anyhow::Result<Existing> {
+    fn existing(&self, path: &str, check_image: bool) -> crate::Result<Existing> {
         if let Some(stat) = self.diff.lstat(path)? {
             return Ok(
                 if FileType::from_raw_mode(stat.st_mode) == FileType::Directory {
@@ -585,7 +585,7 @@ impl Writer<'_> {
 
     /// Refuses to turn a file or symlink into a directory, as BuildKit does:
     /// copying a directory over `/lib -> usr/lib` would hide all of `usr/lib`.
-    fn check_directory_target(&self, path: &str, check_image: bool) -> anyhow::Result<()> {
+    fn check_directory_target(&self, path: &str, check_image: bool) -> crate::Result<()> {
         if self.existing(path, check_image)? == Existing::Other {
             bail!("cannot copy a directory to /{path}: it exists and is not a directory");
         }
@@ -593,7 +593,7 @@ impl Writer<'_> {
     }
 
     /// Refuses to replace a directory with a file, as BuildKit does.
-    fn check_file_target(&self, path: &str, check_image: bool) -> anyhow::Result<()> {
+    fn check_file_target(&self, path: &str, check_image: bool) -> crate::Result<()> {
         if self.existing(path, check_image)? == Existing::Directory {
             bail!("cannot replace the directory /{path} with a file");
         }
@@ -602,7 +602,7 @@ impl Writer<'_> {
 
     /// The attributes of the directory the image already has at `path`, which
     /// a copy into it keeps.
-    fn existing_directory(&self, path: &str) -> anyhow::Result<Option<Attributes>> {
+    fn existing_directory(&self, path: &str) -> crate::Result<Option<Attributes>> {
         match self.rootfs.resolve(&format!("/{path}"), false)? {
             Some(existing) if existing.metadata.is_dir() => {
                 Ok(Some(attributes_of(&existing, &Overrides::NONE)?))
@@ -613,7 +613,7 @@ impl Writer<'_> {
 
     /// The path in the diff where `target` (a path in the image) goes:
     /// through the symlinks the image already has, as Docker resolves it.
-    fn place(&self, target: &str) -> anyhow::Result<String> {
+    fn place(&self, target: &str) -> crate::Result<String> {
         let resolved = self.rootfs.resolve_for_creation(target)?.with_context(|| {
             format!("cannot create {target}: one of its parents is not a directory in the image")
         })?;
@@ -622,7 +622,7 @@ impl Writer<'_> {
 
     /// Creates the parents of `path` in the diff, with the attributes the
     /// image gives them, or new ones.
-    fn ensure_parents(&mut self, path: &str) -> anyhow::Result<()> {
+    fn ensure_parents(&mut self, path: &str) -> crate::Result<()> {
         let mut prefix = String::new();
         let parts: Vec<&str> = path.split('/').collect();
         for part in &parts[..parts.len().saturating_sub(1)] {
@@ -649,7 +649,7 @@ impl Writer<'_> {
 
     /// Makes the directory `target` (a path in the image) unless the image
     /// or the step has it already.
-    fn ensure_directory(&mut self, target: &str) -> anyhow::Result<()> {
+    fn ensure_directory(&mut self, target: &str) -> crate::Result<()> {
         let path = self.place(target)?;
         if path.is_empty() || self.existing(&path, true)? == Existing::Directory {
             return Ok(());
@@ -663,7 +663,7 @@ impl Writer<'_> {
         entry: &ViewEntry,
         target: &str,
         overrides: &Overrides,
-    ) -> anyhow::Result<()> {
+    ) -> crate::Result<()> {
         let path = self.place(target)?;
         self.ensure_parents(&path)?;
         self.check_file_target(&path, true)?;
@@ -676,7 +676,7 @@ impl Writer<'_> {
         entry: &ViewEntry,
         path: &str,
         overrides: &Overrides,
-    ) -> anyhow::Result<()> {
+    ) -> crate::Result<()> {
         let metadata = &entry.metadata;
         let file_type = metadata.file_type();
         let attributes = attributes_of(entry, overrides)?;
@@ -746,7 +746,7 @@ impl Writer<'_> {
         overrides: &Overrides,
         exclude: Option<&DockerIgnore>,
         plain_destination: bool,
-    ) -> anyhow::Result<()> {
+    ) -> crate::Result<()> {
         let path = self.place(target)?;
         self.ensure_parents(&path)?;
         let selection = Selection {
@@ -771,7 +771,7 @@ impl Writer<'_> {
         path: &str,
         in_image: bool,
         plain: bool,
-    ) -> anyhow::Result<()> {
+    ) -> crate::Result<()> {
         self.check_directory_target(path, in_image)?;
         let existing = if in_image {
             self.existing_directory(path)?
@@ -797,7 +797,7 @@ impl Writer<'_> {
         dir: &ViewEntry,
         path: &str,
         in_image: bool,
-    ) -> anyhow::Result<()> {
+    ) -> crate::Result<()> {
         let source = selection.source;
         for child in source
             .view
@@ -835,7 +835,7 @@ impl Writer<'_> {
         archive: &ViewEntry,
         dir: &str,
         owner: Option<(u32, u32)>,
-    ) -> anyhow::Result<()> {
+    ) -> crate::Result<()> {
         let path = self.place(dir)?;
         self.ensure_parents(&format!("{path}/x"))?;
         let file =
@@ -865,7 +865,7 @@ impl Writer<'_> {
         path: &Path,
         target: &str,
         attributes: &Attributes,
-    ) -> anyhow::Result<()> {
+    ) -> crate::Result<()> {
         let place = self.place(target)?;
         self.ensure_parents(&place)?;
         self.check_file_target(&place, true)?;
@@ -880,7 +880,7 @@ impl Writer<'_> {
         target: &str,
         mode: Option<u32>,
         owner: Option<(u32, u32)>,
-    ) -> anyhow::Result<()> {
+    ) -> crate::Result<()> {
         let path = self.place(target)?;
         self.ensure_parents(&path)?;
         self.check_file_target(&path, true)?;
@@ -919,7 +919,7 @@ struct ThroughImage<'w, 'a> {
 impl ThroughImage<'_, '_> {
     /// The diff path of the archive's `path`: its directory resolved, its
     /// name as it is.
-    fn locate(&mut self, path: &str) -> anyhow::Result<String> {
+    fn locate(&mut self, path: &str) -> crate::Result<String> {
         let (parent, name) = split_parent(path);
         let dir = match self.resolved.get(parent) {
             Some(dir) => dir.clone(),
@@ -963,7 +963,7 @@ impl Placement for ThroughImage<'_, '_> {
 }
 
 /// An entry's attributes, with `--chmod` and `--chown` applied.
-fn attributes_of(entry: &ViewEntry, overrides: &Overrides) -> anyhow::Result<Attributes> {
+fn attributes_of(entry: &ViewEntry, overrides: &Overrides) -> crate::Result<Attributes> {
     let metadata = &entry.metadata;
     let (uid, gid) = overrides.owner.unwrap_or((metadata.uid(), metadata.gid()));
     let mut xattrs = read_xattrs(&entry.host)
@@ -985,7 +985,7 @@ const CAPABILITY_XATTR: &str = "security.capability";
 const UNSUPPORTED_NAME: &str =
     "file names that are not UTF-8 are not supported (rename it, or leave it out with .dockerignore)";
 
-fn is_archive(entry: &ViewEntry) -> anyhow::Result<bool> {
+fn is_archive(entry: &ViewEntry) -> crate::Result<bool> {
     let file = File::open(&entry.host).with_context(|| format!("reading {}", entry.path))?;
     Ok(kiln_cache::compress::is_tar_archive(file))
 }
@@ -1092,7 +1092,7 @@ struct Expansion {
 
 /// The paths of `source` a COPY pattern matches; symlinks in the matched
 /// path are followed (inside the source), not in what is copied.
-fn expand(source: &SourceTree<'_>, pattern: &str, parents: bool) -> anyhow::Result<Expansion> {
+fn expand(source: &SourceTree<'_>, pattern: &str, parents: bool) -> crate::Result<Expansion> {
     let pattern = SourcePattern::parse(pattern, parents);
     let mut pivots = vec!["/".to_string()];
     for (index, part) in pattern.pivot.iter().enumerate() {
@@ -1162,7 +1162,7 @@ fn match_component(
     part: &str,
     recursive: bool,
     last: bool,
-) -> anyhow::Result<Vec<String>> {
+) -> crate::Result<Vec<String>> {
     let mut found = Vec::new();
     for base in bases {
         if recursive && part == "**" {
@@ -1198,7 +1198,7 @@ fn descendant_directories(
     source: &SourceTree<'_>,
     base: &str,
     found: &mut Vec<String>,
-) -> anyhow::Result<()> {
+) -> crate::Result<()> {
     let Some(dir) = source
         .view
         .resolve(base, true)?
@@ -1581,7 +1581,7 @@ mod tests {
             keep_git_dir: false,
         };
         let no_downloads =
-            |url: &str| -> anyhow::Result<Downloaded> { bail!("no download of {url}") };
+            |url: &str| -> crate::Result<Downloaded> { bail!("no download of {url}") };
         let rootfs = LayerView::new(vec![layer]);
         copy(&step, &source, &rootfs, &diff, 0, &no_downloads).expect("ADD");
         (dir, diff)

@@ -5,10 +5,24 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context};
+use crate::error::{bail, Context};
+use crate::progress::Progress;
 use kiln_frontend::{BaseImages, BuildGraph, DockerIgnore, LowerOptions, Platform};
 
-use crate::cli::DockerfileArgs;
+/// Which Dockerfile to read and how to lower it.
+#[derive(Debug, Clone, Default)]
+pub struct DockerfileArgs {
+    /// The build context directory.
+    pub context: PathBuf,
+    /// The Dockerfile (default: CONTEXT/Dockerfile; `-` reads standard input).
+    pub file: Option<PathBuf>,
+    /// The stage to build (default: the last one).
+    pub target: Option<String>,
+    /// `KEY=VALUE`, or `KEY` to take it from the environment.
+    pub build_args: Vec<String>,
+    /// `os/arch[/variant]` (default: this machine's).
+    pub platform: Option<String>,
+}
 
 /// A lowered Dockerfile and what came with it.
 pub struct Plan {
@@ -28,7 +42,8 @@ pub fn load(
     labels: &[String],
     allow: &[String],
     images: &mut dyn BaseImages,
-) -> anyhow::Result<Plan> {
+    progress: &Progress,
+) -> crate::Result<Plan> {
     let context = std::fs::canonicalize(&args.context)
         .with_context(|| format!("cannot use the build context {}", args.context.display()))?;
     if !context.is_dir() {
@@ -41,15 +56,15 @@ pub fn load(
     let dockerfile = kiln_frontend::parse_bytes(&bytes, &name)?;
     for warning in &dockerfile.warnings {
         match warning.line {
-            Some(line) => eprintln!("warning: {name}:{line}: {}", warning.message),
-            None => eprintln!("warning: {}", warning.message),
+            Some(line) => progress.warn(&format!("{name}:{line}: {}", warning.message)),
+            None => progress.warn(&warning.message),
         }
     }
     let ignore = DockerIgnore::load(&path, &args.context)?;
     let options = lower_options(args, labels, allow)?;
     let graph = kiln_frontend::lower(&dockerfile, &options, images)?;
     for warning in graph.warnings.iter().filter(|w| w.line.is_none()) {
-        eprintln!("warning: {}", warning.message);
+        progress.warn(&warning.message);
     }
     Ok(Plan {
         graph,
@@ -73,7 +88,7 @@ pub fn default_dockerfile(context: &Path) -> PathBuf {
 
 /// The Dockerfile's path (where its own ignore file is looked for), the name
 /// messages give it, and its bytes.
-fn read_dockerfile(args: &DockerfileArgs) -> anyhow::Result<(PathBuf, String, Vec<u8>)> {
+fn read_dockerfile(args: &DockerfileArgs) -> crate::Result<(PathBuf, String, Vec<u8>)> {
     let path = args
         .file
         .clone()
@@ -99,14 +114,15 @@ fn lower_options(
     args: &DockerfileArgs,
     labels: &[String],
     allow: &[String],
-) -> anyhow::Result<LowerOptions> {
+) -> crate::Result<LowerOptions> {
     let mut options = LowerOptions {
         target: args.target.clone(),
         ..LowerOptions::default()
     };
     if let Some(platform) = &args.platform {
-        options.target_platform = Platform::parse(platform)
-            .map_err(|reason| anyhow::anyhow!("invalid --platform {platform:?}: {reason}"))?;
+        options.target_platform = Platform::parse(platform).map_err(|reason| {
+            crate::Error::Invalid(format!("invalid --platform {platform:?}: {reason}"))
+        })?;
     }
     for arg in &args.build_args {
         match arg.split_once('=') {
@@ -134,7 +150,7 @@ fn lower_options(
     Ok(options)
 }
 
-fn parse_labels(labels: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+fn parse_labels(labels: &[String]) -> crate::Result<BTreeMap<String, String>> {
     labels
         .iter()
         .map(|label| match label.split_once('=') {

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use anyhow::{bail, Context};
+use crate::error::{bail, Context};
 use kiln_cache::store::canonical_json;
 use kiln_cache::{Digest, Store};
 use kiln_frontend::graph::ImageConfig;
@@ -34,7 +34,7 @@ pub enum Format {
 }
 
 impl Format {
-    pub fn parse(text: &str) -> anyhow::Result<Format> {
+    pub fn parse(text: &str) -> crate::Result<Format> {
         match text {
             "oci" => Ok(Format::Oci),
             "docker" => Ok(Format::Docker),
@@ -77,7 +77,7 @@ pub enum LayerEncoding {
 }
 
 impl LayerEncoding {
-    pub fn of_media_type(media_type: &str) -> anyhow::Result<LayerEncoding> {
+    pub fn of_media_type(media_type: &str) -> crate::Result<LayerEncoding> {
         Ok(match media_type {
             OCI_LAYER | DOCKER_LAYER => LayerEncoding::Tar,
             OCI_LAYER_GZIP | DOCKER_LAYER_GZIP => LayerEncoding::Gzip,
@@ -128,7 +128,7 @@ impl Layer {
         }
     }
 
-    pub fn from_record(record: &kiln_cache::LayerRecord) -> anyhow::Result<Layer> {
+    pub fn from_record(record: &kiln_cache::LayerRecord) -> crate::Result<Layer> {
         Ok(Layer {
             diff_id: record.diff_id,
             blob: record.blob,
@@ -194,7 +194,7 @@ impl ImageFile {
         )
     }
 
-    pub fn to_json(&self) -> anyhow::Result<Vec<u8>> {
+    pub fn to_json(&self) -> crate::Result<Vec<u8>> {
         Ok(canonical_json(&serde_json::to_value(self)?))
     }
 }
@@ -209,7 +209,7 @@ pub struct StoredImage {
     pub layers: Vec<Layer>,
 }
 
-fn digest_of(descriptor: &Descriptor) -> anyhow::Result<Digest> {
+fn digest_of(descriptor: &Descriptor) -> crate::Result<Digest> {
     descriptor
         .digest()
         .to_string()
@@ -217,13 +217,13 @@ fn digest_of(descriptor: &Descriptor) -> anyhow::Result<Digest> {
         .with_context(|| format!("unsupported digest {}", descriptor.digest()))
 }
 
-pub fn oci_digest(digest: &Digest) -> anyhow::Result<oci_spec::image::Digest> {
+pub fn oci_digest(digest: &Digest) -> crate::Result<oci_spec::image::Digest> {
     digest.to_string().parse().context("converting a digest")
 }
 
 impl StoredImage {
     /// Reads the image whose manifest has `digest`.
-    pub fn read(store: &Store, manifest_digest: &Digest) -> anyhow::Result<StoredImage> {
+    pub fn read(store: &Store, manifest_digest: &Digest) -> crate::Result<StoredImage> {
         let bytes = store.read_blob(manifest_digest)?;
         let manifest = ImageManifest::from_reader(&bytes[..])
             .with_context(|| format!("manifest {manifest_digest} is invalid"))?;
@@ -249,7 +249,7 @@ impl StoredImage {
                     encoding: LayerEncoding::of_media_type(descriptor.media_type().as_ref())?,
                 })
             })
-            .collect::<anyhow::Result<_>>()?;
+            .collect::<crate::Result<_>>()?;
         Ok(StoredImage {
             manifest_digest: *manifest_digest,
             manifest,
@@ -260,7 +260,7 @@ impl StoredImage {
     }
 
     /// Reads the image a name (or `name@digest`) refers to.
-    pub fn find(store: &Store, name: &str) -> anyhow::Result<StoredImage> {
+    pub fn find(store: &Store, name: &str) -> crate::Result<StoredImage> {
         if let Some(digest) = image_id(store, name)? {
             return StoredImage::read(store, &digest);
         }
@@ -281,7 +281,7 @@ impl StoredImage {
 /// The manifest digest `text` names when it is an image ID as `kiln images`
 /// shows it: `sha256:` and 12 to 64 hex digits, or the digits alone when no
 /// image has that name.
-pub fn image_id(store: &Store, text: &str) -> anyhow::Result<Option<Digest>> {
+pub fn image_id(store: &Store, text: &str) -> crate::Result<Option<Digest>> {
     let (hex, explicit) = match text.strip_prefix("sha256:") {
         Some(hex) => (hex, true),
         None => (text, false),
@@ -337,7 +337,7 @@ pub fn write_image(
     config: &ImageFile,
     layers: &[Layer],
     format: Format,
-) -> anyhow::Result<Descriptor> {
+) -> crate::Result<Descriptor> {
     let config_bytes = config.to_json()?;
     let (config_digest, config_size) = store.write_blob(&config_bytes)?;
     write_manifest(store, (config_digest, config_size), config, layers, format)
@@ -351,7 +351,7 @@ pub fn write_manifest(
     config: &ImageFile,
     layers: &[Layer],
     format: Format,
-) -> anyhow::Result<Descriptor> {
+) -> crate::Result<Descriptor> {
     let format = format.for_layers(layers);
     let layer_descriptors: Vec<serde_json::Value> = layers
         .iter()
@@ -384,7 +384,7 @@ pub fn write_manifest(
     Ok(descriptor)
 }
 
-fn platform_of(config: &ImageFile) -> anyhow::Result<oci_spec::image::Platform> {
+fn platform_of(config: &ImageFile) -> crate::Result<oci_spec::image::Platform> {
     let mut platform = oci_spec::image::PlatformBuilder::default()
         .os(oci_spec::image::Os::from(config.os.as_str()))
         .architecture(oci_spec::image::Arch::from(config.architecture.as_str()))
@@ -397,7 +397,7 @@ fn platform_of(config: &ImageFile) -> anyhow::Result<oci_spec::image::Platform> 
 }
 
 /// The descriptor index.json gives an image manifest that is in the store.
-pub fn descriptor_of(store: &Store, digest: &Digest) -> anyhow::Result<Descriptor> {
+pub fn descriptor_of(store: &Store, digest: &Digest) -> crate::Result<Descriptor> {
     let image = StoredImage::read(store, digest)?;
     let size = store.read_blob(digest)?.len() as u64;
     let media_type = image
@@ -438,7 +438,7 @@ impl<'a> StoreImages<'a> {
         }
     }
 
-    fn find(&self, reference: &str, platform: &Platform) -> anyhow::Result<StoredImage> {
+    fn find(&self, reference: &str, platform: &Platform) -> crate::Result<StoredImage> {
         let parsed = Reference::parse(reference)?;
         // A digest names one image for good: no need to ask again.
         let ask_registry = self.pull && parsed.digest().is_none();

@@ -3,7 +3,7 @@
 //! of what it reads, never of where the context lives, the clock or the
 //! order steps run in.
 
-use anyhow::Context;
+use crate::error::Context;
 use kiln_cache::{Digest, KeyHasher};
 use kiln_frontend::graph::{
     Action, Base, BuildGraph, CopySource, CopyStep, Mount, RunStep, Source,
@@ -14,7 +14,7 @@ use crate::build::{output, Executor, Outputs};
 use crate::copy;
 use crate::image::StoredImage;
 
-fn json(value: &impl serde::Serialize) -> anyhow::Result<Vec<u8>> {
+fn json(value: &impl serde::Serialize) -> crate::Result<Vec<u8>> {
     serde_json::to_vec(value).context("encoding a step for its cache key")
 }
 
@@ -100,7 +100,7 @@ impl Executor<'_> {
         base: &Base,
         outputs: &Outputs,
         platform: &Platform,
-    ) -> anyhow::Result<Digest> {
+    ) -> crate::Result<Digest> {
         // SOURCE_DATE_EPOCH changes the times every new layer records.
         let epoch = self
             .settings
@@ -127,7 +127,7 @@ impl Executor<'_> {
     /// What another stage, an image or the context stands for in a key:
     /// a stage by its key, an image by its manifest digest. (The context's
     /// content is hashed where it is read.)
-    fn source_identity(&self, from: &Source, outputs: &Outputs) -> anyhow::Result<String> {
+    fn source_identity(&self, from: &Source, outputs: &Outputs) -> crate::Result<String> {
         Ok(match from {
             Source::Context => "context".to_string(),
             Source::Stage { stage } => format!("stage {}", output(outputs, *stage)?.key),
@@ -148,7 +148,7 @@ impl Executor<'_> {
         outputs: &Outputs,
         graph: &BuildGraph,
         stage_files: StageFiles,
-    ) -> anyhow::Result<(Digest, Vec<(String, String)>)> {
+    ) -> crate::Result<(Digest, Vec<(String, String)>)> {
         match action {
             Action::Copy(step) => self.copy_key(parent, step, outputs, graph, stage_files),
             Action::Run(run) => self.run_key(parent, run, outputs, graph, stage_files),
@@ -168,7 +168,7 @@ impl Executor<'_> {
         outputs: &Outputs,
         graph: &BuildGraph,
         stage_files: StageFiles,
-    ) -> anyhow::Result<(Digest, Vec<(String, String)>)> {
+    ) -> crate::Result<(Digest, Vec<(String, String)>)> {
         let omits_identity = stage_files.omits_identity(&step.from);
         let mut key = KeyHasher::explained(
             if omits_identity {
@@ -212,7 +212,7 @@ impl Executor<'_> {
         outputs: &Outputs,
         graph: &BuildGraph,
         stage_files: StageFiles,
-    ) -> anyhow::Result<(Digest, Vec<(String, String)>)> {
+    ) -> crate::Result<(Digest, Vec<(String, String)>)> {
         let mut key = KeyHasher::explained(
             match stage_files {
                 StageFiles::ByKey => "run",

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use anyhow::{bail, Context};
+use crate::error::{bail, Context};
 use kiln_cache::{Digest, Store};
 use kiln_registry::transfer::{self, manifest_blobs};
 use kiln_registry::{Client, ClientOptions, Credential, DockerConfig, Pushed, Reference};
@@ -69,7 +69,7 @@ impl Remote {
         }
     }
 
-    fn connect(&self) -> anyhow::Result<&(tokio::runtime::Runtime, Client)> {
+    fn connect(&self) -> crate::Result<&(tokio::runtime::Runtime, Client)> {
         if let Some(connected) = self.connected.get() {
             return Ok(connected);
         }
@@ -91,7 +91,7 @@ impl Remote {
         store: &Store,
         reference: &Reference,
         platform: &kiln_frontend::Platform,
-    ) -> anyhow::Result<Digest> {
+    ) -> crate::Result<Digest> {
         let (runtime, client) = self.connect()?;
         let step = self
             .progress
@@ -149,7 +149,7 @@ impl Remote {
         store: &Store,
         manifest: &Digest,
         destinations: &[Reference],
-    ) -> anyhow::Result<()> {
+    ) -> crate::Result<()> {
         let (runtime, client) = self.connect()?;
         let mut by_repository: Vec<(String, Vec<Reference>)> = Vec::new();
         for destination in destinations {
@@ -213,7 +213,7 @@ impl Remote {
     pub fn manifest(
         &self,
         reference: &Reference,
-    ) -> anyhow::Result<Option<kiln_registry::Manifest>> {
+    ) -> crate::Result<Option<kiln_registry::Manifest>> {
         let (runtime, client) = self.connect()?;
         let target = reference
             .digest()
@@ -234,7 +234,7 @@ impl Remote {
         reference: &Reference,
         digest: &Digest,
         size: u64,
-    ) -> anyhow::Result<()> {
+    ) -> crate::Result<()> {
         let (runtime, client) = self.connect()?;
         runtime
             .block_on(client.fetch_blob(reference, digest, Some(size), store, &|_| {}))
@@ -246,7 +246,7 @@ impl Remote {
         &self,
         url: &str,
         out: &mut dyn std::io::Write,
-    ) -> anyhow::Result<kiln_registry::fetch::Fetched> {
+    ) -> crate::Result<kiln_registry::fetch::Fetched> {
         let parsed = url::Url::parse(url).with_context(|| format!("invalid URL {url:?}"))?;
         let (runtime, _) = self.connect()?;
         eprintln!("downloading {}", kiln_registry::client::shown_url(&parsed));
@@ -260,7 +260,7 @@ impl Remote {
 
     /// Checks the credentials against the registry and saves them in
     /// Docker's config.json.
-    pub fn login(&self, registry: &str, username: &str, password: &str) -> anyhow::Result<()> {
+    pub fn login(&self, registry: &str, username: &str, password: &str) -> crate::Result<()> {
         let (runtime, client) = self.connect()?;
         client.set_credential(
             registry,
@@ -279,12 +279,12 @@ impl Remote {
 
     /// Forgets the credentials for `registry`; returns whether there were
     /// any.
-    pub fn logout(&self, registry: &str) -> anyhow::Result<bool> {
+    pub fn logout(&self, registry: &str) -> crate::Result<bool> {
         Ok(docker_config()?.erase(registry)?)
     }
 }
 
-fn docker_config() -> anyhow::Result<DockerConfig> {
+fn docker_config() -> crate::Result<DockerConfig> {
     let path = DockerConfig::default_path()
         .context("neither DOCKER_CONFIG nor HOME is set: no place for credentials")?;
     Ok(DockerConfig::load(&path)?)
@@ -296,7 +296,7 @@ fn docker_config() -> anyhow::Result<DockerConfig> {
 fn mount_sources(
     store: &Store,
     destination: &Reference,
-) -> anyhow::Result<HashMap<Digest, Reference>> {
+) -> crate::Result<HashMap<Digest, Reference>> {
     let mut sources = HashMap::new();
     for entry in store.images()? {
         let Some(name) = entry.name else { continue };
@@ -333,7 +333,7 @@ fn mount_sources(
 /// The registry of a `kiln login`/`logout` argument, which may be written
 /// as Docker writes it: `docker.io`, `https://index.docker.io/v1/`,
 /// `localhost:5000`.
-pub fn registry_of(server: &str) -> anyhow::Result<String> {
+pub fn registry_of(server: &str) -> crate::Result<String> {
     let host = server
         .strip_prefix("https://")
         .or_else(|| server.strip_prefix("http://"))

@@ -8,15 +8,17 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use anyhow::{bail, Context};
+use crate::error::{bail, Context};
 use kiln_cache::{CacheMount, Sharing, Store};
 use kiln_frontend::graph::{BuildGraph, Mount, RunStep, Sharing as MountSharing, Source};
 use kiln_frontend::instruction::{NetworkMode, SecurityMode};
 use kiln_runtime::{
-    AgentProxy, BundleOwners, Network, Runtime, Sensitive, Step, StepIo, StepMount, User,
+    AgentProxy, BundleOwners, Layers, Network, Outcome, Runtime, Sensitive, Step, StepIo,
+    StepMount, User,
 };
 
 use crate::build::Outputs;
+use crate::error::ProcessFailed;
 use crate::image::Layer;
 use crate::users::resolve_exec_user;
 
@@ -48,7 +50,7 @@ pub const INTERRUPTED_EXIT_CODE: u8 = 130;
 impl Interrupt {
     /// Handles SIGINT and SIGTERM from now on. A second signal ends kiln
     /// at once.
-    pub fn install() -> anyhow::Result<Arc<Interrupt>> {
+    pub fn install() -> crate::Result<Arc<Interrupt>> {
         use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
         let interrupt = Arc::new(Interrupt::default());
         let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
@@ -97,34 +99,6 @@ impl Drop for RunningStep<'_> {
     }
 }
 
-/// A RUN step whose process failed: the command, how it ended and its
-/// last lines of output.
-#[derive(Debug)]
-pub struct StepFailed {
-    pub command: String,
-    pub outcome: String,
-    pub tail: Vec<String>,
-}
-
-impl std::fmt::Display for StepFailed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "process {:?} did not complete successfully: {}",
-            self.command, self.outcome
-        )?;
-        if !self.tail.is_empty() {
-            write!(f, "\nits last lines of output:")?;
-            for line in &self.tail {
-                write!(f, "\n  {line}")?;
-            }
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for StepFailed {}
-
 /// Where a `--secret` comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SecretSource {
@@ -135,7 +109,7 @@ pub enum SecretSource {
 /// `--secret id=ID[,src=PATH|,env=VAR][,type=file|env]`, as buildx reads
 /// it: with neither source, the variable named ID if it is set, else the
 /// file ID.
-pub fn parse_secret(spec: &str) -> anyhow::Result<(String, SecretSource)> {
+pub fn parse_secret(spec: &str) -> crate::Result<(String, SecretSource)> {
     let mut id = None;
     let mut src = None;
     let mut env = None;
@@ -177,7 +151,7 @@ pub fn parse_secret(spec: &str) -> anyhow::Result<(String, SecretSource)> {
 }
 
 /// `--ssh ID[=SOCKET]`: `default` without a socket is `$SSH_AUTH_SOCK`.
-pub fn parse_ssh(spec: &str) -> anyhow::Result<(String, PathBuf)> {
+pub fn parse_ssh(spec: &str) -> crate::Result<(String, PathBuf)> {
     let (id, socket) = match spec.split_once('=') {
         Some((id, socket)) => (id.to_string(), PathBuf::from(socket)),
         None => {
@@ -203,18 +177,32 @@ pub fn parse_ssh(spec: &str) -> anyhow::Result<(String, PathBuf)> {
     Ok((id, socket))
 }
 
-/// What RUN steps need beyond the graph.
+/// The seam between a build and the sandbox its RUN steps run in: the
+/// build prepares the step (its process, user, mounts, the layers below
+/// it and a directory for its changes) and the sandbox runs it. Tests put
+/// a double here that records what would have run.
+pub trait StepRunner: Sync {
+    /// Runs `step` on `layers` (its changes go to `layers.upper`), passing
+    /// each line it writes to `output`; a step still running when `stop`
+    /// is set is killed and reported as [`crate::Error::Interrupted`].
+    fn run_step(
+        &self,
+        step: &Step,
+        layers: &Layers<'_>,
+        output: &mut dyn FnMut(&str),
+        stop: &AtomicBool,
+    ) -> crate::Result<Outcome>;
+}
+
+/// The real sandbox: an OCI runtime (runc) through kiln's helper.
 pub struct Sandbox {
     runtime_program: Option<PathBuf>,
     state_root: PathBuf,
     runtime: OnceLock<Runtime>,
-    pub secrets: BTreeMap<String, SecretSource>,
-    pub ssh: BTreeMap<String, PathBuf>,
-    pub interrupt: Arc<Interrupt>,
 }
 
 impl Sandbox {
-    pub fn new(store: &Store, runtime_program: Option<PathBuf>, interrupt: Arc<Interrupt>) -> Self {
+    pub fn new(store: &Store, runtime_program: Option<PathBuf>) -> Self {
         // Secrets of a kiln that was killed go first, whatever this one
         // builds.
         kiln_runtime::remove_bundles(BundleOwners::Dead);
@@ -222,15 +210,12 @@ impl Sandbox {
             runtime_program,
             state_root: store.root().join("runtime"),
             runtime: OnceLock::new(),
-            secrets: BTreeMap::new(),
-            ssh: BTreeMap::new(),
-            interrupt,
         }
     }
 
     /// The OCI runtime, found (and what dead kiln processes left cleaned
     /// up) the first time a step needs it.
-    pub fn runtime(&self) -> anyhow::Result<&Runtime> {
+    pub fn runtime(&self) -> crate::Result<&Runtime> {
         if let Some(runtime) = self.runtime.get() {
             return Ok(runtime);
         }
@@ -240,8 +225,31 @@ impl Sandbox {
             .context("removing what earlier kiln processes left")?;
         Ok(self.runtime.get_or_init(|| runtime))
     }
+}
 
-    fn secret(&self, id: &str) -> anyhow::Result<Option<Sensitive>> {
+impl StepRunner for Sandbox {
+    fn run_step(
+        &self,
+        step: &Step,
+        layers: &Layers<'_>,
+        output: &mut dyn FnMut(&str),
+        stop: &AtomicBool,
+    ) -> crate::Result<Outcome> {
+        Ok(self
+            .runtime()?
+            .run(step, layers, StepIo::Lines(output), stop)?)
+    }
+}
+
+/// The secrets and SSH agents a build was given, by id.
+#[derive(Debug, Clone, Default)]
+pub struct Secrets {
+    pub secrets: BTreeMap<String, SecretSource>,
+    pub ssh: BTreeMap<String, PathBuf>,
+}
+
+impl Secrets {
+    fn secret(&self, id: &str) -> crate::Result<Option<Sensitive>> {
         match self.secrets.get(id) {
             None => Ok(None),
             Some(SecretSource::File(path)) => std::fs::read(path)
@@ -275,9 +283,7 @@ impl crate::build::Executor<'_> {
         outputs: &Outputs,
         graph: &BuildGraph,
         progress: &crate::progress::Step<'_>,
-    ) -> anyhow::Result<Option<Layer>> {
-        let sandbox = self.sandbox;
-        let runtime = sandbox.runtime()?;
+    ) -> crate::Result<Option<Layer>> {
         let view = self.view(layers)?;
         let user = resolve_exec_user(&run.user, &view)
             .with_context(|| format!("finding user {:?}", run.user))?;
@@ -310,24 +316,21 @@ impl crate::build::Executor<'_> {
         };
         let lowers = view.layers().to_vec();
         self.in_diff(|diff| {
-            let _running = sandbox.interrupt.step_running();
-            let layers = kiln_runtime::Layers {
+            let _running = self.interrupt.step_running();
+            let layers = Layers {
                 lowers: &lowers,
                 upper: diff,
                 scratch: scratch.path(),
             };
             let mut print = |line: &str| progress.log(line);
-            let outcome = runtime.run(
-                &step,
-                &layers,
-                StepIo::Lines(&mut print),
-                sandbox.interrupt.flag(),
-            )?;
+            let outcome =
+                self.sandbox
+                    .run_step(&step, &layers, &mut print, self.interrupt.flag())?;
             if outcome.success() {
                 return Ok(());
             }
             let first = outcome.tail.len().saturating_sub(ERROR_TAIL_LINES);
-            Err(StepFailed {
+            Err(ProcessFailed {
                 command: run.args.join(" "),
                 outcome: outcome.describe(),
                 tail: outcome.tail[first..].to_vec(),
@@ -345,7 +348,7 @@ impl crate::build::Executor<'_> {
         run: &RunStep,
         outputs: &Outputs,
         graph: &BuildGraph,
-    ) -> anyhow::Result<BTreeMap<String, CacheMount>> {
+    ) -> crate::Result<BTreeMap<String, CacheMount>> {
         let mut first_of_id = BTreeMap::new();
         for mount in &run.mounts {
             if let Mount::Cache { id, .. } = mount {
@@ -377,7 +380,7 @@ impl crate::build::Executor<'_> {
             };
             let cache = self
                 .store
-                .cache_mount(&id, sharing, |dir| -> anyhow::Result<()> {
+                .cache_mount(&id, sharing, |dir| -> crate::Result<()> {
                     if let Some(tree) = &seed {
                         crate::copy::copy_subtree(tree, source, dir, self.now)?;
                     }
@@ -398,7 +401,7 @@ impl crate::build::Executor<'_> {
         outputs: &Outputs,
         graph: &BuildGraph,
         scratch: &Path,
-    ) -> anyhow::Result<Prepared> {
+    ) -> crate::Result<Prepared> {
         let mut prepared = Prepared::default();
         let caches = self.lock_caches(run, outputs, graph)?;
         let mut ssh_socket_set = run.env.iter().any(|v| v.starts_with("SSH_AUTH_SOCK="));
@@ -485,7 +488,7 @@ impl crate::build::Executor<'_> {
                     uid,
                     gid,
                 } => {
-                    let Some(secret) = self.sandbox.secret(id)? else {
+                    let Some(secret) = self.secrets.secret(id)? else {
                         if *required {
                             bail!("secret {id:?} is required: pass it with --secret id={id},src=FILE (or env=VARIABLE)");
                         }
@@ -515,7 +518,7 @@ impl crate::build::Executor<'_> {
                     uid,
                     gid,
                 } => {
-                    let Some(agent) = self.sandbox.ssh.get(id) else {
+                    let Some(agent) = self.secrets.ssh.get(id) else {
                         if *required {
                             bail!("the SSH agent {id:?} is required: pass it with --ssh {id} (or --ssh {id}=SOCKET)");
                         }

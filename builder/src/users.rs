@@ -2,13 +2,13 @@
 //! for `COPY --chown`, `ADD --chown`, the owner of WORKDIR directories and
 //! the user RUN steps run as.
 
-use anyhow::{bail, Context};
+use crate::error::{bail, Context};
 use kiln_cache::LayerView;
 
 /// The numeric owner `spec` names in the image `view`. A user given by name
 /// takes its primary group from `/etc/passwd`; a user given by number uses
 /// the same number as its group, as BuildKit does.
-pub fn resolve_owner(spec: &str, view: &LayerView) -> anyhow::Result<(u32, u32)> {
+pub fn resolve_owner(spec: &str, view: &LayerView) -> crate::Result<(u32, u32)> {
     if spec.is_empty() {
         return Ok((0, 0));
     }
@@ -67,7 +67,7 @@ pub struct ExecUser {
 /// list runs with group 0), the group given or else the user's, and the
 /// supplementary groups `/etc/group` names the user in when no group is
 /// given.
-pub fn resolve_exec_user(spec: &str, view: &LayerView) -> anyhow::Result<ExecUser> {
+pub fn resolve_exec_user(spec: &str, view: &LayerView) -> crate::Result<ExecUser> {
     let (user, group) = match spec.split_once(':') {
         Some((user, group)) => (user, Some(group)),
         None => (spec, None),

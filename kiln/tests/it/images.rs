@@ -1,13 +1,11 @@
 //! Building images without a sandbox: COPY and ADD with Docker's rules,
 //! WORKDIR, configuration, history, base images from the store.
 
-mod support;
-
 use std::fs;
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::Path;
 
-use support::{require_root, Context, Kiln};
+use crate::support::{require_root, Context, Kiln};
 
 fn read(root: &Path, path: &str) -> String {
     fs::read_to_string(root.join(path.trim_start_matches('/')))

@@ -1,14 +1,12 @@
 //! Exports read by other tools (skopeo, umoci), archives loaded back with
 //! the same digest, reproducible builds, and a store that survives a kill.
 
-mod support;
-
 use std::fs;
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use support::{require_root, require_tool, run_tool, Context, Kiln};
+use crate::support::{require_root, require_tool, run_tool, Context, Kiln};
 
 /// A `security.capability` value (revision 2) granting CAP_NET_BIND_SERVICE.
 const NET_BIND_SERVICE: [u8; 20] = [1, 0, 0, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];

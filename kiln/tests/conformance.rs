@@ -3,10 +3,11 @@
 //! each built with the real sandbox from inside a copy of its context, the
 //! way a user runs `kiln build .`.
 //!
-//! `cargo test -p kiln-builder --test conformance -- FILTER` runs some;
+//! `cargo test -p kiln --test conformance -- FILTER` runs some;
 //! `KILN_CONFORMANCE_README=write` rewrites README.md's table from the cases;
 //! `KILN_BIN` runs the cases against another kiln binary.
 
+#[path = "it/support.rs"]
 mod support;
 
 use support::Kiln;
@@ -27,7 +28,7 @@ use serde::Deserialize;
 /// the whole run.
 const BUILD_TIMEOUT: Duration = Duration::from_secs(180);
 const LAST_MODIFIED: &str = "Wed, 21 Oct 2015 07:28:00 GMT";
-const README_BEGIN: &str = "<!-- conformance table: written by KILN_CONFORMANCE_README=write cargo test -p kiln-builder --test conformance -->";
+const README_BEGIN: &str = "<!-- conformance table: written by KILN_CONFORMANCE_README=write cargo test -p kiln --test conformance -->";
 const README_END: &str = "<!-- end of conformance table -->";
 
 /// Every tag of the base image the cases' Dockerfiles use, all one image.
@@ -739,5 +740,5 @@ fn check_readme_table() -> Result<(), Failed> {
         .map_err(|e| e.to_string())?;
         return Ok(());
     }
-    Err("README.md's conformance table is out of date: run KILN_CONFORMANCE_README=write cargo test -p kiln-builder --test conformance readme".into())
+    Err("README.md's conformance table is out of date: run KILN_CONFORMANCE_README=write cargo test -p kiln --test conformance readme".into())
 }

@@ -6,27 +6,19 @@
 //! malformed; 130 interrupted by Ctrl-C or SIGTERM. `kiln run` exits with
 //! its container's status, or 125 when kiln itself fails.
 
-mod archive;
-mod build;
-mod cache_io;
 mod cli;
 mod commands;
-mod container;
-mod copy;
-mod dockerfile;
-mod image;
-mod keys;
 mod progress;
-mod remote;
-mod run;
-mod users;
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::Parser;
+use kiln_builder::error::Context;
+use kiln_builder::progress::Progress;
+use kiln_builder::run::{Interrupt, Sandbox, INTERRUPTED_EXIT_CODE};
+use kiln_builder::{Error, Result};
 use kiln_cache::Store;
 
 use cli::{Cli, Command, DebugCommand};
@@ -54,9 +46,9 @@ fn main() -> ExitCode {
     };
     match run(cli) {
         Ok(code) => ExitCode::from(code),
-        Err(err) if was_interrupted(&err) => {
+        Err(err) if err.is_interrupted() => {
             eprintln!("kiln: interrupted");
-            ExitCode::from(run::INTERRUPTED_EXIT_CODE)
+            ExitCode::from(INTERRUPTED_EXIT_CODE)
         }
         Err(err) => {
             report(&err);
@@ -65,27 +57,38 @@ fn main() -> ExitCode {
     }
 }
 
+/// Returns early with a [`Error::Message`].
+#[macro_export]
+macro_rules! bail {
+    ($($text:tt)*) => {
+        return Err(kiln_builder::Error::Message(format!($($text)*)))
+    };
+}
+
 fn run_container(
     root: Option<PathBuf>,
     runtime: Option<PathBuf>,
     args: &cli::RunArgs,
-) -> anyhow::Result<u8> {
+) -> Result<u8> {
     let store = open_store(root)?;
-    let sandbox = run::Sandbox::new(&store, runtime, run::Interrupt::install()?);
-    container::run(&store, &sandbox, args)
-}
-
-fn was_interrupted(err: &anyhow::Error) -> bool {
-    err.chain().any(|cause| {
-        matches!(
-            cause.downcast_ref::<kiln_runtime::Error>(),
-            Some(kiln_runtime::Error::Interrupted)
-        )
-    })
+    let interrupt = Interrupt::install()?;
+    let sandbox = Sandbox::new(&store, runtime);
+    let options = kiln_builder::container::RunOptions {
+        image: args.image.clone(),
+        command: args.command.clone(),
+        env: args.env.clone(),
+        volumes: args.volumes.clone(),
+        network: args.network.clone(),
+        user: args.user.clone(),
+        workdir: args.workdir.clone(),
+        entrypoint: args.entrypoint.clone(),
+        commit: args.commit.clone(),
+    };
+    kiln_builder::container::run(&store, &sandbox, &interrupt, &options)
 }
 
 /// The store directory: `--root`/`KILN_ROOT`, or the default for the user.
-fn store_root(root: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+fn store_root(root: Option<PathBuf>) -> Result<PathBuf> {
     if let Some(root) = root {
         // Absolute: the sandbox helper works from other directories.
         return std::path::absolute(&root)
@@ -102,39 +105,38 @@ fn store_root(root: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     Ok(PathBuf::from(home).join(".local/share/kiln"))
 }
 
-fn open_store(root: Option<PathBuf>) -> anyhow::Result<Store> {
+fn open_store(root: Option<PathBuf>) -> Result<Store> {
     let root = store_root(root)?;
     Store::open(&root).with_context(|| format!("opening the store at {}", root.display()))
 }
 
 /// Runs the command; returns the exit code for success.
-fn run(cli: Cli) -> anyhow::Result<u8> {
-    let remote = remote::Remote::new(&remote::RegistrySettings {
+fn run(cli: Cli) -> Result<u8> {
+    let remote = kiln_builder::remote::Remote::new(&kiln_builder::remote::RegistrySettings {
         insecure: cli.insecure_registries.clone(),
         certs_dir: cli.cert_dir.clone(),
     });
     let done = match cli.command {
         Command::Debug(DebugCommand::Graph(args)) => {
             let store = open_store(cli.root)?;
-            let mut images = image::StoreOrUnknownImages { store: &store };
-            let plan = dockerfile::load(&args, &[], &[], &mut images)?;
+            let mut images = kiln_builder::image::StoreOrUnknownImages { store: &store };
+            let progress = Progress::new(std::sync::Arc::new(progress::Display::new(
+                progress::Mode::Plain,
+            )));
+            let plan = kiln_builder::dockerfile::load(
+                &commands::dockerfile_args(&args),
+                &[],
+                &[],
+                &mut images,
+                &progress,
+            )?;
             let mut stdout = std::io::stdout().lock();
             serde_json::to_writer_pretty(&mut stdout, &plan.graph)?;
             writeln!(stdout)?;
             Ok(())
         }
         Command::Build(args) => {
-            let store = open_store(cli.root)?;
-            let mut sandbox = run::Sandbox::new(&store, cli.runtime, run::Interrupt::install()?);
-            for spec in &args.secrets {
-                let (id, source) = run::parse_secret(spec)?;
-                sandbox.secrets.insert(id, source);
-            }
-            for spec in &args.ssh {
-                let (id, socket) = run::parse_ssh(spec)?;
-                sandbox.ssh.insert(id, socket);
-            }
-            commands::build(&store, &remote, &sandbox, &args)
+            commands::build(&open_store(cli.root)?, &remote, cli.runtime, &args)
         }
         Command::Pull { image, platform } => {
             commands::pull(&open_store(cli.root)?, &remote, &image, platform.as_deref())
@@ -164,7 +166,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             &open_store(cli.root)?,
             &images,
             &output,
-            image::Format::parse(&format)?,
+            kiln_builder::image::Format::parse(&format)?,
         ),
         Command::Load { input } => commands::load(&open_store(cli.root)?, &input),
         Command::Check => commands::check(&open_store(cli.root)?),
@@ -186,21 +188,22 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
 
 /// Prints an error with its causes, and the offending Dockerfile line when
 /// the error points at one.
-fn report(err: &anyhow::Error) {
+fn report(err: &Error) {
     let mut message = format!("error: {err}");
     let mut previous = err.to_string();
-    for cause in err.chain().skip(1) {
-        let text = cause.to_string();
+    let mut cause = std::error::Error::source(err);
+    while let Some(current) = cause {
+        let text = current.to_string();
         // Errors that quote their cause in their own message (`path: reason`)
         // would show it twice.
         if !previous.ends_with(&text) {
             message.push_str(&format!("\n  caused by: {text}"));
         }
         previous = text;
+        cause = current.source();
     }
     if let Some(snippet) = err
-        .chain()
-        .find_map(|e| e.downcast_ref::<kiln_frontend::Error>())
+        .dockerfile_error()
         .and_then(kiln_frontend::Error::snippet)
     {
         message.push('\n');

@@ -2,12 +2,10 @@
 //! (`docker-registry` on a loopback port), and skopeo reading what kiln
 //! pushed and kiln building on what skopeo pushed.
 
-mod support;
-
 use std::fs;
 
+use crate::support::{require_root, require_tool, run_tool, Context, Kiln};
 use kiln_testkit::{Registry, Setup, PASSWORD, USER};
-use support::{require_root, require_tool, run_tool, Context, Kiln};
 
 /// Pushes busybox (made by `Kiln::busybox`) to `name` in the registry.
 fn publish_busybox(registry: &Registry, name: &str) -> String {

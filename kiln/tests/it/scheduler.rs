@@ -1,14 +1,12 @@
 //! The scheduler: independent stages at once, a failure stopping the rest,
 //! and the progress formats CI logs and tools read.
 
-mod support;
-
 use std::fs;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use support::{Context, Kiln};
+use crate::support::{Context, Kiln};
 
 fn kiln() -> Kiln {
     Kiln::with_busybox()

@@ -2,8 +2,6 @@
 //! makes, every kind of RUN mount, and cleanup after an interrupt or a
 //! SIGKILL of kiln.
 
-mod support;
-
 use std::fs;
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::MetadataExt;
@@ -11,7 +9,7 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{Context, Kiln};
+use crate::support::{Context, Kiln};
 
 /// A store with busybox, and runc at hand.
 fn kiln() -> Kiln {

@@ -1,12 +1,10 @@
 //! The layer cache: which steps a rebuild runs again, read from the
 //! metadata file each build writes (never from the clock).
 
-mod support;
-
 use std::fs;
 use std::path::Path;
 
-use support::{require_root, Context, Kiln};
+use crate::support::{require_root, Context, Kiln};
 
 fn kiln() -> Kiln {
     Kiln::with_busybox()

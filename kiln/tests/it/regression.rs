@@ -2,13 +2,11 @@
 //! user who found it ran kiln: from inside the context directory, with `.`
 //! (or another relative path) as the context.
 
-mod support;
-
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use support::{Context, Kiln};
+use crate::support::{Context, Kiln};
 
 /// Builds `context_arg` from `cwd`, exporting the result to `out_arg`
 /// (both relative to `cwd`).
@@ -182,7 +180,7 @@ fn separate_sources_are_not_hard_linked() {
 /// context": the context's root itself counted as ignored.
 #[test]
 fn copy_of_the_context_root_when_the_ignore_file_leaves_out_everything_at_the_top() {
-    support::require_root();
+    crate::support::require_root();
     let kiln = Kiln::new();
     let context = Context::new();
     context.write("a", "a\n");

@@ -1,0 +1,536 @@
+//! A build as a command asks for it: what to read, how to build and where
+//! the result goes; and the build itself, from lowering the Dockerfile to
+//! the exported image.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use kiln_cache::pack::{pack_dir, PackOptions};
+use kiln_cache::{Compression, Digest, StatCache, Store};
+use kiln_registry::Reference;
+
+use crate::archive::{self, ArchiveImage};
+use crate::build::{Executor, Settings, StepReport};
+use crate::cache_io;
+use crate::dockerfile::{self, DockerfileArgs};
+use crate::error::{bail, Context};
+use crate::image::{write_image, Format, StoreImages, StoredImage};
+use crate::progress::Progress;
+use crate::remote::Remote;
+use crate::run::{Interrupt, Secrets, StepRunner};
+
+/// Where `kiln build` puts the result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// The store (`type=image`).
+    Store,
+    Oci(PathBuf),
+    Docker(PathBuf),
+    /// The final file system, in a directory.
+    Local(PathBuf),
+    /// The final file system, as a tar archive.
+    Tar(PathBuf),
+}
+
+impl Output {
+    pub fn parse(spec: Option<&str>) -> crate::Result<Output> {
+        let Some(spec) = spec else {
+            return Ok(Output::Store);
+        };
+        if spec == "-" {
+            return Ok(Output::Tar(PathBuf::from("-")));
+        }
+        if !spec.contains('=') {
+            return Ok(Output::Local(PathBuf::from(spec)));
+        }
+        let mut kind = None;
+        let mut dest = None;
+        for field in spec.split(',') {
+            match field.split_once('=') {
+                Some(("type", value)) => kind = Some(value),
+                Some(("dest", value)) => dest = Some(PathBuf::from(value)),
+                _ => bail!("invalid --output field {field:?}: expected type=... and dest=..."),
+            }
+        }
+        let dest = || {
+            dest.clone()
+                .with_context(|| format!("--output {spec:?} needs dest=PATH"))
+        };
+        Ok(match kind {
+            Some("image") | None => Output::Store,
+            Some("oci") => Output::Oci(dest()?),
+            Some("docker") => Output::Docker(dest()?),
+            Some("local") => Output::Local(dest()?),
+            Some("tar") => Output::Tar(dest()?),
+            Some(other) => {
+                bail!("unknown --output type {other:?}: use image, oci, docker, local or tar")
+            }
+        })
+    }
+}
+
+/// Everything a build needs to know, assembled by the command.
+#[derive(Debug, Clone)]
+pub struct BuildRequest {
+    pub dockerfile: DockerfileArgs,
+    /// `key=value` labels set on the image.
+    pub labels: Vec<String>,
+    /// Entitlements (`security.insecure`).
+    pub allow: Vec<String>,
+    pub tags: Vec<Reference>,
+    pub output: Output,
+    /// Media types of the image; by default Docker's for a docker archive,
+    /// OCI's otherwise.
+    pub format: Option<Format>,
+    pub compression: Compression,
+    /// Push the image to every tag after building it.
+    pub push: bool,
+    /// Look base images up in their registries even when the store has them.
+    pub pull: bool,
+    pub metadata_file: Option<PathBuf>,
+    pub iidfile: Option<PathBuf>,
+    pub cache_to: Vec<cache_io::CacheTo>,
+    pub cache_from: Vec<cache_io::CacheFrom>,
+    /// Stages built at once at most.
+    pub jobs: usize,
+    /// Say why each step that ran missed the cache.
+    pub explain: bool,
+    /// Run every step, reusing nothing.
+    pub no_cache: bool,
+    /// Stages (lower case) to run without the cache.
+    pub no_cache_stages: Vec<String>,
+    /// `--source-date-epoch` or `SOURCE_DATE_EPOCH`, as given.
+    pub source_date_epoch: Option<String>,
+    /// `--secret` and `--ssh`.
+    pub secrets: Secrets,
+}
+
+impl BuildRequest {
+    /// A request to build `dockerfile` into the store with the defaults of
+    /// `kiln build`.
+    pub fn new(dockerfile: DockerfileArgs) -> BuildRequest {
+        BuildRequest {
+            dockerfile,
+            labels: Vec::new(),
+            allow: Vec::new(),
+            tags: Vec::new(),
+            output: Output::Store,
+            format: None,
+            compression: Compression::Gzip { level: 6 },
+            push: false,
+            pull: false,
+            metadata_file: None,
+            iidfile: None,
+            cache_to: Vec::new(),
+            cache_from: Vec::new(),
+            jobs: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            explain: false,
+            no_cache: false,
+            no_cache_stages: Vec::new(),
+            source_date_epoch: None,
+            secrets: Secrets::default(),
+        }
+    }
+}
+
+/// What a build made.
+#[derive(Debug, Clone)]
+pub struct Built {
+    /// The image's manifest digest, when the output was an image.
+    pub image: Option<Digest>,
+    /// The output was written to standard output (so the digest must not).
+    pub on_stdout: bool,
+    /// How each step went, in the order they ended.
+    pub steps: Vec<StepReport>,
+}
+
+fn now_seconds() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// The build's epoch: seconds since 1970 from `--build-arg
+/// SOURCE_DATE_EPOCH` (as buildx passes it), else `--source-date-epoch` or
+/// `SOURCE_DATE_EPOCH`, else the Dockerfile's global ARG. Empty means none
+/// (tools export the variable unconditionally), and so does `context` from
+/// a build argument or the Dockerfile (the time of a remote context: a local
+/// one has none).
+fn source_date_epoch(
+    args: &BuildRequest,
+    dockerfile_default: Option<&str>,
+) -> crate::Result<Option<i64>> {
+    let build_arg = args
+        .dockerfile
+        .build_args
+        .iter()
+        .rev()
+        .find_map(|arg| arg.strip_prefix("SOURCE_DATE_EPOCH="));
+    let (value, origin) = match (build_arg, args.source_date_epoch.as_deref()) {
+        (Some(value), _) => (Some(value), "--build-arg SOURCE_DATE_EPOCH"),
+        (None, Some(value)) => (Some(value), "--source-date-epoch or SOURCE_DATE_EPOCH"),
+        (None, None) => (
+            dockerfile_default,
+            "SOURCE_DATE_EPOCH (the Dockerfile's ARG default; kiln cannot take it from a stage's sources yet)",
+        ),
+    };
+    let from_flag = build_arg.is_none() && args.source_date_epoch.is_some();
+    match value.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some("context") if !from_flag => Ok(None),
+        Some(text) => match text.parse::<i64>() {
+            Ok(seconds) if seconds >= 0 => Ok(Some(seconds)),
+            _ => bail!("invalid {origin} {text:?}: expected seconds since 1970"),
+        },
+    }
+}
+
+/// What a build works with beyond its request.
+pub struct Engine<'a> {
+    pub store: &'a Store,
+    /// Registries: base images, `ADD URL`, pushes and caches.
+    pub remote: &'a Remote,
+    /// Where RUN steps run.
+    pub sandbox: &'a dyn StepRunner,
+    /// Stops the build's running steps when set (Ctrl-C).
+    pub interrupt: &'a Interrupt,
+    pub progress: &'a Arc<Progress>,
+}
+
+/// Builds what `request` asks for and exports it: Dockerfile to image,
+/// RUN steps in the engine's sandbox, events to its progress.
+pub fn build(engine: &Engine<'_>, request: &BuildRequest) -> crate::Result<Built> {
+    let Engine {
+        store,
+        remote,
+        sandbox,
+        interrupt,
+        progress,
+    } = *engine;
+    let args = request;
+    let output = &request.output;
+    if args.push {
+        if !matches!(output, Output::Store) {
+            bail!("--push sends the image from the store to its registry: leave out --output");
+        }
+        if args.tags.is_empty() {
+            bail!("--push needs a name to push to (-t registry/repository:tag)");
+        }
+    }
+    // BuildKit's docker exporter writes Docker media types unless told not to.
+    let format = match (args.format, output) {
+        (Some(format), _) => format,
+        (None, Output::Docker(_)) => Format::Docker,
+        (None, _) => Format::Oci,
+    };
+    let compression = args.compression;
+    if format == Format::Docker && matches!(compression, Compression::Zstd { .. }) {
+        progress.warn("Docker's image format has no zstd layers: the image gets OCI media types");
+    }
+    let tags = &args.tags;
+    let _in_use = store.lock_shared()?;
+    let stat_cache = StatCache::load(store);
+    remote.show_progress_on(Arc::clone(progress));
+    let cache_to = &args.cache_to;
+    let imported = cache_io::Imported::read(&args.cache_from, store, remote, progress)?;
+    let mut images = StoreImages::new(store, Some(remote), args.pull);
+    let plan = dockerfile::load(
+        &args.dockerfile,
+        &args.labels,
+        &args.allow,
+        &mut images,
+        progress,
+    )?;
+    let source_date_epoch = source_date_epoch(args, plan.graph.source_date_epoch.as_deref())?;
+    let now = source_date_epoch.unwrap_or_else(now_seconds);
+    if args.no_cache {
+        // BuildKit starts cache mounts over with --no-cache: done before
+        // any step runs, so that every step of this build sees the same.
+        for id in plan.graph.cache_mount_ids() {
+            store
+                .reset_cache_mount(id)
+                .with_context(|| format!("starting the cache mount {id:?} over"))?;
+        }
+    }
+    let executor = Executor {
+        store,
+        remote,
+        sandbox,
+        interrupt,
+        secrets: &args.secrets,
+        context: &plan.context,
+        ignore: &plan.ignore,
+        dockerfile: &plan.name,
+        settings: Settings {
+            compression,
+            source_date_epoch,
+            no_cache: args.no_cache,
+            no_cache_stages: args.no_cache_stages.clone(),
+            explain: args.explain,
+            explain_scope: explain_scope(&args.dockerfile),
+        },
+        now,
+        stat_cache: &stat_cache,
+        imported: &imported,
+        results: Mutex::new(Vec::new()),
+        written: Mutex::new(HashMap::new()),
+        reports: Mutex::new(Vec::new()),
+        downloads: Mutex::new(HashMap::new()),
+        progress,
+        jobs: args.jobs.max(1),
+        started: std::time::Instant::now(),
+    };
+    let built = executor.build(&plan.graph);
+    // What was learnt of the context's files stays, even when a step failed.
+    if let Err(e) = stat_cache.save() {
+        progress.warn(&format!("could not save the stat cache: {e}"));
+    }
+    let outputs = built?;
+    let steps = std::mem::take(&mut *executor.lock(&executor.reports));
+    let target = &outputs[plan.graph.target];
+    let mut results = executor.lock(&executor.results).clone();
+    // The order stages finished in changes nothing that is exported.
+    results.sort_by_key(|result| (result.stage, result.step));
+    // Every step of the build, whatever `mode=` says: the build has only
+    // the stages the target needs, and its keys chain on their results.
+    let entries: Vec<cache_io::Entry> = results
+        .iter()
+        .map(|result| cache_io::Entry {
+            key: result.key,
+            layer: result.layer.clone(),
+            created: result.created,
+            chain: result.chain,
+        })
+        .collect();
+    for target_cache in cache_to {
+        let destination = match target_cache {
+            cache_io::CacheTo::Inline => continue,
+            cache_io::CacheTo::Registry { reference } => Ok(reference),
+            cache_io::CacheTo::Local { dir } => Err(dir),
+        };
+        let (records, layers) = cache_io::exported(&entries);
+        let layers = executor.materialize(&layers)?;
+        let (manifest, size) = cache_io::write_cache_manifest(store, records, &layers)?;
+        match destination {
+            Ok(reference) => {
+                remote.push(store, &manifest, std::slice::from_ref(reference))?;
+                progress.note(&format!("exported the cache to {}", reference.familiar()));
+            }
+            Err(dir) => {
+                cache_io::write_local(store, dir, &manifest, size)?;
+                progress.note(&format!("exported the cache to {}", dir.display()));
+            }
+        }
+    }
+    match &output {
+        Output::Local(dir) => {
+            crate::copy::export_tree(executor.view(&target.layers)?, dir, now)?;
+            progress.note(&format!("wrote the image's files to {}", dir.display()));
+            if let Some(file) = &args.metadata_file {
+                write_metadata(file, None, &steps)?;
+            }
+            return Ok(Built {
+                image: None,
+                on_stdout: false,
+                steps,
+            });
+        }
+        Output::Tar(path) => {
+            let files = store.temp_dir()?;
+            crate::copy::export_tree(executor.view(&target.layers)?, files.path(), now)?;
+            let options = PackOptions {
+                compression: Compression::Uncompressed,
+                source_date_epoch,
+            };
+            archive::write_output(path, |out| {
+                pack_dir(files.path(), &options, out)?;
+                Ok(())
+            })?;
+            progress.note(&format!("wrote the image's files to {}", path.display()));
+            if let Some(file) = &args.metadata_file {
+                write_metadata(file, None, &steps)?;
+            }
+            return Ok(Built {
+                image: None,
+                on_stdout: path.as_os_str() == "-",
+                steps,
+            });
+        }
+        Output::Store | Output::Oci(_) | Output::Docker(_) => {}
+    }
+    let exporting = progress.step("exporting layers");
+    let materialized = executor.materialize(&target.layers);
+    if let Ok(layers) = &materialized {
+        exporting.add_bytes(layers.iter().map(|layer| layer.size).sum());
+    }
+    let image_layers = exporting.finish_with(materialized)?;
+    let mut image_file = target.image_file(source_date_epoch, now);
+    if cache_to.contains(&cache_io::CacheTo::Inline) {
+        // Records of the target's layers, by their place in the image.
+        let (exported_records, exported_layers) = cache_io::exported(&entries);
+        let records = exported_records
+            .into_iter()
+            .filter_map(|record| match record.layer {
+                None => Some(record),
+                Some(index) => {
+                    let diff_id = exported_layers[index].diff_id;
+                    let position = target.layers.iter().position(|l| l.diff_id == diff_id)?;
+                    Some(cache_io::ExportedRecord {
+                        layer: Some(position),
+                        ..record
+                    })
+                }
+            })
+            .collect();
+        image_file.inline_cache = Some(cache_io::CacheConfig { records });
+    }
+    let descriptor = write_image(store, &image_file, &image_layers, format)?;
+    let digest: Digest = descriptor.digest().to_string().parse()?;
+    if let Some(file) = &args.iidfile {
+        archive::write_output(file, |out| {
+            out.write_all(digest.to_string().as_bytes())
+                .with_context(|| format!("writing {}", file.display()))
+        })?;
+    }
+    let archive = match &output {
+        Output::Oci(path) => Some((path, Format::Oci)),
+        Output::Docker(path) => Some((path, Format::Docker)),
+        Output::Store | Output::Local(_) | Output::Tar(_) => None,
+    };
+    let Some((path, archive_format)) = archive else {
+        if tags.is_empty() {
+            store.set_name(None, &descriptor)?;
+        }
+        for tag in tags {
+            store.set_name(Some(&tag.to_string()), &descriptor)?;
+            progress.note(&format!("naming to {tag}"));
+        }
+        if args.push {
+            remote.push(store, &digest, tags)?;
+        }
+        if let Some(file) = &args.metadata_file {
+            write_metadata(file, Some((store, &descriptor, tags)), &steps)?;
+        }
+        return Ok(Built {
+            image: Some(digest),
+            on_stdout: false,
+            steps,
+        });
+    };
+    let image = StoredImage::read(store, &digest)?;
+    archive::write_archive(
+        store,
+        &[ArchiveImage {
+            image: &image,
+            names: tags.clone(),
+        }],
+        archive_format,
+        path,
+        source_date_epoch.unwrap_or(0),
+    )?;
+    progress.note(&format!("wrote {}", path.display()));
+    if let Some(file) = &args.metadata_file {
+        write_metadata(file, Some((store, &descriptor, tags)), &steps)?;
+    }
+    Ok(Built {
+        image: Some(digest),
+        on_stdout: path.as_os_str() == "-",
+        steps,
+    })
+}
+
+/// What identifies a Dockerfile across builds, for `--explain`: its path
+/// (the context's for one read from standard input).
+fn explain_scope(dockerfile: &DockerfileArgs) -> String {
+    let canonical = |path: &Path| {
+        std::fs::canonicalize(path)
+            .unwrap_or_else(|_| path.to_path_buf())
+            .display()
+            .to_string()
+    };
+    match &dockerfile.file {
+        Some(file) if file.as_os_str() == "-" => {
+            format!("stdin in {}", canonical(&dockerfile.context))
+        }
+        Some(file) => canonical(file),
+        None => canonical(&crate::dockerfile::default_dockerfile(&dockerfile.context)),
+    }
+}
+
+/// `--metadata-file`: what BuildKit writes there for the image built (when
+/// the build made one), and how each step went (`kiln.steps`: cache hit or
+/// miss, duration).
+fn write_metadata(
+    file: &Path,
+    image: Option<(&Store, &oci_spec::image::Descriptor, &[Reference])>,
+    steps: &[StepReport],
+) -> crate::Result<()> {
+    let mut metadata = serde_json::Map::new();
+    if let Some((store, descriptor, names)) = image {
+        let digest: Digest = descriptor.digest().to_string().parse()?;
+        let image = StoredImage::read(store, &digest)?;
+        metadata.insert("containerimage.digest".into(), digest.to_string().into());
+        metadata.insert(
+            "containerimage.config.digest".into(),
+            image.config_digest.to_string().into(),
+        );
+        metadata.insert(
+            "containerimage.descriptor".into(),
+            serde_json::json!({
+                "mediaType": descriptor.media_type().to_string(),
+                "digest": digest.to_string(),
+                "size": descriptor.size(),
+            }),
+        );
+        metadata.insert(
+            "image.name".into(),
+            names
+                .iter()
+                .map(Reference::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+                .into(),
+        );
+    }
+    metadata.insert("kiln.steps".into(), serde_json::to_value(steps)?);
+    let mut bytes = serde_json::to_vec_pretty(&metadata)?;
+    bytes.push(b'\n');
+    archive::write_output(file, |out| {
+        out.write_all(&bytes)
+            .with_context(|| format!("writing {}", file.display()))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_specs() {
+        assert_eq!(Output::parse(None).expect("default"), Output::Store);
+        assert_eq!(
+            Output::parse(Some("type=image")).expect("image"),
+            Output::Store
+        );
+        assert_eq!(
+            Output::parse(Some("type=oci,dest=x.tar")).expect("oci"),
+            Output::Oci("x.tar".into())
+        );
+        assert_eq!(
+            Output::parse(Some("type=docker,dest=y.tar")).expect("docker"),
+            Output::Docker("y.tar".into())
+        );
+        assert_eq!(
+            Output::parse(Some("type=local,dest=out")).expect("local"),
+            Output::Local("out".into())
+        );
+        assert_eq!(
+            Output::parse(Some("out")).expect("shorthand"),
+            Output::Local("out".into())
+        );
+        assert!(Output::parse(Some("type=oci")).is_err());
+        assert!(Output::parse(Some("type=registry,dest=x")).is_err());
+        assert!(Output::parse(Some("type=oci,compression=zstd")).is_err());
+    }
+}

@@ -1,0 +1,255 @@
+//! Build progress on standard error, as `--progress` asks:
+//!
+//! - `plain` (CI logs): BuildKit's numbered blocks. `#5 [build 2/4] RUN make`
+//!   when a step starts, each line of its output as `#5 0.512 text` (seconds
+//!   since the step began), then `#5 CACHED`, `#5 DONE 1.2s` or
+//!   `#5 ERROR: message`. Every line names its step, so steps running at
+//!   once interleave readably.
+//! - `tty`: a live line per running step with its elapsed time (indicatif),
+//!   output and finished steps printed above them.
+//! - `quiet`: nothing but errors.
+//! - `rawjson`: one JSON object per event and line.
+//! - `auto`: `tty` on a terminal, `plain` otherwise. indicatif hides what it
+//!   prints when standard error is not a terminal, so `tty` there is `plain`.
+
+use std::collections::HashMap;
+use std::io::{IsTerminal, Write};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::bail;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use kiln_builder::progress::{human_bytes, ProgressSink, StepEnd, StepId};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Plain,
+    Tty,
+    Quiet,
+    RawJson,
+}
+
+impl Mode {
+    pub fn parse(text: &str) -> kiln_builder::Result<Mode> {
+        let terminal = std::io::stderr().is_terminal();
+        Ok(match text {
+            "auto" if terminal => Mode::Tty,
+            "auto" | "plain" => Mode::Plain,
+            "tty" if terminal => Mode::Tty,
+            "tty" => Mode::Plain,
+            "quiet" => Mode::Quiet,
+            "rawjson" => Mode::RawJson,
+            other => bail!("invalid --progress {other:?}: auto, tty, plain, quiet or rawjson"),
+        })
+    }
+}
+
+/// Draws a build's progress on standard error as `--progress` asks.
+pub struct Display {
+    mode: Mode,
+    started: Instant,
+    bars: Option<MultiProgress>,
+    steps: Mutex<HashMap<StepId, Shown>>,
+    /// One writer at a time, so lines never mix.
+    out: Mutex<()>,
+}
+
+/// A step on show: its name, when it started and its live line.
+struct Shown {
+    name: String,
+    started: Instant,
+    bar: Option<ProgressBar>,
+}
+
+fn seconds(duration: Duration) -> String {
+    format!("{:.1}s", duration.as_secs_f64())
+}
+
+impl Display {
+    pub fn new(mode: Mode) -> Display {
+        Display {
+            mode,
+            started: Instant::now(),
+            bars: (mode == Mode::Tty).then(MultiProgress::new),
+            steps: Mutex::new(HashMap::new()),
+            out: Mutex::new(()),
+        }
+    }
+
+    /// Writes a line of plain text (or, with bars, above them).
+    fn line(&self, text: &str) {
+        let _one_at_a_time = self.out.lock();
+        match &self.bars {
+            Some(bars) => {
+                let _ = bars.println(text);
+            }
+            None => {
+                let _ = writeln!(std::io::stderr().lock(), "{text}");
+            }
+        }
+    }
+
+    fn event(&self, id: StepId, event: &str, name: &str, text: Option<&str>) {
+        let mut value = serde_json::json!({
+            "id": id,
+            "event": event,
+            "name": name,
+            "time": self.started.elapsed().as_secs_f64(),
+        });
+        if let Some(text) = text {
+            value["text"] = text.into();
+        }
+        self.line(&value.to_string());
+    }
+
+    fn steps(&self) -> std::sync::MutexGuard<'_, HashMap<StepId, Shown>> {
+        self.steps
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The step's name and start, or none for an id never started.
+    fn shown(&self, id: StepId) -> Option<(String, Instant)> {
+        self.steps()
+            .get(&id)
+            .map(|shown| (shown.name.clone(), shown.started))
+    }
+
+    fn finish(&self, id: StepId, plain: &str, event: &str) {
+        let Some(shown) = self.steps().remove(&id) else {
+            return;
+        };
+        if let Some(bar) = &shown.bar {
+            bar.finish_and_clear();
+        }
+        match self.mode {
+            Mode::Plain => self.line(&format!("#{id} {plain}")),
+            Mode::Tty => self.line(&format!("#{id} {} {plain}", shown.name)),
+            Mode::RawJson => self.event(id, event, &shown.name, Some(plain)),
+            Mode::Quiet => {}
+        }
+    }
+}
+
+impl ProgressSink for Display {
+    fn warn(&self, text: &str) {
+        self.line(&format!("warning: {text}"));
+    }
+
+    fn note(&self, text: &str) {
+        match self.mode {
+            Mode::Quiet => {}
+            Mode::RawJson => self.event(0, "note", "", Some(text)),
+            Mode::Plain | Mode::Tty => self.line(text),
+        }
+    }
+
+    fn started(&self, id: StepId, name: &str) {
+        let bar = self.bars.as_ref().map(|bars| {
+            // Set up before it is shown, so that it never shows empty.
+            let bar = ProgressBar::new_spinner()
+                .with_style(
+                    ProgressStyle::with_template("{spinner} #{prefix} {msg} {elapsed}")
+                        .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                )
+                .with_prefix(id.to_string())
+                .with_message(name.to_string());
+            let bar = bars.add(bar);
+            bar.enable_steady_tick(Duration::from_millis(100));
+            bar
+        });
+        self.steps().insert(
+            id,
+            Shown {
+                name: name.to_string(),
+                started: Instant::now(),
+                bar,
+            },
+        );
+        match self.mode {
+            Mode::Plain => self.line(&format!("#{id} {name}")),
+            Mode::RawJson => self.event(id, "start", name, None),
+            Mode::Tty | Mode::Quiet => {}
+        }
+    }
+
+    fn log(&self, id: StepId, text: &str) {
+        let Some((name, started)) = self.shown(id) else {
+            return;
+        };
+        match self.mode {
+            Mode::Plain => self.line(&format!(
+                "#{id} {:.3} {text}",
+                started.elapsed().as_secs_f64()
+            )),
+            Mode::Tty => self.line(&format!("#{id} {text}")),
+            Mode::RawJson => self.event(id, "log", &name, Some(text)),
+            Mode::Quiet => {}
+        }
+    }
+
+    fn bytes(&self, id: StepId, total: u64) {
+        if let Some(shown) = self.steps().get(&id) {
+            if let Some(bar) = &shown.bar {
+                bar.set_message(format!("{} {}", shown.name, human_bytes(total)));
+            }
+        }
+    }
+
+    fn ended(&self, id: StepId, end: StepEnd<'_>) {
+        match end {
+            StepEnd::Cached => self.finish(id, "CACHED", "cached"),
+            StepEnd::Done { bytes } => {
+                let Some((_, started)) = self.shown(id) else {
+                    return;
+                };
+                let elapsed = seconds(started.elapsed());
+                let text = if bytes > 0 {
+                    format!("DONE {elapsed} ({})", human_bytes(bytes))
+                } else {
+                    format!("DONE {elapsed}")
+                };
+                self.finish(id, &text, "done");
+            }
+            StepEnd::Failed { message, tail } => {
+                if self.mode == Mode::Quiet {
+                    // Errors are reported by kiln's final message.
+                    if let Some(Shown { bar: Some(bar), .. }) = self.steps().remove(&id) {
+                        bar.finish_and_clear();
+                    }
+                    return;
+                }
+                let name = self.shown(id).map(|(name, _)| name).unwrap_or_default();
+                self.finish(id, &format!("ERROR: {message}"), "error");
+                if self.mode == Mode::Plain && !tail.is_empty() {
+                    // BuildKit repeats the failed step's last lines between
+                    // `------` lines.
+                    let mut block = format!("------\n > {name}:");
+                    for line in tail {
+                        block.push_str(&format!("\n#{id} {line}"));
+                    }
+                    block.push_str("\n------");
+                    self.line(&block);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_are_named_as_buildx_names_them() {
+        assert_eq!(Mode::parse("plain").unwrap(), Mode::Plain);
+        assert_eq!(Mode::parse("quiet").unwrap(), Mode::Quiet);
+        assert_eq!(Mode::parse("rawjson").unwrap(), Mode::RawJson);
+        // Tests run without a terminal: tty would hide everything.
+        if !std::io::stderr().is_terminal() {
+            assert_eq!(Mode::parse("tty").unwrap(), Mode::Plain);
+            assert_eq!(Mode::parse("auto").unwrap(), Mode::Plain);
+        }
+        assert!(Mode::parse("fancy").is_err());
+    }
+}

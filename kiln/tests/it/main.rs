@@ -1,0 +1,13 @@
+//! The `kiln` binary's integration tests, run as users run it: from inside
+//! a context directory, against a store of their own, with the real
+//! sandbox, a real registry and real tools reading what it writes.
+
+mod cache;
+mod cli;
+mod exports;
+mod images;
+mod registry;
+mod regression;
+mod run;
+mod scheduler;
+mod support;
