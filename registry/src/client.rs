@@ -35,6 +35,9 @@ pub struct ClientOptions {
     /// Blobs up to this size go in one PUT, larger ones in PATCH chunks of
     /// this size.
     pub chunk_size: u64,
+    /// Where the `docker-credential-*` programs config.json names are
+    /// looked for, in order; none means PATH.
+    pub credential_helper_dirs: Option<Vec<PathBuf>>,
 }
 
 impl Default for ClientOptions {
@@ -44,6 +47,7 @@ impl Default for ClientOptions {
             retry: RetryPolicy::default(),
             docker_config: DockerConfig::default_path(),
             chunk_size: 128 << 20,
+            credential_helper_dirs: None,
         }
     }
 }
@@ -56,7 +60,13 @@ pub struct Client {
 impl Client {
     pub fn new(options: ClientOptions) -> Result<Client, Error> {
         let config = match &options.docker_config {
-            Some(path) => Some(DockerConfig::load(path)?),
+            Some(path) => {
+                let config = DockerConfig::load(path)?;
+                Some(match &options.credential_helper_dirs {
+                    Some(dirs) => config.with_helper_dirs(dirs.clone()),
+                    None => config,
+                })
+            }
             None => None,
         };
         let session = Session::new(options.transport.clone(), options.retry, config);
