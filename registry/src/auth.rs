@@ -1,20 +1,25 @@
 //! Authentication: the challenges registries send (`WWW-Authenticate`),
-//! the Bearer token flow (a token per registry and scope, kept until it
-//! expires), and Basic. Tokens and passwords never leave this module except
-//! in an `Authorization` header.
+//! the credentials kiln answers them with, the Bearer token flow (a token
+//! per registry and scope, kept until it expires), and Basic. Tokens and
+//! passwords never leave this module except in an `Authorization` header.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+use reqwest::Method;
+use url::Url;
 
-use crate::credentials::Credential;
-use crate::error::Error;
+use crate::credentials::{Credential, DockerConfig};
+use crate::error::{detail, Error};
+use crate::http::{describe, shown_url};
+use crate::reference::Reference;
+use crate::retry::{retryable_status, RetryPolicy};
 
 /// What a registry asks for in `WWW-Authenticate`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Challenge {
+enum Challenge {
     Basic,
     Bearer {
         realm: String,
@@ -26,7 +31,7 @@ pub(crate) enum Challenge {
 
 /// Parses a `WWW-Authenticate` value: a scheme and `key=value` parameters,
 /// values quoted (with `\` escapes) or bare. Unknown schemes give `None`.
-pub(crate) fn parse_challenge(header: &str) -> Option<Challenge> {
+fn parse_challenge(header: &str) -> Option<Challenge> {
     let header = header.trim();
     let (scheme, rest) = header
         .split_once(char::is_whitespace)
@@ -95,18 +100,18 @@ const EXPIRY_MARGIN: Duration = Duration::from_secs(10);
 
 /// Tokens by registry and scope.
 #[derive(Debug, Default)]
-pub(crate) struct TokenCache {
+struct TokenCache {
     tokens: Mutex<HashMap<(String, String), (String, Instant)>>,
 }
 
 impl TokenCache {
-    pub(crate) fn get(&self, registry: &str, scope: &str) -> Option<String> {
+    fn get(&self, registry: &str, scope: &str) -> Option<String> {
         let tokens = self.tokens.lock().ok()?;
         let (token, expires) = tokens.get(&(registry.to_string(), scope.to_string()))?;
         (Instant::now() + EXPIRY_MARGIN < *expires).then(|| token.clone())
     }
 
-    pub(crate) fn put(&self, registry: &str, scope: &str, token: String, lifetime: Duration) {
+    fn put(&self, registry: &str, scope: &str, token: String, lifetime: Duration) {
         if let Ok(mut tokens) = self.tokens.lock() {
             tokens.insert(
                 (registry.to_string(), scope.to_string()),
@@ -115,14 +120,205 @@ impl TokenCache {
         }
     }
 
-    pub(crate) fn forget(&self, registry: &str, scope: &str) {
+    fn forget(&self, registry: &str, scope: &str) {
         if let Ok(mut tokens) = self.tokens.lock() {
             tokens.remove(&(registry.to_string(), scope.to_string()));
         }
     }
 }
 
-pub(crate) fn basic_header(username: &str, password: &str) -> String {
+/// The scope of a token for `actions` (`pull`, `pull,push`) on the
+/// repository `reference` names.
+pub(crate) fn repository_scope(reference: &Reference, actions: &str) -> String {
+    format!("repository:{}:{actions}", reference.repository())
+}
+
+/// What a client tells each registry about who it is: the credentials
+/// (from config.json, or set for a login), the challenge the registry
+/// sent, and Bearer tokens by scope, each fetched once however many
+/// requests want it.
+pub(crate) struct Authenticator {
+    config: Option<DockerConfig>,
+    /// For the token service, which may be down for a moment like the
+    /// registry.
+    retry: RetryPolicy,
+    credentials: Mutex<HashMap<String, Option<Credential>>>,
+    challenges: Mutex<HashMap<String, Challenge>>,
+    tokens: TokenCache,
+    token_fetch: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Authenticator {
+    pub(crate) fn new(config: Option<DockerConfig>, retry: RetryPolicy) -> Authenticator {
+        Authenticator {
+            config,
+            retry,
+            credentials: Mutex::new(HashMap::new()),
+            challenges: Mutex::new(HashMap::new()),
+            tokens: TokenCache::default(),
+            token_fetch: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn credential(&self, registry: &str) -> Result<Option<Credential>, Error> {
+        if let Ok(known) = self.credentials.lock() {
+            if let Some(credential) = known.get(registry) {
+                return Ok(credential.clone());
+            }
+        }
+        let credential = match &self.config {
+            Some(config) => config.credential(registry)?,
+            None => None,
+        };
+        if let Ok(mut known) = self.credentials.lock() {
+            known.insert(registry.to_string(), credential.clone());
+        }
+        Ok(credential)
+    }
+
+    /// Uses `credential` for `registry` instead of what config.json says.
+    pub(crate) fn set_credential(&self, registry: &str, credential: Option<Credential>) {
+        if let Ok(mut known) = self.credentials.lock() {
+            known.insert(registry.to_string(), credential);
+        }
+    }
+
+    /// Remembers the challenge `registry` sent before any request needed
+    /// it (in its answer to `GET /v2/`), so that later requests need no 401
+    /// first. One kiln does not know is left for the request that meets it.
+    pub(crate) fn expect_challenge(&self, registry: &str, www_authenticate: &str) {
+        if let Some(challenge) = parse_challenge(www_authenticate) {
+            if let Ok(mut challenges) = self.challenges.lock() {
+                challenges.insert(registry.to_string(), challenge);
+            }
+        }
+    }
+
+    /// The `Authorization` header for a request of `scope`, as the
+    /// registry has said it wants: a token for the scope (fetched now when
+    /// there is none, through `http`), or the Basic credentials.
+    pub(crate) async fn authorization(
+        &self,
+        http: &reqwest::Client,
+        registry: &str,
+        scope: &str,
+    ) -> Result<Option<String>, Error> {
+        let challenge = self
+            .challenges
+            .lock()
+            .ok()
+            .and_then(|c| c.get(registry).cloned());
+        match challenge {
+            Some(Challenge::Bearer { realm, service, .. }) => {
+                if let Some(token) = self.tokens.get(registry, scope) {
+                    return Ok(Some(format!("Bearer {token}")));
+                }
+                // One fetch per registry, however many requests want a
+                // token at once.
+                let lock = self
+                    .token_fetch
+                    .lock()
+                    .map(|mut locks| locks.entry(registry.to_string()).or_default().clone())
+                    .unwrap_or_default();
+                let _fetching = lock.lock().await;
+                if let Some(token) = self.tokens.get(registry, scope) {
+                    return Ok(Some(format!("Bearer {token}")));
+                }
+                let credential = self.credential(registry)?;
+                let mut attempt = 0;
+                let (token, lifetime) = loop {
+                    attempt += 1;
+                    match fetch_token(
+                        http,
+                        registry,
+                        &realm,
+                        service.as_deref(),
+                        scope,
+                        credential.as_ref(),
+                    )
+                    .await
+                    {
+                        Ok(token) => break token,
+                        // A token service that is down for a moment is
+                        // waited for like the registry.
+                        Err(Error::Request { .. }) if attempt < self.retry.attempts => {
+                            tokio::time::sleep(self.retry.delay(attempt)).await;
+                        }
+                        Err(Error::Status { status, .. })
+                            if retryable_status(status) && attempt < self.retry.attempts =>
+                        {
+                            tokio::time::sleep(self.retry.delay(attempt)).await;
+                        }
+                        Err(error) => return Err(error),
+                    }
+                };
+                self.tokens.put(registry, scope, token.clone(), lifetime);
+                Ok(Some(format!("Bearer {token}")))
+            }
+            Some(Challenge::Basic) => match self.credential(registry)? {
+                Some(Credential::Basic { username, password }) => {
+                    Ok(Some(basic_header(&username, &password)))
+                }
+                _ => Err(Error::Unauthorized {
+                    registry: registry.to_string(),
+                    what: refused_what(registry, None),
+                    reason: "it wants a user name and password".to_string(),
+                }),
+            },
+            None => Ok(None),
+        }
+    }
+
+    /// Answers a 401 (its `WWW-Authenticate` value): remembers the
+    /// challenge, and drops the token that was refused (`sent`) so that the
+    /// next try gets another.
+    pub(crate) fn challenged(
+        &self,
+        registry: &str,
+        www_authenticate: &str,
+        scope: &str,
+        sent: Option<&str>,
+    ) -> Result<(), Error> {
+        let challenge = parse_challenge(www_authenticate).ok_or_else(|| Error::Unauthorized {
+            registry: registry.to_string(),
+            what: "the request".to_string(),
+            reason: format!(
+                "it asks for an authentication kiln does not know: {www_authenticate:?}"
+            ),
+        })?;
+        if let Some(token) = self.tokens.get(registry, scope) {
+            if sent == Some(format!("Bearer {token}").as_str()) {
+                self.tokens.forget(registry, scope);
+            }
+        }
+        if let Ok(mut challenges) = self.challenges.lock() {
+            challenges.insert(registry.to_string(), challenge);
+        }
+        Ok(())
+    }
+
+    /// The registry said no (401) although it got what it asked for.
+    pub(crate) fn refused(
+        &self,
+        registry: &str,
+        method: &Method,
+        url: &Url,
+        message: &str,
+    ) -> Error {
+        let credential = self.credential(registry).ok().flatten();
+        Error::Unauthorized {
+            registry: registry.to_string(),
+            what: refused_what(registry, credential.as_ref()),
+            reason: format!(
+                "{method} {} answered 401{}",
+                shown_url(url),
+                detail(message)
+            ),
+        }
+    }
+}
+
+fn basic_header(username: &str, password: &str) -> String {
     let encoded =
         base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
     format!("Basic {encoded}")
@@ -130,7 +326,7 @@ pub(crate) fn basic_header(username: &str, password: &str) -> String {
 
 /// Asks the token service `realm` for a token for `scope`; returns it with
 /// its lifetime.
-pub(crate) async fn fetch_token(
+async fn fetch_token(
     http: &reqwest::Client,
     registry: &str,
     realm: &str,
@@ -140,7 +336,7 @@ pub(crate) async fn fetch_token(
 ) -> Result<(String, Duration), Error> {
     let scopes: Vec<&str> = scope.split(' ').filter(|s| !s.is_empty()).collect();
     let what = refused_what(registry, credential);
-    let realm_url = url::Url::parse(realm).map_err(|e| Error::Unauthorized {
+    let realm_url = Url::parse(realm).map_err(|e| Error::Unauthorized {
         registry: registry.to_string(),
         what: what.clone(),
         reason: format!("its token service {realm:?} is not a URL: {e}"),
@@ -191,12 +387,12 @@ pub(crate) async fn fetch_token(
             }
         }
     };
-    let shown = crate::client::shown_url(&realm_url);
+    let shown = shown_url(&realm_url);
     let response = request.send().await.map_err(|e| Error::Request {
         method: "GET".to_string(),
         url: shown.clone(),
         attempts: 1,
-        reason: crate::client::describe(&e),
+        reason: describe(&e),
     })?;
     let status = response.status();
     if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
@@ -224,7 +420,7 @@ pub(crate) async fn fetch_token(
         method: "GET".to_string(),
         url: shown.clone(),
         attempts: 1,
-        reason: crate::client::describe(&e),
+        reason: describe(&e),
     })?;
     let answer: Answer = serde_json::from_slice(&body).map_err(|e| Error::Unauthorized {
         registry: registry.to_string(),
@@ -248,7 +444,7 @@ pub(crate) async fn fetch_token(
 }
 
 /// What a registry refuses when it refuses `credential`.
-pub(crate) fn refused_what(registry: &str, credential: Option<&Credential>) -> String {
+fn refused_what(registry: &str, credential: Option<&Credential>) -> String {
     match credential {
         Some(Credential::Basic { username, .. }) => format!("the credentials of {username}"),
         Some(Credential::IdentityToken { .. }) => "the identity token".to_string(),

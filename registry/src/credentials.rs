@@ -1,7 +1,8 @@
 //! Credentials as Docker keeps them: `config.json` (`$DOCKER_CONFIG`, or
 //! `~/.docker`) with `auths`, `credsStore` and `credHelpers`, the latter two
-//! through `docker-credential-*` programs. `kiln login` and `kiln logout`
-//! write the same file, so docker, skopeo and kiln share one login.
+//! through `docker-credential-*` programs (found in PATH, or in the
+//! directories a caller names). `kiln login` and `kiln logout` write the
+//! same file, so docker, skopeo and kiln share one login.
 
 use std::fmt;
 use std::io::Write;
@@ -56,6 +57,8 @@ pub struct DockerConfig {
     path: PathBuf,
     /// The whole file, so that writing it keeps what kiln does not know.
     json: Map<String, Value>,
+    /// Where credential helpers are looked for; none means PATH.
+    helper_dirs: Option<Vec<PathBuf>>,
 }
 
 /// The key under which Docker files credentials for a registry host.
@@ -122,7 +125,15 @@ impl DockerConfig {
         Ok(DockerConfig {
             path: path.to_path_buf(),
             json,
+            helper_dirs: None,
         })
+    }
+
+    /// Looks for `docker-credential-*` programs in `dirs` only, in order,
+    /// instead of in PATH.
+    pub fn with_helper_dirs(mut self, dirs: Vec<PathBuf>) -> DockerConfig {
+        self.helper_dirs = Some(dirs);
+        self
     }
 
     pub fn path(&self) -> &Path {
@@ -151,7 +162,8 @@ impl DockerConfig {
     /// `docker.io` or `localhost:5000`), if any.
     pub fn credential(&self, registry: &str) -> Result<Option<Credential>, Error> {
         if let Some(helper) = self.helper_for(registry) {
-            if let Some(credential) = helper_get(&helper, &server_key(registry))? {
+            let dirs = self.helper_dirs.as_deref();
+            if let Some(credential) = helper_get(&helper, dirs, &server_key(registry))? {
                 return Ok(Some(credential));
             }
         }
@@ -219,7 +231,13 @@ impl DockerConfig {
                 "Username": username,
                 "Secret": password,
             });
-            run_helper(&helper, "store", request.to_string().as_bytes())?;
+            let input = request.to_string();
+            run_helper(
+                &helper,
+                self.helper_dirs.as_deref(),
+                "store",
+                input.as_bytes(),
+            )?;
             return Ok(());
         }
         let auths = self
@@ -243,9 +261,10 @@ impl DockerConfig {
     pub fn erase(&mut self, registry: &str) -> Result<bool, Error> {
         let mut found = false;
         if let Some(helper) = self.helper_for(registry) {
-            found = helper_get(&helper, &server_key(registry))?.is_some();
+            let dirs = self.helper_dirs.as_deref();
+            found = helper_get(&helper, dirs, &server_key(registry))?.is_some();
             if found {
-                run_helper(&helper, "erase", server_key(registry).as_bytes())?;
+                run_helper(&helper, dirs, "erase", server_key(registry).as_bytes())?;
             }
         }
         if let Some(Value::Object(auths)) = self.json.get_mut("auths") {
@@ -287,9 +306,14 @@ impl DockerConfig {
     }
 }
 
-/// Asks a credential helper for `server`; `None` when it has nothing.
-fn helper_get(helper: &str, server: &str) -> Result<Option<Credential>, Error> {
-    let output = match run_helper(helper, "get", server.as_bytes()) {
+/// Asks a credential helper (looked for in `dirs`, or PATH) for `server`;
+/// `None` when it has nothing.
+fn helper_get(
+    helper: &str,
+    dirs: Option<&[PathBuf]>,
+    server: &str,
+) -> Result<Option<Credential>, Error> {
+    let output = match run_helper(helper, dirs, "get", server.as_bytes()) {
         Ok(output) => output,
         // Helpers exit 1 with this text when they have no entry.
         Err(Error::CredentialHelper { reason, .. }) if reason.contains("credentials not found") => {
@@ -322,13 +346,35 @@ fn helper_get(helper: &str, server: &str) -> Result<Option<Credential>, Error> {
     }))
 }
 
-fn run_helper(helper: &str, action: &str, input: &[u8]) -> Result<Vec<u8>, Error> {
+/// Runs `action` of a credential helper, looked for in `dirs`, or PATH.
+fn run_helper(
+    helper: &str,
+    dirs: Option<&[PathBuf]>,
+    action: &str,
+    input: &[u8],
+) -> Result<Vec<u8>, Error> {
     let program = format!("docker-credential-{helper}");
     let failed = |reason: String| Error::CredentialHelper {
         helper: helper.to_string(),
         reason,
     };
-    let mut child = Command::new(&program)
+    // A bare name is looked for in PATH by the system.
+    let path = match dirs {
+        None => PathBuf::from(&program),
+        Some(dirs) => dirs
+            .iter()
+            .map(|dir| dir.join(&program))
+            .find(|path| is_executable(path))
+            .ok_or_else(|| {
+                let searched: Vec<String> =
+                    dirs.iter().map(|dir| dir.display().to_string()).collect();
+                failed(format!(
+                    "cannot run {program}: it is not in {}",
+                    searched.join(", ")
+                ))
+            })?,
+    };
+    let mut child = Command::new(&path)
         .arg(action)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -355,6 +401,14 @@ fn run_helper(helper: &str, action: &str, input: &[u8]) -> Result<Vec<u8>, Error
         return Err(failed(format!("`{action}` failed: {said}")));
     }
     Ok(output.stdout)
+}
+
+/// Whether `path` is a file its permissions let someone run, as a shell
+/// looking through PATH checks.
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    path.metadata()
+        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 #[cfg(test)]
@@ -435,6 +489,23 @@ mod tests {
         assert!(!config.erase("localhost:5000").expect("erase again"));
         let reloaded = DockerConfig::load(&path).expect("load");
         assert_eq!(reloaded.credential("localhost:5000").expect("get"), None);
+    }
+
+    #[test]
+    fn helpers_are_looked_for_only_in_the_directories_given() {
+        let (dir, config) = config(r#"{"credsStore": "kiln-nowhere"}"#);
+        let empty = dir.path().join("helpers");
+        std::fs::create_dir(&empty).expect("mkdir");
+        let err = config
+            .with_helper_dirs(vec![empty])
+            .credential("registry.example.com")
+            .expect_err("no helper there");
+        let message = err.to_string();
+        assert!(
+            message.contains("docker-credential-kiln-nowhere: it is not in")
+                && message.contains("helpers"),
+            "{message}"
+        );
     }
 
     #[test]

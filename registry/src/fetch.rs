@@ -9,8 +9,8 @@ use kiln_cache::Digest;
 use reqwest::StatusCode;
 use url::Url;
 
-use crate::client::{describe, shown_url};
 use crate::error::Error;
+use crate::http::{describe, shown_url};
 use crate::retry::{retryable_status, RetryPolicy};
 use crate::transport::{self, TransportOptions};
 

@@ -8,9 +8,11 @@ use std::path::PathBuf;
 use futures_util::stream::{self, TryStreamExt};
 use kiln_cache::{Digest, Store};
 
-use crate::client::{manifest_media_type, Client, Manifest, Pushed};
+use crate::client::Client;
 use crate::error::Error;
+use crate::manifest::{manifest_media_type, Manifest};
 use crate::reference::Reference;
+use crate::upload::Pushed;
 
 /// The platform an image is wanted for.
 #[derive(Debug, Clone, PartialEq, Eq)]

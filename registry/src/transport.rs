@@ -12,6 +12,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::error::Error;
+use crate::http::describe;
 
 /// Docker's directory of per-registry certificates.
 pub const DEFAULT_CERTS_DIR: &str = "/etc/docker/certs.d";
@@ -92,7 +93,7 @@ pub fn http_client(registry: &str, options: &TransportOptions) -> Result<reqwest
     }
     builder.build().map_err(|e| Error::Tls {
         registry: registry.to_string(),
-        reason: crate::client::describe(&e),
+        reason: describe(&e),
     })
 }
 

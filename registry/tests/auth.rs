@@ -151,6 +151,7 @@ fn bearer_tokens_per_scope_are_fetched_once_and_push_needs_a_login() {
             &|_, _| {},
         ))
         .expect("push with mounts");
+    assert_eq!(report.blobs.len(), 2);
     assert!(
         report
             .blobs

@@ -1,6 +1,7 @@
 //! Credentials from `docker-credential-*` helpers and identity tokens, as
-//! Docker's config.json names them. One test per binary: the helper is
-//! found through PATH, which the test changes.
+//! Docker's config.json names them. The helper is looked for in a
+//! directory the client's options name, not in PATH, which tests must not
+//! change once threads run.
 
 mod support;
 
@@ -9,7 +10,7 @@ use std::os::unix::fs::PermissionsExt;
 
 use kiln_registry::transfer;
 use kiln_testkit::{runtime, Registry, Setup, TokenIssuer, PASSWORD, REFRESH_TOKEN, USER};
-use support::{client, reference, store, test_image};
+use support::{client, client_with, reference, store, test_image};
 
 #[test]
 fn credential_helpers_and_identity_tokens_authorise_a_push() {
@@ -27,14 +28,6 @@ fn credential_helpers_and_identity_tokens_authorise_a_push() {
     let helper = helpers.path().join("docker-credential-kilntest");
     std::fs::write(&helper, script).expect("helper");
     std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let path = format!(
-        "{}:{}",
-        helpers.path().display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    // Safe here: this test binary runs this one test, on one thread, before
-    // anything reads the environment.
-    unsafe { std::env::set_var("PATH", path) };
     let configs = tempfile::tempdir().expect("tmp");
     let with_helper = configs.path().join("helper.json");
     std::fs::write(
@@ -50,7 +43,9 @@ fn credential_helpers_and_identity_tokens_authorise_a_push() {
     let runtime = runtime();
     runtime
         .block_on(transfer::push(
-            &client(&registry.certs_dir, Some(&with_helper)),
+            &client_with(&registry.certs_dir, Some(&with_helper), |options| {
+                options.credential_helper_dirs = Some(vec![helpers.path().to_path_buf()]);
+            }),
             &source,
             &image,
             &[reference(&registry, "helped/app:1")],

@@ -6,7 +6,7 @@ mod support;
 use std::collections::HashMap;
 
 use kiln_registry::{transfer, Pushed};
-use kiln_testkit::{runtime, Registry, Setup};
+use kiln_testkit::{runtime, Faults, Proxy, Registry, Setup};
 use support::{client, client_with, host_platform, reference, store, test_image};
 
 #[test]
@@ -32,7 +32,8 @@ fn an_image_pushed_pulls_back_whole_and_only_missing_blobs_move() {
     assert!(report.blobs.iter().all(|(_, _, p)| *p == Pushed::Uploaded));
 
     let (_b, target) = store();
-    for tag in ["team/app:1", "team/app:latest"] {
+    // The second tag names the same image: its blobs are in the store.
+    for (tag, fetched) in [("team/app:1", 2), ("team/app:latest", 0)] {
         let pulled = runtime
             .block_on(transfer::pull(
                 &client,
@@ -44,6 +45,7 @@ fn an_image_pushed_pulls_back_whole_and_only_missing_blobs_move() {
             ))
             .expect("pull");
         assert_eq!(pulled.manifest.digest, image, "{tag}");
+        assert_eq!(pulled.fetched, fetched, "{tag}");
     }
     let manifest = target.read_blob(&image).expect("manifest in the store");
     assert_eq!(manifest, source.read_blob(&image).expect("source manifest"));
@@ -73,6 +75,7 @@ fn an_image_pushed_pulls_back_whole_and_only_missing_blobs_move() {
             &|_, _| {},
         ))
         .expect("push again");
+    assert_eq!(report.blobs.len(), 2);
     assert!(report.blobs.iter().all(|(_, _, p)| *p == Pushed::Existed));
 }
 
@@ -81,11 +84,17 @@ fn large_blobs_go_up_in_chunks_and_blobs_mount_across_repositories() {
     let registry = Registry::start(Setup::Anonymous);
     let (_a, source) = store();
     let image = test_image(&source, 1_500_000, 2);
+    let chunk_size = 256 * 1024;
     let chunked = client_with(&registry.certs_dir, None, |options| {
-        options.chunk_size = 256 * 1024;
+        options.chunk_size = chunk_size;
     });
     let runtime = runtime();
-    let first = reference(&registry, "one/app:1");
+    // Through a proxy that injects nothing, which shows the requests.
+    let watching = Proxy::start(&registry.address, Faults::default());
+    let through = |name: &str| {
+        kiln_registry::Reference::parse(&format!("{}/{name}", watching.address)).expect("reference")
+    };
+    let first = through("one/app:1");
     runtime
         .block_on(transfer::push(
             &chunked,
@@ -103,6 +112,16 @@ fn large_blobs_go_up_in_chunks_and_blobs_mount_across_repositories() {
         digest: image,
     })
     .expect("blobs");
+    let chunks = watching
+        .seen()
+        .iter()
+        .filter(|s| s.method == "PATCH" && s.status == 202)
+        .count();
+    assert_eq!(
+        chunks as u64,
+        layers[0].size.div_ceil(chunk_size) - 1,
+        "all of the layer but its last piece went up in PATCH chunks"
+    );
     let mounts: HashMap<_, _> = std::iter::once(config.digest)
         .chain(layers.iter().map(|l| l.digest))
         .map(|digest| (digest, first.clone()))
@@ -112,12 +131,13 @@ fn large_blobs_go_up_in_chunks_and_blobs_mount_across_repositories() {
             &chunked,
             &source,
             &image,
-            &[reference(&registry, "two/app:1")],
+            &[through("two/app:1")],
             &mounts,
             2,
             &|_, _| {},
         ))
         .expect("push with mounts");
+    assert_eq!(report.blobs.len(), 2);
     assert!(
         report.blobs.iter().all(|(_, _, p)| *p == Pushed::Mounted),
         "{:?}",
@@ -139,7 +159,7 @@ fn large_blobs_go_up_in_chunks_and_blobs_mount_across_repositories() {
 }
 
 #[test]
-fn missing_images_and_platforms_are_named() {
+fn a_missing_image_is_named() {
     let registry = Registry::start(Setup::Anonymous);
     let client = client(&registry.certs_dir, None);
     let (_a, target) = store();
@@ -259,10 +279,16 @@ fn a_tag_the_store_has_costs_a_head_not_a_get() {
             ))
             .expect("pull");
     }
-    let manifest_gets = watching
-        .seen()
-        .iter()
-        .filter(|s| s.method == "GET" && s.path.contains("/manifests/"))
-        .count();
-    assert_eq!(manifest_gets, 1, "{:?}", watching.seen());
+    let seen = watching.seen();
+    let manifest_requests = |method: &str| {
+        seen.iter()
+            .filter(|s| s.method == method && s.path.contains("/manifests/"))
+            .count()
+    };
+    assert_eq!(manifest_requests("GET"), 1, "{seen:?}");
+    assert_eq!(
+        manifest_requests("HEAD"),
+        2,
+        "each pull asked which digest the tag names: {seen:?}"
+    );
 }

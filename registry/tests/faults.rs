@@ -1,5 +1,7 @@
 //! Pull and push through a loopback proxy that injects 503s, delays and
-//! connections dropped in the middle of blobs.
+//! connections dropped in the middle of blobs. Each test checks that the
+//! proxy did inject the faults it is about: one that never came would let
+//! it pass with nothing survived.
 
 mod support;
 
@@ -7,11 +9,22 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use kiln_registry::transfer;
-use kiln_testkit::{runtime, Faults, Proxy, Registry, Setup};
+use kiln_testkit::{runtime, Fault, Faults, Proxy, Registry, Seen, Setup};
 use support::{client, client_with, host_platform, reference, store, test_image};
 
 fn reference_via(proxy: &Proxy, name: &str) -> kiln_registry::Reference {
     kiln_registry::Reference::parse(&format!("{}/{name}", proxy.address)).expect("reference")
+}
+
+/// Whether `seen` is a request that sends blob data (a chunk or the
+/// closing request of an upload).
+fn is_upload(seen: &Seen) -> bool {
+    (seen.method == "PATCH" || seen.method == "PUT") && seen.path.contains("/blobs/uploads/")
+}
+
+/// Whether `seen` is a request that starts an upload session.
+fn starts_upload(seen: &Seen) -> bool {
+    seen.method == "POST" && seen.path.ends_with("/blobs/uploads/")
 }
 
 #[test]
@@ -54,12 +67,22 @@ fn pulls_survive_503s_and_resume_broken_downloads() {
         .expect("pull through faults");
     assert_eq!(pulled.manifest.digest, image);
     assert!(target.check().expect("check").is_empty());
+    assert!(proxy.injected(Fault::Unavailable) > 0, "503s were injected");
+    // The layer is cut twice: its first download, and the first resumption.
+    assert_eq!(
+        proxy.injected(Fault::DownloadCut),
+        2,
+        "{:?}",
+        proxy.injections()
+    );
     let seen = proxy.seen();
-    assert!(seen.iter().any(|s| s.status == 503), "503s were injected");
-    assert!(
-        seen.iter()
-            .any(|s| s.status == 206 && s.path.contains("/blobs/")),
-        "a broken download resumed with a Range request: {seen:?}"
+    let resumed = seen
+        .iter()
+        .filter(|s| s.status == 206 && s.path.contains("/blobs/"))
+        .count();
+    assert_eq!(
+        resumed, 2,
+        "each broken download resumed with a Range request: {seen:?}"
     );
 }
 
@@ -107,7 +130,13 @@ fn pushes_survive_faults_and_the_manifest_comes_after_every_blob() {
         blobs_done.iter().all(|s| s.finished < manifest_put),
         "the manifest went up before a blob: {seen:?}"
     );
-    assert!(seen.iter().any(|s| s.status == 0), "uploads were cut");
+    assert_eq!(
+        proxy.injected(Fault::UploadCut),
+        2,
+        "{:?}",
+        proxy.injections()
+    );
+    assert!(proxy.injected(Fault::Unavailable) > 0, "503s were injected");
     let (_b, target) = store();
     let pulled = runtime
         .block_on(transfer::pull(
@@ -161,6 +190,10 @@ fn a_blob_that_does_not_match_its_digest_is_rejected() {
         err.to_string().contains("does not match its content"),
         "{err}"
     );
+    assert!(
+        proxy.injected(Fault::DownloadCorrupted) > 0,
+        "a download was corrupted"
+    );
     assert!(!target.has_blob(&image), "no manifest without its blobs");
     assert!(target.check().expect("check").is_empty());
 }
@@ -188,6 +221,7 @@ fn the_last_try_says_which_request_failed_and_why() {
         message.contains("/v2/down/app/manifests/1 failed after 6 attempt(s): the registry answered 503: UNAVAILABLE injected"),
         "{message}"
     );
+    assert!(unavailable.injected(Fault::Unavailable) >= 6);
 
     // A registry that stops answering is given up on after the stall
     // timeout, not waited for forever.
@@ -210,6 +244,7 @@ fn the_last_try_says_which_request_failed_and_why() {
         ))
         .expect_err("stalled");
     assert!(err.to_string().contains("timed out"), "{err}");
+    assert!(stalled.injected(Fault::Delayed) > 0);
 }
 
 /// Pushes `image` from `source` through `proxy` to `repository`, then
@@ -254,11 +289,15 @@ fn an_upload_whose_answer_is_lost_is_finished_or_started_again() {
     let registry = Registry::start(Setup::Anonymous);
     let (_a, source) = store();
     let image = test_image(&source, 3_000_000, 23);
-    // The first answers lost are those of chunks (the registry then no
-    // longer knows the session by its old address: a new one starts), and
-    // with monolithic uploads those of the closing PUT (the blob is there:
-    // the push goes on).
-    for (repository, chunk_size) in [("lost/chunked:1", 1 << 20), ("lost/whole:1", 32 << 20)] {
+    // The answers lost are those of the first two requests with blob data:
+    // the config's closing PUT and, pushed in chunks, the layer's first
+    // PATCH. After a lost PATCH the registry no longer knows the session by
+    // its old address, and a new one starts; after a lost closing PUT the
+    // blob is there, and the push goes on without another session.
+    for (repository, chunk_size, lost, sessions) in [
+        ("lost/chunked:1", 1 << 20, ["PATCH", "PUT"], 3),
+        ("lost/whole:1", 32 << 20, ["PUT", "PUT"], 2),
+    ] {
         let proxy = Proxy::start(
             &registry.address,
             Faults {
@@ -269,6 +308,16 @@ fn an_upload_whose_answer_is_lost_is_finished_or_started_again() {
         push_through_and_check(&registry, &proxy, &source, &image, repository, |options| {
             options.chunk_size = chunk_size;
         });
+        let mut lost_methods: Vec<String> = proxy
+            .injections()
+            .into_iter()
+            .filter(|i| i.fault == Fault::ReplyLost)
+            .map(|i| i.method)
+            .collect();
+        lost_methods.sort();
+        assert_eq!(lost_methods, lost, "{repository}");
+        let started = proxy.seen().iter().filter(|s| starts_upload(s)).count();
+        assert_eq!(started, sessions, "{repository}: {:?}", proxy.seen());
     }
 }
 
@@ -286,6 +335,7 @@ fn a_slow_upload_that_keeps_moving_is_not_timed_out() {
             ..Faults::default()
         },
     );
+    let stall_timeout = Duration::from_secs(1);
     push_through_and_check(
         &registry,
         &proxy,
@@ -293,8 +343,19 @@ fn a_slow_upload_that_keeps_moving_is_not_timed_out() {
         &image,
         "slow/app:1",
         |options| {
-            options.transport.stall_timeout = Duration::from_secs(1);
+            options.transport.stall_timeout = stall_timeout;
         },
+    );
+    assert!(
+        proxy.injected(Fault::UploadThrottled) > 0,
+        "uploads were slowed"
+    );
+    let seen = proxy.seen();
+    assert!(
+        seen.iter().any(|s| is_upload(s)
+            && (s.status == 201 || s.status == 202)
+            && s.finished - s.started > stall_timeout),
+        "an upload request that took longer than the stall timeout went through: {seen:?}"
     );
 }
 
@@ -330,7 +391,9 @@ fn redirects_and_429s_are_followed() {
             &|_, _| {},
         ))
         .expect("pull through redirects");
-    assert!(redirecting.seen().iter().all(|s| s.status == 307));
+    let seen = redirecting.seen();
+    assert!(!seen.is_empty() && seen.iter().all(|s| s.status == 307));
+    assert_eq!(redirecting.injected(Fault::Redirected), seen.len());
 
     let busy = Proxy::start(
         &registry.address,
@@ -350,5 +413,5 @@ fn redirects_and_429s_are_followed() {
             &|_, _| {},
         ))
         .expect("pull through 429s");
-    assert!(busy.seen().iter().any(|s| s.status == 429));
+    assert!(busy.injected(Fault::TooManyRequests) > 0);
 }

@@ -1,7 +1,8 @@
 //! What kiln's tests share: a real registry (Debian's `docker-registry`)
 //! on a free loopback port with storage of its own, in three set-ups
 //! (anonymous HTTP; Basic auth over TLS with a CA made here; Bearer tokens
-//! from an issuer run here), and a proxy that injects faults.
+//! from an issuer run here), and a proxy that injects faults and says which
+//! it injected.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -423,7 +424,8 @@ pub struct Faults {
     /// Every n-th request (counting from 1) gets a 503 without reaching the
     /// registry.
     pub unavailable_every: Option<usize>,
-    /// Blob downloads are cut off after this many bytes, this many times.
+    /// Blob downloads (whole or resumed) longer than this many bytes are
+    /// cut off after it, this many times.
     pub cut_downloads_after: Option<(u64, usize)>,
     /// Upload bodies (PATCH, PUT of a blob) are cut off after this many
     /// bytes, this many times.
@@ -444,19 +446,69 @@ pub struct Faults {
     pub too_many_every: Option<usize>,
 }
 
-/// A request as the proxy saw it: method, path, status and when it ended.
+/// A request as the proxy saw it: method, path, status, when it came and
+/// when it ended (for uploads, once the body was read and answered).
 #[derive(Debug, Clone)]
 pub struct Seen {
     pub method: String,
     pub path: String,
     pub status: u16,
+    pub started: Instant,
     pub finished: Instant,
+}
+
+/// A fault as a `Proxy` injects it, counted when it really happens (a cut
+/// once bytes are withheld, a throttle once a body is slowed), so that a
+/// test can tell its fault was there to survive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// A 503 in place of the registry's answer (`unavailable_every`).
+    Unavailable,
+    /// A 429 in place of the registry's answer (`too_many_every`).
+    TooManyRequests,
+    /// A 307 to the registry itself (`redirect_to`).
+    Redirected,
+    /// An answer held back (`delay`).
+    Delayed,
+    /// A blob download's body cut off before its end (`cut_downloads_after`).
+    DownloadCut,
+    /// A blob download with a byte changed (`corrupt_downloads`).
+    DownloadCorrupted,
+    /// An upload's body cut off, the registry never reached
+    /// (`cut_uploads_after`).
+    UploadCut,
+    /// An upload's answer dropped after the registry took it
+    /// (`lose_upload_replies`).
+    ReplyLost,
+    /// An upload's body read slowly (`throttle_uploads`).
+    UploadThrottled,
+}
+
+/// A fault a `Proxy` injected, and into which request.
+#[derive(Debug, Clone)]
+pub struct Injected {
+    pub fault: Fault,
+    pub method: String,
+    pub path: String,
+}
+
+type Injections = Arc<Mutex<Vec<Injected>>>;
+
+fn note(injections: &Injections, fault: Fault, method: &str, path: &str) {
+    if let Ok(mut injected) = injections.lock() {
+        injected.push(Injected {
+            fault,
+            method: method.to_string(),
+            path: path.to_string(),
+        });
+    }
 }
 
 /// A loopback HTTP proxy in front of a registry, injecting `Faults`.
 pub struct Proxy {
     pub address: String,
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    injections: Injections,
     _server: Server,
 }
 
@@ -477,7 +529,9 @@ impl Proxy {
             downloads_cut: AtomicUsize::new(0),
             uploads_cut: AtomicUsize::new(0),
             replies_lost: AtomicUsize::new(0),
+            injections: Injections::default(),
         });
+        let injections = state.injections.clone();
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let recorded = seen.clone();
         let server = Server::start(move |request| {
@@ -490,12 +544,29 @@ impl Proxy {
         Proxy {
             address: server.address.clone(),
             seen,
+            injections,
             _server: server,
         }
     }
 
     pub fn seen(&self) -> Vec<Seen> {
         self.seen.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Every fault injected so far, in order.
+    pub fn injections(&self) -> Vec<Injected> {
+        self.injections
+            .lock()
+            .map(|i| i.clone())
+            .unwrap_or_default()
+    }
+
+    /// How many times `fault` was injected so far.
+    pub fn injected(&self, fault: Fault) -> usize {
+        self.injections()
+            .iter()
+            .filter(|i| i.fault == fault)
+            .count()
     }
 }
 
@@ -505,6 +576,7 @@ struct ProxyState {
     downloads_cut: AtomicUsize,
     uploads_cut: AtomicUsize,
     replies_lost: AtomicUsize,
+    injections: Injections,
 }
 
 async fn forward(
@@ -514,6 +586,7 @@ async fn forward(
     state: &ProxyState,
     seen: &Mutex<Vec<Seen>>,
 ) -> Response<Body> {
+    let started = Instant::now();
     let number = state.requests.fetch_add(1, Ordering::SeqCst) + 1;
     let method = request.method().to_string();
     let path_and_query = request
@@ -528,11 +601,14 @@ async fn forward(
                 method: method.clone(),
                 path: path.clone(),
                 status,
+                started,
                 finished: Instant::now(),
             });
         }
     };
+    let injected = |fault: Fault| note(&state.injections, fault, &method, &path);
     if let Some(delay) = state.faults.delay {
+        injected(Fault::Delayed);
         tokio::time::sleep(delay).await;
     }
     if state
@@ -540,6 +616,7 @@ async fn forward(
         .unavailable_every
         .is_some_and(|every| number.is_multiple_of(every))
     {
+        injected(Fault::Unavailable);
         record(503);
         return Response::builder()
             .status(503)
@@ -554,6 +631,7 @@ async fn forward(
         .too_many_every
         .is_some_and(|every| number.is_multiple_of(every))
     {
+        injected(Fault::TooManyRequests);
         record(429);
         return Response::builder()
             .status(429)
@@ -564,6 +642,7 @@ async fn forward(
             .expect("response");
     }
     if let Some(target) = &state.faults.redirect_to {
+        injected(Fault::Redirected);
         record(307);
         return Response::builder()
             .status(307)
@@ -599,6 +678,7 @@ async fn forward(
                 break;
             }
         }
+        injected(Fault::UploadCut);
         record(0);
         return cut_off();
     }
@@ -608,15 +688,26 @@ async fn forward(
             .lose_upload_replies
             .is_some_and(|times| state.replies_lost.fetch_add(1, Ordering::SeqCst) < times);
     let body_stream = match state.faults.throttle_uploads.filter(|_| is_upload) {
-        Some(rate) => body_stream
-            .then(move |chunk| async move {
-                if let Ok(chunk) = &chunk {
-                    let seconds = chunk.len() as f64 / rate as f64;
-                    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
-                }
-                chunk
-            })
-            .boxed(),
+        Some(rate) => {
+            let injections = state.injections.clone();
+            let (method, path) = (method.clone(), path.clone());
+            let throttled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            body_stream
+                .then(move |chunk| {
+                    let slowed = !throttled.swap(true, Ordering::SeqCst);
+                    if slowed {
+                        note(&injections, Fault::UploadThrottled, &method, &path);
+                    }
+                    async move {
+                        if let Ok(chunk) = &chunk {
+                            let seconds = chunk.len() as f64 / rate as f64;
+                            tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+                        }
+                        chunk
+                    }
+                })
+                .boxed()
+        }
         None => body_stream.boxed(),
     };
     upstream_request = upstream_request.body(reqwest::Body::wrap_stream(body_stream));
@@ -633,6 +724,7 @@ async fn forward(
     let status = response.status().as_u16();
     if lose_reply {
         // The registry did the work; the client never hears of it.
+        injected(Fault::ReplyLost);
         record(status);
         return cut_off();
     }
@@ -640,12 +732,18 @@ async fn forward(
     for (name, value) in response.headers() {
         builder = builder.header(name, value);
     }
+    let delivered = status == 200 || status == 206;
+    // A body no longer than the cut is not cut, and does not count.
+    let body_length = response.content_length();
     let cut_download = is_blob_download
-        && status == 200
+        && delivered
         && state
             .faults
             .cut_downloads_after
-            .is_some_and(|(_, times)| state.downloads_cut.fetch_add(1, Ordering::SeqCst) < times);
+            .is_some_and(|(after, times)| {
+                body_length.is_none_or(|length| length > after)
+                    && state.downloads_cut.fetch_add(1, Ordering::SeqCst) < times
+            });
     let limit = if cut_download {
         state.faults.cut_downloads_after.map(|(after, _)| after)
     } else {
@@ -653,11 +751,17 @@ async fn forward(
     };
     let corrupt = is_blob_download && status == 200 && state.faults.corrupt_downloads;
     record(status);
+    let injections = state.injections.clone();
     let mut sent = 0u64;
+    let mut withheld = false;
     let mut corrupted = false;
     let stream = response.bytes_stream().map(move |chunk| {
         let mut chunk = chunk.map_err(std::io::Error::other)?;
         if let Some(limit) = limit {
+            if sent + chunk.len() as u64 > limit && !withheld {
+                withheld = true;
+                note(&injections, Fault::DownloadCut, &method, &path);
+            }
             if sent >= limit {
                 return Err(std::io::Error::other("injected cut"));
             }
@@ -670,6 +774,7 @@ async fn forward(
             changed[0] ^= 0xff;
             chunk = Bytes::from(changed);
             corrupted = true;
+            note(&injections, Fault::DownloadCorrupted, &method, &path);
         }
         sent += chunk.len() as u64;
         Ok(Frame::data(chunk))

@@ -42,6 +42,7 @@ pub fn client_with(
         },
         docker_config: docker_config.map(Path::to_path_buf),
         chunk_size: 32 << 20,
+        ..ClientOptions::default()
     };
     adjust(&mut options);
     Client::new(options).expect("client")
