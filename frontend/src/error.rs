@@ -5,7 +5,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ast::Keyword;
+use crate::keyword::Keyword;
 use crate::shell::ShellError;
 
 /// A place in a Dockerfile: 1-based line and 1-based character column.

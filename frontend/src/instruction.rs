@@ -2,8 +2,9 @@
 //! arguments counted and validated. Values are still unexpanded here; the
 //! lowering expands them in the scope of their stage.
 
-use crate::ast::{Args, Heredoc, Instruction, Keyword, Source, Word};
+use crate::ast::{Args, Heredoc, Instruction, Source, Word};
 use crate::error::{Error, ErrorKind, FlagHint, Pos};
+use crate::keyword::Keyword;
 use crate::parser::parse_heredoc_word;
 use crate::suggest;
 
@@ -755,7 +756,7 @@ fn command_line(args: &Args, heredocs: &[Heredoc], pos: Pos) -> CommandLine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::parse;
+    use crate::parser::parse;
 
     fn commands_of(text: &str) -> Result<Vec<Command>, Error> {
         let dockerfile = parse(text, "Dockerfile")?;

@@ -13,6 +13,7 @@ pub mod graph;
 mod history;
 pub mod ignore;
 pub mod instruction;
+pub mod keyword;
 pub mod lower;
 mod mount;
 pub mod parser;

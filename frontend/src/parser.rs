@@ -5,9 +5,10 @@
 //! means the same thing here as under `docker build`.
 
 use crate::ast::{
-    Args, Directives, Dockerfile, Heredoc, Instruction, KeyValue, Keyword, Source, Warning, Word,
+    Args, Directives, Dockerfile, Heredoc, Instruction, KeyValue, Source, Warning, Word,
 };
 use crate::error::{Error, ErrorKind, Pos};
+use crate::keyword::Keyword;
 use crate::shell::{Lexer, NoVariables};
 use crate::suggest;
 

@@ -554,7 +554,7 @@ fn copy_and_add_errors() {
         ),
         (
             "FROM a\nCOPY https://x/y /y\n",
-            ErrorKind::UrlInCopy(kiln_frontend::ast::Keyword::Copy),
+            ErrorKind::UrlInCopy(kiln_frontend::keyword::Keyword::Copy),
             Pos::new(2, 6),
         ),
         (

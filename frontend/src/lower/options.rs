@@ -1,5 +1,5 @@
-//! What the caller of [`lower`](super::lower) decides and provides: the
-//! target, build arguments, platforms, entitlements, and the base images.
+//! What the caller of the lowering decides and provides: the target, build
+//! arguments, platforms, entitlements, and the base images.
 
 use std::collections::BTreeMap;
 

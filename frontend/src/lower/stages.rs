@@ -5,10 +5,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::ast::{Keyword, Source as DockerfileSource};
+use crate::ast::Source as DockerfileSource;
 use crate::error::{Error, ErrorKind, Pos};
 use crate::graph::{Action, Base, ImageConfig, Source, Stage, Step};
 use crate::instruction::{self, ArgDeclaration, Command, CommandKind, FromCommand};
+use crate::keyword::Keyword;
 use crate::mount::literal_from;
 use crate::parser;
 use crate::platform::Platform;
