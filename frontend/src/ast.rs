@@ -2,9 +2,7 @@
 //! BuildKit's parser splits them, with the position of every piece. Nothing is
 //! unquoted or expanded yet.
 
-use serde::{Deserialize, Serialize};
-
-use crate::error::{Error, ErrorKind, Location, Pos};
+use crate::error::{Error, ErrorKind, Location, Pos, Warning};
 use crate::keyword::Keyword;
 
 /// A piece of an instruction and where it starts.
@@ -109,15 +107,6 @@ impl Default for Directives {
             check: None,
         }
     }
-}
-
-/// Something that parses but is probably a mistake.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Warning {
-    /// The line it concerns, when it concerns one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub line: Option<usize>,
-    pub message: String,
 }
 
 /// The text of a Dockerfile, kept to point at lines in errors.

@@ -70,20 +70,19 @@ pub struct RunCommand {
     pub command: CommandLine,
     /// `--mount` values, parsed when the stage's variables are known.
     pub mounts: Vec<Word>,
+    /// As written; the lowering decides which network each mode gives.
     pub network: Option<NetworkMode>,
     pub security: Option<SecurityMode>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NetworkMode {
     Default,
     None,
     Host,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SecurityMode {
     Sandbox,
     Insecure,

@@ -26,8 +26,8 @@ mod run;
 mod stages;
 mod state;
 
-use crate::ast::{Dockerfile, Warning};
-use crate::error::Error;
+use crate::ast::Dockerfile;
+use crate::error::{Error, Warning};
 use crate::graph::BuildGraph;
 use crate::instruction;
 use crate::shell::Lexer;

@@ -2,7 +2,7 @@
 //! their defaults and sources, `--network` and `--security`.
 
 use crate::error::{Error, ErrorKind, Pos};
-use crate::graph::{Action, InlineFile, Mount, RunStep, Sharing, Source, Step};
+use crate::graph::{Action, InlineFile, Mount, Network, RunStep, Security, Sharing, Source, Step};
 use crate::instruction::{Command, NetworkMode, RunCommand, SecurityMode};
 use crate::mount::{parse_mount, MountSpec, MountType};
 use crate::parser::parse_heredoc_word;
@@ -84,10 +84,18 @@ fn run_step(
             resolve_source,
         )?);
     }
-    let security = run.security.unwrap_or(SecurityMode::Sandbox);
-    if security == SecurityMode::Insecure && !options.allow_insecure {
-        return Err(source.error(ErrorKind::InsecureNotAllowed, command.pos));
-    }
+    let security = match run.security {
+        Some(SecurityMode::Insecure) if !options.allow_insecure => {
+            return Err(source.error(ErrorKind::InsecureNotAllowed, command.pos))
+        }
+        Some(SecurityMode::Insecure) => Security::Insecure,
+        Some(SecurityMode::Sandbox) | None => Security::Sandbox,
+    };
+    let network = match run.network {
+        Some(NetworkMode::None) => Network::None,
+        // BuildKit's default network for RUN is the host's.
+        Some(NetworkMode::Host | NetworkMode::Default) | None => Network::Host,
+    };
     let state = &stage.state;
     let line = &run.command;
     let mut args = line.args.clone();
@@ -129,7 +137,7 @@ fn run_step(
             proxy_env: options.proxy_env(),
             user: state.config.user.clone(),
             workdir: state.workdir().to_string(),
-            network: run.network.unwrap_or(NetworkMode::Default),
+            network,
             security,
             mounts,
             inline_files,
