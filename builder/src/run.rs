@@ -10,8 +10,7 @@ use std::sync::{Arc, OnceLock};
 
 use crate::error::{bail, Context};
 use kiln_cache::{CacheMount, Sharing, Store};
-use kiln_frontend::graph::{BuildGraph, Mount, RunStep, Sharing as MountSharing, Source};
-use kiln_frontend::instruction::{NetworkMode, SecurityMode};
+use kiln_frontend::graph::{self, BuildGraph, Mount, RunStep, Sharing as MountSharing, Source};
 use kiln_runtime::{
     AgentProxy, BundleOwners, Layers, Network, Outcome, Runtime, Sensitive, Step, StepIo,
     StepMount, User,
@@ -308,10 +307,10 @@ impl crate::build::Executor<'_> {
             },
             hostname: HOSTNAME.to_string(),
             network: match run.network {
-                NetworkMode::None => Network::None,
-                NetworkMode::Host | NetworkMode::Default => Network::Host,
+                graph::Network::None => Network::None,
+                graph::Network::Host => Network::Host,
             },
-            insecure: run.security == SecurityMode::Insecure,
+            insecure: run.security == graph::Security::Insecure,
             mounts: prepared.mounts.clone(),
         };
         let lowers = view.layers().to_vec();

@@ -119,7 +119,7 @@ fn bench(c: &mut Criterion) {
             .expect("parses")
             .instructions
             .iter()
-            .filter(|i| i.keyword == kiln_frontend::ast::Keyword::From)
+            .filter(|i| i.keyword == kiln_frontend::keyword::Keyword::From)
             .count();
         c.bench_function(&format!("parse_and_lower_5000_lines_{name}"), |b| {
             b.iter(|| {

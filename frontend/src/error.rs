@@ -1,11 +1,12 @@
-//! Errors of the frontend. Each one says what is wrong in words a Dockerfile
-//! author can act on, and where: file, line and column, with the line itself.
+//! Errors and warnings of the frontend. Each error says what is wrong in
+//! words a Dockerfile author can act on, and where: file, line and column,
+//! with the line itself.
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ast::Keyword;
+use crate::keyword::Keyword;
 use crate::shell::ShellError;
 
 /// A place in a Dockerfile: 1-based line and 1-based character column.
@@ -286,6 +287,15 @@ fn known_stages(name: &str, stages: &[String]) -> String {
     } else {
         format!(" (named stages: {})", stages.join(", "))
     }
+}
+
+/// Something that parses but is probably a mistake.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Warning {
+    /// The line it concerns, when it concerns one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
+    pub message: String,
 }
 
 #[cfg(test)]

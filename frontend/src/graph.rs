@@ -9,9 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::ast::Warning;
-use crate::error::Pos;
-use crate::instruction::{NetworkMode, SecurityMode};
+use crate::error::{Pos, Warning};
 use crate::platform::Platform;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -128,14 +126,35 @@ pub struct RunStep {
     /// `user[:group]`; empty means root.
     pub user: String,
     pub workdir: String,
-    pub network: NetworkMode,
-    pub security: SecurityMode,
+    pub network: Network,
+    pub security: Security,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mounts: Vec<Mount>,
     /// Files made available read-only to the process (a heredoc script with a
     /// shebang is run from one).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub inline_files: Vec<InlineFile>,
+}
+
+/// The network a RUN step's process is given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Network {
+    /// The host's.
+    Host,
+    /// Only a loopback interface of its own.
+    None,
+}
+
+/// The privileges of a RUN step's process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Security {
+    /// Docker's default capabilities and devices.
+    Sandbox,
+    /// Every capability and device kiln has (`--security=insecure`, which
+    /// the caller must allow).
+    Insecure,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

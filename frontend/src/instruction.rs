@@ -2,8 +2,9 @@
 //! arguments counted and validated. Values are still unexpanded here; the
 //! lowering expands them in the scope of their stage.
 
-use crate::ast::{Args, Heredoc, Instruction, Keyword, Source, Word};
+use crate::ast::{Args, Heredoc, Instruction, Source, Word};
 use crate::error::{Error, ErrorKind, FlagHint, Pos};
+use crate::keyword::Keyword;
 use crate::parser::parse_heredoc_word;
 use crate::suggest;
 
@@ -69,20 +70,19 @@ pub struct RunCommand {
     pub command: CommandLine,
     /// `--mount` values, parsed when the stage's variables are known.
     pub mounts: Vec<Word>,
+    /// As written; the lowering decides which network each mode gives.
     pub network: Option<NetworkMode>,
     pub security: Option<SecurityMode>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NetworkMode {
     Default,
     None,
     Host,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SecurityMode {
     Sandbox,
     Insecure,
@@ -755,7 +755,7 @@ fn command_line(args: &Args, heredocs: &[Heredoc], pos: Pos) -> CommandLine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::parse;
+    use crate::parser::parse;
 
     fn commands_of(text: &str) -> Result<Vec<Command>, Error> {
         let dockerfile = parse(text, "Dockerfile")?;

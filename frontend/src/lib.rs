@@ -1,11 +1,29 @@
-//! The Dockerfile frontend of kiln: parsing (directives, continuations,
-//! heredocs, every instruction and flag), BuildKit's variable expansion,
-//! `.dockerignore` matching, and lowering to a [`graph::BuildGraph`] that no
-//! longer mentions Dockerfile syntax.
+//! The Dockerfile frontend of kiln. It owns everything that knows Dockerfile
+//! syntax: parsing (directives, continuations, heredocs, every instruction
+//! and flag), BuildKit's variable expansion, `.dockerignore` matching, and
+//! lowering to a [`graph::BuildGraph`], the crate's output, which no longer
+//! mentions Dockerfile syntax. Building that graph is the builder's.
 //!
 //! The frontend does no I/O beyond what its callers hand it: the Dockerfile
 //! and ignore-file text, and the configuration of base images through
 //! [`lower::BaseImages`].
+//!
+//! Modules, from what is read to what is produced:
+//!
+//! - [`parser`]: Dockerfile text to instructions, as BuildKit's parser does.
+//! - [`ast`]: the parsed Dockerfile: instructions, words and their positions.
+//! - [`keyword`]: the instruction names.
+//! - [`instruction`]: typed instructions, flags and arguments checked.
+//! - `mount`: the `RUN --mount` option syntax.
+//! - [`shell`]: quote removal and `$VAR` expansion of words.
+//! - [`lower`](mod@lower): instructions to the graph: stages, scopes, image configuration.
+//! - [`graph`]: the build graph the builder consumes.
+//! - `history`: the image history text BuildKit writes, in Go's formats.
+//! - `paths`: lexical path arithmetic for paths inside images.
+//! - [`platform`]: `os/arch[/variant]` platforms, normalised.
+//! - [`ignore`]: `.dockerignore` matching.
+//! - [`error`]: errors, with their place in the Dockerfile, and warnings.
+//! - `suggest`: "did you mean" suggestions for misspelt names.
 
 pub mod ast;
 pub mod error;
@@ -13,6 +31,7 @@ pub mod graph;
 mod history;
 pub mod ignore;
 pub mod instruction;
+pub mod keyword;
 pub mod lower;
 mod mount;
 pub mod parser;

@@ -4,10 +4,9 @@
 //! The rules follow BuildKit's parser, quirks included, so that a Dockerfile
 //! means the same thing here as under `docker build`.
 
-use crate::ast::{
-    Args, Directives, Dockerfile, Heredoc, Instruction, KeyValue, Keyword, Source, Warning, Word,
-};
-use crate::error::{Error, ErrorKind, Pos};
+use crate::ast::{Args, Directives, Dockerfile, Heredoc, Instruction, KeyValue, Source, Word};
+use crate::error::{Error, ErrorKind, Pos, Warning};
+use crate::keyword::Keyword;
 use crate::shell::{Lexer, NoVariables};
 use crate::suggest;
 

@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 
 use kiln_frontend::graph::{
-    Action, Base, BuildGraph, CopySource, ImageConfig, Mount, RunStep, Sharing, Source, Stage,
+    Action, Base, BuildGraph, CopySource, ImageConfig, Mount, Network, RunStep, Security, Sharing,
+    Source, Stage,
 };
 use kiln_frontend::lower::DEFAULT_PATH;
 use kiln_frontend::{
@@ -554,7 +555,7 @@ fn copy_and_add_errors() {
         ),
         (
             "FROM a\nCOPY https://x/y /y\n",
-            ErrorKind::UrlInCopy(kiln_frontend::ast::Keyword::Copy),
+            ErrorKind::UrlInCopy(kiln_frontend::keyword::Keyword::Copy),
             Pos::new(2, 6),
         ),
         (
@@ -658,11 +659,30 @@ fn insecure_runs_need_permission() {
     };
     let g = lower_with(text, &options, &mut Images::default()).expect("allowed");
     let run = runs_of(&g)[0];
-    assert_eq!(serde_json::to_value(run.network).expect("json"), "host");
-    assert_eq!(
-        serde_json::to_value(run.security).expect("json"),
-        "insecure"
+    assert_eq!(run.network, Network::Host);
+    assert_eq!(run.security, Security::Insecure);
+}
+
+#[test]
+fn run_gets_the_hosts_network_unless_it_asks_for_none() {
+    let g = graph(
+        "FROM a\nRUN one\nRUN --network=default two\nRUN --network=host three\n\
+         RUN --network=none four\nRUN --security=sandbox five\n",
     );
+    let networks: Vec<Network> = runs_of(&g).iter().map(|run| run.network).collect();
+    assert_eq!(
+        networks,
+        [
+            Network::Host,
+            Network::Host,
+            Network::Host,
+            Network::None,
+            Network::Host
+        ]
+    );
+    assert!(runs_of(&g)
+        .iter()
+        .all(|run| run.security == Security::Sandbox));
 }
 
 #[test]
@@ -879,12 +899,25 @@ fn configuration_errors_point_at_the_value() {
 
 #[test]
 fn graph_serialises_to_json() {
-    let g = graph(
-        "FROM scratch AS build\nRUN --network=none make\nFROM scratch\nCOPY --from=build /out /\n",
-    );
+    let options = LowerOptions {
+        allow_insecure: true,
+        ..LowerOptions::default()
+    };
+    let g = lower_with(
+        "FROM scratch AS build\nRUN --network=none make\nRUN --security=insecure make install\n\
+         FROM scratch\nCOPY --from=build /out /\n",
+        &options,
+        &mut Images::default(),
+    )
+    .expect("lowers");
     let json = serde_json::to_value(&g).expect("serialises");
-    assert_eq!(json["stages"][0]["steps"][0]["action"]["op"], "run");
-    assert_eq!(json["stages"][0]["steps"][0]["action"]["network"], "none");
+    let sandboxed = &json["stages"][0]["steps"][0]["action"];
+    assert_eq!(sandboxed["op"], "run");
+    assert_eq!(sandboxed["network"], "none");
+    assert_eq!(sandboxed["security"], "sandbox");
+    let insecure = &json["stages"][0]["steps"][1]["action"];
+    assert_eq!(insecure["network"], "host");
+    assert_eq!(insecure["security"], "insecure");
     assert_eq!(
         json["stages"][1]["steps"][0]["action"]["from"]["kind"],
         "stage"

@@ -1,8 +1,22 @@
-//! kiln's sandbox: overlayfs root filesystems, namespaces, mounts and process
-//! supervision for RUN steps, with cleanup that never leaks a mount or a
-//! process.
+//! kiln's sandbox, for RUN steps and `kiln run`. It owns running one process
+//! on a stack of layer directories: the overlayfs root filesystem and the
+//! step's mounts, its namespaces, the OCI runtime configuration (Docker's
+//! default capabilities, masked and read-only paths), the helper process and
+//! the OCI runtime it starts, the process's output and how it ended, the
+//! proxy to the SSH agent, and cleanup that never leaks a mount or a
+//! process. What the step changes is left in an upper directory the caller
+//! gives, without the mount points the runtime made.
 //!
-//! It knows nothing of layer tar formats or the cache index.
+//! It knows nothing of Dockerfiles, layer tar formats or the cache index:
+//! the builder turns a RUN step into a [`Step`], and the upper directory
+//! into a layer.
+//!
+//! - `sandbox`: the helper process, the overlays, the runtime's start,
+//!   supervision and cleanup.
+//! - `spec`: the OCI runtime configuration of a step.
+//! - `stubs`: mount points the runtime creates, removed from the changes.
+//! - `agent`: the SSH agent socket of `RUN --mount=type=ssh`.
+//! - `error`: errors of the sandbox.
 
 mod agent;
 mod error;

@@ -433,7 +433,8 @@ impl Runtime {
         };
         let kiln = rustix::process::getpid();
         // SAFETY: between fork and exec only async-signal-safe calls are
-        // made (prctl, getppid, setsid).
+        // made (prctl, getppid, setsid) and nothing is allocated: errors are
+        // raw errnos.
         unsafe {
             command.pre_exec(move || {
                 // Die with kiln (and if kiln died before this line, now);
@@ -443,7 +444,10 @@ impl Runtime {
                     rustix::process::Signal::KILL,
                 ))?;
                 if rustix::process::getppid() != Some(kiln) {
-                    return Err(std::io::Error::other("kiln has ended"));
+                    // ESRCH: kiln is gone. Only an errno crosses back to
+                    // spawn(), so a message would be allocated here only to
+                    // be lost.
+                    return Err(rustix::io::Errno::SRCH.into());
                 }
                 rustix::process::setsid()?;
                 Ok(())
@@ -714,16 +718,18 @@ fn sandbox(bundle: &Path) -> Result<i32, Error> {
         .arg("--bundle")
         .arg(bundle)
         .arg(&plan.id);
-    // SAFETY: only prctl and mount between fork and exec.
+    // SAFETY: only prctl and mount between fork and exec, and nothing is
+    // allocated: the mount's strings are C string literals, errors are raw
+    // errnos.
     unsafe {
         runtime.pre_exec(|| {
             rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
             // The runtime is the first process of the new pid namespace and
             // reads its children in /proc: a /proc of that namespace.
             rustix::mount::mount(
-                "proc",
-                "/proc",
-                "proc",
+                c"proc",
+                c"/proc",
+                c"proc",
                 rustix::mount::MountFlags::NOSUID
                     | rustix::mount::MountFlags::NODEV
                     | rustix::mount::MountFlags::NOEXEC,

@@ -1,0 +1,92 @@
+//! What the caller of the lowering decides and provides: the target, build
+//! arguments, platforms, entitlements, and the base images.
+
+use std::collections::BTreeMap;
+
+use crate::graph::ImageConfig;
+use crate::platform::Platform;
+
+/// Build arguments that are passed to RUN without an ARG declaration, and
+/// never recorded in history or cache keys.
+const PROXY_ARGS: [&str; 5] = [
+    "http_proxy",
+    "https_proxy",
+    "ftp_proxy",
+    "no_proxy",
+    "all_proxy",
+];
+
+/// What the caller decides about a build.
+#[derive(Debug, Clone)]
+pub struct LowerOptions {
+    /// The stage to build; the last stage when absent.
+    pub target: Option<String>,
+    pub build_args: BTreeMap<String, String>,
+    pub build_platform: Platform,
+    pub target_platform: Platform,
+    /// Labels added to the target stage's image.
+    pub labels: BTreeMap<String, String>,
+    /// Whether `RUN --security=insecure` is allowed.
+    pub allow_insecure: bool,
+}
+
+impl Default for LowerOptions {
+    fn default() -> Self {
+        LowerOptions {
+            target: None,
+            build_args: BTreeMap::new(),
+            build_platform: Platform::host(),
+            target_platform: Platform::host(),
+            labels: BTreeMap::new(),
+            allow_insecure: false,
+        }
+    }
+}
+
+impl LowerOptions {
+    /// The proxy build arguments as RUN passes them, each under its upper-
+    /// and lower-case name.
+    pub(super) fn proxy_env(&self) -> Vec<String> {
+        self.build_args
+            .iter()
+            .filter(|(k, _)| is_proxy_arg(k))
+            .flat_map(|(k, v)| {
+                [
+                    format!("{}={v}", k.to_ascii_uppercase()),
+                    format!("{}={v}", k.to_ascii_lowercase()),
+                ]
+            })
+            .collect()
+    }
+}
+
+pub(super) fn is_proxy_arg(name: &str) -> bool {
+    PROXY_ARGS.iter().any(|p| p.eq_ignore_ascii_case(name))
+}
+
+/// A base image as the builder found it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedImage {
+    /// The reference to build from, pinned to a digest when the builder knows it.
+    pub reference: String,
+    pub config: ImageConfig,
+}
+
+/// Looks up the configuration of base images. Only the images of stages the
+/// target needs are asked for.
+pub trait BaseImages {
+    fn resolve(&mut self, reference: &str, platform: &Platform) -> Result<ResolvedImage, String>;
+}
+
+/// Treats every base image as having an empty configuration, for looking at
+/// a graph without a store or registry at hand.
+pub struct UnknownImages;
+
+impl BaseImages for UnknownImages {
+    fn resolve(&mut self, reference: &str, _platform: &Platform) -> Result<ResolvedImage, String> {
+        Ok(ResolvedImage {
+            reference: reference.to_string(),
+            config: ImageConfig::default(),
+        })
+    }
+}
