@@ -16,7 +16,7 @@ use kiln_frontend::{DockerIgnore, Platform};
 
 use crate::copy::{self, SourceTree};
 use crate::image::{rfc3339, History, ImageFile, Layer, LayerEncoding, RootFs, StoredImage};
-use crate::keys::{reads_stage_files, StageFiles};
+use crate::keys::{reads_stage_files, StageFiles, StepKey};
 use crate::progress::Progress;
 use crate::remote::Remote;
 
@@ -432,7 +432,11 @@ impl Executor<'_> {
         place: &StepPlace<'_>,
         progress: &crate::progress::Step<'_>,
     ) -> crate::Result<StepOutcome> {
-        let (step_key, parts) = self.step_key(parent, action, outputs, graph, StageFiles::ByKey)?;
+        let StepKey {
+            key: step_key,
+            parts,
+            mut selection,
+        } = self.step_key(parent, action, outputs, graph, StageFiles::ByKey)?;
         let before = self.remember_parts(place, &parts);
         let hit = |record: &CacheRecord, layer: Option<Layer>, chain: Digest| StepOutcome {
             key: step_key,
@@ -455,10 +459,10 @@ impl Executor<'_> {
         // content key, so that the next build finds both without reading a
         // file.
         let content_key = if reads_stage_files(action) {
-            Some(
-                self.step_key(parent, action, outputs, graph, StageFiles::ByContent)?
-                    .0,
-            )
+            let by_content =
+                self.step_key(parent, action, outputs, graph, StageFiles::ByContent)?;
+            selection = selection.or(by_content.selection);
+            Some(by_content.key)
         } else {
             None
         };
@@ -486,7 +490,7 @@ impl Executor<'_> {
         for line in &explanation {
             progress.log(&format!("cache miss: {line}"));
         }
-        let layer = self.execute(action, layers, outputs, graph, progress)?;
+        let layer = self.execute(action, selection, layers, outputs, graph, progress)?;
         let record = CacheRecord {
             layer: layer.as_ref().map(Layer::record),
             created: Some(self.now),
@@ -551,6 +555,7 @@ impl Executor<'_> {
     fn execute(
         &self,
         action: &Action,
+        selection: Option<copy::Selection>,
         layers: &[Layer],
         outputs: &Outputs,
         graph: &BuildGraph,
@@ -560,9 +565,15 @@ impl Executor<'_> {
             Action::Run(run) => self.run_step(run, layers, outputs, graph, progress),
             Action::Copy(copy_step) => {
                 let source = self.source_tree(&copy_step.from, outputs, graph)?;
+                let selection = match selection {
+                    Some(selection) => selection,
+                    None => copy::select(copy_step, &source)?,
+                };
                 let view = self.view(layers)?;
                 let fetch = |url: &str| self.downloaded(url);
-                self.in_diff(|diff| copy::copy(copy_step, &source, &view, diff, self.now, &fetch))
+                self.in_diff(|diff| {
+                    copy::copy(copy_step, selection, &source, &view, diff, self.now, &fetch)
+                })
             }
             Action::Mkdir(mkdir) => {
                 let view = self.view(layers)?;

@@ -6,9 +6,10 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::error::{bail, Context};
+use kiln_cache::digest::HashingReader;
 use kiln_cache::extract::{extract_with, ExtractMode, ExtractOptions, Placement, PlacementError};
 use kiln_cache::pack::{belongs_in_layer, read_xattrs};
 use kiln_cache::tree::{split_parent, Attributes, TreeWriter};
@@ -66,6 +67,9 @@ struct Writer<'a> {
     new_directory_mode: u32,
     ensured: HashSet<String>,
     hard_links: HashMap<(u64, u64), String>,
+    /// What the step's key read of the context's entries, checked again
+    /// as they are copied.
+    hashed: Option<&'a HashMap<PathBuf, Hashed>>,
 }
 
 /// Runs a COPY or ADD step, writing into the empty directory `diff`.
@@ -82,8 +86,56 @@ pub struct Downloaded {
 /// Downloads a URL for `ADD`.
 pub type Fetch<'a> = dyn Fn(&str) -> crate::Result<Downloaded> + 'a;
 
+/// What a COPY or ADD reads, chosen once for both its cache key and the
+/// copy: each source pattern's matches and the parsed `--exclude`. For the
+/// build context (files a user may save at any moment) it also keeps what
+/// the key hashed of every entry, which the copy checks again as it reads:
+/// a file changed in between fails the step instead of giving a cache
+/// record whose key describes other bytes than its layer.
+pub struct Selection {
+    /// One per path source, in the step's order.
+    expansions: Vec<Expansion>,
+    exclude: Option<DockerIgnore>,
+    /// By host path, what the key read of each entry of the context.
+    hashed: Option<HashMap<PathBuf, Hashed>>,
+}
+
+/// What a key read of one entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Hashed {
+    mode: u32,
+    link: Option<PathBuf>,
+    content: Option<Digest>,
+}
+
+/// Matches the step's path sources in `source` and parses its `--exclude`.
+/// A source that is not a wildcard and matches nothing is an error.
+pub fn select(step: &CopyStep, source: &SourceTree<'_>) -> crate::Result<Selection> {
+    let exclude = if step.exclude.is_empty() {
+        None
+    } else {
+        Some(DockerIgnore::parse(&step.exclude.join("\n"), "--exclude")?)
+    };
+    let mut expansions = Vec::new();
+    for copy_source in &step.sources {
+        if let CopySource::Path(pattern) = copy_source {
+            let found = expand(source, pattern, step.parents)?;
+            if found.matches.is_empty() && !has_wildcard(pattern) {
+                bail!("{pattern}: not found in {}", source.label);
+            }
+            expansions.push(found);
+        }
+    }
+    Ok(Selection {
+        expansions,
+        exclude,
+        hashed: None,
+    })
+}
+
 pub fn copy(
     step: &CopyStep,
+    selection: Selection,
     source: &SourceTree<'_>,
     rootfs: &LayerView,
     diff: &Path,
@@ -102,11 +154,12 @@ pub fn copy(
         None if source.is_context() => Some((0, 0)),
         None => None,
     };
-    let exclude = if step.exclude.is_empty() {
-        None
-    } else {
-        Some(DockerIgnore::parse(&step.exclude.join("\n"), "--exclude")?)
-    };
+    let Selection {
+        expansions,
+        exclude,
+        hashed,
+    } = selection;
+    let mut expansions = expansions.into_iter();
     if step.sources.len() > 1 && !step.dest.ends_with('/') {
         bail!(
             "with more than one source the destination must be a directory ending with / (not {})",
@@ -122,10 +175,9 @@ pub fn copy(
     for copy_source in &step.sources {
         match copy_source {
             CopySource::Path(pattern) => {
-                let found = expand(source, pattern, step.parents)?;
-                if found.matches.is_empty() && !has_wildcard(pattern) {
-                    bail!("{pattern}: not found in {}", source.label);
-                }
+                let found = expansions
+                    .next()
+                    .with_context(|| format!("{pattern} was not selected (a bug in kiln)"))?;
                 make_dest |= step.parents && found.pivots > 0;
                 matches.extend(found.matches);
             }
@@ -165,6 +217,7 @@ pub fn copy(
         new_directory_mode: step.chmod.unwrap_or(0o755),
         ensured: HashSet::new(),
         hard_links: HashMap::new(),
+        hashed: hashed.as_ref(),
     };
     if make_dest {
         writer.ensure_directory(dest)?;
@@ -312,6 +365,7 @@ pub fn copy_subtree(
     };
     copy(
         &step,
+        select(&step, source)?,
         source,
         &LayerView::default(),
         dest,
@@ -342,6 +396,7 @@ pub fn mkdir(step: &MkdirStep, rootfs: &LayerView, diff: &Path, now: i64) -> cra
         new_directory_mode: 0o755,
         ensured: HashSet::new(),
         hard_links: HashMap::new(),
+        hashed: None,
     };
     let path = writer.place(&step.path)?;
     writer.ensure_parents(&path)?;
@@ -405,34 +460,34 @@ fn choose(
 /// files from the context belong to root (or to `--chown`) anyway.
 pub fn sources_digest(
     step: &CopyStep,
+    selection: &mut Selection,
     source: &SourceTree<'_>,
     stat_cache: &StatCache,
     files: &mut Vec<(String, String)>,
 ) -> crate::Result<Digest> {
-    let exclude = if step.exclude.is_empty() {
-        None
-    } else {
-        Some(DockerIgnore::parse(&step.exclude.join("\n"), "--exclude")?)
-    };
     let mut hasher = KeyHasher::new("sources", None);
-    for copy_source in &step.sources {
-        let CopySource::Path(pattern) = copy_source else {
-            continue;
-        };
+    let mut hashed = source.is_context().then(HashMap::new);
+    let patterns = step.sources.iter().filter_map(|source| match source {
+        CopySource::Path(pattern) => Some(pattern),
+        _ => None,
+    });
+    for (pattern, expansion) in patterns.zip(&selection.expansions) {
         hasher.field("pattern", pattern);
-        for found in expand(source, pattern, step.parents)?.matches {
+        for found in &expansion.matches {
             hasher.field("match", &found.path);
-            hash_entry(
-                &mut hasher,
+            let mut entries = EntryHasher {
+                hasher: &mut hasher,
                 source,
-                &found.entry,
-                &found.entry.path,
-                exclude.as_ref(),
+                root: &found.entry.path,
+                exclude: selection.exclude.as_ref(),
                 stat_cache,
                 files,
-            )?;
+                hashed: hashed.as_mut(),
+            };
+            entries.hash(&found.entry)?;
         }
     }
+    selection.hashed = hashed;
     Ok(hasher.finish())
 }
 
@@ -446,85 +501,105 @@ pub fn tree_digest(
 ) -> crate::Result<Digest> {
     let mut hasher = KeyHasher::new("tree", None);
     if let Some(entry) = source.view.resolve(path, true)? {
-        hash_entry(
-            &mut hasher,
+        EntryHasher {
+            hasher: &mut hasher,
             source,
-            &entry,
-            &entry.path,
-            None,
+            root: &entry.path,
+            exclude: None,
             stat_cache,
             files,
-        )?;
+            hashed: None,
+        }
+        .hash(&entry)?;
     }
     Ok(hasher.finish())
 }
 
-/// Hashes an entry and what is below it; `files` gets, for each, its path
-/// in the source and what was hashed of it (for `--explain`).
-fn hash_entry(
-    hasher: &mut KeyHasher,
-    source: &SourceTree<'_>,
-    entry: &ViewEntry,
-    root: &str,
-    exclude: Option<&DockerIgnore>,
-    stat_cache: &StatCache,
-    files: &mut Vec<(String, String)>,
-) -> crate::Result<()> {
-    let metadata = &entry.metadata;
-    let relative = entry.path[root.len()..].trim_start_matches('/');
-    hasher.field("path", relative);
-    let mode = format!("{:o}", metadata.mode());
-    hasher.field("mode", &mode);
-    let file_type = metadata.file_type();
-    let mut description = format!("mode {mode}");
-    if !source.is_context() {
-        // Files of a stage or an image keep their owners and extended
-        // attributes (file capabilities among them) when copied; those of
-        // the context become root's.
-        let owner = format!("{}:{}", metadata.uid(), metadata.gid());
-        hasher.field("owner", &owner);
-        description.push_str(&format!(" owner {owner}"));
-        for (name, value) in attributes_of(entry, &Overrides::NONE)?.xattrs {
-            hasher.field("xattr", &name);
-            hasher.field("xattr-value", &value);
-            description.push_str(&format!(" xattr {name}"));
+/// Hashes entries of a source and what is below them for a key.
+struct EntryHasher<'h, 's> {
+    hasher: &'h mut KeyHasher,
+    source: &'h SourceTree<'s>,
+    /// The matched directory: `--exclude` patterns are relative to it.
+    root: &'h str,
+    exclude: Option<&'h DockerIgnore>,
+    stat_cache: &'h StatCache,
+    /// For each entry, its path in the source and what was hashed of it
+    /// (for `--explain`).
+    files: &'h mut Vec<(String, String)>,
+    /// What was read of each entry, by host path, for the copy to check.
+    hashed: Option<&'h mut HashMap<PathBuf, Hashed>>,
+}
+
+impl EntryHasher<'_, '_> {
+    fn hash(&mut self, entry: &ViewEntry) -> crate::Result<()> {
+        let source = self.source;
+        let hasher = &mut *self.hasher;
+        let metadata = &entry.metadata;
+        let relative = entry.path[self.root.len()..].trim_start_matches('/');
+        hasher.field("path", relative);
+        let mode = format!("{:o}", metadata.mode());
+        hasher.field("mode", &mode);
+        let file_type = metadata.file_type();
+        let mut description = format!("mode {mode}");
+        if !source.is_context() {
+            // Files of a stage or an image keep their owners and extended
+            // attributes (file capabilities among them) when copied; those
+            // of the context become root's.
+            let owner = format!("{}:{}", metadata.uid(), metadata.gid());
+            hasher.field("owner", &owner);
+            description.push_str(&format!(" owner {owner}"));
+            for (name, value) in attributes_of(entry, &Overrides::NONE)?.xattrs {
+                hasher.field("xattr", &name);
+                hasher.field("xattr-value", &value);
+                description.push_str(&format!(" xattr {name}"));
+            }
         }
-    }
-    if file_type.is_symlink() {
-        let target = fs::read_link(&entry.host)
-            .with_context(|| format!("reading the link {}", entry.path))?;
-        hasher.field("link", target.as_os_str().as_encoded_bytes());
-        description.push_str(&format!(" link {}", target.display()));
-    } else if file_type.is_file() {
-        let digest = stat_cache
-            .digest(&entry.host, metadata)
-            .with_context(|| format!("reading {}", entry.path))?;
-        hasher.field("content", digest.to_string());
-        description.push_str(&format!(" content {digest}"));
-    } else if file_type.is_block_device() || file_type.is_char_device() {
-        hasher.field("device", metadata.rdev().to_string());
-        description.push_str(&format!(" device {}", metadata.rdev()));
-    }
-    files.push((entry.path.trim_start_matches('/').to_string(), description));
-    if file_type.is_dir() {
-        for child in source
-            .view
-            .read_dir(&entry.path)
-            .with_context(|| format!("reading {}", entry.path))?
-        {
-            match choose(source, root, exclude, &child)? {
-                Choice::Skip => {}
-                Choice::Take | Choice::OnlyBelow => {
-                    hash_entry(hasher, source, &child, root, exclude, stat_cache, files)?
+        let mut read = Hashed {
+            mode: metadata.mode(),
+            link: None,
+            content: None,
+        };
+        if file_type.is_symlink() {
+            let target = fs::read_link(&entry.host)
+                .with_context(|| format!("reading the link {}", entry.path))?;
+            hasher.field("link", target.as_os_str().as_encoded_bytes());
+            description.push_str(&format!(" link {}", target.display()));
+            read.link = Some(target);
+        } else if file_type.is_file() {
+            let digest = self
+                .stat_cache
+                .digest(&entry.host, metadata)
+                .with_context(|| format!("reading {}", entry.path))?;
+            hasher.field("content", digest.to_string());
+            description.push_str(&format!(" content {digest}"));
+            read.content = Some(digest);
+        } else if file_type.is_block_device() || file_type.is_char_device() {
+            hasher.field("device", metadata.rdev().to_string());
+            description.push_str(&format!(" device {}", metadata.rdev()));
+        }
+        self.files
+            .push((entry.path.trim_start_matches('/').to_string(), description));
+        if let Some(hashed) = self.hashed.as_deref_mut() {
+            hashed.insert(entry.host.clone(), read);
+        }
+        if file_type.is_dir() {
+            for child in source
+                .view
+                .read_dir(&entry.path)
+                .with_context(|| format!("reading {}", entry.path))?
+            {
+                match choose(source, self.root, self.exclude, &child)? {
+                    Choice::Skip => {}
+                    Choice::Take | Choice::OnlyBelow => self.hash(&child)?,
                 }
             }
         }
+        Ok(())
     }
-    Ok(())
 }
 
 /// What a directory copy takes from where, and how it changes it.
-struct Selection<'a> {
+struct DirectoryCopy<'a> {
     source: &'a SourceTree<'a>,
     /// The copied directory: `--exclude` patterns are relative to it.
     root: &'a str,
@@ -689,15 +764,24 @@ impl Writer<'_> {
                 }
                 self.hard_links.insert(key, path.to_string());
             }
-            let mut file =
+            let file =
                 File::open(&entry.host).with_context(|| format!("reading {}", entry.path))?;
-            self.diff.create_file(path, &mut file, &attributes)?;
-        } else if file_type.is_symlink() {
+            let mut read = HashingReader::new(file);
+            self.diff.create_file(path, &mut read, &attributes)?;
+            let (content, _) = read.finish();
+            self.check_unchanged(entry, None, Some(content))?;
+            return Ok(());
+        }
+        if file_type.is_symlink() {
             let target =
                 fs::read_link(&entry.host).with_context(|| format!("reading {}", entry.path))?;
+            self.check_unchanged(entry, Some(&target), None)?;
             self.diff
                 .create_symlink(path, &target.to_string_lossy(), &attributes)?;
-        } else if file_type.is_char_device() || file_type.is_block_device() || file_type.is_fifo() {
+            return Ok(());
+        }
+        self.check_unchanged(entry, None, None)?;
+        if file_type.is_char_device() || file_type.is_block_device() || file_type.is_fifo() {
             let kind = if file_type.is_char_device() {
                 FileType::CharacterDevice
             } else if file_type.is_block_device() {
@@ -718,6 +802,32 @@ impl Writer<'_> {
             // empty file.
             self.diff
                 .create_file(path, &mut std::io::empty(), &attributes)?;
+        }
+        Ok(())
+    }
+
+    /// Fails when `entry` of the build context is not what the step's key
+    /// read of it (its mode, link target or content), or was not there
+    /// when the key was made.
+    fn check_unchanged(
+        &self,
+        entry: &ViewEntry,
+        link: Option<&Path>,
+        content: Option<Digest>,
+    ) -> crate::Result<()> {
+        let Some(hashed) = self.hashed else {
+            return Ok(());
+        };
+        let now = Hashed {
+            mode: entry.metadata.mode(),
+            link: link.map(Path::to_path_buf),
+            content,
+        };
+        if hashed.get(&entry.host) != Some(&now) {
+            bail!(
+                "{} changed while the step was copying it from the build context: build again once it is saved",
+                entry.path.trim_start_matches('/')
+            );
         }
         Ok(())
     }
@@ -749,7 +859,7 @@ impl Writer<'_> {
     ) -> crate::Result<()> {
         let path = self.place(target)?;
         self.ensure_parents(&path)?;
-        let selection = Selection {
+        let selection = DirectoryCopy {
             source,
             root: &entry.path,
             overrides,
@@ -766,13 +876,14 @@ impl Writer<'_> {
     /// does not have.
     fn write_directory(
         &mut self,
-        selection: &Selection<'_>,
+        selection: &DirectoryCopy<'_>,
         dir: &ViewEntry,
         path: &str,
         in_image: bool,
         plain: bool,
     ) -> crate::Result<()> {
         self.check_directory_target(path, in_image)?;
+        self.check_unchanged(dir, None, None)?;
         let existing = if in_image {
             self.existing_directory(path)?
         } else {
@@ -793,7 +904,7 @@ impl Writer<'_> {
     /// Copies the children of `dir` into `path`.
     fn walk(
         &mut self,
-        selection: &Selection<'_>,
+        selection: &DirectoryCopy<'_>,
         dir: &ViewEntry,
         path: &str,
         in_image: bool,
@@ -856,6 +967,24 @@ impl Writer<'_> {
         };
         extract_with(reader, diff_path, &options, &mut placement)
             .with_context(|| format!("unpacking {}", archive.path))?;
+        let after = fs::symlink_metadata(&archive.host)
+            .with_context(|| format!("reading {}", archive.path))?;
+        let (before, after) = (&archive.metadata, &after);
+        let same = |m: &fs::Metadata| {
+            (
+                m.len(),
+                m.mtime(),
+                m.mtime_nsec(),
+                m.ctime(),
+                m.ctime_nsec(),
+            )
+        };
+        if same(before) != same(after) {
+            bail!(
+                "{} changed while the step was unpacking it from the build context: build again once it is saved",
+                archive.path.trim_start_matches('/')
+            );
+        }
         Ok(())
     }
 
@@ -1583,8 +1712,123 @@ mod tests {
         let no_downloads =
             |url: &str| -> crate::Result<Downloaded> { bail!("no download of {url}") };
         let rootfs = LayerView::new(vec![layer]);
-        copy(&step, &source, &rootfs, &diff, 0, &no_downloads).expect("ADD");
+        let selection = select(&step, &source).expect("select");
+        copy(&step, selection, &source, &rootfs, &diff, 0, &no_downloads).expect("ADD");
         (dir, diff)
+    }
+
+    fn copy_step(sources: &[&str], dest: &str) -> CopyStep {
+        CopyStep {
+            from: kiln_frontend::graph::Source::Context,
+            sources: sources
+                .iter()
+                .map(|source| CopySource::Path(source.to_string()))
+                .collect(),
+            dest: dest.to_string(),
+            chown: None,
+            chmod: None,
+            link: false,
+            parents: false,
+            exclude: Vec::new(),
+            unpack: false,
+            checksum: None,
+            keep_git_dir: false,
+        }
+    }
+
+    /// Keys a COPY from a context, lets `meanwhile` change the context,
+    /// then copies with the same selection.
+    fn key_then_copy(
+        files: &[(&str, &str)],
+        step: &CopyStep,
+        meanwhile: impl FnOnce(&Path),
+    ) -> crate::Result<(tempfile::TempDir, PathBuf)> {
+        let temporary = tempfile::tempdir().expect("temporary directory");
+        let dir = temporary.path();
+        let context = dir.join("context");
+        let diff = dir.join("diff");
+        for (path, content) in files {
+            let path = context.join(path);
+            fs::create_dir_all(path.parent().expect("a parent")).expect("mkdir");
+            fs::write(&path, content).expect("write");
+        }
+        fs::create_dir(&diff).expect("mkdir");
+        let store = kiln_cache::Store::open(&dir.join("store")).expect("store");
+        let stat_cache = StatCache::load(&store);
+        let ignore = DockerIgnore::parse("", ".dockerignore").expect("no rules");
+        let source = SourceTree {
+            view: LayerView::new(vec![context.clone()]),
+            ignore: Some(&ignore),
+            label: "the build context".to_string(),
+        };
+        let mut selection = select(step, &source).expect("select");
+        sources_digest(step, &mut selection, &source, &stat_cache, &mut Vec::new()).expect("key");
+        meanwhile(&context);
+        let no_downloads =
+            |url: &str| -> crate::Result<Downloaded> { bail!("no download of {url}") };
+        copy(
+            step,
+            selection,
+            &source,
+            &LayerView::default(),
+            &diff,
+            0,
+            &no_downloads,
+        )?;
+        Ok((temporary, diff))
+    }
+
+    #[test]
+    fn a_copy_of_what_its_key_read_succeeds() {
+        let step = copy_step(&["app.conf", "src"], "/app/");
+        let files = [("app.conf", "one"), ("src/main.c", "int main;")];
+        let (_dir, diff) = key_then_copy(&files, &step, |_| {}).expect("copy");
+        assert_eq!(
+            fs::read_to_string(diff.join("app/main.c")).expect("copied"),
+            "int main;"
+        );
+        assert_eq!(
+            fs::read_to_string(diff.join("app/app.conf")).expect("copied"),
+            "one"
+        );
+    }
+
+    #[test]
+    fn a_file_saved_between_the_key_and_the_copy_fails_the_step() {
+        let step = copy_step(&["app.conf"], "/app.conf");
+        let error = key_then_copy(&[("app.conf", "one")], &step, |context| {
+            fs::write(context.join("app.conf"), "two").expect("save");
+        })
+        .expect_err("the copy must not take bytes its key did not read");
+        assert!(
+            error
+                .to_string()
+                .contains("app.conf changed while the step was copying it"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn files_added_or_changed_in_a_copied_directory_fail_the_step() {
+        let step = copy_step(&["src"], "/src/");
+        let files = [("src/a.c", "a"), ("src/b.c", "b")];
+        let added = key_then_copy(&files, &step, |context| {
+            fs::write(context.join("src/c.c"), "new").expect("add");
+        })
+        .expect_err("a file the key never read");
+        assert!(added.to_string().contains("src/c.c changed"), "{added}");
+        let chmodded = key_then_copy(&files, &step, |context| {
+            fs::set_permissions(
+                context.join("src/b.c"),
+                std::os::unix::fs::PermissionsExt::from_mode(0o700),
+            )
+            .expect("chmod");
+        })
+        .expect_err("a mode the key never read");
+        assert!(
+            chmodded.to_string().contains("src/b.c changed"),
+            "{chmodded}"
+        );
     }
 
     #[test]

@@ -77,6 +77,15 @@ impl StageFiles {
 
 /// Whether `action` reads files of another stage, which its key can name
 /// two ways (see `StageFiles`).
+/// A step's key, what went into it (the key's fields, and `file PATH` for
+/// each file read) for `--explain`, and for a COPY whose key read its
+/// sources, the selection the copy must use.
+pub(crate) struct StepKey {
+    pub key: Digest,
+    pub parts: Vec<(String, String)>,
+    pub selection: Option<copy::Selection>,
+}
+
 pub(crate) fn reads_stage_files(action: &Action) -> bool {
     match action {
         Action::Copy(step) => matches!(step.from, Source::Stage { .. }),
@@ -148,16 +157,23 @@ impl Executor<'_> {
         outputs: &Outputs,
         graph: &BuildGraph,
         stage_files: StageFiles,
-    ) -> crate::Result<(Digest, Vec<(String, String)>)> {
+    ) -> crate::Result<StepKey> {
+        let keyed = |(key, parts)| StepKey {
+            key,
+            parts,
+            selection: None,
+        };
         match action {
             Action::Copy(step) => self.copy_key(parent, step, outputs, graph, stage_files),
-            Action::Run(run) => self.run_key(parent, run, outputs, graph, stage_files),
+            Action::Run(run) => self
+                .run_key(parent, run, outputs, graph, stage_files)
+                .map(keyed),
             Action::Mkdir(mkdir) => {
                 let mut key = KeyHasher::explained("mkdir", Some(parent));
                 key.field("definition", json(mkdir)?);
-                Ok(key.finish_with_parts())
+                Ok(keyed(key.finish_with_parts()))
             }
-            Action::Metadata => Ok((*parent, Vec::new())),
+            Action::Metadata => Ok(keyed((*parent, Vec::new()))),
         }
     }
 
@@ -168,7 +184,7 @@ impl Executor<'_> {
         outputs: &Outputs,
         graph: &BuildGraph,
         stage_files: StageFiles,
-    ) -> crate::Result<(Digest, Vec<(String, String)>)> {
+    ) -> crate::Result<StepKey> {
         let omits_identity = stage_files.omits_identity(&step.from);
         let mut key = KeyHasher::explained(
             if omits_identity {
@@ -187,12 +203,16 @@ impl Executor<'_> {
             key.field("from", self.source_identity(&step.from, outputs)?);
         }
         let mut files = Vec::new();
+        let mut selection = None;
         if stage_files.by_content(&step.from) {
             let source = self.source_tree(&step.from, outputs, graph)?;
+            let mut selected = copy::select(step, &source)?;
             key.field(
                 "sources",
-                copy::sources_digest(step, &source, self.stat_cache, &mut files)?.to_string(),
+                copy::sources_digest(step, &mut selected, &source, self.stat_cache, &mut files)?
+                    .to_string(),
             );
+            selection = Some(selected);
         }
         for source in &step.sources {
             if let CopySource::Url(url) = source {
@@ -202,7 +222,12 @@ impl Executor<'_> {
                 key.field("download", format!("{url} {digest}"));
             }
         }
-        Ok(with_files(key, files))
+        let (key, parts) = with_files(key, files);
+        Ok(StepKey {
+            key,
+            parts,
+            selection,
+        })
     }
 
     fn run_key(
