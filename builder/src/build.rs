@@ -1,31 +1,33 @@
-//! Running a build graph: each stage from its base, step by step, every
-//! changed file set packed into a layer; the result assembled as an image.
+//! A build of a lowered Dockerfile: the stages scheduled as the DAG allows,
+//! each stage's steps in order, every step's key looked up in the cache and
+//! the step run (RUN in the sandbox, COPY/ADD/WORKDIR by kiln) when it
+//! misses.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Mutex, OnceLock};
+use std::path::Path;
+use std::sync::Mutex;
 use std::time::Instant;
 
-use crate::error::{bail, Context};
-use kiln_cache::digest::HashingReader;
-use kiln_cache::extract::{extract, ExtractOptions};
-use kiln_cache::pack::PackOptions;
-use kiln_cache::{CacheRecord, Compression, Digest, KeyHasher, LayerView, StatCache, Store};
-use kiln_frontend::graph::{Action, Base, BuildGraph, ImageConfig, Source, Stage};
-use kiln_frontend::{DockerIgnore, Platform};
+use kiln_cache::{CacheRecord, Digest, KeyHasher, StatCache, Store};
+use kiln_frontend::graph::{Action, Base, BuildGraph, Stage};
+use kiln_frontend::DockerIgnore;
 
-use crate::copy::{self, SourceTree};
-use crate::image::{rfc3339, History, ImageFile, Layer, LayerEncoding, RootFs, StoredImage};
-use crate::keys::{reads_stage_files, StageFiles, StepKey};
+use crate::cache_io::Imported;
+use crate::copy;
+use crate::downloads::Downloads;
+use crate::image::{Layer, StoredImage};
+use crate::keys::{reads_stage_files, remember_parts, Keys, StageFiles, StepKey, StepPlace};
+use crate::layers::Layers;
+use crate::outputs::{self, Outputs, StageOutput, StepReport};
 use crate::progress::Progress;
-use crate::remote::Remote;
+use crate::run::{Interrupt, Runner, StepRunner};
+use crate::schedule::build_stages;
+use crate::secrets::Secrets;
+use crate::sources::Sources;
 
-/// BuildKit marks the history entries it writes with this comment.
-const HISTORY_COMMENT: &str = "buildkit.dockerfile.v0";
-
+/// How the cache is used, and what `--explain` compares with.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub compression: Compression,
     /// `SOURCE_DATE_EPOCH`: the image's creation time, and the latest
     /// modification time a layer records.
     pub source_date_epoch: Option<i64>,
@@ -38,108 +40,50 @@ pub struct Settings {
     /// What makes steps the same across builds for `--explain`: the
     /// Dockerfile's path.
     pub explain_scope: String,
-}
-
-/// How a step went, for `--metadata-file`.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct StepReport {
-    pub stage: String,
-    pub step: String,
-    /// Line in the Dockerfile.
-    pub line: usize,
-    pub key: String,
-    pub cached: bool,
-    /// `--explain`: why the step missed the cache.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub explain: Vec<String>,
-    /// Milliseconds from the start of the build to the step's start and end.
-    pub started_ms: u64,
-    pub ended_ms: u64,
-    pub duration_ms: u64,
-}
-
-/// What a stage produced.
-#[derive(Debug, Clone)]
-pub struct StageOutput {
-    /// The cache key of the stage's file system.
-    pub key: Digest,
-    pub layers: Vec<Layer>,
-    pub history: Vec<History>,
-    pub config: ImageConfig,
-    pub author: Option<String>,
-    pub platform: Platform,
-}
-
-impl StageOutput {
-    /// The image configuration file of this stage's result. Its time is
-    /// SOURCE_DATE_EPOCH when set; otherwise it and the times of history
-    /// entries that made no layer come from the layers' (so that a build
-    /// from the cache makes the same image), or else are `now`.
-    pub fn image_file(&self, source_date_epoch: Option<i64>, now: i64) -> ImageFile {
-        let mut history = self.history.clone();
-        fill_history_times(&mut history);
-        let created = match source_date_epoch {
-            Some(epoch) => rfc3339(epoch),
-            None => history
-                .iter()
-                .rev()
-                .find_map(|entry| entry.created.clone())
-                .unwrap_or_else(|| rfc3339(now)),
-        };
-        ImageFile {
-            created: Some(created),
-            author: self.author.clone(),
-            architecture: self.platform.architecture.clone(),
-            os: self.platform.os.clone(),
-            variant: Some(self.platform.variant.clone()).filter(|v| !v.is_empty()),
-            config: self.config.clone(),
-            rootfs: RootFs {
-                kind: "layers".to_string(),
-                diff_ids: self.layers.iter().map(|l| l.diff_id).collect(),
-            },
-            history,
-            inline_cache: None,
-        }
-    }
-}
-
-pub struct Executor<'a> {
-    pub store: &'a Store,
-    /// For `ADD https://...`.
-    pub remote: &'a Remote,
-    /// Where RUN steps run.
-    pub sandbox: &'a dyn crate::run::StepRunner,
-    /// Stops running steps (Ctrl-C, a failed stage).
-    pub interrupt: &'a crate::run::Interrupt,
-    pub secrets: &'a crate::run::Secrets,
-    pub context: &'a Path,
-    pub ignore: &'a DockerIgnore,
-    pub dockerfile: &'a str,
-    pub settings: Settings,
-    /// The time recorded for new files and history entries.
-    pub now: i64,
-    pub stat_cache: &'a StatCache,
-    /// Records read by `--cache-from`.
-    pub imported: &'a crate::cache_io::Imported,
-    /// Each layer step's stage, key and result, for `--cache-to`.
-    pub results: Mutex<Vec<StepResult>>,
-    pub reports: Mutex<Vec<StepReport>>,
-    /// What `ADD URL` steps downloaded to compute their keys, for the step
-    /// to use.
-    pub downloads: Mutex<HashMap<String, copy::Downloaded>>,
-    pub progress: &'a Progress,
     /// Stages built at once at most (`--jobs`).
     pub jobs: usize,
-    /// When the build began, for the times in the metadata file.
-    pub started: Instant,
-    /// Blobs written for layers that had none, by diff ID.
-    pub written: Mutex<HashMap<Digest, Layer>>,
 }
 
-/// Where a step is, for `--explain`: its stage's name and place in it.
-pub struct StepPlace<'a> {
-    pub stage: &'a str,
-    pub step: usize,
+/// What a build reads: the context and the Dockerfile's name.
+pub struct Inputs<'a> {
+    /// The build context, absolute.
+    pub context: &'a Path,
+    pub ignore: &'a DockerIgnore,
+    /// How messages name the Dockerfile.
+    pub dockerfile: &'a str,
+    pub stat_cache: &'a StatCache,
+}
+
+/// Where RUN steps run and what they may be given.
+pub struct SandboxAccess<'a> {
+    pub sandbox: &'a dyn StepRunner,
+    pub interrupt: &'a Interrupt,
+    pub secrets: &'a Secrets,
+}
+
+/// Runs the stages of one build and remembers how each step went.
+pub struct Build<'a> {
+    store: &'a Store,
+    inputs: Inputs<'a>,
+    run: SandboxAccess<'a>,
+    layers: &'a Layers<'a>,
+    downloads: Downloads<'a>,
+    imported: &'a Imported,
+    settings: Settings,
+    /// The time recorded for new files and history entries.
+    now: i64,
+    progress: &'a Progress,
+    /// When the build began, for the times in the metadata file.
+    started: Instant,
+    journal: Mutex<Journal>,
+}
+
+/// What the build's steps did: their results for `--cache-to` and
+/// materialisation, their reports for `--metadata-file`.
+#[derive(Default)]
+struct Journal {
+    results: Vec<StepResult>,
+    reports: Vec<StepReport>,
 }
 
 /// A layer step's result, for `--cache-to`.
@@ -169,99 +113,83 @@ struct StepOutcome {
     created: i64,
 }
 
-/// The outputs of a build's stages, each set once the stage is built.
-pub type Outputs = [OnceLock<StageOutput>];
-
-/// The output of a stage that another one needs (the scheduler starts a
-/// stage only once those it depends on are built).
-pub fn output(outputs: &Outputs, stage: usize) -> crate::Result<&StageOutput> {
-    outputs
-        .get(stage)
-        .and_then(OnceLock::get)
-        .with_context(|| format!("stage {stage} is needed before it was built"))
-}
-
-impl Executor<'_> {
-    /// Builds the stages of the graph, each once those it depends on are
-    /// built, up to `jobs` at once, and returns their outputs (the target's
-    /// at `graph.target`). When one fails, the others are stopped and the
-    /// first failure returned.
-    pub fn build(&self, graph: &BuildGraph) -> crate::Result<Vec<StageOutput>> {
-        let count = graph.stages.len();
-        let outputs: Vec<OnceLock<StageOutput>> = (0..count).map(|_| OnceLock::new()).collect();
-        let mut first_error = None;
-        std::thread::scope(|scope| {
-            let (finished, results) = mpsc::channel::<(usize, crate::Result<StageOutput>)>();
-            let mut started = vec![false; count];
-            let mut built = vec![false; count];
-            let mut running = 0;
-            loop {
-                if first_error.is_none() {
-                    for (index, stage) in graph.stages.iter().enumerate() {
-                        let ready = !started[index]
-                            && stage.depends_on.iter().all(|&dependency| built[dependency]);
-                        if !ready || running >= self.jobs.max(1) {
-                            continue;
-                        }
-                        started[index] = true;
-                        running += 1;
-                        let finished = finished.clone();
-                        let outputs = &outputs;
-                        // A thread per stage that lives as long as its steps:
-                        // the sandbox ties each step's life to the thread
-                        // that started it.
-                        scope.spawn(move || {
-                            // A stage that panics still reports, or the
-                            // build would wait for it forever.
-                            let result =
-                                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                                    self.stage(index, stage, outputs, graph)
-                                }))
-                                .unwrap_or_else(|_| {
-                                    Err(crate::Error::msg(format!(
-                                        "building stage {} failed unexpectedly (a bug in kiln)",
-                                        stage.name
-                                    )))
-                                });
-                            let _ = finished.send((index, result));
-                        });
-                    }
-                }
-                if running == 0 {
-                    break;
-                }
-                let Ok((index, result)) = results.recv() else {
-                    break;
-                };
-                running -= 1;
-                match result {
-                    Ok(output) => {
-                        let _ = outputs[index].set(output);
-                        built[index] = true;
-                    }
-                    Err(error) => {
-                        if first_error.is_none() {
-                            // Stop the others: their running steps are
-                            // killed and cleaned up as on Ctrl-C.
-                            self.interrupt.stop_steps();
-                            first_error = Some(error);
-                        }
-                    }
-                }
-            }
-        });
-        if let Some(error) = first_error {
-            return Err(error);
+impl<'a> Build<'a> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        store: &'a Store,
+        remote: &'a crate::remote::Remote,
+        inputs: Inputs<'a>,
+        run: SandboxAccess<'a>,
+        layers: &'a Layers<'a>,
+        imported: &'a Imported,
+        settings: Settings,
+        now: i64,
+        progress: &'a Progress,
+    ) -> Build<'a> {
+        Build {
+            store,
+            inputs,
+            run,
+            layers,
+            downloads: Downloads::new(store, remote),
+            imported,
+            settings,
+            now,
+            progress,
+            started: Instant::now(),
+            journal: Mutex::new(Journal::default()),
         }
-        outputs
-            .into_iter()
-            .enumerate()
-            .map(|(index, output)| {
-                output
-                    .into_inner()
-                    .with_context(|| format!("stage {index} was not built"))
-            })
-            .collect()
+    }
+
+    /// Builds the stages of the graph, each once those it depends on are
+    /// built, and returns their outputs (the target's at `graph.target`).
+    /// When one fails, the others are stopped and the first failure
+    /// returned.
+    pub fn build(&self, graph: &BuildGraph) -> crate::Result<Vec<StageOutput>> {
+        let dependencies: Vec<Vec<usize>> = graph
+            .stages
+            .iter()
+            .map(|stage| stage.depends_on.clone())
+            .collect();
+        build_stages(
+            &dependencies,
+            self.settings.jobs,
+            // Their running steps are killed and cleaned up as on Ctrl-C.
+            || self.run.interrupt.stop_steps(),
+            |index, outputs| self.stage(index, &graph.stages[index], outputs, graph),
+        )
+    }
+
+    /// The results of the layer steps, in the order of the Dockerfile.
+    pub fn results(&self) -> Vec<StepResult> {
+        let mut results = self.journal().results.clone();
+        // The order stages finished in changes nothing that is exported.
+        results.sort_by_key(|result| (result.stage, result.step));
+        results
+    }
+
+    /// How each step went, in the order they ended.
+    pub fn reports(&self) -> Vec<StepReport> {
+        self.journal().reports.clone()
+    }
+
+    /// `layers` with a blob each in the store, as an export needs them
+    /// (see [`Layers::materialize`]).
+    pub fn materialize(&self, layers: &[Layer]) -> crate::Result<Vec<Layer>> {
+        let mut ours: HashMap<Digest, Vec<Digest>> = HashMap::new();
+        for result in &self.journal().results {
+            if let Some(layer) = &result.layer {
+                ours.entry(layer.diff_id).or_default().push(result.key);
+            }
+        }
+        self.layers.materialize(layers, &ours)
+    }
+
+    fn journal(&self) -> std::sync::MutexGuard<'_, Journal> {
+        // A panic elsewhere leaves the journal usable.
+        self.journal
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn stage(
@@ -278,16 +206,30 @@ impl Executor<'_> {
                 (image.layers, image.config.history)
             }
             Base::Stage { stage } => (
-                output(outputs, *stage)?.layers.clone(),
-                output(outputs, *stage)?.history.clone(),
+                outputs.get(*stage)?.layers.clone(),
+                outputs.get(*stage)?.history.clone(),
             ),
+        };
+        let sources = Sources {
+            store: self.store,
+            context: self.inputs.context,
+            ignore: self.inputs.ignore,
+            layers: self.layers,
+            graph,
+            outputs,
+        };
+        let keys = Keys {
+            sources: &sources,
+            stat_cache: self.inputs.stat_cache,
+            downloads: &self.downloads,
+            source_date_epoch: self.settings.source_date_epoch,
         };
         // BuildKit's numbering, which CI logs are read by: the base image is
         // step 1 (scratch and stages are not), then the numbered steps.
         let total = usize::from(matches!(stage.base, Base::Image { .. }))
             + stage.steps.iter().filter(|s| s.numbered).count();
         let width = total.to_string().len();
-        let mut key = self.base_key(&stage.base, outputs, &stage.platform)?;
+        let mut key = keys.base_key(&stage.base, &stage.platform)?;
         let use_cache = !self.settings.no_cache
             && !self
                 .settings
@@ -304,16 +246,17 @@ impl Executor<'_> {
                 .cached();
         }
         for (step_index, step) in stage.steps.iter().enumerate() {
-            let location = format!("{}:{}", self.dockerfile, step.location.line);
+            let location = format!("{}:{}", self.inputs.dockerfile, step.location.line);
             if let Action::Metadata = step.action {
                 if let Some(created_by) = &step.history {
                     // Dated when the image is assembled, from the layers
                     // around it (see `fill_history_times`).
-                    history.push(self.history(created_by, true, None));
+                    history.push(outputs::history(created_by, true, None));
                 }
                 continue;
             }
             if self
+                .run
                 .interrupt
                 .flag()
                 .load(std::sync::atomic::Ordering::SeqCst)
@@ -333,11 +276,10 @@ impl Executor<'_> {
             };
             let outcome = self
                 .step_layer(
+                    &keys,
                     &key,
                     &step.action,
                     &layers,
-                    outputs,
-                    graph,
                     use_cache,
                     &place,
                     &progress,
@@ -381,7 +323,7 @@ impl Executor<'_> {
             } else {
                 progress.done();
             }
-            self.lock(&self.results).push(StepResult {
+            self.journal().results.push(StepResult {
                 stage: index,
                 step: step_index,
                 key: step_key,
@@ -393,10 +335,10 @@ impl Executor<'_> {
             let empty = layer.is_none();
             layers.extend(layer);
             if let Some(created_by) = &step.history {
-                history.push(self.history(created_by, empty, Some(created)));
+                history.push(outputs::history(created_by, empty, Some(created)));
             }
             let elapsed = started.elapsed();
-            self.lock(&self.reports).push(StepReport {
+            self.journal().reports.push(StepReport {
                 stage: stage.name.clone(),
                 step: step.instruction.clone(),
                 line: step.location.line,
@@ -423,11 +365,10 @@ impl Executor<'_> {
     #[allow(clippy::too_many_arguments)]
     fn step_layer(
         &self,
+        keys: &Keys<'_>,
         parent: &Digest,
         action: &Action,
         layers: &[Layer],
-        outputs: &Outputs,
-        graph: &BuildGraph,
         use_cache: bool,
         place: &StepPlace<'_>,
         progress: &crate::progress::Step<'_>,
@@ -436,8 +377,8 @@ impl Executor<'_> {
             key: step_key,
             parts,
             mut selection,
-        } = self.step_key(parent, action, outputs, graph, StageFiles::ByKey)?;
-        let before = self.remember_parts(place, &parts);
+        } = keys.step_key(parent, action, StageFiles::ByKey)?;
+        let before = remember_parts(self.store, &self.settings.explain_scope, place, &parts);
         let hit = |record: &CacheRecord, layer: Option<Layer>, chain: Digest| StepOutcome {
             key: step_key,
             chain,
@@ -459,8 +400,7 @@ impl Executor<'_> {
         // content key, so that the next build finds both without reading a
         // file.
         let content_key = if reads_stage_files(action) {
-            let by_content =
-                self.step_key(parent, action, outputs, graph, StageFiles::ByContent)?;
+            let by_content = keys.step_key(parent, action, StageFiles::ByContent)?;
             selection = selection.or(by_content.selection);
             Some(by_content.key)
         } else {
@@ -490,7 +430,7 @@ impl Executor<'_> {
         for line in &explanation {
             progress.log(&format!("cache miss: {line}"));
         }
-        let layer = self.execute(action, selection, layers, outputs, graph, progress)?;
+        let layer = self.execute(keys.sources, action, selection, layers, progress)?;
         let record = CacheRecord {
             layer: layer.as_ref().map(Layer::record),
             created: Some(self.now),
@@ -514,70 +454,41 @@ impl Executor<'_> {
         })
     }
 
-    /// Keeps what went into the key of the step at `place` for the next
-    /// build's `--explain`, and returns what the last build kept.
-    fn remember_parts(
-        &self,
-        place: &StepPlace<'_>,
-        parts: &[(String, String)],
-    ) -> Option<Vec<(String, String)>> {
-        let mut id = KeyHasher::new("explain", None);
-        id.field("scope", &self.settings.explain_scope);
-        id.field("stage", place.stage.to_lowercase());
-        id.field("step", place.step.to_string());
-        let dir = self.store.root().join("explain");
-        let path = dir.join(id.finish().hex());
-        let before: Option<Vec<(String, String)>> = std::fs::read(&path)
-            .ok()
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok());
-        if before.as_deref() != Some(parts) {
-            // A cache: a failure to write it costs only an explanation.
-            let _ = std::fs::create_dir_all(&dir).and_then(|()| {
-                let mut partial = tempfile::NamedTempFile::new_in(&dir)?;
-                std::io::Write::write_all(
-                    &mut partial,
-                    &serde_json::to_vec(parts).unwrap_or_default(),
-                )?;
-                partial.persist(&path).map(|_| ()).map_err(|e| e.error)
-            });
-        }
-        before
-    }
-
-    /// Locks shared build state (a panic elsewhere leaves it usable).
-    pub(crate) fn lock<'m, T>(&self, mutex: &'m Mutex<T>) -> std::sync::MutexGuard<'m, T> {
-        mutex
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
     /// Runs a step that makes a layer; none when it changed nothing.
     fn execute(
         &self,
+        sources: &Sources<'_>,
         action: &Action,
         selection: Option<copy::Selection>,
         layers: &[Layer],
-        outputs: &Outputs,
-        graph: &BuildGraph,
         progress: &crate::progress::Step<'_>,
     ) -> crate::Result<Option<Layer>> {
         match action {
-            Action::Run(run) => self.run_step(run, layers, outputs, graph, progress),
+            Action::Run(run) => Runner {
+                store: self.store,
+                sandbox: self.run.sandbox,
+                interrupt: self.run.interrupt,
+                secrets: self.run.secrets,
+                sources,
+                now: self.now,
+            }
+            .run(run, layers, progress),
             Action::Copy(copy_step) => {
-                let source = self.source_tree(&copy_step.from, outputs, graph)?;
+                let source = sources.tree(&copy_step.from)?;
                 let selection = match selection {
                     Some(selection) => selection,
                     None => copy::select(copy_step, &source)?,
                 };
-                let view = self.view(layers)?;
-                let fetch = |url: &str| self.downloaded(url);
-                self.in_diff(|diff| {
+                let view = self.layers.view(layers)?;
+                let fetch = |url: &str| self.downloads.get(url);
+                self.layers.in_diff(|diff| {
                     copy::copy(copy_step, selection, &source, &view, diff, self.now, &fetch)
                 })
             }
             Action::Mkdir(mkdir) => {
-                let view = self.view(layers)?;
-                self.in_diff(|diff| copy::mkdir(mkdir, &view, diff, self.now))
+                let view = self.layers.view(layers)?;
+                self.layers
+                    .in_diff(|diff| copy::mkdir(mkdir, &view, diff, self.now))
             }
             Action::Metadata => Ok(None),
         }
@@ -622,201 +533,6 @@ impl Executor<'_> {
         };
         Some((record.clone(), layer))
     }
-
-    /// `layers` with a blob each in the store, as an export needs them:
-    /// imported ones fetched, this build's own written from their snapshot
-    /// compressed as it asks when they have no such blob yet (and their
-    /// cache records updated, so that later builds reuse the blob).
-    pub fn materialize(&self, layers: &[Layer]) -> crate::Result<Vec<Layer>> {
-        let options = PackOptions {
-            compression: self.settings.compression,
-            source_date_epoch: self.settings.source_date_epoch,
-        };
-        let wanted = LayerEncoding::of_compression(self.settings.compression);
-        // This build's layers, with the keys of the steps that made them.
-        let mut ours: HashMap<Digest, Vec<Digest>> = HashMap::new();
-        for result in self.lock(&self.results).iter() {
-            if let Some(layer) = &result.layer {
-                ours.entry(layer.diff_id).or_default().push(result.key);
-            }
-        }
-        let mut materialized = Vec::with_capacity(layers.len());
-        for layer in layers {
-            // Base image layers keep their compression; this build's are
-            // compressed as it asks, from their snapshot.
-            let as_asked = layer.encoding == wanted
-                || !ours.contains_key(&layer.diff_id)
-                || !self.store.has_snapshot(&layer.diff_id);
-            let usable = if self.store.has_blob(&layer.blob) {
-                as_asked
-            } else {
-                self.imported.fetch(self.store, self.remote, layer)?
-            };
-            if usable {
-                materialized.push(layer.clone());
-                continue;
-            }
-            let known = self.lock(&self.written).get(&layer.diff_id).cloned();
-            let written = match known {
-                Some(written) if self.store.has_blob(&written.blob) => written,
-                _ => {
-                    let written = write_blob(self.store, layer, &options)?;
-                    self.lock(&self.written)
-                        .insert(layer.diff_id, written.clone());
-                    for key in ours.get(&layer.diff_id).into_iter().flatten() {
-                        let record = CacheRecord {
-                            layer: Some(written.record()),
-                            ..self.store.cache_record(key).unwrap_or_default()
-                        };
-                        self.store.put_cache_record(key, &record)?;
-                    }
-                    written
-                }
-            };
-            materialized.push(written);
-        }
-        Ok(materialized)
-    }
-
-    fn history(&self, created_by: &str, empty_layer: bool, created: Option<i64>) -> History {
-        History {
-            created: created.map(rfc3339),
-            created_by: Some(created_by.to_string()),
-            comment: Some(HISTORY_COMMENT.to_string()),
-            empty_layer,
-        }
-    }
-
-    pub(crate) fn source_tree(
-        &self,
-        from: &Source,
-        outputs: &Outputs,
-        graph: &BuildGraph,
-    ) -> crate::Result<SourceTree<'_>> {
-        Ok(match from {
-            Source::Context => SourceTree {
-                view: LayerView::new(vec![self.context.to_path_buf()]),
-                ignore: Some(self.ignore),
-                label: "the build context".to_string(),
-            },
-            Source::Stage { stage } => SourceTree {
-                view: self.view(&output(outputs, *stage)?.layers)?,
-                ignore: None,
-                label: format!("stage {}", graph.stages[*stage].name),
-            },
-            Source::Image { reference } => {
-                let image = StoredImage::find(self.store, reference)?;
-                SourceTree {
-                    view: self.view(&image.layers)?,
-                    ignore: None,
-                    label: format!("image {reference}"),
-                }
-            }
-        })
-    }
-
-    /// Runs `fill` on an empty directory and turns what it wrote into a
-    /// layer, an empty one when nothing was written: every RUN, COPY, ADD
-    /// and WORKDIR (but `/`) has a layer in BuildKit's images.
-    pub(crate) fn in_diff(
-        &self,
-        fill: impl FnOnce(&Path) -> crate::Result<()>,
-    ) -> crate::Result<Option<Layer>> {
-        let work = self.store.temp_dir()?;
-        let diff = work.path().join("diff");
-        std::fs::create_dir(&diff).with_context(|| format!("creating {}", diff.display()))?;
-        fill(&diff)?;
-        let options = PackOptions {
-            compression: self.settings.compression,
-            source_date_epoch: self.settings.source_date_epoch,
-        };
-        layer_from_diff(self.store, &diff, &options, true)
-    }
-
-    /// Downloads a URL for ADD (once per build) and returns its digest.
-    pub(crate) fn prefetch(&self, url: &str) -> crate::Result<Digest> {
-        Ok(self.downloaded(url)?.digest)
-    }
-
-    /// The download of `url` its key was made from (one per build: the
-    /// lock is held while downloading, so that two stages adding the same
-    /// URL cannot see two versions of it).
-    fn downloaded(&self, url: &str) -> crate::Result<copy::Downloaded> {
-        let mut downloads = self.lock(&self.downloads);
-        if let Some(downloaded) = downloads.get(url) {
-            return Ok(downloaded.clone());
-        }
-        let downloaded = self
-            .download(url)
-            .with_context(|| format!("downloading {url}"))?;
-        downloads.insert(url.to_string(), downloaded.clone());
-        Ok(downloaded)
-    }
-
-    /// Downloads a URL for ADD into the store's scratch space.
-    fn download(&self, url: &str) -> crate::Result<copy::Downloaded> {
-        let keep = self.store.temp_dir()?;
-        let path = keep.path().join("download");
-        let mut file =
-            std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-        let fetched = self.remote.fetch(url, &mut file)?;
-        let modified = fetched
-            .modified
-            .and_then(|time| time.duration_since(std::time::UNIX_EPOCH).ok())
-            .map(|since| since.as_secs() as i64);
-        Ok(copy::Downloaded {
-            path,
-            digest: fetched.digest,
-            modified,
-            _keep: std::sync::Arc::new(keep),
-        })
-    }
-
-    pub fn view(&self, layers: &[Layer]) -> crate::Result<LayerView> {
-        self.fetch_layers(layers)?;
-        layer_view(self.store, layers)
-    }
-
-    /// Brings the blobs of imported cache hits among `layers` into the
-    /// store, where they are not unpacked already.
-    pub fn fetch_layers(&self, layers: &[Layer]) -> crate::Result<()> {
-        for layer in layers {
-            if !self.store.has_blob(&layer.blob) && !self.store.has_snapshot(&layer.diff_id) {
-                self.imported.fetch(self.store, self.remote, layer)?;
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Dates the history entries that have no time as BuildKit does: those
-/// before the first layer this build made take that layer's time, later
-/// ones the time of the layer before them.
-fn fill_history_times(history: &mut [History]) {
-    let mut time = None;
-    let mut undated_seen = false;
-    for entry in history.iter() {
-        match &entry.created {
-            Some(created) => {
-                time = Some(created.clone());
-                if undated_seen {
-                    break;
-                }
-            }
-            None => undated_seen = true,
-        }
-    }
-    undated_seen = false;
-    for entry in history.iter_mut() {
-        match &entry.created {
-            Some(created) if undated_seen => time = Some(created.clone()),
-            Some(_) => {}
-            None => {
-                undated_seen = true;
-                entry.created = time.clone();
-            }
-        }
-    }
 }
 
 /// The key the steps after a step chain on: its own key and what it made.
@@ -832,163 +548,25 @@ fn result_key(step_key: &Digest, layer: Option<&Layer>) -> Digest {
     key.finish()
 }
 
-/// Makes a directory of changes (on the store's file system) a layer:
-/// its diff ID is computed and the directory kept as its snapshot, but no
-/// blob is written until something needs one (see
-/// [`Executor::materialize`]). Until then the layer is described as the
-/// uncompressed tar it packs to, whose digest is its diff ID. No layer when
-/// the directory is empty, unless `keep_empty`.
-pub fn layer_from_diff(
-    store: &Store,
-    diff: &Path,
-    options: &PackOptions,
-    keep_empty: bool,
-) -> crate::Result<Option<Layer>> {
-    if !keep_empty
-        && std::fs::read_dir(diff)
-            .with_context(|| format!("reading {}", diff.display()))?
-            .next()
-            .is_none()
-    {
-        return Ok(None);
-    }
-    let hashed = store.hash_layer(diff, options)?;
-    store.adopt_snapshot(&hashed.diff_id, diff)?;
-    Ok(Some(Layer {
-        diff_id: hashed.diff_id,
-        blob: hashed.diff_id,
-        size: hashed.tar_size,
-        encoding: LayerEncoding::Tar,
-    }))
-}
-
-/// Writes the blob of a layer that has none yet, from its snapshot,
-/// compressed as `options` say.
-pub fn write_blob(store: &Store, layer: &Layer, options: &PackOptions) -> crate::Result<Layer> {
-    if !store.has_snapshot(&layer.diff_id) {
-        bail!(
-            "the layer {} has neither a blob nor a snapshot",
-            layer.diff_id
-        );
-    }
-    let packed = store.pack_layer(&store.snapshot_path(&layer.diff_id), options)?;
-    if packed.diff_id != layer.diff_id {
-        bail!(
-            "the snapshot of layer {} packs to {}: it was changed",
-            layer.diff_id,
-            packed.diff_id
-        );
-    }
-    Ok(Layer {
-        diff_id: packed.diff_id,
-        blob: packed.digest,
-        size: packed.size,
-        encoding: LayerEncoding::of_compression(packed.compression),
-    })
-}
-
-/// The merged file system of `layers`, unpacking those not unpacked yet.
-/// Layers are independent of each other: those not unpacked yet are
-/// unpacked at once, a thread each (decompression is single-threaded), as
-/// many at a time as there are cores.
-pub fn layer_view(store: &Store, layers: &[Layer]) -> crate::Result<LayerView> {
-    let at_once = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let missing: Vec<&Layer> = layers
-        .iter()
-        .filter(|layer| !store.has_snapshot(&layer.diff_id))
-        .collect();
-    for batch in missing.chunks(at_once) {
-        std::thread::scope(|scope| -> crate::Result<()> {
-            let threads: Vec<_> = batch
-                .iter()
-                .map(|layer| scope.spawn(move || snapshot(store, layer)))
-                .collect();
-            for thread in threads {
-                thread
-                    .join()
-                    .map_err(|_| crate::Error::msg("unpacking a layer failed unexpectedly"))??;
-            }
-            Ok(())
-        })?;
-    }
-    let paths = layers
-        .iter()
-        .map(|layer| snapshot(store, layer))
-        .collect::<crate::Result<Vec<PathBuf>>>()?;
-    Ok(LayerView::new(paths))
-}
-
-fn snapshot(store: &Store, layer: &Layer) -> crate::Result<PathBuf> {
-    if store.has_snapshot(&layer.diff_id) {
-        return Ok(store.snapshot_path(&layer.diff_id));
-    }
-    let path = store.create_snapshot(&layer.diff_id, |dir| {
-        let blob = store.open_blob(&layer.blob)?;
-        let tar = kiln_cache::compress::decompressed(blob).map_err(|e| kiln_cache::Error::Io {
-            path: store.blob_path(&layer.blob),
-            source: e,
-        })?;
-        let mut hashed = HashingReader::new(tar);
-        extract(&mut hashed, dir, &ExtractOptions::layer())?;
-        std::io::copy(&mut hashed, &mut std::io::sink()).map_err(|e| kiln_cache::Error::Io {
-            path: store.blob_path(&layer.blob),
-            source: e,
-        })?;
-        let (actual, _) = hashed.finish();
-        if actual != layer.diff_id {
-            return Err(kiln_cache::Error::DigestMismatch {
-                expected: layer.diff_id,
-                actual,
-            });
-        }
-        Ok(())
-    })?;
-    Ok(path)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn entry(created: Option<&str>) -> History {
-        History {
-            created: created.map(str::to_string),
-            created_by: None,
-            comment: None,
-            empty_layer: created.is_none(),
-        }
-    }
-
     #[test]
-    fn undated_history_takes_the_times_of_the_layers_around_it() {
-        // Base image, LABEL, COPY, ENV, RUN, EXPOSE.
-        let mut history = vec![
-            entry(Some("base")),
-            entry(None),
-            entry(Some("copy")),
-            entry(None),
-            entry(Some("run")),
-            entry(None),
-        ];
-        fill_history_times(&mut history);
-        let times: Vec<_> = history.iter().map(|h| h.created.as_deref()).collect();
-        assert_eq!(
-            times,
-            [
-                Some("base"),
-                Some("copy"),
-                Some("copy"),
-                Some("copy"),
-                Some("run"),
-                Some("run")
-            ]
-        );
-    }
-
-    #[test]
-    fn an_image_without_new_layers_is_dated_by_its_base() {
-        let mut history = vec![entry(Some("one")), entry(Some("two")), entry(None)];
-        fill_history_times(&mut history);
-        assert_eq!(history[2].created.as_deref(), Some("two"));
+    fn a_rerun_that_makes_other_files_gives_its_dependants_another_key() {
+        let step = KeyHasher::new("step", None).finish();
+        let layer = |name: &str| {
+            let digest = KeyHasher::new(name, None).finish();
+            Layer {
+                diff_id: digest,
+                blob: digest,
+                size: 1,
+                encoding: crate::image::LayerEncoding::Tar,
+            }
+        };
+        let first = result_key(&step, Some(&layer("one")));
+        assert_ne!(first, result_key(&step, Some(&layer("two"))));
+        assert_ne!(first, result_key(&step, None));
+        assert_eq!(first, result_key(&step, Some(&layer("one"))));
     }
 }

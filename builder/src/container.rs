@@ -8,8 +8,8 @@ use kiln_cache::{Compression, Store};
 use kiln_registry::Reference;
 use kiln_runtime::{Layers, Network, Step, StepIo, StepMount, User};
 
-use crate::build::{layer_from_diff, layer_view, write_blob};
 use crate::image::{rfc3339, write_image, Format, History, StoredImage};
+use crate::layers::{layer_from_diff, layer_view, write_blob};
 use crate::run::{Interrupt, Sandbox};
 use crate::users::resolve_exec_user;
 

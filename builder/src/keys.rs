@@ -4,15 +4,14 @@
 //! order steps run in.
 
 use crate::error::Context;
-use kiln_cache::{Digest, KeyHasher};
-use kiln_frontend::graph::{
-    Action, Base, BuildGraph, CopySource, CopyStep, Mount, RunStep, Source,
-};
+use kiln_cache::{Digest, KeyHasher, StatCache, Store};
+use kiln_frontend::graph::{Action, Base, CopySource, CopyStep, Mount, RunStep, Source};
 use kiln_frontend::Platform;
 
-use crate::build::{output, Executor, Outputs};
 use crate::copy;
+use crate::downloads::Downloads;
 use crate::image::StoredImage;
+use crate::sources::Sources;
 
 fn json(value: &impl serde::Serialize) -> crate::Result<Vec<u8>> {
     serde_json::to_vec(value).context("encoding a step for its cache key")
@@ -75,8 +74,6 @@ impl StageFiles {
     }
 }
 
-/// Whether `action` reads files of another stage, which its key can name
-/// two ways (see `StageFiles`).
 /// A step's key, what went into it (the key's fields, and `file PATH` for
 /// each file read) for `--explain`, and for a COPY whose key read its
 /// sources, the selection the copy must use.
@@ -86,6 +83,8 @@ pub(crate) struct StepKey {
     pub selection: Option<copy::Selection>,
 }
 
+/// Whether `action` reads files of another stage, which its key can name
+/// two ways (see `StageFiles`).
 pub(crate) fn reads_stage_files(action: &Action) -> bool {
     match action {
         Action::Copy(step) => matches!(step.from, Source::Stage { .. }),
@@ -102,17 +101,20 @@ pub(crate) fn reads_stage_files(action: &Action) -> bool {
     }
 }
 
-impl Executor<'_> {
+/// Computes keys from what steps read: their sources, the context's files
+/// (through the stat cache) and what `ADD` downloads.
+pub(crate) struct Keys<'a> {
+    pub sources: &'a Sources<'a>,
+    pub stat_cache: &'a StatCache,
+    pub downloads: &'a Downloads<'a>,
+    /// SOURCE_DATE_EPOCH changes the times every new layer records.
+    pub source_date_epoch: Option<i64>,
+}
+
+impl Keys<'_> {
     /// The key a stage's chain starts from: its base.
-    pub(crate) fn base_key(
-        &self,
-        base: &Base,
-        outputs: &Outputs,
-        platform: &Platform,
-    ) -> crate::Result<Digest> {
-        // SOURCE_DATE_EPOCH changes the times every new layer records.
+    pub(crate) fn base_key(&self, base: &Base, platform: &Platform) -> crate::Result<Digest> {
         let epoch = self
-            .settings
             .source_date_epoch
             .map_or_else(|| "none".to_string(), |epoch| epoch.to_string());
         Ok(match base {
@@ -123,27 +125,13 @@ impl Executor<'_> {
                 key.finish()
             }
             Base::Image { reference } => {
-                let image = StoredImage::find(self.store, reference)?;
+                let image = StoredImage::find(self.sources.store, reference)?;
                 let mut key = KeyHasher::new("image", None);
                 key.field("manifest", image.manifest_digest.to_string());
                 key.field("source-date-epoch", &epoch);
                 key.finish()
             }
-            Base::Stage { stage } => output(outputs, *stage)?.key,
-        })
-    }
-
-    /// What another stage, an image or the context stands for in a key:
-    /// a stage by its key, an image by its manifest digest. (The context's
-    /// content is hashed where it is read.)
-    fn source_identity(&self, from: &Source, outputs: &Outputs) -> crate::Result<String> {
-        Ok(match from {
-            Source::Context => "context".to_string(),
-            Source::Stage { stage } => format!("stage {}", output(outputs, *stage)?.key),
-            Source::Image { reference } => {
-                let image = StoredImage::find(self.store, reference)?;
-                format!("image {}", image.manifest_digest)
-            }
+            Base::Stage { stage } => self.sources.outputs.get(*stage)?.key,
         })
     }
 
@@ -154,8 +142,6 @@ impl Executor<'_> {
         &self,
         parent: &Digest,
         action: &Action,
-        outputs: &Outputs,
-        graph: &BuildGraph,
         stage_files: StageFiles,
     ) -> crate::Result<StepKey> {
         let keyed = |(key, parts)| StepKey {
@@ -164,10 +150,8 @@ impl Executor<'_> {
             selection: None,
         };
         match action {
-            Action::Copy(step) => self.copy_key(parent, step, outputs, graph, stage_files),
-            Action::Run(run) => self
-                .run_key(parent, run, outputs, graph, stage_files)
-                .map(keyed),
+            Action::Copy(step) => self.copy_key(parent, step, stage_files),
+            Action::Run(run) => self.run_key(parent, run, stage_files).map(keyed),
             Action::Mkdir(mkdir) => {
                 let mut key = KeyHasher::explained("mkdir", Some(parent));
                 key.field("definition", json(mkdir)?);
@@ -181,8 +165,6 @@ impl Executor<'_> {
         &self,
         parent: &Digest,
         step: &CopyStep,
-        outputs: &Outputs,
-        graph: &BuildGraph,
         stage_files: StageFiles,
     ) -> crate::Result<StepKey> {
         let omits_identity = stage_files.omits_identity(&step.from);
@@ -200,12 +182,12 @@ impl Executor<'_> {
         };
         key.field("definition", json(&definition)?);
         if !omits_identity {
-            key.field("from", self.source_identity(&step.from, outputs)?);
+            key.field("from", self.sources.identity(&step.from)?);
         }
         let mut files = Vec::new();
         let mut selection = None;
         if stage_files.by_content(&step.from) {
-            let source = self.source_tree(&step.from, outputs, graph)?;
+            let source = self.sources.tree(&step.from)?;
             let mut selected = copy::select(step, &source)?;
             key.field(
                 "sources",
@@ -218,7 +200,7 @@ impl Executor<'_> {
             if let CopySource::Url(url) = source {
                 // What the URL serves now: downloaded once, and used by the
                 // step itself when the key misses.
-                let digest = self.prefetch(url)?;
+                let digest = self.downloads.digest(url)?;
                 key.field("download", format!("{url} {digest}"));
             }
         }
@@ -234,8 +216,6 @@ impl Executor<'_> {
         &self,
         parent: &Digest,
         run: &RunStep,
-        outputs: &Outputs,
-        graph: &BuildGraph,
         stage_files: StageFiles,
     ) -> crate::Result<(Digest, Vec<(String, String)>)> {
         let mut key = KeyHasher::explained(
@@ -257,10 +237,10 @@ impl Executor<'_> {
             match mount {
                 Mount::Bind { from, source, .. } => {
                     if !stage_files.omits_identity(from) {
-                        key.field("bind", self.source_identity(from, outputs)?);
+                        key.field("bind", self.sources.identity(from)?);
                     }
                     if stage_files.by_content(from) {
-                        let tree = self.source_tree(from, outputs, graph)?;
+                        let tree = self.sources.tree(from)?;
                         key.field(
                             "bind-content",
                             copy::tree_digest(&tree, source, self.stat_cache, &mut files)?
@@ -270,7 +250,7 @@ impl Executor<'_> {
                 }
                 Mount::Cache {
                     from: Some(from), ..
-                } => key.field("cache-from", self.source_identity(from, outputs)?),
+                } => key.field("cache-from", self.sources.identity(from)?),
                 // Their definitions are in the step's: ids, targets and
                 // options; never a secret's value.
                 Mount::Cache { .. }
@@ -291,6 +271,43 @@ fn with_files(key: KeyHasher, files: Vec<(String, String)>) -> (Digest, Vec<(Str
             .map(|(path, description)| (format!("file {path}"), description)),
     );
     (digest, parts)
+}
+
+/// Where a step is, for `--explain`: its stage's name and place in it.
+pub struct StepPlace<'a> {
+    pub stage: &'a str,
+    pub step: usize,
+}
+
+/// Keeps what went into the key of the step at `place` for the next
+/// build's `--explain`, and returns what the last build kept.
+pub(crate) fn remember_parts(
+    store: &Store,
+    scope: &str,
+    place: &StepPlace<'_>,
+    parts: &[(String, String)],
+) -> Option<Vec<(String, String)>> {
+    let mut id = KeyHasher::new("explain", None);
+    id.field("scope", scope);
+    id.field("stage", place.stage.to_lowercase());
+    id.field("step", place.step.to_string());
+    let dir = store.root().join("explain");
+    let path = dir.join(id.finish().hex());
+    let before: Option<Vec<(String, String)>> = std::fs::read(&path)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+    if before.as_deref() != Some(parts) {
+        // A cache: a failure to write it costs only an explanation.
+        let _ = std::fs::create_dir_all(&dir).and_then(|()| {
+            let mut partial = tempfile::NamedTempFile::new_in(&dir)?;
+            std::io::Write::write_all(
+                &mut partial,
+                &serde_json::to_vec(parts).unwrap_or_default(),
+            )?;
+            partial.persist(&path).map(|_| ()).map_err(|e| e.error)
+        });
+    }
+    before
 }
 
 /// Why a step's key is not what it was the last time this step was built:

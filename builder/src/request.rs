@@ -2,23 +2,25 @@
 //! the result goes; and the build itself, from lowering the Dockerfile to
 //! the exported image.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use kiln_cache::pack::{pack_dir, PackOptions};
 use kiln_cache::{Compression, Digest, StatCache, Store};
 use kiln_registry::Reference;
 
 use crate::archive::{self, ArchiveImage};
-use crate::build::{Executor, Settings, StepReport};
+use crate::build::{Build, Inputs, SandboxAccess, Settings};
 use crate::cache_io;
 use crate::dockerfile::{self, DockerfileArgs};
 use crate::error::{bail, Context};
 use crate::image::{write_image, Format, StoreImages, StoredImage};
+use crate::layers::Layers;
+use crate::outputs::StepReport;
 use crate::progress::Progress;
 use crate::remote::Remote;
-use crate::run::{Interrupt, Secrets, StepRunner};
+use crate::run::{Interrupt, StepRunner};
+use crate::secrets::Secrets;
 
 /// Where `kiln build` puts the result.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -253,45 +255,51 @@ pub fn build(engine: &Engine<'_>, request: &BuildRequest) -> crate::Result<Built
                 .with_context(|| format!("starting the cache mount {id:?} over"))?;
         }
     }
-    let executor = Executor {
+    let layers = Layers::new(
         store,
         remote,
-        sandbox,
-        interrupt,
-        secrets: &args.secrets,
-        context: &plan.context,
-        ignore: &plan.ignore,
-        dockerfile: &plan.name,
-        settings: Settings {
+        &imported,
+        PackOptions {
             compression,
+            source_date_epoch,
+        },
+    );
+    let executor = Build::new(
+        store,
+        remote,
+        Inputs {
+            context: &plan.context,
+            ignore: &plan.ignore,
+            dockerfile: &plan.name,
+            stat_cache: &stat_cache,
+        },
+        SandboxAccess {
+            sandbox,
+            interrupt,
+            secrets: &args.secrets,
+        },
+        &layers,
+        &imported,
+        Settings {
             source_date_epoch,
             no_cache: args.no_cache,
             no_cache_stages: args.no_cache_stages.clone(),
             explain: args.explain,
             explain_scope: explain_scope(&args.dockerfile),
+            jobs: args.jobs.max(1),
         },
         now,
-        stat_cache: &stat_cache,
-        imported: &imported,
-        results: Mutex::new(Vec::new()),
-        written: Mutex::new(HashMap::new()),
-        reports: Mutex::new(Vec::new()),
-        downloads: Mutex::new(HashMap::new()),
         progress,
-        jobs: args.jobs.max(1),
-        started: std::time::Instant::now(),
-    };
+    );
     let built = executor.build(&plan.graph);
     // What was learnt of the context's files stays, even when a step failed.
     if let Err(e) = stat_cache.save() {
         progress.warn(&format!("could not save the stat cache: {e}"));
     }
     let outputs = built?;
-    let steps = std::mem::take(&mut *executor.lock(&executor.reports));
+    let steps = executor.reports();
     let target = &outputs[plan.graph.target];
-    let mut results = executor.lock(&executor.results).clone();
-    // The order stages finished in changes nothing that is exported.
-    results.sort_by_key(|result| (result.stage, result.step));
+    let results = executor.results();
     // Every step of the build, whatever `mode=` says: the build has only
     // the stages the target needs, and its keys chain on their results.
     let entries: Vec<cache_io::Entry> = results
@@ -325,7 +333,7 @@ pub fn build(engine: &Engine<'_>, request: &BuildRequest) -> crate::Result<Built
     }
     match &output {
         Output::Local(dir) => {
-            crate::copy::export_tree(executor.view(&target.layers)?, dir, now)?;
+            crate::copy::export_tree(layers.view(&target.layers)?, dir, now)?;
             progress.note(&format!("wrote the image's files to {}", dir.display()));
             if let Some(file) = &args.metadata_file {
                 write_metadata(file, None, &steps)?;
@@ -338,7 +346,7 @@ pub fn build(engine: &Engine<'_>, request: &BuildRequest) -> crate::Result<Built
         }
         Output::Tar(path) => {
             let files = store.temp_dir()?;
-            crate::copy::export_tree(executor.view(&target.layers)?, files.path(), now)?;
+            crate::copy::export_tree(layers.view(&target.layers)?, files.path(), now)?;
             let options = PackOptions {
                 compression: Compression::Uncompressed,
                 source_date_epoch,

@@ -123,11 +123,11 @@ fn build_request(args: &BuildArgs) -> Result<BuildRequest> {
         .collect();
     request.source_date_epoch = args.source_date_epoch.clone();
     for spec in &args.secrets {
-        let (id, source) = kiln_builder::run::parse_secret(spec)?;
+        let (id, source) = kiln_builder::secrets::parse_secret(spec)?;
         request.secrets.secrets.insert(id, source);
     }
     for spec in &args.ssh {
-        let (id, socket) = kiln_builder::run::parse_ssh(spec)?;
+        let (id, socket) = kiln_builder::secrets::parse_ssh(spec)?;
         request.secrets.ssh.insert(id, socket);
     }
     Ok(request)

@@ -1,0 +1,249 @@
+//! Layers as a build makes and uses them: a step's changes kept as a
+//! snapshot with its diff ID, blobs written only when an export needs them,
+//! and merged views of layers for steps to read.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use kiln_cache::digest::HashingReader;
+use kiln_cache::extract::{extract, ExtractOptions};
+use kiln_cache::pack::PackOptions;
+use kiln_cache::{CacheRecord, Digest, LayerView, Store};
+
+use crate::cache_io::Imported;
+use crate::error::{bail, Context};
+use crate::image::{Layer, LayerEncoding};
+use crate::remote::Remote;
+
+/// A build's layers: made from changes, viewed, and given blobs.
+pub struct Layers<'a> {
+    store: &'a Store,
+    /// Where imported cache hits' blobs come from.
+    remote: &'a Remote,
+    imported: &'a Imported,
+    /// How new layers are packed.
+    options: PackOptions,
+    /// Blobs written for layers that had none, by diff ID.
+    written: Mutex<HashMap<Digest, Layer>>,
+}
+
+impl<'a> Layers<'a> {
+    pub fn new(
+        store: &'a Store,
+        remote: &'a Remote,
+        imported: &'a Imported,
+        options: PackOptions,
+    ) -> Layers<'a> {
+        Layers {
+            store,
+            remote,
+            imported,
+            options,
+            written: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn written(&self) -> std::sync::MutexGuard<'_, HashMap<Digest, Layer>> {
+        // A panic elsewhere leaves the map usable.
+        self.written
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// `layers` with a blob each in the store, as an export needs them:
+    /// imported ones fetched, this build's own written from their snapshot
+    /// compressed as it asks when they have no such blob yet (and their
+    /// cache records updated, so that later builds reuse the blob).
+    /// `ours` maps each layer this build made to the keys of the steps that
+    /// made it.
+    pub fn materialize(
+        &self,
+        layers: &[Layer],
+        ours: &HashMap<Digest, Vec<Digest>>,
+    ) -> crate::Result<Vec<Layer>> {
+        let options = &self.options;
+        let wanted = LayerEncoding::of_compression(options.compression);
+        let mut materialized = Vec::with_capacity(layers.len());
+        for layer in layers {
+            // Base image layers keep their compression; this build's are
+            // compressed as it asks, from their snapshot.
+            let as_asked = layer.encoding == wanted
+                || !ours.contains_key(&layer.diff_id)
+                || !self.store.has_snapshot(&layer.diff_id);
+            let usable = if self.store.has_blob(&layer.blob) {
+                as_asked
+            } else {
+                self.imported.fetch(self.store, self.remote, layer)?
+            };
+            if usable {
+                materialized.push(layer.clone());
+                continue;
+            }
+            let known = self.written().get(&layer.diff_id).cloned();
+            let written = match known {
+                Some(written) if self.store.has_blob(&written.blob) => written,
+                _ => {
+                    let written = write_blob(self.store, layer, options)?;
+                    self.written().insert(layer.diff_id, written.clone());
+                    for key in ours.get(&layer.diff_id).into_iter().flatten() {
+                        let record = CacheRecord {
+                            layer: Some(written.record()),
+                            ..self.store.cache_record(key).unwrap_or_default()
+                        };
+                        self.store.put_cache_record(key, &record)?;
+                    }
+                    written
+                }
+            };
+            materialized.push(written);
+        }
+        Ok(materialized)
+    }
+
+    /// Runs `fill` on an empty directory and turns what it wrote into a
+    /// layer, an empty one when nothing was written: every RUN, COPY, ADD
+    /// and WORKDIR (but `/`) has a layer in BuildKit's images.
+    pub fn in_diff(
+        &self,
+        fill: impl FnOnce(&Path) -> crate::Result<()>,
+    ) -> crate::Result<Option<Layer>> {
+        let work = self.store.temp_dir()?;
+        let diff = work.path().join("diff");
+        std::fs::create_dir(&diff).with_context(|| format!("creating {}", diff.display()))?;
+        fill(&diff)?;
+        layer_from_diff(self.store, &diff, &self.options, true)
+    }
+
+    /// The merged file system of `layers`, fetching and unpacking what
+    /// needs it.
+    pub fn view(&self, layers: &[Layer]) -> crate::Result<LayerView> {
+        self.fetch_layers(layers)?;
+        layer_view(self.store, layers)
+    }
+
+    /// Brings the blobs of imported cache hits among `layers` into the
+    /// store, where they are not unpacked already.
+    pub fn fetch_layers(&self, layers: &[Layer]) -> crate::Result<()> {
+        for layer in layers {
+            if !self.store.has_blob(&layer.blob) && !self.store.has_snapshot(&layer.diff_id) {
+                self.imported.fetch(self.store, self.remote, layer)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Makes a directory of changes (on the store's file system) a layer:
+/// its diff ID is computed and the directory kept as its snapshot, but no
+/// blob is written until something needs one (see
+/// [`Executor::materialize`]). Until then the layer is described as the
+/// uncompressed tar it packs to, whose digest is its diff ID. No layer when
+/// the directory is empty, unless `keep_empty`.
+pub fn layer_from_diff(
+    store: &Store,
+    diff: &Path,
+    options: &PackOptions,
+    keep_empty: bool,
+) -> crate::Result<Option<Layer>> {
+    if !keep_empty
+        && std::fs::read_dir(diff)
+            .with_context(|| format!("reading {}", diff.display()))?
+            .next()
+            .is_none()
+    {
+        return Ok(None);
+    }
+    let hashed = store.hash_layer(diff, options)?;
+    store.adopt_snapshot(&hashed.diff_id, diff)?;
+    Ok(Some(Layer {
+        diff_id: hashed.diff_id,
+        blob: hashed.diff_id,
+        size: hashed.tar_size,
+        encoding: LayerEncoding::Tar,
+    }))
+}
+
+/// Writes the blob of a layer that has none yet, from its snapshot,
+/// compressed as `options` say.
+pub fn write_blob(store: &Store, layer: &Layer, options: &PackOptions) -> crate::Result<Layer> {
+    if !store.has_snapshot(&layer.diff_id) {
+        bail!(
+            "the layer {} has neither a blob nor a snapshot",
+            layer.diff_id
+        );
+    }
+    let packed = store.pack_layer(&store.snapshot_path(&layer.diff_id), options)?;
+    if packed.diff_id != layer.diff_id {
+        bail!(
+            "the snapshot of layer {} packs to {}: it was changed",
+            layer.diff_id,
+            packed.diff_id
+        );
+    }
+    Ok(Layer {
+        diff_id: packed.diff_id,
+        blob: packed.digest,
+        size: packed.size,
+        encoding: LayerEncoding::of_compression(packed.compression),
+    })
+}
+
+/// The merged file system of `layers`, unpacking those not unpacked yet.
+/// Layers are independent of each other: those not unpacked yet are
+/// unpacked at once, a thread each (decompression is single-threaded), as
+/// many at a time as there are cores.
+pub fn layer_view(store: &Store, layers: &[Layer]) -> crate::Result<LayerView> {
+    let at_once = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let missing: Vec<&Layer> = layers
+        .iter()
+        .filter(|layer| !store.has_snapshot(&layer.diff_id))
+        .collect();
+    for batch in missing.chunks(at_once) {
+        std::thread::scope(|scope| -> crate::Result<()> {
+            let threads: Vec<_> = batch
+                .iter()
+                .map(|layer| scope.spawn(move || snapshot(store, layer)))
+                .collect();
+            for thread in threads {
+                thread
+                    .join()
+                    .map_err(|_| crate::Error::msg("unpacking a layer failed unexpectedly"))??;
+            }
+            Ok(())
+        })?;
+    }
+    let paths = layers
+        .iter()
+        .map(|layer| snapshot(store, layer))
+        .collect::<crate::Result<Vec<PathBuf>>>()?;
+    Ok(LayerView::new(paths))
+}
+
+fn snapshot(store: &Store, layer: &Layer) -> crate::Result<PathBuf> {
+    if store.has_snapshot(&layer.diff_id) {
+        return Ok(store.snapshot_path(&layer.diff_id));
+    }
+    let path = store.create_snapshot(&layer.diff_id, |dir| {
+        let blob = store.open_blob(&layer.blob)?;
+        let tar = kiln_cache::compress::decompressed(blob).map_err(|e| kiln_cache::Error::Io {
+            path: store.blob_path(&layer.blob),
+            source: e,
+        })?;
+        let mut hashed = HashingReader::new(tar);
+        extract(&mut hashed, dir, &ExtractOptions::layer())?;
+        std::io::copy(&mut hashed, &mut std::io::sink()).map_err(|e| kiln_cache::Error::Io {
+            path: store.blob_path(&layer.blob),
+            source: e,
+        })?;
+        let (actual, _) = hashed.finish();
+        if actual != layer.diff_id {
+            return Err(kiln_cache::Error::DigestMismatch {
+                expected: layer.diff_id,
+                actual,
+            });
+        }
+        Ok(())
+    })?;
+    Ok(path)
+}
