@@ -1,0 +1,563 @@
+//! What a COPY reads: its source patterns expanded (Go's path globs,
+//! `**` and `--parents` pivots) in the source tree, once per step for both
+//! its key and its copy.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+
+use kiln_cache::{Digest, ViewEntry};
+use kiln_frontend::graph::{CopySource, CopyStep};
+use kiln_frontend::DockerIgnore;
+
+use super::tree::{base_name, has_wildcard, join, SourceTree, UNSUPPORTED_NAME};
+use crate::error::bail;
+
+/// A source path a pattern matched.
+pub(super) struct Matched {
+    /// The file or directory, symlinks followed.
+    pub(super) entry: ViewEntry,
+    /// The matched path, as written (symlinks not followed), absolute.
+    pub(super) path: String,
+    /// Where it goes below the destination with `--parents`.
+    pub(super) parents_path: String,
+}
+
+/// What a COPY or ADD reads, chosen once for both its cache key and the
+/// copy: each source pattern's matches and the parsed `--exclude`. For the
+/// build context (files a user may save at any moment) it also keeps what
+/// the key hashed of every entry, which the copy checks again as it reads:
+/// a file changed in between fails the step instead of giving a cache
+/// record whose key describes other bytes than its layer.
+pub struct Selection {
+    /// One per path source, in the step's order.
+    pub(super) expansions: Vec<Expansion>,
+    pub(super) exclude: Option<DockerIgnore>,
+    /// By host path, what the key read of each entry of the context.
+    pub(super) hashed: Option<HashMap<PathBuf, Hashed>>,
+}
+
+/// What a key read of one entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Hashed {
+    pub(super) mode: u32,
+    pub(super) link: Option<PathBuf>,
+    pub(super) content: Option<Digest>,
+}
+
+/// Matches the step's path sources in `source` and parses its `--exclude`.
+/// A source that is not a wildcard and matches nothing is an error.
+pub fn select(step: &CopyStep, source: &SourceTree<'_>) -> crate::Result<Selection> {
+    let exclude = if step.exclude.is_empty() {
+        None
+    } else {
+        Some(DockerIgnore::parse(&step.exclude.join("\n"), "--exclude")?)
+    };
+    let mut expansions = Vec::new();
+    for copy_source in &step.sources {
+        if let CopySource::Path(pattern) = copy_source {
+            let found = expand(source, pattern, step.parents)?;
+            if found.matches.is_empty() && !has_wildcard(pattern) {
+                bail!("{pattern}: not found in {}", source.label);
+            }
+            expansions.push(found);
+        }
+    }
+    Ok(Selection {
+        expansions,
+        exclude,
+        hashed: None,
+    })
+}
+
+/// A COPY source pattern as BuildKit reads it. With `--parents`, the part
+/// before the first `/./` (the pivot; the root when there is none) names
+/// the directories copied from, its wildcards resolved as for a plain COPY,
+/// and the part after it is matched below each of them as an include
+/// pattern, where a `**` component stands for any number of directories;
+/// what it matches keeps its path from the pivot. Without `--parents` the
+/// whole pattern is one path whose every component names one component.
+pub(super) struct SourcePattern {
+    /// The pivot's components, `.` and `..` resolved.
+    pub(super) pivot: Vec<String>,
+    /// The components after the pivot, `.` and `..` resolved.
+    pub(super) below: Vec<String>,
+    /// Whether a `**` component matches any number of components.
+    pub(super) recursive: bool,
+}
+
+impl SourcePattern {
+    fn parse(pattern: &str, parents: bool) -> SourcePattern {
+        if !parents {
+            return SourcePattern {
+                pivot: Vec::new(),
+                below: clean(pattern),
+                recursive: false,
+            };
+        }
+        // BuildKit cuts at the first `/./` and cleans both halves on their
+        // own: `..` after the pivot cannot climb above it. A leading `./`
+        // only says "in the context" (or the stage's root) and is no pivot.
+        match pattern.split_once("/./") {
+            Some((pivot, below)) => SourcePattern {
+                pivot: clean(pivot),
+                below: clean(below),
+                recursive: true,
+            },
+            None => SourcePattern {
+                pivot: Vec::new(),
+                below: clean(pattern),
+                recursive: true,
+            },
+        }
+    }
+}
+
+/// The components of a path, `.` dropped and `..` taking the one before
+/// it (never above the root), as Go's `path.Clean` does.
+pub(super) fn clean(path: &str) -> Vec<String> {
+    let mut parts = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            other => parts.push(other.to_string()),
+        }
+    }
+    parts
+}
+
+/// What a COPY source pattern matches.
+pub(super) struct Expansion {
+    /// The matched paths, sorted, none below another (which copies it).
+    pub(super) matches: Vec<Matched>,
+    /// How many of the pivot's paths are directories: a `--parents` copy
+    /// from one makes the destination even when nothing below it matches.
+    pub(super) pivots: usize,
+}
+
+/// The paths of `source` a COPY pattern matches; symlinks in the matched
+/// path are followed (inside the source), not in what is copied.
+pub(super) fn expand(
+    source: &SourceTree<'_>,
+    pattern: &str,
+    parents: bool,
+) -> crate::Result<Expansion> {
+    let pattern = SourcePattern::parse(pattern, parents);
+    let mut pivots = vec!["/".to_string()];
+    for (index, part) in pattern.pivot.iter().enumerate() {
+        let last = index + 1 == pattern.pivot.len() && pattern.below.is_empty();
+        pivots = match_component(source, &pivots, part, false, last)?;
+    }
+    let mut existing_pivots = 0;
+    let mut candidates = Vec::new();
+    for pivot in pivots {
+        if source
+            .view
+            .resolve(&pivot, true)?
+            .is_some_and(|entry| entry.metadata.is_dir())
+        {
+            existing_pivots += 1;
+        }
+        let mut paths = vec![pivot.clone()];
+        for (index, part) in pattern.below.iter().enumerate() {
+            let last = index + 1 == pattern.below.len();
+            paths = match_component(source, &paths, part, pattern.recursive, last)?;
+        }
+        candidates.extend(paths.into_iter().map(|path| (path, pivot.len())));
+    }
+    candidates.sort();
+    candidates.dedup();
+    let mut kept = HashSet::new();
+    let mut matches = Vec::new();
+    for (path, pivot_len) in candidates {
+        // With `**`, a directory and what is below it may both match: the
+        // directory's copy already holds the rest. Sorted, a directory
+        // comes before what is below it.
+        if path
+            .match_indices('/')
+            .any(|(at, _)| at > 0 && kept.contains(&path[..at]))
+        {
+            continue;
+        }
+        if source.ignored(&path) {
+            continue;
+        }
+        let Some(entry) = source.view.resolve(&path, true)? else {
+            continue;
+        };
+        let parents_path = path[pivot_len..].trim_start_matches('/').to_string();
+        kept.insert(path.clone());
+        matches.push(Matched {
+            entry,
+            path,
+            parents_path,
+        });
+    }
+    Ok(Expansion {
+        matches,
+        pivots: existing_pivots,
+    })
+}
+
+/// The paths below each of `bases` that one pattern component matches. A
+/// name without wildcards is taken as is (whether it exists is checked at
+/// the end). With `recursive`, `**` matches the base itself and every
+/// directory below it, symlinks not followed (as BuildKit walks the tree).
+/// Unless the component is the `last`, directories the ignore file leaves
+/// out entirely are dropped, as nothing below them can be copied.
+pub(super) fn match_component(
+    source: &SourceTree<'_>,
+    bases: &[String],
+    part: &str,
+    recursive: bool,
+    last: bool,
+) -> crate::Result<Vec<String>> {
+    let mut found = Vec::new();
+    for base in bases {
+        if recursive && part == "**" {
+            found.push(base.clone());
+            descendant_directories(source, base, &mut found)?;
+        } else if has_wildcard(part) {
+            let dir = source.view.resolve(base, true)?;
+            let Some(dir) = dir.filter(|d| d.metadata.is_dir()) else {
+                continue;
+            };
+            for child in source.view.read_dir(&dir.path)? {
+                let name = base_name(&child.path);
+                if glob_match(part, name) {
+                    if child.lossy_name {
+                        bail!("{}: {UNSUPPORTED_NAME}", child.host.display());
+                    }
+                    found.push(join(base, name));
+                }
+            }
+        } else {
+            found.push(join(base, &unescape(part)));
+        }
+    }
+    if !last {
+        found.retain(|path| may_hold_matches(source, path));
+    }
+    Ok(found)
+}
+
+/// Adds every directory below `base` (a path as written) to `found`,
+/// skipping what the ignore file leaves out entirely.
+pub(super) fn descendant_directories(
+    source: &SourceTree<'_>,
+    base: &str,
+    found: &mut Vec<String>,
+) -> crate::Result<()> {
+    let Some(dir) = source
+        .view
+        .resolve(base, true)?
+        .filter(|d| d.metadata.is_dir())
+    else {
+        return Ok(());
+    };
+    let mut pending = vec![(base.to_string(), dir.path)];
+    while let Some((written, resolved)) = pending.pop() {
+        for child in source.view.read_dir(&resolved)? {
+            // `metadata` is the child's own (lstat): a symlink to a
+            // directory is not walked into, which also keeps loops out.
+            if !child.metadata.is_dir() {
+                continue;
+            }
+            let path = join(&written, base_name(&child.path));
+            if !may_hold_matches(source, &path) {
+                continue;
+            }
+            if child.lossy_name {
+                bail!("{}: {UNSUPPORTED_NAME}", child.host.display());
+            }
+            found.push(path.clone());
+            pending.push((path, child.path));
+        }
+    }
+    Ok(())
+}
+
+/// Whether something at or below `path` may be copied: false for a
+/// directory the ignore file leaves out with no exception below it.
+pub(super) fn may_hold_matches(source: &SourceTree<'_>, path: &str) -> bool {
+    !source.ignored(path)
+        || source
+            .ignore
+            .is_some_and(|rules| !rules.can_skip_dir(path.trim_start_matches('/')))
+}
+
+pub(super) fn unescape(part: &str) -> String {
+    let mut out = String::with_capacity(part.len());
+    let mut chars = part.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => out.extend(chars.next()),
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// Go's `filepath.Match` for one path component: `*`, `?`, `[...]`
+/// classes (with `^` negation and ranges) and `\` escapes.
+pub(super) fn glob_match(pattern: &str, name: &str) -> bool {
+    let pattern: Vec<char> = pattern.chars().collect();
+    let name: Vec<char> = name.chars().collect();
+    match_from(&pattern, &name)
+}
+
+/// Matches without recursion: each token but `*` matches exactly one
+/// character, so on a mismatch only the last `*` needs to take one more
+/// character. Time is bounded by the product of the lengths, however many
+/// stars the pattern has.
+pub(super) fn match_from(pattern: &[char], name: &[char]) -> bool {
+    let (mut p, mut n) = (0, 0);
+    // Where to resume after the last `*`: the pattern after it, and the
+    // name position it has covered up to.
+    let mut resume: Option<(usize, usize)> = None;
+    while n < name.len() {
+        if pattern.get(p) == Some(&'*') {
+            p += 1;
+            resume = Some((p, n));
+            continue;
+        }
+        if let Some(consumed) = single_match(&pattern[p..], name[n]) {
+            p += consumed;
+            n += 1;
+            continue;
+        }
+        match resume {
+            Some((after_star, covered)) => {
+                p = after_star;
+                n = covered + 1;
+                resume = Some((after_star, n));
+            }
+            None => return false,
+        }
+    }
+    pattern[p..].iter().all(|&c| c == '*')
+}
+
+/// Whether the pattern's first token (not `*`) matches `c`; returns how
+/// many pattern characters it takes.
+pub(super) fn single_match(pattern: &[char], c: char) -> Option<usize> {
+    match pattern.first()? {
+        '?' => Some(1),
+        '[' => match class_match(&pattern[1..], c) {
+            Some((true, after)) => Some(pattern.len() - after.len()),
+            _ => None,
+        },
+        '\\' if pattern.len() > 1 => (pattern[1] == c).then_some(2),
+        &literal => (literal == c).then_some(1),
+    }
+}
+
+/// Matches `c` against the class starting after `[`; returns whether it
+/// matched and the pattern after `]`, or `None` for a malformed class.
+pub(super) fn class_match(class: &[char], c: char) -> Option<(bool, &[char])> {
+    let (negated, mut rest) = match class.first() {
+        Some('^') | Some('!') => (true, &class[1..]),
+        _ => (false, class),
+    };
+    let mut matched = false;
+    let mut first = true;
+    loop {
+        match rest.first()? {
+            ']' if !first => return Some((matched != negated, &rest[1..])),
+            _ => {}
+        }
+        first = false;
+        let (low, after) = class_char(rest)?;
+        let (high, after) =
+            if after.first() == Some(&'-') && after.get(1).is_some_and(|&c| c != ']') {
+                class_char(&after[1..])?
+            } else {
+                (low, after)
+            };
+        if low <= c && c <= high {
+            matched = true;
+        }
+        rest = after;
+    }
+}
+
+pub(super) fn class_char(pattern: &[char]) -> Option<(char, &[char])> {
+    match pattern {
+        ['\\', escaped, rest @ ..] => Some((*escaped, rest)),
+        [c, rest @ ..] => Some((*c, rest)),
+        [] => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_cache::LayerView;
+    use std::fs;
+
+    #[test]
+    fn globs_follow_go_rules() {
+        let cases = [
+            ("*.txt", "a.txt", true),
+            ("*.txt", "a.md", false),
+            ("file?", "file1", true),
+            ("file?", "file10", false),
+            ("[a-c]*", "banana", true),
+            ("[^a-c]*", "banana", false),
+            ("[!a-c]*", "date", true),
+            ("\\*", "*", true),
+            ("\\*", "x", false),
+            ("*", "", true),
+            ("a*b*c", "axxbyyc", true),
+            ("[", "[", false),
+            ("a*", "a", true),
+            ("*b", "ab", true),
+            ("a*b*", "ab", true),
+            ("*?", "", false),
+            ("*x*", "abxab", true),
+            ("a*[0-9]", "abc7", true),
+        ];
+        for (pattern, name, expected) in cases {
+            assert_eq!(glob_match(pattern, name), expected, "{pattern} vs {name}");
+        }
+        // Many stars against a long name that never matches: a matcher
+        // that backtracks into every star would take years here.
+        assert!(!glob_match("*a*a*a*a*a*a*a*a*a*a*a*a*b", &"a".repeat(60)));
+    }
+
+    /// A source tree holding the empty files `files` (and their parents).
+    fn tree(files: &[&str]) -> (tempfile::TempDir, SourceTree<'static>) {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        for file in files {
+            let path = dir.path().join(file);
+            fs::create_dir_all(path.parent().expect("a parent")).expect("mkdir");
+            fs::write(&path, "").expect("write");
+        }
+        let source = SourceTree {
+            view: LayerView::new(vec![dir.path().to_path_buf()]),
+            ignore: None,
+            label: "the test tree".to_string(),
+        };
+        (dir, source)
+    }
+
+    /// Each match as (path, where it goes below the destination).
+    fn matched(source: &SourceTree<'_>, pattern: &str, parents: bool) -> Vec<(String, String)> {
+        expand(source, pattern, parents)
+            .expect("expand")
+            .matches
+            .into_iter()
+            .map(|found| (found.path, found.parents_path))
+            .collect()
+    }
+
+    fn pairs(expected: &[(&str, &str)]) -> Vec<(String, String)> {
+        expected
+            .iter()
+            .map(|(path, below)| (path.to_string(), below.to_string()))
+            .collect()
+    }
+
+    const FILES: &[&str] = &[
+        "test/a/b/c/d/foo",
+        "test/a/b/c/d/e/bay",
+        "test/a/b2/c/d/e/bar",
+        "test/a/b/c2/d/e/baz",
+        "test/a/b/c2/d/e2/baz",
+    ];
+
+    #[test]
+    fn parents_patterns_split_at_the_first_pivot() {
+        let pattern = SourcePattern::parse("/test/a/b*/./c/**/e", true);
+        assert_eq!(pattern.pivot, ["test", "a", "b*"]);
+        assert_eq!(pattern.below, ["c", "**", "e"]);
+        assert!(pattern.recursive);
+        // Later pivots are plain `.`; `..` cannot climb above the pivot.
+        let pattern = SourcePattern::parse("/test/a/./b/./c/../../../d", true);
+        assert_eq!(pattern.pivot, ["test", "a"]);
+        assert_eq!(pattern.below, ["d"]);
+        // A leading `./` and a trailing `/.` are no pivot.
+        let pattern = SourcePattern::parse("./test/a/.", true);
+        assert!(pattern.pivot.is_empty());
+        assert_eq!(pattern.below, ["test", "a"]);
+        // Without --parents `/./` means nothing and `**` is a plain `*`.
+        let pattern = SourcePattern::parse("/test/./a/**", false);
+        assert!(pattern.pivot.is_empty());
+        assert_eq!(pattern.below, ["test", "a", "**"]);
+        assert!(!pattern.recursive);
+    }
+
+    #[test]
+    fn parents_keep_the_path_from_a_wildcard_pivot() {
+        let (_dir, source) = tree(FILES);
+        assert_eq!(
+            matched(&source, "/test/a/b*/./c/**/e", true),
+            pairs(&[("/test/a/b/c/d/e", "c/d/e"), ("/test/a/b2/c/d/e", "c/d/e"),])
+        );
+        assert_eq!(
+            matched(&source, "/test/a/./*/c", true),
+            pairs(&[("/test/a/b/c", "b/c"), ("/test/a/b2/c", "b2/c")])
+        );
+        assert_eq!(
+            matched(&source, "/test/a/b/c/d", true),
+            pairs(&[("/test/a/b/c/d", "test/a/b/c/d")])
+        );
+    }
+
+    #[test]
+    fn double_star_matches_any_number_of_directories() {
+        let (_dir, source) = tree(FILES);
+        // Two directories deep, and none at all.
+        assert_eq!(
+            matched(&source, "/test/a/b2/c/**/bar", true),
+            pairs(&[("/test/a/b2/c/d/e/bar", "test/a/b2/c/d/e/bar")])
+        );
+        assert_eq!(
+            matched(&source, "/test/a/b/./c2/**/d", true),
+            pairs(&[("/test/a/b/c2/d", "c2/d")])
+        );
+        assert_eq!(
+            matched(&source, "/test/a/b/./c*/**/baz", true),
+            pairs(&[
+                ("/test/a/b/c2/d/e/baz", "c2/d/e/baz"),
+                ("/test/a/b/c2/d/e2/baz", "c2/d/e2/baz"),
+            ])
+        );
+        // What is below a match is copied with it, not again on its own.
+        assert_eq!(
+            matched(&source, "/test/a/./b2/**", true),
+            pairs(&[("/test/a/b2", "b2")])
+        );
+        // Without --parents, `**` stands for one name, as in Go's
+        // filepath.Match.
+        assert!(matched(&source, "/test/a/b2/c/**/bar", false).is_empty());
+        assert_eq!(
+            matched(&source, "/test/a/b2/c/**/e", false),
+            pairs(&[("/test/a/b2/c/d/e", "test/a/b2/c/d/e")])
+        );
+    }
+
+    #[test]
+    fn double_star_does_not_follow_symlinks() {
+        let (dir, source) = tree(FILES);
+        std::os::unix::fs::symlink("/test/a/b2", dir.path().join("test/a/b/loop"))
+            .expect("symlink");
+        assert!(matched(&source, "/test/a/b/**/bar", true).is_empty());
+    }
+
+    #[test]
+    fn pivots_are_counted_even_when_nothing_below_matches() {
+        let (_dir, source) = tree(FILES);
+        let found = expand(&source, "/test/a/b/./c3*", true).expect("expand");
+        assert!(found.matches.is_empty());
+        assert_eq!(found.pivots, 1);
+        let found = expand(&source, "/test/a/b3*/./c", true).expect("expand");
+        assert_eq!(found.pivots, 0);
+        // Without a pivot the copy is from the root.
+        let found = expand(&source, "/test/a/b3*/c", true).expect("expand");
+        assert!(found.matches.is_empty());
+        assert_eq!(found.pivots, 1);
+    }
+}
