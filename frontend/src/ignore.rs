@@ -5,11 +5,10 @@
 
 use std::path::{Path, PathBuf};
 
-use regex::Regex;
-
 use crate::ast::Source;
 use crate::error::{Error, ErrorKind, Pos};
 use crate::paths;
+use crate::pattern::PathPattern;
 
 /// The parsed ignore rules of a build context.
 #[derive(Debug, Clone, Default)]
@@ -23,7 +22,7 @@ struct Pattern {
     /// The cleaned pattern, without its `!`.
     text: String,
     exclusion: bool,
-    regex: Regex,
+    matcher: PathPattern,
 }
 
 impl DockerIgnore {
@@ -93,7 +92,7 @@ impl DockerIgnore {
             if cleaned.len() > 1 && cleaned.starts_with('/') {
                 cleaned.remove(0);
             }
-            let regex = compile(&cleaned).map_err(|reason| {
+            let matcher = PathPattern::parse(&cleaned).map_err(|reason| {
                 source.error(
                     ErrorKind::InvalidIgnorePattern {
                         pattern: pattern.to_string(),
@@ -105,7 +104,7 @@ impl DockerIgnore {
             patterns.push(Pattern {
                 text: cleaned,
                 exclusion,
-                regex,
+                matcher,
             });
         }
         Ok(DockerIgnore {
@@ -151,7 +150,7 @@ impl DockerIgnore {
             if pattern.exclusion != excluded {
                 continue;
             }
-            let mut matched = pattern.regex.is_match(&path);
+            let mut matched = pattern.matcher.matches(&path);
             if !matched {
                 let mut ancestor = String::new();
                 for part in &parents {
@@ -159,7 +158,7 @@ impl DockerIgnore {
                         ancestor.push('/');
                     }
                     ancestor.push_str(part);
-                    if pattern.regex.is_match(&ancestor) {
+                    if pattern.matcher.matches(&ancestor) {
                         matched = true;
                         break;
                     }
@@ -185,64 +184,8 @@ impl DockerIgnore {
             .patterns
             .iter()
             .filter(|p| p.exclusion)
-            .any(|p| could_match_inside(&p.text, &dir_parts))
+            .any(|p| p.matcher.could_match_inside(&dir_parts))
     }
-}
-
-/// Whether a pattern could match `dir`, one of its ancestors, or something
-/// below it.
-fn could_match_inside(pattern: &str, dir_parts: &[&str]) -> bool {
-    if pattern.contains("**") {
-        return true;
-    }
-    let pattern_parts: Vec<&str> = pattern.split('/').collect();
-    for (pattern_part, dir_part) in pattern_parts.iter().zip(dir_parts) {
-        match compile(pattern_part) {
-            Ok(re) if re.is_match(dir_part) => {}
-            Ok(_) => return false,
-            Err(_) => return true,
-        }
-    }
-    true
-}
-
-/// Translates a pattern to a regular expression that matches whole paths.
-fn compile(pattern: &str) -> Result<Regex, String> {
-    let mut re = String::from("^");
-    let mut chars = pattern.chars().peekable();
-    while let Some(ch) = chars.next() {
-        match ch {
-            '*' if chars.peek() == Some(&'*') => {
-                chars.next();
-                if chars.peek() == Some(&'/') {
-                    chars.next();
-                }
-                re.push_str(if chars.peek().is_none() {
-                    ".*"
-                } else {
-                    "(.*/)?"
-                });
-            }
-            '*' => re.push_str("[^/]*"),
-            '?' => re.push_str("[^/]"),
-            '\\' => match chars.next() {
-                Some(escaped) => re.push_str(&regex::escape(escaped.encode_utf8(&mut [0; 4]))),
-                None => re.push_str("\\\\"),
-            },
-            '[' | ']' => re.push(ch),
-            _ => re.push_str(&regex::escape(ch.encode_utf8(&mut [0; 4]))),
-        }
-    }
-    re.push('$');
-    Regex::new(&re).map_err(|err| match err {
-        regex::Error::Syntax(message) => message
-            .lines()
-            .last()
-            .unwrap_or_default()
-            .trim()
-            .to_string(),
-        other => other.to_string(),
-    })
 }
 
 #[cfg(test)]

@@ -21,7 +21,9 @@
 //! - `history`: the image history text BuildKit writes, in Go's formats.
 //! - `paths`: lexical path arithmetic for paths inside images.
 //! - [`platform`]: `os/arch[/variant]` platforms, normalised.
-//! - [`ignore`]: `.dockerignore` matching.
+//! - [`pattern`]: path patterns (Go's globs and `**`), for COPY sources,
+//!   `.dockerignore` and `--exclude` alike.
+//! - [`ignore`]: `.dockerignore` files and their rules.
 //! - [`error`]: errors, with their place in the Dockerfile, and warnings.
 //! - `suggest`: "did you mean" suggestions for misspelt names.
 
@@ -36,6 +38,7 @@ pub mod lower;
 mod mount;
 pub mod parser;
 mod paths;
+pub mod pattern;
 pub mod platform;
 pub mod shell;
 mod suggest;
