@@ -133,7 +133,7 @@ fn run(cli: Cli) -> Result<u8> {
         ),
         Command::Load { input } => commands::archive::load(&open_store(cli.root)?, &input),
         Command::Check => commands::store::check(&open_store(cli.root)?),
-        Command::Du => commands::store::du(&open_store(cli.root)?),
+        Command::Du { bytes } => commands::store::du(&open_store(cli.root)?, bytes),
         Command::Prune {
             all,
             keep_storage,

@@ -126,8 +126,9 @@ fn same_digest(entry: &ImageEntry, digest: &Digest) -> bool {
     entry.manifest.digest().to_string() == digest.to_string()
 }
 
-/// `kiln du`.
-pub fn du(store: &Store) -> Result<()> {
+/// `kiln du`: allocated space by kind, in human sizes or, with `bytes`,
+/// exact byte counts.
+pub fn du(store: &Store, bytes: bool) -> Result<()> {
     let _in_use = store.lock_shared()?;
     let usage = store.disk_usage()?;
     let rows = [
@@ -142,11 +143,18 @@ pub fn du(store: &Store) -> Result<()> {
         ("temporary files", usage.temporary),
         ("other", usage.other),
     ];
+    let size = |count: u64| {
+        if bytes {
+            count.to_string()
+        } else {
+            human_size(count)
+        }
+    };
     let mut stdout = std::io::stdout().lock();
-    for (kind, bytes) in rows {
-        writeln!(stdout, "{kind:<30} {:>10}", human_size(bytes))?;
+    for (kind, count) in rows {
+        writeln!(stdout, "{kind:<30} {:>10}", size(count))?;
     }
-    writeln!(stdout, "{:<30} {:>10}", "total", human_size(usage.total()))?;
+    writeln!(stdout, "{:<30} {:>10}", "total", size(usage.total()))?;
     Ok(())
 }
 
