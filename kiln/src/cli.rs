@@ -110,7 +110,12 @@ pub enum Command {
     /// itself fails).
     Run(Box<RunArgs>),
     /// Show how much disk space the store takes, by kind.
-    Du,
+    Du {
+        /// Print exact byte counts instead of sizes rounded to kB, MB, GB or TB
+        /// (for scripts).
+        #[arg(long)]
+        bytes: bool,
+    },
     /// Remove unused data from the store: blobs and snapshots nothing refers to
     /// and, with --all, the build cache (cache records, their layers, cache
     /// mounts). Images are never removed.

@@ -10,14 +10,12 @@ mod cli;
 mod commands;
 mod progress;
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
 use kiln_builder::error::Context;
-use kiln_builder::progress::Progress;
-use kiln_builder::run::{Interrupt, Sandbox, INTERRUPTED_EXIT_CODE};
+use kiln_builder::run::INTERRUPTED_EXIT_CODE;
 use kiln_builder::{Error, Result};
 use kiln_cache::Store;
 
@@ -65,28 +63,6 @@ macro_rules! bail {
     };
 }
 
-fn run_container(
-    root: Option<PathBuf>,
-    runtime: Option<PathBuf>,
-    args: &cli::RunArgs,
-) -> Result<u8> {
-    let store = open_store(root)?;
-    let interrupt = Interrupt::install()?;
-    let sandbox = Sandbox::new(&store, runtime);
-    let options = kiln_builder::container::RunOptions {
-        image: args.image.clone(),
-        command: args.command.clone(),
-        env: args.env.clone(),
-        volumes: args.volumes.clone(),
-        network: args.network.clone(),
-        user: args.user.clone(),
-        workdir: args.workdir.clone(),
-        entrypoint: args.entrypoint.clone(),
-        commit: args.commit.clone(),
-    };
-    kiln_builder::container::run(&store, &sandbox, &interrupt, &options)
-}
-
 /// The store directory: `--root`/`KILN_ROOT`, or the default for the user.
 fn store_root(root: Option<PathBuf>) -> Result<PathBuf> {
     if let Some(root) = root {
@@ -118,30 +94,15 @@ fn run(cli: Cli) -> Result<u8> {
     });
     let done = match cli.command {
         Command::Debug(DebugCommand::Graph(args)) => {
-            let store = open_store(cli.root)?;
-            let mut images = kiln_builder::image::StoreOrUnknownImages { store: &store };
-            let progress = Progress::new(std::sync::Arc::new(progress::Display::new(
-                progress::Mode::Plain,
-            )));
-            let plan = kiln_builder::dockerfile::load(
-                &commands::dockerfile_args(&args),
-                &[],
-                &[],
-                &mut images,
-                &progress,
-            )?;
-            let mut stdout = std::io::stdout().lock();
-            serde_json::to_writer_pretty(&mut stdout, &plan.graph)?;
-            writeln!(stdout)?;
-            Ok(())
+            commands::build::graph(&open_store(cli.root)?, &args)
         }
         Command::Build(args) => {
-            commands::build(&open_store(cli.root)?, &remote, cli.runtime, &args)
+            commands::build::build(&open_store(cli.root)?, &remote, cli.runtime, &args)
         }
         Command::Pull { image, platform } => {
-            commands::pull(&open_store(cli.root)?, &remote, &image, platform.as_deref())
+            commands::registry::pull(&open_store(cli.root)?, &remote, &image, platform.as_deref())
         }
-        Command::Push { image, destination } => commands::push(
+        Command::Push { image, destination } => commands::registry::push(
             &open_store(cli.root)?,
             &remote,
             &image,
@@ -152,36 +113,40 @@ fn run(cli: Cli) -> Result<u8> {
             username,
             password,
             password_stdin,
-        } => commands::login(&remote, &server, username, password, password_stdin),
-        Command::Logout { server } => commands::logout(&remote, &server),
-        Command::Images => commands::images(&open_store(cli.root)?),
-        Command::Inspect { image } => commands::inspect(&open_store(cli.root)?, &image),
-        Command::Tag { source, target } => commands::tag(&open_store(cli.root)?, &source, &target),
-        Command::Rmi { images } => commands::rmi(&open_store(cli.root)?, &images),
+        } => commands::registry::login(&remote, &server, username, password, password_stdin),
+        Command::Logout { server } => commands::registry::logout(&remote, &server),
+        Command::Images => commands::store::images(&open_store(cli.root)?),
+        Command::Inspect { image } => commands::store::inspect(&open_store(cli.root)?, &image),
+        Command::Tag { source, target } => {
+            commands::store::tag(&open_store(cli.root)?, &source, &target)
+        }
+        Command::Rmi { images } => commands::store::rmi(&open_store(cli.root)?, &images),
         Command::Save {
             images,
             output,
             format,
-        } => commands::save(
+        } => commands::archive::save(
             &open_store(cli.root)?,
             &images,
             &output,
             kiln_builder::image::Format::parse(&format)?,
         ),
-        Command::Load { input } => commands::load(&open_store(cli.root)?, &input),
-        Command::Check => commands::check(&open_store(cli.root)?),
-        Command::Du => commands::du(&open_store(cli.root)?),
+        Command::Load { input } => commands::archive::load(&open_store(cli.root)?, &input),
+        Command::Check => commands::store::check(&open_store(cli.root)?),
+        Command::Du { bytes } => commands::store::du(&open_store(cli.root)?, bytes),
         Command::Prune {
             all,
             keep_storage,
             filters,
-        } => commands::prune(
+        } => commands::store::prune(
             &open_store(cli.root)?,
             all,
             keep_storage.as_deref(),
             &filters,
         ),
-        Command::Run(args) => return run_container(cli.root, cli.runtime, &args),
+        Command::Run(args) => {
+            return commands::container::run(&open_store(cli.root)?, cli.runtime, &args)
+        }
     };
     done.map(|()| 0)
 }

@@ -285,6 +285,12 @@ fn du(path: &Path) -> u64 {
         .arg(path)
         .output()
         .expect("du runs");
+    assert!(
+        output.status.success(),
+        "du {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
     String::from_utf8_lossy(&output.stdout)
         .split_whitespace()
         .next()
@@ -292,29 +298,138 @@ fn du(path: &Path) -> u64 {
         .expect("du prints a size")
 }
 
-/// `kiln du`'s total, in bytes.
-fn kiln_du_total(kiln: &Kiln) -> String {
-    let text = kiln.ok(&["du"]);
-    let total = text
+/// The rows of `kiln du` (its kinds and the total): each label and the
+/// size as printed.
+fn du_rows(kiln: &Kiln, args: &[&str]) -> Vec<(String, String)> {
+    let mut command = vec!["du"];
+    command.extend_from_slice(args);
+    kiln.ok(&command)
         .lines()
-        .find(|line| line.starts_with("total"))
-        .expect("a total line");
-    total.split_whitespace().last().expect("size").to_string()
+        .map(|line| {
+            let (label, size) = line
+                .rsplit_once(' ')
+                .unwrap_or_else(|| panic!("not a label and a size: {line:?}"));
+            (label.trim_end().to_string(), size.to_string())
+        })
+        .collect()
 }
 
-fn human(bytes: u64) -> String {
-    // As kiln prints sizes: one decimal, powers of 1000.
-    let units = ["B", "kB", "MB", "GB", "TB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1000.0 && unit + 1 < units.len() {
-        value /= 1000.0;
-        unit += 1;
+/// `kiln du --bytes`: each label and its byte count.
+fn du_bytes(kiln: &Kiln) -> Vec<(String, u64)> {
+    du_rows(kiln, &["--bytes"])
+        .into_iter()
+        .map(|(label, size)| {
+            let bytes = size
+                .parse()
+                .unwrap_or_else(|_| panic!("{label}: {size:?} is not a byte count"));
+            (label, bytes)
+        })
+        .collect()
+}
+
+fn row(rows: &[(String, u64)], label: &str) -> u64 {
+    rows.iter()
+        .find(|(name, _)| name == label)
+        .unwrap_or_else(|| panic!("no {label:?} row: {rows:?}"))
+        .1
+}
+
+/// Whether `size` reads as a human size: bytes below 1 kB (`512B`), else
+/// one decimal and a unit in powers of 1000 (`1.5kB`, `20.0MB`).
+fn is_human_size(size: &str) -> bool {
+    let digits = |text: &str| !text.is_empty() && text.chars().all(|c| c.is_ascii_digit());
+    if let Some(bytes) = size.strip_suffix('B').filter(|bytes| digits(bytes)) {
+        return bytes.len() <= 3;
     }
-    if unit == 0 {
-        format!("{bytes}B")
-    } else {
-        format!("{value:.1}{}", units[unit])
+    ["kB", "MB", "GB", "TB"].iter().any(|unit| {
+        size.strip_suffix(unit)
+            .and_then(|number| number.split_once('.'))
+            .is_some_and(|(whole, decimal)| digits(whole) && decimal.len() == 1 && digits(decimal))
+    })
+}
+
+/// The allocated bytes of the blobs the images `names` are made of (their
+/// manifest, configuration and layers), measured by `du`.
+fn image_blobs_on_disk(kiln: &Kiln, names: &[&str]) -> u64 {
+    let mut digests = std::collections::BTreeSet::new();
+    for name in names {
+        let image = kiln.inspect(name);
+        let manifest = &image["Manifest"];
+        let layers = manifest["layers"].as_array().expect("layers");
+        assert!(!layers.is_empty(), "{name} has no layers: {image}");
+        digests.insert(image["Digest"].as_str().expect("digest").to_string());
+        digests.insert(
+            manifest["config"]["digest"]
+                .as_str()
+                .expect("config digest")
+                .to_string(),
+        );
+        for layer in layers {
+            digests.insert(layer["digest"].as_str().expect("layer digest").to_string());
+        }
+    }
+    let blobs = kiln.root.path().join("blobs/sha256");
+    digests
+        .iter()
+        .map(|digest| du(&blobs.join(digest.trim_start_matches("sha256:"))))
+        .sum()
+}
+
+#[test]
+fn du_counts_what_du_measures_by_kind() {
+    let kiln = kiln();
+    let context = Context::new();
+    context.write(
+        "Dockerfile",
+        "FROM busybox
+         RUN --mount=type=cache,target=/cache head -c 300000 /dev/urandom > /cache/file
+         RUN head -c 200000 /dev/urandom > /out
+",
+    );
+    build(&kiln, context.path(), &["-t", "app"]);
+    let root = kiln.root.path();
+    let bytes = du_bytes(&kiln);
+    let labels: Vec<&str> = bytes.iter().map(|(label, _)| label.as_str()).collect();
+    assert_eq!(
+        labels,
+        [
+            "image blobs",
+            "build cache blobs",
+            "unused blobs",
+            "image snapshots (unpacked)",
+            "build cache snapshots",
+            "unused snapshots",
+            "cache mounts",
+            "cache records",
+            "temporary files",
+            "other",
+            "total"
+        ]
+    );
+    assert_eq!(
+        row(&bytes, "total"),
+        du(root),
+        "the total is the store's du"
+    );
+    let kinds: u64 = bytes[..bytes.len() - 1].iter().map(|(_, n)| n).sum();
+    assert_eq!(kinds, row(&bytes, "total"), "the kinds add up: {bytes:?}");
+    assert_eq!(
+        row(&bytes, "image blobs"),
+        image_blobs_on_disk(&kiln, &["busybox", "app"]),
+        "{bytes:?}"
+    );
+    // The cache mount holds the 300 kB file the build wrote into it.
+    let cache_mounts = row(&bytes, "cache mounts");
+    assert_eq!(cache_mounts, du(&root.join("cache-mounts")));
+    assert!(cache_mounts >= 300_000, "{bytes:?}");
+    assert_eq!(row(&bytes, "cache records"), du(&root.join("cache-keys")));
+
+    // The human output: the same rows, each size in its short form.
+    let human = du_rows(&kiln, &[]);
+    let human_labels: Vec<&str> = human.iter().map(|(label, _)| label.as_str()).collect();
+    assert_eq!(human_labels, labels);
+    for (label, size) in &human {
+        assert!(is_human_size(size), "{label}: {size:?}");
     }
 }
 
@@ -331,8 +446,8 @@ fn prune_removes_what_nothing_needs_and_the_cache_only_when_asked() {
     );
     build(&kiln, context.path(), &["-t", "app"]);
     assert_eq!(
-        kiln_du_total(&kiln),
-        human(du(kiln.root.path())),
+        row(&du_bytes(&kiln), "total"),
+        du(kiln.root.path()),
         "kiln du matches du"
     );
 
@@ -377,7 +492,7 @@ fn prune_removes_what_nothing_needs_and_the_cache_only_when_asked() {
     let output = kiln.ok(&["prune", "--keep-storage", "0"]);
     assert!(output.contains("1 cache mount(s)"), "{output}");
     assert!(ran(&build(&kiln, context.path(), &["-t", "app"])).is_empty());
-    assert_eq!(kiln_du_total(&kiln), human(du(kiln.root.path())));
+    assert_eq!(row(&du_bytes(&kiln), "total"), du(kiln.root.path()));
 }
 
 #[test]

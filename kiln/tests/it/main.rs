@@ -6,6 +6,7 @@ mod cache;
 mod cli;
 mod exports;
 mod images;
+mod output;
 mod registry;
 mod regression;
 mod run;

@@ -118,6 +118,11 @@ fn a_step_sees_its_own_processes_and_files_only() {
         .lines()
         .map(|l| l.parse().expect("pid"))
         .collect();
+    // The step sees its own processes (from PID 1), and only those.
+    assert!(
+        pids.contains(&1),
+        "/proc shows not the step's processes: {pids:?}"
+    );
     assert!(
         pids.len() <= 4 && pids.iter().all(|&pid| pid < 10),
         "host processes are visible: {pids:?}"

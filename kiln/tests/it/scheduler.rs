@@ -12,57 +12,67 @@ fn kiln() -> Kiln {
     Kiln::with_busybox()
 }
 
-/// Each step's stage, start and end (milliseconds from the build's start)
-/// from the metadata file.
-fn timeline(kiln: &Kiln, context: &Path, extra: &[&str]) -> Vec<(String, u64, u64)> {
-    kiln.build_steps(context, extra)
-        .iter()
-        .map(|step| {
-            (
-                step["stage"].as_str().expect("stage").to_string(),
-                step["started_ms"].as_u64().expect("start"),
-                step["ended_ms"].as_u64().expect("end"),
-            )
-        })
-        .collect()
+/// A shell loop that waits for `path` to exist, polling every 0.1 s, for at
+/// most `tenths` tenths of a second; it succeeds when the file appeared.
+fn wait_for(path: &str, tenths: u32) -> String {
+    format!(
+        "(i=0; until [ -e {path} ]; do [ $i -lt {tenths} ] || exit 1; i=$((i+1)); sleep 0.1; done)"
+    )
 }
 
-const TWO_INDEPENDENT: &str = "FROM busybox AS one\n\
-    RUN sleep 1 && echo one > /one\n\
-    FROM busybox AS two\n\
-    RUN sleep 1 && echo two > /two\n\
-    FROM busybox\n\
-    COPY --from=one /one /one\n\
-    COPY --from=two /two /two\n";
+/// Two stages that meet through cache mount `id`: each marks its arrival
+/// and waits up to `tenths` tenths of a second for the other's, then
+/// writes `met` or `alone` to a file named after it. When the stages run
+/// one after the other, the first can never meet the second; when both
+/// meet, they ran at the same time.
+fn rendezvous(id: &str, tenths: u32) -> String {
+    let stage = |name: &str, other: &str| {
+        format!(
+            "FROM busybox AS {name}\n\
+             RUN --mount=type=cache,id={id},target=/sync touch /sync/{name} \
+             && if {wait}; then echo met; else echo alone; fi > /{name}\n",
+            wait = wait_for(&format!("/sync/{other}"), tenths)
+        )
+    };
+    format!(
+        "{}{}FROM busybox\nCOPY --from=one /one /one\nCOPY --from=two /two /two\n",
+        stage("one", "two"),
+        stage("two", "one")
+    )
+}
 
-fn span(steps: &[(String, u64, u64)], stage: &str) -> (u64, u64) {
-    let (_, start, end) = steps
-        .iter()
-        .find(|(name, _, _)| name == stage)
-        .unwrap_or_else(|| panic!("no step of {stage}: {steps:?}"));
-    (*start, *end)
+/// What each stage of [`rendezvous`] wrote.
+fn met(kiln: &Kiln, context: &Path, extra: &[&str]) -> (String, String) {
+    let files = kiln.files(context, extra);
+    let read = |name: &str| fs::read_to_string(files.path().join(name)).expect(name);
+    (read("one"), read("two"))
 }
 
 #[test]
 fn independent_stages_run_at_once_and_jobs_limits_them() {
     let kiln = kiln();
     let context = Context::new();
-    context.write("Dockerfile", TWO_INDEPENDENT);
-    let steps = timeline(&kiln, context.path(), &["--jobs", "2"]);
-    let (one, two) = (span(&steps, "one"), span(&steps, "two"));
-    assert!(
-        one.0 < two.1 && two.0 < one.1,
-        "the stages overlap: {steps:?}"
+    // A minute for the other stage to come: ample for a scheduler that
+    // starts both at once, however loaded the machine; one that runs them
+    // in turn makes them miss each other.
+    context.write("Dockerfile", &rendezvous("together", 600));
+    assert_eq!(
+        met(&kiln, context.path(), &["--jobs", "2"]),
+        ("met\n".to_string(), "met\n".to_string()),
+        "the stages ran at once"
     );
-    // The final stage waits for both.
-    let last = span(&steps, "stage-2");
-    assert!(last.0 >= one.1 && last.0 >= two.1, "{steps:?}");
+    // (The final stage copied both files: it waited for both stages.)
 
-    let steps = timeline(&kiln, context.path(), &["--jobs", "1", "--no-cache"]);
-    let (one, two) = (span(&steps, "one"), span(&steps, "two"));
-    assert!(
-        one.1 <= two.0 || two.1 <= one.0,
-        "one stage at a time: {steps:?}"
+    // Two seconds for the other stage: a scheduler that ran both would
+    // start the second well within them.
+    context.write("Dockerfile", &rendezvous("in-turn", 20));
+    let (one, two) = met(&kiln, context.path(), &["--jobs", "1"]);
+    let mut outcomes = [one.as_str(), two.as_str()];
+    outcomes.sort_unstable();
+    assert_eq!(
+        outcomes,
+        ["alone\n", "met\n"],
+        "one stage at a time: the first ran alone"
     );
 }
 
@@ -70,24 +80,30 @@ fn independent_stages_run_at_once_and_jobs_limits_them() {
 fn a_failing_stage_stops_the_others() {
     let kiln = kiln();
     let context = Context::new();
+    // The failing stage fails only once the slow step runs, so that there
+    // always is a running step to stop.
     context.write(
         "Dockerfile",
-        "FROM busybox AS slow\n\
-         RUN sleep 317\n\
-         FROM busybox AS failing\n\
-         RUN sleep 0.5 && echo giving up && exit 3\n\
-         FROM busybox\n\
-         COPY --from=slow /etc/passwd /a\n\
-         COPY --from=failing /etc/passwd /b\n",
+        &format!(
+            "FROM busybox AS slow\n\
+             RUN --mount=type=cache,id=signal,target=/sync touch /sync/slow && sleep 317\n\
+             FROM busybox AS failing\n\
+             RUN --mount=type=cache,id=signal,target=/sync \
+             {wait} && echo giving up && exit 3\n\
+             FROM busybox\n\
+             COPY --from=slow /etc/passwd /a\n\
+             COPY --from=failing /etc/passwd /b\n",
+            wait = wait_for("/sync/slow", 600)
+        ),
     );
     let mut child = kiln
         .command()
-        .args(["build", "--jobs", "2", "--progress", "plain"])
-        .arg(context.path())
+        .current_dir(context.path())
+        .args(["build", "--jobs", "2", "--progress", "plain", "."])
         .stderr(Stdio::piped())
         .spawn()
         .expect("kiln");
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(120);
     let status = loop {
         if let Some(status) = child.try_wait().expect("wait") {
             break status;
@@ -106,11 +122,17 @@ fn a_failing_stage_stops_the_others() {
     };
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("exit code 3"), "{stderr}");
-    // The slow step, if it had started, was stopped (on a slow machine the
-    // failure may come before it starts; then it never does).
-    let started = stderr.contains("RUN sleep 317");
+    let slow = stderr
+        .lines()
+        .find_map(|line| {
+            let (step, name) = line.split_once(' ')?;
+            name.starts_with("[slow 2/2] RUN").then_some(step)
+        })
+        .unwrap_or_else(|| panic!("the slow step never started: {stderr}"));
     assert!(
-        !started || stderr.contains("ERROR: interrupted"),
+        stderr
+            .lines()
+            .any(|line| line == format!("{slow} ERROR: interrupted")),
         "the slow step was not stopped: {stderr}"
     );
     let survivors = fs::read_dir("/proc")
@@ -122,19 +144,25 @@ fn a_failing_stage_stops_the_others() {
     assert_eq!(survivors, 0, "the slow stage's process survived");
 }
 
+/// Builds with `--progress MODE` (and `extra`), expecting success; returns
+/// standard error.
+fn progress(kiln: &Kiln, context: &Path, mode: &str, extra: &[&str]) -> String {
+    let mut args = vec!["--progress", mode];
+    args.extend_from_slice(extra);
+    let output = kiln.try_build(context, &args);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "--progress {mode}: {stderr}");
+    stderr
+}
+
 #[test]
 fn plain_progress_numbers_steps_as_buildkit_does() {
     let kiln = kiln();
     let context = Context::new();
     context.write("Dockerfile", "FROM busybox\nRUN echo hello && echo world\n");
-    let output = kiln.run(&[
-        "build",
-        "--progress",
-        "plain",
-        context.path().to_str().expect("utf-8"),
-    ]);
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = progress(&kiln, context.path(), "plain", &[]);
     let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with('#')).collect();
+    assert!(lines.len() >= 3, "{stderr}");
     // The base image is step 1, as BuildKit numbers it.
     assert!(
         lines[0].starts_with("#1 [stage-0 1/2] FROM docker.io/library/busybox:latest@sha256:"),
@@ -164,23 +192,11 @@ fn plain_progress_numbers_steps_as_buildkit_does() {
         lines.iter().any(|l| l.starts_with("#3 exporting layers")),
         "{stderr}"
     );
-    let output = kiln.run(&[
-        "build",
-        "--progress",
-        "plain",
-        context.path().to_str().expect("utf-8"),
-    ]);
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = progress(&kiln, context.path(), "plain", &[]);
     assert!(stderr.lines().any(|l| l == "#2 CACHED"), "{stderr}");
 
-    let output = kiln.run(&[
-        "build",
-        "--progress",
-        "rawjson",
-        "--no-cache",
-        context.path().to_str().expect("utf-8"),
-    ]);
-    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stderr)
+    let stderr = progress(&kiln, context.path(), "rawjson", &["--no-cache"]);
+    let events: Vec<serde_json::Value> = stderr
         .lines()
         .map(|line| serde_json::from_str(line).expect("every line is JSON"))
         .collect();
@@ -194,15 +210,14 @@ fn plain_progress_numbers_steps_as_buildkit_does() {
         "{kinds:?}"
     );
 
-    let output = kiln.run(&[
-        "build",
-        "--progress",
-        "quiet",
-        "--no-cache",
-        context.path().to_str().expect("utf-8"),
-    ]);
+    // Quiet: the step ran (--no-cache), and nothing of it shows.
+    let stderr = progress(&kiln, context.path(), "quiet", &["--no-cache"]);
     assert!(
-        !String::from_utf8_lossy(&output.stderr).contains("hello"),
-        "quiet shows no step output"
+        !stderr.lines().any(|l| l.starts_with('#')),
+        "quiet shows no steps: {stderr}"
+    );
+    assert!(
+        !stderr.contains("hello"),
+        "quiet shows no step output: {stderr}"
     );
 }

@@ -113,14 +113,7 @@ impl Kiln {
     /// Builds `context_arg` (relative to `cwd`, as a user types it) from
     /// `cwd` and returns the image digest kiln prints.
     pub fn build_from(&self, cwd: &Path, context_arg: &str, extra: &[&str]) -> String {
-        let output = self
-            .command()
-            .current_dir(cwd)
-            .arg("build")
-            .args(extra)
-            .arg(context_arg)
-            .output()
-            .expect("kiln runs");
+        let output = self.try_build_from(cwd, context_arg, extra);
         assert!(
             output.status.success(),
             "kiln build {extra:?} {context_arg} in {} failed:\n{}",
@@ -128,6 +121,21 @@ impl Kiln {
             String::from_utf8_lossy(&output.stderr)
         );
         String::from_utf8_lossy(&output.stdout).trim().to_string()
+    }
+
+    /// Runs `kiln build` as [`Kiln::build`] does, whatever comes of it.
+    pub fn try_build(&self, context: &Path, extra: &[&str]) -> Output {
+        self.try_build_from(context, ".", extra)
+    }
+
+    fn try_build_from(&self, cwd: &Path, context_arg: &str, extra: &[&str]) -> Output {
+        self.command()
+            .current_dir(cwd)
+            .arg("build")
+            .args(extra)
+            .arg(context_arg)
+            .output()
+            .expect("kiln runs")
     }
 
     /// A store with busybox in it, for tests that run steps (as root, with

@@ -1,0 +1,172 @@
+//! `kiln build` and `kiln debug graph`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use kiln_builder::image::Format;
+use kiln_builder::progress::Progress;
+use kiln_builder::remote::Remote;
+use kiln_builder::run::{Interrupt, Sandbox};
+use kiln_builder::{BuildRequest, Engine, Error, Output, Result};
+use kiln_cache::{Compression, Store};
+use kiln_registry::Reference;
+
+use super::values::{human_size, parse_size};
+use crate::bail;
+use crate::cli::{BuildArgs, DockerfileArgs};
+use crate::progress::{Display, Mode};
+
+/// The library's view of the Dockerfile options.
+fn dockerfile_args(args: &DockerfileArgs) -> kiln_builder::dockerfile::DockerfileArgs {
+    kiln_builder::dockerfile::DockerfileArgs {
+        context: args.context.clone(),
+        file: args.file.clone(),
+        target: args.target.clone(),
+        build_args: args.build_args.clone(),
+        platform: args.platform.clone(),
+    }
+}
+
+/// `kiln debug graph`: the build graph the Dockerfile lowers to, as JSON on
+/// standard output.
+pub fn graph(store: &Store, args: &DockerfileArgs) -> Result<()> {
+    let mut images = kiln_builder::image::StoreOrUnknownImages { store };
+    let progress = Progress::new(Arc::new(Display::new(Mode::Plain)));
+    let plan =
+        kiln_builder::dockerfile::load(&dockerfile_args(args), &[], &[], &mut images, &progress)?;
+    let mut stdout = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut stdout, &plan.graph)?;
+    writeln!(stdout)?;
+    Ok(())
+}
+
+/// `kiln build`: the request the flags make, the build, its digest on
+/// standard output (standard error when an archive is written there), and
+/// garbage collection when asked.
+pub fn build(
+    store: &Store,
+    remote: &Remote,
+    runtime: Option<PathBuf>,
+    args: &BuildArgs,
+) -> Result<()> {
+    let limit = args
+        .gc_keep_storage
+        .as_deref()
+        .map(parse_size)
+        .transpose()?;
+    let request = build_request(args)?;
+    let progress = Arc::new(Progress::new(Arc::new(Display::new(Mode::parse(
+        &args.progress,
+    )?))));
+    if !rustix::process::geteuid().is_root() {
+        bail!(
+            "kiln build must run as root: layers record the owner of every file, and only \
+             root can create files owned by others (run it with sudo)"
+        );
+    }
+    let interrupt = Interrupt::install()?;
+    let sandbox = Sandbox::new(store, runtime);
+    let engine = Engine {
+        store,
+        remote,
+        sandbox: &sandbox,
+        interrupt: &interrupt,
+        progress: &progress,
+    };
+    let built = kiln_builder::build(&engine, &request)?;
+    if let Some(digest) = built.image {
+        if built.on_stdout {
+            eprintln!("{digest}");
+        } else {
+            println!("{digest}");
+        }
+    }
+    if let Some(limit) = limit {
+        // After the build has let go of the store: a collection waits for
+        // no one and never removes what the build was still naming.
+        if let Err(e) = collect_garbage(store, limit) {
+            eprintln!("warning: garbage collection failed: {e}");
+        }
+    }
+    Ok(())
+}
+
+fn build_request(args: &BuildArgs) -> Result<BuildRequest> {
+    let mut request = BuildRequest::new(dockerfile_args(&args.dockerfile));
+    request.labels = args.labels.clone();
+    request.allow = args.allow.clone();
+    request.tags = args
+        .tags
+        .iter()
+        .map(|t| Reference::parse(t))
+        .collect::<Result<Vec<_>, _>>()?;
+    request.output = Output::parse(args.output.as_deref())?;
+    request.format = args.format.as_deref().map(Format::parse).transpose()?;
+    request.compression = Compression::parse(&args.compression).map_err(Error::Invalid)?;
+    request.push = args.push;
+    request.pull = args.pull;
+    request.metadata_file = args.metadata_file.clone();
+    request.iidfile = args.iidfile.clone();
+    request.cache_to = args
+        .cache_to
+        .iter()
+        .map(|spec| kiln_builder::cache_io::parse_cache_to(spec))
+        .collect::<Result<Vec<_>>>()?;
+    request.cache_from = args
+        .cache_from
+        .iter()
+        .map(|spec| kiln_builder::cache_io::parse_cache_from(spec))
+        .collect::<Result<Vec<_>>>()?;
+    match args.jobs {
+        Some(0) => bail!("--jobs must be at least 1"),
+        Some(jobs) => request.jobs = jobs,
+        None => {}
+    }
+    request.explain = args.explain;
+    request.no_cache = args.no_cache;
+    request.no_cache_stages = args
+        .no_cache_filter
+        .iter()
+        .flat_map(|names| names.split(','))
+        .map(|name| name.trim().to_lowercase())
+        .filter(|name| !name.is_empty())
+        .collect();
+    request.source_date_epoch = args.source_date_epoch.clone();
+    for spec in &args.secrets {
+        let (id, source) = kiln_builder::secrets::parse_secret(spec)?;
+        request.secrets.secrets.insert(id, source);
+    }
+    for spec in &args.ssh {
+        let (id, socket) = kiln_builder::secrets::parse_ssh(spec)?;
+        request.secrets.ssh.insert(id, socket);
+    }
+    Ok(request)
+}
+
+/// The automatic policy of `--gc-keep-storage`: after a build, when the
+/// build cache (layers only the cache keeps, and cache mounts) has grown past
+/// the limit and no other process uses the store, the least recently used
+/// of it goes until it fits.
+fn collect_garbage(store: &Store, limit: u64) -> Result<()> {
+    let usage = store.disk_usage()?;
+    if usage.cache_blobs + usage.cache_snapshots + usage.cache_mounts <= limit {
+        return Ok(());
+    }
+    let pruned = store.prune_if_idle(&kiln_cache::PrunePolicy {
+        all: false,
+        unused_for: None,
+        keep_storage: Some(limit),
+    })?;
+    report_collected(pruned);
+    Ok(())
+}
+
+fn report_collected(pruned: Option<kiln_cache::Pruned>) {
+    if let Some(pruned) = pruned.filter(|p| p.freed > 0) {
+        eprintln!(
+            "garbage collection (--gc-keep-storage): freed {}",
+            human_size(pruned.freed)
+        );
+    }
+}

@@ -1,0 +1,28 @@
+//! `kiln run`: a command in a container made from a stored image.
+
+use std::path::PathBuf;
+
+use kiln_builder::container::RunOptions;
+use kiln_builder::run::{Interrupt, Sandbox};
+use kiln_builder::Result;
+use kiln_cache::Store;
+
+use crate::cli::RunArgs;
+
+/// Runs the container attached to this terminal; returns its exit status.
+pub fn run(store: &Store, runtime: Option<PathBuf>, args: &RunArgs) -> Result<u8> {
+    let interrupt = Interrupt::install()?;
+    let sandbox = Sandbox::new(store, runtime);
+    let options = RunOptions {
+        image: args.image.clone(),
+        command: args.command.clone(),
+        env: args.env.clone(),
+        volumes: args.volumes.clone(),
+        network: args.network.clone(),
+        user: args.user.clone(),
+        workdir: args.workdir.clone(),
+        entrypoint: args.entrypoint.clone(),
+        commit: args.commit.clone(),
+    };
+    kiln_builder::container::run(store, &sandbox, &interrupt, &options)
+}

@@ -1,0 +1,25 @@
+//! The `kiln` commands: each turns its arguments into what the build
+//! library needs, runs it, and prints what a user reads.
+//!
+//! - `build`: `kiln build` (the request its flags make, the build, garbage
+//!   collection after it) and `kiln debug graph`;
+//! - `store`: what is in the store (`images`, `inspect`, `tag`, `rmi`,
+//!   `du`, `prune`, `check`);
+//! - `registry`: `pull`, `push`, `login`, `logout`;
+//! - `archive`: `save`, `load`;
+//! - `container`: `run`;
+//! - `values`: sizes and durations as users write and read them.
+
+pub mod archive;
+pub mod build;
+pub mod container;
+pub mod registry;
+pub mod store;
+mod values;
+
+use kiln_registry::Reference;
+
+/// How Docker prints a stored name: `app:1` for `docker.io/library/app:1`.
+fn familiar(name: &str) -> String {
+    Reference::parse(name).map_or_else(|_| name.to_string(), |r| r.familiar())
+}
