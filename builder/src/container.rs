@@ -36,13 +36,22 @@ pub struct RunOptions {
     pub commit: Option<String>,
 }
 
-/// Runs the container and returns its exit code.
+/// How a container ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exited {
+    /// Its exit code (128 + the signal that killed it).
+    pub code: u8,
+    /// The image its changes were saved as (`--commit`).
+    pub committed: Option<Reference>,
+}
+
+/// Runs the container until it exits.
 pub fn run(
     store: &Store,
     sandbox: &Sandbox,
     interrupt: &Interrupt,
     args: &RunOptions,
-) -> crate::Result<u8> {
+) -> crate::Result<Exited> {
     if !rustix::process::geteuid().is_root() {
         bail!("kiln run must run as root: the sandbox needs namespaces and mounts only root may make (run it with sudo)");
     }
@@ -145,7 +154,7 @@ pub fn run(
         )?
     };
 
-    if let Some(name) = commit_name {
+    if let Some(name) = &commit_name {
         let options = PackOptions {
             compression: Compression::parse("gzip").map_err(crate::Error::Invalid)?,
             source_date_epoch: None,
@@ -172,9 +181,11 @@ pub fn run(
         }
         let descriptor = write_image(store, &file, &layers, Format::Oci)?;
         store.set_name(Some(&name.to_string()), &descriptor)?;
-        eprintln!("committed the container's changes as {name}");
     }
-    Ok(u8::try_from(outcome.code).unwrap_or(255))
+    Ok(Exited {
+        code: u8::try_from(outcome.code).unwrap_or(255),
+        committed: commit_name,
+    })
 }
 
 /// `-v SOURCE:TARGET[:ro|rw]`: a host directory or file.

@@ -141,14 +141,33 @@ impl Step<'_> {
     }
 }
 
-/// `12.3 MB`: sizes as users read them in progress and listings.
-pub fn human_bytes(bytes: u64) -> String {
+/// A size as users read it in progress, listings and messages, as Docker
+/// writes sizes: bytes below 1 kB (`512B`), else one decimal and a unit of
+/// powers of 1000 (`1.5kB`, `2.0MB`).
+pub fn human_size(bytes: u64) -> String {
+    let units = ["B", "kB", "MB", "GB", "TB"];
     let mut value = bytes as f64;
-    for unit in ["B", "kB", "MB", "GB"] {
-        if value < 1000.0 {
-            return format!("{value:.1} {unit}");
-        }
+    let mut unit = 0;
+    while value >= 1000.0 && unit + 1 < units.len() {
         value /= 1000.0;
+        unit += 1;
     }
-    format!("{value:.1} TB")
+    if unit == 0 {
+        format!("{bytes}B")
+    } else {
+        format!("{value:.1}{}", units[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_read_as_docker_writes_them() {
+        assert_eq!(human_size(512), "512B");
+        assert_eq!(human_size(1_500), "1.5kB");
+        assert_eq!(human_size(2_000_000), "2.0MB");
+        assert_eq!(human_size(3_000_000_000_000_000), "3000.0TB");
+    }
 }

@@ -12,7 +12,7 @@ use kiln_registry::transfer::{self, manifest_blobs};
 use kiln_registry::{Client, ClientOptions, Credential, DockerConfig, Pushed, Reference};
 
 use crate::image::StoredImage;
-use crate::progress::human_bytes;
+use crate::progress::human_size;
 
 /// Blobs moved at once, each way.
 const PARALLEL_TRANSFERS: usize = 4;
@@ -137,7 +137,7 @@ impl Remote {
             "pulled {} ({digest}): {} blob(s) fetched, {}",
             reference.familiar(),
             pulled.fetched,
-            human_bytes(pulled.fetched_bytes)
+            human_size(pulled.fetched_bytes)
         ));
         Ok(digest)
     }
@@ -200,7 +200,7 @@ impl Remote {
             self.say(&format!(
                 "  {} blob(s) uploaded ({}), {} mounted, {} already there",
                 count(Pushed::Uploaded),
-                human_bytes(uploaded),
+                human_size(uploaded),
                 count(Pushed::Mounted),
                 count(Pushed::Existed)
             ));

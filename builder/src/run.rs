@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use crate::error::Context;
 use kiln_cache::Store;
@@ -24,9 +24,11 @@ const HOSTNAME: &str = "kiln";
 /// Lines of a failed step's output repeated in its error.
 const ERROR_TAIL_LINES: usize = 10;
 
-/// Ctrl-C and SIGTERM: a running step is stopped and cleaned up before
-/// kiln exits; with no step running kiln exits at once (the store is
-/// consistent at every point).
+/// Stops a build's running steps: on Ctrl-C and SIGTERM (the caller
+/// passes signals on with [`Interrupt::signal`]) a running step is stopped
+/// and cleaned up before kiln exits; with no step running kiln exits at
+/// once (the store is consistent at every point). A failed stage stops the
+/// others' steps the same way.
 #[derive(Debug, Default)]
 pub struct Interrupt {
     /// A signal came.
@@ -40,27 +42,21 @@ pub struct Interrupt {
 pub const INTERRUPTED_EXIT_CODE: u8 = 130;
 
 impl Interrupt {
-    /// Handles SIGINT and SIGTERM from now on. A second signal ends kiln
-    /// at once.
-    pub fn install() -> crate::Result<Arc<Interrupt>> {
-        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-        let interrupt = Arc::new(Interrupt::default());
-        let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
-            .context("installing the Ctrl-C handler")?;
-        let handler = Arc::clone(&interrupt);
-        std::thread::spawn(move || {
-            for _ in signals.forever() {
-                let again = handler.requested.swap(true, Ordering::SeqCst);
-                handler.stop.store(true, Ordering::SeqCst);
-                if again || handler.steps_running.load(Ordering::SeqCst) == 0 {
-                    eprintln!("kiln: interrupted");
-                    // The step dies with kiln; its secrets must not stay.
-                    kiln_runtime::remove_bundles(BundleOwners::ThisProcess);
-                    std::process::exit(i32::from(INTERRUPTED_EXIT_CODE));
-                }
-            }
-        });
-        Ok(interrupt)
+    /// A signal (Ctrl-C, SIGTERM) came: running steps are stopped.
+    /// Returns whether kiln should end at once instead: a second signal,
+    /// or nothing running that would stop and clean up. The caller must
+    /// then call [`Interrupt::abandon_steps`] before exiting.
+    pub fn signal(&self) -> bool {
+        let again = self.requested.swap(true, Ordering::SeqCst);
+        self.stop.store(true, Ordering::SeqCst);
+        again || self.steps_running.load(Ordering::SeqCst) == 0
+    }
+
+    /// Removes what running steps hold that must not outlive kiln (their
+    /// bundles hold secrets): for a kiln about to exit without waiting for
+    /// them.
+    pub fn abandon_steps(&self) {
+        kiln_runtime::remove_bundles(BundleOwners::ThisProcess);
     }
 
     /// Stops the running steps (another stage failed), as a signal would,

@@ -9,6 +9,7 @@
 mod cli;
 mod commands;
 mod progress;
+mod signals;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use crate::bail;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use kiln_builder::progress::{human_bytes, ProgressSink, StepEnd, StepId};
+use kiln_builder::progress::{human_size, ProgressSink, StepEnd, StepId};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -191,7 +191,7 @@ impl ProgressSink for Display {
     fn bytes(&self, id: StepId, total: u64) {
         if let Some(shown) = self.steps().get(&id) {
             if let Some(bar) = &shown.bar {
-                bar.set_message(format!("{} {}", shown.name, human_bytes(total)));
+                bar.set_message(format!("{} {}", shown.name, human_size(total)));
             }
         }
     }
@@ -205,7 +205,7 @@ impl ProgressSink for Display {
                 };
                 let elapsed = seconds(started.elapsed());
                 let text = if bytes > 0 {
-                    format!("DONE {elapsed} ({})", human_bytes(bytes))
+                    format!("DONE {elapsed} ({})", human_size(bytes))
                 } else {
                     format!("DONE {elapsed}")
                 };

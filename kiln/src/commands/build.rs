@@ -7,15 +7,16 @@ use std::sync::Arc;
 use kiln_builder::image::Format;
 use kiln_builder::progress::Progress;
 use kiln_builder::remote::Remote;
-use kiln_builder::run::{Interrupt, Sandbox};
+use kiln_builder::run::Sandbox;
 use kiln_builder::{BuildRequest, Engine, Error, Output, Result};
 use kiln_cache::{Compression, Store};
 use kiln_registry::Reference;
 
-use super::values::{human_size, parse_size};
+use super::values::parse_size;
 use crate::bail;
 use crate::cli::{BuildArgs, DockerfileArgs};
 use crate::progress::{Display, Mode};
+use kiln_builder::progress::human_size;
 
 /// The library's view of the Dockerfile options.
 fn dockerfile_args(args: &DockerfileArgs) -> kiln_builder::dockerfile::DockerfileArgs {
@@ -65,7 +66,7 @@ pub fn build(
              root can create files owned by others (run it with sudo)"
         );
     }
-    let interrupt = Interrupt::install()?;
+    let interrupt = crate::signals::install()?;
     let sandbox = Sandbox::new(store, runtime);
     let engine = Engine {
         store,

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use kiln_builder::container::RunOptions;
-use kiln_builder::run::{Interrupt, Sandbox};
+use kiln_builder::run::Sandbox;
 use kiln_builder::Result;
 use kiln_cache::Store;
 
@@ -11,7 +11,7 @@ use crate::cli::RunArgs;
 
 /// Runs the container attached to this terminal; returns its exit status.
 pub fn run(store: &Store, runtime: Option<PathBuf>, args: &RunArgs) -> Result<u8> {
-    let interrupt = Interrupt::install()?;
+    let interrupt = crate::signals::install()?;
     let sandbox = Sandbox::new(store, runtime);
     let options = RunOptions {
         image: args.image.clone(),
@@ -24,5 +24,9 @@ pub fn run(store: &Store, runtime: Option<PathBuf>, args: &RunArgs) -> Result<u8
         entrypoint: args.entrypoint.clone(),
         commit: args.commit.clone(),
     };
-    kiln_builder::container::run(store, &sandbox, &interrupt, &options)
+    let exited = kiln_builder::container::run(store, &sandbox, &interrupt, &options)?;
+    if let Some(name) = exited.committed {
+        eprintln!("committed the container's changes as {name}");
+    }
+    Ok(exited.code)
 }

@@ -10,8 +10,9 @@ use kiln_cache::{Digest, ImageEntry, Store};
 use kiln_registry::Reference;
 
 use super::familiar;
-use super::values::{human_size, parse_duration, parse_size};
+use super::values::{parse_duration, parse_size};
 use crate::bail;
+use kiln_builder::progress::human_size;
 
 pub fn images(store: &Store) -> Result<()> {
     let mut stdout = std::io::stdout().lock();

@@ -1,26 +1,8 @@
-//! Sizes and durations as users write them in flags and read them in
-//! kiln's output.
+//! Sizes and durations as users write them in flags.
 
 use kiln_builder::{Error, Result};
 
 use crate::bail;
-
-/// A size as kiln prints it: bytes below 1 kB, else one decimal in powers
-/// of 1000 (`1.5kB`, `2.0MB`).
-pub fn human_size(bytes: u64) -> String {
-    let units = ["B", "kB", "MB", "GB", "TB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1000.0 && unit + 1 < units.len() {
-        value /= 1000.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes}B")
-    } else {
-        format!("{value:.1}{}", units[unit])
-    }
-}
 
 /// `SIZE`: bytes, or a number with a unit (`kB`, `MB`, `GB`, `TB`, powers
 /// of 1000; `KiB`, `MiB`, `GiB`, `TiB`, powers of 1024), as Docker's flags
@@ -91,13 +73,6 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-
-    #[test]
-    fn sizes() {
-        assert_eq!(human_size(512), "512B");
-        assert_eq!(human_size(1_500), "1.5kB");
-        assert_eq!(human_size(2_000_000), "2.0MB");
-    }
 
     #[test]
     fn sizes_are_read_in_both_kinds_of_units() {
