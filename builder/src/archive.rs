@@ -10,12 +10,11 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use crate::error::{bail, Context};
 use kiln_cache::store::canonical_json;
-use kiln_cache::{Digest, Store};
+use kiln_cache::{AtomicFile, Digest, Store};
 use kiln_frontend::Platform;
 use kiln_registry::Reference;
 use oci_spec::image::ImageIndex;
@@ -47,8 +46,9 @@ pub fn write_archive(
 }
 
 /// Writes to standard output when `path` is `-`, and otherwise to a file
-/// that appears at `path` only once it is complete: an interrupted export
-/// leaves no half archive, and an existing file stays until it is replaced.
+/// that appears at `path` only once it is complete (an [`AtomicFile`]): an
+/// interrupted export leaves no half archive, and an existing file stays
+/// until it is replaced.
 pub fn write_output(
     path: &Path,
     write: impl FnOnce(&mut dyn Write) -> crate::Result<()>,
@@ -58,32 +58,13 @@ pub fn write_output(
         write(&mut out)?;
         return out.flush().context("writing to standard output");
     }
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    let mut temp = tempfile::Builder::new()
-        .prefix(".kiln-")
-        .permissions(std::fs::Permissions::from_mode(0o644))
-        .tempfile_in(dir)
-        .with_context(|| {
-            format!(
-                "cannot write {}: creating a file in {}",
-                path.display(),
-                dir.display()
-            )
-        })?;
-    {
-        let mut out = BufWriter::new(temp.as_file_mut());
-        write(&mut out)?;
-        out.flush()
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    temp.as_file()
-        .sync_all()
+    let mut out = BufWriter::new(AtomicFile::beside(path)?);
+    write(&mut out)?;
+    let file = out
+        .into_inner()
+        .map_err(|e| e.into_error())
         .with_context(|| format!("writing {}", path.display()))?;
-    temp.persist(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
+    file.commit(path)?;
     Ok(())
 }
 

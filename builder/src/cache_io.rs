@@ -19,7 +19,7 @@ use std::time::SystemTime;
 
 use crate::error::{bail, Context};
 use kiln_cache::digest::HashingReader;
-use kiln_cache::{CacheRecord, Digest, LayerRecord, Store};
+use kiln_cache::{AtomicFile, CacheRecord, Digest, LayerRecord, Store};
 use kiln_registry::Reference;
 use serde::{Deserialize, Serialize};
 
@@ -454,24 +454,6 @@ pub fn write_cache_manifest(
     Ok(store.write_blob(&bytes)?)
 }
 
-/// Makes `target` appear whole: `fill` writes a temporary file beside it,
-/// which is synced and renamed into place.
-fn write_synced(
-    target: &Path,
-    fill: impl FnOnce(&Path) -> std::io::Result<()>,
-) -> crate::Result<()> {
-    let dir = target.parent().unwrap_or(Path::new("."));
-    let partial = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("writing into {}", dir.display()))?;
-    fill(partial.path())
-        .and_then(|()| fs::File::open(partial.path())?.sync_all())
-        .with_context(|| format!("writing {}", partial.path().display()))?;
-    partial
-        .persist(target)
-        .with_context(|| format!("writing {}", target.display()))?;
-    Ok(())
-}
-
 /// Writes a cache manifest and the blobs it names into the OCI layout
 /// `dir` (created when missing), replacing the cache it held.
 pub fn write_local(
@@ -499,9 +481,10 @@ pub fn write_local(
             }
             continue;
         }
-        write_synced(&target, |partial| {
-            fs::copy(store.blob_path(digest), partial).map(|_| ())
-        })?;
+        let mut copy = AtomicFile::beside(&target)?;
+        std::io::copy(&mut store.open_blob(digest)?, &mut copy)
+            .with_context(|| format!("writing {}", target.display()))?;
+        copy.commit(&target)?;
     }
     fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)
         .with_context(|| format!("writing {}", dir.display()))?;
@@ -516,9 +499,7 @@ pub fn write_local(
         }],
     });
     let index = serde_json::to_vec_pretty(&index)?;
-    write_synced(&dir.join("index.json"), |partial| {
-        fs::write(partial, &index)
-    })?;
+    kiln_cache::atomic::write_atomic(&dir.join("index.json"), &index)?;
     // Blobs of caches this one replaced, once no build that read one of
     // them can still be fetching from it (nor an export writing it).
     let now = SystemTime::now();

@@ -37,6 +37,14 @@ pub enum Error {
     MissingBlob(Digest),
     #[error("{} is not a usable kiln store: {reason}", path.display())]
     BadStore { path: PathBuf, reason: String },
+    #[error("cannot write {} ({doing}): {source}", path.display())]
+    Replace {
+        path: PathBuf,
+        /// What failed: creating, writing, syncing or renaming the new file.
+        doing: &'static str,
+        #[source]
+        source: io::Error,
+    },
     #[error("{what} {digest} in the store is invalid: {reason}")]
     InvalidContent {
         what: &'static str,

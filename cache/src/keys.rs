@@ -14,9 +14,10 @@ use std::io;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
+use crate::atomic::write_atomic;
 use crate::digest::Digest;
 use crate::error::Error;
-use crate::store::{write_atomic, Store};
+use crate::store::Store;
 
 /// Changes whenever what goes into keys changes, so that an older kiln's
 /// records are never taken for this one's.

@@ -3,6 +3,7 @@
 //!
 //! It knows nothing of Dockerfiles or registries.
 
+pub mod atomic;
 pub mod compress;
 pub mod digest;
 mod error;
@@ -17,6 +18,7 @@ pub mod tree;
 mod unsynced;
 pub mod view;
 
+pub use atomic::AtomicFile;
 pub use compress::Compression;
 pub use digest::Digest;
 pub use error::Error;

@@ -2,9 +2,9 @@
 //! `blobs/sha256/…`) holding every blob, the names of images, and the
 //! unpacked snapshots of layers.
 //!
-//! Every write goes to a temporary file that is synced and then renamed
-//! into place, so a crash at any point leaves the store readable: at worst a
-//! temporary file that the next kiln removes. Several kiln processes can use
+//! Every file is written as an [`AtomicFile`], so a crash at any point
+//! leaves the store readable: at worst a temporary file that the next kiln
+//! removes. Several kiln processes can use
 //! one store: `index.json` is rewritten under an exclusive lock, builds hold
 //! a shared lock that garbage collection must wait for.
 
@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::image::{Descriptor, ImageIndex, ImageManifest, MediaType};
 
+use crate::atomic::{sync_dir, write_atomic, AtomicFile};
 use crate::digest::{Digest, HashingReader, HashingWriter};
 use crate::error::Error;
 use crate::pack::{pack_dir, PackOptions, PackedLayer};
@@ -326,11 +327,9 @@ impl Store {
 
     /// A writer for a new blob; [`BlobWriter::commit`] moves it into place.
     pub fn blob_writer(&self) -> Result<BlobWriter, Error> {
-        let file = tempfile::Builder::new()
-            .prefix("blob-")
-            .permissions(fs::Permissions::from_mode(STORE_FILE_MODE))
-            .tempfile_in(self.tmp_dir())
-            .map_err(|e| Error::io(&self.tmp_dir(), e))?;
+        // In `tmp/`, not beside the blobs: the store's cleanup removes what
+        // a crash leaves there.
+        let file = AtomicFile::new_in(&self.tmp_dir(), "blob-")?;
         Ok(BlobWriter {
             blobs: self.blobs_dir(),
             writer: HashingWriter::new(BufWriter::with_capacity(256 * 1024, file)),
@@ -678,7 +677,7 @@ pub fn canonical_json(value: &serde_json::Value) -> Vec<u8> {
 /// A blob being written; it exists in the store only after `commit`.
 pub struct BlobWriter {
     blobs: PathBuf,
-    writer: HashingWriter<BufWriter<tempfile::NamedTempFile>>,
+    writer: HashingWriter<BufWriter<AtomicFile>>,
 }
 
 impl BlobWriter {
@@ -687,11 +686,12 @@ impl BlobWriter {
         self.writer.written()
     }
 
-    /// Syncs the blob and moves it into the store under its digest, after
-    /// checking it against `expected` when given.
+    /// Moves the blob into the store under its digest (see
+    /// [`AtomicFile::commit`]), after checking it against `expected` when
+    /// given.
     pub fn commit(self, expected: Option<&Digest>) -> Result<(Digest, u64), Error> {
         let (buffered, digest, size) = self.writer.finish();
-        let temp = buffered
+        let file = buffered
             .into_inner()
             .map_err(|e| Error::io(&self.blobs, e.into_error()))?;
         if let Some(expected) = expected {
@@ -702,13 +702,7 @@ impl BlobWriter {
                 });
             }
         }
-        temp.as_file()
-            .sync_all()
-            .map_err(|e| Error::io(temp.path(), e))?;
-        let target = self.blobs.join(digest.hex());
-        temp.persist(&target)
-            .map_err(|e| Error::io(&target, e.error))?;
-        sync_dir(&self.blobs)?;
+        file.commit(&self.blobs.join(digest.hex()))?;
         Ok((digest, size))
     }
 }
@@ -721,32 +715,4 @@ impl Write for BlobWriter {
     fn flush(&mut self) -> io::Result<()> {
         self.writer.flush()
     }
-}
-
-/// Blobs and index files are readable by everyone, as in the OCI layouts
-/// other tools write, so that skopeo or umoci run by another user can read
-/// the store; the store's directory decides who may see it at all.
-const STORE_FILE_MODE: u32 = 0o644;
-
-/// Replaces `path` with `bytes` in one rename, after syncing them.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut temp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .permissions(fs::Permissions::from_mode(STORE_FILE_MODE))
-        .tempfile_in(dir)
-        .map_err(|e| Error::io(dir, e))?;
-    temp.write_all(bytes)
-        .map_err(|e| Error::io(temp.path(), e))?;
-    temp.as_file()
-        .sync_all()
-        .map_err(|e| Error::io(temp.path(), e))?;
-    temp.persist(path).map_err(|e| Error::io(path, e.error))?;
-    sync_dir(dir)
-}
-
-pub(crate) fn sync_dir(dir: &Path) -> Result<(), Error> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io(dir, e))
 }
