@@ -19,8 +19,10 @@ use std::time::SystemTime;
 
 use crate::error::{bail, Context};
 use kiln_cache::digest::HashingReader;
+use kiln_cache::layout::{self, Layout};
 use kiln_cache::{AtomicFile, CacheRecord, Digest, LayerRecord, Store};
 use kiln_registry::Reference;
+use oci_spec::image::{Descriptor, MediaType};
 use serde::{Deserialize, Serialize};
 
 use crate::image::Layer;
@@ -242,7 +244,7 @@ impl Imported {
         for source in sources {
             match source {
                 CacheFrom::Local { dir } => {
-                    if !dir.join("index.json").exists() {
+                    if !Layout::new(dir).has_index() {
                         progress.warn(&format!("no cache at {} yet", dir.display()));
                         continue;
                     }
@@ -259,28 +261,25 @@ impl Imported {
     }
 
     fn read_local(&mut self, dir: &Path) -> crate::Result<()> {
-        let blob_path = |digest: &Digest| dir.join("blobs/sha256").join(digest.hex());
-        let index: serde_json::Value = serde_json::from_slice(&fs::read(dir.join("index.json"))?)
-            .context("index.json is not JSON")?;
-        let manifest_digest: Digest = index["manifests"]
-            .as_array()
-            .and_then(|entries| {
-                entries.iter().find(|entry| {
-                    entry["annotations"]["org.opencontainers.image.ref.name"] == LOCAL_TAG
-                })
-            })
-            .and_then(|entry| entry["digest"].as_str())
+        let local = Layout::new(dir);
+        let manifest_digest: Digest = local
+            .read_index()?
+            .manifests()
+            .iter()
+            .find(|entry| layout::ref_name(entry) == Some(LOCAL_TAG))
             .context("index.json names no cache manifest")?
+            .digest()
+            .to_string()
             .parse()?;
-        let manifest = read_checked(&blob_path(&manifest_digest), &manifest_digest)?;
+        let manifest = read_checked(&local.blob_path(&manifest_digest), &manifest_digest)?;
         let (config, layers) = parse_manifest(&manifest)?;
-        let config_bytes = read_checked(&blob_path(&config), &config)?;
+        let config_bytes = read_checked(&local.blob_path(&config), &config)?;
         let config: CacheConfig =
             serde_json::from_slice(&config_bytes).context("the cache config is not valid")?;
         let layers: Vec<(LayerRecord, Origin)> = layers
             .into_iter()
             .map(|layer| {
-                let origin = Origin::Local(blob_path(&layer.blob));
+                let origin = Origin::Local(local.blob_path(&layer.blob));
                 (layer, origin)
             })
             .collect();
@@ -462,7 +461,8 @@ pub fn write_local(
     manifest: &Digest,
     manifest_size: u64,
 ) -> crate::Result<()> {
-    let blobs = dir.join("blobs/sha256");
+    let local = Layout::new(dir);
+    let blobs = local.blobs_dir();
     fs::create_dir_all(&blobs).with_context(|| format!("creating {}", blobs.display()))?;
     let manifest_bytes = store.read_blob(manifest)?;
     let (config, layers) = parse_manifest(&manifest_bytes)?;
@@ -471,7 +471,7 @@ pub fn write_local(
         .chain(layers.iter().map(|layer| layer.blob))
         .collect();
     for digest in &wanted {
-        let target = blobs.join(digest.hex());
+        let target = local.blob_path(digest);
         let intact = fs::metadata(&target)
             .is_ok_and(|m| m.len() == fs::metadata(store.blob_path(digest)).map_or(0, |s| s.len()));
         if intact {
@@ -486,20 +486,16 @@ pub fn write_local(
             .with_context(|| format!("writing {}", target.display()))?;
         copy.commit(&target)?;
     }
-    fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)
-        .with_context(|| format!("writing {}", dir.display()))?;
-    let index = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.index.v1+json",
-        "manifests": [{
-            "mediaType": OCI_MANIFEST,
-            "digest": manifest.to_string(),
-            "size": manifest_size,
-            "annotations": { "org.opencontainers.image.ref.name": LOCAL_TAG },
-        }],
-    });
-    let index = serde_json::to_vec_pretty(&index)?;
-    kiln_cache::atomic::write_atomic(&dir.join("index.json"), &index)?;
+    local.write_version_file()?;
+    let descriptor = Descriptor::new(
+        MediaType::from(OCI_MANIFEST),
+        manifest_size,
+        crate::image::oci_digest(manifest)?,
+    );
+    local.write_index(&[layout::index_entry(
+        &descriptor,
+        &[(layout::REF_NAME, LOCAL_TAG)],
+    )])?;
     // Blobs of caches this one replaced, once no build that read one of
     // them can still be fetching from it (nor an export writing it).
     let now = SystemTime::now();

@@ -203,6 +203,7 @@ impl ImageFile {
 #[derive(Debug, Clone)]
 pub struct StoredImage {
     pub manifest_digest: Digest,
+    pub manifest_size: u64,
     pub manifest: ImageManifest,
     pub config_digest: Digest,
     pub config: ImageFile,
@@ -252,6 +253,7 @@ impl StoredImage {
             .collect::<crate::Result<_>>()?;
         Ok(StoredImage {
             manifest_digest: *manifest_digest,
+            manifest_size: bytes.len() as u64,
             manifest,
             config_digest,
             config,
@@ -275,6 +277,23 @@ impl StoredImage {
             }
         };
         StoredImage::read(store, &digest)
+    }
+
+    /// The descriptor of the image's manifest, with its platform, as an
+    /// index lists it.
+    pub fn descriptor(&self) -> crate::Result<Descriptor> {
+        let media_type = self
+            .manifest
+            .media_type()
+            .clone()
+            .unwrap_or_else(|| MediaType::from(OCI_MANIFEST));
+        let mut descriptor = Descriptor::new(
+            media_type,
+            self.manifest_size,
+            oci_digest(&self.manifest_digest)?,
+        );
+        descriptor.set_platform(Some(platform_of(&self.config)?));
+        Ok(descriptor)
     }
 }
 
@@ -394,20 +413,6 @@ fn platform_of(config: &ImageFile) -> crate::Result<oci_spec::image::Platform> {
         platform.set_variant(Some(variant.clone()));
     }
     Ok(platform)
-}
-
-/// The descriptor index.json gives an image manifest that is in the store.
-pub fn descriptor_of(store: &Store, digest: &Digest) -> crate::Result<Descriptor> {
-    let image = StoredImage::read(store, digest)?;
-    let size = store.read_blob(digest)?.len() as u64;
-    let media_type = image
-        .manifest
-        .media_type()
-        .clone()
-        .unwrap_or_else(|| MediaType::from(OCI_MANIFEST));
-    let mut descriptor = Descriptor::new(media_type, size, oci_digest(digest)?);
-    descriptor.set_platform(Some(platform_of(&image.config)?));
-    Ok(descriptor)
 }
 
 /// Base images for the frontend: from the store, pulled from their

@@ -37,6 +37,20 @@ pub enum Error {
     MissingBlob(Digest),
     #[error("{} is not a usable kiln store: {reason}", path.display())]
     BadStore { path: PathBuf, reason: String },
+    #[error("{} is not an OCI image layout kiln can use: {reason}", path.display())]
+    BadLayout { path: PathBuf, reason: String },
+    #[error("cannot encode {what} as JSON: {source}")]
+    Encode {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("cannot write {entry} into the archive: {source}")]
+    ArchiveWrite {
+        entry: String,
+        #[source]
+        source: io::Error,
+    },
     #[error("cannot write {} ({doing}): {source}", path.display())]
     Replace {
         path: PathBuf,

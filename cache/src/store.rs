@@ -4,9 +4,10 @@
 //!
 //! Every file is written as an [`AtomicFile`], so a crash at any point
 //! leaves the store readable: at worst a temporary file that the next kiln
-//! removes. Several kiln processes can use
-//! one store: `index.json` is rewritten under an exclusive lock, builds hold
-//! a shared lock that garbage collection must wait for.
+//! removes. Several kiln processes can use one store: `index.json` is
+//! rewritten under an exclusive lock, builds hold a shared lock that garbage
+//! collection must wait for. The layout's files are named and written by
+//! [`crate::layout`], as every OCI layout kiln writes.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -14,23 +15,20 @@ use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use oci_spec::image::{Descriptor, ImageIndex, ImageManifest, MediaType};
+use oci_spec::image::{Descriptor, ImageIndex, ImageManifest};
 
-use crate::atomic::{sync_dir, write_atomic, AtomicFile};
+use crate::atomic::{sync_dir, AtomicFile};
 use crate::digest::{Digest, HashingReader, HashingWriter};
 use crate::error::Error;
+use crate::layout::{index_entry, ref_name, Layout, REF_NAME};
 use crate::pack::{pack_dir, PackOptions, PackedLayer};
 use crate::unsynced;
-
-/// The annotation that names an image in `index.json`.
-pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
-
-const LAYOUT: &str = r#"{"imageLayoutVersion":"1.0.0"}"#;
 
 /// A kiln store at a root directory.
 #[derive(Debug)]
 pub struct Store {
     root: PathBuf,
+    layout: Layout,
 }
 
 /// A lock on the store, released when dropped.
@@ -86,6 +84,7 @@ impl Store {
     pub fn open(root: &Path) -> Result<Store, Error> {
         let store = Store {
             root: root.to_path_buf(),
+            layout: Layout::new(root),
         };
         fs::create_dir_all(root).map_err(|e| Error::io(root, e))?;
         let owner = store.check_owner(root, fs::metadata(root))?.uid();
@@ -111,7 +110,9 @@ impl Store {
                     .map_err(|e| Error::io(&dir, e))?;
             }
         }
-        store.check_layout()?;
+        if !store.layout.has_version_file().map_err(as_store_error)? {
+            store.layout.write_version_file()?;
+        }
         if !writable || !is_owner {
             // Someone else's store, or a read-only one: readable, not ours
             // to tidy up.
@@ -124,7 +125,7 @@ impl Store {
             lock.lock()
                 .map_err(|e| Error::io(&store.root.join("index.lock"), e))?;
             if !store.index_path().exists() {
-                write_atomic(&store.index_path(), &index_json(&[])?)?;
+                store.layout.write_index(&[])?;
             }
         }
         if let Some(lock) = store.try_lock_exclusive()? {
@@ -165,34 +166,6 @@ impl Store {
         Ok(metadata)
     }
 
-    /// Reads `oci-layout`, writing it when the store is new.
-    fn check_layout(&self) -> Result<(), Error> {
-        let layout = self.root.join("oci-layout");
-        match fs::read_to_string(&layout) {
-            Ok(text) => {
-                let value: serde_json::Value =
-                    serde_json::from_str(&text).map_err(|e| Error::BadStore {
-                        path: self.root.clone(),
-                        reason: format!("oci-layout is not JSON: {e}"),
-                    })?;
-                if value["imageLayoutVersion"] != "1.0.0" {
-                    return Err(Error::BadStore {
-                        path: self.root.clone(),
-                        reason: format!(
-                            "unsupported image layout version {}",
-                            value["imageLayoutVersion"]
-                        ),
-                    });
-                }
-                Ok(())
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                write_atomic(&layout, LAYOUT.as_bytes())
-            }
-            Err(e) => Err(Error::io(&layout, e)),
-        }
-    }
-
     /// Removes a directory of the store: renamed into `tmp/` first, so that
     /// it disappears at once even if the removal is interrupted.
     pub(crate) fn discard(&self, path: &Path) -> Result<(), Error> {
@@ -215,8 +188,8 @@ impl Store {
         &self.root
     }
 
-    fn blobs_dir(&self) -> PathBuf {
-        self.root.join("blobs/sha256")
+    pub(crate) fn blobs_dir(&self) -> PathBuf {
+        self.layout.blobs_dir()
     }
 
     fn snapshots_dir(&self) -> PathBuf {
@@ -228,7 +201,7 @@ impl Store {
     }
 
     fn index_path(&self) -> PathBuf {
-        self.root.join("index.json")
+        self.layout.index_path()
     }
 
     /// Opens a lock file, read-only when it exists (locks need no write
@@ -296,7 +269,7 @@ impl Store {
     }
 
     pub fn blob_path(&self, digest: &Digest) -> PathBuf {
-        self.blobs_dir().join(digest.hex())
+        self.layout.blob_path(digest)
     }
 
     pub fn has_blob(&self, digest: &Digest) -> bool {
@@ -376,12 +349,7 @@ impl Store {
     }
 
     fn read_index(&self) -> Result<ImageIndex, Error> {
-        let path = self.index_path();
-        let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
-        ImageIndex::from_reader(file).map_err(|e| Error::BadStore {
-            path: self.root.clone(),
-            reason: format!("index.json is invalid: {e}"),
-        })
+        self.layout.read_index().map_err(as_store_error)
     }
 
     /// Every image of the store, named ones first by name.
@@ -391,10 +359,7 @@ impl Store {
             .manifests()
             .iter()
             .map(|d| ImageEntry {
-                name: d
-                    .annotations()
-                    .as_ref()
-                    .and_then(|a| a.get(REF_NAME).cloned()),
+                name: ref_name(d).map(str::to_string),
                 manifest: d.clone(),
             })
             .collect();
@@ -415,34 +380,23 @@ impl Store {
     /// an untagged manifest when `name` is `None`.
     pub fn set_name(&self, name: Option<&str>, manifest: &Descriptor) -> Result<(), Error> {
         self.update_index(|manifests| {
-            let mut descriptor = Descriptor::new(
-                manifest.media_type().clone(),
-                manifest.size(),
-                manifest.digest().clone(),
-            );
-            if let Some(platform) = manifest.platform() {
-                descriptor.set_platform(Some(platform.clone()));
-            }
-            match name {
+            let entry = match name {
                 Some(name) => {
                     // A named image is no longer listed as untagged.
                     manifests.retain(|d| {
                         ref_name(d) != Some(name)
                             && !(ref_name(d).is_none() && d.digest() == manifest.digest())
                     });
-                    descriptor.set_annotations(Some(
-                        [(REF_NAME.to_string(), name.to_string())]
-                            .into_iter()
-                            .collect(),
-                    ));
+                    index_entry(manifest, &[(REF_NAME, name)])
                 }
                 None => {
                     if manifests.iter().any(|d| d.digest() == manifest.digest()) {
                         return;
                     }
+                    index_entry(manifest, &[])
                 }
-            }
-            manifests.push(descriptor);
+            };
+            manifests.push(entry);
         })
     }
 
@@ -485,7 +439,7 @@ impl Store {
         manifests.sort_by(|a, b| {
             (ref_name(a), a.digest().to_string()).cmp(&(ref_name(b), b.digest().to_string()))
         });
-        write_atomic(&self.index_path(), &index_json(&manifests)?)
+        self.layout.write_index(&manifests)
     }
 
     pub fn snapshot_path(&self, diff_id: &Digest) -> PathBuf {
@@ -632,25 +586,13 @@ impl Store {
     }
 }
 
-fn ref_name(descriptor: &Descriptor) -> Option<&str> {
-    descriptor
-        .annotations()
-        .as_ref()?
-        .get(REF_NAME)
-        .map(String::as_str)
-}
-
-/// `index.json` for the given manifests, with sorted keys.
-fn index_json(manifests: &[Descriptor]) -> Result<Vec<u8>, Error> {
-    let mut index = serde_json::Map::new();
-    index.insert("schemaVersion".into(), 2.into());
-    index.insert("mediaType".into(), MediaType::ImageIndex.to_string().into());
-    let manifests = serde_json::to_value(manifests).map_err(|e| Error::BadStore {
-        path: PathBuf::from("index.json"),
-        reason: e.to_string(),
-    })?;
-    index.insert("manifests".into(), manifests);
-    Ok(canonical_json(&serde_json::Value::Object(index)))
+/// The store's errors say the store is unusable where the layout's say the
+/// directory is not an OCI layout.
+fn as_store_error(error: Error) -> Error {
+    match error {
+        Error::BadLayout { path, reason } => Error::BadStore { path, reason },
+        other => other,
+    }
 }
 
 /// JSON with object keys in sorted order, so that the same value always
