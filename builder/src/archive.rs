@@ -17,12 +17,9 @@ use kiln_cache::layout::{self, LayoutTar};
 use kiln_cache::{AtomicFile, Digest, Store};
 use kiln_frontend::Platform;
 use kiln_registry::Reference;
-use oci_spec::image::ImageIndex;
+use oci_spec::image::{ImageIndex, MediaType};
 
-use crate::image::{
-    Format, ImageFile, LayerEncoding, StoredImage, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST,
-    OCI_INDEX, OCI_MANIFEST,
-};
+use crate::image::{Format, ImageFile, LayerEncoding, ManifestKind, StoredImage};
 
 /// The annotation containerd and BuildKit put the full image name in.
 const CONTAINERD_NAME: &str = "io.containerd.image.name";
@@ -275,12 +272,14 @@ fn select_manifest(
     depth: usize,
 ) -> crate::Result<oci_spec::image::Descriptor> {
     let digest: Digest = descriptor.digest().to_string().parse()?;
-    let media_type = descriptor.media_type().to_string();
-    match media_type.as_str() {
-        OCI_MANIFEST | DOCKER_MANIFEST => return Ok(descriptor.clone()),
-        OCI_INDEX | DOCKER_MANIFEST_LIST if depth < MAX_INDEX_DEPTH => {}
-        OCI_INDEX | DOCKER_MANIFEST_LIST => bail!("image index {digest} nests too deeply"),
-        other => bail!("{digest} is a {other}, which is not an image"),
+    match ManifestKind::of(descriptor.media_type()) {
+        Some(ManifestKind::Image) => return Ok(descriptor.clone()),
+        Some(ManifestKind::Index) if depth < MAX_INDEX_DEPTH => {}
+        Some(ManifestKind::Index) => bail!("image index {digest} nests too deeply"),
+        None => bail!(
+            "{digest} is a {}, which is not an image",
+            descriptor.media_type()
+        ),
     }
     let bytes = store
         .read_blob(&digest)
@@ -291,7 +290,7 @@ fn select_manifest(
     for candidate in index.manifests() {
         let Some(candidate_platform) = candidate.platform() else {
             // An index inside an index has no platform of its own.
-            if candidate.media_type().to_string() == OCI_INDEX {
+            if *candidate.media_type() == MediaType::ImageIndex {
                 if let Ok(found) = select_manifest(store, candidate, platform, depth + 1) {
                     return Ok(found);
                 }

@@ -29,8 +29,8 @@ use crate::image::Layer;
 use crate::progress::Progress;
 use crate::remote::Remote;
 
+/// kiln's own: the config of a cache manifest, which lists its records.
 pub const CACHE_CONFIG_MEDIA_TYPE: &str = "application/vnd.kiln.cache.config.v1+json";
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 /// The field of an image configuration that holds an inline cache.
 pub const INLINE_FIELD: &str = "kiln.cache.v1";
 /// How long the blobs a local cache no longer names stay, for builds that
@@ -375,7 +375,7 @@ fn parse_manifest(bytes: &[u8]) -> crate::Result<(Digest, Vec<LayerRecord>)> {
                 diff_id,
                 blob,
                 size: layer["size"].as_u64().context("a layer without size")?,
-                media_type: layer["mediaType"].as_str().unwrap_or_default().to_string(),
+                media_type: MediaType::from(layer["mediaType"].as_str().unwrap_or_default()),
             })
         })
         .collect::<crate::Result<Vec<_>>>()?;
@@ -436,7 +436,7 @@ pub fn write_cache_manifest(
     let (config_digest, config_size) = store.write_blob(&config)?;
     let manifest = serde_json::json!({
         "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
+        "mediaType": MediaType::ImageManifest,
         "config": {
             "mediaType": CACHE_CONFIG_MEDIA_TYPE,
             "digest": config_digest.to_string(),
@@ -488,7 +488,7 @@ pub fn write_local(
     }
     local.write_version_file()?;
     let descriptor = Descriptor::new(
-        MediaType::from(OCI_MANIFEST),
+        MediaType::ImageManifest,
         manifest_size,
         crate::image::oci_digest(manifest)?,
     );

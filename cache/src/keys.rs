@@ -11,6 +11,7 @@
 use std::fs;
 use std::io;
 
+use oci_spec::image::MediaType;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
@@ -109,7 +110,7 @@ pub struct LayerRecord {
     pub diff_id: Digest,
     pub blob: Digest,
     pub size: u64,
-    pub media_type: String,
+    pub media_type: MediaType,
 }
 
 impl Store {
@@ -175,7 +176,7 @@ mod tests {
                 diff_id: Digest::of(b"tar"),
                 blob: Digest::of(b"gz"),
                 size: 42,
-                media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+                media_type: MediaType::ImageLayerGzip,
             }),
             created: Some(1_700_000_000),
             chain: Some(Digest::of(b"content")),
