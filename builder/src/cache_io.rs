@@ -18,7 +18,6 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use crate::error::{bail, Context};
-use kiln_cache::digest::HashingReader;
 use kiln_cache::layout::{self, Layout};
 use kiln_cache::{AtomicFile, CacheRecord, Digest, LayerRecord, Store};
 use kiln_registry::Reference;
@@ -188,13 +187,11 @@ impl Imported {
                 remote.fetch_blob(store, reference, &layer.blob, *size)?;
             }
         }
-        let blob = store.open_blob(&layer.blob)?;
-        let mut tar = HashingReader::new(kiln_cache::compress::decompressed(blob)?);
-        std::io::copy(&mut tar, &mut std::io::sink())
+        let diff_id = store
+            .diff_id_of_blob(&layer.blob)
             .with_context(|| format!("reading the cached layer {}", layer.blob))?;
-        let (diff_id, _) = tar.finish();
         if diff_id != layer.diff_id {
-            let _ = fs::remove_file(store.blob_path(&layer.blob));
+            let _ = store.remove_blob(&layer.blob);
             bail!(
                 "the cached layer {} is not what its cache says: it unpacks to {diff_id}, not {}",
                 layer.blob,

@@ -4,8 +4,9 @@
 use std::collections::HashMap;
 
 use crate::error::{bail, Context};
+use kiln_cache::pack::PackedLayer;
 use kiln_cache::store::canonical_json;
-use kiln_cache::{Digest, Store};
+use kiln_cache::{Digest, LayerDigests, Store};
 use kiln_frontend::graph::ImageConfig;
 use kiln_frontend::{BaseImages, Platform, ResolvedImage};
 use kiln_registry::Reference;
@@ -149,6 +150,25 @@ impl Layer {
             blob: self.blob,
             size: self.size,
             media_type: self.encoding.media_type(Format::Oci),
+        }
+    }
+
+    /// A layer the store packed: a blob it wrote, or a snapshot it
+    /// describes as its uncompressed tar.
+    pub fn packed(packed: &PackedLayer) -> Layer {
+        Layer {
+            diff_id: packed.diff_id,
+            blob: packed.digest,
+            size: packed.size,
+            encoding: LayerEncoding::of_compression(packed.compression),
+        }
+    }
+
+    /// Its digests, as the store's layer methods take them.
+    pub fn digests(&self) -> LayerDigests {
+        LayerDigests {
+            diff_id: self.diff_id,
+            blob: self.blob,
         }
     }
 

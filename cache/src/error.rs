@@ -35,6 +35,16 @@ pub enum Error {
     DigestMismatch { expected: Digest, actual: Digest },
     #[error("blob {0} is not in the store")]
     MissingBlob(Digest),
+    #[error("layer blob {blob} unpacks to {actual}, not to its diff ID {diff_id}")]
+    LayerMismatch {
+        blob: Digest,
+        diff_id: Digest,
+        actual: Digest,
+    },
+    #[error("the layer {0} has neither a blob nor a snapshot")]
+    MissingSnapshot(Digest),
+    #[error("the snapshot of layer {diff_id} packs to {packs_to}: it was changed")]
+    SnapshotChanged { diff_id: Digest, packs_to: Digest },
     #[error("{} is not a usable kiln store: {reason}", path.display())]
     BadStore { path: PathBuf, reason: String },
     #[error("{} is not an OCI image layout kiln can use: {reason}", path.display())]

@@ -361,7 +361,7 @@ impl Store {
         }
         if policy.all {
             // What earlier builds' keys were made of, for --explain: a cache.
-            if let Ok(entries) = fs::read_dir(self.root().join("explain")) {
+            if let Ok(entries) = fs::read_dir(self.explain_dir()) {
                 for entry in entries.flatten() {
                     if old_enough(modified(&entry.path())) {
                         let _ = fs::remove_file(entry.path());

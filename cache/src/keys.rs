@@ -6,7 +6,8 @@
 //! what the step produced: a layer (by diff ID, with the blob it was stored
 //! as) or nothing. Records live in `cache-keys/<hex of key>`, one small
 //! JSON file each, written atomically; they are a cache, so a missing or
-//! unreadable one is a miss.
+//! unreadable one is a miss. `--explain` keeps what went into each step's
+//! key in `explain/<hex of an id>` the same way.
 
 use std::fs;
 use std::io;
@@ -132,6 +133,25 @@ impl Store {
         let bytes = serde_json::to_vec(record)
             .map_err(|e| Error::io(&path, io::Error::other(e.to_string())))?;
         write_atomic(&path, &bytes)
+    }
+
+    pub(crate) fn explain_dir(&self) -> std::path::PathBuf {
+        self.root().join("explain")
+    }
+
+    /// What an earlier build kept under `id` for `--explain` (what went
+    /// into a step's key), if there is a readable record.
+    pub fn explain_record(&self, id: &Digest) -> Option<Vec<u8>> {
+        fs::read(self.explain_dir().join(id.hex())).ok()
+    }
+
+    /// Keeps `bytes` under `id` for a later build's `--explain`. A cache,
+    /// like the records: `kiln prune --all` removes them, and `kiln du`
+    /// counts them with the store's other files.
+    pub fn put_explain_record(&self, id: &Digest, bytes: &[u8]) -> Result<(), Error> {
+        let dir = self.explain_dir();
+        fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        write_atomic(&dir.join(id.hex()), bytes)
     }
 }
 
