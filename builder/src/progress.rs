@@ -141,14 +141,36 @@ impl Step<'_> {
     }
 }
 
-/// `12.3 MB`: sizes as users read them in progress and listings.
+/// `12.3MB`: sizes as users read them, in progress and listings alike, as
+/// Docker and BuildKit write them: powers of 1000, one decimal, and whole
+/// bytes below a kilobyte (`512B`).
 pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
     let mut value = bytes as f64;
-    for unit in ["B", "kB", "MB", "GB"] {
-        if value < 1000.0 {
-            return format!("{value:.1} {unit}");
-        }
+    let mut unit = 0;
+    while value >= 1000.0 && unit + 1 < UNITS.len() {
         value /= 1000.0;
+        unit += 1;
     }
-    format!("{value:.1} TB")
+    if unit == 0 {
+        format!("{bytes}B")
+    } else {
+        format!("{value:.1}{}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::human_bytes;
+
+    #[test]
+    fn sizes_read_as_docker_writes_them() {
+        assert_eq!(human_bytes(0), "0B");
+        assert_eq!(human_bytes(512), "512B");
+        assert_eq!(human_bytes(999), "999B");
+        assert_eq!(human_bytes(1_500), "1.5kB");
+        assert_eq!(human_bytes(2_000_000), "2.0MB");
+        assert_eq!(human_bytes(12_345_678_901), "12.3GB");
+        assert_eq!(human_bytes(4_200_000_000_000_000), "4200.0TB");
+    }
 }
