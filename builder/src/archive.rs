@@ -10,24 +10,19 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use crate::error::{bail, Context};
-use kiln_cache::store::canonical_json;
-use kiln_cache::{Digest, Store};
+use kiln_cache::layout::{self, LayoutTar};
+use kiln_cache::{AtomicFile, Digest, Store};
 use kiln_frontend::Platform;
 use kiln_registry::Reference;
-use oci_spec::image::ImageIndex;
+use oci_spec::image::{ImageIndex, MediaType};
 
-use crate::image::{
-    Format, ImageFile, LayerEncoding, StoredImage, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST,
-    OCI_INDEX, OCI_MANIFEST,
-};
+use crate::image::{Format, ImageFile, LayerEncoding, ManifestKind, StoredImage};
 
 /// The annotation containerd and BuildKit put the full image name in.
 const CONTAINERD_NAME: &str = "io.containerd.image.name";
-const REF_NAME: &str = "org.opencontainers.image.ref.name";
 
 /// An image to write into an archive, and the names to give it.
 pub struct ArchiveImage<'a> {
@@ -47,8 +42,9 @@ pub fn write_archive(
 }
 
 /// Writes to standard output when `path` is `-`, and otherwise to a file
-/// that appears at `path` only once it is complete: an interrupted export
-/// leaves no half archive, and an existing file stays until it is replaced.
+/// that appears at `path` only once it is complete (an [`AtomicFile`]): an
+/// interrupted export leaves no half archive, and an existing file stays
+/// until it is replaced.
 pub fn write_output(
     path: &Path,
     write: impl FnOnce(&mut dyn Write) -> crate::Result<()>,
@@ -58,32 +54,13 @@ pub fn write_output(
         write(&mut out)?;
         return out.flush().context("writing to standard output");
     }
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    let mut temp = tempfile::Builder::new()
-        .prefix(".kiln-")
-        .permissions(std::fs::Permissions::from_mode(0o644))
-        .tempfile_in(dir)
-        .with_context(|| {
-            format!(
-                "cannot write {}: creating a file in {}",
-                path.display(),
-                dir.display()
-            )
-        })?;
-    {
-        let mut out = BufWriter::new(temp.as_file_mut());
-        write(&mut out)?;
-        out.flush()
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    temp.as_file()
-        .sync_all()
+    let mut out = BufWriter::new(AtomicFile::beside(path)?);
+    write(&mut out)?;
+    let file = out
+        .into_inner()
+        .map_err(|e| e.into_error())
         .with_context(|| format!("writing {}", path.display()))?;
-    temp.persist(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
+    file.commit(path)?;
     Ok(())
 }
 
@@ -96,117 +73,45 @@ fn write_layout(
     mtime: i64,
     out: &mut dyn Write,
 ) -> crate::Result<()> {
-    let mut tar = tar::Builder::new(out);
     let mut blobs: BTreeMap<Digest, u64> = BTreeMap::new();
     let mut index_entries = Vec::new();
     let mut docker_entries = Vec::new();
     for entry in images {
         let image = entry.image;
-        let manifest_size = store.read_blob(&image.manifest_digest)?.len() as u64;
-        blobs.insert(image.manifest_digest, manifest_size);
+        blobs.insert(image.manifest_digest, image.manifest_size);
         blobs.insert(image.config_digest, image.manifest.config().size());
         for layer in &image.layers {
             blobs.insert(layer.blob, layer.size);
         }
-        let media_type = image
-            .manifest
-            .media_type()
-            .as_ref()
-            .map(|m| m.to_string())
-            .unwrap_or_else(|| OCI_MANIFEST.to_string());
-        let descriptor = |annotations: Option<serde_json::Value>| {
-            let mut platform = serde_json::json!({"os": image.config.os, "architecture": image.config.architecture});
-            if let Some(variant) = image.config.variant.as_ref().filter(|v| !v.is_empty()) {
-                platform["variant"] = variant.as_str().into();
-            }
-            let mut value = serde_json::json!({
-                "mediaType": media_type,
-                "digest": image.manifest_digest.to_string(),
-                "size": manifest_size,
-                "platform": platform,
-            });
-            if let Some(annotations) = annotations {
-                value["annotations"] = annotations;
-            }
-            value
-        };
+        let descriptor = image.descriptor()?;
         if entry.names.is_empty() {
-            index_entries.push(descriptor(None));
+            index_entries.push(layout::index_entry(&descriptor, &[]));
         }
         for name in &entry.names {
-            index_entries.push(descriptor(Some(serde_json::json!({
-                CONTAINERD_NAME: name.to_string(),
-                REF_NAME: name.tag().unwrap_or("latest"),
-            }))));
+            index_entries.push(layout::index_entry(
+                &descriptor,
+                &[
+                    (CONTAINERD_NAME, &name.to_string()),
+                    (layout::REF_NAME, name.tag().unwrap_or("latest")),
+                ],
+            ));
         }
         docker_entries.push(serde_json::json!({
-            "Config": format!("blobs/sha256/{}", image.config_digest.hex()),
+            "Config": layout::blob_path(&image.config_digest),
             "RepoTags": entry.names.iter().map(Reference::familiar).collect::<Vec<_>>(),
-            "Layers": image.layers.iter().map(|l| format!("blobs/sha256/{}", l.blob.hex())).collect::<Vec<_>>(),
+            "Layers": image.layers.iter().map(|l| layout::blob_path(&l.blob)).collect::<Vec<_>>(),
         }));
     }
-    append_bytes(
-        &mut tar,
-        "oci-layout",
-        br#"{"imageLayoutVersion":"1.0.0"}"#,
-        mtime,
-    )?;
-    append_dir(&mut tar, "blobs/", mtime)?;
-    append_dir(&mut tar, "blobs/sha256/", mtime)?;
+    let mut tar = LayoutTar::new(out, mtime)?;
     for (digest, size) in &blobs {
-        let file = store.open_blob(digest)?;
-        let header = file_header(&format!("blobs/sha256/{}", digest.hex()), *size, mtime)?;
-        tar.append(&header, file)
-            .with_context(|| format!("writing blob {digest}"))?;
+        tar.add_blob(digest, *size, store.open_blob(digest)?)?;
     }
-    let index = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.index.v1+json",
-        "manifests": index_entries,
-    });
-    append_bytes(&mut tar, "index.json", &canonical_json(&index), mtime)?;
+    tar.add_index(&index_entries)?;
     if format == Format::Docker {
-        let manifest = serde_json::to_vec(&docker_entries)?;
-        append_bytes(&mut tar, "manifest.json", &manifest, mtime)?;
+        tar.add_file("manifest.json", &serde_json::to_vec(&docker_entries)?)?;
     }
-    tar.into_inner().context("finishing the archive")?;
+    tar.finish()?;
     Ok(())
-}
-
-fn file_header(path: &str, size: u64, mtime: i64) -> crate::Result<tar::Header> {
-    let mut header = tar::Header::new_ustar();
-    header.set_path(path)?;
-    header.set_size(size);
-    header.set_mode(0o644);
-    header.set_mtime(mtime.max(0) as u64);
-    header.set_uid(0);
-    header.set_gid(0);
-    header.set_entry_type(tar::EntryType::Regular);
-    header.set_cksum();
-    Ok(header)
-}
-
-fn append_bytes<W: Write>(
-    tar: &mut tar::Builder<W>,
-    path: &str,
-    bytes: &[u8],
-    mtime: i64,
-) -> crate::Result<()> {
-    let header = file_header(path, bytes.len() as u64, mtime)?;
-    tar.append(&header, bytes)
-        .with_context(|| format!("writing {path}"))
-}
-
-fn append_dir<W: Write>(tar: &mut tar::Builder<W>, path: &str, mtime: i64) -> crate::Result<()> {
-    let mut header = tar::Header::new_ustar();
-    header.set_path(path)?;
-    header.set_size(0);
-    header.set_mode(0o755);
-    header.set_mtime(mtime.max(0) as u64);
-    header.set_entry_type(tar::EntryType::Directory);
-    header.set_cksum();
-    tar.append(&header, io::empty())
-        .with_context(|| format!("writing {path}"))
 }
 
 /// An archive entry that must yield all the bytes its header promises: the
@@ -332,16 +237,14 @@ fn load_oci(store: &Store, index_bytes: &[u8]) -> crate::Result<Vec<Loaded>> {
         let annotations = named.annotations().clone().unwrap_or_default();
         let name = annotations
             .get(CONTAINERD_NAME)
-            .or_else(|| annotations.get(REF_NAME).filter(|n| n.contains(['/', ':'])))
+            .or_else(|| {
+                annotations
+                    .get(layout::REF_NAME)
+                    .filter(|n| n.contains(['/', ':']))
+            })
             .map(|n| Reference::parse(n).map(|r| r.to_string()))
             .transpose()?;
-        let mut plain = oci_spec::image::Descriptor::new(
-            descriptor.media_type().clone(),
-            descriptor.size(),
-            descriptor.digest().clone(),
-        );
-        plain.set_platform(descriptor.platform().clone());
-        store.set_name(name.as_deref(), &plain)?;
+        store.set_name(name.as_deref(), &descriptor)?;
         match loaded
             .iter_mut()
             .find(|l: &&mut Loaded| l.manifest == digest)
@@ -369,12 +272,14 @@ fn select_manifest(
     depth: usize,
 ) -> crate::Result<oci_spec::image::Descriptor> {
     let digest: Digest = descriptor.digest().to_string().parse()?;
-    let media_type = descriptor.media_type().to_string();
-    match media_type.as_str() {
-        OCI_MANIFEST | DOCKER_MANIFEST => return Ok(descriptor.clone()),
-        OCI_INDEX | DOCKER_MANIFEST_LIST if depth < MAX_INDEX_DEPTH => {}
-        OCI_INDEX | DOCKER_MANIFEST_LIST => bail!("image index {digest} nests too deeply"),
-        other => bail!("{digest} is a {other}, which is not an image"),
+    match ManifestKind::of(descriptor.media_type()) {
+        Some(ManifestKind::Image) => return Ok(descriptor.clone()),
+        Some(ManifestKind::Index) if depth < MAX_INDEX_DEPTH => {}
+        Some(ManifestKind::Index) => bail!("image index {digest} nests too deeply"),
+        None => bail!(
+            "{digest} is a {}, which is not an image",
+            descriptor.media_type()
+        ),
     }
     let bytes = store
         .read_blob(&digest)
@@ -385,7 +290,7 @@ fn select_manifest(
     for candidate in index.manifests() {
         let Some(candidate_platform) = candidate.platform() else {
             // An index inside an index has no platform of its own.
-            if candidate.media_type().to_string() == OCI_INDEX {
+            if *candidate.media_type() == MediaType::ImageIndex {
                 if let Ok(found) = select_manifest(store, candidate, platform, depth + 1) {
                     return Ok(found);
                 }

@@ -18,17 +18,18 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use crate::error::{bail, Context};
-use kiln_cache::digest::HashingReader;
-use kiln_cache::{CacheRecord, Digest, LayerRecord, Store};
+use kiln_cache::layout::{self, Layout};
+use kiln_cache::{AtomicFile, CacheRecord, Digest, LayerRecord, Store};
 use kiln_registry::Reference;
+use oci_spec::image::{Descriptor, MediaType};
 use serde::{Deserialize, Serialize};
 
 use crate::image::Layer;
 use crate::progress::Progress;
 use crate::remote::Remote;
 
+/// kiln's own: the config of a cache manifest, which lists its records.
 pub const CACHE_CONFIG_MEDIA_TYPE: &str = "application/vnd.kiln.cache.config.v1+json";
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 /// The field of an image configuration that holds an inline cache.
 pub const INLINE_FIELD: &str = "kiln.cache.v1";
 /// How long the blobs a local cache no longer names stay, for builds that
@@ -186,13 +187,11 @@ impl Imported {
                 remote.fetch_blob(store, reference, &layer.blob, *size)?;
             }
         }
-        let blob = store.open_blob(&layer.blob)?;
-        let mut tar = HashingReader::new(kiln_cache::compress::decompressed(blob)?);
-        std::io::copy(&mut tar, &mut std::io::sink())
+        let diff_id = store
+            .diff_id_of_blob(&layer.blob)
             .with_context(|| format!("reading the cached layer {}", layer.blob))?;
-        let (diff_id, _) = tar.finish();
         if diff_id != layer.diff_id {
-            let _ = fs::remove_file(store.blob_path(&layer.blob));
+            let _ = store.remove_blob(&layer.blob);
             bail!(
                 "the cached layer {} is not what its cache says: it unpacks to {diff_id}, not {}",
                 layer.blob,
@@ -242,7 +241,7 @@ impl Imported {
         for source in sources {
             match source {
                 CacheFrom::Local { dir } => {
-                    if !dir.join("index.json").exists() {
+                    if !Layout::new(dir).has_index() {
                         progress.warn(&format!("no cache at {} yet", dir.display()));
                         continue;
                     }
@@ -259,28 +258,25 @@ impl Imported {
     }
 
     fn read_local(&mut self, dir: &Path) -> crate::Result<()> {
-        let blob_path = |digest: &Digest| dir.join("blobs/sha256").join(digest.hex());
-        let index: serde_json::Value = serde_json::from_slice(&fs::read(dir.join("index.json"))?)
-            .context("index.json is not JSON")?;
-        let manifest_digest: Digest = index["manifests"]
-            .as_array()
-            .and_then(|entries| {
-                entries.iter().find(|entry| {
-                    entry["annotations"]["org.opencontainers.image.ref.name"] == LOCAL_TAG
-                })
-            })
-            .and_then(|entry| entry["digest"].as_str())
+        let local = Layout::new(dir);
+        let manifest_digest: Digest = local
+            .read_index()?
+            .manifests()
+            .iter()
+            .find(|entry| layout::ref_name(entry) == Some(LOCAL_TAG))
             .context("index.json names no cache manifest")?
+            .digest()
+            .to_string()
             .parse()?;
-        let manifest = read_checked(&blob_path(&manifest_digest), &manifest_digest)?;
+        let manifest = read_checked(&local.blob_path(&manifest_digest), &manifest_digest)?;
         let (config, layers) = parse_manifest(&manifest)?;
-        let config_bytes = read_checked(&blob_path(&config), &config)?;
+        let config_bytes = read_checked(&local.blob_path(&config), &config)?;
         let config: CacheConfig =
             serde_json::from_slice(&config_bytes).context("the cache config is not valid")?;
         let layers: Vec<(LayerRecord, Origin)> = layers
             .into_iter()
             .map(|layer| {
-                let origin = Origin::Local(blob_path(&layer.blob));
+                let origin = Origin::Local(local.blob_path(&layer.blob));
                 (layer, origin)
             })
             .collect();
@@ -376,7 +372,7 @@ fn parse_manifest(bytes: &[u8]) -> crate::Result<(Digest, Vec<LayerRecord>)> {
                 diff_id,
                 blob,
                 size: layer["size"].as_u64().context("a layer without size")?,
-                media_type: layer["mediaType"].as_str().unwrap_or_default().to_string(),
+                media_type: MediaType::from(layer["mediaType"].as_str().unwrap_or_default()),
             })
         })
         .collect::<crate::Result<Vec<_>>>()?;
@@ -437,7 +433,7 @@ pub fn write_cache_manifest(
     let (config_digest, config_size) = store.write_blob(&config)?;
     let manifest = serde_json::json!({
         "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
+        "mediaType": MediaType::ImageManifest,
         "config": {
             "mediaType": CACHE_CONFIG_MEDIA_TYPE,
             "digest": config_digest.to_string(),
@@ -454,24 +450,6 @@ pub fn write_cache_manifest(
     Ok(store.write_blob(&bytes)?)
 }
 
-/// Makes `target` appear whole: `fill` writes a temporary file beside it,
-/// which is synced and renamed into place.
-fn write_synced(
-    target: &Path,
-    fill: impl FnOnce(&Path) -> std::io::Result<()>,
-) -> crate::Result<()> {
-    let dir = target.parent().unwrap_or(Path::new("."));
-    let partial = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("writing into {}", dir.display()))?;
-    fill(partial.path())
-        .and_then(|()| fs::File::open(partial.path())?.sync_all())
-        .with_context(|| format!("writing {}", partial.path().display()))?;
-    partial
-        .persist(target)
-        .with_context(|| format!("writing {}", target.display()))?;
-    Ok(())
-}
-
 /// Writes a cache manifest and the blobs it names into the OCI layout
 /// `dir` (created when missing), replacing the cache it held.
 pub fn write_local(
@@ -480,7 +458,8 @@ pub fn write_local(
     manifest: &Digest,
     manifest_size: u64,
 ) -> crate::Result<()> {
-    let blobs = dir.join("blobs/sha256");
+    let local = Layout::new(dir);
+    let blobs = local.blobs_dir();
     fs::create_dir_all(&blobs).with_context(|| format!("creating {}", blobs.display()))?;
     let manifest_bytes = store.read_blob(manifest)?;
     let (config, layers) = parse_manifest(&manifest_bytes)?;
@@ -489,7 +468,7 @@ pub fn write_local(
         .chain(layers.iter().map(|layer| layer.blob))
         .collect();
     for digest in &wanted {
-        let target = blobs.join(digest.hex());
+        let target = local.blob_path(digest);
         let intact = fs::metadata(&target)
             .is_ok_and(|m| m.len() == fs::metadata(store.blob_path(digest)).map_or(0, |s| s.len()));
         if intact {
@@ -499,26 +478,21 @@ pub fn write_local(
             }
             continue;
         }
-        write_synced(&target, |partial| {
-            fs::copy(store.blob_path(digest), partial).map(|_| ())
-        })?;
+        let mut copy = AtomicFile::beside(&target)?;
+        std::io::copy(&mut store.open_blob(digest)?, &mut copy)
+            .with_context(|| format!("writing {}", target.display()))?;
+        copy.commit(&target)?;
     }
-    fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)
-        .with_context(|| format!("writing {}", dir.display()))?;
-    let index = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.index.v1+json",
-        "manifests": [{
-            "mediaType": OCI_MANIFEST,
-            "digest": manifest.to_string(),
-            "size": manifest_size,
-            "annotations": { "org.opencontainers.image.ref.name": LOCAL_TAG },
-        }],
-    });
-    let index = serde_json::to_vec_pretty(&index)?;
-    write_synced(&dir.join("index.json"), |partial| {
-        fs::write(partial, &index)
-    })?;
+    local.write_version_file()?;
+    let descriptor = Descriptor::new(
+        MediaType::ImageManifest,
+        manifest_size,
+        crate::image::oci_digest(manifest)?,
+    );
+    local.write_index(&[layout::index_entry(
+        &descriptor,
+        &[(layout::REF_NAME, LOCAL_TAG)],
+    )])?;
     // Blobs of caches this one replaced, once no build that read one of
     // them can still be fetching from it (nor an export writing it).
     let now = SystemTime::now();

@@ -4,8 +4,9 @@
 use std::collections::HashMap;
 
 use crate::error::{bail, Context};
+use kiln_cache::pack::PackedLayer;
 use kiln_cache::store::canonical_json;
-use kiln_cache::{Digest, Store};
+use kiln_cache::{Digest, LayerDigests, Store};
 use kiln_frontend::graph::ImageConfig;
 use kiln_frontend::{BaseImages, Platform, ResolvedImage};
 use kiln_registry::Reference;
@@ -14,17 +15,39 @@ use crate::remote::Remote;
 use oci_spec::image::{Descriptor, ImageManifest, MediaType};
 use serde::{Deserialize, Serialize};
 
-pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-pub const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
-pub const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
-pub const OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
-pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
-pub const DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar";
-pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+// Docker's media types (image manifest v2, schema 2): oci-spec has
+// variants for the OCI ones only, so these are `MediaType::Other`.
+const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+const DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar";
+const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+
+fn docker(media_type: &str) -> MediaType {
+    MediaType::Other(media_type.to_string())
+}
+
+/// What a manifest is, as its media type says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ManifestKind {
+    /// An image manifest (OCI, or Docker's schema 2).
+    Image,
+    /// A list of manifests (an OCI image index, or Docker's manifest list).
+    Index,
+}
+
+impl ManifestKind {
+    /// None for a media type that is no manifest.
+    pub fn of(media_type: &MediaType) -> Option<ManifestKind> {
+        match media_type {
+            MediaType::ImageManifest => Some(ManifestKind::Image),
+            MediaType::ImageIndex => Some(ManifestKind::Index),
+            MediaType::Other(other) if other == DOCKER_MANIFEST => Some(ManifestKind::Image),
+            MediaType::Other(other) if other == DOCKER_MANIFEST_LIST => Some(ManifestKind::Index),
+            _ => None,
+        }
+    }
+}
 
 /// Which family of media types an image is written with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,17 +76,17 @@ impl Format {
         }
     }
 
-    fn manifest_type(self) -> &'static str {
+    fn manifest_type(self) -> MediaType {
         match self {
-            Format::Oci => OCI_MANIFEST,
-            Format::Docker => DOCKER_MANIFEST,
+            Format::Oci => MediaType::ImageManifest,
+            Format::Docker => docker(DOCKER_MANIFEST),
         }
     }
 
-    fn config_type(self) -> &'static str {
+    fn config_type(self) -> MediaType {
         match self {
-            Format::Oci => OCI_CONFIG,
-            Format::Docker => DOCKER_CONFIG,
+            Format::Oci => MediaType::ImageConfig,
+            Format::Docker => docker(DOCKER_CONFIG),
         }
     }
 }
@@ -77,11 +100,13 @@ pub enum LayerEncoding {
 }
 
 impl LayerEncoding {
-    pub fn of_media_type(media_type: &str) -> crate::Result<LayerEncoding> {
+    pub fn of_media_type(media_type: &MediaType) -> crate::Result<LayerEncoding> {
         Ok(match media_type {
-            OCI_LAYER | DOCKER_LAYER => LayerEncoding::Tar,
-            OCI_LAYER_GZIP | DOCKER_LAYER_GZIP => LayerEncoding::Gzip,
-            OCI_LAYER_ZSTD => LayerEncoding::Zstd,
+            MediaType::ImageLayer => LayerEncoding::Tar,
+            MediaType::ImageLayerGzip => LayerEncoding::Gzip,
+            MediaType::ImageLayerZstd => LayerEncoding::Zstd,
+            MediaType::Other(other) if other == DOCKER_LAYER => LayerEncoding::Tar,
+            MediaType::Other(other) if other == DOCKER_LAYER_GZIP => LayerEncoding::Gzip,
             other => bail!("unsupported layer media type {other}"),
         })
     }
@@ -94,16 +119,16 @@ impl LayerEncoding {
         }
     }
 
-    pub fn media_type(self, format: Format) -> &'static str {
+    pub fn media_type(self, format: Format) -> MediaType {
         match (format, self) {
-            (Format::Oci, LayerEncoding::Tar) => OCI_LAYER,
-            (Format::Oci, LayerEncoding::Gzip) => OCI_LAYER_GZIP,
-            (Format::Oci, LayerEncoding::Zstd) => OCI_LAYER_ZSTD,
-            (Format::Docker, LayerEncoding::Tar) => DOCKER_LAYER,
-            (Format::Docker, LayerEncoding::Gzip) => DOCKER_LAYER_GZIP,
+            (Format::Oci, LayerEncoding::Tar) => MediaType::ImageLayer,
+            (Format::Oci, LayerEncoding::Gzip) => MediaType::ImageLayerGzip,
+            (Format::Oci, LayerEncoding::Zstd) => MediaType::ImageLayerZstd,
+            (Format::Docker, LayerEncoding::Tar) => docker(DOCKER_LAYER),
+            (Format::Docker, LayerEncoding::Gzip) => docker(DOCKER_LAYER_GZIP),
             // Docker's schema has no zstd layers: `Format::for_layers` makes
             // such images OCI ones, so this only names the layer.
-            (Format::Docker, LayerEncoding::Zstd) => OCI_LAYER_ZSTD,
+            (Format::Docker, LayerEncoding::Zstd) => MediaType::ImageLayerZstd,
         }
     }
 }
@@ -124,7 +149,26 @@ impl Layer {
             diff_id: self.diff_id,
             blob: self.blob,
             size: self.size,
-            media_type: self.encoding.media_type(Format::Oci).to_string(),
+            media_type: self.encoding.media_type(Format::Oci),
+        }
+    }
+
+    /// A layer the store packed: a blob it wrote, or a snapshot it
+    /// describes as its uncompressed tar.
+    pub fn packed(packed: &PackedLayer) -> Layer {
+        Layer {
+            diff_id: packed.diff_id,
+            blob: packed.digest,
+            size: packed.size,
+            encoding: LayerEncoding::of_compression(packed.compression),
+        }
+    }
+
+    /// Its digests, as the store's layer methods take them.
+    pub fn digests(&self) -> LayerDigests {
+        LayerDigests {
+            diff_id: self.diff_id,
+            blob: self.blob,
         }
     }
 
@@ -203,6 +247,7 @@ impl ImageFile {
 #[derive(Debug, Clone)]
 pub struct StoredImage {
     pub manifest_digest: Digest,
+    pub manifest_size: u64,
     pub manifest: ImageManifest,
     pub config_digest: Digest,
     pub config: ImageFile,
@@ -246,12 +291,13 @@ impl StoredImage {
                     diff_id: *diff_id,
                     blob: digest_of(descriptor)?,
                     size: descriptor.size(),
-                    encoding: LayerEncoding::of_media_type(descriptor.media_type().as_ref())?,
+                    encoding: LayerEncoding::of_media_type(descriptor.media_type())?,
                 })
             })
             .collect::<crate::Result<_>>()?;
         Ok(StoredImage {
             manifest_digest: *manifest_digest,
+            manifest_size: bytes.len() as u64,
             manifest,
             config_digest,
             config,
@@ -275,6 +321,23 @@ impl StoredImage {
             }
         };
         StoredImage::read(store, &digest)
+    }
+
+    /// The descriptor of the image's manifest, with its platform, as an
+    /// index lists it.
+    pub fn descriptor(&self) -> crate::Result<Descriptor> {
+        let media_type = self
+            .manifest
+            .media_type()
+            .clone()
+            .unwrap_or(MediaType::ImageManifest);
+        let mut descriptor = Descriptor::new(
+            media_type,
+            self.manifest_size,
+            oci_digest(&self.manifest_digest)?,
+        );
+        descriptor.set_platform(Some(platform_of(&self.config)?));
+        Ok(descriptor)
     }
 }
 
@@ -375,11 +438,7 @@ pub fn write_manifest(
     });
     let bytes = canonical_json(&manifest);
     let (digest, size) = store.write_blob(&bytes)?;
-    let mut descriptor = Descriptor::new(
-        MediaType::from(format.manifest_type()),
-        size,
-        oci_digest(&digest)?,
-    );
+    let mut descriptor = Descriptor::new(format.manifest_type(), size, oci_digest(&digest)?);
     descriptor.set_platform(Some(platform_of(config)?));
     Ok(descriptor)
 }
@@ -394,20 +453,6 @@ fn platform_of(config: &ImageFile) -> crate::Result<oci_spec::image::Platform> {
         platform.set_variant(Some(variant.clone()));
     }
     Ok(platform)
-}
-
-/// The descriptor index.json gives an image manifest that is in the store.
-pub fn descriptor_of(store: &Store, digest: &Digest) -> crate::Result<Descriptor> {
-    let image = StoredImage::read(store, digest)?;
-    let size = store.read_blob(digest)?.len() as u64;
-    let media_type = image
-        .manifest
-        .media_type()
-        .clone()
-        .unwrap_or_else(|| MediaType::from(OCI_MANIFEST));
-    let mut descriptor = Descriptor::new(media_type, size, oci_digest(digest)?);
-    descriptor.set_platform(Some(platform_of(&image.config)?));
-    Ok(descriptor)
 }
 
 /// Base images for the frontend: from the store, pulled from their
@@ -534,6 +579,41 @@ mod tests {
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
         assert_eq!(rfc3339(4_102_444_799), "2099-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn layer_media_types_read_back_as_written() {
+        for format in [Format::Oci, Format::Docker] {
+            for encoding in [LayerEncoding::Tar, LayerEncoding::Gzip, LayerEncoding::Zstd] {
+                let media_type = encoding.media_type(format);
+                assert_eq!(
+                    LayerEncoding::of_media_type(&MediaType::from(media_type.as_ref())).unwrap(),
+                    encoding,
+                    "{media_type}"
+                );
+            }
+        }
+        assert_eq!(
+            LayerEncoding::media_type(LayerEncoding::Gzip, Format::Docker).to_string(),
+            "application/vnd.docker.image.rootfs.diff.tar.gzip"
+        );
+        assert!(LayerEncoding::of_media_type(&MediaType::ImageConfig).is_err());
+    }
+
+    #[test]
+    fn manifest_kinds_of_both_families() {
+        for (media_type, kind) in [
+            (Format::Oci.manifest_type(), Some(ManifestKind::Image)),
+            (Format::Docker.manifest_type(), Some(ManifestKind::Image)),
+            (MediaType::ImageIndex, Some(ManifestKind::Index)),
+            (
+                MediaType::from("application/vnd.docker.distribution.manifest.list.v2+json"),
+                Some(ManifestKind::Index),
+            ),
+            (Format::Docker.config_type(), None),
+        ] {
+            assert_eq!(ManifestKind::of(&media_type), kind, "{media_type}");
+        }
     }
 
     #[test]

@@ -127,7 +127,7 @@ impl Remote {
                 reference.familiar()
             );
         }
-        let descriptor = crate::image::descriptor_of(store, &digest)?;
+        let descriptor = image.descriptor()?;
         if reference.digest().is_none() {
             store.set_name(Some(&reference.to_string()), &descriptor)?;
         } else {

@@ -35,8 +35,40 @@ pub enum Error {
     DigestMismatch { expected: Digest, actual: Digest },
     #[error("blob {0} is not in the store")]
     MissingBlob(Digest),
+    #[error("layer blob {blob} unpacks to {actual}, not to its diff ID {diff_id}")]
+    LayerMismatch {
+        blob: Digest,
+        diff_id: Digest,
+        actual: Digest,
+    },
+    #[error("the layer {0} has neither a blob nor a snapshot")]
+    MissingSnapshot(Digest),
+    #[error("the snapshot of layer {diff_id} packs to {packs_to}: it was changed")]
+    SnapshotChanged { diff_id: Digest, packs_to: Digest },
     #[error("{} is not a usable kiln store: {reason}", path.display())]
     BadStore { path: PathBuf, reason: String },
+    #[error("{} is not an OCI image layout kiln can use: {reason}", path.display())]
+    BadLayout { path: PathBuf, reason: String },
+    #[error("cannot encode {what} as JSON: {source}")]
+    Encode {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("cannot write {entry} into the archive: {source}")]
+    ArchiveWrite {
+        entry: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot write {} ({doing}): {source}", path.display())]
+    Replace {
+        path: PathBuf,
+        /// What failed: creating, writing, syncing or renaming the new file.
+        doing: &'static str,
+        #[source]
+        source: io::Error,
+    },
     #[error("{what} {digest} in the store is invalid: {reason}")]
     InvalidContent {
         what: &'static str,

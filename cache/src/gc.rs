@@ -277,7 +277,7 @@ impl Store {
             cache_layers.iter().map(|layer| layer.diff_id).collect();
         let mut seen = HashSet::new();
         let mut usage = DiskUsage::default();
-        let blobs_dir = self.root().join("blobs/sha256");
+        let blobs_dir = self.blobs_dir();
         if let Ok(entries) = fs::read_dir(&blobs_dir) {
             for entry in entries.flatten() {
                 let path = entry.path();
@@ -361,7 +361,7 @@ impl Store {
         }
         if policy.all {
             // What earlier builds' keys were made of, for --explain: a cache.
-            if let Ok(entries) = fs::read_dir(self.root().join("explain")) {
+            if let Ok(entries) = fs::read_dir(self.explain_dir()) {
                 for entry in entries.flatten() {
                     if old_enough(modified(&entry.path())) {
                         let _ = fs::remove_file(entry.path());
@@ -399,7 +399,7 @@ impl Store {
                 live_diff_ids.insert(layer.diff_id);
             }
         }
-        let blobs_dir = self.root().join("blobs/sha256");
+        let blobs_dir = self.blobs_dir();
         if let Ok(entries) = fs::read_dir(&blobs_dir) {
             for entry in entries.flatten() {
                 let path = entry.path();

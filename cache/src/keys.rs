@@ -6,17 +6,20 @@
 //! what the step produced: a layer (by diff ID, with the blob it was stored
 //! as) or nothing. Records live in `cache-keys/<hex of key>`, one small
 //! JSON file each, written atomically; they are a cache, so a missing or
-//! unreadable one is a miss.
+//! unreadable one is a miss. `--explain` keeps what went into each step's
+//! key in `explain/<hex of an id>` the same way.
 
 use std::fs;
 use std::io;
 
+use oci_spec::image::MediaType;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
+use crate::atomic::write_atomic;
 use crate::digest::Digest;
 use crate::error::Error;
-use crate::store::{write_atomic, Store};
+use crate::store::Store;
 
 /// Changes whenever what goes into keys changes, so that an older kiln's
 /// records are never taken for this one's.
@@ -108,7 +111,7 @@ pub struct LayerRecord {
     pub diff_id: Digest,
     pub blob: Digest,
     pub size: u64,
-    pub media_type: String,
+    pub media_type: MediaType,
 }
 
 impl Store {
@@ -130,6 +133,25 @@ impl Store {
         let bytes = serde_json::to_vec(record)
             .map_err(|e| Error::io(&path, io::Error::other(e.to_string())))?;
         write_atomic(&path, &bytes)
+    }
+
+    pub(crate) fn explain_dir(&self) -> std::path::PathBuf {
+        self.root().join("explain")
+    }
+
+    /// What an earlier build kept under `id` for `--explain` (what went
+    /// into a step's key), if there is a readable record.
+    pub fn explain_record(&self, id: &Digest) -> Option<Vec<u8>> {
+        fs::read(self.explain_dir().join(id.hex())).ok()
+    }
+
+    /// Keeps `bytes` under `id` for a later build's `--explain`. A cache,
+    /// like the records: `kiln prune --all` removes them, and `kiln du`
+    /// counts them with the store's other files.
+    pub fn put_explain_record(&self, id: &Digest, bytes: &[u8]) -> Result<(), Error> {
+        let dir = self.explain_dir();
+        fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        write_atomic(&dir.join(id.hex()), bytes)
     }
 }
 
@@ -174,7 +196,7 @@ mod tests {
                 diff_id: Digest::of(b"tar"),
                 blob: Digest::of(b"gz"),
                 size: 42,
-                media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+                media_type: MediaType::ImageLayerGzip,
             }),
             created: Some(1_700_000_000),
             chain: Some(Digest::of(b"content")),

@@ -3,12 +3,15 @@
 //!
 //! It knows nothing of Dockerfiles or registries.
 
+pub mod atomic;
 pub mod compress;
 pub mod digest;
 mod error;
 pub mod extract;
 pub mod gc;
 pub mod keys;
+pub mod layers;
+pub mod layout;
 pub mod mounts;
 pub mod pack;
 pub mod statcache;
@@ -17,11 +20,14 @@ pub mod tree;
 mod unsynced;
 pub mod view;
 
+pub use atomic::AtomicFile;
 pub use compress::Compression;
 pub use digest::Digest;
 pub use error::Error;
 pub use gc::{DiskUsage, PrunePolicy, Pruned};
 pub use keys::{CacheRecord, KeyHasher, LayerRecord};
+pub use layers::LayerDigests;
+pub use layout::{Layout, LayoutTar};
 pub use mounts::{CacheMount, Sharing};
 pub use statcache::StatCache;
 pub use store::{ImageEntry, Problem, Store};

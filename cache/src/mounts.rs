@@ -11,9 +11,10 @@ use std::fs::{self, File, OpenOptions, TryLockError};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
+use crate::atomic::write_atomic;
 use crate::digest::Digest;
 use crate::error::Error;
-use crate::store::{write_atomic, Store};
+use crate::store::Store;
 
 /// How concurrent steps share a cache mount.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -18,9 +18,10 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
+use crate::atomic::write_atomic;
 use crate::digest::{Digest, HashingWriter};
 use crate::error::Error;
-use crate::store::{write_atomic, Store};
+use crate::store::Store;
 
 /// How long ago a file must have changed for its digest to be kept.
 const SETTLED_NS: i128 = 2_000_000_000;

@@ -2,11 +2,12 @@
 //! `blobs/sha256/…`) holding every blob, the names of images, and the
 //! unpacked snapshots of layers.
 //!
-//! Every write goes to a temporary file that is synced and then renamed
-//! into place, so a crash at any point leaves the store readable: at worst a
-//! temporary file that the next kiln removes. Several kiln processes can use
-//! one store: `index.json` is rewritten under an exclusive lock, builds hold
-//! a shared lock that garbage collection must wait for.
+//! Every file is written as an [`AtomicFile`], so a crash at any point
+//! leaves the store readable: at worst a temporary file that the next kiln
+//! removes. Several kiln processes can use one store: `index.json` is
+//! rewritten under an exclusive lock, builds hold a shared lock that garbage
+//! collection must wait for. The layout's files are named and written by
+//! [`crate::layout`], as every OCI layout kiln writes.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -14,22 +15,20 @@ use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use oci_spec::image::{Descriptor, ImageIndex, ImageManifest, MediaType};
+use oci_spec::image::{Descriptor, ImageIndex, ImageManifest};
 
+use crate::atomic::{sync_dir, AtomicFile};
 use crate::digest::{Digest, HashingReader, HashingWriter};
 use crate::error::Error;
+use crate::layout::{index_entry, ref_name, Layout, REF_NAME};
 use crate::pack::{pack_dir, PackOptions, PackedLayer};
 use crate::unsynced;
-
-/// The annotation that names an image in `index.json`.
-pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
-
-const LAYOUT: &str = r#"{"imageLayoutVersion":"1.0.0"}"#;
 
 /// A kiln store at a root directory.
 #[derive(Debug)]
 pub struct Store {
     root: PathBuf,
+    layout: Layout,
 }
 
 /// A lock on the store, released when dropped.
@@ -85,6 +84,7 @@ impl Store {
     pub fn open(root: &Path) -> Result<Store, Error> {
         let store = Store {
             root: root.to_path_buf(),
+            layout: Layout::new(root),
         };
         fs::create_dir_all(root).map_err(|e| Error::io(root, e))?;
         let owner = store.check_owner(root, fs::metadata(root))?.uid();
@@ -110,7 +110,9 @@ impl Store {
                     .map_err(|e| Error::io(&dir, e))?;
             }
         }
-        store.check_layout()?;
+        if !store.layout.has_version_file().map_err(as_store_error)? {
+            store.layout.write_version_file()?;
+        }
         if !writable || !is_owner {
             // Someone else's store, or a read-only one: readable, not ours
             // to tidy up.
@@ -123,7 +125,7 @@ impl Store {
             lock.lock()
                 .map_err(|e| Error::io(&store.root.join("index.lock"), e))?;
             if !store.index_path().exists() {
-                write_atomic(&store.index_path(), &index_json(&[])?)?;
+                store.layout.write_index(&[])?;
             }
         }
         if let Some(lock) = store.try_lock_exclusive()? {
@@ -164,34 +166,6 @@ impl Store {
         Ok(metadata)
     }
 
-    /// Reads `oci-layout`, writing it when the store is new.
-    fn check_layout(&self) -> Result<(), Error> {
-        let layout = self.root.join("oci-layout");
-        match fs::read_to_string(&layout) {
-            Ok(text) => {
-                let value: serde_json::Value =
-                    serde_json::from_str(&text).map_err(|e| Error::BadStore {
-                        path: self.root.clone(),
-                        reason: format!("oci-layout is not JSON: {e}"),
-                    })?;
-                if value["imageLayoutVersion"] != "1.0.0" {
-                    return Err(Error::BadStore {
-                        path: self.root.clone(),
-                        reason: format!(
-                            "unsupported image layout version {}",
-                            value["imageLayoutVersion"]
-                        ),
-                    });
-                }
-                Ok(())
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                write_atomic(&layout, LAYOUT.as_bytes())
-            }
-            Err(e) => Err(Error::io(&layout, e)),
-        }
-    }
-
     /// Removes a directory of the store: renamed into `tmp/` first, so that
     /// it disappears at once even if the removal is interrupted.
     pub(crate) fn discard(&self, path: &Path) -> Result<(), Error> {
@@ -214,8 +188,8 @@ impl Store {
         &self.root
     }
 
-    fn blobs_dir(&self) -> PathBuf {
-        self.root.join("blobs/sha256")
+    pub(crate) fn blobs_dir(&self) -> PathBuf {
+        self.layout.blobs_dir()
     }
 
     fn snapshots_dir(&self) -> PathBuf {
@@ -227,7 +201,7 @@ impl Store {
     }
 
     fn index_path(&self) -> PathBuf {
-        self.root.join("index.json")
+        self.layout.index_path()
     }
 
     /// Opens a lock file, read-only when it exists (locks need no write
@@ -295,7 +269,7 @@ impl Store {
     }
 
     pub fn blob_path(&self, digest: &Digest) -> PathBuf {
-        self.blobs_dir().join(digest.hex())
+        self.layout.blob_path(digest)
     }
 
     pub fn has_blob(&self, digest: &Digest) -> bool {
@@ -326,11 +300,9 @@ impl Store {
 
     /// A writer for a new blob; [`BlobWriter::commit`] moves it into place.
     pub fn blob_writer(&self) -> Result<BlobWriter, Error> {
-        let file = tempfile::Builder::new()
-            .prefix("blob-")
-            .permissions(fs::Permissions::from_mode(STORE_FILE_MODE))
-            .tempfile_in(self.tmp_dir())
-            .map_err(|e| Error::io(&self.tmp_dir(), e))?;
+        // In `tmp/`, not beside the blobs: the store's cleanup removes what
+        // a crash leaves there.
+        let file = AtomicFile::new_in(&self.tmp_dir(), "blob-")?;
         Ok(BlobWriter {
             blobs: self.blobs_dir(),
             writer: HashingWriter::new(BufWriter::with_capacity(256 * 1024, file)),
@@ -377,12 +349,7 @@ impl Store {
     }
 
     fn read_index(&self) -> Result<ImageIndex, Error> {
-        let path = self.index_path();
-        let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
-        ImageIndex::from_reader(file).map_err(|e| Error::BadStore {
-            path: self.root.clone(),
-            reason: format!("index.json is invalid: {e}"),
-        })
+        self.layout.read_index().map_err(as_store_error)
     }
 
     /// Every image of the store, named ones first by name.
@@ -392,10 +359,7 @@ impl Store {
             .manifests()
             .iter()
             .map(|d| ImageEntry {
-                name: d
-                    .annotations()
-                    .as_ref()
-                    .and_then(|a| a.get(REF_NAME).cloned()),
+                name: ref_name(d).map(str::to_string),
                 manifest: d.clone(),
             })
             .collect();
@@ -416,34 +380,23 @@ impl Store {
     /// an untagged manifest when `name` is `None`.
     pub fn set_name(&self, name: Option<&str>, manifest: &Descriptor) -> Result<(), Error> {
         self.update_index(|manifests| {
-            let mut descriptor = Descriptor::new(
-                manifest.media_type().clone(),
-                manifest.size(),
-                manifest.digest().clone(),
-            );
-            if let Some(platform) = manifest.platform() {
-                descriptor.set_platform(Some(platform.clone()));
-            }
-            match name {
+            let entry = match name {
                 Some(name) => {
                     // A named image is no longer listed as untagged.
                     manifests.retain(|d| {
                         ref_name(d) != Some(name)
                             && !(ref_name(d).is_none() && d.digest() == manifest.digest())
                     });
-                    descriptor.set_annotations(Some(
-                        [(REF_NAME.to_string(), name.to_string())]
-                            .into_iter()
-                            .collect(),
-                    ));
+                    index_entry(manifest, &[(REF_NAME, name)])
                 }
                 None => {
                     if manifests.iter().any(|d| d.digest() == manifest.digest()) {
                         return;
                     }
+                    index_entry(manifest, &[])
                 }
-            }
-            manifests.push(descriptor);
+            };
+            manifests.push(entry);
         })
     }
 
@@ -486,7 +439,7 @@ impl Store {
         manifests.sort_by(|a, b| {
             (ref_name(a), a.digest().to_string()).cmp(&(ref_name(b), b.digest().to_string()))
         });
-        write_atomic(&self.index_path(), &index_json(&manifests)?)
+        self.layout.write_index(&manifests)
     }
 
     pub fn snapshot_path(&self, diff_id: &Digest) -> PathBuf {
@@ -633,25 +586,13 @@ impl Store {
     }
 }
 
-fn ref_name(descriptor: &Descriptor) -> Option<&str> {
-    descriptor
-        .annotations()
-        .as_ref()?
-        .get(REF_NAME)
-        .map(String::as_str)
-}
-
-/// `index.json` for the given manifests, with sorted keys.
-fn index_json(manifests: &[Descriptor]) -> Result<Vec<u8>, Error> {
-    let mut index = serde_json::Map::new();
-    index.insert("schemaVersion".into(), 2.into());
-    index.insert("mediaType".into(), MediaType::ImageIndex.to_string().into());
-    let manifests = serde_json::to_value(manifests).map_err(|e| Error::BadStore {
-        path: PathBuf::from("index.json"),
-        reason: e.to_string(),
-    })?;
-    index.insert("manifests".into(), manifests);
-    Ok(canonical_json(&serde_json::Value::Object(index)))
+/// The store's errors say the store is unusable where the layout's say the
+/// directory is not an OCI layout.
+fn as_store_error(error: Error) -> Error {
+    match error {
+        Error::BadLayout { path, reason } => Error::BadStore { path, reason },
+        other => other,
+    }
 }
 
 /// JSON with object keys in sorted order, so that the same value always
@@ -678,7 +619,7 @@ pub fn canonical_json(value: &serde_json::Value) -> Vec<u8> {
 /// A blob being written; it exists in the store only after `commit`.
 pub struct BlobWriter {
     blobs: PathBuf,
-    writer: HashingWriter<BufWriter<tempfile::NamedTempFile>>,
+    writer: HashingWriter<BufWriter<AtomicFile>>,
 }
 
 impl BlobWriter {
@@ -687,11 +628,12 @@ impl BlobWriter {
         self.writer.written()
     }
 
-    /// Syncs the blob and moves it into the store under its digest, after
-    /// checking it against `expected` when given.
+    /// Moves the blob into the store under its digest (see
+    /// [`AtomicFile::commit`]), after checking it against `expected` when
+    /// given.
     pub fn commit(self, expected: Option<&Digest>) -> Result<(Digest, u64), Error> {
         let (buffered, digest, size) = self.writer.finish();
-        let temp = buffered
+        let file = buffered
             .into_inner()
             .map_err(|e| Error::io(&self.blobs, e.into_error()))?;
         if let Some(expected) = expected {
@@ -702,13 +644,7 @@ impl BlobWriter {
                 });
             }
         }
-        temp.as_file()
-            .sync_all()
-            .map_err(|e| Error::io(temp.path(), e))?;
-        let target = self.blobs.join(digest.hex());
-        temp.persist(&target)
-            .map_err(|e| Error::io(&target, e.error))?;
-        sync_dir(&self.blobs)?;
+        file.commit(&self.blobs.join(digest.hex()))?;
         Ok((digest, size))
     }
 }
@@ -721,32 +657,4 @@ impl Write for BlobWriter {
     fn flush(&mut self) -> io::Result<()> {
         self.writer.flush()
     }
-}
-
-/// Blobs and index files are readable by everyone, as in the OCI layouts
-/// other tools write, so that skopeo or umoci run by another user can read
-/// the store; the store's directory decides who may see it at all.
-const STORE_FILE_MODE: u32 = 0o644;
-
-/// Replaces `path` with `bytes` in one rename, after syncing them.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut temp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .permissions(fs::Permissions::from_mode(STORE_FILE_MODE))
-        .tempfile_in(dir)
-        .map_err(|e| Error::io(dir, e))?;
-    temp.write_all(bytes)
-        .map_err(|e| Error::io(temp.path(), e))?;
-    temp.as_file()
-        .sync_all()
-        .map_err(|e| Error::io(temp.path(), e))?;
-    temp.persist(path).map_err(|e| Error::io(path, e.error))?;
-    sync_dir(dir)
-}
-
-pub(crate) fn sync_dir(dir: &Path) -> Result<(), Error> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io(dir, e))
 }

@@ -56,7 +56,7 @@ pub(crate) fn before_snapshot(snapshots: &Path) -> Result<bool, Error> {
         // doing it): this snapshot cannot be covered by that marker.
         Ok(_) => Ok(true),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            crate::store::write_atomic(&marker, boot.as_bytes())?;
+            crate::atomic::write_atomic(&marker, boot.as_bytes())?;
             Ok(false)
         }
         Err(e) => Err(Error::io(&marker, e)),
@@ -94,7 +94,7 @@ pub(crate) fn recover(
         discard_changed_since(snapshots, marked_at - CLOCK_SLACK, discard)?;
     }
     fs::remove_file(&marker).map_err(|e| Error::io(&marker, e))?;
-    crate::store::sync_dir(snapshots)
+    crate::atomic::sync_dir(snapshots)
 }
 
 /// Discards the snapshots made (renamed into place) at or after `since`.
