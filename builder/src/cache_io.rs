@@ -22,8 +22,8 @@ use kiln_cache::layout::{self, Layout};
 use kiln_cache::{AtomicFile, CacheRecord, Digest, LayerRecord, Store};
 use kiln_registry::Reference;
 use oci_spec::image::{Descriptor, MediaType};
-use serde::{Deserialize, Serialize};
 
+use crate::cache_config::{CacheConfig, ExportedRecord};
 use crate::image::Layer;
 use crate::progress::Progress;
 use crate::remote::Remote;
@@ -126,25 +126,6 @@ pub fn parse_cache_from(spec: &str) -> crate::Result<CacheFrom> {
             bail!("invalid --cache-from {spec:?}: type is registry or local, not {other:?}")
         }
     }
-}
-
-/// A record as exported: its layer by index among the exported layers.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ExportedRecord {
-    pub key: Digest,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub layer: Option<usize>,
-    /// When the result was first made (see `CacheRecord::created`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub created: Option<i64>,
-    /// See `CacheRecord::chain`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub chain: Option<Digest>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CacheConfig {
-    pub records: Vec<ExportedRecord>,
 }
 
 /// Where an imported layer's bytes are.
@@ -446,7 +427,7 @@ pub fn write_cache_manifest(
             "annotations": { DIFF_ID_ANNOTATION: layer.diff_id.to_string() },
         })).collect::<Vec<_>>(),
     });
-    let bytes = kiln_cache::store::canonical_json(&manifest);
+    let bytes = kiln_cache::layout::canonical_json(&manifest);
     Ok(store.write_blob(&bytes)?)
 }
 

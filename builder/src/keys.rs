@@ -291,21 +291,15 @@ pub(crate) fn remember_parts(
     id.field("scope", scope);
     id.field("stage", place.stage.to_lowercase());
     id.field("step", place.step.to_string());
-    let dir = store.root().join("explain");
-    let path = dir.join(id.finish().hex());
-    let before: Option<Vec<(String, String)>> = std::fs::read(&path)
-        .ok()
+    let id = id.finish();
+    let before: Option<Vec<(String, String)>> = store
+        .explain_record(&id)
         .and_then(|bytes| serde_json::from_slice(&bytes).ok());
     if before.as_deref() != Some(parts) {
         // A cache: a failure to write it costs only an explanation.
-        let _ = std::fs::create_dir_all(&dir).and_then(|()| {
-            let mut partial = tempfile::NamedTempFile::new_in(&dir)?;
-            std::io::Write::write_all(
-                &mut partial,
-                &serde_json::to_vec(parts).unwrap_or_default(),
-            )?;
-            partial.persist(&path).map(|_| ()).map_err(|e| e.error)
-        });
+        if let Ok(bytes) = serde_json::to_vec(parts) {
+            let _ = store.put_explain_record(&id, &bytes);
+        }
     }
     before
 }

@@ -3,16 +3,14 @@
 //! and merged views of layers for steps to read.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 
-use kiln_cache::digest::HashingReader;
-use kiln_cache::extract::{extract, ExtractOptions};
 use kiln_cache::pack::PackOptions;
 use kiln_cache::{CacheRecord, Digest, LayerView, Store};
 
 use crate::cache_io::Imported;
-use crate::error::{bail, Context};
+use crate::error::Context;
 use crate::image::{Layer, LayerEncoding};
 use crate::remote::Remote;
 
@@ -137,7 +135,7 @@ impl<'a> Layers<'a> {
 /// Makes a directory of changes (on the store's file system) a layer:
 /// its diff ID is computed and the directory kept as its snapshot, but no
 /// blob is written until something needs one (see
-/// [`Executor::materialize`]). Until then the layer is described as the
+/// [`Layers::materialize`]). Until then the layer is described as the
 /// uncompressed tar it packs to, whose digest is its diff ID. No layer when
 /// the directory is empty, unless `keep_empty`.
 pub fn layer_from_diff(
@@ -154,39 +152,16 @@ pub fn layer_from_diff(
     {
         return Ok(None);
     }
-    let hashed = store.hash_layer(diff, options)?;
-    store.adopt_snapshot(&hashed.diff_id, diff)?;
-    Ok(Some(Layer {
-        diff_id: hashed.diff_id,
-        blob: hashed.diff_id,
-        size: hashed.tar_size,
-        encoding: LayerEncoding::Tar,
-    }))
+    let hashed = store.snapshot_from_diff(diff, options.source_date_epoch)?;
+    Ok(Some(Layer::packed(&hashed)))
 }
 
 /// Writes the blob of a layer that has none yet, from its snapshot,
 /// compressed as `options` say.
 pub fn write_blob(store: &Store, layer: &Layer, options: &PackOptions) -> crate::Result<Layer> {
-    if !store.has_snapshot(&layer.diff_id) {
-        bail!(
-            "the layer {} has neither a blob nor a snapshot",
-            layer.diff_id
-        );
-    }
-    let packed = store.pack_layer(&store.snapshot_path(&layer.diff_id), options)?;
-    if packed.diff_id != layer.diff_id {
-        bail!(
-            "the snapshot of layer {} packs to {}: it was changed",
-            layer.diff_id,
-            packed.diff_id
-        );
-    }
-    Ok(Layer {
-        diff_id: packed.diff_id,
-        blob: packed.digest,
-        size: packed.size,
-        encoding: LayerEncoding::of_compression(packed.compression),
-    })
+    Ok(Layer::packed(
+        &store.blob_from_snapshot(&layer.diff_id, options)?,
+    ))
 }
 
 /// The merged file system of `layers`, unpacking those not unpacked yet.
@@ -194,56 +169,6 @@ pub fn write_blob(store: &Store, layer: &Layer, options: &PackOptions) -> crate:
 /// unpacked at once, a thread each (decompression is single-threaded), as
 /// many at a time as there are cores.
 pub fn layer_view(store: &Store, layers: &[Layer]) -> crate::Result<LayerView> {
-    let at_once = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let missing: Vec<&Layer> = layers
-        .iter()
-        .filter(|layer| !store.has_snapshot(&layer.diff_id))
-        .collect();
-    for batch in missing.chunks(at_once) {
-        std::thread::scope(|scope| -> crate::Result<()> {
-            let threads: Vec<_> = batch
-                .iter()
-                .map(|layer| scope.spawn(move || snapshot(store, layer)))
-                .collect();
-            for thread in threads {
-                thread
-                    .join()
-                    .map_err(|_| crate::Error::msg("unpacking a layer failed unexpectedly"))??;
-            }
-            Ok(())
-        })?;
-    }
-    let paths = layers
-        .iter()
-        .map(|layer| snapshot(store, layer))
-        .collect::<crate::Result<Vec<PathBuf>>>()?;
-    Ok(LayerView::new(paths))
-}
-
-fn snapshot(store: &Store, layer: &Layer) -> crate::Result<PathBuf> {
-    if store.has_snapshot(&layer.diff_id) {
-        return Ok(store.snapshot_path(&layer.diff_id));
-    }
-    let path = store.create_snapshot(&layer.diff_id, |dir| {
-        let blob = store.open_blob(&layer.blob)?;
-        let tar = kiln_cache::compress::decompressed(blob).map_err(|e| kiln_cache::Error::Io {
-            path: store.blob_path(&layer.blob),
-            source: e,
-        })?;
-        let mut hashed = HashingReader::new(tar);
-        extract(&mut hashed, dir, &ExtractOptions::layer())?;
-        std::io::copy(&mut hashed, &mut std::io::sink()).map_err(|e| kiln_cache::Error::Io {
-            path: store.blob_path(&layer.blob),
-            source: e,
-        })?;
-        let (actual, _) = hashed.finish();
-        if actual != layer.diff_id {
-            return Err(kiln_cache::Error::DigestMismatch {
-                expected: layer.diff_id,
-                actual,
-            });
-        }
-        Ok(())
-    })?;
-    Ok(path)
+    let digests: Vec<_> = layers.iter().map(Layer::digests).collect();
+    Ok(store.view_of(&digests)?)
 }

@@ -2,27 +2,39 @@
 //! Dockerfile to an exported image, with no command line, terminal or exit
 //! code in it.
 //!
+//! Modules, each with one job; dependencies go one way, down this list:
+//!
 //! - [`request`]: a build as a command asks for it ([`BuildRequest`]), and
-//!   [`build`] running it from Dockerfile to export.
-//! - [`dockerfile`]: reading the Dockerfile and lowering it to a graph.
-//! - [`build`](mod@build): the stage scheduler and the stage loop; cache
-//!   lookups, layers and their materialisation.
+//!   [`build()`] running it from Dockerfile to export.
+//! - [`dockerfile`]: reading the Dockerfile and lowering it to a graph, with
+//!   [`base_images`] resolving the images it names.
+//! - [`build`](mod@build): the stage loop: each step's key looked up in the
+//!   cache, the step run on a miss, its result recorded.
+//! - [`schedule`]: the stage DAG only: stages started as their dependencies
+//!   finish, up to `--jobs` at once.
 //! - [`keys`]: cache keys from what a step reads; `--explain`.
-//! - [`run`]: RUN steps, their mounts, secrets and SSH agents, and the
-//!   interrupt that stops them.
-//! - [`copy`]: COPY, ADD and WORKDIR's file work.
+//! - [`sources`]: what steps read from (context, stages, images).
+//! - [`downloads`]: `ADD URL` downloads, once per build.
+//! - [`run`]: RUN steps and the [`StepRunner`] seam to the sandbox; the
+//!   interrupt that stops them. `mounts`: their mounts. [`secrets`]: what
+//!   `--secret` and `--ssh` give.
+//! - [`copy`]: COPY, ADD and WORKDIR's file work: selection, hashing, writing.
+//! - [`layers`]: snapshots, views, and blobs written when an export needs them.
+//! - [`outputs`]: what stages and steps produce.
 //! - [`users`]: user and group names looked up in the image.
 //! - [`image`]: image configurations, manifests and the store's images.
 //! - [`archive`]: OCI layout and docker-archive tarballs, written and loaded.
-//! - [`cache_io`]: build caches exported to and imported from registries
-//!   and directories.
+//! - [`cache_io`]: build caches exported to and imported from registries and
+//!   directories; [`cache_config`]: their records' format.
 //! - [`remote`]: registries, as builds use them (pull, push, downloads).
 //! - [`container`]: `kiln run`'s containers.
-//! - [`progress`]: the events a build reports.
+//! - [`progress`]: the events a build reports, and sizes as users read them.
 //! - [`error`]: the typed [`Error`] every part returns.
 
 pub mod archive;
+pub mod base_images;
 pub mod build;
+pub mod cache_config;
 pub mod cache_io;
 pub mod container;
 pub mod copy;

@@ -10,11 +10,13 @@ use kiln_cache::{Compression, Digest, StatCache, Store};
 use kiln_registry::Reference;
 
 use crate::archive::{self, ArchiveImage};
+use crate::base_images::StoreImages;
 use crate::build::{Build, Inputs, SandboxAccess, Settings};
+use crate::cache_config;
 use crate::cache_io;
 use crate::dockerfile::{self, DockerfileArgs};
 use crate::error::{bail, Context};
-use crate::image::{write_image, Format, StoreImages, StoredImage};
+use crate::image::{write_image, Format, StoredImage};
 use crate::layers::Layers;
 use crate::outputs::StepReport;
 use crate::progress::Progress;
@@ -384,14 +386,14 @@ pub fn build(engine: &Engine<'_>, request: &BuildRequest) -> crate::Result<Built
                 Some(index) => {
                     let diff_id = exported_layers[index].diff_id;
                     let position = target.layers.iter().position(|l| l.diff_id == diff_id)?;
-                    Some(cache_io::ExportedRecord {
+                    Some(cache_config::ExportedRecord {
                         layer: Some(position),
                         ..record
                     })
                 }
             })
             .collect();
-        image_file.inline_cache = Some(cache_io::CacheConfig { records });
+        image_file.inline_cache = Some(cache_config::CacheConfig { records });
     }
     let descriptor = write_image(store, &image_file, &image_layers, format)?;
     let digest: Digest = descriptor.digest().to_string().parse()?;

@@ -27,7 +27,7 @@ pub enum Error {
     Place {
         entry: String,
         #[source]
-        source: crate::extract::PlacementError,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error("invalid archive: {0}")]
     InvalidArchive(String),

@@ -14,8 +14,8 @@ use std::path::Path;
 use rustix::fs::FileType;
 
 use crate::error::Error;
-use crate::pack::{OPAQUE_WHITEOUT, WHITEOUT_PREFIX};
 use crate::tree::{split_parent, Attributes, TreeError, TreeWriter};
+use crate::whiteout::{OPAQUE_WHITEOUT, WHITEOUT_PREFIX};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExtractMode {

@@ -4,6 +4,7 @@
 //! their file names, index entries and index bytes from here, so that every
 //! layout kiln writes says the same thing the same way.
 
+use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
@@ -12,7 +13,6 @@ use oci_spec::image::{Descriptor, ImageIndex, MediaType};
 use crate::atomic::write_atomic;
 use crate::digest::Digest;
 use crate::error::Error;
-use crate::store::canonical_json;
 
 /// The annotation of an index entry that names its image.
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
@@ -256,6 +256,27 @@ fn set_path(header: &mut tar::Header, path: &str) -> Result<(), Error> {
         entry: path.to_string(),
         source,
     })
+}
+
+/// JSON with object keys in sorted order, so that the same value always
+/// gives the same bytes (and digest).
+pub fn canonical_json(value: &serde_json::Value) -> Vec<u8> {
+    fn sorted(value: &serde_json::Value) -> serde_json::Value {
+        match value {
+            serde_json::Value::Object(map) => {
+                let ordered: BTreeMap<&String, serde_json::Value> =
+                    map.iter().map(|(k, v)| (k, sorted(v))).collect();
+                serde_json::Value::Object(
+                    ordered.into_iter().map(|(k, v)| (k.clone(), v)).collect(),
+                )
+            }
+            serde_json::Value::Array(items) => {
+                serde_json::Value::Array(items.iter().map(sorted).collect())
+            }
+            other => other.clone(),
+        }
+    }
+    serde_json::to_vec(&sorted(value)).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -1,7 +1,29 @@
 //! kiln's content-addressed store: OCI-layout blobs and index, unpacked layer
-//! snapshots, deterministic layer tar packing and safe extraction, locking.
+//! snapshots, deterministic layer tar packing and safe extraction, cache
+//! keys and records, the stat cache, cache mounts, locking and garbage
+//! collection. It knows nothing of Dockerfiles or registries, and no other
+//! crate joins paths inside the store: they ask [`Store`].
 //!
-//! It knows nothing of Dockerfiles or registries.
+//! Modules, leaves first:
+//!
+//! - [`digest`]: sha256 digests, and readers and writers that compute them.
+//! - [`atomic`]: files written whole or not at all.
+//! - [`compress`]: gzip and zstd, detected and applied.
+//! - [`whiteout`]: how layers mark what they remove.
+//! - [`pack`]: a directory to a deterministic layer tar, compressed, with
+//!   both digests in one pass.
+//! - [`tree`]: writing files beneath a directory without following symlinks.
+//! - [`extract`]: safe extraction of layers and archives.
+//! - [`view`]: the merged view of layer directories, as overlayfs shows it.
+//! - [`layout`]: OCI layouts (index.json, oci-layout, blobs), to a directory
+//!   or a tar stream.
+//! - [`store`]: the store itself: blobs, names, snapshots, locks; `unsynced`
+//!   keeps track of what still needs an fsync.
+//! - [`layers`]: snapshots made from blobs and diffs, blobs from snapshots.
+//! - [`keys`]: cache keys and the records they name.
+//! - [`statcache`]: content digests of context files remembered by inode.
+//! - [`mounts`]: `RUN --mount=type=cache` directories and their locks.
+//! - [`gc`]: disk usage and pruning.
 
 pub mod atomic;
 pub mod compress;
@@ -19,6 +41,7 @@ pub mod store;
 pub mod tree;
 mod unsynced;
 pub mod view;
+pub mod whiteout;
 
 pub use atomic::AtomicFile;
 pub use compress::Compression;

@@ -19,13 +19,7 @@ use std::path::Path;
 use crate::compress::Compression;
 use crate::digest::{Digest, HashingWriter};
 use crate::error::Error;
-
-/// Overlayfs marks a directory that hides the lower one with this attribute.
-pub const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
-/// Prefix of a whiteout entry in a layer tar.
-pub const WHITEOUT_PREFIX: &str = ".wh.";
-/// Name of the entry that marks its directory opaque in a layer tar.
-pub const OPAQUE_WHITEOUT: &str = ".wh..wh..opq";
+use crate::whiteout::{OPAQUE_WHITEOUT, OPAQUE_XATTR, WHITEOUT_PREFIX};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PackOptions {

@@ -9,7 +9,6 @@
 //! collection must wait for. The layout's files are named and written by
 //! [`crate::layout`], as every OCI layout kiln writes.
 
-use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
@@ -593,27 +592,6 @@ fn as_store_error(error: Error) -> Error {
         Error::BadLayout { path, reason } => Error::BadStore { path, reason },
         other => other,
     }
-}
-
-/// JSON with object keys in sorted order, so that the same value always
-/// gives the same bytes (and digest).
-pub fn canonical_json(value: &serde_json::Value) -> Vec<u8> {
-    fn sorted(value: &serde_json::Value) -> serde_json::Value {
-        match value {
-            serde_json::Value::Object(map) => {
-                let ordered: BTreeMap<&String, serde_json::Value> =
-                    map.iter().map(|(k, v)| (k, sorted(v))).collect();
-                serde_json::Value::Object(
-                    ordered.into_iter().map(|(k, v)| (k.clone(), v)).collect(),
-                )
-            }
-            serde_json::Value::Array(items) => {
-                serde_json::Value::Array(items.iter().map(sorted).collect())
-            }
-            other => other.clone(),
-        }
-    }
-    serde_json::to_vec(&sorted(value)).unwrap_or_default()
 }
 
 /// A blob being written; it exists in the store only after `commit`.

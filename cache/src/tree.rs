@@ -12,7 +12,7 @@ use std::path::Path;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps};
 use rustix::io::Errno;
 
-use crate::pack::OPAQUE_XATTR;
+use crate::whiteout::OPAQUE_XATTR;
 
 /// Owner, permissions, modification time and extended attributes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

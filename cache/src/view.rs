@@ -11,7 +11,7 @@ use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use crate::pack::OPAQUE_XATTR;
+use crate::whiteout::OPAQUE_XATTR;
 
 /// Symlinks followed while resolving one path before giving up, as Linux does.
 const MAX_SYMLINKS: usize = 40;

@@ -3,9 +3,9 @@
 use std::fs;
 use std::io::Write;
 
+use kiln_cache::layout::canonical_json;
 use kiln_cache::layout::REF_NAME;
 use kiln_cache::pack::PackOptions;
-use kiln_cache::store::canonical_json;
 use kiln_cache::{Digest, Error, Problem, Store};
 use oci_spec::image::{Descriptor, MediaType};
 

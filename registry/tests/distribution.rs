@@ -214,7 +214,7 @@ fn an_index_gives_the_image_for_the_platform_asked() {
              "platform": {"os": "linux", "architecture": support::host_architecture()}},
         ],
     });
-    let bytes = kiln_cache::store::canonical_json(&index);
+    let bytes = kiln_cache::layout::canonical_json(&index);
     let manifest = kiln_registry::Manifest {
         digest: kiln_cache::Digest::of(&bytes),
         bytes: bytes.into(),

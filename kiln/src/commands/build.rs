@@ -32,7 +32,7 @@ fn dockerfile_args(args: &DockerfileArgs) -> kiln_builder::dockerfile::Dockerfil
 /// `kiln debug graph`: the build graph the Dockerfile lowers to, as JSON on
 /// standard output.
 pub fn graph(store: &Store, args: &DockerfileArgs) -> Result<()> {
-    let mut images = kiln_builder::image::StoreOrUnknownImages { store };
+    let mut images = kiln_builder::base_images::StoreOrUnknownImages { store };
     let progress = Progress::new(Arc::new(Display::new(Mode::Plain)));
     let plan =
         kiln_builder::dockerfile::load(&dockerfile_args(args), &[], &[], &mut images, &progress)?;

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use base64::Engine;
-use kiln_cache::store::canonical_json;
+use kiln_cache::layout::canonical_json;
 use kiln_cache::{Digest, Store};
 use kiln_registry::{Client, ClientOptions, Reference, RetryPolicy, TransportOptions};
 use kiln_testkit::Registry;
