@@ -11,7 +11,7 @@ use crate::error::Error;
 use crate::extract::{extract, ExtractOptions};
 use crate::pack::{pack_dir, PackOptions, PackedLayer};
 use crate::store::Store;
-use crate::view::LayerView;
+use kiln_overlay::LayerView;
 
 /// The two digests of a layer: of its tar (the diff ID, by which its
 /// snapshot is known) and of its blob as stored (compressed or not).

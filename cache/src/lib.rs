@@ -14,7 +14,6 @@
 //!   both digests in one pass.
 //! - [`tree`]: writing files beneath a directory without following symlinks.
 //! - [`extract`]: safe extraction of layers and archives.
-//! - [`view`]: the merged view of layer directories, as overlayfs shows it.
 //! - [`layout`]: OCI layouts (index.json, oci-layout, blobs), to a directory
 //!   or a tar stream.
 //! - [`store`]: the store itself: blobs, names, snapshots, locks; `unsynced`
@@ -40,7 +39,6 @@ pub mod statcache;
 pub mod store;
 pub mod tree;
 mod unsynced;
-pub mod view;
 pub mod whiteout;
 
 pub use atomic::AtomicFile;
@@ -49,9 +47,9 @@ pub use digest::Digest;
 pub use error::Error;
 pub use gc::{DiskUsage, PrunePolicy, Pruned};
 pub use keys::{CacheRecord, KeyHasher, LayerRecord};
+pub use kiln_overlay::{LayerView, ViewEntry};
 pub use layers::LayerDigests;
 pub use layout::{Layout, LayoutTar};
 pub use mounts::{CacheMount, Sharing};
 pub use statcache::StatCache;
 pub use store::{ImageEntry, Problem, Store};
-pub use view::{LayerView, ViewEntry};

@@ -11,13 +11,11 @@
 
 use std::ffi::OsStr;
 use std::os::fd::OwnedFd;
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use kiln_overlay::{LayerView, OPAQUE_XATTR};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
-
-/// Symlinks followed at most while resolving one path, as Linux does.
-const MAX_SYMLINKS: usize = 40;
 
 /// What the image has at a path: directory or not, owner and mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,119 +35,56 @@ impl Entry {
             gid: stat.st_gid,
         }
     }
-}
 
-fn lstat(path: &Path) -> Option<rustix::fs::Stat> {
-    rustix::fs::lstat(path).ok()
-}
-
-fn is_whiteout(stat: &rustix::fs::Stat) -> bool {
-    FileType::from_raw_mode(stat.st_mode) == FileType::CharacterDevice && stat.st_rdev == 0
-}
-
-fn is_opaque(dir: &Path) -> bool {
-    rustix::fs::lgetxattr(dir, "trusted.overlay.opaque", &mut [0u8; 4]).is_ok_and(|len| len > 0)
-}
-
-/// The merged view of the lower layers (bottom first), as overlayfs shows
-/// it, looked up component by component so that no host symlink is ever
-/// followed.
-struct Lowers<'a>(&'a [PathBuf]);
-
-impl Lowers<'_> {
-    /// The entry at `parts` (no symlinks among its parents), and its host
-    /// path in the topmost layer that has it.
-    fn lookup(&self, parts: &[String]) -> Option<(Entry, PathBuf)> {
-        'layers: for layer in self.0.iter().rev() {
-            let mut host = layer.clone();
-            for (depth, part) in parts.iter().enumerate() {
-                host.push(part);
-                let Some(stat) = lstat(&host) else {
-                    continue 'layers;
-                };
-                if is_whiteout(&stat) {
-                    return None;
-                }
-                if depth + 1 == parts.len() {
-                    return Some((Entry::of(&stat), host));
-                }
-                if FileType::from_raw_mode(stat.st_mode) != FileType::Directory {
-                    // A file hides whatever lower layers have below it.
-                    return None;
-                }
-                if is_opaque(&host) {
-                    // Lower layers have nothing below this directory.
-                    return self.lookup_in(&host, &parts[depth + 1..]);
-                }
-            }
+    fn of_metadata(metadata: &std::fs::Metadata) -> Entry {
+        Entry {
+            file_type: FileType::from_raw_mode(metadata.mode()),
+            mode: metadata.mode() & 0o7777,
+            uid: metadata.uid(),
+            gid: metadata.gid(),
         }
-        None
-    }
-
-    fn lookup_in(&self, dir: &Path, parts: &[String]) -> Option<(Entry, PathBuf)> {
-        let mut host = dir.to_path_buf();
-        for (depth, part) in parts.iter().enumerate() {
-            host.push(part);
-            let stat = lstat(&host).filter(|stat| !is_whiteout(stat))?;
-            if depth + 1 == parts.len() {
-                return Some((Entry::of(&stat), host));
-            }
-            if FileType::from_raw_mode(stat.st_mode) != FileType::Directory {
-                return None;
-            }
-        }
-        None
-    }
-
-    /// Resolves an absolute path through the image's symlinks (the final
-    /// one too), as the runtime does for a mount's destination. Returns the
-    /// resolved components, and for each directory on the way that the
-    /// image has, its entry.
-    fn resolve(&self, path: &str) -> (Vec<String>, Vec<(Vec<String>, Entry)>) {
-        let mut pending: Vec<String> = components(path).into_iter().rev().collect();
-        let mut current: Vec<String> = Vec::new();
-        let mut existing = Vec::new();
-        let mut followed = 0;
-        while let Some(part) = pending.pop() {
-            if part == ".." {
-                current.pop();
-                continue;
-            }
-            current.push(part);
-            let Some((entry, host)) = self.lookup(&current) else {
-                // Missing: the rest is created as written.
-                current.extend(pending.into_iter().rev().filter(|p| p != ".."));
-                return (current, existing);
-            };
-            if entry.file_type == FileType::Symlink && followed < MAX_SYMLINKS {
-                followed += 1;
-                let Ok(target) = std::fs::read_link(&host) else {
-                    return (current, existing);
-                };
-                current.pop();
-                let target = target.as_os_str().as_bytes();
-                if target.starts_with(b"/") {
-                    current.clear();
-                }
-                let target = String::from_utf8_lossy(target);
-                pending.extend(components(&target).into_iter().rev());
-                continue;
-            }
-            if entry.file_type == FileType::Directory && !pending.is_empty() {
-                existing.push((current.clone(), entry));
-            }
-        }
-        (current, existing)
     }
 }
 
-/// `a/./b//c/../d` as `["a", "b", "c", "..", "d"]`: `..` is kept, to be
-/// applied after the symlinks before it are resolved.
+/// `a/./b//c` as `["a", "b", "c"]`.
 fn components(path: &str) -> Vec<String> {
     path.split('/')
         .filter(|part| !part.is_empty() && *part != ".")
         .map(str::to_string)
         .collect()
+}
+
+/// A mount destination resolved as the runtime resolves it, through the
+/// image's symlinks (the final one too): its components, and for each
+/// directory on the way that the image has, its entry. A destination that
+/// cannot be resolved (a symlink loop, a file on the way) is taken as
+/// written; the runtime fails on it anyway.
+fn resolve(view: &LayerView, destination: &str) -> (Vec<String>, Vec<(Vec<String>, Entry)>) {
+    let resolved = match view.resolve_for_creation(destination) {
+        Ok(Some(path)) => components(&path),
+        _ => components(destination)
+            .into_iter()
+            .filter(|part| part != "..")
+            .collect(),
+    };
+    let mut existing = Vec::new();
+    for depth in 1..resolved.len() {
+        let prefix = resolved[..depth].to_vec();
+        match view.resolve(&format!("/{}", prefix.join("/")), false) {
+            Ok(Some(entry)) if entry.metadata.is_dir() => {
+                existing.push((prefix, Entry::of_metadata(&entry.metadata)));
+            }
+            _ => break,
+        }
+    }
+    (resolved, existing)
+}
+
+fn exists(view: &LayerView, path: &[String]) -> bool {
+    matches!(
+        view.resolve(&format!("/{}", path.join("/")), false),
+        Ok(Some(_))
+    )
 }
 
 pub(crate) struct Stubs {
@@ -168,17 +103,17 @@ impl Stubs {
         destinations: impl IntoIterator<Item = &'a str>,
         lowers: &[PathBuf],
     ) -> Stubs {
-        let lowers = Lowers(lowers);
+        let view = LayerView::new(lowers.to_vec());
         let mut missing: Vec<Vec<String>> = Vec::new();
         let mut parents: Vec<(Vec<String>, Entry)> = Vec::new();
         for destination in destinations {
-            let (resolved, existing) = lowers.resolve(destination);
+            let (resolved, existing) = resolve(&view, destination);
             for depth in 1..=resolved.len() {
                 let prefix = resolved[..depth].to_vec();
                 if existing.iter().any(|(path, _)| *path == prefix) {
                     continue;
                 }
-                if lowers.lookup(&prefix).is_none() && !missing.contains(&prefix) {
+                if !exists(&view, &prefix) && !missing.contains(&prefix) {
                     missing.push(prefix);
                 }
             }
@@ -237,8 +172,7 @@ impl Stubs {
             )
             .ok()
             .is_some_and(|dir| {
-                rustix::fs::fgetxattr(&dir, "trusted.overlay.opaque", &mut [0u8; 4])
-                    .is_ok_and(|len| len > 0)
+                rustix::fs::fgetxattr(&dir, OPAQUE_XATTR, &mut [0u8; 4]).is_ok_and(|len| len > 0)
             });
             if unchanged && !opaque {
                 // Fails, as it should, when the step left something in it.

@@ -1,5 +1,8 @@
-//! A read-only view of an image's file system: a stack of layer snapshots
-//! merged as overlayfs would merge them, without mounting anything.
+//! Overlay-aware paths: a read-only view of an image's file system, a stack
+//! of layer directories merged as overlayfs would merge them, without
+//! mounting anything. The store reads layers through it (COPY sources, user
+//! lookups, archive placement) and the sandbox resolves mount destinations
+//! with it, so that both see the same file system.
 //!
 //! Upper layers hide lower ones path by path; a whiteout (character device
 //! 0/0) removes a path, an opaque directory hides the lower directory's
@@ -11,7 +14,9 @@ use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use crate::whiteout::OPAQUE_XATTR;
+/// The extended attribute overlayfs marks an opaque directory with: the
+/// directories below it in lower layers are hidden.
+pub const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
 
 /// Symlinks followed while resolving one path before giving up, as Linux does.
 const MAX_SYMLINKS: usize = 40;
