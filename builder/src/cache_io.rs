@@ -450,8 +450,12 @@ pub fn write_local(
         .collect();
     for digest in &wanted {
         let target = local.blob_path(digest);
-        let intact = fs::metadata(&target)
-            .is_ok_and(|m| m.len() == fs::metadata(store.blob_path(digest)).map_or(0, |s| s.len()));
+        let size = store
+            .open_blob(digest)
+            .ok()
+            .and_then(|blob| blob.metadata().ok())
+            .map_or(0, |metadata| metadata.len());
+        let intact = fs::metadata(&target).is_ok_and(|m| m.len() == size);
         if intact {
             // Still in use: not one of the blobs the sweep below takes.
             if let Ok(file) = fs::File::options().append(true).open(&target) {

@@ -118,7 +118,7 @@ impl Sandbox {
         kiln_runtime::remove_bundles(BundleOwners::Dead);
         Sandbox {
             runtime_program,
-            state_root: store.root().join("runtime"),
+            state_root: store.runtime_dir(),
             runtime: OnceLock::new(),
         }
     }

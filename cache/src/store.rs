@@ -187,6 +187,12 @@ impl Store {
         &self.root
     }
 
+    /// Where the sandbox keeps the state of the steps it runs (their
+    /// bundles, and what a killed kiln left behind).
+    pub fn runtime_dir(&self) -> PathBuf {
+        self.root.join("runtime")
+    }
+
     pub(crate) fn blobs_dir(&self) -> PathBuf {
         self.layout.blobs_dir()
     }
