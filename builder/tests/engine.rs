@@ -386,6 +386,28 @@ fn layers_get_a_blob_only_when_an_image_needs_one() {
 }
 
 #[test]
+fn a_copy_is_keyed_by_what_it_reads_not_by_file_times() {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "COPY gives its files root's ownership: this test must run as root (sudo scripts/test)"
+    );
+    let agent = Agent::new("FROM scratch\nCOPY app.conf /etc/\nRUN use-it\n");
+    let conf = agent.context.path().join("app.conf");
+    fs::write(&conf, "one").expect("write");
+    agent.build();
+    // Touched: the same bytes, a later time.
+    let later = std::time::SystemTime::now() + Duration::from_secs(3600);
+    fs::File::options()
+        .write(true)
+        .open(&conf)
+        .and_then(|file| file.set_modified(later))
+        .expect("touch");
+    assert!(agent.commands_run_by(&agent.request()).is_empty());
+    fs::write(&conf, "two").expect("change");
+    assert_eq!(agent.commands_run_by(&agent.request()), ["use-it"]);
+}
+
+#[test]
 fn the_context_path_may_be_relative_to_where_kiln_runs() {
     let agent = Agent::new("FROM scratch\nRUN one\n");
     let relative: PathBuf = pathdiff(agent.context.path());

@@ -1,5 +1,10 @@
 //! `kiln`: builds container images from Dockerfiles without a daemon.
 //!
+//! The binary owns the command line (`cli`), the commands that turn flags
+//! into what the build library (kiln-builder) needs and print what users
+//! read (`commands`), progress display (`progress`), signals (`signals`) and
+//! exit codes; everything else is the library's.
+//!
 //! Exit codes: 0 success; 1 the work could not be done (invalid Dockerfile,
 //! bad option value, missing image, failure while building, problems found
 //! by `kiln check`, a RUN step that failed); 2 the command line itself is
