@@ -2,13 +2,12 @@
 
 use std::path::Path;
 
+use super::values::familiar;
 use kiln_builder::archive::{self, ArchiveImage};
 use kiln_builder::image::{self, Format, StoredImage};
 use kiln_builder::Result;
 use kiln_cache::Store;
 use kiln_registry::Reference;
-
-use super::familiar;
 
 pub fn save(store: &Store, names: &[String], output: &Path, format: Format) -> Result<()> {
     let mut images = Vec::new();

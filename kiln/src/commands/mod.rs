@@ -8,7 +8,8 @@
 //! - `registry`: `pull`, `push`, `login`, `logout`;
 //! - `archive`: `save`, `load`;
 //! - `container`: `run`;
-//! - `values`: sizes and durations as users write and read them.
+//! - `values`: sizes and durations as users write them, names as Docker
+//!   prints them.
 
 pub mod archive;
 pub mod build;
@@ -16,10 +17,3 @@ pub mod container;
 pub mod registry;
 pub mod store;
 mod values;
-
-use kiln_registry::Reference;
-
-/// How Docker prints a stored name: `app:1` for `docker.io/library/app:1`.
-fn familiar(name: &str) -> String {
-    Reference::parse(name).map_or_else(|_| name.to_string(), |r| r.familiar())
-}

@@ -9,8 +9,7 @@ use kiln_builder::Result;
 use kiln_cache::{Digest, ImageEntry, Store};
 use kiln_registry::Reference;
 
-use super::familiar;
-use super::values::{parse_duration, parse_size};
+use super::values::{familiar, parse_duration, parse_size};
 use crate::bail;
 use kiln_builder::progress::human_size;
 

@@ -1,6 +1,8 @@
-//! Sizes and durations as users write them in flags.
+//! Sizes and durations as users write them in flags, and stored names as
+//! Docker prints them.
 
 use kiln_builder::{Error, Result};
+use kiln_registry::Reference;
 
 use crate::bail;
 
@@ -66,6 +68,11 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration> {
         return Err(invalid());
     }
     Ok(std::time::Duration::from_secs(total))
+}
+
+/// How Docker prints a stored name: `app:1` for `docker.io/library/app:1`.
+pub fn familiar(name: &str) -> String {
+    Reference::parse(name).map_or_else(|_| name.to_string(), |r| r.familiar())
 }
 
 #[cfg(test)]
