@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock, RwLock};
 
 use crate::error::{bail, Context};
 use kiln_cache::{Digest, Store};
@@ -12,7 +12,7 @@ use kiln_registry::transfer::{self, manifest_blobs};
 use kiln_registry::{Client, ClientOptions, Credential, DockerConfig, Pushed, Reference};
 
 use crate::image::StoredImage;
-use crate::progress::human_size;
+use crate::progress::{human_size, Progress};
 
 /// Blobs moved at once, each way.
 const PARALLEL_TRANSFERS: usize = 4;
@@ -30,8 +30,9 @@ pub struct RegistrySettings {
 pub struct Remote {
     options: ClientOptions,
     connected: OnceLock<(tokio::runtime::Runtime, Client)>,
-    /// Where a build shows its pulls and pushes (none: a line each).
-    progress: OnceLock<std::sync::Arc<crate::progress::Progress>>,
+    /// Where pulls, pushes and downloads are shown: a build's progress
+    /// while one runs.
+    progress: RwLock<Arc<Progress>>,
 }
 
 fn platform_of(platform: &kiln_frontend::Platform) -> transfer::Platform {
@@ -43,7 +44,7 @@ fn platform_of(platform: &kiln_frontend::Platform) -> transfer::Platform {
 }
 
 impl Remote {
-    pub fn new(settings: &RegistrySettings) -> Remote {
+    pub fn new(settings: &RegistrySettings, progress: Arc<Progress>) -> Remote {
         let mut options = ClientOptions::default();
         options.transport.insecure_registries = settings.insecure.clone();
         if let Some(dir) = &settings.certs_dir {
@@ -52,21 +53,30 @@ impl Remote {
         Remote {
             options,
             connected: OnceLock::new(),
-            progress: OnceLock::new(),
+            progress: RwLock::new(progress),
         }
     }
 
     /// Shows transfers on a build's progress from now on.
-    pub fn show_progress_on(&self, progress: std::sync::Arc<crate::progress::Progress>) {
-        let _ = self.progress.set(progress);
+    pub fn show_progress_on(&self, progress: Arc<Progress>) {
+        *self
+            .progress
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = progress;
     }
 
-    /// A line about a transfer: on the build's progress when there is one.
+    fn progress(&self) -> Arc<Progress> {
+        Arc::clone(
+            &self
+                .progress
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    /// A line about a transfer.
     fn say(&self, text: &str) {
-        match self.progress.get() {
-            Some(progress) => progress.note(text),
-            None => eprintln!("{text}"),
-        }
+        self.progress().note(text);
     }
 
     fn connect(&self) -> crate::Result<&(tokio::runtime::Runtime, Client)> {
@@ -93,13 +103,8 @@ impl Remote {
         platform: &kiln_frontend::Platform,
     ) -> crate::Result<Digest> {
         let (runtime, client) = self.connect()?;
-        let step = self
-            .progress
-            .get()
-            .map(|progress| progress.step(&format!("pulling {}", reference.familiar())));
-        if step.is_none() {
-            eprintln!("pulling {}", reference.familiar());
-        }
+        let progress = self.progress();
+        let step = progress.step(&format!("pulling {}", reference.familiar()));
         let pulled = runtime
             .block_on(transfer::pull(
                 client,
@@ -107,17 +112,10 @@ impl Remote {
                 reference,
                 &platform_of(platform),
                 PARALLEL_TRANSFERS,
-                &|_, bytes| {
-                    if let Some(step) = &step {
-                        step.add_bytes(bytes);
-                    }
-                },
+                &|_, bytes| step.add_bytes(bytes),
             ))
             .with_context(|| format!("pulling {}", reference.familiar()));
-        let pulled = match step {
-            Some(step) => step.finish_with(pulled)?,
-            None => pulled?,
-        };
+        let pulled = step.finish_with(pulled)?;
         let digest = pulled.manifest.digest;
         let image = StoredImage::read(store, &digest)?;
         let found = image.config.platform();
@@ -161,10 +159,8 @@ impl Remote {
         }
         for (name, group) in by_repository {
             let mounts = mount_sources(store, &group[0])?;
-            let step = self
-                .progress
-                .get()
-                .map(|progress| progress.step(&format!("pushing to {name}")));
+            let progress = self.progress();
+            let step = progress.step(&format!("pushing to {name}"));
             let report = runtime
                 .block_on(transfer::push(
                     client,
@@ -173,17 +169,10 @@ impl Remote {
                     &group,
                     &mounts,
                     PARALLEL_TRANSFERS,
-                    &|_, bytes| {
-                        if let Some(step) = &step {
-                            step.add_bytes(bytes);
-                        }
-                    },
+                    &|_, bytes| step.add_bytes(bytes),
                 ))
                 .with_context(|| format!("pushing to {name}"));
-            let report = match step {
-                Some(step) => step.finish_with(report)?,
-                None => report?,
-            };
+            let report = step.finish_with(report)?;
             let count = |kind: Pushed| report.blobs.iter().filter(|(_, _, p)| *p == kind).count();
             let uploaded: u64 = report
                 .blobs
@@ -249,7 +238,10 @@ impl Remote {
     ) -> crate::Result<kiln_registry::fetch::Fetched> {
         let parsed = url::Url::parse(url).with_context(|| format!("invalid URL {url:?}"))?;
         let (runtime, _) = self.connect()?;
-        eprintln!("downloading {}", kiln_registry::client::shown_url(&parsed));
+        self.say(&format!(
+            "downloading {}",
+            kiln_registry::client::shown_url(&parsed)
+        ));
         Ok(runtime.block_on(kiln_registry::fetch::download(
             &parsed,
             &self.options.transport,

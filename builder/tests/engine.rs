@@ -175,12 +175,15 @@ impl Agent {
 
     fn build_with(&self, request: &BuildRequest) -> kiln_builder::Result<Built> {
         let store = self.store();
-        let remote = Remote::new(&RegistrySettings {
-            insecure: Vec::new(),
-            certs_dir: None,
-        });
-        let interrupt = Interrupt::default();
         let progress = Arc::new(Progress::silent());
+        let remote = Remote::new(
+            &RegistrySettings {
+                insecure: Vec::new(),
+                certs_dir: None,
+            },
+            Arc::clone(&progress),
+        );
+        let interrupt = Interrupt::default();
         let engine = Engine {
             store: &store,
             remote: &remote,

@@ -21,6 +21,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use kiln_builder::error::Context;
+use kiln_builder::progress::Progress;
 use kiln_builder::run::INTERRUPTED_EXIT_CODE;
 use kiln_builder::{Error, Result};
 use kiln_cache::Store;
@@ -94,10 +95,13 @@ fn open_store(root: Option<PathBuf>) -> Result<Store> {
 
 /// Runs the command; returns the exit code for success.
 fn run(cli: Cli) -> Result<u8> {
-    let remote = kiln_builder::remote::Remote::new(&kiln_builder::remote::RegistrySettings {
-        insecure: cli.insecure_registries.clone(),
-        certs_dir: cli.cert_dir.clone(),
-    });
+    let remote = kiln_builder::remote::Remote::new(
+        &kiln_builder::remote::RegistrySettings {
+            insecure: cli.insecure_registries.clone(),
+            certs_dir: cli.cert_dir.clone(),
+        },
+        std::sync::Arc::new(Progress::new(std::sync::Arc::new(progress::Lines))),
+    );
     let done = match cli.command {
         Command::Debug(DebugCommand::Graph(args)) => {
             commands::build::graph(&open_store(cli.root)?, &args)

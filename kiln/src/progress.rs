@@ -236,6 +236,31 @@ impl ProgressSink for Display {
     }
 }
 
+/// Progress of the commands that are not builds (`pull`, `push`): a line
+/// on standard error when a transfer starts and for each note; sizes and
+/// endings are left to the command's own report.
+pub struct Lines;
+
+impl ProgressSink for Lines {
+    fn note(&self, text: &str) {
+        eprintln!("{text}");
+    }
+
+    fn warn(&self, text: &str) {
+        eprintln!("warning: {text}");
+    }
+
+    fn started(&self, _: StepId, name: &str) {
+        eprintln!("{name}");
+    }
+
+    fn log(&self, _: StepId, _: &str) {}
+
+    fn bytes(&self, _: StepId, _: u64) {}
+
+    fn ended(&self, _: StepId, _: StepEnd<'_>) {}
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
