@@ -59,6 +59,8 @@ pub struct SandboxAccess<'a> {
     pub sandbox: &'a dyn StepRunner,
     pub interrupt: &'a Interrupt,
     pub secrets: &'a Secrets,
+    /// What every RUN step gets (`--add-host`, `--ulimit`, `--shm-size`).
+    pub resources: &'a kiln_runtime::Resources,
 }
 
 /// Runs the stages of one build and remembers how each step went.
@@ -223,6 +225,7 @@ impl<'a> Build<'a> {
             stat_cache: self.inputs.stat_cache,
             downloads: &self.downloads,
             source_date_epoch: self.settings.source_date_epoch,
+            resources: self.run.resources,
         };
         // BuildKit's numbering, which CI logs are read by: the base image is
         // step 1 (scratch and stages are not), then the numbered steps.
@@ -471,6 +474,7 @@ impl<'a> Build<'a> {
                 secrets: self.run.secrets,
                 sources,
                 now: self.now,
+                resources: self.run.resources,
             }
             .run(run, layers, progress),
             Action::Copy(copy_step) => {

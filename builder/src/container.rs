@@ -131,6 +131,7 @@ pub fn run(
         network,
         insecure: false,
         mounts,
+        resources: kiln_runtime::Resources::default(),
     };
 
     let work = store.temp_dir()?;

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{bail, Context};
 use crate::progress::Progress;
+use kiln_frontend::graph::Network;
 use kiln_frontend::{BaseImages, BuildGraph, DockerIgnore, LowerOptions, Platform};
 
 /// Which Dockerfile to read and how to lower it.
@@ -22,6 +23,9 @@ pub struct DockerfileArgs {
     pub build_args: Vec<String>,
     /// `os/arch[/variant]` (default: this machine's).
     pub platform: Option<String>,
+    /// `--network`: the network of RUN steps that name none (default: the
+    /// host's, as BuildKit gives them).
+    pub network: Option<Network>,
 }
 
 /// A lowered Dockerfile and what came with it.
@@ -117,6 +121,7 @@ fn lower_options(
 ) -> crate::Result<LowerOptions> {
     let mut options = LowerOptions {
         target: args.target.clone(),
+        default_network: args.network.unwrap_or(Network::Host),
         ..LowerOptions::default()
     };
     if let Some(platform) = &args.platform {
@@ -144,7 +149,12 @@ fn lower_options(
     for entitlement in allow {
         match entitlement.as_str() {
             "security.insecure" => options.allow_insecure = true,
-            other => bail!("unknown --allow entitlement {other:?} (known: security.insecure)"),
+            // RUN steps have the host's network already: granting it
+            // changes nothing, and command lines copied from buildx name it.
+            "network.host" => {}
+            other => bail!(
+                "unknown --allow entitlement {other:?} (known: security.insecure, network.host)"
+            ),
         }
     }
     Ok(options)

@@ -109,6 +109,9 @@ pub(crate) struct Keys<'a> {
     pub downloads: &'a Downloads<'a>,
     /// SOURCE_DATE_EPOCH changes the times every new layer records.
     pub source_date_epoch: Option<i64>,
+    /// What every RUN step gets from the build (`--add-host`, `--ulimit`,
+    /// `--shm-size`), which its result may depend on.
+    pub resources: &'a kiln_runtime::Resources,
 }
 
 impl Keys<'_> {
@@ -232,6 +235,11 @@ impl Keys<'_> {
             ..run.clone()
         };
         key.field("definition", json(&definition)?);
+        // Only when given, so that keys of builds without them stay as
+        // they were.
+        if *self.resources != kiln_runtime::Resources::default() {
+            key.field("resources", json(self.resources)?);
+        }
         let mut files = Vec::new();
         for mount in &run.mounts {
             match mount {

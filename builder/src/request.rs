@@ -108,6 +108,8 @@ pub struct BuildRequest {
     pub source_date_epoch: Option<String>,
     /// `--secret` and `--ssh`.
     pub secrets: Secrets,
+    /// `--add-host`, `--ulimit`, `--shm-size`: what every RUN step gets.
+    pub resources: kiln_runtime::Resources,
 }
 
 impl BuildRequest {
@@ -134,6 +136,7 @@ impl BuildRequest {
             no_cache_stages: Vec::new(),
             source_date_epoch: None,
             secrets: Secrets::default(),
+            resources: kiln_runtime::Resources::default(),
         }
     }
 }
@@ -279,6 +282,7 @@ pub fn build(engine: &Engine<'_>, request: &BuildRequest) -> crate::Result<Built
             sandbox,
             interrupt,
             secrets: &args.secrets,
+            resources: &args.resources,
         },
         &layers,
         &imported,

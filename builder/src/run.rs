@@ -161,6 +161,9 @@ pub(crate) struct Runner<'a> {
     pub sources: &'a Sources<'a>,
     /// The time recorded for files the step's mounts are seeded with.
     pub now: i64,
+    /// What the build gives every step (`--add-host`, `--ulimit`,
+    /// `--shm-size`).
+    pub resources: &'a kiln_runtime::Resources,
 }
 
 impl Runner<'_> {
@@ -208,6 +211,7 @@ impl Runner<'_> {
             },
             insecure: run.security == graph::Security::Insecure,
             mounts: prepared.mounts.clone(),
+            resources: self.resources.clone(),
         };
         let lowers = view.layers().to_vec();
         built.in_diff(|diff| {

@@ -230,6 +230,28 @@ pub struct BuildArgs {
     /// or repeated).
     #[arg(long = "no-cache-filter", value_name = "STAGE")]
     pub no_cache_filter: Vec<String>,
+    /// The network of RUN steps that name none: `default` (the host's, as
+    /// BuildKit gives it), `host` or `none`.
+    #[arg(long, value_name = "MODE")]
+    pub network: Option<String>,
+    /// Add an entry to the steps' /etc/hosts (`HOST:IP`); may be repeated.
+    #[arg(long = "add-host", value_name = "HOST:IP")]
+    pub add_hosts: Vec<String>,
+    /// A resource limit of every RUN step (`nofile=1024:2048`, `nproc=512`);
+    /// may be repeated.
+    #[arg(long = "ulimit", value_name = "NAME=SOFT[:HARD]")]
+    pub ulimits: Vec<String>,
+    /// The size of the steps' /dev/shm: bytes, or with a unit (`128m`, `1g`;
+    /// powers of 1024, as Docker reads it). Default 64m.
+    #[arg(long = "shm-size", value_name = "SIZE")]
+    pub shm_size: Option<String>,
+    /// Print nothing but the image ID (progress as `--progress=quiet`).
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// Accepted for buildx's sake: the image goes to the store, as it does
+    /// without an --output.
+    #[arg(long)]
+    pub load: bool,
     /// Clamp file times in new layers to this time and use it as the image's
     /// creation time, for reproducible images (default: $SOURCE_DATE_EPOCH;
     /// empty means unset).

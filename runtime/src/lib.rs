@@ -134,4 +134,47 @@ pub struct Step {
     /// `--security=insecure`: every capability, nothing masked.
     pub insecure: bool,
     pub mounts: Vec<StepMount>,
+    /// What the whole build gives its steps (`--add-host`, `--ulimit`,
+    /// `--shm-size`).
+    pub resources: Resources,
 }
+
+/// What a build gives every step beyond its own definition.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Resources {
+    /// Extra `/etc/hosts` entries: host name and address.
+    pub extra_hosts: Vec<(String, String)>,
+    /// Resource limits, each replacing the default of its kind.
+    pub ulimits: Vec<Ulimit>,
+    /// The size of `/dev/shm` in bytes (default 64 MiB).
+    pub shm_size: Option<u64>,
+}
+
+/// One resource limit, as `docker build --ulimit nofile=1024:2048` gives it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Ulimit {
+    /// The resource without `RLIMIT_`, lower case: `nofile`, `nproc`, ...
+    pub name: String,
+    pub soft: u64,
+    pub hard: u64,
+}
+
+/// The resources `--ulimit` may name, as Docker accepts them.
+pub const ULIMIT_NAMES: [&str; 16] = [
+    "as",
+    "core",
+    "cpu",
+    "data",
+    "fsize",
+    "locks",
+    "memlock",
+    "msgqueue",
+    "nice",
+    "nofile",
+    "nproc",
+    "rss",
+    "rtprio",
+    "rttime",
+    "sigpending",
+    "stack",
+];

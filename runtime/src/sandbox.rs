@@ -276,7 +276,10 @@ impl Runtime {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         }
         std::fs::create_dir_all(&self.state_dir).map_err(|e| Error::io(&self.state_dir, e))?;
-        write_file(&etc.join("hosts"), &hosts(&step.hostname))?;
+        write_file(
+            &etc.join("hosts"),
+            &hosts(&step.hostname, &step.resources.extra_hosts),
+        )?;
         write_file(&etc.join("resolv.conf"), &resolv_conf())?;
         let mut overlays = vec![Overlay {
             lowers: overlay_lowers(layers.lowers)?,
@@ -626,11 +629,14 @@ fn write_private_file(
         .map_err(|e| Error::io(path, e))
 }
 
-fn hosts(hostname: &str) -> Vec<u8> {
-    format!(
+fn hosts(hostname: &str, extra: &[(String, String)]) -> Vec<u8> {
+    let mut hosts = format!(
         "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
-    )
-    .into_bytes()
+    );
+    for (name, address) in extra {
+        hosts.push_str(&format!("{address}\t{name}\n"));
+    }
+    hosts.into_bytes()
 }
 
 /// The host's resolver configuration, for steps on the host's network.

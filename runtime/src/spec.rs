@@ -180,7 +180,12 @@ fn spec_error(e: impl std::fmt::Display) -> Error {
 }
 
 /// The mounts every step gets, as Docker sets them.
-fn standard_mounts(insecure: bool) -> Result<Vec<oci_spec::runtime::Mount>, Error> {
+fn standard_mounts(
+    insecure: bool,
+    shm_size: Option<u64>,
+) -> Result<Vec<oci_spec::runtime::Mount>, Error> {
+    // Docker's default: 64 MiB.
+    let shm = format!("size={}", shm_size.unwrap_or(64 * 1024 * 1024));
     let mount = |destination: &str, kind: &str, source: &str, options: &[&str]| {
         MountBuilder::default()
             .destination(destination)
@@ -216,7 +221,7 @@ fn standard_mounts(insecure: bool) -> Result<Vec<oci_spec::runtime::Mount>, Erro
             "/dev/shm",
             "tmpfs",
             "shm",
-            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+            &["nosuid", "noexec", "nodev", "mode=1777", &shm],
         )?,
         mount(
             "/dev/mqueue",
@@ -231,6 +236,57 @@ fn standard_mounts(insecure: bool) -> Result<Vec<oci_spec::runtime::Mount>, Erro
             &["nosuid", "noexec", "nodev", sys_mode],
         )?,
     ])
+}
+
+/// The step's resource limits: an open-files limit by default, and what
+/// `--ulimit` gives, each replacing the default of its kind.
+fn rlimits(ulimits: &[crate::Ulimit]) -> Result<Vec<oci_spec::runtime::PosixRlimit>, Error> {
+    let open_files = open_files_limit();
+    let mut limits = vec![(PosixRlimitType::RlimitNofile, open_files, open_files)];
+    for ulimit in ulimits {
+        let kind = rlimit_type(&ulimit.name).ok_or_else(|| {
+            Error::Spec(format!(
+                "unknown ulimit {:?} (known: {})",
+                ulimit.name,
+                crate::ULIMIT_NAMES.join(", ")
+            ))
+        })?;
+        limits.retain(|(known, _, _)| *known != kind);
+        limits.push((kind, ulimit.soft, ulimit.hard));
+    }
+    limits
+        .into_iter()
+        .map(|(kind, soft, hard)| {
+            PosixRlimitBuilder::default()
+                .typ(kind)
+                .soft(soft)
+                .hard(hard)
+                .build()
+                .map_err(spec_error)
+        })
+        .collect()
+}
+
+fn rlimit_type(name: &str) -> Option<PosixRlimitType> {
+    Some(match name {
+        "as" => PosixRlimitType::RlimitAs,
+        "core" => PosixRlimitType::RlimitCore,
+        "cpu" => PosixRlimitType::RlimitCpu,
+        "data" => PosixRlimitType::RlimitData,
+        "fsize" => PosixRlimitType::RlimitFsize,
+        "locks" => PosixRlimitType::RlimitLocks,
+        "memlock" => PosixRlimitType::RlimitMemlock,
+        "msgqueue" => PosixRlimitType::RlimitMsgqueue,
+        "nice" => PosixRlimitType::RlimitNice,
+        "nofile" => PosixRlimitType::RlimitNofile,
+        "nproc" => PosixRlimitType::RlimitNproc,
+        "rss" => PosixRlimitType::RlimitRss,
+        "rtprio" => PosixRlimitType::RlimitRtprio,
+        "rttime" => PosixRlimitType::RlimitRttime,
+        "sigpending" => PosixRlimitType::RlimitSigpending,
+        "stack" => PosixRlimitType::RlimitStack,
+        _ => return None,
+    })
 }
 
 /// The hard limit of open files this process has, which a step cannot
@@ -276,13 +332,7 @@ pub(crate) fn config(
         .additional_gids(step.user.additional_gids.clone())
         .build()
         .map_err(spec_error)?;
-    let open_files = open_files_limit();
-    let rlimits = vec![PosixRlimitBuilder::default()
-        .typ(PosixRlimitType::RlimitNofile)
-        .soft(open_files)
-        .hard(open_files)
-        .build()
-        .map_err(spec_error)?];
+    let rlimits = rlimits(&step.resources.ulimits)?;
     let mut env = step.env.clone();
     env.extend(
         step.secret_env
@@ -300,7 +350,7 @@ pub(crate) fn config(
         .no_new_privileges(!step.insecure)
         .build()
         .map_err(spec_error)?;
-    let mut mounts = standard_mounts(step.insecure)?;
+    let mut mounts = standard_mounts(step.insecure, step.resources.shm_size)?;
     for (file, destination) in [("hosts", "/etc/hosts"), ("resolv.conf", "/etc/resolv.conf")] {
         mounts.push(
             MountBuilder::default()
@@ -584,6 +634,7 @@ mod tests {
             hostname: "kiln".into(),
             network: Network::Host,
             insecure: false,
+            resources: crate::Resources::default(),
             mounts: vec![
                 StepMount::Tmpfs {
                     target: "/scratch".into(),

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::graph::ImageConfig;
+use crate::graph::{ImageConfig, Network};
 use crate::platform::Platform;
 
 /// Build arguments that are passed to RUN without an ARG declaration, and
@@ -28,6 +28,9 @@ pub struct LowerOptions {
     pub labels: BTreeMap<String, String>,
     /// Whether `RUN --security=insecure` is allowed.
     pub allow_insecure: bool,
+    /// The network of RUN steps without `--network` (or with
+    /// `--network=default`): the build's `--network`.
+    pub default_network: Network,
 }
 
 impl Default for LowerOptions {
@@ -39,6 +42,7 @@ impl Default for LowerOptions {
             target_platform: Platform::host(),
             labels: BTreeMap::new(),
             allow_insecure: false,
+            default_network: Network::Host,
         }
     }
 }

@@ -93,8 +93,10 @@ fn run_step(
     };
     let network = match run.network {
         Some(NetworkMode::None) => Network::None,
-        // BuildKit's default network for RUN is the host's.
-        Some(NetworkMode::Host | NetworkMode::Default) | None => Network::Host,
+        Some(NetworkMode::Host) => Network::Host,
+        // BuildKit's default network for RUN is the host's, unless the
+        // build says otherwise.
+        Some(NetworkMode::Default) | None => options.default_network,
     };
     let state = &stage.state;
     let line = &run.command;

@@ -12,7 +12,7 @@ use kiln_builder::{BuildRequest, Engine, Error, Output, Result};
 use kiln_cache::{Compression, Store};
 use kiln_registry::Reference;
 
-use super::values::parse_size;
+use super::values::{self, parse_size};
 use crate::bail;
 use crate::cli::{BuildArgs, DockerfileArgs};
 use crate::progress::{Display, Mode};
@@ -26,6 +26,7 @@ fn dockerfile_args(args: &DockerfileArgs) -> kiln_builder::dockerfile::Dockerfil
         target: args.target.clone(),
         build_args: args.build_args.clone(),
         platform: args.platform.clone(),
+        network: None,
     }
 }
 
@@ -57,9 +58,12 @@ pub fn build(
         .map(parse_size)
         .transpose()?;
     let request = build_request(args)?;
-    let progress = Arc::new(Progress::new(Arc::new(Display::new(Mode::parse(
-        &args.progress,
-    )?))));
+    let mode = if args.quiet {
+        Mode::Quiet
+    } else {
+        Mode::parse(&args.progress)?
+    };
+    let progress = Arc::new(Progress::new(Arc::new(Display::new(mode))));
     if !rustix::process::geteuid().is_root() {
         bail!(
             "kiln build must run as root: layers record the owner of every file, and only \
@@ -134,6 +138,28 @@ fn build_request(args: &BuildArgs) -> Result<BuildRequest> {
         .filter(|name| !name.is_empty())
         .collect();
     request.source_date_epoch = args.source_date_epoch.clone();
+    request.dockerfile.network = args
+        .network
+        .as_deref()
+        .map(values::parse_network)
+        .transpose()?;
+    for spec in &args.add_hosts {
+        request
+            .resources
+            .extra_hosts
+            .push(values::parse_host(spec)?);
+    }
+    for spec in &args.ulimits {
+        request.resources.ulimits.push(values::parse_ulimit(spec)?);
+    }
+    request.resources.shm_size = args
+        .shm_size
+        .as_deref()
+        .map(values::parse_memory)
+        .transpose()?;
+    if args.load && request.output != Output::Store {
+        bail!("--load puts the image in the store: leave out --output, or --load");
+    }
     for spec in &args.secrets {
         let (id, source) = kiln_builder::secrets::parse_secret(spec)?;
         request.secrets.secrets.insert(id, source);

@@ -142,7 +142,7 @@ fn bad_option_values_are_explained() {
         "{}",
         stderr(&output)
     );
-    let output = kiln(&["build", "--allow", "network.host", context.path()]);
+    let output = kiln(&["build", "--allow", "device", context.path()]);
     assert!(
         stderr(&output).contains("unknown --allow entitlement"),
         "{}",

@@ -190,6 +190,58 @@ fn network_none_has_only_loopback_and_the_default_is_the_hosts() {
 }
 
 #[test]
+fn build_wide_network_hosts_and_limits_reach_every_step() {
+    let kiln = kiln();
+    let context = Context::new();
+    context.write(
+        "Dockerfile",
+        "FROM busybox\n\
+         RUN cat /proc/net/dev > /default\n\
+         RUN --network=host cat /proc/net/dev > /host\n\
+         RUN grep db /etc/hosts > /hosts && ulimit -u > /nproc\n",
+    );
+    let files = kiln.files(
+        context.path(),
+        &[
+            "--network",
+            "none",
+            "--add-host",
+            "db:10.1.2.3",
+            "--ulimit",
+            "nproc=321",
+        ],
+    );
+    let lines = |name: &str| read(files.path(), name).lines().count();
+    assert_eq!(lines("/default"), 3, "--network none: a loopback only");
+    assert!(
+        lines("/host") > 3,
+        "RUN --network=host still has the host's"
+    );
+    assert_eq!(read(files.path(), "/hosts"), "10.1.2.3\tdb\n");
+    assert_eq!(read(files.path(), "/nproc"), "321\n");
+}
+
+#[test]
+fn quiet_builds_print_only_the_image_id() {
+    let kiln = kiln();
+    let context = Context::new();
+    context.write("Dockerfile", "FROM busybox\nRUN echo hello\n");
+    let output = kiln.try_build(context.path(), &["-q", "--load", "-t", "quiet:1"]);
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.trim().starts_with("sha256:"), "{stdout}");
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert_eq!(String::from_utf8_lossy(&output.stderr), "", "no progress");
+    let refused = kiln.try_build(context.path(), &["--load", "-o", "type=tar,dest=x.tar"]);
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("--load puts the image in the store"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn steps_run_as_the_user_and_their_files_belong_to_it() {
     let kiln = kiln();
     let context = Context::new();
