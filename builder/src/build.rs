@@ -253,7 +253,7 @@ impl<'a> Build<'a> {
             if let Action::Metadata = step.action {
                 if let Some(created_by) = &step.history {
                     // Dated when the image is assembled, from the layers
-                    // around it (see `fill_history_times`).
+                    // around it (see `outputs::fill_history_times`).
                     history.push(outputs::history(created_by, true, None));
                 }
                 continue;
@@ -288,7 +288,7 @@ impl<'a> Build<'a> {
                     &progress,
                 )
                 .map_err(|cause| match cause {
-                    crate::Error::Interrupted | crate::Error::Stopped => cause,
+                    crate::Error::Interrupted => cause,
                     cause => crate::Error::Step {
                         location: location.clone(),
                         instruction: step.instruction.clone(),

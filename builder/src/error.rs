@@ -25,9 +25,6 @@ pub enum Error {
     /// Ctrl-C or SIGTERM stopped the build (never wrapped in context).
     #[error("interrupted")]
     Interrupted,
-    /// Another stage failed and this one was stopped.
-    #[error("stopped because another stage failed")]
-    Stopped,
     /// A value given by the user (an option, a build argument) is invalid.
     #[error("{0}")]
     Invalid(String),
@@ -199,7 +196,7 @@ impl<T> Context<T> for Option<T> {
 
 fn wrap(error: Error, context: String) -> Error {
     match error {
-        Error::Interrupted | Error::Stopped => error,
+        Error::Interrupted => error,
         cause => Error::Context {
             context,
             cause: Box::new(cause),

@@ -34,7 +34,7 @@ fn without_stage_numbers(mount: &Mount) -> Mount {
 
 /// A stage as a definition names it: by its number among the stages this
 /// build needs, which another `--target` changes. Keys take the stage's own
-/// key instead (`source_identity`), so the number is left out.
+/// key instead (`Sources::identity`), so the number is left out.
 fn without_stage_number(source: &Source) -> Source {
     match source {
         Source::Stage { .. } => Source::Stage { stage: 0 },

@@ -22,6 +22,9 @@ pub struct Layers<'a> {
     imported: &'a Imported,
     /// How new layers are packed.
     options: PackOptions,
+    /// Recompress every exported layer of another compression
+    /// (`force-compression=true`), base images' too.
+    force_compression: bool,
     /// Blobs written for layers that had none, by diff ID.
     written: Mutex<HashMap<Digest, Layer>>,
 }
@@ -32,12 +35,14 @@ impl<'a> Layers<'a> {
         remote: &'a Remote,
         imported: &'a Imported,
         options: PackOptions,
+        force_compression: bool,
     ) -> Layers<'a> {
         Layers {
             store,
             remote,
             imported,
             options,
+            force_compression,
             written: Mutex::new(HashMap::new()),
         }
     }
@@ -74,6 +79,10 @@ impl<'a> Layers<'a> {
             } else {
                 self.imported.fetch(self.store, self.remote, layer)?
             };
+            if usable && self.force_compression && layer.encoding != wanted {
+                materialized.push(self.recompressed(layer)?);
+                continue;
+            }
             if usable {
                 materialized.push(layer.clone());
                 continue;
@@ -97,6 +106,22 @@ impl<'a> Layers<'a> {
             materialized.push(written);
         }
         Ok(materialized)
+    }
+
+    /// `layer`'s tar compressed as this build asks, once per build.
+    fn recompressed(&self, layer: &Layer) -> crate::Result<Layer> {
+        if let Some(written) = self.written().get(&layer.diff_id) {
+            if self.store.has_blob(&written.blob) {
+                return Ok(written.clone());
+            }
+        }
+        let packed = self
+            .store
+            .recompress_blob(&layer.digests(), self.options.compression)
+            .with_context(|| format!("recompressing the layer {}", layer.diff_id))?;
+        let written = Layer::packed(&packed);
+        self.written().insert(layer.diff_id, written.clone());
+        Ok(written)
     }
 
     /// Runs `fill` on an empty directory and turns what it wrote into a

@@ -56,6 +56,6 @@ pub mod sources;
 pub mod users;
 
 pub use error::{Error, ProcessFailed, Result};
-pub use request::{build, BuildRequest, Built, Engine, Output};
+pub use request::{build, BuildRequest, Built, Engine, Output, OutputSpec};
 pub use run::StepRunner;
 pub use secrets::Secrets;

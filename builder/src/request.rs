@@ -25,9 +25,10 @@ use crate::run::{Interrupt, StepRunner};
 use crate::secrets::Secrets;
 
 /// Where `kiln build` puts the result.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum Output {
     /// The store (`type=image`).
+    #[default]
     Store,
     Oci(PathBuf),
     Docker(PathBuf),
@@ -37,40 +38,95 @@ pub enum Output {
     Tar(PathBuf),
 }
 
-impl Output {
-    pub fn parse(spec: Option<&str>) -> crate::Result<Output> {
+/// An `--output` as buildx writes it: where the result goes, and how the
+/// image is exported (`type=image,name=R,push=true`, `type=registry,name=R`,
+/// `compression=zstd`, `compression-level=N`, `force-compression=true`,
+/// `oci-mediatypes=false`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OutputSpec {
+    pub output: Output,
+    /// `name=`: names for the image, as `-t` gives them.
+    pub names: Vec<String>,
+    /// `push=true`, or `type=registry`.
+    pub push: bool,
+    /// `compression=`: `gzip`, `zstd` or `uncompressed`.
+    pub compression: Option<String>,
+    /// `compression-level=`.
+    pub compression_level: Option<String>,
+    /// `force-compression=true`.
+    pub force_compression: bool,
+    /// `oci-mediatypes=true|false`: OCI's media types or Docker's.
+    pub oci_mediatypes: Option<bool>,
+}
+
+impl OutputSpec {
+    pub fn parse(spec: Option<&str>) -> crate::Result<OutputSpec> {
         let Some(spec) = spec else {
-            return Ok(Output::Store);
+            return Ok(OutputSpec::default());
+        };
+        let of = |output| {
+            Ok(OutputSpec {
+                output,
+                ..OutputSpec::default()
+            })
         };
         if spec == "-" {
-            return Ok(Output::Tar(PathBuf::from("-")));
+            return of(Output::Tar(PathBuf::from("-")));
         }
         if !spec.contains('=') {
-            return Ok(Output::Local(PathBuf::from(spec)));
+            return of(Output::Local(PathBuf::from(spec)));
         }
+        let mut parsed = OutputSpec::default();
         let mut kind = None;
         let mut dest = None;
+        let flag = |key: &str, value: &str| match value {
+            "true" | "1" => Ok(true),
+            "false" | "0" => Ok(false),
+            _ => Err(crate::Error::Invalid(format!(
+                "invalid --output {key}={value:?}: true or false"
+            ))),
+        };
         for field in spec.split(',') {
-            match field.split_once('=') {
-                Some(("type", value)) => kind = Some(value),
-                Some(("dest", value)) => dest = Some(PathBuf::from(value)),
-                _ => bail!("invalid --output field {field:?}: expected type=... and dest=..."),
+            let Some((key, value)) = field.split_once('=') else {
+                bail!("invalid --output field {field:?}: expected KEY=VALUE");
+            };
+            match key {
+                "type" => kind = Some(value),
+                "dest" => dest = Some(PathBuf::from(value)),
+                "name" => parsed.names.push(value.to_string()),
+                "push" => parsed.push = flag(key, value)?,
+                "compression" => parsed.compression = Some(value.to_string()),
+                "compression-level" => parsed.compression_level = Some(value.to_string()),
+                "force-compression" => parsed.force_compression = flag(key, value)?,
+                "oci-mediatypes" => parsed.oci_mediatypes = Some(flag(key, value)?),
+                other => bail!(
+                    "unknown --output field {other:?} (known: type, dest, name, push, compression, \
+                     compression-level, force-compression, oci-mediatypes)"
+                ),
             }
         }
         let dest = || {
             dest.clone()
                 .with_context(|| format!("--output {spec:?} needs dest=PATH"))
         };
-        Ok(match kind {
+        parsed.output = match kind {
             Some("image") | None => Output::Store,
+            Some("registry") => {
+                parsed.push = true;
+                Output::Store
+            }
             Some("oci") => Output::Oci(dest()?),
             Some("docker") => Output::Docker(dest()?),
             Some("local") => Output::Local(dest()?),
             Some("tar") => Output::Tar(dest()?),
-            Some(other) => {
-                bail!("unknown --output type {other:?}: use image, oci, docker, local or tar")
-            }
-        })
+            Some(other) => bail!(
+                "unknown --output type {other:?}: use image, registry, oci, docker, local or tar"
+            ),
+        };
+        if parsed.push && parsed.output != Output::Store {
+            bail!("--output {spec:?}: only type=image and type=registry push");
+        }
+        Ok(parsed)
     }
 }
 
@@ -88,6 +144,9 @@ pub struct BuildRequest {
     /// OCI's otherwise.
     pub format: Option<Format>,
     pub compression: Compression,
+    /// Recompress exported layers of another compression too (base
+    /// images' layers keep theirs otherwise): `force-compression=true`.
+    pub force_compression: bool,
     /// Push the image to every tag after building it.
     pub push: bool,
     /// Look base images up in their registries even when the store has them.
@@ -124,6 +183,7 @@ impl BuildRequest {
             output: Output::Store,
             format: None,
             compression: Compression::Gzip { level: 6 },
+            force_compression: false,
             push: false,
             pull: false,
             metadata_file: None,
@@ -268,8 +328,9 @@ pub fn build(engine: &Engine<'_>, request: &BuildRequest) -> crate::Result<Built
             compression,
             source_date_epoch,
         },
+        args.force_compression,
     );
-    let executor = Build::new(
+    let build = Build::new(
         store,
         remote,
         Inputs {
@@ -297,15 +358,15 @@ pub fn build(engine: &Engine<'_>, request: &BuildRequest) -> crate::Result<Built
         now,
         progress,
     );
-    let built = executor.build(&plan.graph);
+    let built = build.build(&plan.graph);
     // What was learnt of the context's files stays, even when a step failed.
     if let Err(e) = stat_cache.save() {
         progress.warn(&format!("could not save the stat cache: {e}"));
     }
     let outputs = built?;
-    let steps = executor.reports();
+    let steps = build.reports();
     let target = &outputs[plan.graph.target];
-    let results = executor.results();
+    let results = build.results();
     // Every step of the build, whatever `mode=` says: the build has only
     // the stages the target needs, and its keys chain on their results.
     let entries: Vec<cache_io::Entry> = results
@@ -324,7 +385,7 @@ pub fn build(engine: &Engine<'_>, request: &BuildRequest) -> crate::Result<Built
             cache_io::CacheTo::Local { dir } => Err(dir),
         };
         let (records, layers) = cache_io::exported(&entries);
-        let layers = executor.materialize(&layers)?;
+        let layers = build.materialize(&layers)?;
         let (manifest, size) = cache_io::write_cache_manifest(store, records, &layers)?;
         match destination {
             Ok(reference) => {
@@ -374,7 +435,7 @@ pub fn build(engine: &Engine<'_>, request: &BuildRequest) -> crate::Result<Built
         Output::Store | Output::Oci(_) | Output::Docker(_) => {}
     }
     let exporting = progress.step("exporting layers");
-    let materialized = executor.materialize(&target.layers);
+    let materialized = build.materialize(&target.layers);
     if let Ok(layers) = &materialized {
         exporting.add_bytes(layers.iter().map(|layer| layer.size).sum());
     }
@@ -522,29 +583,43 @@ mod tests {
 
     #[test]
     fn output_specs() {
-        assert_eq!(Output::parse(None).expect("default"), Output::Store);
+        let output = |spec| OutputSpec::parse(spec).expect("valid").output;
+        assert_eq!(output(None), Output::Store);
+        assert_eq!(output(Some("type=image")), Output::Store);
         assert_eq!(
-            Output::parse(Some("type=image")).expect("image"),
-            Output::Store
-        );
-        assert_eq!(
-            Output::parse(Some("type=oci,dest=x.tar")).expect("oci"),
+            output(Some("type=oci,dest=x.tar")),
             Output::Oci("x.tar".into())
         );
         assert_eq!(
-            Output::parse(Some("type=docker,dest=y.tar")).expect("docker"),
+            output(Some("type=docker,dest=y.tar")),
             Output::Docker("y.tar".into())
         );
         assert_eq!(
-            Output::parse(Some("type=local,dest=out")).expect("local"),
+            output(Some("type=local,dest=out")),
             Output::Local("out".into())
         );
-        assert_eq!(
-            Output::parse(Some("out")).expect("shorthand"),
-            Output::Local("out".into())
-        );
-        assert!(Output::parse(Some("type=oci")).is_err());
-        assert!(Output::parse(Some("type=registry,dest=x")).is_err());
-        assert!(Output::parse(Some("type=oci,compression=zstd")).is_err());
+        assert_eq!(output(Some("out")), Output::Local("out".into()));
+        assert!(OutputSpec::parse(Some("type=oci")).is_err());
+        assert!(OutputSpec::parse(Some("type=oci,colour=blue")).is_err());
+        assert!(OutputSpec::parse(Some("type=oci,dest=x.tar,push=true")).is_err());
+    }
+
+    #[test]
+    fn buildx_exporter_options() {
+        let registry = OutputSpec::parse(Some("type=registry,name=r/app:1")).expect("registry");
+        assert_eq!(registry.output, Output::Store);
+        assert!(registry.push);
+        assert_eq!(registry.names, ["r/app:1"]);
+        let image = OutputSpec::parse(Some(
+            "type=image,name=a,name=b,push=true,compression=zstd,compression-level=3,\
+             force-compression=true,oci-mediatypes=false",
+        ))
+        .expect("image");
+        assert_eq!(image.names, ["a", "b"]);
+        assert!(image.push && image.force_compression);
+        assert_eq!(image.compression.as_deref(), Some("zstd"));
+        assert_eq!(image.compression_level.as_deref(), Some("3"));
+        assert_eq!(image.oci_mediatypes, Some(false));
+        assert!(OutputSpec::parse(Some("type=image,push=maybe")).is_err());
     }
 }

@@ -127,6 +127,40 @@ impl Store {
         Ok(packed)
     }
 
+    /// Writes `layer`'s tar again compressed as `compression` says (the same
+    /// tar, so the same diff ID: what an export with
+    /// `force-compression=true` does to layers of another compression).
+    pub fn recompress_blob(
+        &self,
+        layer: &LayerDigests,
+        compression: crate::Compression,
+    ) -> Result<PackedLayer, Error> {
+        let path = self.blob_path(&layer.blob);
+        let io = |e| Error::io(&path, e);
+        let tar = crate::compress::decompressed(self.open_blob(&layer.blob)?).map_err(io)?;
+        let mut hashed = HashingReader::new(tar);
+        let mut encoder = compression.encoder(self.blob_writer()?).map_err(io)?;
+        std::io::copy(&mut hashed, &mut encoder).map_err(io)?;
+        let writer = encoder.finish().map_err(io)?;
+        let (diff_id, tar_size) = hashed.finish();
+        if diff_id != layer.diff_id {
+            return Err(Error::LayerMismatch {
+                blob: layer.blob,
+                actual: diff_id,
+                diff_id: layer.diff_id,
+            });
+        }
+        let (digest, size) = writer.commit(None)?;
+        Ok(PackedLayer {
+            diff_id,
+            digest,
+            size,
+            tar_size,
+            compression,
+            empty: false,
+        })
+    }
+
     /// The diff ID the layer blob `blob` unpacks to, reading it whole.
     pub fn diff_id_of_blob(&self, blob: &Digest) -> Result<Digest, Error> {
         let path = self.blob_path(blob);
@@ -283,5 +317,25 @@ mod tests {
             })
             .unwrap();
         assert_eq!(store.explain_record(&id), None);
+    }
+
+    #[test]
+    fn a_blob_recompressed_keeps_its_tar() {
+        let (_dir, store) = store();
+        let gzipped = layer(&store, &[("etc/motd", "hello\n")]);
+        let zstd = store
+            .recompress_blob(&gzipped, Compression::Zstd { level: 3 })
+            .expect("recompress");
+        assert_eq!(zstd.diff_id, gzipped.diff_id, "the same tar");
+        assert_ne!(zstd.digest, gzipped.blob, "another blob");
+        assert!(store.has_blob(&zstd.digest));
+        let wrong = LayerDigests {
+            diff_id: zstd.digest,
+            blob: gzipped.blob,
+        };
+        assert!(matches!(
+            store.recompress_blob(&wrong, Compression::Uncompressed),
+            Err(Error::LayerMismatch { .. })
+        ));
     }
 }

@@ -166,10 +166,12 @@ pub struct BuildArgs {
     /// Allow extra privileges: `security.insecure` lets `RUN --security=insecure` run.
     #[arg(long = "allow", value_name = "ENTITLEMENT")]
     pub allow: Vec<String>,
-    /// Where the result goes: `type=image` (the store, default), `type=oci,dest=F.tar`,
-    /// `type=docker,dest=F.tar`, `type=local,dest=DIR`, `type=tar,dest=F.tar` (the
-    /// files as a tar), a directory (local), or `-` (a tar of the files on standard output).
-    /// `dest=-` writes an archive to standard output.
+    /// Where the result goes: `type=image` (the store, default), `type=registry,name=R`
+    /// (the store and R), `type=oci,dest=F.tar`, `type=docker,dest=F.tar`,
+    /// `type=local,dest=DIR`, `type=tar,dest=F.tar` (the files as a tar), a directory
+    /// (local), or `-` (a tar of the files on standard output). `dest=-` writes an archive
+    /// to standard output. Images also take `name=R`, `push=true`, `compression=gzip|zstd|uncompressed`,
+    /// `compression-level=N`, `force-compression=true` and `oci-mediatypes=true|false`.
     #[arg(short = 'o', long = "output", value_name = "SPEC")]
     pub output: Option<String>,
     /// Media types of the image: `oci` or `docker` (default: docker for

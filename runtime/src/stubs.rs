@@ -172,7 +172,9 @@ impl Stubs {
             )
             .ok()
             .is_some_and(|dir| {
-                rustix::fs::fgetxattr(&dir, OPAQUE_XATTR, &mut [0u8; 4]).is_ok_and(|len| len > 0)
+                let mut value = [0u8; 4];
+                // As the layer view reads it: overlayfs writes `y`.
+                matches!(rustix::fs::fgetxattr(&dir, OPAQUE_XATTR, &mut value), Ok(1) if value[0] == b'y')
             });
             if unchanged && !opaque {
                 // Fails, as it should, when the step left something in it.

@@ -120,6 +120,7 @@ impl EntryHasher<'_, '_> {
             mode: metadata.mode(),
             link: None,
             content: None,
+            device: 0,
         };
         if file_type.is_symlink() {
             let target = fs::read_link(&entry.host)
@@ -137,6 +138,7 @@ impl EntryHasher<'_, '_> {
             read.content = Some(digest);
         } else if file_type.is_block_device() || file_type.is_char_device() {
             hasher.field("device", metadata.rdev().to_string());
+            read.device = metadata.rdev();
             description.push_str(&format!(" device {}", metadata.rdev()));
         }
         self.files

@@ -43,6 +43,8 @@ pub(super) struct Hashed {
     pub(super) mode: u32,
     pub(super) link: Option<PathBuf>,
     pub(super) content: Option<Digest>,
+    /// A device's number.
+    pub(super) device: u64,
 }
 
 /// Matches the step's path sources in `source` and parses its `--exclude`.

@@ -239,10 +239,16 @@ impl Writer<'_> {
         let Some(hashed) = self.hashed else {
             return Ok(());
         };
+        let file_type = entry.metadata.file_type();
         let now = Hashed {
             mode: entry.metadata.mode(),
             link: link.map(Path::to_path_buf),
             content,
+            device: if file_type.is_block_device() || file_type.is_char_device() {
+                entry.metadata.rdev()
+            } else {
+                0
+            },
         };
         if hashed.get(&entry.host) != Some(&now) {
             bail!(

@@ -8,7 +8,7 @@ use kiln_builder::image::Format;
 use kiln_builder::progress::Progress;
 use kiln_builder::remote::Remote;
 use kiln_builder::run::Sandbox;
-use kiln_builder::{BuildRequest, Engine, Error, Output, Result};
+use kiln_builder::{BuildRequest, Engine, Error, Output, OutputSpec, Result};
 use kiln_cache::{Compression, Store};
 use kiln_registry::Reference;
 
@@ -97,19 +97,39 @@ pub fn build(
     Ok(())
 }
 
+/// The compression `--compression` and `-o compression=,compression-level=`
+/// ask for together (the output's fields win).
+fn compression(flag: &str, output: &OutputSpec) -> String {
+    let flag_name = flag.split(':').next().unwrap_or(flag);
+    match (&output.compression, &output.compression_level) {
+        (None, None) => flag.to_string(),
+        (Some(name), None) => name.clone(),
+        (name, Some(level)) => format!("{}:{level}", name.as_deref().unwrap_or(flag_name)),
+    }
+}
+
 fn build_request(args: &BuildArgs) -> Result<BuildRequest> {
     let mut request = BuildRequest::new(dockerfile_args(&args.dockerfile));
     request.labels = args.labels.clone();
     request.allow = args.allow.clone();
+    let output = OutputSpec::parse(args.output.as_deref())?;
     request.tags = args
         .tags
         .iter()
+        .chain(&output.names)
         .map(|t| Reference::parse(t))
         .collect::<Result<Vec<_>, _>>()?;
-    request.output = Output::parse(args.output.as_deref())?;
-    request.format = args.format.as_deref().map(Format::parse).transpose()?;
-    request.compression = Compression::parse(&args.compression).map_err(Error::Invalid)?;
-    request.push = args.push;
+    request.format = match (args.format.as_deref(), output.oci_mediatypes) {
+        (Some(format), _) => Some(Format::parse(format)?),
+        (None, Some(true)) => Some(Format::Oci),
+        (None, Some(false)) => Some(Format::Docker),
+        (None, None) => None,
+    };
+    request.compression =
+        Compression::parse(&compression(&args.compression, &output)).map_err(Error::Invalid)?;
+    request.force_compression = output.force_compression;
+    request.push = args.push || output.push;
+    request.output = output.output;
     request.pull = args.pull;
     request.metadata_file = args.metadata_file.clone();
     request.iidfile = args.iidfile.clone();

@@ -87,6 +87,82 @@ fn built_images_are_pushed_and_skopeo_reads_and_copies_them() {
 }
 
 #[test]
+fn buildx_exporter_options_push_and_recompress() {
+    require_root();
+    require_tool("skopeo", "skopeo");
+    let registry = Registry::start(Setup::Anonymous);
+    let kiln = Kiln::with_busybox();
+    let context = Context::new();
+    context.write("Dockerfile", "FROM busybox\nRUN echo built > /built\n");
+    // `type=registry`: built and pushed, with busybox's gzip layer kept.
+    let plain = registry.name("team/plain:1");
+    kiln.build(
+        context.path(),
+        &["-o", &format!("type=registry,name={plain}")],
+    );
+    // `type=image,push=true` with zstd for every layer, the base's too, and
+    // Docker's media types refused in favour of OCI's.
+    let zstd = registry.name("team/zstd:1");
+    kiln.build(
+        context.path(),
+        &[
+            "-o",
+            &format!(
+                "type=image,name={zstd},push=true,compression=zstd,compression-level=3,\
+                 force-compression=true,oci-mediatypes=true"
+            ),
+        ],
+    );
+    let layers = |reference: &str| -> Vec<String> {
+        let manifest: serde_json::Value = serde_json::from_str(&run_tool(
+            "skopeo",
+            &[
+                "inspect",
+                "--raw",
+                "--tls-verify=false",
+                &format!("docker://{reference}"),
+            ],
+        ))
+        .expect("json");
+        manifest["layers"]
+            .as_array()
+            .expect("layers")
+            .iter()
+            .map(|layer| layer["mediaType"].as_str().expect("media type").to_string())
+            .collect()
+    };
+    let plain_layers = layers(&plain);
+    assert_eq!(plain_layers.len(), 2, "{plain_layers:?}");
+    assert!(
+        plain_layers.iter().all(|t| t.ends_with("tar+gzip")),
+        "{plain_layers:?}"
+    );
+    let zstd_layers = layers(&zstd);
+    assert_eq!(zstd_layers.len(), 2, "{zstd_layers:?}");
+    assert!(
+        zstd_layers
+            .iter()
+            .all(|t| t == "application/vnd.oci.image.layer.v1.tar+zstd"),
+        "{zstd_layers:?}"
+    );
+    // The recompressed image unpacks to the same files as the other.
+    let diff_ids = |reference: &str| -> serde_json::Value {
+        let config: serde_json::Value = serde_json::from_str(&run_tool(
+            "skopeo",
+            &[
+                "inspect",
+                "--config",
+                "--tls-verify=false",
+                &format!("docker://{reference}"),
+            ],
+        ))
+        .expect("json");
+        config["rootfs"]["diff_ids"].clone()
+    };
+    assert_eq!(diff_ids(&plain), diff_ids(&zstd));
+}
+
+#[test]
 fn kiln_builds_on_an_image_skopeo_pushed_and_pulls_each_base_once() {
     require_root();
     require_tool("skopeo", "skopeo");
