@@ -133,6 +133,17 @@ pub enum Command {
     },
     /// Verify every blob of the store against its digest and report what is wrong.
     Check,
+    /// Print a shell completion script (`kiln completion bash > /etc/bash_completion.d/kiln`).
+    Completion {
+        /// The shell: bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages for kiln and each of its commands into a directory.
+    Man {
+        /// Where to write them (`kiln.1`, `kiln-build.1`, ...).
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
     /// Commands for looking inside kiln.
     #[command(subcommand)]
     Debug(DebugCommand),

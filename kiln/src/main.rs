@@ -143,6 +143,11 @@ fn run(cli: Cli) -> Result<u8> {
         ),
         Command::Load { input } => commands::archive::load(&open_store(cli.root)?, &input),
         Command::Check => commands::store::check(&open_store(cli.root)?),
+        Command::Completion { shell } => {
+            commands::docs::completion(shell);
+            Ok(())
+        }
+        Command::Man { dir } => commands::docs::man_pages(&dir),
         Command::Du { bytes } => commands::store::du(&open_store(cli.root)?, bytes),
         Command::Prune {
             all,

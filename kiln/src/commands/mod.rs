@@ -8,12 +8,15 @@
 //! - `registry`: `pull`, `push`, `login`, `logout`;
 //! - `archive`: `save`, `load`;
 //! - `container`: `run`;
+//! - `docs`: shell completions and man pages, from the command line's
+//!   definitions;
 //! - `values`: sizes and durations as users write them, names as Docker
 //!   prints them.
 
 pub mod archive;
 pub mod build;
 pub mod container;
+pub mod docs;
 pub mod registry;
 pub mod store;
 mod values;

@@ -266,3 +266,37 @@ fn ignore_file_errors_point_at_the_pattern() {
         "{message}"
     );
 }
+
+#[test]
+fn shell_completions_and_man_pages_come_from_the_command_line() {
+    let output = kiln(&["completion", "bash"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let script = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        script.contains("--no-cache-filter"),
+        "build's flags complete"
+    );
+    // The script is valid bash.
+    let check = Command::new("bash")
+        .args(["-n", "-c", &script])
+        .output()
+        .expect("bash runs");
+    assert!(check.status.success(), "{}", stderr(&check));
+    assert!(kiln(&["completion", "tcsh"]).status.code() == Some(2));
+
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let pages = dir.path().join("man1");
+    let output = kiln(&["man", pages.to_str().expect("utf-8")]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let build = std::fs::read_to_string(pages.join("kiln-build.1")).expect("kiln-build.1");
+    assert!(
+        build.starts_with(".ie") || build.contains(".TH kiln-build"),
+        "{build}"
+    );
+    assert!(
+        build.contains("no\\-cache\\-filter"),
+        "the page lists build's flags"
+    );
+    assert!(pages.join("kiln.1").is_file());
+    assert!(pages.join("kiln-debug-graph.1").is_file());
+}
