@@ -8,8 +8,9 @@ use kiln_cache::{Compression, Store};
 use kiln_registry::Reference;
 use kiln_runtime::{Layers, Network, Step, StepIo, StepMount, User};
 
-use crate::image::{rfc3339, write_image, Format, History, StoredImage};
+use crate::image::{image_id, rfc3339, write_image, Format, History, StoredImage};
 use crate::layers::{layer_from_diff, layer_view, write_blob};
+use crate::remote::Remote;
 use crate::run::{Interrupt, Sandbox};
 use crate::users::resolve_exec_user;
 
@@ -48,6 +49,7 @@ pub struct Exited {
 /// Runs the container until it exits.
 pub fn run(
     store: &Store,
+    remote: &Remote,
     sandbox: &Sandbox,
     interrupt: &Interrupt,
     args: &RunOptions,
@@ -62,7 +64,7 @@ pub fn run(
         .transpose()
         .context("--commit")?;
     let _in_use = store.lock_shared()?;
-    let image = StoredImage::find(store, &args.image)?;
+    let image = find_or_pull(store, remote, &args.image)?;
     let config = &image.config.config;
     let view = layer_view(store, &image.layers)?;
 
@@ -187,6 +189,24 @@ pub fn run(
         code: u8::try_from(outcome.code).unwrap_or(255),
         committed: commit_name,
     })
+}
+
+/// The image `name` (a name, a name with a digest, or an image ID) from the
+/// store, pulled from its registry first when the store lacks it, as
+/// `docker run` does.
+fn find_or_pull(store: &Store, remote: &Remote, name: &str) -> crate::Result<StoredImage> {
+    if image_id(store, name)?.is_some() {
+        return StoredImage::find(store, name);
+    }
+    let reference = Reference::parse(name)?;
+    let in_store = match reference.digest() {
+        Some(digest) => store.has_blob(&digest.parse()?),
+        None => store.resolve(&reference.to_string())?.is_some(),
+    };
+    if !in_store {
+        remote.pull(store, &reference, &kiln_frontend::Platform::host())?;
+    }
+    StoredImage::find(store, name)
 }
 
 /// `-v SOURCE:TARGET[:ro|rw]`: a host directory or file.

@@ -160,7 +160,7 @@ fn run(cli: Cli) -> Result<u8> {
             &filters,
         ),
         Command::Run(args) => {
-            return commands::container::run(&open_store(cli.root)?, cli.runtime, &args)
+            return commands::container::run(&open_store(cli.root)?, &remote, cli.runtime, &args)
         }
     };
     done.map(|()| 0)

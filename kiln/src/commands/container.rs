@@ -1,8 +1,10 @@
-//! `kiln run`: a command in a container made from a stored image.
+//! `kiln run`: a command in a container made from an image of the store
+//! (pulled into it first when it lacks the image).
 
 use std::path::PathBuf;
 
 use kiln_builder::container::RunOptions;
+use kiln_builder::remote::Remote;
 use kiln_builder::run::Sandbox;
 use kiln_builder::Result;
 use kiln_cache::Store;
@@ -10,7 +12,7 @@ use kiln_cache::Store;
 use crate::cli::RunArgs;
 
 /// Runs the container attached to this terminal; returns its exit status.
-pub fn run(store: &Store, runtime: Option<PathBuf>, args: &RunArgs) -> Result<u8> {
+pub fn run(store: &Store, remote: &Remote, runtime: Option<PathBuf>, args: &RunArgs) -> Result<u8> {
     let interrupt = crate::signals::install()?;
     let sandbox = Sandbox::new(store, runtime);
     let options = RunOptions {
@@ -24,7 +26,7 @@ pub fn run(store: &Store, runtime: Option<PathBuf>, args: &RunArgs) -> Result<u8
         entrypoint: args.entrypoint.clone(),
         commit: args.commit.clone(),
     };
-    let exited = kiln_builder::container::run(store, &sandbox, &interrupt, &options)?;
+    let exited = kiln_builder::container::run(store, remote, &sandbox, &interrupt, &options)?;
     if let Some(name) = exited.committed {
         eprintln!("committed the container's changes as {name}");
     }

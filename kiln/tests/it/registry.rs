@@ -163,6 +163,26 @@ fn buildx_exporter_options_push_and_recompress() {
 }
 
 #[test]
+fn kiln_run_pulls_an_image_the_store_lacks() {
+    require_root();
+    require_tool("runc", "runc");
+    let registry = Registry::start(Setup::Anonymous);
+    publish_busybox(&registry, "tools/busybox:1");
+    let kiln = Kiln::new();
+    let name = registry.name("tools/busybox:1");
+    let output = kiln.run(&["run", "--rm", &name, "echo", "pulled and ran"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "pulled and ran\n");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("pulling "));
+    // Now in the store, named as it was asked for.
+    assert!(kiln.ok(&["images"]).contains("tools/busybox"));
+}
+
+#[test]
 fn kiln_builds_on_an_image_skopeo_pushed_and_pulls_each_base_once() {
     require_root();
     require_tool("skopeo", "skopeo");
