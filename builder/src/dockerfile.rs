@@ -78,6 +78,14 @@ pub fn load(
     })
 }
 
+/// The stages of the Dockerfile `args` names, as `--call=targets` lists
+/// them: read and parsed, nothing lowered or built.
+pub fn targets(args: &DockerfileArgs) -> crate::Result<Vec<kiln_frontend::targets::Target>> {
+    let (_, name, bytes) = read_dockerfile(args)?;
+    let dockerfile = kiln_frontend::parse_bytes(&bytes, &name)?;
+    Ok(kiln_frontend::targets::targets(&dockerfile)?)
+}
+
 /// The Dockerfile of `context` when `-f` names none: `Dockerfile`, or else
 /// `dockerfile`, as Docker looks for it.
 pub fn default_dockerfile(context: &Path) -> PathBuf {

@@ -18,6 +18,7 @@
 //! - [`shell`]: quote removal and `$VAR` expansion of words.
 //! - [`lower`](mod@lower): instructions to the graph: stages, scopes, image configuration.
 //! - [`graph`]: the build graph the builder consumes.
+//! - [`targets`]: the stages a Dockerfile defines, for `--call=targets`.
 //! - `history`: the image history text BuildKit writes, in Go's formats.
 //! - `paths`: lexical path arithmetic for paths inside images.
 //! - [`platform`]: `os/arch[/variant]` platforms, normalised.
@@ -42,6 +43,7 @@ pub mod pattern;
 pub mod platform;
 pub mod shell;
 mod suggest;
+pub mod targets;
 
 pub use error::{Error, ErrorKind, Pos};
 pub use graph::BuildGraph;

@@ -243,6 +243,14 @@ pub struct BuildArgs {
     /// or repeated).
     #[arg(long = "no-cache-filter", value_name = "STAGE")]
     pub no_cache_filter: Vec<String>,
+    /// What to do with the Dockerfile: `build` (default), or `targets` to list its
+    /// stages with their descriptions without building (`targets,format=json` as JSON).
+    #[arg(
+        long,
+        value_name = "build|targets[,format=json]",
+        default_value = "build"
+    )]
+    pub call: String,
     /// The network of RUN steps that name none: `default` (the host's, as
     /// BuildKit gives it), `host` or `none`.
     #[arg(long, value_name = "MODE")]

@@ -52,6 +52,10 @@ pub fn build(
     runtime: Option<PathBuf>,
     args: &BuildArgs,
 ) -> Result<()> {
+    match Call::parse(&args.call)? {
+        Call::Build => {}
+        Call::Targets { json } => return targets(&args.dockerfile, json),
+    }
     let limit = args
         .gc_keep_storage
         .as_deref()
@@ -93,6 +97,73 @@ pub fn build(
         if let Err(e) = collect_garbage(store, limit) {
             eprintln!("warning: garbage collection failed: {e}");
         }
+    }
+    Ok(())
+}
+
+/// What `--call` asks for.
+enum Call {
+    Build,
+    Targets { json: bool },
+}
+
+impl Call {
+    fn parse(spec: &str) -> Result<Call> {
+        let mut parts = spec.split(',');
+        let name = parts.next().unwrap_or_default();
+        let mut json = false;
+        for option in parts {
+            match option {
+                "format=json" => json = true,
+                "format=text" => json = false,
+                other => bail!("invalid --call option {other:?}: format=json or format=text"),
+            }
+        }
+        match name {
+            "build" if !json => Ok(Call::Build),
+            "targets" => Ok(Call::Targets { json }),
+            "outline" | "check" => bail!(
+                "--call={name} is not supported by this version of kiln (it can build and list targets)"
+            ),
+            other => bail!("invalid --call {other:?}: build or targets"),
+        }
+    }
+}
+
+/// `--call=targets`: the Dockerfile's stages, as BuildKit lists them.
+fn targets(args: &DockerfileArgs, json: bool) -> Result<()> {
+    let targets = kiln_builder::dockerfile::targets(&dockerfile_args(args))?;
+    let mut stdout = std::io::stdout().lock();
+    if json {
+        /// BuildKit's JSON of a target list (a `json!` value would sort
+        /// each target's fields).
+        #[derive(serde::Serialize)]
+        struct List<'a> {
+            targets: &'a [kiln_frontend::targets::Target],
+        }
+        serde_json::to_writer_pretty(&mut stdout, &List { targets: &targets })?;
+        writeln!(stdout)?;
+        writeln!(stdout)?;
+        return Ok(());
+    }
+    let names: Vec<String> = targets
+        .iter()
+        .map(|target| match (target.name.as_str(), target.default) {
+            ("", true) => "(default)".to_string(),
+            (name, true) => format!("{name} (default)"),
+            (name, false) => name.to_string(),
+        })
+        .collect();
+    let width = names
+        .iter()
+        .map(String::len)
+        .max()
+        .unwrap_or(0)
+        .max("TARGET".len());
+    writeln!(stdout, "{:<width$} DESCRIPTION", "TARGET")?;
+    for (name, target) in names.iter().zip(&targets) {
+        let line = format!("{name:<width$} {}", target.description);
+        writeln!(stdout, "{}", line.trim_end())?;
     }
     Ok(())
 }
