@@ -8,6 +8,7 @@ use std::os::unix::fs::MetadataExt;
 use kiln_cache::pack::{belongs_in_layer, read_xattrs};
 use kiln_cache::tree::Attributes;
 use kiln_cache::{LayerView, ViewEntry};
+use kiln_frontend::chmod::Chmod;
 use kiln_frontend::DockerIgnore;
 
 use crate::error::{bail, Context};
@@ -78,8 +79,8 @@ pub(super) fn choose(
 }
 
 #[derive(Clone, Copy)]
-pub(super) struct Overrides {
-    pub(super) mode: Option<u32>,
+pub(super) struct Overrides<'a> {
+    pub(super) mode: Option<&'a Chmod>,
     pub(super) owner: Option<(u32, u32)>,
     /// Of a file's extended attributes, keep only `security.capability`:
     /// for files of the build context, whose other attributes belong to the
@@ -87,9 +88,9 @@ pub(super) struct Overrides {
     pub(super) capabilities_only: bool,
 }
 
-impl Overrides {
+impl Overrides<'_> {
     /// An entry's own attributes, every extended attribute a layer holds.
-    pub(super) const NONE: Overrides = Overrides {
+    pub(super) const NONE: Overrides<'static> = Overrides {
         mode: None,
         owner: None,
         capabilities_only: false,
@@ -97,7 +98,10 @@ impl Overrides {
 }
 
 /// An entry's attributes, with `--chmod` and `--chown` applied.
-pub(super) fn attributes_of(entry: &ViewEntry, overrides: &Overrides) -> crate::Result<Attributes> {
+pub(super) fn attributes_of(
+    entry: &ViewEntry,
+    overrides: &Overrides<'_>,
+) -> crate::Result<Attributes> {
     let metadata = &entry.metadata;
     let (uid, gid) = overrides.owner.unwrap_or((metadata.uid(), metadata.gid()));
     let mut xattrs = read_xattrs(&entry.host)
@@ -105,8 +109,11 @@ pub(super) fn attributes_of(entry: &ViewEntry, overrides: &Overrides) -> crate::
     xattrs.retain(|(name, _)| {
         belongs_in_layer(name) && (!overrides.capabilities_only || name == CAPABILITY_XATTR)
     });
+    let own_mode = metadata.mode() & 0o7777;
     Ok(Attributes {
-        mode: overrides.mode.unwrap_or(metadata.mode() & 0o7777),
+        mode: overrides
+            .mode
+            .map_or(own_mode, |chmod| chmod.apply(own_mode, metadata.is_dir())),
         uid,
         gid,
         mtime: metadata.mtime(),

@@ -12,6 +12,7 @@ use kiln_cache::digest::HashingReader;
 use kiln_cache::extract::{extract_with, ExtractMode, ExtractOptions, Placement, PlacementError};
 use kiln_cache::tree::{split_parent, Attributes, TreeWriter};
 use kiln_cache::{Digest, LayerView, ViewEntry};
+use kiln_frontend::chmod::Chmod;
 use kiln_frontend::graph::InlineFile;
 use kiln_frontend::DockerIgnore;
 use rustix::fs::FileType;
@@ -28,8 +29,8 @@ pub(super) struct Writer<'a> {
     pub(super) diff_path: &'a Path,
     pub(super) now: i64,
     pub(super) default_owner: (u32, u32),
-    /// The mode of directories the step creates: `--chmod`'s, as BuildKit
-    /// gives them, or 0755.
+    /// The mode of directories the step creates: an octal `--chmod`'s, as
+    /// BuildKit gives them, or 0755.
     pub(super) new_directory_mode: u32,
     pub(super) ensured: HashSet<String>,
     pub(super) hard_links: HashMap<(u64, u64), String>,
@@ -43,7 +44,7 @@ pub(super) struct DirectoryCopy<'a> {
     pub(super) source: &'a SourceTree<'a>,
     /// The copied directory: `--exclude` patterns are relative to it.
     pub(super) root: &'a str,
-    pub(super) overrides: &'a Overrides,
+    pub(super) overrides: &'a Overrides<'a>,
     pub(super) exclude: Option<&'a DockerIgnore>,
 }
 
@@ -158,7 +159,7 @@ impl Writer<'_> {
         &mut self,
         entry: &ViewEntry,
         target: &str,
-        overrides: &Overrides,
+        overrides: &Overrides<'_>,
     ) -> crate::Result<()> {
         let path = self.place(target)?;
         self.ensure_parents(&path)?;
@@ -171,7 +172,7 @@ impl Writer<'_> {
         &mut self,
         entry: &ViewEntry,
         path: &str,
-        overrides: &Overrides,
+        overrides: &Overrides<'_>,
     ) -> crate::Result<()> {
         let metadata = &entry.metadata;
         let file_type = metadata.file_type();
@@ -253,8 +254,8 @@ impl Writer<'_> {
         Ok(())
     }
 
-    /// A directory the copy creates where the image has none: 0755 or
-    /// `--chmod`'s mode, owned by `--chown`'s owner or root.
+    /// A directory the copy creates where the image has none: 0755 or an
+    /// octal `--chmod`'s mode, owned by `--chown`'s owner or root.
     fn new_directory_attributes(&self) -> Attributes {
         Attributes {
             mode: self.new_directory_mode,
@@ -274,7 +275,7 @@ impl Writer<'_> {
         source: &SourceTree<'_>,
         entry: &ViewEntry,
         target: &str,
-        overrides: &Overrides,
+        overrides: &Overrides<'_>,
         exclude: Option<&DockerIgnore>,
         plain_destination: bool,
     ) -> crate::Result<()> {
@@ -428,7 +429,7 @@ impl Writer<'_> {
         &mut self,
         file: &InlineFile,
         target: &str,
-        mode: Option<u32>,
+        chmod: Option<&Chmod>,
         owner: Option<(u32, u32)>,
     ) -> crate::Result<()> {
         let path = self.place(target)?;
@@ -436,7 +437,7 @@ impl Writer<'_> {
         self.check_file_target(&path, true)?;
         let (uid, gid) = owner.unwrap_or((0, 0));
         let attributes = Attributes {
-            mode: mode.unwrap_or(file.mode),
+            mode: chmod.map_or(file.mode, |chmod| chmod.apply(file.mode, false)),
             uid,
             gid,
             mtime: self.now,
