@@ -255,9 +255,12 @@ pub struct CopyStep {
     pub parents: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exclude: Vec<String>,
-    /// ADD: local archives are unpacked.
+    /// ADD: local archives are unpacked (unless `--unpack=false`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub unpack: bool,
+    /// ADD `--unpack=true`: downloaded archives are unpacked too.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unpack_downloads: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checksum: Option<String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

@@ -535,7 +535,7 @@ fn copy_sources_and_flags() {
     let Action::Copy(add) = &stage.steps[3].action else {
         panic!()
     };
-    assert!(add.unpack);
+    assert!(add.unpack && !add.unpack_downloads);
     assert_eq!(
         add.sources,
         [
@@ -563,6 +563,24 @@ fn symbolic_chmod_reaches_the_graph_as_written() {
         histories(stage)[1],
         "COPY --chmod=u=rwX,go=rX a /a # buildkit"
     );
+}
+
+#[test]
+fn add_unpack_says_which_archives_are_unpacked() {
+    let unpacks = |flag: &str| {
+        let g = graph(&format!(
+            "FROM scratch\nADD {flag} https://example.com/x.tgz x.tgz /opt/\n"
+        ));
+        let Action::Copy(add) = &target(&g).steps[0].action else {
+            panic!()
+        };
+        (add.unpack, add.unpack_downloads)
+    };
+    // Local archives by default, downloaded ones only when asked for.
+    assert_eq!(unpacks(""), (true, false));
+    assert_eq!(unpacks("--unpack=true"), (true, true));
+    assert_eq!(unpacks("--unpack"), (true, true));
+    assert_eq!(unpacks("--unpack=false"), (false, false));
 }
 
 #[test]

@@ -102,7 +102,7 @@ pub fn copy(
                         );
                     }
                 }
-                downloads.push((url_file_name(url), downloaded));
+                downloads.push((url, url_file_name(url), downloaded));
             }
             CopySource::Git(url) => {
                 bail!("ADD {url}: git sources are not supported by this version of kiln")
@@ -164,7 +164,7 @@ pub fn copy(
         } else {
             dest.to_string()
         };
-        if step.unpack && source.is_context() && is_archive(&found.entry)? {
+        if step.unpack && source.is_context() && is_archive(&found.entry.host, &found.entry.path)? {
             let dir = if step.parents {
                 parent_of(&target)
             } else if dest_is_dir {
@@ -187,7 +187,14 @@ pub fn copy(
         };
         writer.write_inline(file, &target, step.chmod.as_ref(), owner)?;
     }
-    for (name, downloaded) in downloads {
+    for (url, name, downloaded) in downloads {
+        if step.unpack_downloads && is_archive(&downloaded.path, url)? {
+            // Into the destination itself, directory or not, as a local
+            // archive unpacks.
+            let dir = dest.trim_end_matches('/');
+            writer.unpack_file(&downloaded.path, url, dir, chown)?;
+            continue;
+        }
         let target = if dest_is_dir {
             join(dest, &name)
         } else {
@@ -195,8 +202,7 @@ pub fn copy(
         };
         let (uid, gid) = owner.unwrap_or((0, 0));
         // As BuildKit: downloads are private (0600) unless --chmod says
-        // otherwise, and dated by the server; remote archives are not
-        // unpacked.
+        // otherwise, and dated by the server.
         const DOWNLOAD_MODE: u32 = 0o600;
         let attributes = Attributes {
             mode: step
@@ -271,6 +277,7 @@ pub fn copy_subtree(
         parents: false,
         exclude: Vec::new(),
         unpack: false,
+        unpack_downloads: false,
         checksum: None,
         keep_git_dir: false,
     };
@@ -348,6 +355,7 @@ mod tests {
             parents: false,
             exclude: Vec::new(),
             unpack: false,
+            unpack_downloads: false,
             checksum: None,
             keep_git_dir: false,
         }

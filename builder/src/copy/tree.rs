@@ -4,6 +4,7 @@
 
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 
 use kiln_cache::pack::{belongs_in_layer, read_xattrs};
 use kiln_cache::tree::Attributes;
@@ -126,8 +127,10 @@ pub(super) const CAPABILITY_XATTR: &str = "security.capability";
 pub(super) const UNSUPPORTED_NAME: &str =
     "file names that are not UTF-8 are not supported (rename it, or leave it out with .dockerignore)";
 
-pub(super) fn is_archive(entry: &ViewEntry) -> crate::Result<bool> {
-    let file = File::open(&entry.host).with_context(|| format!("reading {}", entry.path))?;
+/// Whether the host file `path` (`name` in errors) is a tar archive,
+/// compressed or not.
+pub(super) fn is_archive(path: &Path, name: &str) -> crate::Result<bool> {
+    let file = File::open(path).with_context(|| format!("reading {name}"))?;
     Ok(kiln_cache::compress::is_tar_archive(file))
 }
 

@@ -363,32 +363,14 @@ impl Writer<'_> {
         Ok(())
     }
 
+    /// Unpacks the archive `archive` of the build context into `dir`.
     pub(super) fn unpack(
         &mut self,
         archive: &ViewEntry,
         dir: &str,
         owner: Option<(u32, u32)>,
     ) -> crate::Result<()> {
-        let path = self.place(dir)?;
-        self.ensure_parents(&format!("{path}/x"))?;
-        let file =
-            File::open(&archive.host).with_context(|| format!("reading {}", archive.path))?;
-        let reader = kiln_cache::compress::decompressed(file)?;
-        let options = ExtractOptions {
-            mode: ExtractMode::Archive,
-            owner,
-        };
-        let diff_path = self.diff_path;
-        let mut layers = self.rootfs.layers().to_vec();
-        layers.push(diff_path.to_path_buf());
-        let mut placement = ThroughImage {
-            writer: self,
-            view: LayerView::new(layers),
-            root: format!("/{path}"),
-            resolved: HashMap::new(),
-        };
-        extract_with(reader, diff_path, &options, &mut placement)
-            .with_context(|| format!("unpacking {}", archive.path))?;
+        self.unpack_file(&archive.host, &archive.path, dir, owner)?;
         let after = fs::symlink_metadata(&archive.host)
             .with_context(|| format!("reading {}", archive.path))?;
         let (before, after) = (&archive.metadata, &after);
@@ -407,6 +389,37 @@ impl Writer<'_> {
                 archive.path.trim_start_matches('/')
             );
         }
+        Ok(())
+    }
+
+    /// Unpacks the tar archive at the host path `archive` (`name` in errors)
+    /// into `dir`, keeping its owners unless `owner` is given.
+    pub(super) fn unpack_file(
+        &mut self,
+        archive: &Path,
+        name: &str,
+        dir: &str,
+        owner: Option<(u32, u32)>,
+    ) -> crate::Result<()> {
+        let path = self.place(dir)?;
+        self.ensure_parents(&format!("{path}/x"))?;
+        let file = File::open(archive).with_context(|| format!("reading {name}"))?;
+        let reader = kiln_cache::compress::decompressed(file)?;
+        let options = ExtractOptions {
+            mode: ExtractMode::Archive,
+            owner,
+        };
+        let diff_path = self.diff_path;
+        let mut layers = self.rootfs.layers().to_vec();
+        layers.push(diff_path.to_path_buf());
+        let mut placement = ThroughImage {
+            writer: self,
+            view: LayerView::new(layers),
+            root: format!("/{path}"),
+            resolved: HashMap::new(),
+        };
+        extract_with(reader, diff_path, &options, &mut placement)
+            .with_context(|| format!("unpacking {name}"))?;
         Ok(())
     }
 
@@ -588,6 +601,7 @@ mod tests {
             parents: false,
             exclude: Vec::new(),
             unpack: true,
+            unpack_downloads: false,
             checksum: None,
             keep_git_dir: false,
         };

@@ -96,7 +96,10 @@ pub(super) fn lower_copy(
         link: copy.link,
         parents: copy.parents,
         exclude: expanded.exclude,
-        unpack: copy.is_add,
+        // As BuildKit: ADD unpacks local archives unless told not to, and
+        // downloaded ones only when told to.
+        unpack: copy.is_add && copy.unpack != Some(false),
+        unpack_downloads: copy.unpack == Some(true),
         checksum: expanded.checksum,
         keep_git_dir: copy.keep_git_dir,
     };
