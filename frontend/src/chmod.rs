@@ -99,7 +99,7 @@ impl Chmod {
         }
         Ok(Chmod::Symbolic(SymbolicMode {
             text: text.to_string(),
-            changes: parse_symbolic(text.as_bytes()).map_err(ChmodError::Symbolic)?,
+            changes: parse_symbolic(text).map_err(ChmodError::Symbolic)?,
         }))
     }
 
@@ -168,7 +168,8 @@ impl SymbolicMode {
 /// them): each clause is who (`ugoa`, none meaning all), then one or more
 /// operators (`+-=`) each followed by permissions (`rwxXst`) or a class to
 /// copy (`ugo`).
-fn parse_symbolic(text: &[u8]) -> Result<Vec<Change>, String> {
+fn parse_symbolic(written: &str) -> Result<Vec<Change>, String> {
+    let text = written.as_bytes();
     let mut changes = Vec::new();
     let mut at = 0;
     // Whether an `=` has cleared what it sets already, so that `u=` alone
@@ -202,7 +203,13 @@ fn parse_symbolic(text: &[u8]) -> Result<Vec<Change>, String> {
                     } else {
                         "a permission (r, w, x, X, s, t) or a class to copy (u, g, o)"
                     };
-                    return Err(format!("{:?} is not {what}", char::from(other)));
+                    // Only ASCII has been read before it: `at` starts a
+                    // character.
+                    let unexpected = written
+                        .get(at..)
+                        .and_then(|rest| rest.chars().next())
+                        .unwrap_or(char::from(other));
+                    return Err(format!("{unexpected:?} is not {what}"));
                 }
             }
             first_operator = false;
@@ -430,6 +437,7 @@ mod tests {
             ("u+x,+a", "'a' is not a permission"),
             ("u*x", "'*' is not an operator"),
             ("+755", "'7' is not a permission"),
+            ("u+é", "'é' is not a permission"),
         ];
         for (text, reason) in cases {
             match Chmod::parse(text) {
