@@ -411,6 +411,25 @@ fn a_copy_is_keyed_by_what_it_reads_not_by_file_times() {
 }
 
 #[test]
+fn a_copy_is_keyed_by_its_chmod_expression() {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "COPY gives its files root's ownership: this test must run as root (sudo scripts/test)"
+    );
+    let copy_with =
+        |chmod: &str| format!("FROM scratch\nCOPY --chmod={chmod} run.sh /bin/\nRUN use-it\n");
+    let agent = Agent::new(&copy_with("u+x"));
+    fs::write(agent.context.path().join("run.sh"), "run").expect("write");
+    agent.build();
+    assert!(agent.commands_run_by(&agent.request()).is_empty());
+    // The same file, a symbolic mode that gives it another mode.
+    agent.write_dockerfile(&copy_with("a+x"));
+    assert_eq!(agent.commands_run_by(&agent.request()), ["use-it"]);
+    agent.write_dockerfile(&copy_with("0755"));
+    assert_eq!(agent.commands_run_by(&agent.request()), ["use-it"]);
+}
+
+#[test]
 fn the_context_path_may_be_relative_to_where_kiln_runs() {
     let agent = Agent::new("FROM scratch\nRUN one\n");
     let relative: PathBuf = pathdiff(agent.context.path());

@@ -6,6 +6,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::chmod::ChmodError;
 use crate::keyword::Keyword;
 use crate::shell::ShellError;
 
@@ -222,8 +223,8 @@ pub enum ErrorKind {
     ChecksumNeedsOneUrl,
     #[error("invalid --checksum {0:?}: expected ALGORITHM:HEX, for example sha256:0123…")]
     InvalidChecksum(String),
-    #[error("invalid --chmod {0:?}: it must be an octal mode between 0 and 7777")]
-    InvalidChmod(String),
+    #[error("invalid --chmod {value:?}: {reason}")]
+    InvalidChmod { value: String, reason: ChmodError },
     #[error("invalid signal {0:?}: use a name such as SIGTERM or a number")]
     InvalidSignal(String),
     #[error("invalid port {port:?}: {reason}")]

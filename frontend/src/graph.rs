@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::chmod::Chmod;
 use crate::error::{Pos, Warning};
 use crate::platform::Platform;
 
@@ -245,17 +246,21 @@ pub struct CopyStep {
     pub dest: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chown: Option<String>,
+    /// Applied to each copied entry; see [`Chmod`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub chmod: Option<u32>,
+    pub chmod: Option<Chmod>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub link: bool,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub parents: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exclude: Vec<String>,
-    /// ADD: local archives are unpacked.
+    /// ADD: local archives are unpacked (unless `--unpack=false`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub unpack: bool,
+    /// ADD `--unpack=true`: downloaded archives are unpacked too.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unpack_downloads: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checksum: Option<String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

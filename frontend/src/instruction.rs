@@ -104,6 +104,9 @@ pub struct CopyCommand {
     pub exclude: Vec<Word>,
     pub checksum: Option<Word>,
     pub keep_git_dir: bool,
+    /// ADD `--unpack`, when given: whether archives are unpacked, local ones
+    /// and downloaded ones alike.
+    pub unpack: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,6 +154,7 @@ const ADD_FLAGS: &[(&str, FlagKind)] = &[
     ("link", FlagKind::Bool),
     ("keep-git-dir", FlagKind::Bool),
     ("checksum", FlagKind::Text),
+    ("unpack", FlagKind::Bool),
     ("exclude", FlagKind::List),
 ];
 const HEALTHCHECK_FLAGS: &[(&str, FlagKind)] = &[
@@ -266,7 +270,15 @@ impl Flags {
     }
 
     fn bool(&self, name: &str) -> bool {
-        self.bools.iter().any(|&(n, enabled)| n == name && enabled)
+        self.given_bool(name).unwrap_or(false)
+    }
+
+    /// A boolean flag's value, if the instruction has the flag.
+    fn given_bool(&self, name: &str) -> Option<bool> {
+        self.bools
+            .iter()
+            .find(|&&(n, _)| n == name)
+            .map(|&(_, enabled)| enabled)
     }
 
     fn text(&mut self, name: &str) -> Option<Word> {
@@ -470,6 +482,7 @@ pub fn command(source: &Source, instruction: &Instruction) -> Result<Command, Er
                 exclude: flags.list("exclude"),
                 checksum: flags.text("checksum"),
                 keep_git_dir: flags.bool("keep-git-dir"),
+                unpack: flags.given_bool("unpack"),
             }))
         }
         Keyword::Env | Keyword::Label => {
@@ -879,6 +892,11 @@ mod tests {
         };
         assert!(add.is_add && add.keep_git_dir && !add.link);
         assert_eq!(add.checksum.map(|w| w.text).as_deref(), Some("sha256:abc"));
+        assert_eq!(add.unpack, None);
+        let CommandKind::Copy(add) = one("ADD --unpack=false a.tar /") else {
+            panic!()
+        };
+        assert_eq!(add.unpack, Some(false));
 
         let CommandKind::Copy(json) = one("COPY [\"a b\", \"/c d/\"]") else {
             panic!()

@@ -19,6 +19,7 @@
 //! - [`lower`](mod@lower): instructions to the graph: stages, scopes, image configuration.
 //! - [`graph`]: the build graph the builder consumes.
 //! - [`targets`]: the stages a Dockerfile defines, for `--call=targets`.
+//! - [`chmod`]: COPY and ADD `--chmod` modes, octal or symbolic.
 //! - `history`: the image history text BuildKit writes, in Go's formats.
 //! - `paths`: lexical path arithmetic for paths inside images.
 //! - [`platform`]: `os/arch[/variant]` platforms, normalised.
@@ -29,6 +30,7 @@
 //! - `suggest`: "did you mean" suggestions for misspelt names.
 
 pub mod ast;
+pub mod chmod;
 pub mod error;
 pub mod graph;
 mod history;

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use kiln_frontend::chmod::{Chmod, ChmodError};
 use kiln_frontend::graph::{
     Action, Base, BuildGraph, CopySource, ImageConfig, Mount, Network, RunStep, Security, Sharing,
     Source, Stage,
@@ -519,7 +520,7 @@ fn copy_sources_and_flags() {
         panic!()
     };
     assert_eq!(copy.chown.as_deref(), Some("app:app"));
-    assert_eq!(copy.chmod, Some(0o640));
+    assert_eq!(copy.chmod, Some(Chmod::Octal(0o640)));
     assert!(copy.link && !copy.unpack);
     assert_eq!(copy.exclude, ["*.md"]);
     assert_eq!(
@@ -534,7 +535,7 @@ fn copy_sources_and_flags() {
     let Action::Copy(add) = &stage.steps[3].action else {
         panic!()
     };
-    assert!(add.unpack);
+    assert!(add.unpack && !add.unpack_downloads);
     assert_eq!(
         add.sources,
         [
@@ -543,6 +544,43 @@ fn copy_sources_and_flags() {
             CopySource::Path("local.tar.gz".into())
         ]
     );
+}
+
+#[test]
+fn symbolic_chmod_reaches_the_graph_as_written() {
+    let g = graph("FROM scratch\nARG MODE=rX\nCOPY --chmod=u=rwX,go=$MODE a /a\n");
+    let stage = target(&g);
+    let Action::Copy(copy) = &stage.steps[1].action else {
+        panic!()
+    };
+    let chmod = copy.chmod.as_ref().expect("--chmod");
+    assert_eq!(chmod, &Chmod::parse("u=rwX,go=rX").expect("valid"));
+    assert_eq!(
+        (chmod.apply(0o600, false), chmod.apply(0o700, true)),
+        (0o644, 0o755)
+    );
+    assert_eq!(
+        histories(stage)[1],
+        "COPY --chmod=u=rwX,go=rX a /a # buildkit"
+    );
+}
+
+#[test]
+fn add_unpack_says_which_archives_are_unpacked() {
+    let unpacks = |flag: &str| {
+        let g = graph(&format!(
+            "FROM scratch\nADD {flag} https://example.com/x.tgz x.tgz /opt/\n"
+        ));
+        let Action::Copy(add) = &target(&g).steps[0].action else {
+            panic!()
+        };
+        (add.unpack, add.unpack_downloads)
+    };
+    // Local archives by default, downloaded ones only when asked for.
+    assert_eq!(unpacks(""), (true, false));
+    assert_eq!(unpacks("--unpack=true"), (true, true));
+    assert_eq!(unpacks("--unpack"), (true, true));
+    assert_eq!(unpacks("--unpack=false"), (false, false));
 }
 
 #[test]
@@ -560,7 +598,10 @@ fn copy_and_add_errors() {
         ),
         (
             "FROM a\nCOPY --chmod=999 a b\n",
-            ErrorKind::InvalidChmod("999".into()),
+            ErrorKind::InvalidChmod {
+                value: "999".into(),
+                reason: ChmodError::Octal,
+            },
             Pos::new(2, 14),
         ),
         (

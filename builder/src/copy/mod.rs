@@ -10,6 +10,7 @@ use std::path::Path;
 use crate::error::{bail, Context};
 use kiln_cache::tree::{Attributes, TreeWriter};
 use kiln_cache::LayerView;
+use kiln_frontend::chmod::Chmod;
 use kiln_frontend::graph::{CopySource, CopyStep, MkdirStep};
 
 use crate::users::resolve_owner;
@@ -101,7 +102,7 @@ pub fn copy(
                         );
                     }
                 }
-                downloads.push((url_file_name(url), downloaded));
+                downloads.push((url, url_file_name(url), downloaded));
             }
             CopySource::Git(url) => {
                 bail!("ADD {url}: git sources are not supported by this version of kiln")
@@ -120,7 +121,10 @@ pub fn copy(
         diff_path: diff,
         now,
         default_owner: owner.unwrap_or((0, 0)),
-        new_directory_mode: step.chmod.unwrap_or(0o755),
+        new_directory_mode: step
+            .chmod
+            .as_ref()
+            .map_or(0o755, Chmod::created_directory_mode),
         ensured: HashSet::new(),
         hard_links: HashMap::new(),
         hashed: hashed.as_ref(),
@@ -133,7 +137,7 @@ pub fn copy(
         // kept inside one copied directory, not between separate sources.
         writer.hard_links.clear();
         let overrides = Overrides {
-            mode: step.chmod,
+            mode: step.chmod.as_ref(),
             owner,
             capabilities_only: source.is_context(),
         };
@@ -160,7 +164,7 @@ pub fn copy(
         } else {
             dest.to_string()
         };
-        if step.unpack && source.is_context() && is_archive(&found.entry)? {
+        if step.unpack && source.is_context() && is_archive(&found.entry.host, &found.entry.path)? {
             let dir = if step.parents {
                 parent_of(&target)
             } else if dest_is_dir {
@@ -181,9 +185,16 @@ pub fn copy(
         } else {
             dest.to_string()
         };
-        writer.write_inline(file, &target, step.chmod, owner)?;
+        writer.write_inline(file, &target, step.chmod.as_ref(), owner)?;
     }
-    for (name, downloaded) in downloads {
+    for (url, name, downloaded) in downloads {
+        if step.unpack_downloads && is_archive(&downloaded.path, url)? {
+            // Into the destination itself, directory or not, as a local
+            // archive unpacks.
+            let dir = dest.trim_end_matches('/');
+            writer.unpack_file(&downloaded.path, url, dir, chown)?;
+            continue;
+        }
         let target = if dest_is_dir {
             join(dest, &name)
         } else {
@@ -191,10 +202,13 @@ pub fn copy(
         };
         let (uid, gid) = owner.unwrap_or((0, 0));
         // As BuildKit: downloads are private (0600) unless --chmod says
-        // otherwise, and dated by the server; remote archives are not
-        // unpacked.
+        // otherwise, and dated by the server.
+        const DOWNLOAD_MODE: u32 = 0o600;
         let attributes = Attributes {
-            mode: step.chmod.unwrap_or(0o600),
+            mode: step
+                .chmod
+                .as_ref()
+                .map_or(DOWNLOAD_MODE, |chmod| chmod.apply(DOWNLOAD_MODE, false)),
             uid,
             gid,
             mtime: downloaded.modified.unwrap_or(now),
@@ -263,6 +277,7 @@ pub fn copy_subtree(
         parents: false,
         exclude: Vec::new(),
         unpack: false,
+        unpack_downloads: false,
         checksum: None,
         keep_git_dir: false,
     };
@@ -340,6 +355,7 @@ mod tests {
             parents: false,
             exclude: Vec::new(),
             unpack: false,
+            unpack_downloads: false,
             checksum: None,
             keep_git_dir: false,
         }
@@ -352,15 +368,32 @@ mod tests {
         step: &CopyStep,
         meanwhile: impl FnOnce(&Path),
     ) -> crate::Result<(tempfile::TempDir, PathBuf)> {
+        let temporary = context_of(files);
+        let diff = key_and_copy(temporary.path(), step, meanwhile)?;
+        Ok((temporary, diff))
+    }
+
+    /// A temporary directory whose `context` holds `files` (path, content).
+    fn context_of(files: &[(&str, &str)]) -> tempfile::TempDir {
         let temporary = tempfile::tempdir().expect("temporary directory");
-        let dir = temporary.path();
-        let context = dir.join("context");
-        let diff = dir.join("diff");
+        let context = temporary.path().join("context");
         for (path, content) in files {
             let path = context.join(path);
             fs::create_dir_all(path.parent().expect("a parent")).expect("mkdir");
             fs::write(&path, content).expect("write");
         }
+        temporary
+    }
+
+    /// Keys a COPY from `dir`'s `context`, lets `meanwhile` change it, then
+    /// copies into `dir`'s `diff`, which it returns.
+    fn key_and_copy(
+        dir: &Path,
+        step: &CopyStep,
+        meanwhile: impl FnOnce(&Path),
+    ) -> crate::Result<PathBuf> {
+        let context = dir.join("context");
+        let diff = dir.join("diff");
         fs::create_dir(&diff).expect("mkdir");
         let store = kiln_cache::Store::open(&dir.join("store")).expect("store");
         let stat_cache = StatCache::load(&store);
@@ -384,7 +417,7 @@ mod tests {
             0,
             &no_downloads,
         )?;
-        Ok((temporary, diff))
+        Ok(diff)
     }
 
     #[test]
@@ -438,6 +471,41 @@ mod tests {
             chmodded.to_string().contains("src/b.c changed"),
             "{chmodded}"
         );
+    }
+
+    #[test]
+    fn a_symbolic_chmod_changes_each_entrys_own_mode() {
+        let files = [
+            ("src/run.sh", "run"),
+            ("src/notes.txt", "notes"),
+            ("src/sub/a", "a"),
+        ];
+        let temporary = context_of(&files);
+        let context = temporary.path().join("context");
+        for (path, mode) in [
+            ("src/run.sh", 0o700),
+            ("src/notes.txt", 0o600),
+            ("src/sub", 0o700),
+        ] {
+            fs::set_permissions(
+                context.join(path),
+                std::os::unix::fs::PermissionsExt::from_mode(mode),
+            )
+            .expect("chmod");
+        }
+        let mut step = copy_step(&["src"], "/new/app/");
+        step.chmod = Some(Chmod::parse("u=rwX,go=X").expect("a symbolic mode"));
+        let diff = key_and_copy(temporary.path(), &step, |_| {}).expect("copy");
+        let mode = |path: &str| {
+            let metadata = fs::symlink_metadata(diff.join(path)).expect("copied");
+            std::os::unix::fs::MetadataExt::mode(&metadata) & 0o7777
+        };
+        assert_eq!(mode("new/app/run.sh"), 0o711, "X: an executable file");
+        assert_eq!(mode("new/app/notes.txt"), 0o600, "X: a file that is not");
+        assert_eq!(mode("new/app/sub"), 0o711, "X: a directory");
+        // Directories the copy makes have no mode of their own to change:
+        // 0755, as BuildKit makes them.
+        assert_eq!((mode("new"), mode("new/app")), (0o755, 0o755));
     }
 
     #[test]

@@ -4,10 +4,12 @@
 
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 
 use kiln_cache::pack::{belongs_in_layer, read_xattrs};
 use kiln_cache::tree::Attributes;
 use kiln_cache::{LayerView, ViewEntry};
+use kiln_frontend::chmod::Chmod;
 use kiln_frontend::DockerIgnore;
 
 use crate::error::{bail, Context};
@@ -78,8 +80,8 @@ pub(super) fn choose(
 }
 
 #[derive(Clone, Copy)]
-pub(super) struct Overrides {
-    pub(super) mode: Option<u32>,
+pub(super) struct Overrides<'a> {
+    pub(super) mode: Option<&'a Chmod>,
     pub(super) owner: Option<(u32, u32)>,
     /// Of a file's extended attributes, keep only `security.capability`:
     /// for files of the build context, whose other attributes belong to the
@@ -87,9 +89,9 @@ pub(super) struct Overrides {
     pub(super) capabilities_only: bool,
 }
 
-impl Overrides {
+impl Overrides<'_> {
     /// An entry's own attributes, every extended attribute a layer holds.
-    pub(super) const NONE: Overrides = Overrides {
+    pub(super) const NONE: Overrides<'static> = Overrides {
         mode: None,
         owner: None,
         capabilities_only: false,
@@ -97,7 +99,10 @@ impl Overrides {
 }
 
 /// An entry's attributes, with `--chmod` and `--chown` applied.
-pub(super) fn attributes_of(entry: &ViewEntry, overrides: &Overrides) -> crate::Result<Attributes> {
+pub(super) fn attributes_of(
+    entry: &ViewEntry,
+    overrides: &Overrides<'_>,
+) -> crate::Result<Attributes> {
     let metadata = &entry.metadata;
     let (uid, gid) = overrides.owner.unwrap_or((metadata.uid(), metadata.gid()));
     let mut xattrs = read_xattrs(&entry.host)
@@ -105,8 +110,11 @@ pub(super) fn attributes_of(entry: &ViewEntry, overrides: &Overrides) -> crate::
     xattrs.retain(|(name, _)| {
         belongs_in_layer(name) && (!overrides.capabilities_only || name == CAPABILITY_XATTR)
     });
+    let own_mode = metadata.mode() & 0o7777;
     Ok(Attributes {
-        mode: overrides.mode.unwrap_or(metadata.mode() & 0o7777),
+        mode: overrides
+            .mode
+            .map_or(own_mode, |chmod| chmod.apply(own_mode, metadata.is_dir())),
         uid,
         gid,
         mtime: metadata.mtime(),
@@ -119,8 +127,10 @@ pub(super) const CAPABILITY_XATTR: &str = "security.capability";
 pub(super) const UNSUPPORTED_NAME: &str =
     "file names that are not UTF-8 are not supported (rename it, or leave it out with .dockerignore)";
 
-pub(super) fn is_archive(entry: &ViewEntry) -> crate::Result<bool> {
-    let file = File::open(&entry.host).with_context(|| format!("reading {}", entry.path))?;
+/// Whether the host file `path` (`name` in errors) is a tar archive,
+/// compressed or not.
+pub(super) fn is_archive(path: &Path, name: &str) -> crate::Result<bool> {
+    let file = File::open(path).with_context(|| format!("reading {name}"))?;
     Ok(kiln_cache::compress::is_tar_archive(file))
 }
 

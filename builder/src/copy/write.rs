@@ -12,6 +12,7 @@ use kiln_cache::digest::HashingReader;
 use kiln_cache::extract::{extract_with, ExtractMode, ExtractOptions, Placement, PlacementError};
 use kiln_cache::tree::{split_parent, Attributes, TreeWriter};
 use kiln_cache::{Digest, LayerView, ViewEntry};
+use kiln_frontend::chmod::Chmod;
 use kiln_frontend::graph::InlineFile;
 use kiln_frontend::DockerIgnore;
 use rustix::fs::FileType;
@@ -28,8 +29,8 @@ pub(super) struct Writer<'a> {
     pub(super) diff_path: &'a Path,
     pub(super) now: i64,
     pub(super) default_owner: (u32, u32),
-    /// The mode of directories the step creates: `--chmod`'s, as BuildKit
-    /// gives them, or 0755.
+    /// The mode of directories the step creates: an octal `--chmod`'s, as
+    /// BuildKit gives them, or 0755.
     pub(super) new_directory_mode: u32,
     pub(super) ensured: HashSet<String>,
     pub(super) hard_links: HashMap<(u64, u64), String>,
@@ -43,7 +44,7 @@ pub(super) struct DirectoryCopy<'a> {
     pub(super) source: &'a SourceTree<'a>,
     /// The copied directory: `--exclude` patterns are relative to it.
     pub(super) root: &'a str,
-    pub(super) overrides: &'a Overrides,
+    pub(super) overrides: &'a Overrides<'a>,
     pub(super) exclude: Option<&'a DockerIgnore>,
 }
 
@@ -158,7 +159,7 @@ impl Writer<'_> {
         &mut self,
         entry: &ViewEntry,
         target: &str,
-        overrides: &Overrides,
+        overrides: &Overrides<'_>,
     ) -> crate::Result<()> {
         let path = self.place(target)?;
         self.ensure_parents(&path)?;
@@ -171,7 +172,7 @@ impl Writer<'_> {
         &mut self,
         entry: &ViewEntry,
         path: &str,
-        overrides: &Overrides,
+        overrides: &Overrides<'_>,
     ) -> crate::Result<()> {
         let metadata = &entry.metadata;
         let file_type = metadata.file_type();
@@ -259,8 +260,8 @@ impl Writer<'_> {
         Ok(())
     }
 
-    /// A directory the copy creates where the image has none: 0755 or
-    /// `--chmod`'s mode, owned by `--chown`'s owner or root.
+    /// A directory the copy creates where the image has none: 0755 or an
+    /// octal `--chmod`'s mode, owned by `--chown`'s owner or root.
     fn new_directory_attributes(&self) -> Attributes {
         Attributes {
             mode: self.new_directory_mode,
@@ -280,7 +281,7 @@ impl Writer<'_> {
         source: &SourceTree<'_>,
         entry: &ViewEntry,
         target: &str,
-        overrides: &Overrides,
+        overrides: &Overrides<'_>,
         exclude: Option<&DockerIgnore>,
         plain_destination: bool,
     ) -> crate::Result<()> {
@@ -368,32 +369,14 @@ impl Writer<'_> {
         Ok(())
     }
 
+    /// Unpacks the archive `archive` of the build context into `dir`.
     pub(super) fn unpack(
         &mut self,
         archive: &ViewEntry,
         dir: &str,
         owner: Option<(u32, u32)>,
     ) -> crate::Result<()> {
-        let path = self.place(dir)?;
-        self.ensure_parents(&format!("{path}/x"))?;
-        let file =
-            File::open(&archive.host).with_context(|| format!("reading {}", archive.path))?;
-        let reader = kiln_cache::compress::decompressed(file)?;
-        let options = ExtractOptions {
-            mode: ExtractMode::Archive,
-            owner,
-        };
-        let diff_path = self.diff_path;
-        let mut layers = self.rootfs.layers().to_vec();
-        layers.push(diff_path.to_path_buf());
-        let mut placement = ThroughImage {
-            writer: self,
-            view: LayerView::new(layers),
-            root: format!("/{path}"),
-            resolved: HashMap::new(),
-        };
-        extract_with(reader, diff_path, &options, &mut placement)
-            .with_context(|| format!("unpacking {}", archive.path))?;
+        self.unpack_file(&archive.host, &archive.path, dir, owner)?;
         let after = fs::symlink_metadata(&archive.host)
             .with_context(|| format!("reading {}", archive.path))?;
         let (before, after) = (&archive.metadata, &after);
@@ -412,6 +395,37 @@ impl Writer<'_> {
                 archive.path.trim_start_matches('/')
             );
         }
+        Ok(())
+    }
+
+    /// Unpacks the tar archive at the host path `archive` (`name` in errors)
+    /// into `dir`, keeping its owners unless `owner` is given.
+    pub(super) fn unpack_file(
+        &mut self,
+        archive: &Path,
+        name: &str,
+        dir: &str,
+        owner: Option<(u32, u32)>,
+    ) -> crate::Result<()> {
+        let path = self.place(dir)?;
+        self.ensure_parents(&format!("{path}/x"))?;
+        let file = File::open(archive).with_context(|| format!("reading {name}"))?;
+        let reader = kiln_cache::compress::decompressed(file)?;
+        let options = ExtractOptions {
+            mode: ExtractMode::Archive,
+            owner,
+        };
+        let diff_path = self.diff_path;
+        let mut layers = self.rootfs.layers().to_vec();
+        layers.push(diff_path.to_path_buf());
+        let mut placement = ThroughImage {
+            writer: self,
+            view: LayerView::new(layers),
+            root: format!("/{path}"),
+            resolved: HashMap::new(),
+        };
+        extract_with(reader, diff_path, &options, &mut placement)
+            .with_context(|| format!("unpacking {name}"))?;
         Ok(())
     }
 
@@ -434,7 +448,7 @@ impl Writer<'_> {
         &mut self,
         file: &InlineFile,
         target: &str,
-        mode: Option<u32>,
+        chmod: Option<&Chmod>,
         owner: Option<(u32, u32)>,
     ) -> crate::Result<()> {
         let path = self.place(target)?;
@@ -442,7 +456,7 @@ impl Writer<'_> {
         self.check_file_target(&path, true)?;
         let (uid, gid) = owner.unwrap_or((0, 0));
         let attributes = Attributes {
-            mode: mode.unwrap_or(file.mode),
+            mode: chmod.map_or(file.mode, |chmod| chmod.apply(file.mode, false)),
             uid,
             gid,
             mtime: self.now,
@@ -593,6 +607,7 @@ mod tests {
             parents: false,
             exclude: Vec::new(),
             unpack: true,
+            unpack_downloads: false,
             checksum: None,
             keep_git_dir: false,
         };

@@ -2,6 +2,7 @@
 //! heredoc), the destination, and the flags that apply to the copy.
 
 use crate::ast::Word;
+use crate::chmod::Chmod;
 use crate::error::{Error, ErrorKind, Pos};
 use crate::graph::{CopySource, CopyStep, InlineFile, Source};
 use crate::instruction::{Command, CopyCommand};
@@ -30,12 +31,15 @@ pub(super) fn lower_copy(
         Some(name) => resolve_source(stage, &name.text, name.pos)?,
     };
     let chmod = match (&copy.chmod, &expanded.chmod) {
-        (Some(flag), Some(text)) => Some(
-            u32::from_str_radix(text, 8)
-                .ok()
-                .filter(|&mode| mode <= 0o7777)
-                .ok_or_else(|| source.error(ErrorKind::InvalidChmod(text.clone()), flag.pos))?,
-        ),
+        (Some(flag), Some(text)) => Some(Chmod::parse(text).map_err(|reason| {
+            source.error(
+                ErrorKind::InvalidChmod {
+                    value: text.clone(),
+                    reason,
+                },
+                flag.pos,
+            )
+        })?),
         _ => None,
     };
     let mut history = String::from(keyword.as_str());
@@ -92,7 +96,10 @@ pub(super) fn lower_copy(
         link: copy.link,
         parents: copy.parents,
         exclude: expanded.exclude,
-        unpack: copy.is_add,
+        // As BuildKit: ADD unpacks local archives unless told not to, and
+        // downloaded ones only when told to.
+        unpack: copy.is_add && copy.unpack != Some(false),
+        unpack_downloads: copy.unpack == Some(true),
         checksum: expanded.checksum,
         keep_git_dir: copy.keep_git_dir,
     };

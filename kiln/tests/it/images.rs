@@ -329,7 +329,7 @@ fn add_unpacks_local_archives_and_copies_other_files() {
     assert!(status.success());
     context.write(
         "Dockerfile",
-        "FROM scratch\nADD pkg.tar.gz /opt/\nADD --chown=7:8 pkg.tar.gz /chowned/\nADD notes.txt.gz /docs/\nCOPY pkg.tar.gz /copied/\n",
+        "FROM scratch\nADD pkg.tar.gz /opt/\nADD --chown=7:8 pkg.tar.gz /chowned/\nADD notes.txt.gz /docs/\nCOPY pkg.tar.gz /copied/\nADD --unpack=false pkg.tar.gz /kept/\n",
     );
     let out = kiln.files(context.path(), &[]);
     let root = out.path();
@@ -347,6 +347,15 @@ fn add_unpacks_local_archives_and_copies_other_files() {
     assert!(
         root.join("copied/pkg.tar.gz").is_file(),
         "COPY never unpacks"
+    );
+    assert_eq!(
+        tree(&root.join("kept")),
+        ["pkg.tar.gz"],
+        "ADD --unpack=false copies the archive as a file"
+    );
+    assert_eq!(
+        fs::read(root.join("kept/pkg.tar.gz")).expect("kept"),
+        fs::read(context.path().join("pkg.tar.gz")).expect("archive")
     );
 }
 
@@ -793,7 +802,8 @@ fn several_builds_share_one_store_at_once() {
 #[test]
 fn add_downloads_urls_as_buildkit_does() {
     require_root();
-    // A gzip tar, which ADD must not unpack when it comes from a URL.
+    // A gzip tar, which ADD unpacks when it comes from a URL only with
+    // --unpack=true.
     let payload = tempfile::tempdir().expect("payload");
     fs::write(payload.path().join("inside.txt"), "inside").expect("write");
     let archive = payload.path().join("tool.tar.gz");
@@ -822,7 +832,9 @@ fn add_downloads_urls_as_buildkit_does() {
             "FROM scratch\n\
              ADD --checksum={digest} {base}/moved/releases/tool.tar.gz /opt/\n\
              ADD --chmod=0644 --chown=7:8 {base}/notes%20v1.txt /docs/\n\
-             ADD {base}/releases/tool.tar.gz /renamed.tgz\n"
+             ADD {base}/releases/tool.tar.gz /renamed.tgz\n\
+             ADD --unpack=true {base}/releases/tool.tar.gz /unpacked\n\
+             ADD --unpack=true --chmod=go+r {base}/notes%20v1.txt /readable/\n"
         ),
     );
     let out = kiln.files(context.path(), &[]);
@@ -842,6 +854,17 @@ fn add_downloads_urls_as_buildkit_does() {
     assert_eq!(read(root, "/docs/notes v1.txt"), "notes");
     assert_eq!(owner_and_mode(root, "/docs/notes v1.txt"), (7, 8, 0o644));
     assert!(root.join("renamed.tgz").is_file());
+    assert_eq!(
+        tree(&root.join("unpacked")),
+        ["inside.txt"],
+        "--unpack=true unpacks a remote archive into the destination"
+    );
+    assert_eq!(read(root, "/unpacked/inside.txt"), "inside");
+    assert_eq!(
+        owner_and_mode(root, "/readable/notes v1.txt"),
+        (0, 0, 0o644),
+        "what is not an archive is downloaded as a file, whose 0600 a symbolic --chmod changes"
+    );
 
     context.write(
         "Dockerfile",
