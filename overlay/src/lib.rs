@@ -63,8 +63,9 @@ fn lstat(path: &Path) -> io::Result<Option<Metadata>> {
 }
 
 /// Splits an absolute or relative view path into its components, resolving
-/// `.` and `..` lexically (`..` stops at the root).
-fn components(path: &str) -> Vec<&str> {
+/// `.` and `..` lexically (`..` stops at the root), as Go's `path.Clean`
+/// does.
+pub fn components(path: &str) -> Vec<&str> {
     let mut parts = Vec::new();
     for part in path.split('/') {
         match part {

@@ -253,6 +253,27 @@ pub fn export_tree(view: LayerView, dest: &Path, now: i64) -> crate::Result<()> 
     copy_subtree(&source, "/", dest, now)
 }
 
+/// `COPY sources... dest` from the context, with no flag.
+fn plain_copy(sources: &[&str], dest: &str) -> CopyStep {
+    CopyStep {
+        from: kiln_frontend::graph::Source::Context,
+        sources: sources
+            .iter()
+            .map(|source| CopySource::Path(source.to_string()))
+            .collect(),
+        dest: dest.to_string(),
+        chown: None,
+        chmod: None,
+        link: false,
+        parents: false,
+        exclude: Vec::new(),
+        unpack: false,
+        unpack_downloads: false,
+        checksum: None,
+        keep_git_dir: false,
+    }
+}
+
 /// Copies the directory or file `path` of `source` into the directory
 /// `dest` (created when missing), as `COPY path /` would: owners, modes and
 /// times kept, what the context's ignore file leaves out left out.
@@ -267,20 +288,7 @@ pub fn copy_subtree(
         // An image without layers has an empty file system.
         return Ok(());
     }
-    let step = CopyStep {
-        from: kiln_frontend::graph::Source::Context,
-        sources: vec![CopySource::Path(path.to_string())],
-        dest: "/".to_string(),
-        chown: None,
-        chmod: None,
-        link: false,
-        parents: false,
-        exclude: Vec::new(),
-        unpack: false,
-        unpack_downloads: false,
-        checksum: None,
-        keep_git_dir: false,
-    };
+    let step = plain_copy(&[path], "/");
     let no_downloads = |url: &str| -> crate::Result<Downloaded> {
         bail!("copying files downloads nothing ({url})")
     };
@@ -340,26 +348,6 @@ mod tests {
     use kiln_cache::StatCache;
     use kiln_frontend::DockerIgnore;
     use std::path::PathBuf;
-
-    fn copy_step(sources: &[&str], dest: &str) -> CopyStep {
-        CopyStep {
-            from: kiln_frontend::graph::Source::Context,
-            sources: sources
-                .iter()
-                .map(|source| CopySource::Path(source.to_string()))
-                .collect(),
-            dest: dest.to_string(),
-            chown: None,
-            chmod: None,
-            link: false,
-            parents: false,
-            exclude: Vec::new(),
-            unpack: false,
-            unpack_downloads: false,
-            checksum: None,
-            keep_git_dir: false,
-        }
-    }
 
     /// Keys a COPY from a context, lets `meanwhile` change the context,
     /// then copies with the same selection.
@@ -422,7 +410,7 @@ mod tests {
 
     #[test]
     fn a_copy_of_what_its_key_read_succeeds() {
-        let step = copy_step(&["app.conf", "src"], "/app/");
+        let step = plain_copy(&["app.conf", "src"], "/app/");
         let files = [("app.conf", "one"), ("src/main.c", "int main;")];
         let (_dir, diff) = key_then_copy(&files, &step, |_| {}).expect("copy");
         assert_eq!(
@@ -437,7 +425,7 @@ mod tests {
 
     #[test]
     fn a_file_saved_between_the_key_and_the_copy_fails_the_step() {
-        let step = copy_step(&["app.conf"], "/app.conf");
+        let step = plain_copy(&["app.conf"], "/app.conf");
         let error = key_then_copy(&[("app.conf", "one")], &step, |context| {
             fs::write(context.join("app.conf"), "two").expect("save");
         })
@@ -452,7 +440,7 @@ mod tests {
 
     #[test]
     fn files_added_or_changed_in_a_copied_directory_fail_the_step() {
-        let step = copy_step(&["src"], "/src/");
+        let step = plain_copy(&["src"], "/src/");
         let files = [("src/a.c", "a"), ("src/b.c", "b")];
         let added = key_then_copy(&files, &step, |context| {
             fs::write(context.join("src/c.c"), "new").expect("add");
@@ -493,7 +481,7 @@ mod tests {
             )
             .expect("chmod");
         }
-        let mut step = copy_step(&["src"], "/new/app/");
+        let mut step = plain_copy(&["src"], "/new/app/");
         step.chmod = Some(Chmod::parse("u=rwX,go=X").expect("a symbolic mode"));
         let diff = key_and_copy(temporary.path(), &step, |_| {}).expect("copy");
         let mode = |path: &str| {

@@ -9,6 +9,7 @@ use kiln_cache::{Digest, ViewEntry};
 use kiln_frontend::graph::{CopySource, CopyStep};
 use kiln_frontend::pattern::component_matches;
 use kiln_frontend::DockerIgnore;
+use kiln_overlay::components;
 
 use super::tree::{base_name, has_wildcard, join, SourceTree, UNSUPPORTED_NAME};
 use crate::error::bail;
@@ -115,20 +116,9 @@ impl SourcePattern {
     }
 }
 
-/// The components of a path, `.` dropped and `..` taking the one before
-/// it (never above the root), as Go's `path.Clean` does.
+/// The components of a path, cleaned as the layer view cleans them.
 pub(super) fn clean(path: &str) -> Vec<String> {
-    let mut parts = Vec::new();
-    for part in path.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            other => parts.push(other.to_string()),
-        }
-    }
-    parts
+    components(path).into_iter().map(str::to_string).collect()
 }
 
 /// What a COPY source pattern matches.

@@ -598,18 +598,8 @@ mod tests {
             label: "the build context".to_string(),
         };
         let step = CopyStep {
-            from: kiln_frontend::graph::Source::Context,
-            sources: vec![CopySource::Path("payload.tar".to_string())],
-            dest: dest.to_string(),
-            chown: None,
-            chmod: None,
-            link: false,
-            parents: false,
-            exclude: Vec::new(),
             unpack: true,
-            unpack_downloads: false,
-            checksum: None,
-            keep_git_dir: false,
+            ..plain_copy(&["payload.tar"], dest)
         };
         let no_downloads =
             |url: &str| -> crate::Result<Downloaded> { bail!("no download of {url}") };

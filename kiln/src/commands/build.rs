@@ -121,6 +121,7 @@ impl Call {
         }
         match name {
             "build" if !json => Ok(Call::Build),
+            "build" => bail!("--call=build takes no format (format= is for targets)"),
             "targets" => Ok(Call::Targets { json }),
             "outline" | "check" => bail!(
                 "--call={name} is not supported by this version of kiln (it can build and list targets)"

@@ -270,12 +270,7 @@ fn a_layer_gone_from_the_store_is_a_miss() {
     )
     .expect("remove the snapshot");
     assert_eq!(ran(&build(&kiln, context.path(), &["-t", "made"])).len(), 1);
-    let check = kiln.run(&["check"]);
-    assert!(
-        check.status.success(),
-        "{}",
-        String::from_utf8_lossy(&check.stdout)
-    );
+    kiln.assert_consistent();
 }
 
 /// `du` of a directory in bytes of allocated blocks, as `kiln du` counts.
@@ -454,12 +449,7 @@ fn prune_removes_what_nothing_needs_and_the_cache_only_when_asked() {
     // Garbage only: the cache stays.
     kiln.ok(&["prune"]);
     assert!(ran(&build(&kiln, context.path(), &["-t", "app"])).is_empty());
-    let check = kiln.run(&["check"]);
-    assert!(
-        check.status.success(),
-        "{}",
-        String::from_utf8_lossy(&check.stdout)
-    );
+    kiln.assert_consistent();
 
     // A filter that spares what was just used.
     kiln.ok(&["prune", "--all", "--filter", "until=1h"]);
@@ -474,12 +464,7 @@ fn prune_removes_what_nothing_needs_and_the_cache_only_when_asked() {
         .filter(|p| p.file_name().is_some_and(|n| n == "file"))
         .collect();
     assert!(left.is_empty(), "cache mount content left: {left:?}");
-    let check = kiln.run(&["check"]);
-    assert!(
-        check.status.success(),
-        "{}",
-        String::from_utf8_lossy(&check.stdout)
-    );
+    kiln.assert_consistent();
     assert_eq!(
         kiln.ok(&["run", "app", "cat", "/out"]),
         "built\n",
@@ -523,12 +508,7 @@ fn gc_keep_storage_trims_the_cache_after_a_build() {
     );
     // The big layer is gone; the image is whole.
     assert_eq!(ran(&build(&kiln, context.path(), &big)).len(), 1);
-    let check = kiln.run(&["check"]);
-    assert!(
-        check.status.success(),
-        "{}",
-        String::from_utf8_lossy(&check.stdout)
-    );
+    kiln.assert_consistent();
 }
 
 /// A second machine: an empty store with the same busybox as `first`.
@@ -565,12 +545,7 @@ fn share(dockerfile: &str, cache_to: &str, cache_from: &str) -> Shared {
     args.extend(EPOCH);
     let steps = build(&second, context.path(), &args);
     let same = first.inspect("app")["Digest"] == second.inspect("app")["Digest"];
-    let check = second.run(&["check"]);
-    assert!(
-        check.status.success(),
-        "{}",
-        String::from_utf8_lossy(&check.stdout)
-    );
+    second.assert_consistent();
     let mut args = vec!["-t", "app"];
     args.extend(EPOCH);
     let again = build(&second, context.path(), &args);

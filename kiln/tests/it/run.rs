@@ -821,12 +821,7 @@ fn kiln_run_commit_saves_the_changes_as_an_image() {
         .as_str()
         .expect("created_by")
         .starts_with("kiln run busybox sh -c"));
-    let check = kiln.run(&["check"]);
-    assert!(
-        check.status.success(),
-        "{}",
-        String::from_utf8_lossy(&check.stdout)
-    );
+    kiln.assert_consistent();
 }
 
 #[test]

@@ -17,16 +17,7 @@ pub fn require_root() {
     );
 }
 
-/// Fails with a message naming the Debian package when a tool is missing.
-pub fn require_tool(tool: &str, package: &str) {
-    let found = std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()))
-        .unwrap_or(false);
-    assert!(
-        found,
-        "{tool} is not installed: scripts/test installs it (apt-get install {package})"
-    );
-}
+pub use kiln_testkit::require_tool;
 
 /// Runs a tool (skopeo, umoci, ...), expecting success; returns its
 /// standard output.
@@ -90,6 +81,17 @@ impl Kiln {
             String::from_utf8_lossy(&output.stderr)
         );
         String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// Asserts that `kiln check` finds the store consistent (it lists the
+    /// problems it finds on standard output).
+    pub fn assert_consistent(&self) {
+        let check = self.run(&["check"]);
+        assert!(
+            check.status.success(),
+            "kiln check: {}",
+            String::from_utf8_lossy(&check.stdout)
+        );
     }
 
     /// Runs kiln, expecting failure; returns standard error.
