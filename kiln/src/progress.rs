@@ -174,16 +174,24 @@ impl ProgressSink for Display {
     }
 
     fn log(&self, id: StepId, text: &str) {
-        let Some((name, started)) = self.shown(id) else {
-            return;
-        };
+        // Every line of a step's output comes here: the step's name is
+        // copied only for the JSON events that carry it.
         match self.mode {
-            Mode::Plain => self.line(&format!(
-                "#{id} {:.3} {text}",
-                started.elapsed().as_secs_f64()
-            )),
+            Mode::Plain => {
+                let Some(started) = self.steps().get(&id).map(|shown| shown.started) else {
+                    return;
+                };
+                self.line(&format!(
+                    "#{id} {:.3} {text}",
+                    started.elapsed().as_secs_f64()
+                ));
+            }
             Mode::Tty => self.line(&format!("#{id} {text}")),
-            Mode::RawJson => self.event(id, "log", &name, Some(text)),
+            Mode::RawJson => {
+                if let Some((name, _)) = self.shown(id) {
+                    self.event(id, "log", &name, Some(text));
+                }
+            }
             Mode::Quiet => {}
         }
     }
