@@ -22,7 +22,7 @@ use oci_spec::image::{ImageIndex, MediaType};
 use crate::image::{Format, ImageFile, LayerEncoding, ManifestKind, StoredImage};
 
 /// The annotation containerd and BuildKit put the full image name in.
-const CONTAINERD_NAME: &str = "io.containerd.image.name";
+pub(crate) const CONTAINERD_NAME: &str = "io.containerd.image.name";
 
 /// An image to write into an archive, and the names to give it.
 pub struct ArchiveImage<'a> {
@@ -265,7 +265,7 @@ const MAX_INDEX_DEPTH: usize = 4;
 /// The image manifest `descriptor` stands for: itself, or the one for
 /// `platform` in the image index it names (nested indexes followed;
 /// attestations, which BuildKit lists with an unknown platform, skipped).
-fn select_manifest(
+pub(crate) fn select_manifest(
     store: &Store,
     descriptor: &oci_spec::image::Descriptor,
     platform: &Platform,

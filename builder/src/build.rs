@@ -13,6 +13,7 @@ use kiln_frontend::graph::{Action, Base, BuildGraph, Stage};
 use kiln_frontend::DockerIgnore;
 
 use crate::cache_io::Imported;
+use crate::contexts::NamedFiles;
 use crate::copy;
 use crate::downloads::Downloads;
 use crate::image::{Layer, StoredImage};
@@ -49,6 +50,8 @@ pub struct Inputs<'a> {
     /// The build context, absolute.
     pub context: &'a Path,
     pub ignore: &'a DockerIgnore,
+    /// The build contexts given by name that hold files.
+    pub named: &'a NamedFiles,
     /// How messages name the Dockerfile.
     pub dockerfile: &'a str,
     pub stat_cache: &'a StatCache,
@@ -216,6 +219,7 @@ impl<'a> Build<'a> {
             store: self.store,
             context: self.inputs.context,
             ignore: self.inputs.ignore,
+            named: self.inputs.named,
             layers: self.layers,
             graph,
             outputs,

@@ -61,7 +61,7 @@ impl StageFiles {
     /// them).
     fn by_content(self, from: &Source) -> bool {
         match from {
-            Source::Context => true,
+            Source::Context | Source::NamedContext { .. } => true,
             Source::Stage { .. } => self == StageFiles::ByContent,
             Source::Image { .. } => false,
         }

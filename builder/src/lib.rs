@@ -13,7 +13,9 @@
 //! - [`schedule`]: the stage DAG only: stages started as their dependencies
 //!   finish, up to `--jobs` at once.
 //! - [`keys`]: cache keys from what a step reads; `--explain`.
-//! - [`sources`]: what steps read from (context, stages, images).
+//! - [`contexts`]: build contexts given by name (`--build-context`), and
+//!   main contexts that are a URL, an archive or standard input.
+//! - [`sources`]: what steps read from (contexts, stages, images).
 //! - [`downloads`]: `ADD URL` downloads, once per build.
 //! - [`run`]: RUN steps and the [`StepRunner`] seam to the sandbox; the
 //!   interrupt that stops them. `mounts`: their mounts. [`secrets`]: what
@@ -37,6 +39,7 @@ pub mod build;
 pub mod cache_config;
 pub mod cache_io;
 pub mod container;
+pub mod contexts;
 pub mod copy;
 pub mod dockerfile;
 pub mod downloads;

@@ -111,7 +111,7 @@ impl StepMounts<'_> {
                                 tree.label
                             )
                         })?;
-                    let filtered = matches!(from, Source::Context)
+                    let filtered = matches!(from, Source::Context | Source::NamedContext { .. })
                         && tree.ignore.is_some_and(|ignore| !ignore.is_empty());
                     if filtered {
                         // The context as the build sees it: without what

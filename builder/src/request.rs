@@ -14,6 +14,7 @@ use crate::base_images::StoreImages;
 use crate::build::{Build, Inputs, SandboxAccess, Settings};
 use crate::cache_config;
 use crate::cache_io;
+use crate::contexts::{self, NamedContextSpec, NamedContexts};
 use crate::dockerfile::{self, DockerfileArgs};
 use crate::error::{bail, Context};
 use crate::image::{write_image, Format, StoredImage};
@@ -169,6 +170,8 @@ pub struct BuildRequest {
     pub secrets: Secrets,
     /// `--add-host`, `--ulimit`, `--shm-size`: what every RUN step gets.
     pub resources: kiln_runtime::Resources,
+    /// `--build-context NAME=VALUE`.
+    pub named_contexts: Vec<NamedContextSpec>,
 }
 
 impl BuildRequest {
@@ -197,6 +200,7 @@ impl BuildRequest {
             source_date_epoch: None,
             secrets: Secrets::default(),
             resources: kiln_runtime::Resources::default(),
+            named_contexts: Vec::new(),
         }
     }
 }
@@ -253,6 +257,26 @@ fn source_date_epoch(
     }
 }
 
+/// What SOURCE_DATE_EPOCH names when it is no number: `context` (the main
+/// context's time) or a build context given by name, from a build argument
+/// or the Dockerfile's global ARG (not `--source-date-epoch`).
+fn epoch_source(args: &BuildRequest, dockerfile_default: Option<&str>) -> Option<String> {
+    let build_arg = args
+        .dockerfile
+        .build_args
+        .iter()
+        .rev()
+        .find_map(|arg| arg.strip_prefix("SOURCE_DATE_EPOCH="));
+    let value = match (build_arg, args.source_date_epoch.as_deref()) {
+        (Some(value), _) => value,
+        (None, Some(_)) => return None,
+        (None, None) => dockerfile_default?,
+    }
+    .trim();
+    let is_name = !value.is_empty() && value.parse::<i64>().is_err();
+    is_name.then(|| value.to_string())
+}
+
 /// What a build works with beyond its request.
 pub struct Engine<'a> {
     pub store: &'a Store,
@@ -302,14 +326,43 @@ pub fn build(engine: &Engine<'_>, request: &BuildRequest) -> crate::Result<Built
     let cache_to = &args.cache_to;
     let imported = cache_io::Imported::read(&args.cache_from, store, remote, progress)?;
     let mut images = StoreImages::new(store, Some(remote), args.pull);
-    let plan = dockerfile::load(
-        &args.dockerfile,
+    let mut dockerfile_args = args.dockerfile.clone();
+    let main_context = contexts::prepare_main_context(&mut dockerfile_args, store, remote)?;
+    let mut contexts = NamedContexts::new(&args.named_contexts, &mut images, store, Some(remote))?;
+    let mut plan = dockerfile::load(
+        &dockerfile_args,
         &args.labels,
         &args.allow,
-        &mut images,
+        &mut contexts,
         progress,
     )?;
-    let source_date_epoch = source_date_epoch(args, plan.graph.source_date_epoch.as_deref())?;
+    // `None` when SOURCE_DATE_EPOCH names no context; the time of the one
+    // it names otherwise (none for a local directory, as in BuildKit).
+    let context_epoch = match epoch_source(args, plan.graph.source_date_epoch.as_deref()) {
+        Some(name) if name == "context" => Some(main_context.epoch),
+        Some(name) => contexts.epoch_of(&name)?,
+        None => None,
+    };
+    if let Some(Some(epoch)) = context_epoch {
+        // The epoch a context gives is what the Dockerfile's
+        // SOURCE_DATE_EPOCH holds, as BuildKit passes it: lowered again with
+        // the number in place of the name.
+        dockerfile_args
+            .build_args
+            .push(format!("SOURCE_DATE_EPOCH={epoch}"));
+        plan = dockerfile::load(
+            &dockerfile_args,
+            &args.labels,
+            &args.allow,
+            &mut contexts,
+            progress,
+        )?;
+    }
+    let named_files = contexts.into_files();
+    let source_date_epoch = match context_epoch {
+        Some(epoch) => epoch,
+        None => source_date_epoch(args, plan.graph.source_date_epoch.as_deref())?,
+    };
     let now = source_date_epoch.unwrap_or_else(now_seconds);
     if args.no_cache {
         // BuildKit starts cache mounts over with --no-cache: done before
@@ -336,6 +389,7 @@ pub fn build(engine: &Engine<'_>, request: &BuildRequest) -> crate::Result<Built
         Inputs {
             context: &plan.context,
             ignore: &plan.ignore,
+            named: &named_files,
             dockerfile: &plan.name,
             stat_cache: &stat_cache,
         },

@@ -1,12 +1,14 @@
-//! What steps read from: the build context, another stage's file system or
-//! an image's, and what each stands for in a cache key.
+//! What steps read from: the build context (or one given by name), another
+//! stage's file system or an image's, and what each stands for in a cache key.
 
 use std::path::Path;
 
 use kiln_frontend::graph::{BuildGraph, Source};
 use kiln_frontend::DockerIgnore;
 
+use crate::contexts::NamedFiles;
 use crate::copy::SourceTree;
+use crate::error::Context;
 use crate::image::StoredImage;
 use crate::layers::Layers;
 use crate::outputs::Outputs;
@@ -19,6 +21,8 @@ pub struct Sources<'a> {
     /// The build context, absolute.
     pub context: &'a Path,
     pub ignore: &'a DockerIgnore,
+    /// The build contexts given by name that hold files.
+    pub named: &'a NamedFiles,
     pub layers: &'a Layers<'a>,
     pub graph: &'a BuildGraph,
     pub outputs: &'a Outputs,
@@ -46,6 +50,16 @@ impl Sources<'_> {
                     label: format!("image {reference}"),
                 }
             }
+            Source::NamedContext { name } => {
+                let context = self.named.contexts.get(name).with_context(|| {
+                    format!("the build context {name} was not prepared (a bug in kiln)")
+                })?;
+                SourceTree {
+                    view: kiln_cache::LayerView::new(vec![context.root.clone()]),
+                    ignore: Some(&context.ignore),
+                    label: format!("the build context {name}"),
+                }
+            }
         })
     }
 
@@ -60,6 +74,7 @@ impl Sources<'_> {
                 let image = StoredImage::find(self.store, reference)?;
                 format!("image {}", image.manifest_digest)
             }
+            Source::NamedContext { name } => format!("context {name}"),
         })
     }
 }

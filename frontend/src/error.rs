@@ -243,6 +243,8 @@ pub enum ErrorKind {
     InsecureNotAllowed,
     #[error("cannot use base image {reference}: {message}")]
     BaseImage { reference: String, message: String },
+    #[error("cannot use the build context {name} (--build-context): {message}")]
+    NamedContext { name: String, message: String },
     #[error("in ONBUILD trigger `{trigger}` of {image}: {error}")]
     Trigger {
         image: String,

@@ -175,6 +175,8 @@ pub enum Source {
     Stage { stage: usize },
     /// An image that is not a stage of this Dockerfile.
     Image { reference: String },
+    /// A build context given by name (`--build-context NAME=DIR`).
+    NamedContext { name: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

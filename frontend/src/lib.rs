@@ -50,6 +50,6 @@ pub mod targets;
 pub use error::{Error, ErrorKind, Pos};
 pub use graph::BuildGraph;
 pub use ignore::DockerIgnore;
-pub use lower::{lower, BaseImages, LowerOptions, ResolvedImage, UnknownImages};
+pub use lower::{lower, BaseImages, LowerOptions, NamedContext, ResolvedImage, UnknownImages};
 pub use parser::{parse, parse_bytes};
 pub use platform::Platform;

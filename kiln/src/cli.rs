@@ -165,6 +165,12 @@ pub struct BuildArgs {
     /// Set metadata on the image (`key=value`); may be repeated.
     #[arg(long = "label", value_name = "KEY=VALUE")]
     pub labels: Vec<String>,
+    /// Another build context, named: a directory, `docker-image://REF`,
+    /// `oci-layout://PATH[:TAG|@DIGEST]` or an http(s) URL of a tar archive,
+    /// which `FROM NAME`, `COPY --from=NAME` and `RUN --mount=from=NAME` read in
+    /// place of a stage or image of that name; may be repeated.
+    #[arg(long = "build-context", value_name = "NAME=VALUE")]
+    pub build_contexts: Vec<String>,
     /// A secret for `RUN --mount=type=secret`: `id=ID,src=FILE` or
     /// `id=ID,env=VARIABLE` (never stored in the image, its history or logs);
     /// may be repeated.
@@ -316,7 +322,9 @@ pub struct RunArgs {
 /// Which Dockerfile to read and how to lower it.
 #[derive(Debug, Args)]
 pub struct DockerfileArgs {
-    /// The build context directory.
+    /// The build context: a directory, an http(s) URL of a tar archive or of a
+    /// Dockerfile, a tar archive, or `-` for one on standard input (`#:DIR` after
+    /// an archive: a directory of it).
     #[arg(default_value = ".")]
     pub context: PathBuf,
     /// The Dockerfile (default: CONTEXT/Dockerfile; `-` reads standard input).

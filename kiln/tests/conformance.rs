@@ -46,8 +46,15 @@ const BASE_NAMES: &[&str] = &[
 struct Case {
     summary: String,
     skip: Option<String>,
+    /// Whether the files of `http/` are served with a Last-Modified.
+    #[serde(default = "yes")]
+    http_last_modified: bool,
     #[serde(default)]
     build: Vec<Build>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Deserialize)]
@@ -220,7 +227,14 @@ fn run_case(name: &str, case: &Case, template: &Template) -> Result<(), Failed> 
             .is_dir()
             .then(|| served_files(&source.join("http")))
             .transpose()?
-            .map(|files| kiln_testkit::FileServer::start(files, LAST_MODIFIED)),
+            .map(|files| {
+                let last_modified = if case.http_last_modified {
+                    LAST_MODIFIED
+                } else {
+                    ""
+                };
+                kiln_testkit::FileServer::start(files, last_modified)
+            }),
         registry: uses_registry
             .then(|| kiln_testkit::Registry::start(kiln_testkit::Setup::Anonymous)),
     };

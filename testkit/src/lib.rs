@@ -797,7 +797,8 @@ fn cut_off() -> Response<Body> {
 }
 
 /// Serves fixed files over plain HTTP on a loopback port, each with a
-/// `Last-Modified`; `/moved/NAME` redirects to `/NAME`.
+/// `Last-Modified` (none when it is empty); `/moved/NAME` redirects to
+/// `/NAME`.
 pub struct FileServer {
     pub address: String,
     _server: Server,
@@ -825,6 +826,9 @@ impl FileServer {
                         .expect("response");
                 }
                 match files.get(&path) {
+                    Some(bytes) if last_modified.is_empty() => Response::builder()
+                        .body(full(bytes.clone()))
+                        .expect("response"),
                     Some(bytes) => Response::builder()
                         .header("last-modified", last_modified.as_str())
                         .body(full(bytes.clone()))

@@ -32,7 +32,7 @@ use crate::graph::BuildGraph;
 use crate::instruction;
 use crate::shell::Lexer;
 
-pub use options::{BaseImages, LowerOptions, ResolvedImage, UnknownImages};
+pub use options::{BaseImages, LowerOptions, NamedContext, ResolvedImage, UnknownImages};
 pub use state::DEFAULT_PATH;
 
 use stages::Lowering;

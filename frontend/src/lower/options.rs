@@ -76,10 +76,36 @@ pub struct ResolvedImage {
     pub config: ImageConfig,
 }
 
-/// Looks up the configuration of base images. Only the images of stages the
-/// target needs are asked for.
+/// What a build context given by name (`--build-context NAME=VALUE`) gives
+/// a stage or a step in place of a stage or image of that name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NamedContext {
+    /// An image (`docker-image://`, `oci-layout://`), resolved like a base
+    /// image: its files and its configuration.
+    Image(ResolvedImage),
+    /// `docker-image://scratch`: nothing.
+    Scratch,
+    /// Files (a directory, a downloaded archive): steps read them as
+    /// [`Source::NamedContext`](crate::graph::Source::NamedContext) of this
+    /// name, and a stage built on them starts with them at its root.
+    Files { name: String },
+}
+
+/// Looks up the configuration of base images, and the build contexts given
+/// by name. Only the images and contexts of stages the target needs are
+/// asked for.
 pub trait BaseImages {
     fn resolve(&mut self, reference: &str, platform: &Platform) -> Result<ResolvedImage, String>;
+
+    /// The build context given for `name` (a stage name, or an image
+    /// reference as written), if any, for a stage of `platform`.
+    fn named_context(
+        &mut self,
+        _name: &str,
+        _platform: &Platform,
+    ) -> Result<Option<NamedContext>, String> {
+        Ok(None)
+    }
 }
 
 /// Treats every base image as having an empty configuration, for looking at

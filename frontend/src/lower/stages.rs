@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::ast::Source as DockerfileSource;
 use crate::error::{Error, ErrorKind, Pos};
-use crate::graph::{Action, Base, ImageConfig, Source, Stage, Step};
+use crate::graph::{Action, Base, CopySource, CopyStep, ImageConfig, Source, Stage, Step};
 use crate::instruction::{self, ArgDeclaration, Command, CommandKind, FromCommand};
 use crate::keyword::Keyword;
 use crate::mount::literal_from;
@@ -19,7 +19,7 @@ use crate::suggest;
 use super::copy::lower_copy;
 use super::expand::Expander;
 use super::metadata;
-use super::options::{is_proxy_arg, BaseImages, LowerOptions};
+use super::options::{is_proxy_arg, BaseImages, LowerOptions, NamedContext};
 use super::run::lower_run;
 use super::state::{LoweredStage, StageState};
 
@@ -357,7 +357,7 @@ impl<'a> Lowering<'a> {
                 .error(ErrorKind::SelfReference(name), stage.from_command.pos));
         }
         self.in_progress[index] = true;
-        let (mut lowered, triggers) = self.start_stage(index, &stage)?;
+        let (mut lowered, triggers, replaced) = self.start_stage(index, &stage)?;
         let image_name = match &lowered.base {
             Base::Image { reference } => reference.clone(),
             Base::Stage { stage } => {
@@ -373,7 +373,14 @@ impl<'a> Lowering<'a> {
                 stage.from_command.pos,
             )?;
         }
-        for command in &stage.commands {
+        // A stage that a named context replaces is that context, whatever
+        // its instructions say (as in BuildKit).
+        let commands = if replaced {
+            &[][..]
+        } else {
+            &stage.commands[..]
+        };
+        for command in commands {
             let step = self.dispatch(&mut lowered, self.source, command, command.pos)?;
             lowered.steps.push(step);
         }
@@ -382,12 +389,13 @@ impl<'a> Lowering<'a> {
         Ok(())
     }
 
-    /// Resolves FROM: the base's state and the ONBUILD triggers to run.
+    /// Resolves FROM: the base's state, the ONBUILD triggers to run, and
+    /// whether a named context replaces the stage.
     fn start_stage(
         &mut self,
         index: usize,
         stage: &DockerfileStage<'_>,
-    ) -> Result<(LoweredStage, Vec<String>), Error> {
+    ) -> Result<(LoweredStage, Vec<String>, bool), Error> {
         let from = stage.from;
         let reference = self
             .expander(self.source)
@@ -424,83 +432,107 @@ impl<'a> Lowering<'a> {
             }
         };
         let mut depends_on = BTreeSet::new();
-        let (base, mut state) = match self.stage_by_name(&reference).filter(|&j| j != index) {
-            Some(j) if j > index => {
-                return Err(self.source.error(
-                    ErrorKind::ForwardStageReference {
-                        name: reference,
-                        defined_at: self.stages[j].from_command.start_line,
-                    },
-                    from.image.pos,
-                ))
-            }
-            Some(j) => {
-                self.lower_stage(j)?;
-                depends_on.insert(j);
-                let mut base_state = self.lowered[j]
-                    .as_ref()
-                    .map(|s| s.state.clone())
-                    .ok_or_else(|| {
-                        self.source
-                            .error(ErrorKind::SelfReference(reference.clone()), from.image.pos)
-                    })?;
-                // The new stage starts from the earlier stage's image: its
-                // ENV values win over a same-named ARG that the earlier
-                // stage declared after them (BuildKit re-applies the
-                // image's variables when a stage starts).
-                let image_env = base_state.image_env.clone();
-                for (key, value) in image_env.iter() {
-                    base_state.env.set(key, value);
-                }
-                (Base::Stage { stage: j }, base_state)
-            }
-            None => {
-                let platform = explicit_platform
-                    .clone()
-                    .unwrap_or_else(|| self.options.target_platform.clone());
-                let (base, config) = if reference == "scratch" {
-                    // What BuildKit starts an empty image with.
-                    let config = ImageConfig {
-                        working_dir: "/".to_string(),
-                        ..ImageConfig::default()
-                    };
-                    (Base::Scratch, config)
-                } else {
-                    let resolved =
-                        self.images
-                            .resolve(&reference, &platform)
-                            .map_err(|message| {
-                                self.source.error(
-                                    ErrorKind::BaseImage {
-                                        reference: reference.clone(),
-                                        message,
-                                    },
-                                    from.image.pos,
-                                )
-                            })?;
-                    (
-                        Base::Image {
-                            reference: resolved.reference,
+        let context_platform = explicit_platform
+            .clone()
+            .unwrap_or_else(|| self.options.target_platform.clone());
+        let replacement = match stage.name() {
+            Some(name) => self
+                .named_context(name, &context_platform, from.image.pos)?
+                .map(|context| (name.to_string(), context)),
+            None => None,
+        };
+        let replaced = replacement.is_some();
+        let mut first_steps = Vec::new();
+        let (base, mut state) = if let Some((name, context)) = replacement {
+            let (base, state, steps) =
+                self.start_from_context(&name, context, context_platform, stage);
+            first_steps = steps;
+            (base, state)
+        } else {
+            match self.stage_by_name(&reference).filter(|&j| j != index) {
+                Some(j) if j > index => {
+                    return Err(self.source.error(
+                        ErrorKind::ForwardStageReference {
+                            name: reference,
+                            defined_at: self.stages[j].from_command.start_line,
                         },
-                        resolved.config,
-                    )
-                };
-                let state = StageState {
-                    env: EnvList::from_key_values(&config.env),
-                    image_env: EnvList::from_key_values(&config.env),
-                    config,
-                    args: Vec::new(),
-                    platform,
-                    author: None,
-                };
-                (base, state)
+                        from.image.pos,
+                    ))
+                }
+                Some(j) => {
+                    self.lower_stage(j)?;
+                    depends_on.insert(j);
+                    let mut base_state = self.lowered[j]
+                        .as_ref()
+                        .map(|s| s.state.clone())
+                        .ok_or_else(|| {
+                            self.source
+                                .error(ErrorKind::SelfReference(reference.clone()), from.image.pos)
+                        })?;
+                    // The new stage starts from the earlier stage's image: its
+                    // ENV values win over a same-named ARG that the earlier
+                    // stage declared after them (BuildKit re-applies the
+                    // image's variables when a stage starts).
+                    let image_env = base_state.image_env.clone();
+                    for (key, value) in image_env.iter() {
+                        base_state.env.set(key, value);
+                    }
+                    (Base::Stage { stage: j }, base_state)
+                }
+                None => {
+                    let platform = context_platform.clone();
+                    let named = if reference == "scratch" {
+                        None
+                    } else {
+                        self.named_context(&reference, &platform, from.image.pos)?
+                    };
+                    if let Some(context) = named {
+                        let (base, state, steps) =
+                            self.start_from_context(&reference, context, platform, stage);
+                        first_steps = steps;
+                        (base, state)
+                    } else {
+                        let (base, config) = if reference == "scratch" {
+                            // What BuildKit starts an empty image with.
+                            let config = ImageConfig {
+                                working_dir: "/".to_string(),
+                                ..ImageConfig::default()
+                            };
+                            (Base::Scratch, config)
+                        } else {
+                            let resolved =
+                                self.images
+                                    .resolve(&reference, &platform)
+                                    .map_err(|message| {
+                                        self.source.error(
+                                            ErrorKind::BaseImage {
+                                                reference: reference.clone(),
+                                                message,
+                                            },
+                                            from.image.pos,
+                                        )
+                                    })?;
+                            (
+                                Base::Image {
+                                    reference: resolved.reference,
+                                },
+                                resolved.config,
+                            )
+                        };
+                        (base, image_state(config, platform))
+                    }
+                }
             }
         };
         if let Some(platform) = explicit_platform {
             state.platform = platform;
         }
         state.default_path();
-        let triggers = std::mem::take(&mut state.config.on_build);
+        let mut triggers = std::mem::take(&mut state.config.on_build);
+        if replaced {
+            // BuildKit runs no trigger in a stage that a context replaces.
+            triggers.clear();
+        }
         let name = match stage.name() {
             Some(name) => name.to_string(),
             None => format!("stage-{index}"),
@@ -512,12 +544,84 @@ impl<'a> Lowering<'a> {
                 location: stage.from_command.pos,
                 base,
                 state,
-                steps: Vec::with_capacity(stage.commands.len()),
+                steps: first_steps,
                 depends_on,
                 cmd_set: false,
             },
             triggers,
+            replaced,
         ))
+    }
+
+    /// The build context given for `name`, if any.
+    fn named_context(
+        &mut self,
+        name: &str,
+        platform: &Platform,
+        pos: Pos,
+    ) -> Result<Option<NamedContext>, Error> {
+        self.images
+            .named_context(name, platform)
+            .map_err(|message| {
+                self.source.error(
+                    ErrorKind::NamedContext {
+                        name: name.to_string(),
+                        message,
+                    },
+                    pos,
+                )
+            })
+    }
+
+    /// A stage's base, state and first steps when it starts from the build
+    /// context given as `name`: an image as FROM would give it, or a
+    /// scratch stage holding a context's files, as BuildKit makes one.
+    fn start_from_context(
+        &self,
+        name: &str,
+        context: NamedContext,
+        platform: Platform,
+        stage: &DockerfileStage<'_>,
+    ) -> (Base, StageState, Vec<Step>) {
+        let scratch = || ImageConfig {
+            working_dir: "/".to_string(),
+            ..ImageConfig::default()
+        };
+        match context {
+            NamedContext::Image(resolved) => (
+                Base::Image {
+                    reference: resolved.reference,
+                },
+                image_state(resolved.config, platform),
+                Vec::new(),
+            ),
+            NamedContext::Scratch => (Base::Scratch, image_state(scratch(), platform), Vec::new()),
+            NamedContext::Files { name: context_name } => {
+                let copy = CopyStep {
+                    from: Source::NamedContext { name: context_name },
+                    sources: vec![CopySource::Path("/".to_string())],
+                    dest: "/".to_string(),
+                    chown: None,
+                    chmod: None,
+                    link: false,
+                    parents: false,
+                    exclude: Vec::new(),
+                    unpack: false,
+                    unpack_downloads: false,
+                    checksum: None,
+                    keep_git_dir: false,
+                };
+                let step = Step {
+                    location: stage.from_command.pos,
+                    instruction: format!("FROM {name}"),
+                    from_onbuild: false,
+                    history: Some(format!("FROM {name} (build context)")),
+                    numbered: true,
+                    action: Action::Copy(copy),
+                };
+                (Base::Scratch, image_state(scratch(), platform), vec![step])
+            }
+        }
     }
 
     fn dispatch_trigger(
@@ -702,6 +806,28 @@ impl<'a> Lowering<'a> {
             }
             Err(_) => self.stage_by_name(name),
         };
+        if index.is_none() {
+            let platform = stage.state.platform.clone();
+            match self.named_context(name, &platform, pos)? {
+                Some(NamedContext::Image(resolved)) => {
+                    return Ok(Source::Image {
+                        reference: resolved.reference,
+                    })
+                }
+                Some(NamedContext::Files { name }) => return Ok(Source::NamedContext { name }),
+                Some(NamedContext::Scratch) => {
+                    return Err(source.error(
+                        ErrorKind::NamedContext {
+                            name: name.to_string(),
+                            message: "it is an empty image (scratch): there are no files to read"
+                                .to_string(),
+                        },
+                        pos,
+                    ))
+                }
+                None => {}
+            }
+        }
         let Some(index) = index else {
             // Pinned like a base image, so that the whole build reads one
             // version of it.
@@ -736,6 +862,18 @@ impl<'a> Lowering<'a> {
         self.lower_stage(index)?;
         stage.depends_on.insert(index);
         Ok(Source::Stage { stage: index })
+    }
+}
+
+/// The state of a stage that starts from an image with `config`.
+fn image_state(config: ImageConfig, platform: Platform) -> StageState {
+    StageState {
+        env: EnvList::from_key_values(&config.env),
+        image_env: EnvList::from_key_values(&config.env),
+        config,
+        args: Vec::new(),
+        platform,
+        author: None,
     }
 }
 

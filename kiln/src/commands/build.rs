@@ -256,6 +256,11 @@ fn build_request(args: &BuildArgs) -> Result<BuildRequest> {
         let (id, source) = kiln_builder::secrets::parse_secret(spec)?;
         request.secrets.secrets.insert(id, source);
     }
+    for spec in &args.build_contexts {
+        request
+            .named_contexts
+            .push(kiln_builder::contexts::NamedContextSpec::parse(spec)?);
+    }
     for spec in &args.ssh {
         let (id, socket) = kiln_builder::secrets::parse_ssh(spec)?;
         request.secrets.ssh.insert(id, socket);
