@@ -4,6 +4,7 @@
 
 mod cache;
 mod cli;
+mod contexts;
 mod exports;
 mod images;
 mod output;
