@@ -242,6 +242,14 @@ impl<'a> NamedContexts<'a> {
         for spec in specs {
             let source = match &spec.source {
                 ContextSource::Directory(path) => {
+                    if !path.exists() {
+                        bail!(
+                            "--build-context {}: there is no directory {} (a local directory, \
+                             docker-image://REF, oci-layout://PATH or a URL)",
+                            spec.name,
+                            path.display()
+                        );
+                    }
                     let root = std::fs::canonicalize(path).with_context(|| {
                         format!(
                             "--build-context {}: cannot use the directory {}",

@@ -10,7 +10,8 @@ use kiln_frontend::graph::{
 };
 use kiln_frontend::lower::DEFAULT_PATH;
 use kiln_frontend::{
-    lower, parse, BaseImages, Error, ErrorKind, LowerOptions, Platform, Pos, ResolvedImage,
+    lower, parse, BaseImages, Error, ErrorKind, LowerOptions, NamedContext, Platform, Pos,
+    ResolvedImage,
 };
 
 /// Base images known to a test, by reference; records what was asked for.
@@ -985,4 +986,100 @@ fn progress_numbers_add_copy_run_and_every_workdir_as_buildkit_does() {
     let g = graph("FROM scratch\nWORKDIR /\nENV A=1\nRUN x\nCOPY a b\nWORKDIR /w\nLABEL l=1\n");
     let numbered: Vec<bool> = target(&g).steps.iter().map(|s| s.numbered).collect();
     assert_eq!(numbered, [true, false, true, true, true, false]);
+}
+
+/// Base images plus build contexts given by name: `files` holds files,
+/// `img` is an image, each asked for under the name the Dockerfile uses.
+#[derive(Default)]
+struct WithContexts {
+    images: Images,
+    asked: Vec<String>,
+}
+
+impl BaseImages for WithContexts {
+    fn resolve(&mut self, reference: &str, platform: &Platform) -> Result<ResolvedImage, String> {
+        self.images.resolve(reference, platform)
+    }
+
+    fn named_context(
+        &mut self,
+        name: &str,
+        _platform: &Platform,
+    ) -> Result<Option<NamedContext>, String> {
+        self.asked.push(name.to_string());
+        Ok(match name {
+            "files" => Some(NamedContext::Files {
+                name: "files".to_string(),
+            }),
+            "img" => Some(NamedContext::Image(ResolvedImage {
+                reference: "example/img@sha256:1".to_string(),
+                config: ImageConfig {
+                    env: vec!["FROM_IMG=yes".to_string()],
+                    ..ImageConfig::default()
+                },
+            })),
+            _ => None,
+        })
+    }
+}
+
+#[test]
+fn named_contexts_replace_stages_and_images_wherever_they_are_named() {
+    let mut contexts = WithContexts::default();
+    let graph = lower(
+        &parse(
+            "FROM busybox AS unused\n\
+             FROM scratch AS img\n\
+             RUN never lowered\n\
+             FROM img AS built\n\
+             COPY --from=files /a /a\n\
+             RUN --mount=from=files,target=/m cat /m/b\n\
+             FROM files\n\
+             COPY --from=built /a /b\n",
+            "Dockerfile",
+        )
+        .expect("parses"),
+        &LowerOptions::default(),
+        &mut contexts,
+    )
+    .expect("lowers");
+    // The unused stage is never looked at, nor its base image.
+    assert!(!contexts.asked.iter().any(|name| name == "unused"));
+    assert!(contexts.images.requested.is_empty());
+    let built = graph
+        .stages
+        .iter()
+        .find(|stage| stage.name == "built")
+        .expect("built");
+    let replaced = &graph.stages[built.depends_on[0]];
+    assert_eq!(
+        replaced.base,
+        Base::Image {
+            reference: "example/img@sha256:1".to_string()
+        }
+    );
+    assert!(replaced.steps.is_empty(), "the stage's RUN is not lowered");
+    assert!(built.config.env.contains(&"FROM_IMG=yes".to_string()));
+    let Action::Copy(copy) = &built.steps[0].action else {
+        panic!("a COPY");
+    };
+    assert_eq!(
+        copy.from,
+        Source::NamedContext {
+            name: "files".to_string()
+        }
+    );
+    let run = runs(built)[0];
+    assert!(matches!(
+        &run.mounts[0],
+        Mount::Bind { from: Source::NamedContext { name }, .. } if name == "files"
+    ));
+    // FROM a files context: scratch, then its files at the root.
+    let last = target(&graph);
+    assert_eq!(last.base, Base::Scratch);
+    assert_eq!(last.steps[0].instruction, "FROM files");
+    let Action::Copy(first) = &last.steps[0].action else {
+        panic!("a COPY of the context");
+    };
+    assert_eq!(first.dest, "/");
 }

@@ -197,10 +197,7 @@ fn a_tarball_url_is_a_named_context_and_a_main_context() {
 
     let context = Context::new();
     context.write("Dockerfile", "FROM busybox\nCOPY --from=web data.txt /\n");
-    let named = kiln.files(
-        context.path(),
-        &["--build-context", &format!("web={url}")],
-    );
+    let named = kiln.files(context.path(), &["--build-context", &format!("web={url}")]);
     assert_eq!(
         fs::read_to_string(named.path().join("data.txt")).expect("data"),
         "served\n"
@@ -262,6 +259,7 @@ fn bad_build_contexts_are_clear_errors() {
         "base=./missing",
         "base=oci-layout://layout:v2",
         "base=ftp://example.com/x",
+        "base=https://example.com/repo.git#main",
     ] {
         let output = kiln.try_build(context.path(), &["--build-context", value]);
         assert_eq!(output.status.code(), Some(1), "{value}");
