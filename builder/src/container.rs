@@ -35,6 +35,11 @@ pub struct RunOptions {
     pub entrypoint: Option<String>,
     /// Keep the container's changes as an image of this name.
     pub commit: Option<String>,
+    /// Pass kiln's standard input on (`-i`); without it the process reads
+    /// an empty input, as with `docker run`.
+    pub interactive: bool,
+    /// Give the process a pseudo-terminal (`-t`), for interactive shells.
+    pub tty: bool,
 }
 
 /// How a container ended.
@@ -152,7 +157,10 @@ pub fn run(
                 upper: &upper,
                 scratch: &scratch,
             },
-            StepIo::Inherit,
+            StepIo::Attached {
+                stdin: args.interactive,
+                terminal: args.tty,
+            },
             interrupt.flag(),
         )?
     };

@@ -304,6 +304,7 @@ pub(crate) fn config(
     rootfs: &Path,
     etc: &Path,
     sources: &[Option<PathBuf>],
+    terminal: bool,
 ) -> Result<Spec, Error> {
     let capabilities: std::collections::HashSet<Capability> = if step.insecure {
         // `--security=insecure`: every capability, as BuildKit gives.
@@ -340,7 +341,7 @@ pub(crate) fn config(
             .map(|(name, value)| format!("{name}={}", String::from_utf8_lossy(&value.0))),
     );
     let process = ProcessBuilder::default()
-        .terminal(false)
+        .terminal(terminal)
         .user(user)
         .args(step.args.clone())
         .env(env)
@@ -656,6 +657,7 @@ mod tests {
             Path::new("/rootfs"),
             Path::new("/bundle/etc"),
             &[None, Some(PathBuf::from("/host/cache"))],
+            false,
         )
         .unwrap()
     }
@@ -813,6 +815,7 @@ mod tests {
             Path::new("/rootfs"),
             Path::new("/etc"),
             &[None, None],
+            false,
         );
         assert!(matches!(result, Err(Error::Spec(message)) if message.contains("/cache")));
     }

@@ -12,3 +12,4 @@ mod regression;
 mod run;
 mod scheduler;
 mod support;
+mod terminal;

@@ -762,7 +762,7 @@ fn kiln_run_runs_a_command_of_an_image_with_its_settings() {
 
     let mut child = kiln
         .command()
-        .args(["run", "busybox", "tr", "a-z", "A-Z"])
+        .args(["run", "-i", "busybox", "tr", "a-z", "A-Z"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
