@@ -186,6 +186,11 @@ fn run_with_a_terminal_gives_an_interactive_shell() {
         "the shell's input is a terminal:\n{}",
         screen.join("\n")
     );
+    terminal.tmux(&["resize-window", "-t", "kiln", "-x", "100", "-y", "30"]);
+    terminal.type_line("stty size");
+    terminal.wait_for("the new size inside", |screen| {
+        screen.iter().any(|row| row == "30 100")
+    });
     terminal.type_line("exit 3");
     terminal.wait_for("the shell's exit status", |screen| {
         screen.iter().any(|row| row == "kiln exited 3")
