@@ -134,11 +134,13 @@ pub fn run(
             gid: user.gid,
             additional_gids: user.additional_gids,
         },
-        hostname: "kiln".to_string(),
         network,
         insecure: false,
         mounts,
-        resources: kiln_runtime::Resources::default(),
+        resources: kiln_runtime::Resources {
+            hostname: Some("kiln".to_string()),
+            ..kiln_runtime::Resources::default()
+        },
     };
 
     let work = store.temp_dir()?;

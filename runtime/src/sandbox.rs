@@ -280,7 +280,7 @@ impl Runtime {
         std::fs::create_dir_all(&self.state_dir).map_err(|e| Error::io(&self.state_dir, e))?;
         write_file(
             &etc.join("hosts"),
-            &hosts(&step.hostname, &step.resources.extra_hosts),
+            &hosts(step.resources.hostname(), &step.resources.extra_hosts),
         )?;
         write_file(&etc.join("resolv.conf"), &resolv_conf())?;
         let mut overlays = vec![Overlay {

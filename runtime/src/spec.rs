@@ -480,7 +480,7 @@ pub(crate) fn config(
                 .build()
                 .map_err(spec_error)?,
         )
-        .hostname(step.hostname.clone())
+        .hostname(step.resources.hostname().to_string())
         .process(process)
         .mounts(mounts)
         .linux(linux)
@@ -632,7 +632,6 @@ mod tests {
                 gid: 50,
                 additional_gids: vec![7],
             },
-            hostname: "kiln".into(),
             network: Network::Host,
             insecure: false,
             resources: crate::Resources::default(),
@@ -710,7 +709,7 @@ mod tests {
         assert!(ns.contains(&LinuxNamespaceType::Pid));
         assert!(ns.contains(&LinuxNamespaceType::Mount));
         assert!(!ns.contains(&LinuxNamespaceType::Network), "host network");
-        assert_eq!(spec.hostname(), &Some("kiln".to_string()));
+        assert_eq!(spec.hostname(), &Some("buildkitsandbox".to_string()));
         let devices = linux
             .resources()
             .as_ref()
