@@ -288,6 +288,12 @@ impl<'a> NamedContexts<'a> {
     /// The SOURCE_DATE_EPOCH a files context gives, when `name` is one.
     pub fn epoch_of(&mut self, name: &str) -> crate::Result<Option<Option<i64>>> {
         let platform = Platform::host();
+        match self.spec_for(name, &platform) {
+            None => return Ok(None),
+            // Only a download has a time; an image is not even looked up.
+            Some((_, source)) if !matches!(source, ContextSource::Url(_)) => return Ok(Some(None)),
+            Some(_) => {}
+        }
         match self
             .lookup(name, &platform)
             .map_err(crate::Error::Invalid)?
@@ -745,6 +751,9 @@ pub fn prepare_main_context(
             if is_url {
                 if let Some(file) = &args.file {
                     let inside = file.to_string_lossy();
+                    if inside.split('/').any(|part| part == "..") {
+                        bail!("-f {inside}: a URL context's Dockerfile is a path inside it");
+                    }
                     args.file = Some(context.join(inside.trim_start_matches('/')));
                 }
             }
