@@ -746,16 +746,25 @@ pub fn prepare_main_context(
                 bail!("standard input holds a Dockerfile, and -f names another: give one of them");
             }
             args.file = Some(dockerfile.clone());
+            args.shown_as = Some(location.clone());
         }
         None => {
             if is_url {
                 if let Some(file) = &args.file {
-                    let inside = file.to_string_lossy();
+                    let inside = file.to_string_lossy().into_owned();
                     if inside.split('/').any(|part| part == "..") {
                         bail!("-f {inside}: a URL context's Dockerfile is a path inside it");
                     }
                     args.file = Some(context.join(inside.trim_start_matches('/')));
+                    args.shown_as = Some(inside);
                 }
+            }
+            if args.file.is_none() {
+                let dockerfile = crate::dockerfile::default_dockerfile(&context);
+                args.shown_as = dockerfile
+                    .file_name()
+                    .map(|name| name.to_string_lossy().into_owned());
+                args.file = Some(dockerfile);
             }
         }
     }
