@@ -89,6 +89,8 @@ pub struct Instruction {
     pub end_line: usize,
     /// The instruction as written, continuation lines joined.
     pub text: String,
+    /// Whether an empty line sits among its continuation lines.
+    pub empty_continuation: bool,
 }
 
 /// Parser directives from the top of the file.

@@ -37,6 +37,7 @@ mod history;
 pub mod ignore;
 pub mod instruction;
 pub mod keyword;
+pub mod lint;
 pub mod lower;
 mod mount;
 pub mod parser;

@@ -147,21 +147,13 @@ impl<'s> Parser<'s> {
                 continues = more;
             }
             let start_line = logical.segments[0].line;
-            if empty_continuation {
-                self.warnings.push(Warning {
-                    line: Some(start_line),
-                    message: format!(
-                        "empty continuation line in: {}; empty continuation lines will become errors in a future Dockerfile syntax",
-                        logical.text.trim()
-                    ),
-                });
-            }
             let mut instruction = self.instruction(&logical, 0, &logical.text)?;
             if can_contain_heredoc(&instruction) && logical.text.contains("<<") {
                 instruction.heredocs = self.read_heredocs(&logical.text, instruction.name.pos)?;
             }
             instruction.start_line = start_line;
             instruction.end_line = self.next_line - 1;
+            instruction.empty_continuation = empty_continuation;
             if let Args::Onbuild(trigger) = &mut instruction.args {
                 trigger.start_line = start_line;
                 trigger.end_line = self.next_line - 1;
@@ -324,6 +316,7 @@ impl<'s> Parser<'s> {
             start_line: name_pos.line,
             end_line: name_pos.line,
             text: text.to_string(),
+            empty_continuation: false,
         })
     }
 
@@ -922,10 +915,15 @@ mod tests {
     }
 
     #[test]
-    fn empty_continuation_lines_warn() {
+    fn empty_continuation_lines_are_noted() {
         let dockerfile = parse("FROM a\nRUN a \\\n\n  b\n", "f").expect("parses");
-        assert_eq!(dockerfile.warnings.len(), 1);
-        assert_eq!(dockerfile.warnings[0].line, Some(2));
+        assert!(
+            dockerfile.warnings.is_empty(),
+            "the NoEmptyContinuation check reports them"
+        );
+        assert!(dockerfile.instructions[1].empty_continuation);
+        assert!(!dockerfile.instructions[0].empty_continuation);
+        assert_eq!(dockerfile.instructions[1].end_line, 4);
     }
 
     #[test]
