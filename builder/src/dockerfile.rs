@@ -7,7 +7,11 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{bail, Context};
 use crate::progress::Progress;
+use crate::base_images::{StoreImages, StoreOrUnknownImages};
+use kiln_cache::Store;
+use kiln_frontend::ast::Source;
 use kiln_frontend::graph::Network;
+use kiln_frontend::lint::{self, Scope};
 use kiln_frontend::{BaseImages, BuildGraph, DockerIgnore, LowerOptions, Platform};
 
 /// Which Dockerfile to read and how to lower it.
@@ -66,6 +70,15 @@ pub fn load(
     }
     let ignore = DockerIgnore::load(&path, &args.context)?;
     let options = lower_options(args, labels, allow)?;
+    // The build checks come first, as in BuildKit: their warnings are shown
+    // even when the Dockerfile then fails to lower.
+    let report = lint::check(&dockerfile, &options, Scope::Target, &ignore, images)?;
+    for finding in &report.findings {
+        progress.note(&format!("WARN: {}", finding.short()));
+    }
+    if let Some(violation) = report.violation(&dockerfile.source) {
+        return Err(violation.into());
+    }
     let graph = kiln_frontend::lower(&dockerfile, &options, images)?;
     for warning in graph.warnings.iter().filter(|w| w.line.is_none()) {
         progress.warn(&warning.message);
@@ -84,6 +97,52 @@ pub fn targets(args: &DockerfileArgs) -> crate::Result<Vec<kiln_frontend::target
     let (_, name, bytes) = read_dockerfile(args)?;
     let dockerfile = kiln_frontend::parse_bytes(&bytes, &name)?;
     Ok(kiln_frontend::targets::targets(&dockerfile)?)
+}
+
+/// The outline of the target `args` names, as `--call=outline` shows it:
+/// read and parsed, nothing lowered or built.
+pub fn outline(args: &DockerfileArgs) -> crate::Result<kiln_frontend::outline::Outline> {
+    let (_, name, bytes) = read_dockerfile(args)?;
+    let dockerfile = kiln_frontend::parse_bytes(&bytes, &name)?;
+    let options = lower_options(args, &[], &[])?;
+    Ok(kiln_frontend::outline::outline(&dockerfile, &options)?)
+}
+
+/// What `--call=check` found in a Dockerfile.
+pub struct Checked {
+    pub report: lint::Report,
+    /// The Dockerfile's text, to show the lines the findings are about.
+    pub source: Source,
+    /// Why a build of the Dockerfile would fail regardless of the checks
+    /// (it does not lower), reported after the findings.
+    pub error: Option<crate::Error>,
+}
+
+/// Runs the build checks on every stage of the Dockerfile `args` names, as
+/// `--call=check` does, with the base images the store has; nothing is
+/// pulled or built.
+pub fn check(args: &DockerfileArgs, store: &Store) -> crate::Result<Checked> {
+    let (path, name, bytes) = read_dockerfile(args)?;
+    let dockerfile = kiln_frontend::parse_bytes(&bytes, &name)?;
+    let ignore = DockerIgnore::load(&path, &args.context)?;
+    let options = lower_options(args, &[], &[])?;
+    let mut local_images = StoreImages::new(store, None, false);
+    let report = lint::check(
+        &dockerfile,
+        &options,
+        Scope::AllStages,
+        &ignore,
+        &mut local_images,
+    )?;
+    let mut any_images = StoreOrUnknownImages { store };
+    let error = kiln_frontend::lower(&dockerfile, &options, &mut any_images)
+        .err()
+        .map(crate::Error::from);
+    Ok(Checked {
+        report,
+        source: dockerfile.source,
+        error,
+    })
 }
 
 /// The Dockerfile of `context` when `-f` names none: `Dockerfile`, or else
