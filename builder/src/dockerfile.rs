@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use crate::base_images::{StoreImages, StoreOrUnknownImages};
 use crate::error::{bail, Context};
 use crate::progress::Progress;
-use crate::base_images::{StoreImages, StoreOrUnknownImages};
 use kiln_cache::Store;
 use kiln_frontend::ast::Source;
 use kiln_frontend::graph::Network;
@@ -61,21 +61,40 @@ pub fn load(
         );
     }
     let (path, name, bytes) = read_dockerfile(args)?;
-    let dockerfile = kiln_frontend::parse_bytes(&bytes, &name)?;
+    let ignore = DockerIgnore::load(&path, &args.context)?;
+    let options = lower_options(args, labels, allow)?;
+    let show = |report: &lint::Report| {
+        for finding in &report.findings {
+            progress.note(&format!("WARN: {}", finding.short()));
+        }
+    };
+    let dockerfile = match kiln_frontend::parse_bytes(&bytes, &name) {
+        Ok(dockerfile) => dockerfile,
+        Err(error) => {
+            let partial = checks_before_error(
+                &bytes,
+                &name,
+                &error,
+                (&options, Scope::Target),
+                &ignore,
+                images,
+            );
+            if let Some(checked) = partial {
+                show(&checked.report);
+            }
+            return Err(error.into());
+        }
+    };
     for warning in &dockerfile.warnings {
         match warning.line {
             Some(line) => progress.warn(&format!("{name}:{line}: {}", warning.message)),
             None => progress.warn(&warning.message),
         }
     }
-    let ignore = DockerIgnore::load(&path, &args.context)?;
-    let options = lower_options(args, labels, allow)?;
     // The build checks come first, as in BuildKit: their warnings are shown
     // even when the Dockerfile then fails to lower.
     let report = lint::check(&dockerfile, &options, Scope::Target, &ignore, images)?;
-    for finding in &report.findings {
-        progress.note(&format!("WARN: {}", finding.short()));
-    }
+    show(&report);
     if let Some(violation) = report.violation(&dockerfile.source) {
         return Err(violation.into());
     }
@@ -123,10 +142,27 @@ pub struct Checked {
 /// pulled or built.
 pub fn check(args: &DockerfileArgs, store: &Store) -> crate::Result<Checked> {
     let (path, name, bytes) = read_dockerfile(args)?;
-    let dockerfile = kiln_frontend::parse_bytes(&bytes, &name)?;
     let ignore = DockerIgnore::load(&path, &args.context)?;
     let options = lower_options(args, &[], &[])?;
     let mut local_images = StoreImages::new(store, None, false);
+    let dockerfile = match kiln_frontend::parse_bytes(&bytes, &name) {
+        Ok(dockerfile) => dockerfile,
+        Err(error) => {
+            return checks_before_error(
+                &bytes,
+                &name,
+                &error,
+                (&options, Scope::AllStages),
+                &ignore,
+                &mut local_images,
+            )
+            .map(|checked| Checked {
+                error: Some(error.clone().into()),
+                ..checked
+            })
+            .ok_or_else(|| error.into());
+        }
+    };
     let report = lint::check(
         &dockerfile,
         &options,
@@ -142,6 +178,29 @@ pub fn check(args: &DockerfileArgs, store: &Store) -> crate::Result<Checked> {
         report,
         source: dockerfile.source,
         error,
+    })
+}
+
+/// The build checks of the instructions before the line a parse error is
+/// on: BuildKit reports them before the error. None when there is nothing
+/// before it that parses.
+fn checks_before_error(
+    bytes: &[u8],
+    name: &str,
+    error: &kiln_frontend::Error,
+    (options, scope): (&LowerOptions, Scope),
+    ignore: &DockerIgnore,
+    images: &mut dyn BaseImages,
+) -> Option<Checked> {
+    let line = error.location.as_ref()?.pos.line;
+    let text = std::str::from_utf8(bytes).ok()?;
+    let before: String = text.split_inclusive('\n').take(line - 1).collect();
+    let dockerfile = kiln_frontend::parse(&before, name).ok()?;
+    let report = lint::check(&dockerfile, options, scope, ignore, images).ok()?;
+    Some(Checked {
+        report,
+        source: dockerfile.source,
+        error: None,
     })
 }
 

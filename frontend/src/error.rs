@@ -202,7 +202,7 @@ pub enum ErrorKind {
     #[error("invalid platform {value:?}: {reason}")]
     InvalidPlatform { value: String, reason: String },
     #[error(
-        "FROM --platform={expression} expands to an empty platform{}",
+        "empty platform value from expression {expression}{} (FROM --platform)",
         did_you_mean(suggestion)
     )]
     EmptyPlatform {

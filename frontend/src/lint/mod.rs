@@ -239,8 +239,8 @@ fn comment_config(source: &Source, line: usize) -> Option<CheckConfig> {
 }
 
 /// The comments (text after `#`, trimmed) on the lines directly above line
-/// `line`, nearest last; a blank line or an instruction ends them, and the
-/// parser directives at the top of the file are not comments.
+/// `line`, nearest last; a blank line, a bare `#` or an instruction ends
+/// them, and the parser directives at the top of the file are not comments.
 pub(crate) fn comments_above(source: &Source, line: usize) -> Vec<String> {
     let first_comment_line = directive_lines(source) + 1;
     let mut comments = Vec::new();
@@ -250,7 +250,11 @@ pub(crate) fn comments_above(source: &Source, line: usize) -> Vec<String> {
         let Some(comment) = source.line(above).trim().strip_prefix('#') else {
             break;
         };
-        comments.push(comment.trim().to_string());
+        let comment = comment.trim();
+        if comment.is_empty() {
+            break;
+        }
+        comments.push(comment.to_string());
     }
     comments.reverse();
     comments

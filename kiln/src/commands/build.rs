@@ -131,7 +131,9 @@ impl Call {
         }
         match name {
             "build" if !json => Ok(Call::Build),
-            "build" => bail!("--call=build takes no format (format= is for targets, check and outline)"),
+            "build" => {
+                bail!("--call=build takes no format (format= is for targets, check and outline)")
+            }
             "targets" => Ok(Call::Targets { json }),
             "check" => Ok(Call::Check { json }),
             "outline" => Ok(Call::Outline { json }),
@@ -195,12 +197,19 @@ fn outline(args: &DockerfileArgs, json: bool) -> Result<()> {
     };
     let mut header = vec![vec!["TARGET:".to_string(), target.to_string()]];
     if !outline.description.is_empty() {
-        header.push(vec!["DESCRIPTION:".to_string(), outline.description.clone()]);
+        header.push(vec![
+            "DESCRIPTION:".to_string(),
+            outline.description.clone(),
+        ]);
     }
     write_table(&mut stdout, &header, 1)?;
     writeln!(stdout)?;
     if !outline.args.is_empty() {
-        let mut rows = vec![vec!["BUILD ARG".into(), "VALUE".into(), "DESCRIPTION".into()]];
+        let mut rows = vec![vec![
+            "BUILD ARG".into(),
+            "VALUE".into(),
+            "DESCRIPTION".into(),
+        ]];
         rows.extend(
             outline
                 .args
