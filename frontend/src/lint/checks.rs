@@ -172,7 +172,7 @@ pub(super) fn run(
         .chain(global_args.iter().map(|arg| arg.name.text.clone()))
         .collect();
     for stage in &stages {
-        checker.from_line(stage, &global_env, &declared_globals);
+        checker.check_from_line(stage, &global_env, &declared_globals);
     }
     let in_scope = match scope {
         Scope::AllStages => vec![true; stages.len()],
@@ -188,7 +188,7 @@ pub(super) fn run(
             &expand(&checker.lexer, &stage.from.image.text, &global_env).value,
         );
         let state = match base.filter(|&base| base < index) {
-            Some(base) => states[base].clone().unwrap_or_else(|| unknown_state()),
+            Some(base) => states[base].clone().unwrap_or_else(unknown_state),
             None => checker.image_state(stage, &global_env, images),
         };
         let state = checker.dispatch(stage, state, &global_env, ignore);
@@ -508,7 +508,7 @@ impl Checker<'_> {
     }
 
     /// The rules about a FROM line's variables and platform.
-    fn from_line(&mut self, stage: &Stage, global_env: &EnvList, declared: &BTreeSet<String>) {
+    fn check_from_line(&mut self, stage: &Stage, global_env: &EnvList, declared: &BTreeSet<String>) {
         let line = stage.from_instruction.start_line;
         let known: Vec<&str> = declared.iter().map(String::as_str).collect();
         let undeclared = |checker: &mut Self, missing: &[String]| {
