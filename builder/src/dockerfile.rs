@@ -137,10 +137,10 @@ pub struct Checked {
     pub error: Option<crate::Error>,
 }
 
-/// Runs the build checks on every stage of the Dockerfile `args` names, as
-/// `--call=check` does, with the base images the store has; nothing is
-/// pulled or built.
-pub fn check(args: &DockerfileArgs, store: &Store) -> crate::Result<Checked> {
+/// Runs the build checks on the stages of the Dockerfile `args` names that
+/// `scope` says (every one for `--call=check`), with the base images the
+/// store has; nothing is pulled or built.
+pub fn check(args: &DockerfileArgs, store: &Store, scope: Scope) -> crate::Result<Checked> {
     let (path, name, bytes) = read_dockerfile(args)?;
     let ignore = DockerIgnore::load(&path, &args.context)?;
     let options = lower_options(args, &[], &[])?;
@@ -152,7 +152,7 @@ pub fn check(args: &DockerfileArgs, store: &Store) -> crate::Result<Checked> {
                 &bytes,
                 &name,
                 &error,
-                (&options, Scope::AllStages),
+                (&options, scope),
                 &ignore,
                 &mut local_images,
             )
@@ -163,13 +163,7 @@ pub fn check(args: &DockerfileArgs, store: &Store) -> crate::Result<Checked> {
             .ok_or_else(|| error.into());
         }
     };
-    let report = lint::check(
-        &dockerfile,
-        &options,
-        Scope::AllStages,
-        &ignore,
-        &mut local_images,
-    )?;
+    let report = lint::check(&dockerfile, &options, scope, &ignore, &mut local_images)?;
     let mut any_images = StoreOrUnknownImages { store };
     let error = kiln_frontend::lower(&dockerfile, &options, &mut any_images)
         .err()

@@ -508,7 +508,12 @@ impl Checker<'_> {
     }
 
     /// The rules about a FROM line's variables and platform.
-    fn check_from_line(&mut self, stage: &Stage, global_env: &EnvList, declared: &BTreeSet<String>) {
+    fn check_from_line(
+        &mut self,
+        stage: &Stage,
+        global_env: &EnvList,
+        declared: &BTreeSet<String>,
+    ) {
         let line = stage.from_instruction.start_line;
         let known: Vec<&str> = declared.iter().map(String::as_str).collect();
         let undeclared = |checker: &mut Self, missing: &[String]| {

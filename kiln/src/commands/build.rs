@@ -10,6 +10,7 @@ use kiln_builder::remote::Remote;
 use kiln_builder::run::Sandbox;
 use kiln_builder::{BuildRequest, Engine, Error, Output, OutputSpec, Result};
 use kiln_cache::{Compression, Store};
+use kiln_frontend::lint::Scope;
 use kiln_registry::Reference;
 
 use super::values::{self, parse_size};
@@ -92,6 +93,9 @@ pub fn build(
         progress: &progress,
     };
     let built = kiln_builder::build(&engine, &request)?;
+    if mode != Mode::Quiet {
+        summarize_warnings(store, &args.dockerfile);
+    }
     if let Some(digest) = built.image {
         if built.on_stdout {
             eprintln!("{digest}");
@@ -263,7 +267,7 @@ fn write_table(out: &mut dyn Write, rows: &[Vec<String>], gap: usize) -> Result<
 /// lines they are about; exit code 1 when they find something, an error
 /// when `error=true` says findings fail or the Dockerfile cannot be built.
 fn check(store: &Store, args: &DockerfileArgs, json: bool) -> Result<u8> {
-    let checked = kiln_builder::dockerfile::check(&dockerfile_args(args), store)?;
+    let checked = kiln_builder::dockerfile::check(&dockerfile_args(args), store, Scope::AllStages)?;
     let findings = &checked.report.findings;
     let mut stdout = std::io::stdout().lock();
     if json {
@@ -300,6 +304,25 @@ fn check(store: &Store, args: &DockerfileArgs, json: bool) -> Result<u8> {
         writeln!(stdout, "Check complete, no warnings found.")?;
     }
     Ok(0)
+}
+
+/// After a build, the build checks' findings again, as buildx sums them
+/// up. The base images the build used are in the store by now, so the
+/// findings are those shown before the first step.
+fn summarize_warnings(store: &Store, args: &DockerfileArgs) {
+    let Ok(checked) = kiln_builder::dockerfile::check(&dockerfile_args(args), store, Scope::Target)
+    else {
+        return;
+    };
+    let findings = &checked.report.findings;
+    match findings.len() {
+        0 => return,
+        1 => eprintln!("1 warning found:"),
+        count => eprintln!("{count} warnings found:"),
+    }
+    for finding in findings {
+        eprintln!(" - {}", finding.short());
+    }
 }
 
 /// A finding as `--call=check` prints it: the rule and what it asks, then

@@ -1,5 +1,5 @@
 //! Build checks and outlines as users meet them: `kiln build --call=check`
-//! (and `--check`), the warnings at the start of a build, `error=true`, and
+//! (and `--check`), the warnings at the start and end of a build, `error=true`, and
 //! `kiln build --call=outline`. What they print is pinned as snapshots.
 
 use std::process::Output;
@@ -68,7 +68,10 @@ fn check_as_json() {
     assert_eq!(output.status.code(), Some(1));
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
     assert_eq!(report["warnings"][0]["ruleName"], "MaintainerDeprecated");
-    assert_eq!(report["warnings"][0]["location"]["ranges"][0]["start"]["line"], 2);
+    assert_eq!(
+        report["warnings"][0]["location"]["ranges"][0]["start"]["line"],
+        2
+    );
 }
 
 #[test]
@@ -93,10 +96,17 @@ fn skip_directive_and_skip_comment() {
         ["UndefinedVar - Variables should be defined before they are used"],
         "{report}"
     );
-    assert!(report.contains("Dockerfile:6: Usage of undefined variable '$DST'"), "{report}");
+    assert!(
+        report.contains("Dockerfile:6: Usage of undefined variable '$DST'"),
+        "{report}"
+    );
     let all = kiln.try_build(
         context.path(),
-        &["--call=check", "--build-arg", "BUILDKIT_DOCKERFILE_CHECK=skip=all"],
+        &[
+            "--call=check",
+            "--build-arg",
+            "BUILDKIT_DOCKERFILE_CHECK=skip=all",
+        ],
     );
     assert!(all.status.success(), "{}", stderr(&all));
     assert_eq!(stdout(&all), "Check complete, no warnings found.\n");
@@ -106,7 +116,10 @@ fn skip_directive_and_skip_comment() {
 fn a_build_warns_before_its_steps_about_the_stages_it_builds() {
     let kiln = Kiln::with_busybox();
     let context = context_with(UNTIDY);
-    let output = kiln.try_build(context.path(), &["--progress", "plain", "-o", "type=local,dest=../out"]);
+    let output = kiln.try_build(
+        context.path(),
+        &["--progress", "plain", "-o", "type=local,dest=../out"],
+    );
     let log = stderr(&output);
     assert!(output.status.success(), "{log}");
     let first_step = log.find("#1 ").expect("steps are shown");
@@ -122,6 +135,14 @@ fn a_build_warns_before_its_steps_about_the_stages_it_builds() {
             "WARN: JSONArgsRecommended: JSON arguments recommended for CMD to prevent unintended behavior related to OS signals (line 10)",
         ],
         "the unused stage's relative WORKDIR is not the build's concern"
+    );
+    let summary: Vec<String> = warnings
+        .iter()
+        .map(|warning| warning.replacen("WARN: ", " - ", 1))
+        .collect();
+    assert!(
+        log.ends_with(&format!("6 warnings found:\n{}\n", summary.join("\n"))),
+        "the findings again after the build: {log}"
     );
 }
 
