@@ -85,12 +85,6 @@ pub fn load(
             return Err(error.into());
         }
     };
-    for warning in &dockerfile.warnings {
-        match warning.line {
-            Some(line) => progress.warn(&format!("{name}:{line}: {}", warning.message)),
-            None => progress.warn(&warning.message),
-        }
-    }
     // The build checks come first, as in BuildKit: their warnings are shown
     // even when the Dockerfile then fails to lower.
     let report = lint::check(&dockerfile, &options, Scope::Target, &ignore, images)?;
@@ -99,7 +93,7 @@ pub fn load(
         return Err(violation.into());
     }
     let graph = kiln_frontend::lower(&dockerfile, &options, images)?;
-    for warning in graph.warnings.iter().filter(|w| w.line.is_none()) {
+    for warning in &graph.warnings {
         progress.warn(&warning.message);
     }
     Ok(Plan {

@@ -2,7 +2,7 @@
 //! BuildKit's parser splits them, with the position of every piece. Nothing is
 //! unquoted or expanded yet.
 
-use crate::error::{Error, ErrorKind, Location, Pos, Warning};
+use crate::error::{Error, ErrorKind, Location, Pos};
 use crate::keyword::Keyword;
 
 /// A piece of an instruction and where it starts.
@@ -189,7 +189,6 @@ pub struct Dockerfile {
     pub source: Source,
     pub directives: Directives,
     pub instructions: Vec<Instruction>,
-    pub warnings: Vec<Warning>,
 }
 
 #[cfg(test)]

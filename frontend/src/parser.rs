@@ -5,7 +5,7 @@
 //! means the same thing here as under `docker build`.
 
 use crate::ast::{Args, Directives, Dockerfile, Heredoc, Instruction, KeyValue, Source, Word};
-use crate::error::{Error, ErrorKind, Pos, Warning};
+use crate::error::{Error, ErrorKind, Pos};
 use crate::keyword::Keyword;
 use crate::shell::{Lexer, NoVariables};
 use crate::suggest;
@@ -41,7 +41,6 @@ pub fn parse(text: &str, name: &str) -> Result<Dockerfile, Error> {
         directives: DirectiveScanner::default(),
         escape: '\\',
         instructions: Vec::new(),
-        warnings: Vec::new(),
     };
     parser.run()?;
     if parser.instructions.is_empty() {
@@ -49,7 +48,6 @@ pub fn parse(text: &str, name: &str) -> Result<Dockerfile, Error> {
     }
     let Parser {
         instructions,
-        warnings,
         escape,
         directives,
         ..
@@ -61,7 +59,6 @@ pub fn parse(text: &str, name: &str) -> Result<Dockerfile, Error> {
             check: directives.check,
         },
         instructions,
-        warnings,
         source,
     })
 }
@@ -82,7 +79,6 @@ struct Parser<'s> {
     directives: DirectiveScanner,
     escape: char,
     instructions: Vec<Instruction>,
-    warnings: Vec<Warning>,
 }
 
 /// An instruction's text with its continuation lines joined, and where each
@@ -917,10 +913,6 @@ mod tests {
     #[test]
     fn empty_continuation_lines_are_noted() {
         let dockerfile = parse("FROM a\nRUN a \\\n\n  b\n", "f").expect("parses");
-        assert!(
-            dockerfile.warnings.is_empty(),
-            "the NoEmptyContinuation check reports them"
-        );
         assert!(dockerfile.instructions[1].empty_continuation);
         assert!(!dockerfile.instructions[0].empty_continuation);
         assert_eq!(dockerfile.instructions[1].end_line, 4);
