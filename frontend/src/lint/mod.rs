@@ -202,11 +202,13 @@ pub fn check(
         })?,
         None => match &dockerfile.directives.check {
             Some(value) => CheckConfig::parse(value).map_err(|reason| {
-                Error::new(ErrorKind::InvalidCheckOption {
-                    source_name: "the check directive".to_string(),
-                    reason,
-                })
-                .in_file(dockerfile.source.name())
+                dockerfile.source.error(
+                    ErrorKind::InvalidCheckOption {
+                        source_name: "check directive".to_string(),
+                        reason,
+                    },
+                    Pos::new(check_directive_line(&dockerfile.source), 1),
+                )
             })?,
             None => CheckConfig::default(),
         },
@@ -260,25 +262,30 @@ pub(crate) fn comments_above(source: &Source, line: usize) -> Vec<String> {
     comments
 }
 
+/// The name of the parser directive on line `line`, if it is one by its
+/// form (`# name=value`).
+fn directive_name(source: &Source, line: usize) -> Option<String> {
+    let (name, _) = source
+        .line(line)
+        .trim()
+        .strip_prefix('#')?
+        .split_once('=')?;
+    let name = name.trim().to_ascii_lowercase();
+    matches!(name.as_str(), "syntax" | "escape" | "check").then_some(name)
+}
+
 /// How many lines at the top of the file are parser directives.
 fn directive_lines(source: &Source) -> usize {
-    let mut count = 0;
-    for number in 1..=source.line_count() {
-        let line = source.line(number).trim();
-        let is_directive = line.strip_prefix('#').is_some_and(|rest| {
-            rest.split_once('=').is_some_and(|(name, _)| {
-                matches!(
-                    name.trim().to_ascii_lowercase().as_str(),
-                    "syntax" | "escape" | "check"
-                )
-            })
-        });
-        if !is_directive {
-            break;
-        }
-        count = number;
-    }
-    count
+    (1..=source.line_count())
+        .take_while(|&line| directive_name(source, line).is_some())
+        .count()
+}
+
+/// The line of the `# check=` directive (the first line when there is none).
+fn check_directive_line(source: &Source) -> usize {
+    (1..=directive_lines(source))
+        .find(|&line| directive_name(source, line).as_deref() == Some("check"))
+        .unwrap_or(1)
 }
 
 #[cfg(test)]

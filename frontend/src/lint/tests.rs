@@ -277,3 +277,24 @@ fn invalid_check_options_are_errors() {
     assert!(config.error);
     assert_eq!(config.skip.len(), 2);
 }
+
+#[test]
+fn an_invalid_directive_points_at_its_line() {
+    let dockerfile = crate::parse(
+        "# syntax=docker/dockerfile:1\n# check=skip\nFROM scratch\n",
+        "Dockerfile",
+    )
+    .expect("parses");
+    let error = check(
+        &dockerfile,
+        &LowerOptions::default(),
+        Scope::AllStages,
+        &DockerIgnore::none(),
+        &mut UnknownImages,
+    )
+    .expect_err("invalid");
+    assert_eq!(
+        error.to_string(),
+        "Dockerfile:2:1: invalid check directive: invalid check option \"skip\": expected skip=, error= or experimental="
+    );
+}

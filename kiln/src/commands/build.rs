@@ -194,20 +194,23 @@ fn outline(args: &DockerfileArgs, json: bool) -> Result<()> {
         writeln!(stdout)?;
         return Ok(());
     }
-    let target = if outline.name.is_empty() {
-        "(default)"
-    } else {
-        &outline.name
-    };
-    let mut header = vec![vec!["TARGET:".to_string(), target.to_string()]];
-    if !outline.description.is_empty() {
-        header.push(vec![
-            "DESCRIPTION:".to_string(),
-            outline.description.clone(),
-        ]);
+    // An unnamed target without a description has no header, as in buildx.
+    if !outline.name.is_empty() || !outline.description.is_empty() {
+        let target = if outline.name.is_empty() {
+            "(default)"
+        } else {
+            &outline.name
+        };
+        let mut header = vec![vec!["TARGET:".to_string(), target.to_string()]];
+        if !outline.description.is_empty() {
+            header.push(vec![
+                "DESCRIPTION:".to_string(),
+                outline.description.clone(),
+            ]);
+        }
+        write_table(&mut stdout, &header, 1)?;
+        writeln!(stdout)?;
     }
-    write_table(&mut stdout, &header, 1)?;
-    writeln!(stdout)?;
     if !outline.args.is_empty() {
         let mut rows = vec![vec![
             "BUILD ARG".into(),
