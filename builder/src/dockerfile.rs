@@ -1,7 +1,7 @@
 //! Reading a Dockerfile and its options from the command line and lowering
 //! it to a build graph.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -12,7 +12,7 @@ use kiln_cache::Store;
 use kiln_frontend::ast::Source;
 use kiln_frontend::graph::Network;
 use kiln_frontend::lint::{self, Scope};
-use kiln_frontend::{BaseImages, BuildGraph, DockerIgnore, LowerOptions, Platform};
+use kiln_frontend::{BaseImages, BuildGraph, DockerIgnore, LowerOptions, Platform, ResolvedImage};
 
 /// Which Dockerfile to read and how to lower it.
 #[derive(Debug, Clone, Default)]
@@ -63,6 +63,10 @@ pub fn load(
     let (path, name, bytes) = read_dockerfile(args)?;
     let ignore = DockerIgnore::load(&path, &args.context)?;
     let options = lower_options(args, labels, allow)?;
+    let images = &mut FailuresRemembered {
+        images,
+        failed: HashMap::new(),
+    };
     let show = |report: &lint::Report| {
         for finding in &report.findings {
             progress.note(&format!("WARN: {}", finding.short()));
@@ -102,6 +106,28 @@ pub fn load(
         ignore,
         name,
     })
+}
+
+/// Base images whose lookup is not repeated when it fails: the build checks
+/// and the lowering ask for the same images, and a pull that failed once
+/// (after its retries) would only fail again, as slowly.
+struct FailuresRemembered<'a> {
+    images: &'a mut dyn BaseImages,
+    failed: HashMap<(String, String), String>,
+}
+
+impl BaseImages for FailuresRemembered<'_> {
+    fn resolve(&mut self, reference: &str, platform: &Platform) -> Result<ResolvedImage, String> {
+        let key = (reference.to_string(), platform.to_string());
+        if let Some(reason) = self.failed.get(&key) {
+            return Err(reason.clone());
+        }
+        self.images
+            .resolve(reference, platform)
+            .inspect_err(|reason| {
+                self.failed.insert(key, reason.clone());
+            })
+    }
 }
 
 /// The stages of the Dockerfile `args` names, as `--call=targets` lists
@@ -282,4 +308,40 @@ fn parse_labels(labels: &[String]) -> crate::Result<BTreeMap<String, String>> {
             _ => bail!("invalid --label {label:?}: expected KEY=VALUE"),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Fails every lookup, counting them.
+    struct Unreachable {
+        lookups: usize,
+    }
+
+    impl BaseImages for Unreachable {
+        fn resolve(&mut self, _: &str, _: &Platform) -> Result<ResolvedImage, String> {
+            self.lookups += 1;
+            Err("registry unreachable".to_string())
+        }
+    }
+
+    #[test]
+    fn a_failed_lookup_is_not_repeated() {
+        let mut unreachable = Unreachable { lookups: 0 };
+        let mut images = FailuresRemembered {
+            images: &mut unreachable,
+            failed: HashMap::new(),
+        };
+        let amd64 = Platform::new("linux", "amd64", "");
+        let arm64 = Platform::new("linux", "arm64", "");
+        for _ in 0..2 {
+            assert_eq!(
+                images.resolve("busybox", &amd64),
+                Err("registry unreachable".to_string())
+            );
+        }
+        assert!(images.resolve("busybox", &arm64).is_err());
+        assert_eq!(unreachable.lookups, 2, "once per image and platform");
+    }
 }
