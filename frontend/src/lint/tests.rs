@@ -248,6 +248,14 @@ fn copy_of_an_ignored_file() {
             "CopyIgnoredFile: Attempting to Add file \".\" that is excluded by .dockerignore (line 3)",
         ]
     );
+    let skipped = format!("# check=skip=CopyIgnoredFile\n{text}");
+    assert!(findings_with(
+        &skipped,
+        &LowerOptions::default(),
+        Scope::AllStages,
+        &ignore
+    )
+    .is_empty());
     let with_exception = DockerIgnore::parse("*\n!keep\n", ".dockerignore").expect("valid");
     assert!(findings_with(
         text,
@@ -266,6 +274,19 @@ fn definition_descriptions_are_experimental() {
     assert_eq!(
         findings(&experimental),
         ["InvalidDefinitionDescription: Comment for ARG should follow the format: `# foo <description>` (line 3)"]
+    );
+}
+
+#[test]
+fn skipping_does_not_apply_to_experimental_rules_asked_for() {
+    let text = "# check=skip=all;experimental=InvalidDefinitionDescription\n\
+                # bar is something else\n\
+                ARG foo=1\n\
+                FROM scratch AS Base\n";
+    assert_eq!(
+        findings(text),
+        ["InvalidDefinitionDescription: Comment for ARG should follow the format: `# foo <description>` (line 3)"],
+        "as in BuildKit, skip= is for the other rules"
     );
 }
 
