@@ -418,8 +418,18 @@ impl<'a> NamedContexts<'a> {
 }
 
 impl BaseImages for NamedContexts<'_> {
+    /// The image `reference` names; a context given that name stands for
+    /// it (an image context is that image, files an empty configuration),
+    /// so that nothing looks the replaced image up.
     fn resolve(&mut self, reference: &str, platform: &Platform) -> Result<ResolvedImage, String> {
-        self.images.resolve(reference, platform)
+        match self.lookup(reference, platform)? {
+            Some(NamedContext::Image(resolved)) => Ok(resolved),
+            Some(NamedContext::Scratch | NamedContext::Files { .. }) => Ok(ResolvedImage {
+                reference: reference.to_string(),
+                config: kiln_frontend::graph::ImageConfig::default(),
+            }),
+            None => self.images.resolve(reference, platform),
+        }
     }
 
     fn named_context(
