@@ -357,11 +357,11 @@ impl<'a> NamedContexts<'a> {
                 })
             }
             ContextSource::Image(reference) if reference == "scratch" => Ok(NamedContext::Scratch),
-            ContextSource::Image(reference) => Ok(NamedContext::Image(
+            ContextSource::Image(reference) => Ok(NamedContext::Image(Box::new(
                 self.images
                     .resolve(reference, platform)
                     .map_err(crate::Error::Invalid)?,
-            )),
+            ))),
             ContextSource::OciLayout { path, tag, digest } => {
                 let manifest = import_layout_image(
                     self.store,
@@ -371,10 +371,10 @@ impl<'a> NamedContexts<'a> {
                     platform,
                 )?;
                 let image = StoredImage::read(self.store, &manifest)?;
-                Ok(NamedContext::Image(ResolvedImage {
+                Ok(NamedContext::Image(Box::new(ResolvedImage {
                     reference: manifest.to_string(),
                     config: image.config.config,
-                }))
+                })))
             }
             ContextSource::Url(url) => {
                 let Some(remote) = self.remote else {
@@ -423,7 +423,7 @@ impl BaseImages for NamedContexts<'_> {
     /// so that nothing looks the replaced image up.
     fn resolve(&mut self, reference: &str, platform: &Platform) -> Result<ResolvedImage, String> {
         match self.lookup(reference, platform)? {
-            Some(NamedContext::Image(resolved)) => Ok(resolved),
+            Some(NamedContext::Image(resolved)) => Ok(*resolved),
             Some(NamedContext::Scratch | NamedContext::Files { .. }) => Ok(ResolvedImage {
                 reference: reference.to_string(),
                 config: kiln_frontend::graph::ImageConfig::default(),

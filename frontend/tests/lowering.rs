@@ -1011,13 +1011,13 @@ impl BaseImages for WithContexts {
             "files" => Some(NamedContext::Files {
                 name: "files".to_string(),
             }),
-            "img" => Some(NamedContext::Image(ResolvedImage {
+            "img" => Some(NamedContext::Image(Box::new(ResolvedImage {
                 reference: "example/img@sha256:1".to_string(),
                 config: ImageConfig {
                     env: vec!["FROM_IMG=yes".to_string()],
                     ..ImageConfig::default()
                 },
-            })),
+            }))),
             _ => None,
         })
     }

@@ -82,7 +82,7 @@ pub struct ResolvedImage {
 pub enum NamedContext {
     /// An image (`docker-image://`, `oci-layout://`), resolved like a base
     /// image: its files and its configuration.
-    Image(ResolvedImage),
+    Image(Box<ResolvedImage>),
     /// `docker-image://scratch`: nothing.
     Scratch,
     /// Files (a directory, a downloaded archive): steps read them as

@@ -596,13 +596,16 @@ impl<'a> Lowering<'a> {
             ..ImageConfig::default()
         };
         match context {
-            NamedContext::Image(resolved) => (
-                Base::Image {
-                    reference: resolved.reference,
-                },
-                image_state(resolved.config, platform),
-                Vec::new(),
-            ),
+            NamedContext::Image(resolved) => {
+                let resolved = *resolved;
+                (
+                    Base::Image {
+                        reference: resolved.reference,
+                    },
+                    image_state(resolved.config, platform),
+                    Vec::new(),
+                )
+            }
             NamedContext::Scratch => (Base::Scratch, image_state(scratch(), platform), Vec::new()),
             NamedContext::Files { name: context_name } => {
                 let copy = CopyStep {
