@@ -792,7 +792,9 @@ mod tests {
 
     #[test]
     fn values_are_read_as_buildx_reads_them() {
-        let parse = |value| ContextSource::parse(value).expect("valid");
+        fn parse(value: &str) -> ContextSource {
+            ContextSource::parse(value).expect("valid")
+        }
         assert_eq!(parse("../dir"), ContextSource::Directory("../dir".into()));
         assert_eq!(
             parse("docker-image://alpine:3.20"),
