@@ -709,8 +709,11 @@ pub fn prepare_main_context(
         _ => (text.clone(), None),
     };
     let from_stdin = location == "-";
-    if !is_url && !from_stdin && !Path::new(&location).is_file() {
-        // Not ours: the usual error for a missing directory follows.
+    let local_archive =
+        || File::open(&location).is_ok_and(|file| kiln_cache::compress::is_tar_archive(file));
+    if !is_url && !from_stdin && !local_archive() {
+        // Not ours: the usual error for a missing directory (or a file that
+        // is no archive) follows.
         return Ok(local);
     }
     if from_stdin && args.file.as_deref() == Some(Path::new("-")) {
