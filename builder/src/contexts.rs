@@ -709,8 +709,7 @@ pub fn prepare_main_context(
         _ => (text.clone(), None),
     };
     let from_stdin = location == "-";
-    let local_archive =
-        || File::open(&location).is_ok_and(|file| kiln_cache::compress::is_tar_archive(file));
+    let local_archive = || File::open(&location).is_ok_and(kiln_cache::compress::is_tar_archive);
     if !is_url && !from_stdin && !local_archive() {
         // Not ours: the usual error for a missing directory (or a file that
         // is no archive) follows.
