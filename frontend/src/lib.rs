@@ -18,6 +18,7 @@
 //! - [`shell`]: quote removal and `$VAR` expansion of words.
 //! - [`lower`](mod@lower): instructions to the graph: stages, scopes, image configuration.
 //! - [`graph`]: the build graph the builder consumes.
+//! - [`git_ref`]: git URLs (`ADD` sources and build contexts) as BuildKit reads them.
 //! - [`targets`]: the stages a Dockerfile defines, for `--call=targets`.
 //! - [`chmod`]: COPY and ADD `--chmod` modes, octal or symbolic.
 //! - `history`: the image history text BuildKit writes, in Go's formats.
@@ -32,6 +33,7 @@
 pub mod ast;
 pub mod chmod;
 pub mod error;
+pub mod git_ref;
 pub mod graph;
 mod history;
 pub mod ignore;
