@@ -15,6 +15,8 @@
 //! - [`keys`]: cache keys from what a step reads; `--explain`.
 //! - [`sources`]: what steps read from (context, stages, images).
 //! - [`downloads`]: `ADD URL` downloads, once per build.
+//! - [`git`]: git sources (`ADD` of a repository, a git build context),
+//!   fetched with the `git` program into the store.
 //! - [`run`]: RUN steps and the [`StepRunner`] seam to the sandbox; the
 //!   interrupt that stops them. `mounts`: their mounts. [`secrets`]: what
 //!   `--secret` and `--ssh` give.
@@ -41,6 +43,7 @@ pub mod copy;
 pub mod dockerfile;
 pub mod downloads;
 pub mod error;
+pub mod git;
 pub mod image;
 pub mod keys;
 pub mod layers;

@@ -221,12 +221,13 @@ fn now_seconds() -> i64 {
 /// The build's epoch: seconds since 1970 from `--build-arg
 /// SOURCE_DATE_EPOCH` (as buildx passes it), else `--source-date-epoch` or
 /// `SOURCE_DATE_EPOCH`, else the Dockerfile's global ARG. Empty means none
-/// (tools export the variable unconditionally), and so does `context` from
-/// a build argument or the Dockerfile (the time of a remote context: a local
-/// one has none).
+/// (tools export the variable unconditionally); `context` from a build
+/// argument or the Dockerfile is the time of a remote context (`context_time`:
+/// a git context's commit), none for a local one.
 fn source_date_epoch(
     args: &BuildRequest,
     dockerfile_default: Option<&str>,
+    context_time: Option<i64>,
 ) -> crate::Result<Option<i64>> {
     let build_arg = args
         .dockerfile
@@ -245,7 +246,7 @@ fn source_date_epoch(
     let from_flag = build_arg.is_none() && args.source_date_epoch.is_some();
     match value.map(str::trim) {
         None | Some("") => Ok(None),
-        Some("context") if !from_flag => Ok(None),
+        Some("context") if !from_flag => Ok(context_time),
         Some(text) => match text.parse::<i64>() {
             Ok(seconds) if seconds >= 0 => Ok(Some(seconds)),
             _ => bail!("invalid {origin} {text:?}: expected seconds since 1970"),
@@ -302,14 +303,19 @@ pub fn build(engine: &Engine<'_>, request: &BuildRequest) -> crate::Result<Built
     let cache_to = &args.cache_to;
     let imported = cache_io::Imported::read(&args.cache_from, store, remote, progress)?;
     let mut images = StoreImages::new(store, Some(remote), args.pull);
+    let git_context = crate::git::context_checkout(store, &args.secrets, &args.dockerfile)?;
     let plan = dockerfile::load(
-        &args.dockerfile,
+        git_context.as_ref().map_or(&args.dockerfile, |(checked_out, _)| checked_out),
         &args.labels,
         &args.allow,
         &mut images,
         progress,
     )?;
-    let source_date_epoch = source_date_epoch(args, plan.graph.source_date_epoch.as_deref())?;
+    let source_date_epoch = source_date_epoch(
+        args,
+        plan.graph.source_date_epoch.as_deref(),
+        git_context.as_ref().map(|(_, commit_time)| *commit_time),
+    )?;
     let now = source_date_epoch.unwrap_or_else(now_seconds);
     if args.no_cache {
         // BuildKit starts cache mounts over with --no-cache: done before
