@@ -679,17 +679,24 @@ pub fn context_checkout(
     let source = GitSource::new(git);
     let checkout = checkout(store, secrets, &source)
         .with_context(|| format!("fetching the build context {}", source.git.redacted_remote()))?;
-    let file = args.file.as_ref().map(|file| {
-        if file.as_os_str() == "-" {
-            file.clone()
-        } else {
-            checkout.dir.join(file.strip_prefix("/").unwrap_or(file))
+    let inside = match &args.file {
+        Some(file) if file.as_os_str() != "-" => {
+            Some(file.strip_prefix("/").unwrap_or(file).to_path_buf())
         }
-    });
+        _ => None,
+    };
+    let file_name = inside
+        .as_ref()
+        .map_or_else(|| "Dockerfile".to_string(), |file| file.display().to_string());
+    let file = match inside {
+        Some(inside) => Some(checkout.dir.join(inside)),
+        None => args.file.clone(),
+    };
     Ok(Some((
         crate::dockerfile::DockerfileArgs {
             context: checkout.dir.clone(),
             file,
+            file_name: (args.file.as_deref() != Some(Path::new("-"))).then_some(file_name),
             ..args.clone()
         },
         checkout.commit_time,
