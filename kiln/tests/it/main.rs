@@ -5,6 +5,7 @@
 mod cache;
 mod cli;
 mod exports;
+mod git;
 mod images;
 mod output;
 mod registry;
