@@ -14,8 +14,8 @@ use kiln_frontend::DockerIgnore;
 
 use crate::cache_io::Imported;
 use crate::copy;
-use crate::error::Context;
 use crate::downloads::Downloads;
+use crate::error::Context;
 use crate::git::{GitSource, GitSources};
 use crate::image::{Layer, StoredImage};
 use crate::keys::{reads_stage_files, remember_parts, Keys, StageFiles, StepKey, StepPlace};
@@ -556,6 +556,25 @@ fn result_key(step_key: &Digest, layer: Option<&Layer>) -> Digest {
     key.finish()
 }
 
+impl copy::Fetch for Build<'_> {
+    fn download(&self, url: &str) -> crate::Result<copy::Downloaded> {
+        self.downloads.get(url)
+    }
+
+    fn git_checkout(
+        &self,
+        url: &str,
+        step: &kiln_frontend::graph::CopyStep,
+    ) -> crate::Result<std::path::PathBuf> {
+        let source = GitSource::for_add(url, step)?;
+        let checkout = self
+            .git
+            .checkout(&source)
+            .with_context(|| format!("fetching {}", source.git.redacted_remote()))?;
+        Ok(checkout.dir)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -576,24 +595,5 @@ mod tests {
         assert_ne!(first, result_key(&step, Some(&layer("two"))));
         assert_ne!(first, result_key(&step, None));
         assert_eq!(first, result_key(&step, Some(&layer("one"))));
-    }
-}
-
-impl copy::Fetch for Build<'_> {
-    fn download(&self, url: &str) -> crate::Result<copy::Downloaded> {
-        self.downloads.get(url)
-    }
-
-    fn git_checkout(
-        &self,
-        url: &str,
-        step: &kiln_frontend::graph::CopyStep,
-    ) -> crate::Result<std::path::PathBuf> {
-        let source = GitSource::for_add(url, step)?;
-        let checkout = self
-            .git
-            .checkout(&source)
-            .with_context(|| format!("fetching {}", source.git.redacted_remote()))?;
-        Ok(checkout.dir)
     }
 }

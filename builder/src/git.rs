@@ -85,6 +85,8 @@ impl GitSource {
             .map_err(|error| crate::Error::Invalid(format!("invalid git URL {url:?}: {error}")))?
             .with_context(|| format!("{url} is not a git URL"))?;
         let mut source = GitSource::new(git);
+        // BuildKit's ADD dates files by the checkout whatever the URL says.
+        source.git.mtime = Mtime::Checkout;
         source.keep_git_dir |= step.keep_git_dir;
         if source.checksum.is_none() {
             source.checksum = step.checksum.clone();
@@ -372,7 +374,10 @@ impl Git {
         }
         let scratch = std::env::temp_dir();
         let reference = if git.reference.is_empty() {
-            let output = self.run_str(&scratch, &["ls-remote", "--symref", "--", &git.remote, "HEAD"])?;
+            let output = self.run_str(
+                &scratch,
+                &["ls-remote", "--symref", "--", &git.remote, "HEAD"],
+            )?;
             output
                 .lines()
                 .find_map(|line| {
@@ -385,7 +390,10 @@ impl Git {
             git.reference.clone()
         };
         let peeled = format!("{reference}^{{}}");
-        let output = self.run_str(&scratch, &["ls-remote", "--", &git.remote, &reference, &peeled])?;
+        let output = self.run_str(
+            &scratch,
+            &["ls-remote", "--", &git.remote, &reference, &peeled],
+        )?;
         let bare = reference.trim_start_matches("refs/");
         let full = format!("refs/{bare}");
         let head = format!("refs/heads/{}", reference.trim_start_matches("refs/heads/"));
@@ -415,11 +423,7 @@ impl Git {
             let commit = peeled_tag.unwrap_or_else(|| sha.clone());
             (sha, tag, commit)
         } else {
-            return Err(GitError::NoSuchRef {
-                reference,
-                output,
-            }
-            .into());
+            return Err(GitError::NoSuchRef { reference, output }.into());
         };
         if !is_full_commit(&commit) {
             return Err(crate::Error::msg(format!(
@@ -448,13 +452,21 @@ impl Git {
     }
 
     fn has_object(&self, repository: &Path, object: &str) -> bool {
-        self.run_str(repository, &["cat-file", "-e", &format!("{object}^{{object}}")])
-            .is_ok()
+        self.run_str(
+            repository,
+            &["cat-file", "-e", &format!("{object}^{{object}}")],
+        )
+        .is_ok()
     }
 
     /// Brings the resolved object into the store's repository (held
     /// locked), and names it with a ref of kiln's so that it stays there.
-    fn fetch(&self, repository: &Path, source: &GitSource, resolved: &Resolved) -> crate::Result<()> {
+    fn fetch(
+        &self,
+        repository: &Path,
+        source: &GitSource,
+        resolved: &Resolved,
+    ) -> crate::Result<()> {
         let remote = source.git.remote.as_str();
         // Left by an interrupted fetch; the repository is locked for us.
         let _ = fs::remove_file(repository.join("shallow.lock"));
@@ -504,7 +516,19 @@ impl Git {
         if resolved.reference.starts_with("refs/") {
             refspec.push_str(&format!(":{}", resolved.reference));
         }
-        self.run_str(&work, &["fetch", "-q", "-u", "--depth=1", "--no-tags", "--", &from, &refspec])?;
+        self.run_str(
+            &work,
+            &[
+                "fetch",
+                "-q",
+                "-u",
+                "--depth=1",
+                "--no-tags",
+                "--",
+                &from,
+                &refspec,
+            ],
+        )?;
         self.run_str(&work, &["checkout", "-q", "--detach", &resolved.commit])?;
         self.run_str(&work, &["remote", "add", "origin", &source.git.remote])?;
         if source.submodules {
@@ -515,7 +539,10 @@ impl Git {
                 self.run_str(&work, &update)?;
             }
         }
-        self.run_str(&work, &["remote", "set-url", "origin", &source.git.redacted_remote()])?;
+        self.run_str(
+            &work,
+            &["remote", "set-url", "origin", &source.git.redacted_remote()],
+        )?;
         self.run_str(&work, &["reflog", "expire", "--all", "--expire=now"])?;
         let _ = fs::remove_file(work.join(".git/FETCH_HEAD"));
         let commit_time = self
@@ -531,8 +558,11 @@ impl Git {
         fs::rename(&files, &tree).with_context(|| format!("moving {}", files.display()))?;
         let mtime = (source.git.mtime == Mtime::Commit).then_some(commit_time);
         normalize(&tree, mtime)?;
-        fs::write(made.join("commit"), format!("{} {commit_time}\n", resolved.commit))
-            .with_context(|| format!("writing {}", made.join("commit").display()))?;
+        fs::write(
+            made.join("commit"),
+            format!("{} {commit_time}\n", resolved.commit),
+        )
+        .with_context(|| format!("writing {}", made.join("commit").display()))?;
         Ok(())
     }
 }
@@ -541,7 +571,9 @@ impl Git {
 /// BuildKit takes it from: the header or a token, for the remote's host or
 /// any.
 fn authorization(git: &GitRef, secrets: &Secrets) -> crate::Result<Option<String>> {
-    let host = git.host.split(':').next().unwrap_or_default();
+    // The host as a URL names it, port included, as BuildKit names the
+    // secrets.
+    let host = &git.host;
     for (name, token) in [
         (format!("GIT_AUTH_HEADER.{host}"), false),
         (format!("GIT_AUTH_TOKEN.{host}"), true),
@@ -626,7 +658,12 @@ fn normalize(path: &Path, mtime: Option<i64>) -> crate::Result<()> {
         fs::symlink_metadata(path).with_context(|| format!("reading {}", path.display()))?;
     if metadata.is_dir() {
         for entry in fs::read_dir(path).with_context(|| format!("reading {}", path.display()))? {
-            normalize(&entry.with_context(|| format!("reading {}", path.display()))?.path(), mtime)?;
+            normalize(
+                &entry
+                    .with_context(|| format!("reading {}", path.display()))?
+                    .path(),
+                mtime,
+            )?;
         }
     }
     if !metadata.file_type().is_symlink() {
@@ -676,18 +713,39 @@ pub fn context_checkout(
             )))
         }
     };
-    let source = GitSource::new(git);
-    let checkout = checkout(store, secrets, &source)
-        .with_context(|| format!("fetching the build context {}", source.git.redacted_remote()))?;
+    let mut source = GitSource::new(git);
+    let build_arg = |name: &str| {
+        args.build_args
+            .iter()
+            .rev()
+            .find_map(|arg| arg.strip_prefix(name)?.strip_prefix('='))
+    };
+    // As BuildKit's Dockerfile frontend: a build with an epoch dates the
+    // context's files by the commit, and a build argument can keep `.git`.
+    if build_arg("SOURCE_DATE_EPOCH").is_some_and(|value| !value.is_empty()) {
+        source.git.mtime = Mtime::Commit;
+    }
+    if build_arg("BUILDKIT_CONTEXT_KEEP_GIT_DIR")
+        .is_some_and(|value| value == "1" || value.eq_ignore_ascii_case("true"))
+    {
+        source.keep_git_dir = true;
+    }
+    let checkout = checkout(store, secrets, &source).with_context(|| {
+        format!(
+            "fetching the build context {}",
+            source.git.redacted_remote()
+        )
+    })?;
     let inside = match &args.file {
         Some(file) if file.as_os_str() != "-" => {
             Some(file.strip_prefix("/").unwrap_or(file).to_path_buf())
         }
         _ => None,
     };
-    let file_name = inside
-        .as_ref()
-        .map_or_else(|| "Dockerfile".to_string(), |file| file.display().to_string());
+    let file_name = inside.as_ref().map_or_else(
+        || "Dockerfile".to_string(),
+        |file| file.display().to_string(),
+    );
     let file = match inside {
         Some(inside) => Some(checkout.dir.join(inside)),
         None => args.file.clone(),

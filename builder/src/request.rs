@@ -305,7 +305,9 @@ pub fn build(engine: &Engine<'_>, request: &BuildRequest) -> crate::Result<Built
     let mut images = StoreImages::new(store, Some(remote), args.pull);
     let git_context = crate::git::context_checkout(store, &args.secrets, &args.dockerfile)?;
     let plan = dockerfile::load(
-        git_context.as_ref().map_or(&args.dockerfile, |(checked_out, _)| checked_out),
+        git_context
+            .as_ref()
+            .map_or(&args.dockerfile, |(checked_out, _)| checked_out),
         &args.labels,
         &args.allow,
         &mut images,

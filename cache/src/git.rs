@@ -109,7 +109,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("temporary directory");
         let store = Store::open(dir.path()).expect("store");
         let failed = store.git_repository("https://h/r.git", |_| -> Result<(), Error> {
-            Err(Error::io(Path::new("init"), std::io::Error::other("interrupted")))
+            Err(Error::io(
+                Path::new("init"),
+                std::io::Error::other("interrupted"),
+            ))
         });
         assert!(failed.is_err());
         let repository = store

@@ -230,7 +230,9 @@ pub enum ErrorKind {
     InvalidGitChecksum(String),
     #[error("checksum mismatch {flag:?} != {query:?}: --checksum and the URL's commit differ")]
     GitChecksumMismatch { flag: String, query: String },
-    #[error("inconsistent keep-git-dir configuration: --keep-git-dir and the URL's keep-git-dir differ")]
+    #[error(
+        "inconsistent keep-git-dir configuration: --keep-git-dir and the URL's keep-git-dir differ"
+    )]
     InconsistentKeepGitDir,
     #[error("invalid --checksum {0:?}: expected ALGORITHM:HEX, for example sha256:0123…")]
     InvalidChecksum(String),

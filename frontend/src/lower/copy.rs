@@ -95,10 +95,7 @@ pub(super) fn lower_copy(
             [CopySource::Url(_)] => {}
             [CopySource::Git(_)] if is_hex_commit(checksum) => {}
             [CopySource::Git(_)] => {
-                return Err(source.error(
-                    ErrorKind::InvalidGitChecksum(checksum.clone()),
-                    flag_pos,
-                ))
+                return Err(source.error(ErrorKind::InvalidGitChecksum(checksum.clone()), flag_pos))
             }
             _ => return Err(source.error(ErrorKind::ChecksumNeedsOneUrl, flag_pos)),
         }

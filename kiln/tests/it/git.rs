@@ -118,10 +118,8 @@ fn read(dir: &Path, path: &str) -> String {
 fn add_takes_a_tag_a_branch_a_commit_or_a_subdirectory() {
     require_root();
     let server = GitServer::start();
-    let (repository, first) = server.repository(
-        "app",
-        &[("VERSION", "1\n"), ("docs/guide.md", "guide 1\n")],
-    );
+    let (repository, first) =
+        server.repository("app", &[("VERSION", "1\n"), ("docs/guide.md", "guide 1\n")]);
     repository.git(&["tag", "v1"]);
     repository.git(&["checkout", "-q", "-b", "next"]);
     repository.commit(&[("VERSION", "2\n")], "second");
@@ -143,7 +141,10 @@ fn add_takes_a_tag_a_branch_a_commit_or_a_subdirectory() {
     let out = kiln.files(context.path(), &[]);
     let out = out.path();
     assert_eq!(read(out, "tag/VERSION"), "1\n");
-    assert!(!out.join("tag/.git").exists(), ".git is left out by default");
+    assert!(
+        !out.join("tag/.git").exists(),
+        ".git is left out by default"
+    );
     assert_eq!(read(out, "branch/VERSION"), "2\n");
     assert_eq!(read(out, "commit/VERSION"), "1\n");
     assert_eq!(read(out, "docs/guide.md"), "guide 1\n");
@@ -151,7 +152,10 @@ fn add_takes_a_tag_a_branch_a_commit_or_a_subdirectory() {
     assert_eq!(read(out, "kept/.git/HEAD").trim(), first, "a detached HEAD");
     let owned = fs::metadata(out.join("owned/guide.md")).expect("copied");
     use std::os::unix::fs::MetadataExt;
-    assert_eq!((owned.uid(), owned.gid(), owned.mode() & 0o777), (1000, 1000, 0o600));
+    assert_eq!(
+        (owned.uid(), owned.gid(), owned.mode() & 0o777),
+        (1000, 1000, 0o600)
+    );
     kiln.assert_consistent();
 }
 
@@ -238,7 +242,10 @@ fn a_checksum_that_is_not_the_commit_fails_the_step() {
 
     context.write(
         "Dockerfile",
-        &format!("FROM scratch\nADD --checksum={} {url}#main /src\n", &commit[..8]),
+        &format!(
+            "FROM scratch\nADD --checksum={} {url}#main /src\n",
+            &commit[..8]
+        ),
     );
     kiln.build(context.path(), &[]);
 }
@@ -252,7 +259,10 @@ fn a_git_url_is_a_build_context_with_its_dockerfile_inside() {
         &[
             ("Dockerfile", "FROM scratch\nCOPY index.html /root.html\n"),
             ("index.html", "root\n"),
-            ("web/Dockerfile.web", "FROM scratch\nCOPY index.html /web.html\n"),
+            (
+                "web/Dockerfile.web",
+                "FROM scratch\nCOPY index.html /web.html\n",
+            ),
             ("web/index.html", "web\n"),
         ],
     );
@@ -272,7 +282,12 @@ fn a_git_url_is_a_build_context_with_its_dockerfile_inside() {
     let failed = kiln
         .command()
         .current_dir(cwd.path())
-        .args(["build", "-f", "missing/Dockerfile", &format!("{url}#{commit}")])
+        .args([
+            "build",
+            "-f",
+            "missing/Dockerfile",
+            &format!("{url}#{commit}"),
+        ])
         .output()
         .expect("kiln runs");
     assert!(!failed.status.success());
@@ -298,4 +313,176 @@ fn without_git_the_error_names_the_package() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     insta::assert_snapshot!(stderr);
+}
+
+/// `git http-backend` (git's smart HTTP) behind a small HTTP server on a
+/// loopback port, which answers 401 to requests without `authorization`
+/// when one is required.
+struct SmartHttpServer {
+    port: u16,
+}
+
+impl SmartHttpServer {
+    fn start(root: &Path, authorization: Option<&str>) -> SmartHttpServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("a free port");
+        let port = listener.local_addr().expect("its address").port();
+        let root = root.to_path_buf();
+        let authorization = authorization.map(str::to_string);
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let root = root.clone();
+                let authorization = authorization.clone();
+                std::thread::spawn(move || serve_cgi(stream, &root, authorization.as_deref()));
+            }
+        });
+        SmartHttpServer { port }
+    }
+}
+
+/// Answers one request with `git http-backend`, as a web server runs a CGI
+/// program (the connection closes after it).
+fn serve_cgi(stream: TcpStream, root: &Path, authorization: Option<&str>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let mut reader = BufReader::new(stream);
+    let mut request_line = String::new();
+    if reader.read_line(&mut request_line).is_err() {
+        return;
+    }
+    let mut parts = request_line.split_whitespace();
+    let (method, target) = (
+        parts.next().unwrap_or_default().to_string(),
+        parts.next().unwrap_or_default().to_string(),
+    );
+    let mut headers = Vec::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
+        }
+    }
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+    };
+    let mut body = vec![
+        0;
+        header("content-length")
+            .and_then(|l| l.parse().ok())
+            .unwrap_or(0)
+    ];
+    if reader.read_exact(&mut body).is_err() {
+        return;
+    }
+    let mut stream = reader.into_inner();
+    if authorization.is_some() && header("authorization").as_deref() != authorization {
+        let _ = stream.write_all(
+            b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"git\"\r\n\
+              Content-Length: 0\r\nConnection: close\r\n\r\n",
+        );
+        return;
+    }
+    let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+    let mut backend = Command::new("git")
+        .arg("http-backend")
+        .env("GIT_PROJECT_ROOT", root)
+        .env("GIT_HTTP_EXPORT_ALL", "1")
+        .env("REQUEST_METHOD", &method)
+        .env("PATH_INFO", path)
+        .env("QUERY_STRING", query)
+        .env("CONTENT_TYPE", header("content-type").unwrap_or_default())
+        .env("CONTENT_LENGTH", body.len().to_string())
+        .env("GIT_PROTOCOL", header("git-protocol").unwrap_or_default())
+        .env(
+            "HTTP_CONTENT_ENCODING",
+            header("content-encoding").unwrap_or_default(),
+        )
+        .env("REMOTE_ADDR", "127.0.0.1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("git http-backend starts");
+    if let Some(mut stdin) = backend.stdin.take() {
+        let _ = stdin.write_all(&body);
+    }
+    let output = backend.wait_with_output().expect("git http-backend ends");
+    let split = output
+        .stdout
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|at| (at, 4))
+        .or_else(|| {
+            output
+                .stdout
+                .windows(2)
+                .position(|w| w == b"\n\n")
+                .map(|at| (at, 2))
+        });
+    let Some((at, separator)) = split else {
+        return;
+    };
+    let cgi_headers = String::from_utf8_lossy(&output.stdout[..at]).into_owned();
+    let content = &output.stdout[at + separator..];
+    let mut status = "200 OK".to_string();
+    let mut response = String::new();
+    for line in cgi_headers.lines() {
+        match line.split_once(':') {
+            Some((name, value)) if name.eq_ignore_ascii_case("status") => {
+                status = value.trim().to_string();
+            }
+            Some(_) => response.push_str(&format!("{line}\r\n")),
+            None => {}
+        }
+    }
+    let head = format!(
+        "HTTP/1.1 {status}\r\n{response}Content-Length: {}\r\nConnection: close\r\n\r\n",
+        content.len()
+    );
+    let _ = stream.write_all(head.as_bytes());
+    let _ = stream.write_all(content);
+}
+
+#[test]
+fn https_credentials_come_from_the_git_auth_token_secret() {
+    require_root();
+    let server = GitServer::start();
+    let (_repository, _commit) = server.repository("private", &[("VERSION", "1\n")]);
+    // What git sends for the token `s3cret`: Basic x-access-token:s3cret.
+    let expected = "basic eC1hY2Nlc3MtdG9rZW46czNjcmV0";
+    let http = SmartHttpServer::start(server.base.path(), Some(expected));
+    let host = format!("127.0.0.1:{}", http.port);
+    let url = format!("http://{host}/private.git");
+    let kiln = Kiln::new();
+    let context = Context::new();
+    context.write(
+        "Dockerfile",
+        &format!("FROM scratch\nADD {url}#main /src\n"),
+    );
+    let refused = kiln.try_build(context.path(), &[]);
+    assert!(!refused.status.success(), "no credentials, no repository");
+    let refused = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        refused.contains("terminal prompts disabled"),
+        "git must not prompt: {refused}"
+    );
+    let secret = format!("id=GIT_AUTH_TOKEN.{host},env=KILN_TEST_TOKEN");
+    let out = tempfile::tempdir().expect("output");
+    let dest = format!("type=local,dest={}", out.path().display());
+    let output = kiln
+        .command()
+        .current_dir(context.path())
+        .env("KILN_TEST_TOKEN", "s3cret")
+        .args(["build", "--secret", &secret, "-o", &dest, "."])
+        .output()
+        .expect("kiln runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(read(out.path(), "src/VERSION"), "1\n");
 }

@@ -12,7 +12,6 @@ use std::process::{Command, Output};
 
 use crate::support::{kiln_binary, literal, require_root, Context, Kiln};
 
-
 /// The filters every snapshot needs: the store's and the context's
 /// directories, digests, image IDs, dates, and progress times and sizes.
 fn filtered(kiln: &Kiln, context: &Path) -> insta::Settings {
