@@ -343,7 +343,7 @@ impl Git {
             .map_err(|error| match error.kind() {
                 std::io::ErrorKind::NotFound => GitError::Missing,
                 _ => GitError::Failed {
-                    command: args.join(" "),
+                    command: redact_args(args),
                     output: error.to_string(),
                 },
             })?;
@@ -394,48 +394,16 @@ impl Git {
             &scratch,
             &["ls-remote", "--", &git.remote, &reference, &peeled],
         )?;
-        let bare = reference.trim_start_matches("refs/");
-        let full = format!("refs/{bare}");
-        let head = format!("refs/heads/{}", reference.trim_start_matches("refs/heads/"));
-        let tag = format!("refs/tags/{}", reference.trim_start_matches("refs/tags/"));
-        let annotated = format!("{tag}^{{}}");
-        let (mut exact, mut branch, mut tagged, mut peeled_tag) = (None, None, None, None);
-        for line in output.lines() {
-            let Some((sha, name)) = line.split_once('\t') else {
-                continue;
-            };
-            let found = Some(sha.to_string());
-            if name == head {
-                branch = found;
-            } else if name == tag {
-                tagged = found;
-            } else if name == annotated {
-                peeled_tag = found;
-            } else if name == full {
-                exact = found;
-            }
-        }
-        let (object, used, commit) = if let Some(sha) = exact {
-            (sha.clone(), full, sha)
-        } else if let Some(sha) = branch {
-            (sha.clone(), head, sha)
-        } else if let Some(sha) = tagged {
-            let commit = peeled_tag.unwrap_or_else(|| sha.clone());
-            (sha, tag, commit)
-        } else {
-            return Err(GitError::NoSuchRef { reference, output }.into());
-        };
-        if !is_full_commit(&commit) {
+        let resolved = choose_ref(&reference, &output)?;
+        if !is_full_commit(&resolved.commit) {
             return Err(crate::Error::msg(format!(
-                "{} gave {commit:?} for {used}, which is not a commit hash",
-                git.redacted_remote()
+                "{} gave {:?} for {}, which is not a commit hash",
+                git.redacted_remote(),
+                resolved.commit,
+                resolved.reference
             )));
         }
-        Ok(Resolved {
-            commit,
-            object,
-            reference: used,
-        })
+        Ok(resolved)
     }
 
     /// `git fetch`, shallow where the server allows it (a dumb HTTP
@@ -565,6 +533,50 @@ impl Git {
         .with_context(|| format!("writing {}", made.join("commit").display()))?;
         Ok(())
     }
+}
+
+/// What `git ls-remote REMOTE REF REF^{}` said `reference` is, chosen as
+/// BuildKit chooses: the ref of exactly that name, else the branch, else the
+/// tag (an annotated one peeled to its commit).
+fn choose_ref(reference: &str, output: &str) -> Result<Resolved, GitError> {
+    let full = format!("refs/{}", reference.trim_start_matches("refs/"));
+    let head = format!("refs/heads/{}", reference.trim_start_matches("refs/heads/"));
+    let tag = format!("refs/tags/{}", reference.trim_start_matches("refs/tags/"));
+    let annotated = format!("{tag}^{{}}");
+    let (mut exact, mut branch, mut tagged, mut peeled_tag) = (None, None, None, None);
+    for line in output.lines() {
+        let Some((sha, name)) = line.split_once('\t') else {
+            continue;
+        };
+        let found = Some(sha.to_string());
+        if name == head {
+            branch = found;
+        } else if name == tag {
+            tagged = found;
+        } else if name == annotated {
+            peeled_tag = found;
+        } else if name == full {
+            exact = found;
+        }
+    }
+    let (object, used, commit) = if let Some(sha) = exact {
+        (sha.clone(), full, sha)
+    } else if let Some(sha) = branch {
+        (sha.clone(), head, sha)
+    } else if let Some(sha) = tagged {
+        let commit = peeled_tag.unwrap_or_else(|| sha.clone());
+        (sha, tag, commit)
+    } else {
+        return Err(GitError::NoSuchRef {
+            reference: reference.to_string(),
+            output: output.to_string(),
+        });
+    };
+    Ok(Resolved {
+        commit,
+        object,
+        reference: used,
+    })
 }
 
 /// The `Authorization` header for an HTTPS remote, from the secrets
@@ -759,4 +771,85 @@ pub fn context_checkout(
         },
         checkout.commit_time,
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const COMMIT: &str = "1111111111111111111111111111111111111111";
+    const TAG_OBJECT: &str = "2222222222222222222222222222222222222222";
+    const OTHER: &str = "3333333333333333333333333333333333333333";
+
+    #[test]
+    fn refs_are_chosen_as_buildkit_chooses_them() {
+        let both = format!(
+            "{OTHER}\trefs/heads/v1\n{TAG_OBJECT}\trefs/tags/v1\n{COMMIT}\trefs/tags/v1^{{}}\n"
+        );
+        let branch = choose_ref("v1", &both).expect("found");
+        assert_eq!(
+            (branch.commit.as_str(), branch.reference.as_str()),
+            (OTHER, "refs/heads/v1")
+        );
+        let tag = choose_ref("refs/tags/v1", &both).expect("found");
+        assert_eq!(
+            (
+                tag.commit.as_str(),
+                tag.object.as_str(),
+                tag.reference.as_str()
+            ),
+            (COMMIT, TAG_OBJECT, "refs/tags/v1"),
+            "an annotated tag is peeled to its commit"
+        );
+        let pull = format!("{OTHER}\trefs/pull/1/head\n");
+        assert_eq!(
+            choose_ref("pull/1/head", &pull).expect("found").commit,
+            OTHER
+        );
+        let missing = choose_ref("v2", &both).expect_err("no such ref");
+        assert!(missing
+            .to_string()
+            .starts_with("repository does not contain ref v2"));
+    }
+
+    fn source(url: &str) -> GitSource {
+        GitSource::new(GitRef::parse(url).expect("valid").expect("git"))
+    }
+
+    #[test]
+    fn keys_name_the_commit_and_what_changes_the_files_never_the_url() {
+        let resolved = Resolved {
+            commit: COMMIT.to_string(),
+            object: TAG_OBJECT.to_string(),
+            reference: "refs/tags/v1".to_string(),
+        };
+        let by_tag = key_of(&source("https://h/r.git#v1"), &resolved);
+        assert_eq!(by_tag, COMMIT);
+        assert_eq!(key_of(&source("git@h:r.git?ref=v1"), &resolved), by_tag);
+        assert_eq!(
+            key_of(&source("https://h/r.git#v1:docs"), &resolved),
+            format!("{COMMIT} subdir docs")
+        );
+        assert_eq!(
+            key_of(
+                &source("https://h/r.git?keep-git-dir=true&submodules=false"),
+                &resolved
+            ),
+            format!("{COMMIT} .git refs/tags/v1 {TAG_OBJECT} without-submodules")
+        );
+        assert_eq!(
+            key_of(
+                &source("https://h/r.git?keep-git-dir=true&subdir=docs"),
+                &resolved
+            ),
+            format!("{COMMIT} subdir docs"),
+            ".git is not kept for a subdirectory"
+        );
+    }
+
+    #[test]
+    fn messages_hide_passwords_in_urls() {
+        let args = vec!["fetch".to_string(), "https://me:secret@h/r.git".to_string()];
+        assert_eq!(redact_args(&args), "fetch https://me:xxxxx@h/r.git");
+    }
 }

@@ -219,7 +219,7 @@ pub enum ErrorKind {
     UrlInCopy(Keyword),
     #[error("{0} cannot copy from a git repository; use ADD for git sources")]
     GitInCopy(Keyword),
-    #[error("--checksum is only valid for a single http(s) or git source of ADD")]
+    #[error("--checksum is only valid for a single http(s) source of ADD, or a single git source")]
     ChecksumNeedsOneUrl,
     #[error("invalid git URL {url:?}: {error}")]
     InvalidGitUrl {
