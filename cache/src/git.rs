@@ -5,7 +5,7 @@
 //! Layout: `git/repositories/<sha256 of the remote>/` (a bare repository,
 //! with `remote` naming it) and `.lock` beside it, held while git writes to
 //! it; `git/checkouts/<key>/`, each renamed into place whole, never changed
-//! again.
+//! again. `kiln prune --all` removes both (they are a cache).
 
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::DirBuilderExt;
@@ -26,8 +26,27 @@ pub struct GitRepository {
 }
 
 impl Store {
-    fn git_dir(&self) -> PathBuf {
+    pub(crate) fn git_dir(&self) -> PathBuf {
         self.root().join("git")
+    }
+
+    /// Every repository and checkout, for garbage collection: the
+    /// directory and, for a repository, its lock file.
+    pub(crate) fn git_sources(&self) -> Vec<(PathBuf, Option<PathBuf>)> {
+        let mut found = Vec::new();
+        for (kind, locked) in [("repositories", true), ("checkouts", false)] {
+            let Ok(entries) = fs::read_dir(self.git_dir().join(kind)) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    let lock = locked.then(|| path.with_extension("lock"));
+                    found.push((path, lock));
+                }
+            }
+        }
+        found
     }
 
     fn make_private_dir(path: &Path) -> Result<(), Error> {
@@ -78,10 +97,17 @@ impl Store {
         self.git_dir().join("checkouts").join(key.hex())
     }
 
-    /// The checkout made earlier for `key`, if any.
+    /// The checkout made earlier for `key`, if any, marked as used now (for
+    /// `kiln prune --filter until=`).
     pub fn git_checkout(&self, key: &Digest) -> Option<PathBuf> {
         let path = self.git_checkout_path(key);
-        path.is_dir().then_some(path)
+        if !path.is_dir() {
+            return None;
+        }
+        // Only a cache's age: failing to touch it costs nothing else.
+        let _ =
+            fs::File::open(&path).and_then(|dir| dir.set_modified(std::time::SystemTime::now()));
+        Some(path)
     }
 
     /// Keeps the finished checkout `dir` (in the store's scratch space) as

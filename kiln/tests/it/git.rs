@@ -486,3 +486,34 @@ fn https_credentials_come_from_the_git_auth_token_secret() {
     );
     assert_eq!(read(out.path(), "src/VERSION"), "1\n");
 }
+
+#[test]
+fn git_sources_are_a_cache_that_du_counts_and_prune_all_removes() {
+    require_root();
+    let server = GitServer::start();
+    server.repository("app", &[("VERSION", "1\n")]);
+    let kiln = Kiln::new();
+    let context = Context::new();
+    let dockerfile = format!("FROM scratch\nADD {}#main /src\n", server.url("app"));
+    context.write("Dockerfile", &dockerfile);
+    kiln.build(context.path(), &[]);
+    let git_bytes = |kiln: &Kiln| -> u64 {
+        let du = kiln.ok(&["du", "--bytes"]);
+        du.lines()
+            .find_map(|line| line.strip_prefix("git sources"))
+            .and_then(|size| size.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no git sources in:\n{du}"))
+    };
+    let before = git_bytes(&kiln);
+    let pruned = kiln.ok(&["prune", "--all"]);
+    assert!(
+        pruned.contains("2 git source(s)"),
+        "a repository and a checkout: {pruned}"
+    );
+    assert!(
+        git_bytes(&kiln) < before,
+        "only the empty directories are left"
+    );
+    kiln.build(context.path(), &["--no-cache"]);
+    kiln.assert_consistent();
+}
