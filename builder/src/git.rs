@@ -365,6 +365,9 @@ impl Git {
     /// `git ls-remote`: the commit the ref names, as BuildKit chooses
     /// between a branch, a tag and another ref of that name.
     fn resolve(&self, git: &GitRef) -> crate::Result<Resolved> {
+        if git.fetch_by_commit {
+            return resolve_by_commit(git);
+        }
         if is_full_commit(&git.reference) {
             return Ok(Resolved {
                 commit: git.reference.clone(),
@@ -436,10 +439,9 @@ impl Git {
         resolved: &Resolved,
     ) -> crate::Result<()> {
         let remote = source.git.remote.as_str();
-        // Left by an interrupted fetch; the repository is locked for us.
-        let _ = fs::remove_file(repository.join("shallow.lock"));
+        remove_stale_locks(repository)?;
         if !self.has_object(repository, &resolved.object) {
-            if is_full_commit(&resolved.reference) {
+            if is_full_commit(&resolved.reference) || source.git.fetch_by_commit {
                 self.fetch_shallow_or_whole(repository, &["--", remote, &resolved.commit])?;
             } else {
                 let refspec = format!("+{}:refs/kiln/fetched", resolved.reference);
@@ -535,6 +537,33 @@ impl Git {
     }
 }
 
+/// `fetch-by-commit`: the checksum is the commit, and the ref (a branch
+/// unless it says otherwise) the name it gets in a kept `.git`.
+fn resolve_by_commit(git: &GitRef) -> crate::Result<Resolved> {
+    let checksum = git
+        .checksum
+        .clone()
+        .or_else(|| is_full_commit(&git.reference).then(|| git.reference.clone()))
+        .ok_or_else(|| {
+            crate::Error::Invalid("fetch-by-commit requires a checksum or a commit SHA ref".into())
+        })?;
+    if !is_full_commit(&checksum) {
+        return Err(crate::Error::Invalid(format!(
+            "fetch-by-commit requires a full commit SHA checksum, got {checksum:?}"
+        )));
+    }
+    let reference = match git.reference.as_str() {
+        "" => checksum.clone(),
+        name if name.starts_with("refs/") || is_full_commit(name) => name.to_string(),
+        name => format!("refs/heads/{name}"),
+    };
+    Ok(Resolved {
+        commit: checksum.clone(),
+        object: checksum,
+        reference,
+    })
+}
+
 /// What `git ls-remote REMOTE REF REF^{}` said `reference` is, chosen as
 /// BuildKit chooses: the ref of exactly that name, else the branch, else the
 /// tag (an annotated one peeled to its commit).
@@ -605,6 +634,32 @@ fn authorization(git: &GitRef, secrets: &Secrets) -> crate::Result<Option<String
         }));
     }
     Ok(None)
+}
+
+/// Removes the lock files of git commands that were killed while writing
+/// to the store's repository (`shallow.lock`, `packed-refs.lock`,
+/// `refs/…/NAME.lock`): git refuses to start while they exist, and no git
+/// command can be running in it, since kiln holds the repository's lock.
+fn remove_stale_locks(repository: &Path) -> crate::Result<()> {
+    remove_locks_in(repository, false)
+}
+
+/// Removes the `*.lock` files in `dir`; in every directory below it too
+/// with `below`, else only below `refs/`.
+fn remove_locks_in(dir: &Path, below: bool) -> crate::Result<()> {
+    for entry in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let entry = entry.with_context(|| format!("reading {}", dir.display()))?;
+        let path = entry.path();
+        let file_type = entry
+            .file_type()
+            .with_context(|| format!("reading {}", path.display()))?;
+        if file_type.is_file() && path.extension().is_some_and(|e| e == "lock") {
+            fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        } else if file_type.is_dir() && (below || entry.file_name() == "refs") {
+            remove_locks_in(&path, true)?;
+        }
+    }
+    Ok(())
 }
 
 /// Arguments for a message, with passwords in URLs hidden.
@@ -845,6 +900,62 @@ mod tests {
             format!("{COMMIT} subdir docs"),
             ".git is not kept for a subdirectory"
         );
+    }
+
+    #[test]
+    fn locks_left_by_a_killed_git_are_removed_and_nothing_else() {
+        let dir = tempfile::tempdir().expect("repository");
+        let repository = dir.path();
+        for path in ["refs/heads", "refs/kiln/objects", "objects/pack"] {
+            fs::create_dir_all(repository.join(path)).expect("mkdir");
+        }
+        for file in [
+            "shallow.lock",
+            "packed-refs.lock",
+            "refs/kiln/objects/abc.lock",
+            "HEAD",
+            "refs/heads/main",
+            "objects/pack/pack-1.pack",
+        ] {
+            fs::write(repository.join(file), "").expect("write");
+        }
+        remove_stale_locks(repository).expect("removed");
+        for gone in [
+            "shallow.lock",
+            "packed-refs.lock",
+            "refs/kiln/objects/abc.lock",
+        ] {
+            assert!(!repository.join(gone).exists(), "{gone}");
+        }
+        for kept in ["HEAD", "refs/heads/main", "objects/pack/pack-1.pack"] {
+            assert!(repository.join(kept).exists(), "{kept}");
+        }
+    }
+
+    #[test]
+    fn fetch_by_commit_takes_the_checksum_for_the_commit() {
+        let commit = COMMIT;
+        let resolve = |url: &str| {
+            resolve_by_commit(&GitRef::parse(url).expect("valid").expect("git"))
+                .map_err(|error| error.to_string())
+        };
+        let named = resolve(&format!(
+            "https://h/r.git?ref=main&checksum={commit}&fetch-by-commit"
+        ))
+        .expect("resolved");
+        assert_eq!(
+            (named.commit.as_str(), named.reference.as_str()),
+            (commit, "refs/heads/main")
+        );
+        assert_eq!(
+            resolve(&format!("https://h/r.git?fetch-by-commit#{commit}")).map(|r| r.commit),
+            Ok(commit.to_string())
+        );
+        assert_eq!(
+            resolve("https://h/r.git?fetch-by-commit&commit=1111").map(|r| r.commit),
+            Err("fetch-by-commit requires a full commit SHA checksum, got \"1111\"".to_string())
+        );
+        assert!(resolve("https://h/r.git?fetch-by-commit").is_err());
     }
 
     #[test]

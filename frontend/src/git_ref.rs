@@ -24,7 +24,7 @@ pub enum GitRefError {
     InvalidBool { name: String, value: String },
     #[error("invalid mtime value: {0:?} (must be \"checkout\" or \"commit\")")]
     InvalidMtime(String),
-    #[error("unexpected query {0:?} (expected ref, tag, branch, commit, checksum, subdir, keep-git-dir, submodules or mtime)")]
+    #[error("unexpected query {0:?} (expected ref, tag, branch, commit, checksum, subdir, keep-git-dir, submodules, mtime or fetch-by-commit)")]
     UnknownQuery(String),
     #[error("invalid git ref {0:?}: a ref cannot start with '-'")]
     DashRef(String),
@@ -60,6 +60,9 @@ pub struct GitRef {
     /// Whether the query said to check submodules out (the default).
     pub submodules: Option<bool>,
     pub mtime: Mtime,
+    /// `fetch-by-commit`: the checksum is taken for the commit without
+    /// asking the remote what the ref names, and fetched by its hash.
+    pub fetch_by_commit: bool,
 }
 
 /// `scheme://` at the start of a URL, as BuildKit recognises one.
@@ -173,6 +176,7 @@ impl GitRef {
             keep_git_dir: None,
             submodules: None,
             mtime: Mtime::Checkout,
+            fetch_by_commit: false,
         };
         if let Some(query) = query.filter(|q| !q.is_empty()) {
             git_ref.load_query(query)?;
@@ -192,7 +196,10 @@ impl GitRef {
                 return Err(GitRefError::MultipleValues(key));
             }
             let value = if value.is_empty() {
-                if !matches!(key.as_str(), "submodules" | "keep-git-dir") {
+                if !matches!(
+                    key.as_str(),
+                    "submodules" | "keep-git-dir" | "fetch-by-commit"
+                ) {
                     return Err(GitRefError::NoValue(key));
                 }
                 None
@@ -232,6 +239,7 @@ impl GitRef {
                 "checksum" | "commit" => self.checksum = Some(text),
                 "keep-git-dir" => self.keep_git_dir = Some(flag(&key, value)?),
                 "submodules" => self.submodules = Some(flag(&key, value)?),
+                "fetch-by-commit" => self.fetch_by_commit = flag(&key, value)?,
                 "mtime" => {
                     self.mtime = match text.as_str() {
                         "checkout" => Mtime::Checkout,
@@ -360,7 +368,10 @@ mod tests {
 
     #[test]
     fn queries_as_buildkit_reads_them() {
-        let git = parsed("https://h/r.git?tag=v0.0.2&keep-git-dir&submodules=false&commit=abc");
+        let git = parsed(
+            "https://h/r.git?tag=v0.0.2&keep-git-dir&submodules=false&commit=abc&fetch-by-commit",
+        );
+        assert!(git.fetch_by_commit);
         assert_eq!(git.reference, "refs/tags/v0.0.2");
         assert_eq!(git.keep_git_dir, Some(true));
         assert_eq!(git.submodules, Some(false));

@@ -122,7 +122,7 @@ fn add_takes_a_tag_a_branch_a_commit_or_a_subdirectory() {
         server.repository("app", &[("VERSION", "1\n"), ("docs/guide.md", "guide 1\n")]);
     repository.git(&["tag", "v1"]);
     repository.git(&["checkout", "-q", "-b", "next"]);
-    repository.commit(&[("VERSION", "2\n")], "second");
+    let second = repository.commit(&[("VERSION", "2\n")], "second");
     let url = server.url("app");
     let kiln = Kiln::new();
     let context = Context::new();
@@ -135,7 +135,8 @@ fn add_takes_a_tag_a_branch_a_commit_or_a_subdirectory() {
              ADD {url}#{first} /commit\n\
              ADD {url}#main:docs /docs\n\
              ADD --keep-git-dir {url}#v1 /kept\n\
-             ADD --chown=1000:1000 --chmod=0600 {url}?ref=main&subdir=docs /owned\n"
+             ADD --chown=1000:1000 --chmod=0600 {url}?ref=main&subdir=docs /owned\n\
+             ADD --keep-git-dir {url}?branch=next&commit={second}&fetch-by-commit /trusted\n"
         ),
     );
     let out = kiln.files(context.path(), &[]);
@@ -150,6 +151,8 @@ fn add_takes_a_tag_a_branch_a_commit_or_a_subdirectory() {
     assert_eq!(read(out, "docs/guide.md"), "guide 1\n");
     assert!(!out.join("docs/VERSION").exists(), "only the subdirectory");
     assert_eq!(read(out, "kept/.git/HEAD").trim(), first, "a detached HEAD");
+    assert_eq!(read(out, "trusted/VERSION"), "2\n");
+    assert_eq!(read(out, "trusted/.git/HEAD").trim(), second);
     let owned = fs::metadata(out.join("owned/guide.md")).expect("copied");
     use std::os::unix::fs::MetadataExt;
     assert_eq!(
