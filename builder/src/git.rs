@@ -167,7 +167,11 @@ impl<'a> GitSources<'a> {
     /// The commit `source` names, asked of its remote once per build, and
     /// checked against its checksum.
     pub fn resolve(&self, source: &GitSource) -> crate::Result<Resolved> {
-        let name = format!("{}#{}", source.git.remote, source.git.reference);
+        let mut name = format!("{}#{}", source.git.remote, source.git.reference);
+        if source.git.fetch_by_commit {
+            // Not asked of the remote: what the URL itself says.
+            name.push_str(&format!(" fetch-by-commit {:?}", source.checksum));
+        }
         let mut resolved = self
             .resolved
             .lock()
@@ -175,7 +179,7 @@ impl<'a> GitSources<'a> {
         let found = match resolved.get(&name) {
             Some(found) => found.clone(),
             None => {
-                let found = Git::new(&source.git, self.secrets)?.resolve(&source.git)?;
+                let found = Git::new(&source.git, self.secrets)?.resolve(source)?;
                 resolved.insert(name, found.clone());
                 found
             }
@@ -364,9 +368,10 @@ impl Git {
 
     /// `git ls-remote`: the commit the ref names, as BuildKit chooses
     /// between a branch, a tag and another ref of that name.
-    fn resolve(&self, git: &GitRef) -> crate::Result<Resolved> {
+    fn resolve(&self, source: &GitSource) -> crate::Result<Resolved> {
+        let git = &source.git;
         if git.fetch_by_commit {
-            return resolve_by_commit(git);
+            return resolve_by_commit(git, source.checksum.as_deref());
         }
         if is_full_commit(&git.reference) {
             return Ok(Resolved {
@@ -539,10 +544,9 @@ impl Git {
 
 /// `fetch-by-commit`: the checksum is the commit, and the ref (a branch
 /// unless it says otherwise) the name it gets in a kept `.git`.
-fn resolve_by_commit(git: &GitRef) -> crate::Result<Resolved> {
-    let checksum = git
-        .checksum
-        .clone()
+fn resolve_by_commit(git: &GitRef, checksum: Option<&str>) -> crate::Result<Resolved> {
+    let checksum = checksum
+        .map(str::to_string)
         .or_else(|| is_full_commit(&git.reference).then(|| git.reference.clone()))
         .ok_or_else(|| {
             crate::Error::Invalid("fetch-by-commit requires a checksum or a commit SHA ref".into())
@@ -936,7 +940,8 @@ mod tests {
     fn fetch_by_commit_takes_the_checksum_for_the_commit() {
         let commit = COMMIT;
         let resolve = |url: &str| {
-            resolve_by_commit(&GitRef::parse(url).expect("valid").expect("git"))
+            let source = GitSource::new(GitRef::parse(url).expect("valid").expect("git"));
+            resolve_by_commit(&source.git, source.checksum.as_deref())
                 .map_err(|error| error.to_string())
         };
         let named = resolve(&format!(
