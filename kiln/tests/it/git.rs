@@ -520,3 +520,77 @@ fn git_sources_are_a_cache_that_du_counts_and_prune_all_removes() {
     kiln.build(context.path(), &["--no-cache"]);
     kiln.assert_consistent();
 }
+
+#[test]
+fn ssh_urls_reach_git_through_the_agent_of_ssh_default() {
+    require_root();
+    let server = GitServer::start();
+    let (repository, _commit) = server.repository("app", &[("VERSION", "1\n")]);
+    // No SSH server here: an `ssh` first on PATH stands for one. It
+    // records the agent socket it was given and runs the remote command
+    // (git-upload-pack PATH) itself, as sshd would on the far side.
+    let bin = tempfile::tempdir().expect("bin");
+    let seen = bin.path().join("seen");
+    let ssh = bin.path().join("ssh");
+    fs::write(
+        &ssh,
+        format!(
+            "#!/bin/sh\n[ -S \"$SSH_AUTH_SOCK\" ] || exit 255\n\
+             echo \"$SSH_AUTH_SOCK $*\" > {}\n\
+             for last; do :; done\nexec sh -c \"$last\"\n",
+            seen.display()
+        ),
+    )
+    .expect("write ssh");
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&ssh, fs::Permissions::from_mode(0o755)).expect("chmod");
+    let agent_dir = tempfile::tempdir().expect("agent");
+    let socket = agent_dir.path().join("agent.sock");
+    let _agent = std::os::unix::net::UnixListener::bind(&socket).expect("a socket");
+    let url = format!("ssh://git@git.example{}", repository.dir.display());
+    let kiln = Kiln::new();
+    let context = Context::new();
+    context.write(
+        "Dockerfile",
+        &format!("FROM scratch\nADD {url}#main /src\n"),
+    );
+    let path = format!(
+        "{}:{}",
+        bin.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = tempfile::tempdir().expect("output");
+    let dest = format!("type=local,dest={}", out.path().display());
+    let build = |extra: &[&str]| {
+        kiln.command()
+            .current_dir(context.path())
+            .env("PATH", &path)
+            .arg("build")
+            .args(extra)
+            .args(["-o", &dest, "."])
+            .output()
+            .expect("kiln runs")
+    };
+    let without_agent = build(&[]);
+    assert!(!without_agent.status.success());
+    assert!(
+        String::from_utf8_lossy(&without_agent.stderr).contains("give --ssh default"),
+        "{}",
+        String::from_utf8_lossy(&without_agent.stderr)
+    );
+    let ssh_default = format!("default={}", socket.display());
+    let output = build(&["--ssh", &ssh_default]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(read(out.path(), "src/VERSION"), "1\n");
+    let seen = fs::read_to_string(&seen).expect("ssh ran");
+    assert!(
+        seen.starts_with(&format!("{} ", socket.display())),
+        "the agent socket: {seen}"
+    );
+    assert!(seen.contains("-F /dev/null"), "no user ssh config: {seen}");
+    assert!(seen.contains("git@git.example"), "{seen}");
+}
