@@ -35,6 +35,11 @@ pub struct RunOptions {
     pub entrypoint: Option<String>,
     /// Keep the container's changes as an image of this name.
     pub commit: Option<String>,
+    /// Pass kiln's standard input on (`-i`); without it the process reads
+    /// an empty input, as with `docker run`.
+    pub interactive: bool,
+    /// Give the process a pseudo-terminal (`-t`), for interactive shells.
+    pub tty: bool,
 }
 
 /// How a container ended.
@@ -129,11 +134,13 @@ pub fn run(
             gid: user.gid,
             additional_gids: user.additional_gids,
         },
-        hostname: "kiln".to_string(),
         network,
         insecure: false,
         mounts,
-        resources: kiln_runtime::Resources::default(),
+        resources: kiln_runtime::Resources {
+            hostname: Some("kiln".to_string()),
+            ..kiln_runtime::Resources::default()
+        },
     };
 
     let work = store.temp_dir()?;
@@ -152,7 +159,10 @@ pub fn run(
                 upper: &upper,
                 scratch: &scratch,
             },
-            StepIo::Inherit,
+            StepIo::Attached {
+                stdin: args.interactive,
+                terminal: args.tty,
+            },
             interrupt.flag(),
         )?
     };

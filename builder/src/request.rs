@@ -254,6 +254,32 @@ fn source_date_epoch(
     }
 }
 
+/// The host name `--build-arg BUILDKIT_SANDBOX_HOSTNAME` gives the steps,
+/// as BuildKit takes it.
+fn sandbox_hostname(build_args: &[String]) -> crate::Result<Option<String>> {
+    let Some(name) = build_args
+        .iter()
+        .rev()
+        .find_map(|arg| arg.strip_prefix("BUILDKIT_SANDBOX_HOSTNAME="))
+    else {
+        return Ok(None);
+    };
+    // A host name is letters, digits, hyphens and dots (RFC 1123), at
+    // most 64 bytes in the kernel's uname.
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    if !valid {
+        bail!(
+            "invalid --build-arg BUILDKIT_SANDBOX_HOSTNAME={name:?}: a host name is up to 64 \
+             letters, digits, hyphens and dots"
+        );
+    }
+    Ok(Some(name.to_string()))
+}
+
 /// What a build works with beyond its request.
 pub struct Engine<'a> {
     pub store: &'a Store,
@@ -338,6 +364,11 @@ pub fn build(engine: &Engine<'_>, request: &BuildRequest) -> crate::Result<Built
         },
         args.force_compression,
     );
+    let resources = kiln_runtime::Resources {
+        hostname: sandbox_hostname(&args.dockerfile.build_args)?
+            .or_else(|| args.resources.hostname.clone()),
+        ..args.resources.clone()
+    };
     let build = Build::new(
         store,
         remote,
@@ -351,7 +382,7 @@ pub fn build(engine: &Engine<'_>, request: &BuildRequest) -> crate::Result<Built
             sandbox,
             interrupt,
             secrets: &args.secrets,
-            resources: &args.resources,
+            resources: &resources,
         },
         &layers,
         &imported,

@@ -18,9 +18,6 @@ use crate::secrets::Secrets;
 use crate::sources::Sources;
 use crate::users::resolve_exec_user;
 
-/// The host name steps see.
-const HOSTNAME: &str = "kiln";
-
 /// Lines of a failed step's output repeated in its error.
 const ERROR_TAIL_LINES: usize = 10;
 
@@ -204,7 +201,6 @@ impl Runner<'_> {
                 gid: user.gid,
                 additional_gids: user.additional_gids,
             },
-            hostname: HOSTNAME.to_string(),
             network: match run.network {
                 graph::Network::None => Network::None,
                 graph::Network::Host => Network::Host,

@@ -285,6 +285,12 @@ pub struct RunArgs {
     /// Accepted for Docker's sake: kiln never keeps a stopped container.
     #[arg(long)]
     pub rm: bool,
+    /// Keep standard input open for the command (without it, the command reads nothing).
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+    /// Give the command a pseudo-terminal (with `-i`, for an interactive shell).
+    #[arg(short = 't', long)]
+    pub tty: bool,
     /// Set a variable (`NAME=VALUE`, or `NAME` to pass this environment's value); may be repeated.
     #[arg(short = 'e', long = "env", value_name = "NAME[=VALUE]")]
     pub env: Vec<String>,

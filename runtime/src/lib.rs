@@ -129,19 +129,32 @@ pub struct Step {
     /// Absolute.
     pub cwd: String,
     pub user: User,
-    pub hostname: String,
     pub network: Network,
     /// `--security=insecure`: every capability, nothing masked.
     pub insecure: bool,
     pub mounts: Vec<StepMount>,
-    /// What the whole build gives its steps (`--add-host`, `--ulimit`,
-    /// `--shm-size`).
+    /// What the whole build gives its steps (the host name, `--add-host`,
+    /// `--ulimit`, `--shm-size`).
     pub resources: Resources,
+}
+
+/// The host name a step sees unless told otherwise: BuildKit's, which
+/// build scripts may look for.
+pub const DEFAULT_HOSTNAME: &str = "buildkitsandbox";
+
+impl Resources {
+    pub fn hostname(&self) -> &str {
+        self.hostname.as_deref().unwrap_or(DEFAULT_HOSTNAME)
+    }
 }
 
 /// What a build gives every step beyond its own definition.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Resources {
+    /// The host name the step sees instead of [`DEFAULT_HOSTNAME`]
+    /// (BuildKit's `BUILDKIT_SANDBOX_HOSTNAME`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
     /// Extra `/etc/hosts` entries: host name and address.
     pub extra_hosts: Vec<(String, String)>,
     /// Resource limits, each replacing the default of its kind.

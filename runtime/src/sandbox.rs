@@ -14,7 +14,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -104,8 +104,10 @@ pub enum StepIo<'a> {
     /// Each line it writes (stdout and stderr together) is passed on; it
     /// reads nothing.
     Lines(&'a mut dyn FnMut(&str)),
-    /// kiln's own standard input, output and error (`kiln run`).
-    Inherit,
+    /// kiln's own standard output and error (`kiln run`), its standard
+    /// input too when `stdin` (`-i`); `terminal` (`-t`) gives the process a
+    /// pseudo-terminal of its own, which the runtime joins to kiln's.
+    Attached { stdin: bool, terminal: bool },
 }
 
 /// The layers a step runs on: `lowers` bottom first (snapshot
@@ -278,7 +280,7 @@ impl Runtime {
         std::fs::create_dir_all(&self.state_dir).map_err(|e| Error::io(&self.state_dir, e))?;
         write_file(
             &etc.join("hosts"),
-            &hosts(&step.hostname, &step.resources.extra_hosts),
+            &hosts(step.resources.hostname(), &step.resources.extra_hosts),
         )?;
         write_file(&etc.join("resolv.conf"), &resolv_conf())?;
         let mut overlays = vec![Overlay {
@@ -360,7 +362,8 @@ impl Runtime {
                 std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
             }
         }
-        let config = spec::config(step, &rootfs, &etc, &sources)?;
+        let terminal = matches!(io, StepIo::Attached { terminal: true, .. });
+        let config = spec::config(step, &rootfs, &etc, &sources, terminal)?;
         let config_path = bundle_dir.join("config.json");
         config
             .save(&config_path)
@@ -418,9 +421,10 @@ impl Runtime {
         // `kiln run` stops its container as `docker stop` does: SIGTERM
         // first, SIGKILL when it has not ended after a grace period. A
         // build step is killed at once, as BuildKit cancels one.
+        let terminal = matches!(io, StepIo::Attached { terminal: true, .. });
         let grace = match io {
             StepIo::Lines(_) => None,
-            StepIo::Inherit => Some(STOP_GRACE),
+            StepIo::Attached { .. } => Some(STOP_GRACE),
         };
         let (reader, mut output) = match io {
             StepIo::Lines(output) => {
@@ -432,8 +436,21 @@ impl Runtime {
                     .stderr(writer_for_stderr);
                 (Some(reader), Some(output))
             }
-            StepIo::Inherit => (None, None),
+            StepIo::Attached { stdin, .. } => {
+                if !stdin {
+                    command.stdin(Stdio::null());
+                }
+                (None, None)
+            }
         };
+        // The terminal tells its foreground process group, kiln, that its
+        // size changed; the runtime resizes the step's terminal to match
+        // when it gets the signal in turn.
+        let resized = Arc::new(AtomicBool::new(false));
+        let resize_handler = terminal
+            .then(|| signal_hook::flag::register(signal_hook::consts::SIGWINCH, resized.clone()))
+            .transpose()
+            .map_err(|e| Error::io("a SIGWINCH handler", e))?;
         let kiln = rustix::process::getpid();
         // SAFETY: between fork and exec only async-signal-safe calls are
         // made (prctl, getppid, setsid) and nothing is allocated: errors are
@@ -497,13 +514,14 @@ impl Runtime {
                 interrupted_at = Some(Instant::now());
                 if grace.is_some() {
                     // `runc run` passes the signals it gets on to the step.
-                    let runtime_pid = std::fs::read_to_string(bundle_dir.join(RUNTIME_PID))
-                        .ok()
-                        .and_then(|pid| pid.trim().parse::<i32>().ok())
-                        .and_then(rustix::process::Pid::from_raw);
-                    if let Some(pid) = runtime_pid {
+                    if let Some(pid) = runtime_pid(bundle_dir) {
                         let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
                     }
+                }
+            }
+            if resized.swap(false, Ordering::Relaxed) {
+                if let Some(pid) = runtime_pid(bundle_dir) {
+                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::WINCH);
                 }
             }
             let due =
@@ -526,6 +544,9 @@ impl Runtime {
                 }
             }
         };
+        if let Some(handler) = resize_handler {
+            signal_hook::low_level::unregister(handler);
+        }
         if let Some(pump) = pump {
             // Every process that held the pipe has ended with the helper's
             // pid namespace: read to its end.
@@ -548,6 +569,14 @@ impl Runtime {
             tail: tail.into_iter().collect(),
         })
     }
+}
+
+/// The runtime's pid, as the helper wrote it, once it has started.
+fn runtime_pid(bundle_dir: &Path) -> Option<rustix::process::Pid> {
+    std::fs::read_to_string(bundle_dir.join(RUNTIME_PID))
+        .ok()
+        .and_then(|pid| pid.trim().parse::<i32>().ok())
+        .and_then(rustix::process::Pid::from_raw)
 }
 
 /// Whose bundles [`remove_bundles`] removes.

@@ -304,6 +304,7 @@ pub(crate) fn config(
     rootfs: &Path,
     etc: &Path,
     sources: &[Option<PathBuf>],
+    terminal: bool,
 ) -> Result<Spec, Error> {
     let capabilities: std::collections::HashSet<Capability> = if step.insecure {
         // `--security=insecure`: every capability, as BuildKit gives.
@@ -340,7 +341,7 @@ pub(crate) fn config(
             .map(|(name, value)| format!("{name}={}", String::from_utf8_lossy(&value.0))),
     );
     let process = ProcessBuilder::default()
-        .terminal(false)
+        .terminal(terminal)
         .user(user)
         .args(step.args.clone())
         .env(env)
@@ -479,7 +480,7 @@ pub(crate) fn config(
                 .build()
                 .map_err(spec_error)?,
         )
-        .hostname(step.hostname.clone())
+        .hostname(step.resources.hostname().to_string())
         .process(process)
         .mounts(mounts)
         .linux(linux)
@@ -631,7 +632,6 @@ mod tests {
                 gid: 50,
                 additional_gids: vec![7],
             },
-            hostname: "kiln".into(),
             network: Network::Host,
             insecure: false,
             resources: crate::Resources::default(),
@@ -656,6 +656,7 @@ mod tests {
             Path::new("/rootfs"),
             Path::new("/bundle/etc"),
             &[None, Some(PathBuf::from("/host/cache"))],
+            false,
         )
         .unwrap()
     }
@@ -708,7 +709,7 @@ mod tests {
         assert!(ns.contains(&LinuxNamespaceType::Pid));
         assert!(ns.contains(&LinuxNamespaceType::Mount));
         assert!(!ns.contains(&LinuxNamespaceType::Network), "host network");
-        assert_eq!(spec.hostname(), &Some("kiln".to_string()));
+        assert_eq!(spec.hostname(), &Some("buildkitsandbox".to_string()));
         let devices = linux
             .resources()
             .as_ref()
@@ -813,6 +814,7 @@ mod tests {
             Path::new("/rootfs"),
             Path::new("/etc"),
             &[None, None],
+            false,
         );
         assert!(matches!(result, Err(Error::Spec(message)) if message.contains("/cache")));
     }

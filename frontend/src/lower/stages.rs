@@ -159,8 +159,10 @@ impl<'a> Lowering<'a> {
             .filter(|k| {
                 !self.consumed_args.contains(k.as_str())
                     && !is_proxy_arg(k)
-                    // The builder itself takes this one (file times, dates).
+                    // The builder itself takes these: file times and
+                    // dates, and its own options (BUILDKIT_SANDBOX_HOSTNAME).
                     && k.as_str() != "SOURCE_DATE_EPOCH"
+                    && !k.starts_with("BUILDKIT_")
             })
             .map(String::as_str)
             .collect()

@@ -68,7 +68,8 @@ pub fn build(
     } else {
         Mode::parse(&args.progress)?
     };
-    let progress = Arc::new(Progress::new(Arc::new(Display::new(mode))));
+    let display = Arc::new(Display::new(mode));
+    let progress = Arc::new(Progress::new(display.clone()));
     if !rustix::process::geteuid().is_root() {
         bail!(
             "kiln build must run as root: layers record the owner of every file, and only \
@@ -84,7 +85,9 @@ pub fn build(
         interrupt: &interrupt,
         progress: &progress,
     };
-    let built = kiln_builder::build(&engine, &request)?;
+    let built = kiln_builder::build(&engine, &request);
+    display.finish();
+    let built = built?;
     if let Some(digest) = built.image {
         if built.on_stdout {
             eprintln!("{digest}");

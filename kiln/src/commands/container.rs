@@ -1,6 +1,7 @@
 //! `kiln run`: a command in a container made from an image of the store
 //! (pulled into it first when it lacks the image).
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use kiln_builder::container::RunOptions;
@@ -13,6 +14,10 @@ use crate::cli::RunArgs;
 
 /// Runs the container attached to this terminal; returns its exit status.
 pub fn run(store: &Store, remote: &Remote, runtime: Option<PathBuf>, args: &RunArgs) -> Result<u8> {
+    if args.interactive && args.tty && !std::io::stdin().is_terminal() {
+        // As Docker: the terminal would join nothing to the command's.
+        crate::bail!("the input device is not a terminal: run `kiln run -it` from a terminal, or leave out -t");
+    }
     let interrupt = crate::signals::install()?;
     let sandbox = Sandbox::new(store, runtime);
     let options = RunOptions {
@@ -25,6 +30,8 @@ pub fn run(store: &Store, remote: &Remote, runtime: Option<PathBuf>, args: &RunA
         workdir: args.workdir.clone(),
         entrypoint: args.entrypoint.clone(),
         commit: args.commit.clone(),
+        interactive: args.interactive,
+        tty: args.tty,
     };
     let exited = kiln_builder::container::run(store, remote, &sandbox, &interrupt, &options)?;
     if let Some(name) = exited.committed {

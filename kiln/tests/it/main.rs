@@ -13,3 +13,4 @@ mod regression;
 mod run;
 mod scheduler;
 mod support;
+mod terminal;

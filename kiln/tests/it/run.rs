@@ -128,7 +128,7 @@ fn a_step_sees_its_own_processes_and_files_only() {
         "host processes are visible: {pids:?}"
     );
     assert_eq!(read(root, "/host-file"), "hidden\n");
-    assert_eq!(read(root, "/hostname"), "kiln\n");
+    assert_eq!(read(root, "/hostname"), "buildkitsandbox\n");
     assert_eq!(
         read(root, "/path"),
         "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n"
@@ -219,6 +219,39 @@ fn build_wide_network_hosts_and_limits_reach_every_step() {
     );
     assert_eq!(read(files.path(), "/hosts"), "10.1.2.3\tdb\n");
     assert_eq!(read(files.path(), "/nproc"), "321\n");
+}
+
+#[test]
+fn the_sandbox_host_name_build_arg_names_the_steps_host_and_is_part_of_their_key() {
+    let kiln = kiln();
+    let context = Context::new();
+    context.write(
+        "Dockerfile",
+        "FROM busybox
+RUN hostname > /name && grep -c \"$(hostname)\" /etc/hosts > /in-hosts\n",
+    );
+    let named = |name: &str| {
+        let arg = format!("BUILDKIT_SANDBOX_HOSTNAME={name}");
+        let files = kiln.files(context.path(), &["--build-arg", &arg]);
+        (read(files.path(), "/name"), read(files.path(), "/in-hosts"))
+    };
+    assert_eq!(
+        named("db-1.example"),
+        ("db-1.example\n".into(), "1\n".into())
+    );
+    // Another name is another step, not the cached one.
+    assert_eq!(named("web"), ("web\n".into(), "1\n".into()));
+
+    let refused = kiln.try_build(
+        context.path(),
+        &["--build-arg", "BUILDKIT_SANDBOX_HOSTNAME=not a name"],
+    );
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("invalid --build-arg BUILDKIT_SANDBOX_HOSTNAME=\"not a name\""),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -762,7 +795,7 @@ fn kiln_run_runs_a_command_of_an_image_with_its_settings() {
 
     let mut child = kiln
         .command()
-        .args(["run", "busybox", "tr", "a-z", "A-Z"])
+        .args(["run", "-i", "busybox", "tr", "a-z", "A-Z"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()

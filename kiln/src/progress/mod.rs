@@ -5,12 +5,14 @@
 //!   since the step began), then `#5 CACHED`, `#5 DONE 1.2s` or
 //!   `#5 ERROR: message`. Every line names its step, so steps running at
 //!   once interleave readably.
-//! - `tty`: a live line per running step with its elapsed time (indicatif),
-//!   output and finished steps printed above them.
+//! - `tty`: BuildKit's live view (`tty.rs`): each running step with a
+//!   window of its last lines, finished steps collapsed to one line.
 //! - `quiet`: nothing but errors.
 //! - `rawjson`: one JSON object per event and line.
-//! - `auto`: `tty` on a terminal, `plain` otherwise. indicatif hides what it
-//!   prints when standard error is not a terminal, so `tty` there is `plain`.
+//! - `auto`: `tty` on a terminal, `plain` otherwise; `tty` is `plain` too
+//!   when standard error is not a terminal, which could not show the view.
+
+mod tty;
 
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
@@ -18,7 +20,6 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::bail;
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use kiln_builder::progress::{human_size, ProgressSink, StepEnd, StepId};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,17 +49,16 @@ impl Mode {
 pub struct Display {
     mode: Mode,
     started: Instant,
-    bars: Option<MultiProgress>,
+    view: Option<tty::TtyView>,
     steps: Mutex<HashMap<StepId, Shown>>,
     /// One writer at a time, so lines never mix.
     out: Mutex<()>,
 }
 
-/// A step on show: its name, when it started and its live line.
+/// A step on show (in every mode but tty): its name and when it started.
 struct Shown {
     name: String,
     started: Instant,
-    bar: Option<ProgressBar>,
 }
 
 fn seconds(duration: Duration) -> String {
@@ -70,19 +70,25 @@ impl Display {
         Display {
             mode,
             started: Instant::now(),
-            bars: (mode == Mode::Tty).then(MultiProgress::new),
+            view: (mode == Mode::Tty).then(tty::TtyView::new),
             steps: Mutex::new(HashMap::new()),
             out: Mutex::new(()),
         }
     }
 
-    /// Writes a line of plain text (or, with bars, above them).
+    /// Ends the terminal view, if any: what is printed next (the image
+    /// ID, an error) goes below it.
+    pub fn finish(&self) {
+        if let Some(view) = &self.view {
+            view.finish();
+        }
+    }
+
+    /// Writes a line of plain text (or, in the terminal view, above it).
     fn line(&self, text: &str) {
         let _one_at_a_time = self.out.lock();
-        match &self.bars {
-            Some(bars) => {
-                let _ = bars.println(text);
-            }
+        match &self.view {
+            Some(view) => view.print_above(text.to_string()),
             None => {
                 let _ = writeln!(std::io::stderr().lock(), "{text}");
             }
@@ -115,18 +121,14 @@ impl Display {
             .map(|shown| (shown.name.clone(), shown.started))
     }
 
-    fn finish(&self, id: StepId, plain: &str, event: &str) {
+    fn step_ended(&self, id: StepId, plain: &str, event: &str) {
         let Some(shown) = self.steps().remove(&id) else {
             return;
         };
-        if let Some(bar) = &shown.bar {
-            bar.finish_and_clear();
-        }
         match self.mode {
             Mode::Plain => self.line(&format!("#{id} {plain}")),
-            Mode::Tty => self.line(&format!("#{id} {} {plain}", shown.name)),
             Mode::RawJson => self.event(id, event, &shown.name, Some(plain)),
-            Mode::Quiet => {}
+            Mode::Tty | Mode::Quiet => {}
         }
     }
 }
@@ -137,6 +139,10 @@ impl ProgressSink for Display {
     }
 
     fn note(&self, text: &str) {
+        if let Some(view) = &self.view {
+            view.note(text);
+            return;
+        }
         match self.mode {
             Mode::Quiet => {}
             Mode::RawJson => self.event(0, "note", "", Some(text)),
@@ -145,25 +151,15 @@ impl ProgressSink for Display {
     }
 
     fn started(&self, id: StepId, name: &str) {
-        let bar = self.bars.as_ref().map(|bars| {
-            // Set up before it is shown, so that it never shows empty.
-            let bar = ProgressBar::new_spinner()
-                .with_style(
-                    ProgressStyle::with_template("{spinner} #{prefix} {msg} {elapsed}")
-                        .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-                )
-                .with_prefix(id.to_string())
-                .with_message(name.to_string());
-            let bar = bars.add(bar);
-            bar.enable_steady_tick(Duration::from_millis(100));
-            bar
-        });
+        if let Some(view) = &self.view {
+            view.started(id, name);
+            return;
+        }
         self.steps().insert(
             id,
             Shown {
                 name: name.to_string(),
                 started: Instant::now(),
-                bar,
             },
         );
         match self.mode {
@@ -174,6 +170,10 @@ impl ProgressSink for Display {
     }
 
     fn log(&self, id: StepId, text: &str) {
+        if let Some(view) = &self.view {
+            view.log(id, text);
+            return;
+        }
         // Every line of a step's output comes here: the step's name is
         // copied only for the JSON events that carry it.
         match self.mode {
@@ -186,27 +186,28 @@ impl ProgressSink for Display {
                     started.elapsed().as_secs_f64()
                 ));
             }
-            Mode::Tty => self.line(&format!("#{id} {text}")),
             Mode::RawJson => {
                 if let Some((name, _)) = self.shown(id) {
                     self.event(id, "log", &name, Some(text));
                 }
             }
-            Mode::Quiet => {}
+            Mode::Tty | Mode::Quiet => {}
         }
     }
 
     fn bytes(&self, id: StepId, total: u64) {
-        if let Some(shown) = self.steps().get(&id) {
-            if let Some(bar) = &shown.bar {
-                bar.set_message(format!("{} {}", shown.name, human_size(total)));
-            }
+        if let Some(view) = &self.view {
+            view.bytes(id, total);
         }
     }
 
     fn ended(&self, id: StepId, end: StepEnd<'_>) {
+        if let Some(view) = &self.view {
+            view.ended(id, end);
+            return;
+        }
         match end {
-            StepEnd::Cached => self.finish(id, "CACHED", "cached"),
+            StepEnd::Cached => self.step_ended(id, "CACHED", "cached"),
             StepEnd::Done { bytes } => {
                 let Some((_, started)) = self.shown(id) else {
                     return;
@@ -217,18 +218,16 @@ impl ProgressSink for Display {
                 } else {
                     format!("DONE {elapsed}")
                 };
-                self.finish(id, &text, "done");
+                self.step_ended(id, &text, "done");
             }
             StepEnd::Failed { message, tail } => {
                 if self.mode == Mode::Quiet {
                     // Errors are reported by kiln's final message.
-                    if let Some(Shown { bar: Some(bar), .. }) = self.steps().remove(&id) {
-                        bar.finish_and_clear();
-                    }
+                    self.steps().remove(&id);
                     return;
                 }
                 let name = self.shown(id).map(|(name, _)| name).unwrap_or_default();
-                self.finish(id, &format!("ERROR: {message}"), "error");
+                self.step_ended(id, &format!("ERROR: {message}"), "error");
                 if self.mode == Mode::Plain && !tail.is_empty() {
                     // BuildKit repeats the failed step's last lines between
                     // `------` lines.
