@@ -136,7 +136,8 @@ fn add_takes_a_tag_a_branch_a_commit_or_a_subdirectory() {
              ADD {url}#main:docs /docs\n\
              ADD --keep-git-dir {url}#v1 /kept\n\
              ADD --chown=1000:1000 --chmod=0600 {url}?ref=main&subdir=docs /owned\n\
-             ADD --keep-git-dir {url}?branch=next&commit={second}&fetch-by-commit /trusted\n"
+             ADD --keep-git-dir {url}?branch=next&commit={second}&fetch-by-commit /trusted\n\
+             ADD --exclude=**/*.md {url}#v1 /excluded\n"
         ),
     );
     let out = kiln.files(context.path(), &[]);
@@ -152,6 +153,11 @@ fn add_takes_a_tag_a_branch_a_commit_or_a_subdirectory() {
     assert!(!out.join("docs/VERSION").exists(), "only the subdirectory");
     assert_eq!(read(out, "kept/.git/HEAD").trim(), first, "a detached HEAD");
     assert_eq!(read(out, "trusted/VERSION"), "2\n");
+    assert_eq!(read(out, "excluded/VERSION"), "1\n");
+    assert!(
+        !out.join("excluded/docs/guide.md").exists(),
+        "--exclude applies"
+    );
     assert_eq!(read(out, "trusted/.git/HEAD").trim(), second);
     let owned = fs::metadata(out.join("owned/guide.md")).expect("copied");
     use std::os::unix::fs::MetadataExt;
