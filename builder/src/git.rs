@@ -15,6 +15,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
@@ -337,20 +338,32 @@ impl Git {
 
     /// Runs git in `dir` and returns its standard output.
     fn run(&self, dir: &Path, args: &[String]) -> Result<String, GitError> {
-        let output = Command::new("git")
+        let mut command = Command::new("git");
+        command
             .args(args)
             .current_dir(dir)
             .env_clear()
             .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdin(std::process::Stdio::null())
-            .output()
-            .map_err(|error| match error.kind() {
-                std::io::ErrorKind::NotFound => GitError::Missing,
-                _ => GitError::Failed {
-                    command: redact_args(args),
-                    output: error.to_string(),
-                },
-            })?;
+            .stdin(std::process::Stdio::null());
+        // SAFETY: only prctl between fork and exec, and nothing allocated.
+        unsafe {
+            command.pre_exec(|| {
+                // A git that outlived a killed kiln would write to the
+                // store's repository while the next kiln, holding the lock
+                // the dead one dropped, tidies it up.
+                rustix::process::set_parent_process_death_signal(Some(
+                    rustix::process::Signal::KILL,
+                ))?;
+                Ok(())
+            });
+        }
+        let output = command.output().map_err(|error| match error.kind() {
+            std::io::ErrorKind::NotFound => GitError::Missing,
+            _ => GitError::Failed {
+                command: redact_args(args),
+                output: error.to_string(),
+            },
+        })?;
         if !output.status.success() {
             let stderr = String::from_utf8_lossy(&output.stderr);
             return Err(GitError::Failed {
