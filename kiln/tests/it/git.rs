@@ -600,3 +600,85 @@ fn ssh_urls_reach_git_through_the_agent_of_ssh_default() {
     assert!(seen.contains("-F /dev/null"), "no user ssh config: {seen}");
     assert!(seen.contains("git@git.example"), "{seen}");
 }
+
+/// A TCP proxy to `upstream` that holds every connection without a word
+/// while `stalled` is set.
+fn stalling_proxy(upstream: u16, stalled: std::sync::Arc<std::sync::atomic::AtomicBool>) -> u16 {
+    use std::sync::atomic::Ordering;
+    let listener = TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let port = listener.local_addr().expect("its address").port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for client in listener.incoming().flatten() {
+            if stalled.load(Ordering::SeqCst) {
+                held.push(client);
+                continue;
+            }
+            let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                continue;
+            };
+            for (mut from, mut to) in [
+                (
+                    client.try_clone().expect("clone"),
+                    server.try_clone().expect("clone"),
+                ),
+                (server, client),
+            ] {
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut from, &mut to);
+                    let _ = to.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        }
+    });
+    port
+}
+
+#[test]
+fn a_fetch_killed_halfway_leaves_a_store_the_next_build_uses() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    require_root();
+    let server = GitServer::start();
+    let (_repository, commit) = server.repository("app", &[("VERSION", "1\n")]);
+    let stalled = std::sync::Arc::new(AtomicBool::new(true));
+    let port = stalling_proxy(server.port, stalled.clone());
+    let kiln = Kiln::new();
+    let context = Context::new();
+    context.write(
+        "Dockerfile",
+        &format!("FROM scratch\nADD git://127.0.0.1:{port}/app.git#{commit} /src\n"),
+    );
+    let mut build = kiln
+        .command()
+        .current_dir(context.path())
+        .args(["build", "."])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("kiln starts");
+    // The repository appears once made; the fetch into it then waits on
+    // the proxy.
+    let repositories = kiln.root.path().join("git/repositories");
+    let started = Instant::now();
+    while !fs::read_dir(&repositories)
+        .is_ok_and(|mut entries| entries.any(|e| e.is_ok_and(|e| e.path().is_dir())))
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no fetch began"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    build.kill().expect("killed");
+    build.wait().expect("reaped");
+    assert!(
+        fs::read_dir(kiln.root.path().join("git/checkouts"))
+            .map_or(true, |mut e| e.next().is_none()),
+        "no checkout of a fetch that never finished"
+    );
+    stalled.store(false, Ordering::SeqCst);
+    let out = kiln.files(context.path(), &[]);
+    assert_eq!(read(out.path(), "src/VERSION"), "1\n");
+    kiln.assert_consistent();
+}
