@@ -26,9 +26,9 @@ pub struct DockerfileArgs {
     /// `--network`: the network of RUN steps that name none (default: the
     /// host's, as BuildKit gives them).
     pub network: Option<Network>,
-    /// How messages name the Dockerfile when not by its path: by its path
-    /// in a remote context, as BuildKit does.
-    pub file_name: Option<String>,
+    /// How messages name the Dockerfile when kiln unpacked it from a
+    /// context (a URL, an archive) into a place of its own.
+    pub shown_as: Option<String>,
 }
 
 /// A lowered Dockerfile and what came with it.
@@ -122,7 +122,7 @@ fn read_dockerfile(args: &DockerfileArgs) -> crate::Result<(PathBuf, String, Vec
     let bytes = std::fs::read(&path)
         .with_context(|| format!("reading the Dockerfile {}", path.display()))?;
     let name = args
-        .file_name
+        .shown_as
         .clone()
         .unwrap_or_else(|| path.display().to_string());
     Ok((path, name, bytes))

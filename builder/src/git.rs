@@ -838,7 +838,7 @@ pub fn context_checkout(
         crate::dockerfile::DockerfileArgs {
             context: checkout.dir.clone(),
             file,
-            file_name: (args.file.as_deref() != Some(Path::new("-"))).then_some(file_name),
+            shown_as: (args.file.as_deref() != Some(Path::new("-"))).then_some(file_name),
             ..args.clone()
         },
         checkout.commit_time,

@@ -27,7 +27,7 @@ fn dockerfile_args(args: &DockerfileArgs) -> kiln_builder::dockerfile::Dockerfil
         build_args: args.build_args.clone(),
         platform: args.platform.clone(),
         network: None,
-        file_name: None,
+        ..Default::default()
     }
 }
 
