@@ -1,14 +1,18 @@
 //! Reading a Dockerfile and its options from the command line and lowering
 //! it to a build graph.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use crate::base_images::{StoreImages, StoreOrUnknownImages};
 use crate::error::{bail, Context};
 use crate::progress::Progress;
+use kiln_cache::Store;
+use kiln_frontend::ast::Source;
 use kiln_frontend::graph::Network;
-use kiln_frontend::{BaseImages, BuildGraph, DockerIgnore, LowerOptions, Platform};
+use kiln_frontend::lint::{self, Scope};
+use kiln_frontend::{BaseImages, BuildGraph, DockerIgnore, LowerOptions, Platform, ResolvedImage};
 
 /// Which Dockerfile to read and how to lower it.
 #[derive(Debug, Clone, Default)]
@@ -60,17 +64,43 @@ pub fn load(
         );
     }
     let (path, name, bytes) = read_dockerfile(args)?;
-    let dockerfile = kiln_frontend::parse_bytes(&bytes, &name)?;
-    for warning in &dockerfile.warnings {
-        match warning.line {
-            Some(line) => progress.warn(&format!("{name}:{line}: {}", warning.message)),
-            None => progress.warn(&warning.message),
-        }
-    }
     let ignore = DockerIgnore::load(&path, &args.context)?;
     let options = lower_options(args, labels, allow)?;
+    let images = &mut FailuresRemembered {
+        images,
+        failed: HashMap::new(),
+    };
+    let show = |report: &lint::Report| {
+        for finding in &report.findings {
+            progress.note(&format!("WARN: {}", finding.short()));
+        }
+    };
+    let dockerfile = match kiln_frontend::parse_bytes(&bytes, &name) {
+        Ok(dockerfile) => dockerfile,
+        Err(error) => {
+            let partial = checks_before_error(
+                &bytes,
+                &name,
+                &error,
+                (&options, Scope::Target),
+                &ignore,
+                images,
+            );
+            if let Some(checked) = partial {
+                show(&checked.report);
+            }
+            return Err(error.into());
+        }
+    };
+    // The build checks come first, as in BuildKit: their warnings are shown
+    // even when the Dockerfile then fails to lower.
+    let report = lint::check(&dockerfile, &options, Scope::Target, &ignore, images)?;
+    show(&report);
+    if let Some(violation) = report.violation(&dockerfile.source) {
+        return Err(violation.into());
+    }
     let graph = kiln_frontend::lower(&dockerfile, &options, images)?;
-    for warning in graph.warnings.iter().filter(|w| w.line.is_none()) {
+    for warning in &graph.warnings {
         progress.warn(&warning.message);
     }
     Ok(Plan {
@@ -81,12 +111,114 @@ pub fn load(
     })
 }
 
+/// Base images whose lookup is not repeated when it fails: the build checks
+/// and the lowering ask for the same images, and a pull that failed once
+/// (after its retries) would only fail again, as slowly.
+struct FailuresRemembered<'a> {
+    images: &'a mut dyn BaseImages,
+    failed: HashMap<(String, String), String>,
+}
+
+impl BaseImages for FailuresRemembered<'_> {
+    fn resolve(&mut self, reference: &str, platform: &Platform) -> Result<ResolvedImage, String> {
+        let key = (reference.to_string(), platform.to_string());
+        if let Some(reason) = self.failed.get(&key) {
+            return Err(reason.clone());
+        }
+        self.images
+            .resolve(reference, platform)
+            .inspect_err(|reason| {
+                self.failed.insert(key, reason.clone());
+            })
+    }
+}
+
 /// The stages of the Dockerfile `args` names, as `--call=targets` lists
 /// them: read and parsed, nothing lowered or built.
 pub fn targets(args: &DockerfileArgs) -> crate::Result<Vec<kiln_frontend::targets::Target>> {
     let (_, name, bytes) = read_dockerfile(args)?;
     let dockerfile = kiln_frontend::parse_bytes(&bytes, &name)?;
     Ok(kiln_frontend::targets::targets(&dockerfile)?)
+}
+
+/// The outline of the target `args` names, as `--call=outline` shows it:
+/// read and parsed, nothing lowered or built.
+pub fn outline(args: &DockerfileArgs) -> crate::Result<kiln_frontend::outline::Outline> {
+    let (_, name, bytes) = read_dockerfile(args)?;
+    let dockerfile = kiln_frontend::parse_bytes(&bytes, &name)?;
+    let options = lower_options(args, &[], &[])?;
+    Ok(kiln_frontend::outline::outline(&dockerfile, &options)?)
+}
+
+/// What `--call=check` found in a Dockerfile.
+pub struct Checked {
+    pub report: lint::Report,
+    /// The Dockerfile's text, to show the lines the findings are about.
+    pub source: Source,
+    /// Why a build of the Dockerfile would fail regardless of the checks
+    /// (it does not lower), reported after the findings.
+    pub error: Option<crate::Error>,
+}
+
+/// Runs the build checks on the stages of the Dockerfile `args` names that
+/// `scope` says (every one for `--call=check`), with the base images the
+/// store has; nothing is pulled or built.
+pub fn check(args: &DockerfileArgs, store: &Store, scope: Scope) -> crate::Result<Checked> {
+    let (path, name, bytes) = read_dockerfile(args)?;
+    let ignore = DockerIgnore::load(&path, &args.context)?;
+    let options = lower_options(args, &[], &[])?;
+    let mut local_images = StoreImages::new(store, None, false);
+    let dockerfile = match kiln_frontend::parse_bytes(&bytes, &name) {
+        Ok(dockerfile) => dockerfile,
+        Err(error) => {
+            return checks_before_error(
+                &bytes,
+                &name,
+                &error,
+                (&options, scope),
+                &ignore,
+                &mut local_images,
+            )
+            .map(|checked| Checked {
+                error: Some(error.clone().into()),
+                ..checked
+            })
+            .ok_or_else(|| error.into());
+        }
+    };
+    let report = lint::check(&dockerfile, &options, scope, &ignore, &mut local_images)?;
+    let mut any_images = StoreOrUnknownImages { store };
+    let error = kiln_frontend::lower(&dockerfile, &options, &mut any_images)
+        .err()
+        .map(crate::Error::from);
+    Ok(Checked {
+        report,
+        source: dockerfile.source,
+        error,
+    })
+}
+
+/// The build checks of the instructions before the line a parse error is
+/// on: BuildKit reports them before the error. None when there is nothing
+/// before it that parses.
+fn checks_before_error(
+    bytes: &[u8],
+    name: &str,
+    error: &kiln_frontend::Error,
+    (options, scope): (&LowerOptions, Scope),
+    ignore: &DockerIgnore,
+    images: &mut dyn BaseImages,
+) -> Option<Checked> {
+    let line = error.location.as_ref()?.pos.line;
+    let text = std::str::from_utf8(bytes).ok()?;
+    let before: String = text.split_inclusive('\n').take(line - 1).collect();
+    let dockerfile = kiln_frontend::parse(&before, name).ok()?;
+    let report = lint::check(&dockerfile, options, scope, ignore, images).ok()?;
+    Some(Checked {
+        report,
+        source: dockerfile.source,
+        error: None,
+    })
 }
 
 /// The Dockerfile of `context` when `-f` names none: `Dockerfile`, or else
@@ -182,4 +314,40 @@ fn parse_labels(labels: &[String]) -> crate::Result<BTreeMap<String, String>> {
             _ => bail!("invalid --label {label:?}: expected KEY=VALUE"),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Fails every lookup, counting them.
+    struct Unreachable {
+        lookups: usize,
+    }
+
+    impl BaseImages for Unreachable {
+        fn resolve(&mut self, _: &str, _: &Platform) -> Result<ResolvedImage, String> {
+            self.lookups += 1;
+            Err("registry unreachable".to_string())
+        }
+    }
+
+    #[test]
+    fn a_failed_lookup_is_not_repeated() {
+        let mut unreachable = Unreachable { lookups: 0 };
+        let mut images = FailuresRemembered {
+            images: &mut unreachable,
+            failed: HashMap::new(),
+        };
+        let amd64 = Platform::new("linux", "amd64", "");
+        let arm64 = Platform::new("linux", "arm64", "");
+        for _ in 0..2 {
+            assert_eq!(
+                images.resolve("busybox", &amd64),
+                Err("registry unreachable".to_string())
+            );
+        }
+        assert!(images.resolve("busybox", &arm64).is_err());
+        assert_eq!(unreachable.lookups, 2, "once per image and platform");
+    }
 }

@@ -2,7 +2,7 @@
 //! BuildKit's parser splits them, with the position of every piece. Nothing is
 //! unquoted or expanded yet.
 
-use crate::error::{Error, ErrorKind, Location, Pos, Warning};
+use crate::error::{Error, ErrorKind, Location, Pos};
 use crate::keyword::Keyword;
 
 /// A piece of an instruction and where it starts.
@@ -89,6 +89,8 @@ pub struct Instruction {
     pub end_line: usize,
     /// The instruction as written, continuation lines joined.
     pub text: String,
+    /// Whether an empty line sits among its continuation lines.
+    pub empty_continuation: bool,
 }
 
 /// Parser directives from the top of the file.
@@ -187,7 +189,6 @@ pub struct Dockerfile {
     pub source: Source,
     pub directives: Directives,
     pub instructions: Vec<Instruction>,
-    pub warnings: Vec<Warning>,
 }
 
 #[cfg(test)]

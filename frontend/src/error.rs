@@ -202,7 +202,7 @@ pub enum ErrorKind {
     #[error("invalid platform {value:?}: {reason}")]
     InvalidPlatform { value: String, reason: String },
     #[error(
-        "FROM --platform={expression} expands to an empty platform{}",
+        "empty platform value from expression {expression}{} (FROM --platform)",
         did_you_mean(suggestion)
     )]
     EmptyPlatform {
@@ -256,6 +256,10 @@ pub enum ErrorKind {
     InsecureNotAllowed,
     #[error("cannot use base image {reference}: {message}")]
     BaseImage { reference: String, message: String },
+    #[error("lint violation found for rules: {0} (the check directive or BUILDKIT_DOCKERFILE_CHECK says error=true)")]
+    LintViolation(String),
+    #[error("invalid {source_name}: {reason}")]
+    InvalidCheckOption { source_name: String, reason: String },
     #[error("in ONBUILD trigger `{trigger}` of {image}: {error}")]
     Trigger {
         image: String,

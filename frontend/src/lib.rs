@@ -20,6 +20,10 @@
 //! - [`graph`]: the build graph the builder consumes.
 //! - [`git_ref`]: git URLs (`ADD` sources and build contexts) as BuildKit reads them.
 //! - [`targets`]: the stages a Dockerfile defines, for `--call=targets`.
+//! - [`outline`]: the build arguments, secrets and SSH sockets a target uses,
+//!   for `--call=outline`.
+//! - [`lint`]: the build checks, for `--call=check` and the warnings of a
+//!   build.
 //! - [`chmod`]: COPY and ADD `--chmod` modes, octal or symbolic.
 //! - `history`: the image history text BuildKit writes, in Go's formats.
 //! - `paths`: lexical path arithmetic for paths inside images.
@@ -39,8 +43,10 @@ mod history;
 pub mod ignore;
 pub mod instruction;
 pub mod keyword;
+pub mod lint;
 pub mod lower;
 mod mount;
+pub mod outline;
 pub mod parser;
 mod paths;
 pub mod pattern;

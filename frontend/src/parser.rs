@@ -5,7 +5,7 @@
 //! means the same thing here as under `docker build`.
 
 use crate::ast::{Args, Directives, Dockerfile, Heredoc, Instruction, KeyValue, Source, Word};
-use crate::error::{Error, ErrorKind, Pos, Warning};
+use crate::error::{Error, ErrorKind, Pos};
 use crate::keyword::Keyword;
 use crate::shell::{Lexer, NoVariables};
 use crate::suggest;
@@ -41,7 +41,6 @@ pub fn parse(text: &str, name: &str) -> Result<Dockerfile, Error> {
         directives: DirectiveScanner::default(),
         escape: '\\',
         instructions: Vec::new(),
-        warnings: Vec::new(),
     };
     parser.run()?;
     if parser.instructions.is_empty() {
@@ -49,7 +48,6 @@ pub fn parse(text: &str, name: &str) -> Result<Dockerfile, Error> {
     }
     let Parser {
         instructions,
-        warnings,
         escape,
         directives,
         ..
@@ -61,7 +59,6 @@ pub fn parse(text: &str, name: &str) -> Result<Dockerfile, Error> {
             check: directives.check,
         },
         instructions,
-        warnings,
         source,
     })
 }
@@ -82,7 +79,6 @@ struct Parser<'s> {
     directives: DirectiveScanner,
     escape: char,
     instructions: Vec<Instruction>,
-    warnings: Vec<Warning>,
 }
 
 /// An instruction's text with its continuation lines joined, and where each
@@ -147,21 +143,13 @@ impl<'s> Parser<'s> {
                 continues = more;
             }
             let start_line = logical.segments[0].line;
-            if empty_continuation {
-                self.warnings.push(Warning {
-                    line: Some(start_line),
-                    message: format!(
-                        "empty continuation line in: {}; empty continuation lines will become errors in a future Dockerfile syntax",
-                        logical.text.trim()
-                    ),
-                });
-            }
             let mut instruction = self.instruction(&logical, 0, &logical.text)?;
             if can_contain_heredoc(&instruction) && logical.text.contains("<<") {
                 instruction.heredocs = self.read_heredocs(&logical.text, instruction.name.pos)?;
             }
             instruction.start_line = start_line;
             instruction.end_line = self.next_line - 1;
+            instruction.empty_continuation = empty_continuation;
             if let Args::Onbuild(trigger) = &mut instruction.args {
                 trigger.start_line = start_line;
                 trigger.end_line = self.next_line - 1;
@@ -324,6 +312,7 @@ impl<'s> Parser<'s> {
             start_line: name_pos.line,
             end_line: name_pos.line,
             text: text.to_string(),
+            empty_continuation: false,
         })
     }
 
@@ -922,10 +911,11 @@ mod tests {
     }
 
     #[test]
-    fn empty_continuation_lines_warn() {
+    fn empty_continuation_lines_are_noted() {
         let dockerfile = parse("FROM a\nRUN a \\\n\n  b\n", "f").expect("parses");
-        assert_eq!(dockerfile.warnings.len(), 1);
-        assert_eq!(dockerfile.warnings[0].line, Some(2));
+        assert!(dockerfile.instructions[1].empty_continuation);
+        assert!(!dockerfile.instructions[0].empty_continuation);
+        assert_eq!(dockerfile.instructions[1].end_line, 4);
     }
 
     #[test]

@@ -243,14 +243,19 @@ pub struct BuildArgs {
     /// or repeated).
     #[arg(long = "no-cache-filter", value_name = "STAGE")]
     pub no_cache_filter: Vec<String>,
-    /// What to do with the Dockerfile: `build` (default), or `targets` to list its
-    /// stages with their descriptions without building (`targets,format=json` as JSON).
+    /// What to do with the Dockerfile: `build` (default); `check` to run the
+    /// build checks; `outline` to list the build arguments, secrets and SSH
+    /// sockets the target uses; `targets` to list its stages. None but
+    /// `build` builds anything; `,format=json` prints JSON.
     #[arg(
         long,
-        value_name = "build|targets[,format=json]",
+        value_name = "build|check|outline|targets[,format=json]",
         default_value = "build"
     )]
     pub call: String,
+    /// Run the build checks and build nothing (`--call=check`).
+    #[arg(long)]
+    pub check: bool,
     /// The network of RUN steps that name none: `default` (the host's, as
     /// BuildKit gives it), `host` or `none`.
     #[arg(long, value_name = "MODE")]

@@ -107,7 +107,7 @@ fn run(cli: Cli) -> Result<u8> {
             commands::build::graph(&open_store(cli.root)?, &args)
         }
         Command::Build(args) => {
-            commands::build::build(&open_store(cli.root)?, &remote, cli.runtime, &args)
+            return commands::build::build(&open_store(cli.root)?, &remote, cli.runtime, &args);
         }
         Command::Pull { image, platform } => {
             commands::registry::pull(&open_store(cli.root)?, &remote, &image, platform.as_deref())

@@ -51,7 +51,7 @@ pub fn lower(
     let target = lowering.target_index()?;
     lowering.lower_stage(target)?;
 
-    let mut warnings = dockerfile.warnings.clone();
+    let mut warnings = Vec::new();
     let unused = lowering.unused_build_args();
     if !unused.is_empty() {
         warnings.push(Warning {

@@ -413,7 +413,13 @@ impl<'a> Lowering<'a> {
                         word.pos,
                     ));
                 }
-                let platform = Platform::parse(&text).map_err(|reason| {
+                let platform = Platform::parse(&text).map_err(|mut reason| {
+                    if text != word.text {
+                        reason = format!("{reason}, from the expression {}", word.text);
+                        if let Some(variable) = self.misspelt_variable(&word.text) {
+                            reason = format!("{reason} (did you mean {variable}?)");
+                        }
+                    }
                     self.source.error(
                         ErrorKind::InvalidPlatform {
                             value: text.clone(),

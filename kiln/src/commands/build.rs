@@ -10,6 +10,7 @@ use kiln_builder::remote::Remote;
 use kiln_builder::run::Sandbox;
 use kiln_builder::{BuildRequest, Engine, Error, Output, OutputSpec, Result};
 use kiln_cache::{Compression, Store};
+use kiln_frontend::lint::Scope;
 use kiln_registry::Reference;
 
 use super::values::{self, parse_size};
@@ -46,16 +47,24 @@ pub fn graph(store: &Store, args: &DockerfileArgs) -> Result<()> {
 
 /// `kiln build`: the request the flags make, the build, its digest on
 /// standard output (standard error when an archive is written there), and
-/// garbage collection when asked.
+/// garbage collection when asked. Returns the exit code: 1 when
+/// `--call=check` finds something.
 pub fn build(
     store: &Store,
     remote: &Remote,
     runtime: Option<PathBuf>,
     args: &BuildArgs,
-) -> Result<()> {
-    match Call::parse(&args.call)? {
+) -> Result<u8> {
+    let call = if args.check {
+        Call::parse("check")?
+    } else {
+        Call::parse(&args.call)?
+    };
+    match call {
         Call::Build => {}
-        Call::Targets { json } => return targets(&args.dockerfile, json),
+        Call::Targets { json } => return targets(&args.dockerfile, json).map(|()| 0),
+        Call::Check { json } => return check(store, &args.dockerfile, json),
+        Call::Outline { json } => return outline(&args.dockerfile, json).map(|()| 0),
     }
     let limit = args
         .gc_keep_storage
@@ -88,6 +97,9 @@ pub fn build(
     let built = kiln_builder::build(&engine, &request);
     display.finish();
     let built = built?;
+    if mode != Mode::Quiet {
+        summarize_warnings(store, &args.dockerfile);
+    }
     if let Some(digest) = built.image {
         if built.on_stdout {
             eprintln!("{digest}");
@@ -102,13 +114,15 @@ pub fn build(
             eprintln!("warning: garbage collection failed: {e}");
         }
     }
-    Ok(())
+    Ok(0)
 }
 
 /// What `--call` asks for.
 enum Call {
     Build,
     Targets { json: bool },
+    Check { json: bool },
+    Outline { json: bool },
 }
 
 impl Call {
@@ -125,12 +139,13 @@ impl Call {
         }
         match name {
             "build" if !json => Ok(Call::Build),
-            "build" => bail!("--call=build takes no format (format= is for targets)"),
+            "build" => {
+                bail!("--call=build takes no format (format= is for targets, check and outline)")
+            }
             "targets" => Ok(Call::Targets { json }),
-            "outline" | "check" => bail!(
-                "--call={name} is not supported by this version of kiln (it can build and list targets)"
-            ),
-            other => bail!("invalid --call {other:?}: build or targets"),
+            "check" => Ok(Call::Check { json }),
+            "outline" => Ok(Call::Outline { json }),
+            other => bail!("invalid --call {other:?}: build, check, outline or targets"),
         }
     }
 }
@@ -171,6 +186,169 @@ fn targets(args: &DockerfileArgs, json: bool) -> Result<()> {
         writeln!(stdout, "{}", line.trim_end())?;
     }
     Ok(())
+}
+
+/// `--call=outline`: the target's build arguments, secrets and SSH
+/// sockets, as buildx prints them.
+fn outline(args: &DockerfileArgs, json: bool) -> Result<()> {
+    let outline = kiln_builder::dockerfile::outline(&dockerfile_args(args))?;
+    let mut stdout = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut stdout, &outline)?;
+        writeln!(stdout)?;
+        return Ok(());
+    }
+    // An unnamed target without a description has no header, as in buildx.
+    if !outline.name.is_empty() || !outline.description.is_empty() {
+        let target = if outline.name.is_empty() {
+            "(default)"
+        } else {
+            &outline.name
+        };
+        let mut header = vec![vec!["TARGET:".to_string(), target.to_string()]];
+        if !outline.description.is_empty() {
+            header.push(vec![
+                "DESCRIPTION:".to_string(),
+                outline.description.clone(),
+            ]);
+        }
+        write_table(&mut stdout, &header, 1)?;
+        writeln!(stdout)?;
+    }
+    if !outline.args.is_empty() {
+        let mut rows = vec![vec![
+            "BUILD ARG".into(),
+            "VALUE".into(),
+            "DESCRIPTION".into(),
+        ]];
+        rows.extend(
+            outline
+                .args
+                .iter()
+                .map(|arg| vec![arg.name.clone(), arg.value.clone(), arg.description.clone()]),
+        );
+        write_table(&mut stdout, &rows, 3)?;
+        writeln!(stdout)?;
+    }
+    for (title, mounted) in [("SECRET", &outline.secrets), ("SSH", &outline.ssh)] {
+        if mounted.is_empty() {
+            continue;
+        }
+        let mut rows = vec![vec![title.to_string(), "REQUIRED".to_string()]];
+        rows.extend(mounted.iter().map(|m| {
+            let required = if m.required { "true" } else { "" };
+            vec![m.name.clone(), required.to_string()]
+        }));
+        write_table(&mut stdout, &rows, 3)?;
+        writeln!(stdout)?;
+    }
+    Ok(())
+}
+
+/// Rows in columns as wide as their widest cell plus `gap` spaces, with
+/// no trailing space.
+fn write_table(out: &mut dyn Write, rows: &[Vec<String>], gap: usize) -> Result<()> {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|column| {
+            rows.iter()
+                .filter_map(|row| row.get(column))
+                .map(|cell| cell.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for row in rows {
+        let mut line = String::new();
+        for (column, cell) in row.iter().enumerate() {
+            line.push_str(cell);
+            let padding = widths[column] - cell.chars().count() + gap;
+            line.push_str(&" ".repeat(padding));
+        }
+        writeln!(out, "{}", line.trim_end())?;
+    }
+    Ok(())
+}
+
+/// `--call=check`: the build checks of every stage, printed with the
+/// lines they are about; exit code 1 when they find something, an error
+/// when `error=true` says findings fail or the Dockerfile cannot be built.
+fn check(store: &Store, args: &DockerfileArgs, json: bool) -> Result<u8> {
+    let checked = kiln_builder::dockerfile::check(&dockerfile_args(args), store, Scope::AllStages)?;
+    let findings = &checked.report.findings;
+    let mut stdout = std::io::stdout().lock();
+    if json {
+        let warnings: Vec<serde_json::Value> = findings
+            .iter()
+            .map(|finding| {
+                let line = serde_json::json!({ "line": finding.line });
+                serde_json::json!({
+                    "ruleName": finding.rule.name(),
+                    "description": finding.rule.description(),
+                    "detail": finding.message,
+                    "location": { "ranges": [{ "start": line, "end": line }] },
+                })
+            })
+            .collect();
+        serde_json::to_writer_pretty(&mut stdout, &serde_json::json!({ "warnings": warnings }))?;
+        writeln!(stdout)?;
+    } else {
+        for finding in findings {
+            write!(stdout, "{}", describe_finding(finding, &checked.source))?;
+        }
+    }
+    stdout.flush()?;
+    if let Some(violation) = checked.report.violation(&checked.source) {
+        return Err(violation.into());
+    }
+    if let Some(error) = checked.error {
+        return Err(error);
+    }
+    if !findings.is_empty() {
+        return Ok(1);
+    }
+    if !json {
+        writeln!(stdout, "Check complete, no warnings found.")?;
+    }
+    Ok(0)
+}
+
+/// After a build, the build checks' findings again, as buildx sums them
+/// up. The base images the build used are in the store by now, so the
+/// findings are those shown before the first step.
+fn summarize_warnings(store: &Store, args: &DockerfileArgs) {
+    let Ok(checked) = kiln_builder::dockerfile::check(&dockerfile_args(args), store, Scope::Target)
+    else {
+        return;
+    };
+    let findings = &checked.report.findings;
+    match findings.len() {
+        0 => return,
+        1 => eprintln!("1 warning found:"),
+        count => eprintln!("{count} warnings found:"),
+    }
+    for finding in findings {
+        eprintln!(" - {}", finding.short());
+    }
+}
+
+/// A finding as `--call=check` prints it: the rule and what it asks, then
+/// the file, line and message, and the line itself.
+fn describe_finding(
+    finding: &kiln_frontend::lint::Finding,
+    source: &kiln_frontend::ast::Source,
+) -> String {
+    let number = finding.line.to_string();
+    let gutter = " ".repeat(number.len());
+    format!(
+        "WARNING: {} - {}\n{}:{}: {}\n{gutter} |\n{number} | {}\n{gutter} |\n\n",
+        finding.rule.name(),
+        finding.rule.description(),
+        source.name(),
+        finding.line,
+        finding.message,
+        source.line(finding.line).replace('\t', " "),
+    )
 }
 
 /// The compression `--compression` and `-o compression=,compression-level=`

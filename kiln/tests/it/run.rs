@@ -198,7 +198,7 @@ fn build_wide_network_hosts_and_limits_reach_every_step() {
         "FROM busybox\n\
          RUN cat /proc/net/dev > /default\n\
          RUN --network=host cat /proc/net/dev > /host\n\
-         RUN grep db /etc/hosts > /hosts && ulimit -u > /nproc\n",
+         RUN grep -w db /etc/hosts > /hosts && ulimit -u > /nproc\n",
     );
     let files = kiln.files(
         context.path(),
