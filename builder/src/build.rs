@@ -16,6 +16,8 @@ use crate::cache_io::Imported;
 use crate::contexts::NamedFiles;
 use crate::copy;
 use crate::downloads::Downloads;
+use crate::error::Context;
+use crate::git::{GitSource, GitSources};
 use crate::image::{Layer, StoredImage};
 use crate::keys::{reads_stage_files, remember_parts, Keys, StageFiles, StepKey, StepPlace};
 use crate::layers::Layers;
@@ -73,6 +75,7 @@ pub struct Build<'a> {
     run: SandboxAccess<'a>,
     layers: &'a Layers<'a>,
     downloads: Downloads<'a>,
+    git: GitSources<'a>,
     imported: &'a Imported,
     settings: Settings,
     /// The time recorded for new files and history entries.
@@ -134,6 +137,7 @@ impl<'a> Build<'a> {
         Build {
             store,
             inputs,
+            git: GitSources::new(store, run.secrets),
             run,
             layers,
             downloads: Downloads::new(store, remote),
@@ -228,6 +232,7 @@ impl<'a> Build<'a> {
             sources: &sources,
             stat_cache: self.inputs.stat_cache,
             downloads: &self.downloads,
+            git: &self.git,
             source_date_epoch: self.settings.source_date_epoch,
             resources: self.run.resources,
         };
@@ -488,9 +493,8 @@ impl<'a> Build<'a> {
                     None => copy::select(copy_step, &source)?,
                 };
                 let view = self.layers.view(layers)?;
-                let fetch = |url: &str| self.downloads.get(url);
                 self.layers.in_diff(|diff| {
-                    copy::copy(copy_step, selection, &source, &view, diff, self.now, &fetch)
+                    copy::copy(copy_step, selection, &source, &view, diff, self.now, self)
                 })
             }
             Action::Mkdir(mkdir) => {
@@ -554,6 +558,25 @@ fn result_key(step_key: &Digest, layer: Option<&Layer>) -> Digest {
         layer.map_or_else(|| "none".to_string(), |layer| layer.diff_id.to_string()),
     );
     key.finish()
+}
+
+impl copy::Fetch for Build<'_> {
+    fn download(&self, url: &str) -> crate::Result<copy::Downloaded> {
+        self.downloads.get(url)
+    }
+
+    fn git_checkout(
+        &self,
+        url: &str,
+        step: &kiln_frontend::graph::CopyStep,
+    ) -> crate::Result<std::path::PathBuf> {
+        let source = GitSource::for_add(url, step)?;
+        let checkout = self
+            .git
+            .checkout(&source)
+            .with_context(|| format!("fetching {}", source.git.redacted_remote()))?;
+        Ok(checkout.dir)
+    }
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 use kiln_cache::extract::{extract, ExtractMode, ExtractOptions};
 use kiln_cache::{Digest, Store};
+use kiln_frontend::git_ref::GitRef;
 use kiln_frontend::{BaseImages, DockerIgnore, NamedContext, Platform, ResolvedImage};
 use kiln_registry::Reference;
 use oci_spec::image::ImageIndex;
@@ -23,8 +24,10 @@ use oci_spec::image::ImageIndex;
 use crate::archive::{select_manifest, CONTAINERD_NAME};
 use crate::dockerfile::DockerfileArgs;
 use crate::error::{bail, Context};
+use crate::git::GitSource;
 use crate::image::{ManifestKind, StoredImage};
 use crate::remote::Remote;
+use crate::secrets::Secrets;
 
 /// What a build context is made of, as `--build-context` or the command's
 /// CONTEXT names it.
@@ -64,8 +67,10 @@ impl ContextSource {
         if let Some(layout) = value.strip_prefix("oci-layout://") {
             return parse_oci_layout(layout);
         }
-        if is_git_url(value) {
-            return Ok(ContextSource::Git(value.to_string()));
+        match GitRef::parse(value) {
+            Ok(Some(_)) => return Ok(ContextSource::Git(value.to_string())),
+            Ok(None) => {}
+            Err(error) => bail!("invalid git URL {value:?}: {error}"),
         }
         if value.starts_with("http://") || value.starts_with("https://") {
             return Ok(ContextSource::Url(value.to_string()));
@@ -78,23 +83,6 @@ impl ContextSource {
         }
         Ok(ContextSource::Directory(PathBuf::from(value)))
     }
-}
-
-/// Whether `value` names a git repository the way BuildKit recognises one:
-/// a `git://`, `git@` or `ssh://` address, or an HTTP(S) URL of a
-/// repository (`.git` at the end of its path, or a GitHub repository).
-pub fn is_git_url(value: &str) -> bool {
-    if value.starts_with("git://") || value.starts_with("git@") || value.starts_with("ssh://") {
-        return true;
-    }
-    let Some(rest) = value
-        .strip_prefix("https://")
-        .or_else(|| value.strip_prefix("http://"))
-    else {
-        return value.starts_with("github.com/");
-    };
-    let path = rest.split(['#', '?']).next().unwrap_or(rest);
-    path.ends_with(".git") || path.starts_with("github.com/")
 }
 
 fn parse_oci_layout(layout: &str) -> crate::Result<ContextSource> {
@@ -224,6 +212,8 @@ pub struct NamedContexts<'a> {
     images: &'a mut dyn BaseImages,
     store: &'a Store,
     remote: Option<&'a Remote>,
+    /// What git repositories are fetched with (`--ssh`).
+    secrets: &'a Secrets,
     /// Contexts resolved so far, by name and platform.
     resolved: BTreeMap<(String, String), NamedContext>,
     files: NamedFiles,
@@ -237,6 +227,7 @@ impl<'a> NamedContexts<'a> {
         images: &'a mut dyn BaseImages,
         store: &'a Store,
         remote: Option<&'a Remote>,
+        secrets: &'a Secrets,
     ) -> crate::Result<NamedContexts<'a>> {
         let mut keyed = Vec::with_capacity(specs.len());
         for spec in specs {
@@ -275,6 +266,7 @@ impl<'a> NamedContexts<'a> {
             images,
             store,
             remote,
+            secrets,
             resolved: BTreeMap::new(),
             files: NamedFiles::default(),
         })
@@ -290,8 +282,13 @@ impl<'a> NamedContexts<'a> {
         let platform = Platform::host();
         match self.spec_for(name, &platform) {
             None => return Ok(None),
-            // Only a download has a time; an image is not even looked up.
-            Some((_, source)) if !matches!(source, ContextSource::Url(_)) => return Ok(Some(None)),
+            // Only a download or a checkout has a time; an image is not even
+            // looked up.
+            Some((_, source))
+                if !matches!(source, ContextSource::Url(_) | ContextSource::Git(_)) =>
+            {
+                return Ok(Some(None))
+            }
             Some(_) => {}
         }
         match self
@@ -389,7 +386,18 @@ impl<'a> NamedContexts<'a> {
                     name: key.to_string(),
                 })
             }
-            ContextSource::Git(url) => Err(git_not_supported(url)),
+            ContextSource::Git(url) => {
+                let git = GitRef::parse(url)
+                    .ok()
+                    .flatten()
+                    .with_context(|| format!("{url} is not a git URL"))?;
+                let checkout = crate::git::checkout(self.store, self.secrets, &GitSource::new(git))
+                    .with_context(|| format!("fetching {url}"))?;
+                self.add_files(key, checkout.dir, Some(checkout.commit_time))?;
+                Ok(NamedContext::Files {
+                    name: key.to_string(),
+                })
+            }
         }
     }
 
@@ -439,13 +447,6 @@ impl BaseImages for NamedContexts<'_> {
     ) -> Result<Option<NamedContext>, String> {
         self.lookup(name, platform)
     }
-}
-
-fn git_not_supported(url: &str) -> crate::Error {
-    crate::Error::Invalid(format!(
-        "{url} is a git repository: kiln cannot use a git repository as a build context yet \
-         (clone it and give the directory)"
-    ))
 }
 
 /// Copies the image `tag` or `digest` names (or the layout's only image)
@@ -674,9 +675,20 @@ fn newest_file_time(archive: File) -> crate::Result<Option<i64>> {
 /// it is unpacked (removed when this is dropped) and its time.
 pub struct MainContext {
     /// SOURCE_DATE_EPOCH's `context`: the download's Last-Modified, else
-    /// its archive's newest file.
+    /// its archive's newest file; a git checkout's commit time.
     pub epoch: Option<i64>,
     _files: Option<tempfile::TempDir>,
+}
+
+impl MainContext {
+    /// A context that is somewhere of its own (a git checkout the store
+    /// keeps), from a source of that time.
+    pub fn with_time(epoch: i64) -> MainContext {
+        MainContext {
+            epoch: Some(epoch),
+            _files: None,
+        }
+    }
 }
 
 /// Makes the build's context a directory when it is not one: an HTTP(S)
@@ -697,9 +709,6 @@ pub fn prepare_main_context(
     let text = args.context.to_string_lossy().into_owned();
     if args.context.is_dir() {
         return Ok(local);
-    }
-    if is_git_url(&text) {
-        return Err(git_not_supported(&text));
     }
     let is_url = text.starts_with("http://") || text.starts_with("https://");
     let (location, subdir) = match text.split_once("#:") {
@@ -835,7 +844,6 @@ mod tests {
             "https://example.com/repo.git#main:sub",
             "git@example.com:repo.git",
             "git://example.com/repo",
-            "https://github.com/moby/buildkit",
         ] {
             assert_eq!(parse(git), ContextSource::Git(git.into()), "{git}");
         }

@@ -40,6 +40,9 @@ pub enum Error {
     Tree(#[from] kiln_cache::tree::TreeError),
     #[error(transparent)]
     Sandbox(kiln_runtime::Error),
+    /// Fetching or checking out a git source.
+    #[error(transparent)]
+    Git(#[from] crate::git::GitError),
     #[error(transparent)]
     Io(#[from] std::io::Error),
     #[error(transparent)]

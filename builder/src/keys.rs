@@ -10,6 +10,7 @@ use kiln_frontend::Platform;
 
 use crate::copy;
 use crate::downloads::Downloads;
+use crate::git::{GitSource, GitSources};
 use crate::image::StoredImage;
 use crate::sources::Sources;
 
@@ -107,6 +108,7 @@ pub(crate) struct Keys<'a> {
     pub sources: &'a Sources<'a>,
     pub stat_cache: &'a StatCache,
     pub downloads: &'a Downloads<'a>,
+    pub git: &'a GitSources<'a>,
     /// SOURCE_DATE_EPOCH changes the times every new layer records.
     pub source_date_epoch: Option<i64>,
     /// What every RUN step gets from the build (`--add-host`, `--ulimit`,
@@ -179,10 +181,29 @@ impl Keys<'_> {
             },
             Some(parent),
         );
-        let definition = CopyStep {
+        let mut definition = CopyStep {
             from: without_stage_number(&step.from),
             ..step.clone()
         };
+        let mut git_sources = Vec::new();
+        for source in &mut definition.sources {
+            if let CopySource::Git(url) = source {
+                // By the commit it names now, never by the URL: the same
+                // commit reached another way is the same files. What the
+                // flags say of it is in what `key_of` says.
+                let git = GitSource::for_add(url, step)?;
+                let resolved = self
+                    .git
+                    .resolve(&git)
+                    .with_context(|| format!("resolving {}", git.git.redacted_remote()))?;
+                git_sources.push(crate::git::key_of(&git, &resolved));
+                *url = String::new();
+            }
+        }
+        if !git_sources.is_empty() {
+            definition.checksum = None;
+            definition.keep_git_dir = false;
+        }
         key.field("definition", json(&definition)?);
         if !omits_identity {
             key.field("from", self.sources.identity(&step.from)?);
@@ -198,6 +219,9 @@ impl Keys<'_> {
                     .to_string(),
             );
             selection = Some(selected);
+        }
+        for commit in git_sources {
+            key.field("git", commit);
         }
         for source in &step.sources {
             if let CopySource::Url(url) = source {
@@ -372,6 +396,7 @@ pub fn explain(before: &[(String, String)], now: &[(String, String)]) -> Vec<Str
                 "bind" => "the stage or image a bind mount shows changed".to_string(),
                 "cache-from" => "what a cache mount starts from changed".to_string(),
                 "download" => "the file the URL serves changed".to_string(),
+                "git" => "the commit the git URL names changed".to_string(),
                 other => format!("{other} changed"),
             });
         }

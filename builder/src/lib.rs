@@ -17,6 +17,8 @@
 //!   main contexts that are a URL, an archive or standard input.
 //! - [`sources`]: what steps read from (contexts, stages, images).
 //! - [`downloads`]: `ADD URL` downloads, once per build.
+//! - [`git`]: git sources (`ADD` of a repository, a git build context),
+//!   fetched with the `git` program into the store.
 //! - [`run`]: RUN steps and the [`StepRunner`] seam to the sandbox; the
 //!   interrupt that stops them. `mounts`: their mounts. [`secrets`]: what
 //!   `--secret` and `--ssh` give.
@@ -44,6 +46,7 @@ pub mod copy;
 pub mod dockerfile;
 pub mod downloads;
 pub mod error;
+pub mod git;
 pub mod image;
 pub mod keys;
 pub mod layers;

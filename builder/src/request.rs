@@ -225,12 +225,13 @@ fn now_seconds() -> i64 {
 /// The build's epoch: seconds since 1970 from `--build-arg
 /// SOURCE_DATE_EPOCH` (as buildx passes it), else `--source-date-epoch` or
 /// `SOURCE_DATE_EPOCH`, else the Dockerfile's global ARG. Empty means none
-/// (tools export the variable unconditionally), and so does `context` from
-/// a build argument or the Dockerfile (the time of a remote context: a local
-/// one has none).
+/// (tools export the variable unconditionally); `context` from a build
+/// argument or the Dockerfile is the time of a remote context (`context_time`:
+/// a git context's commit), none for a local one.
 fn source_date_epoch(
     args: &BuildRequest,
     dockerfile_default: Option<&str>,
+    context_time: Option<i64>,
 ) -> crate::Result<Option<i64>> {
     let build_arg = args
         .dockerfile
@@ -249,7 +250,7 @@ fn source_date_epoch(
     let from_flag = build_arg.is_none() && args.source_date_epoch.is_some();
     match value.map(str::trim) {
         None | Some("") => Ok(None),
-        Some("context") if !from_flag => Ok(None),
+        Some("context") if !from_flag => Ok(context_time),
         Some(text) => match text.parse::<i64>() {
             Ok(seconds) if seconds >= 0 => Ok(Some(seconds)),
             _ => bail!("invalid {origin} {text:?}: expected seconds since 1970"),
@@ -353,8 +354,22 @@ pub fn build(engine: &Engine<'_>, request: &BuildRequest) -> crate::Result<Built
     let imported = cache_io::Imported::read(&args.cache_from, store, remote, progress)?;
     let mut images = StoreImages::new(store, Some(remote), args.pull);
     let mut dockerfile_args = args.dockerfile.clone();
-    let main_context = contexts::prepare_main_context(&mut dockerfile_args, store, remote)?;
-    let mut contexts = NamedContexts::new(&args.named_contexts, &mut images, store, Some(remote))?;
+    // A git URL is checked out, any other context that is no directory
+    // downloaded or unpacked.
+    let main_context = match crate::git::context_checkout(store, &args.secrets, &args.dockerfile)? {
+        Some((checked_out, commit_time)) => {
+            dockerfile_args = checked_out;
+            contexts::MainContext::with_time(commit_time)
+        }
+        None => contexts::prepare_main_context(&mut dockerfile_args, store, remote)?,
+    };
+    let mut contexts = NamedContexts::new(
+        &args.named_contexts,
+        &mut images,
+        store,
+        Some(remote),
+        &args.secrets,
+    )?;
     let mut plan = dockerfile::load(
         &dockerfile_args,
         &args.labels,
@@ -387,7 +402,11 @@ pub fn build(engine: &Engine<'_>, request: &BuildRequest) -> crate::Result<Built
     let named_files = contexts.into_files();
     let source_date_epoch = match context_epoch {
         Some(epoch) => epoch,
-        None => source_date_epoch(args, plan.graph.source_date_epoch.as_deref())?,
+        None => source_date_epoch(
+            args,
+            plan.graph.source_date_epoch.as_deref(),
+            main_context.epoch,
+        )?,
     };
     let now = source_date_epoch.unwrap_or_else(now_seconds);
     if args.no_cache {

@@ -3,7 +3,8 @@
 //! Images in `index.json` (named or not) are never touched: their
 //! manifests, configurations, layers and snapshots stay. The build cache is
 //! the rest: cache records and the layers and snapshots only they keep,
-//! and cache mounts. A plain prune removes garbage only (blobs and
+//! cache mounts, and the repositories and checkouts of git sources (which
+//! `keep_storage` leaves alone). A plain prune removes garbage only (blobs and
 //! snapshots nothing refers to, broken records, leftovers in `tmp/`);
 //! `all` removes the build cache as well, `unused_for` limits that to what
 //! no build used for that long, and `keep_storage` removes the least
@@ -46,6 +47,8 @@ pub struct Pruned {
     pub blobs: usize,
     pub snapshots: usize,
     pub cache_mounts: usize,
+    /// Repositories and checkouts of git sources.
+    pub git_sources: usize,
     /// Bytes of disk space given back.
     pub freed: u64,
 }
@@ -68,6 +71,8 @@ pub struct DiskUsage {
     /// Unpacked layers nothing refers to.
     pub unused_snapshots: u64,
     pub cache_mounts: u64,
+    /// Repositories fetched for git sources, and their checkouts.
+    pub git_sources: u64,
     pub cache_records: u64,
     pub temporary: u64,
     /// index.json, locks, the stat cache, the runtime's state.
@@ -83,6 +88,7 @@ impl DiskUsage {
             + self.cache_snapshots
             + self.unused_snapshots
             + self.cache_mounts
+            + self.git_sources
             + self.cache_records
             + self.temporary
             + self.other
@@ -302,6 +308,7 @@ impl Store {
             }
         }
         usage.cache_mounts = allocated(&self.root().join("cache-mounts"), &mut seen);
+        usage.git_sources = allocated(&self.git_dir(), &mut seen);
         usage.cache_records = allocated(&self.records_dir(), &mut seen);
         usage.temporary = allocated(&self.root().join("tmp"), &mut seen);
         // Everything else, the directories above included.
@@ -366,6 +373,17 @@ impl Store {
                     if old_enough(modified(&entry.path())) {
                         let _ = fs::remove_file(entry.path());
                     }
+                }
+            }
+        }
+        if policy.all {
+            for (dir, lock) in self.git_sources() {
+                if old_enough(modified(&dir)) {
+                    self.discard(&dir)?;
+                    if let Some(lock) = lock {
+                        let _ = fs::remove_file(lock);
+                    }
+                    pruned.git_sources += 1;
                 }
             }
         }

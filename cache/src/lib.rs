@@ -22,6 +22,7 @@
 //! - [`keys`]: cache keys and the records they name.
 //! - [`statcache`]: content digests of context files remembered by inode.
 //! - [`mounts`]: `RUN --mount=type=cache` directories and their locks.
+//! - [`git`]: repositories fetched for git sources, and their checkouts.
 //! - [`gc`]: disk usage and pruning.
 
 pub mod atomic;
@@ -30,6 +31,7 @@ pub mod digest;
 mod error;
 pub mod extract;
 pub mod gc;
+pub mod git;
 pub mod keys;
 pub mod layers;
 pub mod layout;
@@ -46,6 +48,7 @@ pub use compress::Compression;
 pub use digest::Digest;
 pub use error::Error;
 pub use gc::{DiskUsage, PrunePolicy, Pruned};
+pub use git::GitRepository;
 pub use keys::{CacheRecord, KeyHasher, LayerRecord};
 pub use kiln_overlay::{LayerView, ViewEntry};
 pub use layers::LayerDigests;

@@ -219,8 +219,21 @@ pub enum ErrorKind {
     UrlInCopy(Keyword),
     #[error("{0} cannot copy from a git repository; use ADD for git sources")]
     GitInCopy(Keyword),
-    #[error("--checksum is only valid for a single http(s) source of ADD")]
+    #[error("--checksum is only valid for a single http(s) source of ADD, or a single git source")]
     ChecksumNeedsOneUrl,
+    #[error("invalid git URL {url:?}: {error}")]
+    InvalidGitUrl {
+        url: String,
+        error: crate::git_ref::GitRefError,
+    },
+    #[error("invalid checksum {0} for Git URL, expected hex commit hash")]
+    InvalidGitChecksum(String),
+    #[error("checksum mismatch {flag:?} != {query:?}: --checksum and the URL's commit differ")]
+    GitChecksumMismatch { flag: String, query: String },
+    #[error(
+        "inconsistent keep-git-dir configuration: --keep-git-dir and the URL's keep-git-dir differ"
+    )]
+    InconsistentKeepGitDir,
     #[error("invalid --checksum {0:?}: expected ALGORITHM:HEX, for example sha256:0123…")]
     InvalidChecksum(String),
     #[error("invalid --chmod {value:?}: {reason}")]

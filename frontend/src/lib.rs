@@ -18,6 +18,7 @@
 //! - [`shell`]: quote removal and `$VAR` expansion of words.
 //! - [`lower`](mod@lower): instructions to the graph: stages, scopes, image configuration.
 //! - [`graph`]: the build graph the builder consumes.
+//! - [`git_ref`]: git URLs (`ADD` sources and build contexts) as BuildKit reads them.
 //! - [`targets`]: the stages a Dockerfile defines, for `--call=targets`.
 //! - [`outline`]: the build arguments, secrets and SSH sockets a target uses,
 //!   for `--call=outline`.
@@ -36,6 +37,7 @@
 pub mod ast;
 pub mod chmod;
 pub mod error;
+pub mod git_ref;
 pub mod graph;
 mod history;
 pub mod ignore;

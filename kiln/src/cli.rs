@@ -166,7 +166,7 @@ pub struct BuildArgs {
     #[arg(long = "label", value_name = "KEY=VALUE")]
     pub labels: Vec<String>,
     /// Another build context, named: a directory, `docker-image://REF`,
-    /// `oci-layout://PATH[:TAG|@DIGEST]` or an http(s) URL of a tar archive,
+    /// `oci-layout://PATH[:TAG|@DIGEST]`, an http(s) URL of a tar archive or a git URL,
     /// which `FROM NAME`, `COPY --from=NAME` and `RUN --mount=from=NAME` read in
     /// place of a stage or image of that name; may be repeated.
     #[arg(long = "build-context", value_name = "NAME=VALUE")]
@@ -333,9 +333,9 @@ pub struct RunArgs {
 /// Which Dockerfile to read and how to lower it.
 #[derive(Debug, Args)]
 pub struct DockerfileArgs {
-    /// The build context: a directory, an http(s) URL of a tar archive or of a
-    /// Dockerfile, a tar archive, or `-` for one on standard input (`#:DIR` after
-    /// an archive: a directory of it).
+    /// The build context: a directory, a git URL (`https://HOST/REPO.git#REF:DIR`),
+    /// an http(s) URL of a tar archive or of a Dockerfile, a tar archive, or `-`
+    /// for one on standard input (`#:DIR` after an archive: a directory of it).
     #[arg(default_value = ".")]
     pub context: PathBuf,
     /// The Dockerfile (default: CONTEXT/Dockerfile; `-` reads standard input).

@@ -36,8 +36,26 @@ pub struct Downloaded {
     pub _keep: std::sync::Arc<tempfile::TempDir>,
 }
 
-/// Downloads a URL for `ADD`.
-pub type Fetch<'a> = dyn Fn(&str) -> crate::Result<Downloaded> + 'a;
+/// Where `ADD` gets what is not in a source tree.
+pub trait Fetch {
+    /// The download of a URL.
+    fn download(&self, url: &str) -> crate::Result<Downloaded>;
+    /// The checked-out files of a git repository, as `step` asks for them.
+    fn git_checkout(&self, url: &str, step: &CopyStep) -> crate::Result<std::path::PathBuf>;
+}
+
+/// For copies that have no remote sources.
+pub struct NothingToFetch;
+
+impl Fetch for NothingToFetch {
+    fn download(&self, url: &str) -> crate::Result<Downloaded> {
+        bail!("copying files downloads nothing ({url})")
+    }
+
+    fn git_checkout(&self, url: &str, _: &CopyStep) -> crate::Result<std::path::PathBuf> {
+        bail!("copying files fetches no git repository ({url})")
+    }
+}
 
 /// Runs a COPY or ADD step, writing into the empty directory `diff`.
 pub fn copy(
@@ -47,7 +65,7 @@ pub fn copy(
     rootfs: &LayerView,
     diff: &Path,
     now: i64,
-    fetch: &Fetch<'_>,
+    fetch: &dyn Fetch,
 ) -> crate::Result<()> {
     let chown = step
         .chown
@@ -76,6 +94,7 @@ pub fn copy(
     let mut matches = Vec::new();
     let mut inline = Vec::new();
     let mut downloads = Vec::new();
+    let mut repositories = Vec::new();
     // A `--parents` copy from an existing directory makes the destination
     // even when nothing below it matches, as BuildKit does.
     let mut make_dest = false;
@@ -90,7 +109,9 @@ pub fn copy(
             }
             CopySource::Inline(file) => inline.push(file),
             CopySource::Url(url) => {
-                let downloaded = fetch(url).with_context(|| format!("downloading {url}"))?;
+                let downloaded = fetch
+                    .download(url)
+                    .with_context(|| format!("downloading {url}"))?;
                 if let Some(expected) = &step.checksum {
                     if !expected.starts_with("sha256:") {
                         bail!("--checksum={expected}: kiln checks sha256 checksums only");
@@ -105,13 +126,14 @@ pub fn copy(
                 downloads.push((url, url_file_name(url), downloaded));
             }
             CopySource::Git(url) => {
-                bail!("ADD {url}: git sources are not supported by this version of kiln")
+                let checkout = fetch.git_checkout(url, step)?;
+                repositories.push(checkout);
             }
         }
     }
     let dest = step.dest.as_str();
     let dest_is_dir = dest.ends_with('/')
-        || matches.len() + inline.len() + downloads.len() > 1
+        || matches.len() + inline.len() + downloads.len() + repositories.len() > 1
         || rootfs
             .resolve(dest, true)?
             .is_some_and(|e| e.metadata.is_dir());
@@ -186,6 +208,37 @@ pub fn copy(
             dest.to_string()
         };
         writer.write_inline(file, &target, step.chmod.as_ref(), owner)?;
+    }
+    for checkout in repositories {
+        // The checkout's content into the destination, as a directory of
+        // the context is copied; owned by root or --chown. The checkout
+        // never changes once made (its key is the commit), so there is
+        // nothing to check against what the key read.
+        let tree = SourceTree {
+            view: LayerView::new(vec![checkout]),
+            ignore: None,
+            label: "the git repository".to_string(),
+        };
+        let root = tree
+            .view
+            .resolve("/", true)?
+            .context("the git checkout has no root directory")?;
+        let overrides = Overrides {
+            mode: step.chmod.as_ref(),
+            owner: Some(owner.unwrap_or((0, 0))),
+            capabilities_only: true,
+        };
+        let hashed = writer.hashed.take();
+        writer.hard_links.clear();
+        writer.copy_directory(
+            &tree,
+            &root,
+            dest.trim_end_matches('/'),
+            &overrides,
+            exclude.as_ref(),
+            true,
+        )?;
+        writer.hashed = hashed;
     }
     for (url, name, downloaded) in downloads {
         if step.unpack_downloads && is_archive(&downloaded.path, url)? {
@@ -289,9 +342,6 @@ pub fn copy_subtree(
         return Ok(());
     }
     let step = plain_copy(&[path], "/");
-    let no_downloads = |url: &str| -> crate::Result<Downloaded> {
-        bail!("copying files downloads nothing ({url})")
-    };
     copy(
         &step,
         select(&step, source)?,
@@ -299,7 +349,7 @@ pub fn copy_subtree(
         &LayerView::default(),
         dest,
         now,
-        &no_downloads,
+        &NothingToFetch,
     )
 }
 
@@ -394,8 +444,6 @@ mod tests {
         let mut selection = select(step, &source).expect("select");
         sources_digest(step, &mut selection, &source, &stat_cache, &mut Vec::new()).expect("key");
         meanwhile(&context);
-        let no_downloads =
-            |url: &str| -> crate::Result<Downloaded> { bail!("no download of {url}") };
         copy(
             step,
             selection,
@@ -403,7 +451,7 @@ mod tests {
             &LayerView::default(),
             &diff,
             0,
-            &no_downloads,
+            &NothingToFetch,
         )?;
         Ok(diff)
     }

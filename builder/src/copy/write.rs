@@ -601,11 +601,18 @@ mod tests {
             unpack: true,
             ..plain_copy(&["payload.tar"], dest)
         };
-        let no_downloads =
-            |url: &str| -> crate::Result<Downloaded> { bail!("no download of {url}") };
         let rootfs = LayerView::new(vec![layer]);
         let selection = select(&step, &source).expect("select");
-        copy(&step, selection, &source, &rootfs, &diff, 0, &no_downloads).expect("ADD");
+        copy(
+            &step,
+            selection,
+            &source,
+            &rootfs,
+            &diff,
+            0,
+            &NothingToFetch,
+        )
+        .expect("ADD");
         (dir, diff)
     }
 

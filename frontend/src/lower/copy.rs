@@ -4,6 +4,7 @@
 use crate::ast::Word;
 use crate::chmod::Chmod;
 use crate::error::{Error, ErrorKind, Pos};
+use crate::git_ref::{is_hex_commit, GitRef};
 use crate::graph::{CopySource, CopyStep, InlineFile, Source};
 use crate::instruction::{Command, CopyCommand};
 use crate::paths;
@@ -56,16 +57,27 @@ pub(super) fn lower_copy(
     for (text, pos) in expanded.sources {
         history.push(' ');
         history.push_str(&text);
-        if is_http_url(&text) {
+        let git = GitRef::parse(&text).map_err(|error| {
+            source.error(
+                ErrorKind::InvalidGitUrl {
+                    url: text.clone(),
+                    error,
+                },
+                pos,
+            )
+        })?;
+        if let Some(git) = git {
+            if !copy.is_add {
+                return Err(source.error(ErrorKind::GitInCopy(keyword), pos));
+            }
+            check_git_options(&git, copy, expanded.checksum.as_deref())
+                .map_err(|kind| source.error(kind, pos))?;
+            sources.push(CopySource::Git(text));
+        } else if is_http_url(&text) {
             if !copy.is_add {
                 return Err(source.error(ErrorKind::UrlInCopy(keyword), pos));
             }
             sources.push(CopySource::Url(text));
-        } else if is_git_url(&text) {
-            if !copy.is_add {
-                return Err(source.error(ErrorKind::GitInCopy(keyword), pos));
-            }
-            sources.push(CopySource::Git(text));
         } else {
             if from == Source::Context && paths::escapes_root(&text) {
                 return Err(source.error(ErrorKind::SourceOutsideContext(text), pos));
@@ -79,10 +91,15 @@ pub(super) fn lower_copy(
     }
     if let Some(checksum) = &expanded.checksum {
         let flag_pos = copy.checksum.as_ref().map_or(command.pos, |w| w.pos);
-        if !matches!(sources.as_slice(), [CopySource::Url(_)]) {
-            return Err(source.error(ErrorKind::ChecksumNeedsOneUrl, flag_pos));
+        match sources.as_slice() {
+            [CopySource::Url(_)] => {}
+            [CopySource::Git(_)] if is_hex_commit(checksum) => {}
+            [CopySource::Git(_)] => {
+                return Err(source.error(ErrorKind::InvalidGitChecksum(checksum.clone()), flag_pos))
+            }
+            _ => return Err(source.error(ErrorKind::ChecksumNeedsOneUrl, flag_pos)),
         }
-        if !valid_digest(checksum) {
+        if matches!(sources.as_slice(), [CopySource::Url(_)]) && !valid_digest(checksum) {
             return Err(source.error(ErrorKind::InvalidChecksum(checksum.clone()), flag_pos));
         }
     }
@@ -166,23 +183,31 @@ impl ExpandedCopy {
 }
 
 fn is_http_url(text: &str) -> bool {
-    (text.starts_with("http://") || text.starts_with("https://")) && !is_git_url(text)
+    (text.starts_with("http://") || text.starts_with("https://")) && !GitRef::is_git_url(text)
 }
 
-/// Git sources as BuildKit recognises them: git://, ssh://, git@host:path,
-/// and http(s) URLs whose path ends in `.git`.
-fn is_git_url(text: &str) -> bool {
-    if text.starts_with("git://") || text.starts_with("ssh://") || text.starts_with("git@") {
-        return true;
+/// What the flags of an ADD of `git` must agree on with its URL's query, as
+/// BuildKit checks it.
+fn check_git_options(
+    git: &GitRef,
+    copy: &CopyCommand,
+    checksum_flag: Option<&str>,
+) -> Result<(), ErrorKind> {
+    if let Some(query) = &git.checksum {
+        if !is_hex_commit(query) {
+            return Err(ErrorKind::InvalidGitChecksum(query.clone()));
+        }
+        if let Some(flag) = checksum_flag.filter(|flag| flag != query) {
+            return Err(ErrorKind::GitChecksumMismatch {
+                flag: flag.to_string(),
+                query: query.clone(),
+            });
+        }
     }
-    let Some(rest) = text
-        .strip_prefix("https://")
-        .or_else(|| text.strip_prefix("http://"))
-    else {
-        return false;
-    };
-    let path = rest.split(['#', '?']).next().unwrap_or_default();
-    path.contains('/') && path.ends_with(".git")
+    if copy.keep_git_dir && git.keep_git_dir == Some(false) {
+        return Err(ErrorKind::InconsistentKeepGitDir);
+    }
+    Ok(())
 }
 
 fn valid_digest(text: &str) -> bool {
@@ -207,10 +232,6 @@ mod tests {
 
     #[test]
     fn git_and_http_sources() {
-        assert!(is_git_url("https://github.com/moby/buildkit.git#v0.12"));
-        assert!(is_git_url("git@github.com:moby/buildkit.git"));
-        assert!(is_git_url("git://host/repo"));
-        assert!(!is_git_url("https://example.com/file.tar.gz"));
         assert!(is_http_url("https://example.com/file.tar.gz"));
         assert!(!is_http_url("https://example.com/repo.git"));
         assert!(!is_http_url("github.com/moby/buildkit"));

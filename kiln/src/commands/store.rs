@@ -139,6 +139,7 @@ pub fn du(store: &Store, bytes: bool) -> Result<()> {
         ("build cache snapshots", usage.cache_snapshots),
         ("unused snapshots", usage.unused_snapshots),
         ("cache mounts", usage.cache_mounts),
+        ("git sources", usage.git_sources),
         ("cache records", usage.cache_records),
         ("temporary files", usage.temporary),
         ("other", usage.other),
@@ -180,11 +181,12 @@ pub fn prune(
     }
     let pruned = store.prune(&policy)?;
     println!(
-        "removed {} cache record(s), {} blob(s), {} snapshot(s), {} cache mount(s); freed {}",
+        "removed {} cache record(s), {} blob(s), {} snapshot(s), {} cache mount(s), {} git source(s); freed {}",
         pruned.records,
         pruned.blobs,
         pruned.snapshots,
         pruned.cache_mounts,
+        pruned.git_sources,
         human_size(pruned.freed)
     );
     Ok(())

@@ -395,6 +395,7 @@ fn du_counts_what_du_measures_by_kind() {
             "build cache snapshots",
             "unused snapshots",
             "cache mounts",
+            "git sources",
             "cache records",
             "temporary files",
             "other",

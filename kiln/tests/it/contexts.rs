@@ -259,7 +259,6 @@ fn bad_build_contexts_are_clear_errors() {
         "base=./missing",
         "base=oci-layout://layout:v2",
         "base=ftp://example.com/x",
-        "base=https://example.com/repo.git#main",
     ] {
         let output = kiln.try_build(context.path(), &["--build-context", value]);
         assert_eq!(output.status.code(), Some(1), "{value}");

@@ -7,6 +7,7 @@ mod checks;
 mod cli;
 mod contexts;
 mod exports;
+mod git;
 mod images;
 mod output;
 mod registry;

@@ -10,19 +10,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use crate::support::{kiln_binary, require_root, Context, Kiln};
-
-/// `text` as a regular expression that matches exactly it.
-fn literal(text: &str) -> String {
-    let mut pattern = String::new();
-    for c in text.chars() {
-        if "\\.+*?()|[]{}^$#&-~".contains(c) {
-            pattern.push('\\');
-        }
-        pattern.push(c);
-    }
-    pattern
-}
+use crate::support::{kiln_binary, literal, require_root, Context, Kiln};
 
 /// The filters every snapshot needs: the store's and the context's
 /// directories, digests, image IDs, dates, and progress times and sizes.

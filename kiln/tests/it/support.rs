@@ -255,3 +255,15 @@ pub fn base_rootfs(kind: &str, root: &Path) {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// `text` as a regular expression that matches exactly it.
+pub fn literal(text: &str) -> String {
+    let mut pattern = String::new();
+    for c in text.chars() {
+        if "\\.+*?()|[]{}^$#&-~".contains(c) {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern
+}

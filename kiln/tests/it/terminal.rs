@@ -187,10 +187,22 @@ fn run_with_a_terminal_gives_an_interactive_shell() {
         screen.join("\n")
     );
     terminal.tmux(&["resize-window", "-t", "kiln", "-x", "100", "-y", "30"]);
-    terminal.type_line("stty size");
-    terminal.wait_for("the new size inside", |screen| {
-        screen.iter().any(|row| row == "30 100")
-    });
+    // The new size travels as signals (to kiln, then to the runtime): ask
+    // until it has arrived.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        terminal.type_line("stty size");
+        std::thread::sleep(Duration::from_millis(500));
+        let screen = terminal.screen();
+        if screen.iter().any(|row| row == "30 100") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the container's terminal never took the new size:\n{}",
+            screen.join("\n")
+        );
+    }
     terminal.type_line("exit 3");
     terminal.wait_for("the shell's exit status", |screen| {
         screen.iter().any(|row| row == "kiln exited 3")
