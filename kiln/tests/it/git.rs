@@ -303,6 +303,30 @@ fn a_git_url_is_a_build_context_with_its_dockerfile_inside() {
 }
 
 #[test]
+fn a_git_url_is_a_named_build_context() {
+    require_root();
+    let server = GitServer::start();
+    server.repository(
+        "lib",
+        &[("lib.txt", "from git\n"), ("docs/readme", "docs\n")],
+    );
+    let kiln = Kiln::new();
+    let context = Context::new();
+    context.write(
+        "Dockerfile",
+        "FROM scratch AS lib\nFROM scratch\nCOPY --from=lib lib.txt /\nCOPY --from=docs readme /\n",
+    );
+    let lib = format!("lib={}", server.url("lib"));
+    let docs = format!("docs={}#main:docs", server.url("lib"));
+    let out = kiln.files(
+        context.path(),
+        &["--build-context", &lib, "--build-context", &docs],
+    );
+    assert_eq!(read(out.path(), "lib.txt"), "from git\n");
+    assert_eq!(read(out.path(), "readme"), "docs\n");
+}
+
+#[test]
 fn without_git_the_error_names_the_package() {
     require_root();
     let kiln = Kiln::new();
