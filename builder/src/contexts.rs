@@ -691,6 +691,24 @@ impl MainContext {
     }
 }
 
+/// Makes the build's context a directory when it is not one: a git URL
+/// checked out, any other URL, an archive or standard input unpacked (see
+/// [`prepare_main_context`]); `args` then names that directory.
+pub fn resolve_main_context(
+    args: &mut DockerfileArgs,
+    store: &Store,
+    remote: &Remote,
+    secrets: &Secrets,
+) -> crate::Result<MainContext> {
+    match crate::git::context_checkout(store, secrets, args)? {
+        Some((checked_out, commit_time)) => {
+            *args = checked_out;
+            Ok(MainContext::with_time(commit_time))
+        }
+        None => prepare_main_context(args, store, remote),
+    }
+}
+
 /// Makes the build's context a directory when it is not one: an HTTP(S)
 /// URL (a tar archive, or a Dockerfile built with an empty context), `-`
 /// (a tar archive on standard input, or a Dockerfile) or a local tar

@@ -44,6 +44,9 @@ pub struct Plan {
     pub ignore: DockerIgnore,
     /// How to name the Dockerfile in messages.
     pub name: String,
+    /// The build checks' findings, as shown before the first step
+    /// (`Rule: message (line N)`), to sum up after the build.
+    pub findings: Vec<String>,
 }
 
 /// Reads, parses and lowers the Dockerfile the arguments name, with the base
@@ -108,6 +111,7 @@ pub fn load(
         context,
         ignore,
         name,
+        findings: report.findings.iter().map(|f| f.short()).collect(),
     })
 }
 

@@ -214,6 +214,9 @@ pub struct Built {
     pub on_stdout: bool,
     /// How each step went, in the order they ended.
     pub steps: Vec<StepReport>,
+    /// The build checks' findings (`Rule: message (line N)`), shown before
+    /// the first step, for a summary at the end as buildx prints one.
+    pub warnings: Vec<String>,
 }
 
 fn now_seconds() -> i64 {
@@ -354,15 +357,8 @@ pub fn build(engine: &Engine<'_>, request: &BuildRequest) -> crate::Result<Built
     let imported = cache_io::Imported::read(&args.cache_from, store, remote, progress)?;
     let mut images = StoreImages::new(store, Some(remote), args.pull);
     let mut dockerfile_args = args.dockerfile.clone();
-    // A git URL is checked out, any other context that is no directory
-    // downloaded or unpacked.
-    let main_context = match crate::git::context_checkout(store, &args.secrets, &args.dockerfile)? {
-        Some((checked_out, commit_time)) => {
-            dockerfile_args = checked_out;
-            contexts::MainContext::with_time(commit_time)
-        }
-        None => contexts::prepare_main_context(&mut dockerfile_args, store, remote)?,
-    };
+    let main_context =
+        contexts::resolve_main_context(&mut dockerfile_args, store, remote, &args.secrets)?;
     let mut contexts = NamedContexts::new(
         &args.named_contexts,
         &mut images,
@@ -391,12 +387,13 @@ pub fn build(engine: &Engine<'_>, request: &BuildRequest) -> crate::Result<Built
         dockerfile_args
             .build_args
             .push(format!("SOURCE_DATE_EPOCH={epoch}"));
+        // Its warnings were shown by the first lowering.
         plan = dockerfile::load(
             &dockerfile_args,
             &args.labels,
             &args.allow,
             &mut contexts,
-            progress,
+            &Progress::silent(),
         )?;
     }
     let named_files = contexts.into_files();
@@ -513,6 +510,7 @@ pub fn build(engine: &Engine<'_>, request: &BuildRequest) -> crate::Result<Built
                 image: None,
                 on_stdout: false,
                 steps,
+                warnings: plan.findings.clone(),
             });
         }
         Output::Tar(path) => {
@@ -534,6 +532,7 @@ pub fn build(engine: &Engine<'_>, request: &BuildRequest) -> crate::Result<Built
                 image: None,
                 on_stdout: path.as_os_str() == "-",
                 steps,
+                warnings: plan.findings.clone(),
             });
         }
         Output::Store | Output::Oci(_) | Output::Docker(_) => {}
@@ -595,6 +594,7 @@ pub fn build(engine: &Engine<'_>, request: &BuildRequest) -> crate::Result<Built
             image: Some(digest),
             on_stdout: false,
             steps,
+            warnings: plan.findings.clone(),
         });
     };
     let image = StoredImage::read(store, &digest)?;
@@ -616,6 +616,7 @@ pub fn build(engine: &Engine<'_>, request: &BuildRequest) -> crate::Result<Built
         image: Some(digest),
         on_stdout: path.as_os_str() == "-",
         steps,
+        warnings: plan.findings,
     })
 }
 

@@ -56,15 +56,26 @@ pub fn build(
     args: &BuildArgs,
 ) -> Result<u8> {
     let call = if args.check {
-        Call::parse("check")?
+        parse_call("check")?
     } else {
-        Call::parse(&args.call)?
+        parse_call(&args.call)?
     };
-    match call {
-        Call::Build => {}
-        Call::Targets { json } => return targets(&args.dockerfile, json).map(|()| 0),
-        Call::Check { json } => return check(store, &args.dockerfile, json),
-        Call::Outline { json } => return outline(&args.dockerfile, json).map(|()| 0),
+    if let Some(query) = call {
+        // The Dockerfile of a remote or archived context is read where
+        // kiln fetched or unpacked it, as the build would.
+        let request = build_request(args)?;
+        let mut dockerfile = request.dockerfile.clone();
+        let _fetched = kiln_builder::contexts::resolve_main_context(
+            &mut dockerfile,
+            store,
+            remote,
+            &request.secrets,
+        )?;
+        return match query {
+            Query::Targets { json } => targets(&dockerfile, json).map(|()| 0),
+            Query::Check { json } => check(store, &dockerfile, json),
+            Query::Outline { json } => outline(&dockerfile, json).map(|()| 0),
+        };
     }
     let limit = args
         .gc_keep_storage
@@ -98,7 +109,7 @@ pub fn build(
     display.finish();
     let built = built?;
     if mode != Mode::Quiet {
-        summarize_warnings(store, &args.dockerfile);
+        summarize_warnings(&built.warnings);
     }
     if let Some(digest) = built.image {
         if built.on_stdout {
@@ -117,42 +128,40 @@ pub fn build(
     Ok(0)
 }
 
-/// What `--call` asks for.
-enum Call {
-    Build,
+/// What `--call` asks for instead of a build.
+enum Query {
     Targets { json: bool },
     Check { json: bool },
     Outline { json: bool },
 }
 
-impl Call {
-    fn parse(spec: &str) -> Result<Call> {
-        let mut parts = spec.split(',');
-        let name = parts.next().unwrap_or_default();
-        let mut json = false;
-        for option in parts {
-            match option {
-                "format=json" => json = true,
-                "format=text" => json = false,
-                other => bail!("invalid --call option {other:?}: format=json or format=text"),
-            }
+/// `--call`: a build (`None`) or what else it asks for.
+fn parse_call(spec: &str) -> Result<Option<Query>> {
+    let mut parts = spec.split(',');
+    let name = parts.next().unwrap_or_default();
+    let mut json = false;
+    for option in parts {
+        match option {
+            "format=json" => json = true,
+            "format=text" => json = false,
+            other => bail!("invalid --call option {other:?}: format=json or format=text"),
         }
-        match name {
-            "build" if !json => Ok(Call::Build),
-            "build" => {
-                bail!("--call=build takes no format (format= is for targets, check and outline)")
-            }
-            "targets" => Ok(Call::Targets { json }),
-            "check" => Ok(Call::Check { json }),
-            "outline" => Ok(Call::Outline { json }),
-            other => bail!("invalid --call {other:?}: build, check, outline or targets"),
+    }
+    match name {
+        "build" if !json => Ok(None),
+        "build" => {
+            bail!("--call=build takes no format (format= is for targets, check and outline)")
         }
+        "targets" => Ok(Some(Query::Targets { json })),
+        "check" => Ok(Some(Query::Check { json })),
+        "outline" => Ok(Some(Query::Outline { json })),
+        other => bail!("invalid --call {other:?}: build, check, outline or targets"),
     }
 }
 
 /// `--call=targets`: the Dockerfile's stages, as BuildKit lists them.
-fn targets(args: &DockerfileArgs, json: bool) -> Result<()> {
-    let targets = kiln_builder::dockerfile::targets(&dockerfile_args(args))?;
+fn targets(args: &kiln_builder::dockerfile::DockerfileArgs, json: bool) -> Result<()> {
+    let targets = kiln_builder::dockerfile::targets(args)?;
     let mut stdout = std::io::stdout().lock();
     if json {
         /// BuildKit's JSON of a target list (a `json!` value would sort
@@ -190,8 +199,8 @@ fn targets(args: &DockerfileArgs, json: bool) -> Result<()> {
 
 /// `--call=outline`: the target's build arguments, secrets and SSH
 /// sockets, as buildx prints them.
-fn outline(args: &DockerfileArgs, json: bool) -> Result<()> {
-    let outline = kiln_builder::dockerfile::outline(&dockerfile_args(args))?;
+fn outline(args: &kiln_builder::dockerfile::DockerfileArgs, json: bool) -> Result<()> {
+    let outline = kiln_builder::dockerfile::outline(args)?;
     let mut stdout = std::io::stdout().lock();
     if json {
         serde_json::to_writer_pretty(&mut stdout, &outline)?;
@@ -273,8 +282,8 @@ fn write_table(out: &mut dyn Write, rows: &[Vec<String>], gap: usize) -> Result<
 /// `--call=check`: the build checks of every stage, printed with the
 /// lines they are about; exit code 1 when they find something, an error
 /// when `error=true` says findings fail or the Dockerfile cannot be built.
-fn check(store: &Store, args: &DockerfileArgs, json: bool) -> Result<u8> {
-    let checked = kiln_builder::dockerfile::check(&dockerfile_args(args), store, Scope::AllStages)?;
+fn check(store: &Store, args: &kiln_builder::dockerfile::DockerfileArgs, json: bool) -> Result<u8> {
+    let checked = kiln_builder::dockerfile::check(args, store, Scope::AllStages)?;
     let findings = &checked.report.findings;
     let mut stdout = std::io::stdout().lock();
     if json {
@@ -313,22 +322,16 @@ fn check(store: &Store, args: &DockerfileArgs, json: bool) -> Result<u8> {
     Ok(0)
 }
 
-/// After a build, the build checks' findings again, as buildx sums them
-/// up. The base images the build used are in the store by now, so the
-/// findings are those shown before the first step.
-fn summarize_warnings(store: &Store, args: &DockerfileArgs) {
-    let Ok(checked) = kiln_builder::dockerfile::check(&dockerfile_args(args), store, Scope::Target)
-    else {
-        return;
-    };
-    let findings = &checked.report.findings;
+/// After a build, the build checks' findings shown before its first step,
+/// summed up as buildx does.
+fn summarize_warnings(findings: &[String]) {
     match findings.len() {
         0 => return,
         1 => eprintln!("1 warning found:"),
         count => eprintln!("{count} warnings found:"),
     }
     for finding in findings {
-        eprintln!(" - {}", finding.short());
+        eprintln!(" - {finding}");
     }
 }
 

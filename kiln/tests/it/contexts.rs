@@ -213,6 +213,55 @@ fn a_tarball_url_is_a_named_context_and_a_main_context() {
 }
 
 #[test]
+fn calls_and_the_warning_summary_read_the_dockerfile_of_a_url_context() {
+    let kiln = Kiln::with_busybox();
+    let files = Context::new();
+    files.write(
+        "Dockerfile",
+        "# base holds the files\nFROM busybox as base\nCOPY data.txt /\n",
+    );
+    files.write("data.txt", "served\n");
+    let server = kiln_testkit::FileServer::start(
+        vec![("ctx.tar.gz".to_string(), tar_gz(files.path()))],
+        "Wed, 21 Oct 2015 07:28:00 GMT",
+    );
+    let url = format!("http://{}/ctx.tar.gz", server.address);
+    let elsewhere = tempfile::tempdir().expect("directory");
+    let call = |call: &str| {
+        kiln.command()
+            .current_dir(elsewhere.path())
+            .args(["build", "--call", call, &url])
+            .output()
+            .expect("kiln runs")
+    };
+
+    let targets = call("targets");
+    let listed = String::from_utf8_lossy(&targets.stdout);
+    assert!(targets.status.success(), "{targets:?}");
+    assert!(
+        listed.contains("base (default) holds the files"),
+        "{listed}"
+    );
+    let check = call("check");
+    let found = String::from_utf8_lossy(&check.stdout);
+    assert_eq!(check.status.code(), Some(1), "findings: {found}");
+    assert!(found.contains("FromAsCasing"), "{found}");
+
+    let build = kiln
+        .command()
+        .current_dir(elsewhere.path())
+        .args(["build", "--progress=plain", &url])
+        .output()
+        .expect("kiln runs");
+    let progress = String::from_utf8_lossy(&build.stderr);
+    assert!(build.status.success(), "{progress}");
+    assert!(
+        progress.contains("1 warning found:\n - FromAsCasing:"),
+        "{progress}"
+    );
+}
+
+#[test]
 fn a_tar_archive_on_standard_input_is_the_context() {
     let kiln = Kiln::with_busybox();
     let files = Context::new();
