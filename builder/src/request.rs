@@ -236,12 +236,7 @@ fn source_date_epoch(
     dockerfile_default: Option<&str>,
     context_time: Option<i64>,
 ) -> crate::Result<Option<i64>> {
-    let build_arg = args
-        .dockerfile
-        .build_args
-        .iter()
-        .rev()
-        .find_map(|arg| arg.strip_prefix("SOURCE_DATE_EPOCH="));
+    let build_arg = epoch_build_arg(args);
     let (value, origin) = match (build_arg, args.source_date_epoch.as_deref()) {
         (Some(value), _) => (Some(value), "--build-arg SOURCE_DATE_EPOCH"),
         (None, Some(value)) => (Some(value), "--source-date-epoch or SOURCE_DATE_EPOCH"),
@@ -265,12 +260,7 @@ fn source_date_epoch(
 /// context's time) or a build context given by name, from a build argument
 /// or the Dockerfile's global ARG (not `--source-date-epoch`).
 fn epoch_source(args: &BuildRequest, dockerfile_default: Option<&str>) -> Option<String> {
-    let build_arg = args
-        .dockerfile
-        .build_args
-        .iter()
-        .rev()
-        .find_map(|arg| arg.strip_prefix("SOURCE_DATE_EPOCH="));
+    let build_arg = epoch_build_arg(args);
     let value = match (build_arg, args.source_date_epoch.as_deref()) {
         (Some(value), _) => value,
         (None, Some(_)) => return None,
@@ -279,6 +269,15 @@ fn epoch_source(args: &BuildRequest, dockerfile_default: Option<&str>) -> Option
     .trim();
     let is_name = !value.is_empty() && value.parse::<i64>().is_err();
     is_name.then(|| value.to_string())
+}
+
+/// The last `--build-arg SOURCE_DATE_EPOCH=VALUE`'s value.
+fn epoch_build_arg(args: &BuildRequest) -> Option<&str> {
+    args.dockerfile
+        .build_args
+        .iter()
+        .rev()
+        .find_map(|arg| arg.strip_prefix("SOURCE_DATE_EPOCH="))
 }
 
 /// The host name `--build-arg BUILDKIT_SANDBOX_HOSTNAME` gives the steps,

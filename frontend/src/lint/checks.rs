@@ -430,30 +430,10 @@ impl Checker<'_> {
         stages: &[Stage],
         with_build_args: bool,
     ) -> EnvList {
-        let build = &self.options.build_platform;
-        let target = &self.options.target_platform;
-        let target_stage = match &self.options.target {
-            Some(name) => name.to_lowercase(),
-            None => stages
-                .last()
-                .and_then(|stage| stage.name())
-                .unwrap_or("default")
-                .to_string(),
-        };
         let mut env = EnvList::new();
-        let defaults = [
-            ("BUILDPLATFORM", build.to_string()),
-            ("BUILDOS", build.os.clone()),
-            ("BUILDOSVERSION", String::new()),
-            ("BUILDARCH", build.architecture.clone()),
-            ("BUILDVARIANT", build.variant.clone()),
-            ("TARGETPLATFORM", target.to_string()),
-            ("TARGETOS", target.os.clone()),
-            ("TARGETOSVERSION", String::new()),
-            ("TARGETARCH", target.architecture.clone()),
-            ("TARGETVARIANT", target.variant.clone()),
-            ("TARGETSTAGE", target_stage),
-        ];
+        let defaults = self
+            .options
+            .predefined_args(stages.last().and_then(|stage| stage.name()));
         for (key, value) in defaults {
             let given = with_build_args
                 .then(|| self.options.build_args.get(key))

@@ -62,6 +62,31 @@ impl LowerOptions {
             })
             .collect()
     }
+
+    /// The build arguments every Dockerfile has, with their values before
+    /// `--build-arg`: the platforms and TARGETSTAGE, the target or else
+    /// the last stage (`last_stage`, BuildKit's `default` when unnamed).
+    pub(crate) fn predefined_args(&self, last_stage: Option<&str>) -> [(&'static str, String); 11] {
+        let build = &self.build_platform;
+        let target = &self.target_platform;
+        let target_stage = match &self.target {
+            Some(name) => name.to_lowercase(),
+            None => last_stage.unwrap_or("default").to_string(),
+        };
+        [
+            ("BUILDPLATFORM", build.to_string()),
+            ("BUILDOS", build.os.clone()),
+            ("BUILDOSVERSION", String::new()),
+            ("BUILDARCH", build.architecture.clone()),
+            ("BUILDVARIANT", build.variant.clone()),
+            ("TARGETPLATFORM", target.to_string()),
+            ("TARGETOS", target.os.clone()),
+            ("TARGETOSVERSION", String::new()),
+            ("TARGETARCH", target.architecture.clone()),
+            ("TARGETVARIANT", target.variant.clone()),
+            ("TARGETSTAGE", target_stage),
+        ]
+    }
 }
 
 pub(super) fn is_proxy_arg(name: &str) -> bool {

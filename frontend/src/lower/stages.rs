@@ -197,31 +197,9 @@ impl<'a> Lowering<'a> {
     }
 
     fn set_global_args(&mut self, meta_args: &[&ArgDeclaration]) -> Result<(), Error> {
-        let build = &self.options.build_platform;
-        let target = &self.options.target_platform;
-        let target_stage = match &self.options.target {
-            Some(name) => name.to_lowercase(),
-            None => self
-                .stages
-                .last()
-                .and_then(|s| s.name())
-                // BuildKit's name for an unnamed last stage.
-                .unwrap_or("default")
-                .to_string(),
-        };
-        let defaults = [
-            ("BUILDPLATFORM", build.to_string()),
-            ("BUILDOS", build.os.clone()),
-            ("BUILDOSVERSION", String::new()),
-            ("BUILDARCH", build.architecture.clone()),
-            ("BUILDVARIANT", build.variant.clone()),
-            ("TARGETPLATFORM", target.to_string()),
-            ("TARGETOS", target.os.clone()),
-            ("TARGETOSVERSION", String::new()),
-            ("TARGETARCH", target.architecture.clone()),
-            ("TARGETVARIANT", target.variant.clone()),
-            ("TARGETSTAGE", target_stage),
-        ];
+        let defaults = self
+            .options
+            .predefined_args(self.stages.last().and_then(|s| s.name()));
         for (key, value) in defaults {
             let value = match self.options.build_args.get(key) {
                 Some(overridden) => {

@@ -67,16 +67,7 @@ enum State {
 
 impl TtyView {
     pub fn new() -> TtyView {
-        let screen = Arc::new(Mutex::new(Screen {
-            started: Instant::now(),
-            steps: Vec::new(),
-            above: Vec::new(),
-            failures: Vec::new(),
-            started_steps: 0,
-            finished_steps: 0,
-            drawn_rows: 0,
-            finished: false,
-        }));
+        let screen = Arc::new(Mutex::new(Screen::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let refresher = {
             let screen = screen.clone();
@@ -240,6 +231,19 @@ fn seconds(duration: Duration) -> String {
 }
 
 impl Screen {
+    fn new() -> Screen {
+        Screen {
+            started: Instant::now(),
+            steps: Vec::new(),
+            above: Vec::new(),
+            failures: Vec::new(),
+            started_steps: 0,
+            finished_steps: 0,
+            drawn_rows: 0,
+            finished: false,
+        }
+    }
+
     fn step(&mut self, id: StepId) -> Option<&mut Step> {
         self.steps
             .iter_mut()
@@ -367,16 +371,7 @@ mod tests {
 
     #[test]
     fn finished_steps_leave_the_view_first_when_it_does_not_fit() {
-        let mut screen = Screen {
-            started: Instant::now(),
-            steps: Vec::new(),
-            above: Vec::new(),
-            failures: Vec::new(),
-            started_steps: 0,
-            finished_steps: 0,
-            drawn_rows: 0,
-            finished: false,
-        };
+        let mut screen = Screen::new();
         for id in 1..=4 {
             screen.steps.push(Step {
                 id,

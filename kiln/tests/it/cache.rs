@@ -4,33 +4,10 @@
 use std::fs;
 use std::path::Path;
 
-use crate::support::{require_root, Context, Kiln};
+use crate::support::{ran, require_root, Context, Kiln};
 
 fn kiln() -> Kiln {
     Kiln::with_busybox()
-}
-
-/// Builds and returns, for each step, its instruction and whether it came
-/// from the cache.
-fn build(kiln: &Kiln, context: &Path, extra: &[&str]) -> Vec<(String, bool)> {
-    kiln.build_steps(context, extra)
-        .iter()
-        .map(|step| {
-            (
-                step["step"].as_str().expect("step").to_string(),
-                step["cached"].as_bool().expect("cached"),
-            )
-        })
-        .collect()
-}
-
-/// The instructions that ran (missed the cache).
-fn ran(steps: &[(String, bool)]) -> Vec<&str> {
-    steps
-        .iter()
-        .filter(|(_, cached)| !cached)
-        .map(|(step, _)| step.as_str())
-        .collect()
 }
 
 #[test]
@@ -59,9 +36,13 @@ fn only_steps_that_read_a_changed_file_run_again() {
         "COPY files/ /files/",
         "RUN find /files -type f | wc -l > /count",
     ];
-    assert_eq!(ran(&build(&kiln, context.path(), &[])), all, "a cold build");
     assert_eq!(
-        ran(&build(&kiln, context.path(), &[])),
+        ran(&kiln.step_outcomes(context.path(), &[])),
+        all,
+        "a cold build"
+    );
+    assert_eq!(
+        ran(&kiln.step_outcomes(context.path(), &[])),
         Vec::<&str>::new(),
         "nothing changed"
     );
@@ -73,18 +54,24 @@ fn only_steps_that_read_a_changed_file_run_again() {
         file.set_modified(later).expect("touch");
     }
     fs::write(context.path().join("ignored.txt"), "changed, but ignored").expect("write");
-    assert_eq!(ran(&build(&kiln, context.path(), &[])), Vec::<&str>::new());
+    assert_eq!(
+        ran(&kiln.step_outcomes(context.path(), &[])),
+        Vec::<&str>::new()
+    );
 
     // One file of the 5,000: the steps from its COPY on.
     fs::write(context.path().join("files/17/42.txt"), "changed").expect("write");
-    assert_eq!(ran(&build(&kiln, context.path(), &[])), &all[2..]);
+    assert_eq!(ran(&kiln.step_outcomes(context.path(), &[])), &all[2..]);
 
     // The first file: everything after it.
     fs::write(context.path().join("other.txt"), "two").expect("write");
-    assert_eq!(ran(&build(&kiln, context.path(), &[])), all);
+    assert_eq!(ran(&kiln.step_outcomes(context.path(), &[])), all);
 
     // --no-cache runs everything; the result is the same.
-    assert_eq!(ran(&build(&kiln, context.path(), &["--no-cache"])), all);
+    assert_eq!(
+        ran(&kiln.step_outcomes(context.path(), &["--no-cache"])),
+        all
+    );
 }
 
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
@@ -115,7 +102,7 @@ fn a_build_arg_reruns_exactly_the_steps_that_see_it() {
     );
     // The steps that ran, by their place in the Dockerfile's RUNs.
     let runs = |extra: &[&str]| -> Vec<bool> {
-        build(&kiln, context.path(), extra)
+        kiln.step_outcomes(context.path(), extra)
             .iter()
             .map(|(_, cached)| !cached)
             .collect()
@@ -160,16 +147,12 @@ fn no_cache_filter_reruns_the_stages_it_names_and_what_reads_them() {
          COPY --from=build /out /out\n\
          RUN cat /out > /copy\n",
     );
-    assert_eq!(ran(&build(&kiln, context.path(), &[])).len(), 5);
-    assert_eq!(ran(&build(&kiln, context.path(), &[])).len(), 0);
+    assert_eq!(ran(&kiln.step_outcomes(context.path(), &[])).len(), 5);
+    assert_eq!(ran(&kiln.step_outcomes(context.path(), &[])).len(), 0);
     // The stage runs again and makes another file: what copies it runs
     // again too; the other stage and what only reads it do not.
     assert_eq!(
-        ran(&build(
-            &kiln,
-            context.path(),
-            &["--no-cache-filter", "build"]
-        )),
+        ran(&kiln.step_outcomes(context.path(), &["--no-cache-filter", "build"])),
         [
             "RUN cat /proc/sys/kernel/random/uuid > /out",
             "COPY --from=build /out /out",
@@ -191,12 +174,12 @@ fn a_secrets_value_is_not_part_of_the_key() {
     );
     let arg = format!("id=s,src={}", secret.display());
     assert_eq!(
-        ran(&build(&kiln, context.path(), &["--secret", &arg])).len(),
+        ran(&kiln.step_outcomes(context.path(), &["--secret", &arg])).len(),
         1
     );
     fs::write(&secret, "second").expect("write");
     assert_eq!(
-        ran(&build(&kiln, context.path(), &["--secret", &arg])),
+        ran(&kiln.step_outcomes(context.path(), &["--secret", &arg])),
         Vec::<&str>::new(),
         "a secret's value is not part of the key"
     );
@@ -212,23 +195,18 @@ fn rebuilds_with_source_date_epoch_give_the_same_image() {
         "FROM busybox\nCOPY hello.txt /\nRUN cp /hello.txt /copy\n",
     );
     let epoch = ["--source-date-epoch", "1700000000", "-t", "same"];
-    build(&kiln, context.path(), &epoch);
+    kiln.step_outcomes(context.path(), &epoch);
     let first = kiln.inspect("same")["Digest"].clone();
-    let steps = build(&kiln, context.path(), &epoch);
+    let steps = kiln.step_outcomes(context.path(), &epoch);
     assert_eq!(ran(&steps), Vec::<&str>::new());
     assert_eq!(kiln.inspect("same")["Digest"], first);
     // Another epoch stamps other times on new files: every step runs.
-    let other = build(
-        &kiln,
+    let other = kiln.step_outcomes(
         context.path(),
         &["--source-date-epoch", "1700000001", "-t", "other"],
     );
     assert_eq!(ran(&other).len(), 2, "{other:?}");
-    let fresh = build(
-        &kiln,
-        context.path(),
-        &[&epoch[..], &["--no-cache"]].concat(),
-    );
+    let fresh = kiln.step_outcomes(context.path(), &[&epoch[..], &["--no-cache"]].concat());
     assert_eq!(ran(&fresh).len(), 2);
     assert_eq!(
         kiln.inspect("same")["Digest"],
@@ -242,7 +220,7 @@ fn a_layer_gone_from_the_store_is_a_miss() {
     let kiln = kiln();
     let context = Context::new();
     context.write("Dockerfile", "FROM busybox\nRUN echo made > /made\n");
-    build(&kiln, context.path(), &["-t", "made"]);
+    kiln.step_outcomes(context.path(), &["-t", "made"]);
     let manifest = &kiln.inspect("made")["Manifest"];
     let layers = manifest["layers"].as_array().expect("layers");
     let digest = layers.last().expect("layer")["digest"]
@@ -269,7 +247,10 @@ fn a_layer_gone_from_the_store_is_a_miss() {
             .join(diff_id.trim_start_matches("sha256:")),
     )
     .expect("remove the snapshot");
-    assert_eq!(ran(&build(&kiln, context.path(), &["-t", "made"])).len(), 1);
+    assert_eq!(
+        ran(&kiln.step_outcomes(context.path(), &["-t", "made"])).len(),
+        1
+    );
     kiln.assert_consistent();
 }
 
@@ -381,7 +362,7 @@ fn du_counts_what_du_measures_by_kind() {
          RUN head -c 200000 /dev/urandom > /out
 ",
     );
-    build(&kiln, context.path(), &["-t", "app"]);
+    kiln.step_outcomes(context.path(), &["-t", "app"]);
     let root = kiln.root.path();
     let bytes = du_bytes(&kiln);
     let labels: Vec<&str> = bytes.iter().map(|(label, _)| label.as_str()).collect();
@@ -440,7 +421,7 @@ fn prune_removes_what_nothing_needs_and_the_cache_only_when_asked() {
          FROM busybox\n\
          COPY --from=build /out /out\n",
     );
-    build(&kiln, context.path(), &["-t", "app"]);
+    kiln.step_outcomes(context.path(), &["-t", "app"]);
     assert_eq!(
         row(&du_bytes(&kiln), "total"),
         du(kiln.root.path()),
@@ -449,12 +430,12 @@ fn prune_removes_what_nothing_needs_and_the_cache_only_when_asked() {
 
     // Garbage only: the cache stays.
     kiln.ok(&["prune"]);
-    assert!(ran(&build(&kiln, context.path(), &["-t", "app"])).is_empty());
+    assert!(ran(&kiln.step_outcomes(context.path(), &["-t", "app"])).is_empty());
     kiln.assert_consistent();
 
     // A filter that spares what was just used.
     kiln.ok(&["prune", "--all", "--filter", "until=1h"]);
-    assert!(ran(&build(&kiln, context.path(), &["-t", "app"])).is_empty());
+    assert!(ran(&kiln.step_outcomes(context.path(), &["-t", "app"])).is_empty());
 
     // The whole cache: every step runs again, the cache mount is empty.
     let output = kiln.ok(&["prune", "--all"]);
@@ -471,13 +452,16 @@ fn prune_removes_what_nothing_needs_and_the_cache_only_when_asked() {
         "built\n",
         "images stay"
     );
-    assert_eq!(ran(&build(&kiln, context.path(), &["-t", "app"])).len(), 2);
+    assert_eq!(
+        ran(&kiln.step_outcomes(context.path(), &["-t", "app"])).len(),
+        2
+    );
 
     // --keep-storage 0: no space for the cache mount. (The records of
     // layers the image has take none: they stay.)
     let output = kiln.ok(&["prune", "--keep-storage", "0"]);
     assert!(output.contains("1 cache mount(s)"), "{output}");
-    assert!(ran(&build(&kiln, context.path(), &["-t", "app"])).is_empty());
+    assert!(ran(&kiln.step_outcomes(context.path(), &["-t", "app"])).is_empty());
     assert_eq!(row(&du_bytes(&kiln), "total"), du(kiln.root.path()));
 }
 
@@ -500,15 +484,11 @@ fn gc_keep_storage_trims_the_cache_after_a_build() {
         "-o",
         files.path().to_str().expect("utf-8"),
     ];
-    build(&kiln, context.path(), &big);
-    assert!(ran(&build(&kiln, context.path(), &big)).is_empty());
-    build(
-        &kiln,
-        context.path(),
-        &["-t", "small", "--gc-keep-storage", "1MB"],
-    );
+    kiln.step_outcomes(context.path(), &big);
+    assert!(ran(&kiln.step_outcomes(context.path(), &big)).is_empty());
+    kiln.step_outcomes(context.path(), &["-t", "small", "--gc-keep-storage", "1MB"]);
     // The big layer is gone; the image is whole.
-    assert_eq!(ran(&build(&kiln, context.path(), &big)).len(), 1);
+    assert_eq!(ran(&kiln.step_outcomes(context.path(), &big)).len(), 1);
     kiln.assert_consistent();
 }
 
@@ -540,16 +520,16 @@ fn share(dockerfile: &str, cache_to: &str, cache_from: &str) -> Shared {
     context.write("Dockerfile", dockerfile);
     let mut args = vec!["-t", "app", "--cache-to", cache_to];
     args.extend(EPOCH);
-    build(&first, context.path(), &args);
+    first.step_outcomes(context.path(), &args);
     let second = second_machine(&first);
     let mut args = vec!["-t", "app", "--cache-from", cache_from];
     args.extend(EPOCH);
-    let steps = build(&second, context.path(), &args);
+    let steps = second.step_outcomes(context.path(), &args);
     let same = first.inspect("app")["Digest"] == second.inspect("app")["Digest"];
     second.assert_consistent();
     let mut args = vec!["-t", "app"];
     args.extend(EPOCH);
-    let again = build(&second, context.path(), &args);
+    let again = second.step_outcomes(context.path(), &args);
     (steps, same, again)
 }
 
@@ -625,11 +605,11 @@ fn an_inline_cache_travels_with_the_image() {
     let image = registry.name("team/app:1");
     let mut args = vec!["-t", image.as_str(), "--push", "--cache-to", "type=inline"];
     args.extend(EPOCH);
-    build(&first, context.path(), &args);
+    first.step_outcomes(context.path(), &args);
     let second = second_machine(&first);
     let mut args = vec!["--cache-from", image.as_str()];
     args.extend(EPOCH);
-    let steps = build(&second, context.path(), &args);
+    let steps = second.step_outcomes(context.path(), &args);
     assert_eq!(runs(&steps), 0, "{steps:?}");
 }
 
@@ -661,7 +641,7 @@ fn a_missing_cache_is_a_warning_and_an_imported_layer_is_fetched_only_when_neede
     assert!(output.status.success(), "{stderr}");
     assert!(stderr.contains("warning: no cache at"), "{stderr}");
     let second = second_machine(&first);
-    let steps = build(&second, context.path(), &["--cache-from", &from]);
+    let steps = second.step_outcomes(context.path(), &["--cache-from", &from]);
     assert_eq!(steps.iter().filter(|(_, cached)| !cached).count(), 0);
     // The copy was a hit too, so nothing needed the big stage's files: its
     // layer stayed where it was.
@@ -685,7 +665,7 @@ fn layers_nothing_exports_are_never_compressed() {
          FROM busybox\n\
          COPY --from=big /small /small\n",
     );
-    build(&kiln, context.path(), &["-t", "app"]);
+    kiln.step_outcomes(context.path(), &["-t", "app"]);
     let big_blobs = walk(&kiln.root.path().join("blobs/sha256"))
         .into_iter()
         .filter(|blob| fs::metadata(blob).map(|m| m.len()).unwrap_or(0) >= 2_000_000)
@@ -695,12 +675,11 @@ fn layers_nothing_exports_are_never_compressed() {
         "the intermediate stage's layer was written as a blob"
     );
     // Still a hit: its snapshot is the cache.
-    assert!(ran(&build(&kiln, context.path(), &["-t", "app"])).is_empty());
+    assert!(ran(&kiln.step_outcomes(context.path(), &["-t", "app"])).is_empty());
     // Exported, it gets a blob.
     let files = tempfile::tempdir().expect("dir");
     let archive = files.path().join("big.tar");
-    build(
-        &kiln,
+    kiln.step_outcomes(
         context.path(),
         &[
             "--target",
@@ -775,9 +754,9 @@ fn keys_do_not_depend_on_which_stages_a_target_needs() {
          COPY --from=x /x /x\n\
          COPY --from=b /a /b\n",
     );
-    build(&kiln, context.path(), &[]);
+    kiln.step_outcomes(context.path(), &[]);
     // Stage a is the first stage this target needs, the second before.
-    let steps = build(&kiln, context.path(), &["--target", "b"]);
+    let steps = kiln.step_outcomes(context.path(), &["--target", "b"]);
     assert!(ran(&steps).is_empty(), "{steps:?}");
 }
 
@@ -786,7 +765,7 @@ fn prune_refuses_to_guess_when_an_image_cannot_be_read() {
     let kiln = kiln();
     let context = Context::new();
     context.write("Dockerfile", "FROM busybox\nRUN echo made > /made\n");
-    build(&kiln, context.path(), &["-t", "app"]);
+    kiln.step_outcomes(context.path(), &["-t", "app"]);
     let manifest = kiln.inspect("app")["Digest"]
         .as_str()
         .expect("digest")
@@ -822,15 +801,15 @@ fn a_rebuilt_stage_that_makes_the_same_files_reuses_what_reads_them() {
          RUN --mount=from=build,source=/out,target=/in cat /in/file > /mounted\n\
          RUN echo after > /after\n",
     );
-    let first = build(&kiln, context.path(), &["--build-arg", "BUST=1"]);
+    let first = kiln.step_outcomes(context.path(), &["--build-arg", "BUST=1"]);
     assert_eq!(ran(&first).len(), 5, "{first:?}");
-    let second = build(&kiln, context.path(), &["--build-arg", "BUST=2"]);
+    let second = kiln.step_outcomes(context.path(), &["--build-arg", "BUST=2"]);
     assert_eq!(
         ran(&second),
         ["RUN echo 2 > /bust && mkdir /out && echo same > /out/file"],
         "only the stage's own step runs again"
     );
     // And the third build finds it all under the stage's new key.
-    let third = build(&kiln, context.path(), &["--build-arg", "BUST=2"]);
+    let third = kiln.step_outcomes(context.path(), &["--build-arg", "BUST=2"]);
     assert!(ran(&third).is_empty(), "{third:?}");
 }

@@ -7,29 +7,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::Stdio;
 
-use crate::support::{Context, Kiln};
-
-/// The steps of a build (`--metadata-file`), each as its instruction and
-/// whether it came from the cache.
-fn steps(kiln: &Kiln, context: &Path, extra: &[&str]) -> Vec<(String, bool)> {
-    kiln.build_steps(context, extra)
-        .iter()
-        .map(|step| {
-            (
-                step["step"].as_str().expect("step").to_string(),
-                step["cached"].as_bool().expect("cached"),
-            )
-        })
-        .collect()
-}
-
-fn ran(steps: &[(String, bool)]) -> Vec<&str> {
-    steps
-        .iter()
-        .filter(|(_, cached)| !cached)
-        .map(|(step, _)| step.as_str())
-        .collect()
-}
+use crate::support::{ran, Context, Kiln};
 
 /// A tar archive (gzip) of `dir`'s entries.
 fn tar_gz(dir: &Path) -> Vec<u8> {
@@ -100,13 +78,13 @@ fn an_unchanged_named_directory_is_cached_and_a_changed_one_reruns_what_reads_it
     );
     let main = context.path().join("main");
     let args = ["--build-context", "lib=../lib"];
-    assert_eq!(ran(&steps(&kiln, &main, &args)).len(), 3);
-    assert_eq!(ran(&steps(&kiln, &main, &args)), Vec::<&str>::new());
+    assert_eq!(ran(&kiln.step_outcomes(&main, &args)).len(), 3);
+    assert_eq!(ran(&kiln.step_outcomes(&main, &args)), Vec::<&str>::new());
     // Touching a file changes nothing; changing one reruns what reads it.
     fs::write(context.path().join("lib/one.txt"), "1\n").expect("touch");
-    assert_eq!(ran(&steps(&kiln, &main, &args)), Vec::<&str>::new());
+    assert_eq!(ran(&kiln.step_outcomes(&main, &args)), Vec::<&str>::new());
     fs::write(context.path().join("lib/two.txt"), "two\n").expect("change");
-    let rerun = steps(&kiln, &main, &args);
+    let rerun = kiln.step_outcomes(&main, &args);
     assert_eq!(
         ran(&rerun),
         ["RUN --mount=from=lib,target=/lib cat /lib/two.txt > /two.txt"]
@@ -138,8 +116,7 @@ fn an_image_replaces_an_image_name_with_its_files_and_configuration() {
         "hello from /work replaced\n"
     );
     // Keyed by the image's digest: the same build is cached.
-    let again = steps(
-        &kiln,
+    let again = kiln.step_outcomes(
         context.path(),
         &["--build-context", "alpine=docker-image://other:1"],
     );

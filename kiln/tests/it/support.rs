@@ -191,6 +191,20 @@ impl Kiln {
             .clone()
     }
 
+    /// Builds and returns, for each step, its instruction and whether it
+    /// came from the cache.
+    pub fn step_outcomes(&self, context: &Path, extra: &[&str]) -> Vec<(String, bool)> {
+        self.build_steps(context, extra)
+            .iter()
+            .map(|step| {
+                (
+                    step["step"].as_str().expect("step").to_string(),
+                    step["cached"].as_bool().expect("cached"),
+                )
+            })
+            .collect()
+    }
+
     /// Reads an image's configuration through `kiln inspect`.
     pub fn inspect(&self, image: &str) -> serde_json::Value {
         serde_json::from_str(&self.ok(&["inspect", image])).expect("inspect prints JSON")
@@ -205,6 +219,15 @@ impl Kiln {
         self.build(context, &args);
         out
     }
+}
+
+/// The instructions that ran (missed the cache) of [`Kiln::step_outcomes`].
+pub fn ran(steps: &[(String, bool)]) -> Vec<&str> {
+    steps
+        .iter()
+        .filter(|(_, cached)| !cached)
+        .map(|(step, _)| step.as_str())
+        .collect()
 }
 
 /// A build context in a temporary directory.
