@@ -602,6 +602,30 @@ struct Unpacked {
     single_file: Option<PathBuf>,
 }
 
+/// The time of the remote source a SOURCE_DATE_EPOCH stage adds: a
+/// download's Last-Modified, else its archive's newest file; a git
+/// commit's time.
+pub fn epoch_of_source(
+    source: &kiln_frontend::epoch::EpochSource,
+    store: &Store,
+    remote: &Remote,
+    secrets: &Secrets,
+) -> crate::Result<Option<i64>> {
+    if let Ok(Some(git)) = GitRef::parse(&source.url) {
+        let mut git_source = GitSource::new(git);
+        if let Some(checksum) = &source.checksum {
+            git_source.checksum = Some(checksum.clone());
+        }
+        let checkout = crate::git::checkout(store, secrets, &git_source)
+            .with_context(|| format!("fetching {} for SOURCE_DATE_EPOCH", source.url))?;
+        return Ok(Some(checkout.commit_time));
+    }
+    let work = store.temp_dir()?;
+    let unpacked =
+        download_context(remote, &source.url, work.path()).context("for SOURCE_DATE_EPOCH")?;
+    Ok(unpacked.last_modified.or(unpacked.newest_file))
+}
+
 /// Downloads `url` into `work`: a tar archive (any compression kiln reads)
 /// is unpacked into `work/context`; any other file is put there as
 /// `context`, as BuildKit names it.

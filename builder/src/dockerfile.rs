@@ -247,6 +247,42 @@ pub fn default_dockerfile(context: &Path) -> PathBuf {
 
 /// The Dockerfile's path (where its own ignore file is looked for), the name
 /// messages give it, and its bytes.
+/// A Dockerfile given on standard input (`-f -`) saved in the store's
+/// temporary space, so that a build can read it more than once (it is
+/// lowered again when SOURCE_DATE_EPOCH names a source); `args` then names
+/// that file, shown as `<stdin>`. Removed when the value is dropped.
+pub fn keep_stdin_dockerfile(
+    args: &mut DockerfileArgs,
+    store: &Store,
+) -> crate::Result<Option<tempfile::TempDir>> {
+    if args.file.as_deref() != Some(Path::new("-")) {
+        return Ok(None);
+    }
+    let (_, name, bytes) = read_dockerfile(args)?;
+    let kept = store.temp_dir()?;
+    let path = kept.path().join("Dockerfile");
+    std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
+    args.file = Some(path);
+    args.shown_as = Some(name);
+    Ok(Some(kept))
+}
+
+/// The remote source of the stage `ARG SOURCE_DATE_EPOCH` names, or `None`
+/// when no stage is called `name`.
+pub fn epoch_stage_source(
+    args: &DockerfileArgs,
+    name: &str,
+) -> crate::Result<Option<kiln_frontend::epoch::EpochSource>> {
+    let (_, shown, bytes) = read_dockerfile(args)?;
+    let dockerfile = kiln_frontend::parse_bytes(&bytes, &shown)?;
+    let options = lower_options(args, &[], &[])?;
+    Ok(kiln_frontend::epoch::epoch_stage_source(
+        &dockerfile,
+        &options,
+        name,
+    )?)
+}
+
 fn read_dockerfile(args: &DockerfileArgs) -> crate::Result<(PathBuf, String, Vec<u8>)> {
     let path = args
         .file

@@ -242,7 +242,7 @@ fn source_date_epoch(
         (None, Some(value)) => (Some(value), "--source-date-epoch or SOURCE_DATE_EPOCH"),
         (None, None) => (
             dockerfile_default,
-            "SOURCE_DATE_EPOCH (the Dockerfile's ARG default; kiln cannot take it from a stage's sources yet)",
+            "SOURCE_DATE_EPOCH (the Dockerfile's ARG default, which names no stage or build context)",
         ),
     };
     let from_flag = build_arg.is_none() && args.source_date_epoch.is_some();
@@ -358,6 +358,7 @@ pub fn build(engine: &Engine<'_>, request: &BuildRequest) -> crate::Result<Built
     let mut dockerfile_args = args.dockerfile.clone();
     let main_context =
         contexts::resolve_main_context(&mut dockerfile_args, store, remote, &args.secrets)?;
+    let _stdin_dockerfile = dockerfile::keep_stdin_dockerfile(&mut dockerfile_args, store)?;
     let mut contexts = NamedContexts::new(
         &args.named_contexts,
         &mut images,
@@ -376,7 +377,12 @@ pub fn build(engine: &Engine<'_>, request: &BuildRequest) -> crate::Result<Built
     // it names otherwise (none for a local directory, as in BuildKit).
     let context_epoch = match epoch_source(args, plan.graph.source_date_epoch.as_deref()) {
         Some(name) if name == "context" => Some(main_context.epoch),
-        Some(name) => contexts.epoch_of(&name)?,
+        Some(name) => match contexts.epoch_of(&name)? {
+            Some(epoch) => Some(epoch),
+            None => dockerfile::epoch_stage_source(&dockerfile_args, &name)?
+                .map(|source| contexts::epoch_of_source(&source, store, remote, &args.secrets))
+                .transpose()?,
+        },
         None => None,
     };
     if let Some(Some(epoch)) = context_epoch {

@@ -103,6 +103,9 @@ impl std::error::Error for Error {
 pub enum ErrorKind {
     #[error("the Dockerfile is empty")]
     Empty,
+    /// The stage `ARG SOURCE_DATE_EPOCH` names cannot give the epoch.
+    #[error("SOURCE_DATE_EPOCH stage {0}")]
+    EpochStage(String),
     #[error("the Dockerfile has no instructions, only comments and blank lines")]
     NoInstructions,
     #[error("the Dockerfile is not valid UTF-8")]

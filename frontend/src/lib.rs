@@ -36,6 +36,7 @@
 
 pub mod ast;
 pub mod chmod;
+pub mod epoch;
 pub mod error;
 pub mod git_ref;
 pub mod graph;

@@ -239,6 +239,68 @@ fn calls_and_the_warning_summary_read_the_dockerfile_of_a_url_context() {
 }
 
 #[test]
+fn source_date_epoch_from_a_stage_of_one_download_with_the_dockerfile_on_standard_input() {
+    let kiln = Kiln::with_busybox();
+    let files = Context::new();
+    files.write("data.txt", "served\n");
+    let server = kiln_testkit::FileServer::start(
+        vec![("src.tar.gz".to_string(), tar_gz(files.path()))],
+        "Wed, 21 Oct 2015 07:28:00 GMT",
+    );
+    let dockerfile = format!(
+        "ARG SOURCE_DATE_EPOCH=src\n\
+         FROM scratch AS src\n\
+         ADD http://{}/src.tar.gz /\n\
+         FROM busybox\n\
+         ARG SOURCE_DATE_EPOCH\n\
+         RUN echo \"$SOURCE_DATE_EPOCH\" > /epoch\n",
+        server.address
+    );
+    let context = Context::new();
+    let out = tempfile::tempdir().expect("out");
+    let dest = format!("type=local,dest={}", out.path().display());
+    let build = |dockerfile: &str| {
+        let mut child = kiln
+            .command()
+            .current_dir(context.path())
+            .args(["build", "-f", "-", "-o", &dest, "."])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("kiln runs");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(dockerfile.as_bytes())
+            .expect("write the Dockerfile");
+        child.wait_with_output().expect("kiln ends")
+    };
+    let built = build(&dockerfile);
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    // The download's Last-Modified, read by a second lowering of the same
+    // Dockerfile: standard input is read once.
+    assert_eq!(
+        fs::read_to_string(out.path().join("epoch")).expect("epoch"),
+        "1445412480\n"
+    );
+
+    let refused =
+        build(&dockerfile.replace("ADD http", "COPY --from=busybox /bin/sh /sh\nADD http"));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("<stdin>:3:1: SOURCE_DATE_EPOCH stage does not meet source-only requirements: unsupported COPY instruction"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn a_tar_archive_on_standard_input_is_the_context() {
     let kiln = Kiln::with_busybox();
     let files = Context::new();
