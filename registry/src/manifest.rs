@@ -102,23 +102,49 @@ pub(crate) async fn get(
     let host = session.host(reference.registry()).await?;
     let url = manifest_url(&host, reference, target)?;
     let scope = repository_scope(reference, "pull");
-    let response = session
-        .send(&host, &scope, Method::GET, &url, true, &|r, _| {
-            r.header(ACCEPT, MANIFEST_TYPES.join(", "))
-        })
-        .await?;
-    if response.status() == StatusCode::NOT_FOUND {
-        return Err(Error::NotFound {
-            reference: format!("{}", reference.with_target(target)),
-        });
-    }
-    if !response.status().is_success() {
-        return Err(status_error(&Method::GET, &url, response).await);
-    }
-    let header_digest =
-        header(&response, "docker-content-digest").and_then(|d| d.parse::<Digest>().ok());
-    let content_type = header(&response, "content-type").unwrap_or_default();
-    let bytes = read_limited(response, MAX_MANIFEST_SIZE, &url, session.stall_timeout()).await?;
+    let retry = session.retry();
+    let mut attempt = 0;
+    let (bytes, header_digest, content_type) = loop {
+        attempt += 1;
+        let response = session
+            .send(&host, &scope, Method::GET, &url, true, &|r, _| {
+                r.header(ACCEPT, MANIFEST_TYPES.join(", "))
+            })
+            .await?;
+        if response.status() == StatusCode::NOT_FOUND {
+            return Err(Error::NotFound {
+                reference: format!("{}", reference.with_target(target)),
+            });
+        }
+        if !response.status().is_success() {
+            return Err(status_error(&Method::GET, &url, response).await);
+        }
+        let header_digest =
+            header(&response, "docker-content-digest").and_then(|d| d.parse::<Digest>().ok());
+        let content_type = header(&response, "content-type").unwrap_or_default();
+        match read_limited(response, MAX_MANIFEST_SIZE, &url, session.stall_timeout()).await {
+            Ok(bytes) => break (bytes, header_digest, content_type),
+            // A body cut short or stalled is a fault of the way, which the
+            // next try may not meet.
+            Err(Error::Request { .. }) if attempt < retry.attempts => {
+                tokio::time::sleep(retry.delay(attempt)).await;
+            }
+            Err(Error::Request {
+                method,
+                url,
+                reason,
+                ..
+            }) => {
+                return Err(Error::Request {
+                    method,
+                    url,
+                    attempts: attempt,
+                    reason,
+                })
+            }
+            Err(error) => return Err(error),
+        }
+    };
     let digest = Digest::of(&bytes);
     let expected = pinned.or(header_digest);
     if let Some(expected) = expected {

@@ -84,6 +84,43 @@ fn basic_auth_over_tls_with_the_registrys_own_ca() {
 }
 
 #[test]
+fn a_token_answer_cut_short_is_asked_for_again() {
+    let issuer = TokenIssuer::start();
+    let registry = Registry::start(Setup::Token(&issuer));
+    let (_a, source) = store();
+    let image = test_image(&source, 50_000, 12);
+    let runtime = runtime();
+    let reference = reference(&registry, "tokens/cut:1");
+    let logins = tempfile::tempdir().expect("tmp");
+    let config = docker_config_with_login(logins.path(), &registry.address, USER, PASSWORD);
+    issuer.cut_answers(2);
+    runtime
+        .block_on(transfer::push(
+            &client(&registry.certs_dir, Some(&config)),
+            &source,
+            &image,
+            std::slice::from_ref(&reference),
+            &HashMap::new(),
+            2,
+            &|_, _| {},
+        ))
+        .expect("push with token answers cut short");
+    assert_eq!(issuer.answers_cut(), 2, "two answers were cut");
+    let (_b, target) = store();
+    let pulled = runtime
+        .block_on(transfer::pull(
+            &client(&registry.certs_dir, Some(&config)),
+            &target,
+            &reference,
+            &host_platform(),
+            2,
+            &|_, _| {},
+        ))
+        .expect("pull");
+    assert_eq!(pulled.manifest.digest, image);
+}
+
+#[test]
 fn bearer_tokens_per_scope_are_fetched_once_and_push_needs_a_login() {
     let issuer = TokenIssuer::start();
     let registry = Registry::start(Setup::Token(&issuer));

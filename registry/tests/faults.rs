@@ -87,6 +87,51 @@ fn pulls_survive_503s_and_resume_broken_downloads() {
 }
 
 #[test]
+fn a_manifest_cut_short_is_fetched_again() {
+    let registry = Registry::start(Setup::Anonymous);
+    let (_a, source) = store();
+    let image = test_image(&source, 100_000, 22);
+    let runtime = runtime();
+    runtime
+        .block_on(transfer::push(
+            &client(&registry.certs_dir, None),
+            &source,
+            &image,
+            &[reference(&registry, "cut/app:1")],
+            &HashMap::new(),
+            2,
+            &|_, _| {},
+        ))
+        .expect("push");
+    let proxy = Proxy::start(
+        &registry.address,
+        Faults {
+            cut_manifests_after: Some((100, 2)),
+            ..Faults::default()
+        },
+    );
+    let (_b, target) = store();
+    let pulled = runtime
+        .block_on(transfer::pull(
+            &client(&registry.certs_dir, None),
+            &target,
+            &reference_via(&proxy, "cut/app:1"),
+            &host_platform(),
+            2,
+            &|_, _| {},
+        ))
+        .expect("pull through cut manifests");
+    assert_eq!(pulled.manifest.digest, image);
+    assert!(target.check().expect("check").is_empty());
+    assert_eq!(
+        proxy.injected(Fault::ManifestCut),
+        2,
+        "{:?}",
+        proxy.injections()
+    );
+}
+
+#[test]
 fn pushes_survive_faults_and_the_manifest_comes_after_every_blob() {
     let registry = Registry::start(Setup::Anonymous);
     let (_a, source) = store();

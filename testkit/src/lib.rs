@@ -273,6 +273,10 @@ pub struct TokenIssuer {
     pub certificate_pem: String,
     /// Token requests served, by scope.
     pub requests: Arc<Mutex<HashMap<String, usize>>>,
+    /// Answers still to cut short (see [`TokenIssuer::cut_answers`]).
+    answers_to_cut: Arc<AtomicUsize>,
+    /// Answers cut short so far.
+    answers_cut: Arc<AtomicUsize>,
     _server: Server,
 }
 
@@ -295,18 +299,45 @@ impl TokenIssuer {
         let signer = Arc::new(signer);
         let requests: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
         let counted = requests.clone();
+        let answers_to_cut: Arc<AtomicUsize> = Arc::default();
+        let answers_cut: Arc<AtomicUsize> = Arc::default();
+        let (to_cut, cut) = (answers_to_cut.clone(), answers_cut.clone());
         let server = Server::start(move |request| {
             let signer = signer.clone();
             let x5c = x5c.clone();
             let counted = counted.clone();
-            async move { issue_token(request, &signer, &x5c, &counted).await }
+            let (to_cut, cut) = (to_cut.clone(), cut.clone());
+            async move {
+                let answer = issue_token(request, &signer, &x5c, &counted).await;
+                let cutting = to_cut
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok();
+                if !cutting || answer.status() != 200 {
+                    return answer;
+                }
+                cut.fetch_add(1, Ordering::SeqCst);
+                cut_short(answer).await
+            }
         });
         TokenIssuer {
             address: server.address.clone(),
             certificate_pem,
             requests,
+            answers_to_cut,
+            answers_cut,
             _server: server,
         }
+    }
+
+    /// Cuts the next `count` token answers short: half their body, then
+    /// the connection dropped.
+    pub fn cut_answers(&self, count: usize) {
+        self.answers_to_cut.store(count, Ordering::SeqCst);
+    }
+
+    /// How many answers were cut short.
+    pub fn answers_cut(&self) -> usize {
+        self.answers_cut.load(Ordering::SeqCst)
     }
 
     pub fn requests_for(&self, scope: &str) -> usize {
@@ -413,6 +444,26 @@ async fn issue_token(
         .expect("response")
 }
 
+/// `answer` with its head whole (its Content-Length the full body's) and
+/// half its body, after a pause so that the head reaches the client first.
+async fn cut_short(answer: Response<Body>) -> Response<Body> {
+    let (parts, body) = answer.into_parts();
+    let bytes = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let half = bytes.slice(..bytes.len() / 2);
+    let stream = futures_util::stream::once(async move {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        Ok::<_, std::io::Error>(Frame::data(half))
+    });
+    let mut cut = Response::from_parts(parts, BodyExt::boxed(StreamBody::new(stream)));
+    cut.headers_mut()
+        .insert("content-length", bytes.len().into());
+    cut
+}
+
 fn fastrand_like() -> u64 {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     NEXT.fetch_add(1, Ordering::Relaxed) as u64
@@ -430,6 +481,9 @@ pub struct Faults {
     /// Upload bodies (PATCH, PUT of a blob) are cut off after this many
     /// bytes, this many times.
     pub cut_uploads_after: Option<(u64, usize)>,
+    /// Manifest and index bodies (GET) longer than this many bytes are cut
+    /// off after it, this many times.
+    pub cut_manifests_after: Option<(u64, usize)>,
     /// Each response waits this long first.
     pub delay: Option<Duration>,
     /// Blob downloads have one byte changed.
@@ -472,6 +526,8 @@ pub enum Fault {
     Delayed,
     /// A blob download's body cut off before its end (`cut_downloads_after`).
     DownloadCut,
+    /// A manifest's body cut off before its end (`cut_manifests_after`).
+    ManifestCut,
     /// A blob download with a byte changed (`corrupt_downloads`).
     DownloadCorrupted,
     /// An upload's body cut off, the registry never reached
@@ -527,6 +583,7 @@ impl Proxy {
             faults,
             requests: AtomicUsize::new(0),
             downloads_cut: AtomicUsize::new(0),
+            manifests_cut: AtomicUsize::new(0),
             uploads_cut: AtomicUsize::new(0),
             replies_lost: AtomicUsize::new(0),
             injections: Injections::default(),
@@ -574,6 +631,7 @@ struct ProxyState {
     faults: Faults,
     requests: AtomicUsize,
     downloads_cut: AtomicUsize,
+    manifests_cut: AtomicUsize,
     uploads_cut: AtomicUsize,
     replies_lost: AtomicUsize,
     injections: Injections,
@@ -651,6 +709,7 @@ async fn forward(
             .expect("response");
     }
     let is_blob_download = method == "GET" && path.contains("/blobs/sha256:");
+    let is_manifest_get = method == "GET" && path.contains("/manifests/");
     let is_upload = (method == "PATCH" || method == "PUT") && path.contains("/blobs/uploads/");
     let mut upstream_request = http.request(
         request.method().clone(),
@@ -744,10 +803,27 @@ async fn forward(
                 body_length.is_none_or(|length| length > after)
                     && state.downloads_cut.fetch_add(1, Ordering::SeqCst) < times
             });
-    let limit = if cut_download {
-        state.faults.cut_downloads_after.map(|(after, _)| after)
+    let cut_manifest = is_manifest_get
+        && delivered
+        && state
+            .faults
+            .cut_manifests_after
+            .is_some_and(|(after, times)| {
+                body_length.is_none_or(|length| length > after)
+                    && state.manifests_cut.fetch_add(1, Ordering::SeqCst) < times
+            });
+    let (limit, cut_fault) = if cut_download {
+        (
+            state.faults.cut_downloads_after.map(|(after, _)| after),
+            Fault::DownloadCut,
+        )
+    } else if cut_manifest {
+        (
+            state.faults.cut_manifests_after.map(|(after, _)| after),
+            Fault::ManifestCut,
+        )
     } else {
-        None
+        (None, Fault::DownloadCut)
     };
     let corrupt = is_blob_download && status == 200 && state.faults.corrupt_downloads;
     record(status);
@@ -760,7 +836,7 @@ async fn forward(
         if let Some(limit) = limit {
             if sent + chunk.len() as u64 > limit && !withheld {
                 withheld = true;
-                note(&injections, Fault::DownloadCut, &method, &path);
+                note(&injections, cut_fault, &method, &path);
             }
             if sent >= limit {
                 return Err(std::io::Error::other("injected cut"));
@@ -779,8 +855,17 @@ async fn forward(
         sent += chunk.len() as u64;
         Ok(Frame::data(chunk))
     });
+    // A body to be cut starts after a pause, so that the answer's head has
+    // reached the client and the cut fails the body (a small body would
+    // otherwise go out with the head, and the cut fail the whole answer).
+    let pause = futures_util::stream::once(async move {
+        if limit.is_some() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(Frame::data(Bytes::new()))
+    });
     builder
-        .body(BodyExt::boxed(StreamBody::new(stream)))
+        .body(BodyExt::boxed(StreamBody::new(pause.chain(stream))))
         .expect("response")
 }
 
