@@ -269,6 +269,29 @@ pub struct CopyStep {
     pub keep_git_dir: bool,
 }
 
+impl CopyStep {
+    /// A COPY of `sources` (paths of `from`) to `dest` without any flag.
+    pub fn plain(from: Source, sources: &[&str], dest: &str) -> CopyStep {
+        CopyStep {
+            from,
+            sources: sources
+                .iter()
+                .map(|source| CopySource::Path(source.to_string()))
+                .collect(),
+            dest: dest.to_string(),
+            chown: None,
+            chmod: None,
+            link: false,
+            parents: false,
+            exclude: Vec::new(),
+            unpack: false,
+            unpack_downloads: false,
+            checksum: None,
+            keep_git_dir: false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", content = "value", rename_all = "snake_case")]
 pub enum CopySource {

@@ -308,23 +308,7 @@ pub fn export_tree(view: LayerView, dest: &Path, now: i64) -> crate::Result<()> 
 
 /// `COPY sources... dest` from the context, with no flag.
 fn plain_copy(sources: &[&str], dest: &str) -> CopyStep {
-    CopyStep {
-        from: kiln_frontend::graph::Source::Context,
-        sources: sources
-            .iter()
-            .map(|source| CopySource::Path(source.to_string()))
-            .collect(),
-        dest: dest.to_string(),
-        chown: None,
-        chmod: None,
-        link: false,
-        parents: false,
-        exclude: Vec::new(),
-        unpack: false,
-        unpack_downloads: false,
-        checksum: None,
-        keep_git_dir: false,
-    }
+    CopyStep::plain(kiln_frontend::graph::Source::Context, sources, dest)
 }
 
 /// Copies the directory or file `path` of `source` into the directory

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::ast::Source as DockerfileSource;
 use crate::error::{Error, ErrorKind, Pos};
-use crate::graph::{Action, Base, CopySource, CopyStep, ImageConfig, Source, Stage, Step};
+use crate::graph::{Action, Base, CopyStep, ImageConfig, Source, Stage, Step};
 use crate::instruction::{self, ArgDeclaration, Command, CommandKind, FromCommand};
 use crate::keyword::Keyword;
 use crate::mount::literal_from;
@@ -586,20 +586,8 @@ impl<'a> Lowering<'a> {
             }
             NamedContext::Scratch => (Base::Scratch, image_state(scratch(), platform), Vec::new()),
             NamedContext::Files { name: context_name } => {
-                let copy = CopyStep {
-                    from: Source::NamedContext { name: context_name },
-                    sources: vec![CopySource::Path("/".to_string())],
-                    dest: "/".to_string(),
-                    chown: None,
-                    chmod: None,
-                    link: false,
-                    parents: false,
-                    exclude: Vec::new(),
-                    unpack: false,
-                    unpack_downloads: false,
-                    checksum: None,
-                    keep_git_dir: false,
-                };
+                let copy =
+                    CopyStep::plain(Source::NamedContext { name: context_name }, &["/"], "/");
                 let step = Step {
                     location: stage.from_command.pos,
                     instruction: format!("FROM {name}"),

@@ -3,9 +3,7 @@
 //! a URL, a tar archive or standard input.
 
 use std::fs;
-use std::io::Write;
 use std::path::Path;
-use std::process::Stdio;
 
 use crate::support::{ran, Context, Kiln};
 
@@ -260,22 +258,11 @@ fn source_date_epoch_from_a_stage_of_one_download_with_the_dockerfile_on_standar
     let out = tempfile::tempdir().expect("out");
     let dest = format!("type=local,dest={}", out.path().display());
     let build = |dockerfile: &str| {
-        let mut child = kiln
-            .command()
-            .current_dir(context.path())
-            .args(["build", "-f", "-", "-o", &dest, "."])
-            .stdin(Stdio::piped())
-            .stderr(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("kiln runs");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(dockerfile.as_bytes())
-            .expect("write the Dockerfile");
-        child.wait_with_output().expect("kiln ends")
+        kiln.run_with_input(
+            context.path(),
+            &["build", "-f", "-", "-o", &dest, "."],
+            dockerfile.as_bytes(),
+        )
     };
     let built = build(&dockerfile);
     assert!(
@@ -309,21 +296,7 @@ fn a_tar_archive_on_standard_input_is_the_context() {
     let archive = tar_gz(files.path());
     let out = tempfile::tempdir().expect("out");
     let dest = format!("type=local,dest={}", out.path().display());
-    let mut child = kiln
-        .command()
-        .args(["build", "-o", &dest, "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kiln runs");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(&archive)
-        .expect("write the archive");
-    let output = child.wait_with_output().expect("kiln ends");
+    let output = kiln.run_with_input(files.path(), &["build", "-o", &dest, "-"], &archive);
     assert!(
         output.status.success(),
         "{}",

@@ -793,16 +793,11 @@ fn kiln_run_runs_a_command_of_an_image_with_its_settings() {
     let status = kiln.run(&["run", "busybox", "sh", "-c", "exit 7"]);
     assert_eq!(status.status.code(), Some(7), "the command's exit code");
 
-    let mut child = kiln
-        .command()
-        .args(["run", "-i", "busybox", "tr", "a-z", "A-Z"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("kiln run");
-    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), b"from stdin\n")
-        .expect("write");
-    let output = child.wait_with_output().expect("output");
+    let output = kiln.run_with_input(
+        &std::env::temp_dir(),
+        &["run", "-i", "busybox", "tr", "a-z", "A-Z"],
+        b"from stdin\n",
+    );
     assert_eq!(String::from_utf8_lossy(&output.stdout), "FROM STDIN\n");
 
     let host = tempfile::tempdir().expect("dir");

@@ -72,6 +72,22 @@ impl Kiln {
         self.command().args(args).output().expect("kiln runs")
     }
 
+    /// Runs kiln in `dir` with `input` on its standard input.
+    pub fn run_with_input(&self, dir: &Path, args: &[&str], input: &[u8]) -> Output {
+        let mut child = self
+            .command()
+            .current_dir(dir)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("kiln runs");
+        std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), input)
+            .expect("writing to kiln's standard input");
+        child.wait_with_output().expect("kiln ends")
+    }
+
     /// Runs kiln, expecting success; returns standard output.
     pub fn ok(&self, args: &[&str]) -> String {
         let output = self.run(args);

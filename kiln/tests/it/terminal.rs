@@ -213,21 +213,11 @@ fn run_with_a_terminal_gives_an_interactive_shell() {
 fn run_reads_standard_input_only_with_interactive() {
     let kiln = Kiln::with_busybox();
     let with_input = |args: &[&str]| {
-        let mut child = kiln
-            .command()
-            .args(args)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("kiln runs");
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(b"echo read from standard input\n")
-            .expect("writing to kiln");
-        let output = child.wait_with_output().expect("kiln ends");
+        let output = kiln.run_with_input(
+            &std::env::temp_dir(),
+            args,
+            b"echo read from standard input\n",
+        );
         assert!(output.status.success(), "kiln {args:?}");
         String::from_utf8_lossy(&output.stdout).into_owned()
     };
