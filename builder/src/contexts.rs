@@ -626,6 +626,15 @@ pub fn epoch_of_source(
     Ok(unpacked.last_modified.or(unpacked.newest_file))
 }
 
+/// `relative` inside `root`, where it exists and its symlinks, if any, lead
+/// to somewhere inside `root` too: an archive from elsewhere must not make
+/// a directory or file of this machine part of the build.
+fn inside(root: &Path, relative: &str) -> Option<PathBuf> {
+    let root = std::fs::canonicalize(root).ok()?;
+    let path = std::fs::canonicalize(root.join(relative.trim_start_matches('/'))).ok()?;
+    path.starts_with(&root).then_some(path)
+}
+
 /// Downloads `url` into `work`: a tar archive (any compression kiln reads)
 /// is unpacked into `work/context`; any other file is put there as
 /// `context`, as BuildKit names it.
@@ -791,14 +800,12 @@ pub fn prepare_main_context(
     };
     let mut context = unpacked.root.clone();
     if let Some(subdir) = &subdir {
-        let relative = subdir.trim_matches('/');
-        if relative.split('/').any(|part| part == "..") {
-            bail!("the context's directory {subdir:?} climbs out of the archive");
-        }
-        context = context.join(relative);
-        if !context.is_dir() {
-            bail!("the build context {text} has no directory {subdir}");
-        }
+        context = match inside(&context, subdir) {
+            Some(dir) if dir.is_dir() => dir,
+            _ => bail!(
+                "the build context {text} has no directory {subdir} (that stays inside the archive)"
+            ),
+        };
     }
     match &unpacked.single_file {
         // No archive: the file is the Dockerfile, and the context holds it
@@ -814,12 +821,12 @@ pub fn prepare_main_context(
         None => {
             if is_url {
                 if let Some(file) = &args.file {
-                    let inside = file.to_string_lossy().into_owned();
-                    if inside.split('/').any(|part| part == "..") {
-                        bail!("-f {inside}: a URL context's Dockerfile is a path inside it");
-                    }
-                    args.file = Some(context.join(inside.trim_start_matches('/')));
-                    args.shown_as = Some(inside);
+                    let named = file.to_string_lossy().into_owned();
+                    let Some(found) = inside(&context, &named) else {
+                        bail!("-f {named}: a URL context's Dockerfile is a file inside it, and {text} has none there");
+                    };
+                    args.file = Some(found);
+                    args.shown_as = Some(named);
                 }
             }
             if args.file.is_none() {
@@ -842,6 +849,28 @@ pub fn prepare_main_context(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_path_of_an_archive_never_leads_out_of_it() {
+        let root = tempfile::tempdir().expect("root");
+        std::fs::create_dir_all(root.path().join("app/src")).expect("dirs");
+        std::fs::write(root.path().join("app/Dockerfile"), "FROM scratch\n").expect("file");
+        std::os::unix::fs::symlink("app/src", root.path().join("inner")).expect("link");
+        std::os::unix::fs::symlink("/", root.path().join("host")).expect("link");
+        std::os::unix::fs::symlink("../..", root.path().join("app/up")).expect("link");
+        let real = std::fs::canonicalize(root.path()).expect("canonical");
+        assert_eq!(inside(root.path(), "/app/"), Some(real.join("app")));
+        assert_eq!(inside(root.path(), "inner"), Some(real.join("app/src")));
+        assert_eq!(
+            inside(root.path(), "app/Dockerfile"),
+            Some(real.join("app/Dockerfile"))
+        );
+        assert_eq!(inside(root.path(), "host"), None);
+        assert_eq!(inside(root.path(), "host/etc/passwd"), None);
+        assert_eq!(inside(root.path(), "app/up"), None);
+        assert_eq!(inside(root.path(), "../"), None);
+        assert_eq!(inside(root.path(), "missing"), None);
+    }
 
     #[test]
     fn values_are_read_as_buildx_reads_them() {
