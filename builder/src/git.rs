@@ -229,7 +229,8 @@ fn checkout_resolved(
         Some(kept) => kept,
         None => {
             let git = Git::new(&source.git, secrets)?;
-            let repository = store.git_repository(&source.git.remote, |dir| {
+            // Named without its password: the name is written in the store.
+            let repository = store.git_repository(&source.git.redacted_remote(), |dir| {
                 git.run(dir, &init_args(resolved, true))
                     .map(drop)
                     .map_err(crate::Error::from)

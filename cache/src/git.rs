@@ -20,8 +20,6 @@ use crate::store::Store;
 #[derive(Debug)]
 pub struct GitRepository {
     pub path: PathBuf,
-    /// Whether the repository was made by this call, so is still empty.
-    pub created: bool,
     _lock: File,
 }
 
@@ -77,8 +75,7 @@ impl Store {
             .map_err(|e| Error::io(&lock_path, e))?;
         lock.lock().map_err(|e| Error::io(&lock_path, e))?;
         let path = parent.join(&name);
-        let created = !path.exists();
-        if created {
+        if !path.exists() {
             let scratch = self.temp_dir()?;
             let fresh = scratch.path().join("repository");
             Self::make_private_dir(&fresh)?;
@@ -86,11 +83,7 @@ impl Store {
             fs::write(fresh.join("remote"), remote).map_err(|e| Error::io(&fresh, e))?;
             fs::rename(&fresh, &path).map_err(|e| Error::io(&path, e))?;
         }
-        Ok(GitRepository {
-            path,
-            created,
-            _lock: lock,
-        })
+        Ok(GitRepository { path, _lock: lock })
     }
 
     fn git_checkout_path(&self, key: &Digest) -> PathBuf {
@@ -147,14 +140,15 @@ mod tests {
                     .map_err(|e| Error::io(path, e))
             })
             .expect("made");
-        assert!(repository.created && repository.path.join("HEAD").is_file());
+        assert!(repository.path.join("HEAD").is_file());
+        let made = repository.path.clone();
         drop(repository);
         let again = store
             .git_repository("https://h/r.git", |_| -> Result<(), Error> {
                 panic!("made twice")
             })
             .expect("found");
-        assert!(!again.created);
+        assert_eq!(again.path, made);
 
         let key = Digest::of(b"commit");
         assert_eq!(store.git_checkout(&key), None);
