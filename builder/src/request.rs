@@ -227,14 +227,12 @@ fn now_seconds() -> i64 {
 
 /// The build's epoch: seconds since 1970 from `--build-arg
 /// SOURCE_DATE_EPOCH` (as buildx passes it), else `--source-date-epoch` or
-/// `SOURCE_DATE_EPOCH`, else the Dockerfile's global ARG. Empty means none
-/// (tools export the variable unconditionally); `context` from a build
-/// argument or the Dockerfile is the time of a remote context (`context_time`:
-/// a git context's commit), none for a local one.
+/// `SOURCE_DATE_EPOCH`, else the Dockerfile's global ARG, when it is a
+/// number. Empty means none (tools export the variable unconditionally); a
+/// name (`context`, a build context, a stage) is [`epoch_source`]'s.
 fn source_date_epoch(
     args: &BuildRequest,
     dockerfile_default: Option<&str>,
-    context_time: Option<i64>,
 ) -> crate::Result<Option<i64>> {
     let build_arg = epoch_build_arg(args);
     let (value, origin) = match (build_arg, args.source_date_epoch.as_deref()) {
@@ -245,10 +243,8 @@ fn source_date_epoch(
             "SOURCE_DATE_EPOCH (the Dockerfile's ARG default, which names no stage or build context)",
         ),
     };
-    let from_flag = build_arg.is_none() && args.source_date_epoch.is_some();
     match value.map(str::trim) {
         None | Some("") => Ok(None),
-        Some("context") if !from_flag => Ok(context_time),
         Some(text) => match text.parse::<i64>() {
             Ok(seconds) if seconds >= 0 => Ok(Some(seconds)),
             _ => bail!("invalid {origin} {text:?}: expected seconds since 1970"),
@@ -404,11 +400,7 @@ pub fn build(engine: &Engine<'_>, request: &BuildRequest) -> crate::Result<Built
     let named_files = contexts.into_files();
     let source_date_epoch = match context_epoch {
         Some(epoch) => epoch,
-        None => source_date_epoch(
-            args,
-            plan.graph.source_date_epoch.as_deref(),
-            main_context.epoch,
-        )?,
+        None => source_date_epoch(args, plan.graph.source_date_epoch.as_deref())?,
     };
     let now = source_date_epoch.unwrap_or_else(now_seconds);
     if args.no_cache {
