@@ -260,7 +260,7 @@ fn load_oci(store: &Store, index_bytes: &[u8]) -> crate::Result<Vec<Loaded>> {
 }
 
 /// Index levels followed before an archive is taken for a loop.
-const MAX_INDEX_DEPTH: usize = 4;
+pub(crate) const MAX_INDEX_DEPTH: usize = 4;
 
 /// The image manifest `descriptor` stands for: itself, or the one for
 /// `platform` in the image index it names (nested indexes followed;

@@ -15,13 +15,14 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use kiln_cache::extract::{extract, ExtractMode, ExtractOptions};
+use kiln_cache::layout::Layout;
 use kiln_cache::{Digest, Store};
 use kiln_frontend::git_ref::GitRef;
 use kiln_frontend::{BaseImages, DockerIgnore, NamedContext, Platform, ResolvedImage};
 use kiln_registry::Reference;
 use oci_spec::image::ImageIndex;
 
-use crate::archive::{select_manifest, CONTAINERD_NAME};
+use crate::archive::{select_manifest, CONTAINERD_NAME, MAX_INDEX_DEPTH};
 use crate::dockerfile::DockerfileArgs;
 use crate::error::{bail, Context};
 use crate::git::GitSource;
@@ -485,7 +486,8 @@ fn import_layout_image(
             .or_else(|| {
                 // A digest the index does not list may still be a blob of the
                 // layout (the image of one platform of an index).
-                let size = std::fs::metadata(blob_path(dir, digest).ok()?).ok()?.len();
+                let blob = Layout::new(dir).blob_path(&digest.parse().ok()?);
+                let size = std::fs::metadata(blob).ok()?.len();
                 let digest: oci_spec::image::Digest = digest.parse().ok()?;
                 Some(oci_spec::image::Descriptor::new(
                     oci_spec::image::MediaType::ImageManifest,
@@ -541,9 +543,6 @@ fn import_layout_image(
     Ok(manifest)
 }
 
-/// Index levels followed in a layout before it is taken for a loop.
-const MAX_INDEX_DEPTH: usize = 4;
-
 /// Imports the manifest `descriptor` names and, for an index, the
 /// manifests it lists (not their layers).
 fn import_manifests(
@@ -571,19 +570,12 @@ fn import_manifests(
     Ok(())
 }
 
-fn blob_path(dir: &Path, digest: &str) -> crate::Result<PathBuf> {
-    let digest: Digest = digest.parse()?;
-    let text = digest.to_string();
-    let (algorithm, hex) = text.split_once(':').unwrap_or(("sha256", &text));
-    Ok(dir.join("blobs").join(algorithm).join(hex))
-}
-
 /// Copies a blob of the layout into the store, checked against its digest.
 fn import_blob(store: &Store, dir: &Path, digest: &Digest) -> crate::Result<()> {
     if store.has_blob(digest) {
         return Ok(());
     }
-    let path = blob_path(dir, &digest.to_string())?;
+    let path = Layout::new(dir).blob_path(digest);
     let file = File::open(&path).with_context(|| format!("the layout lacks {}", path.display()))?;
     store
         .import_blob(file, digest)
