@@ -1,16 +1,22 @@
 //! Base images as the frontend asks for them while lowering: from the
 //! store, pulled from their registry when the store lacks them (or always
-//! looked up there with `--pull`).
+//! looked up there with `--pull`). A build pulls a base image's manifest
+//! and configuration only, which give its keys and settings; its layers
+//! come when a step that runs, a copy or an export needs their bytes, so
+//! that a build whose steps are all cache hits downloads none of a builder
+//! stage's base.
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 
-use kiln_cache::Store;
+use kiln_cache::{Digest, Store};
 use kiln_frontend::graph::ImageConfig;
 use kiln_frontend::{BaseImages, Platform, ResolvedImage};
 use kiln_registry::Reference;
+use oci_spec::image::Descriptor;
 
-use crate::image::StoredImage;
-use crate::remote::Remote;
+use crate::image::{Layer, StoredImage};
+use crate::remote::{name_in_store, Remote};
 
 /// Base images for the frontend: from the store, pulled from their
 /// registry when the store lacks them (or with `pull`, always looked up
@@ -21,6 +27,8 @@ pub struct StoreImages<'a> {
     pub remote: Option<&'a Remote>,
     /// Ask the registry even for images the store has (`--pull`).
     pub pull: bool,
+    /// Where images are pulled without their layers; none pulls them whole.
+    pending: Option<&'a PendingLayers>,
     resolved: HashMap<(String, String), ResolvedImage>,
 }
 
@@ -36,8 +44,15 @@ impl<'a> StoreImages<'a> {
             store,
             remote,
             pull,
+            pending: None,
             resolved: HashMap::new(),
         }
+    }
+
+    /// Pulls images without their layers, leaving them to `pending`.
+    pub fn layers_later(mut self, pending: &'a PendingLayers) -> Self {
+        self.pending = Some(pending);
+        self
     }
 
     fn find(&self, reference: &str, platform: &Platform) -> crate::Result<StoredImage> {
@@ -46,7 +61,13 @@ impl<'a> StoreImages<'a> {
         let ask_registry = self.pull && parsed.digest().is_none();
         if !ask_registry {
             if let Ok(image) = StoredImage::find(self.store, reference) {
-                if platform_matches(&image.config.platform(), platform) || self.remote.is_none() {
+                // An earlier build's base pulled without its layers is
+                // found by digest, and pulled again (from the store) so
+                // that its layers are fetched where they are needed.
+                let whole = image.is_whole(self.store);
+                let usable =
+                    platform_matches(&image.config.platform(), platform) || self.remote.is_none();
+                if usable && (whole || self.remote.is_none()) {
                     return Ok(image);
                 }
             }
@@ -54,9 +75,123 @@ impl<'a> StoreImages<'a> {
         let Some(remote) = self.remote else {
             return StoredImage::find(self.store, reference);
         };
-        let digest = remote.pull(self.store, &parsed, platform)?;
-        StoredImage::read(self.store, &digest)
+        match self.pending {
+            Some(pending) => {
+                let image = remote.pull_config(self.store, &parsed, platform)?;
+                pending.add(self.store, &parsed, &image)?;
+                Ok(image)
+            }
+            None => {
+                let digest = remote.pull(self.store, &parsed, platform)?;
+                StoredImage::read(self.store, &digest)
+            }
+        }
     }
+}
+
+/// The layers of base images pulled without them: where each is fetched
+/// from, and the images the store names once all their layers are in it.
+/// Shared by the lowering, which pulls, and the build, whose steps and
+/// export fetch what they read.
+#[derive(Default)]
+pub struct PendingLayers {
+    state: Mutex<Pending>,
+    /// Held while fetching, so that two stages needing one layer download
+    /// it once.
+    fetching: Mutex<()>,
+}
+
+#[derive(Default)]
+struct Pending {
+    /// The repository each pending blob is fetched from.
+    sources: HashMap<Digest, Reference>,
+    images: Vec<PendingImage>,
+}
+
+/// An image to name in the store once its layers are there.
+struct PendingImage {
+    name: Option<String>,
+    descriptor: Descriptor,
+    blobs: Vec<Digest>,
+}
+
+impl PendingLayers {
+    fn state(&self) -> std::sync::MutexGuard<'_, Pending> {
+        // A panic elsewhere leaves the map usable.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Records where the layers of `image`, pulled from `reference` without
+    /// them, come from.
+    fn add(&self, store: &Store, reference: &Reference, image: &StoredImage) -> crate::Result<()> {
+        let pending_image = PendingImage {
+            name: name_in_store(reference),
+            descriptor: image.descriptor()?,
+            blobs: image.layers.iter().map(|layer| layer.blob).collect(),
+        };
+        let mut state = self.state();
+        for layer in &image.layers {
+            if !store.has_blob(&layer.blob) {
+                state
+                    .sources
+                    .entry(layer.blob)
+                    .or_insert_with(|| reference.clone());
+            }
+        }
+        state.images.push(pending_image);
+        name_whole_images(store, &mut state)
+    }
+
+    /// Brings those of `layers` that are pending into the store, and names
+    /// the images that are whole then.
+    pub fn fetch(&self, store: &Store, remote: &Remote, layers: &[Layer]) -> crate::Result<()> {
+        let _one_at_a_time = self
+            .fetching
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut by_repository: Vec<(Reference, Vec<Layer>)> = Vec::new();
+        {
+            let state = self.state();
+            for layer in layers {
+                let Some(reference) = state.sources.get(&layer.blob) else {
+                    continue;
+                };
+                if store.has_blob(&layer.blob) {
+                    continue;
+                }
+                match by_repository.iter_mut().find(|(r, _)| r == reference) {
+                    Some((_, group)) if !group.iter().any(|l| l.blob == layer.blob) => {
+                        group.push(layer.clone())
+                    }
+                    Some(_) => {}
+                    None => by_repository.push((reference.clone(), vec![layer.clone()])),
+                }
+            }
+        }
+        if by_repository.is_empty() {
+            return Ok(());
+        }
+        for (reference, group) in &by_repository {
+            remote.fetch_layers(store, reference, group)?;
+        }
+        let mut state = self.state();
+        state.sources.retain(|blob, _| !store.has_blob(blob));
+        name_whole_images(store, &mut state)
+    }
+}
+
+/// Names in the store the pending images whose layers are all there.
+fn name_whole_images(store: &Store, state: &mut Pending) -> crate::Result<()> {
+    let (whole, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut state.images)
+        .into_iter()
+        .partition(|image| image.blobs.iter().all(|blob| store.has_blob(blob)));
+    state.images = waiting;
+    for image in whole {
+        store.set_name(image.name.as_deref(), &image.descriptor)?;
+    }
+    Ok(())
 }
 
 impl BaseImages for StoreImages<'_> {

@@ -209,8 +209,10 @@ fn find_or_pull(store: &Store, remote: &Remote, name: &str) -> crate::Result<Sto
         return StoredImage::find(store, name);
     }
     let reference = Reference::parse(name)?;
+    // A build may have left the manifest of a base image without its
+    // layers: by digest, that is not the image in the store.
     let in_store = match reference.digest() {
-        Some(digest) => store.has_blob(&digest.parse()?),
+        Some(digest) => StoredImage::read(store, &digest.parse()?).is_ok_and(|i| i.is_whole(store)),
         None => store.resolve(&reference.to_string())?.is_some(),
     };
     if !in_store {

@@ -302,6 +302,12 @@ impl StoredImage {
         })
     }
 
+    /// Whether the store has every layer of the image: an image a build
+    /// pulled without its layers (see `base_images`) lacks some.
+    pub fn is_whole(&self, store: &Store) -> bool {
+        self.layers.iter().all(|layer| store.has_blob(&layer.blob))
+    }
+
     /// Reads the image a name (or `name@digest`) refers to.
     pub fn find(store: &Store, name: &str) -> crate::Result<StoredImage> {
         if let Some(digest) = image_id(store, name)? {

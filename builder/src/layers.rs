@@ -9,6 +9,7 @@ use std::sync::Mutex;
 use kiln_cache::pack::PackOptions;
 use kiln_cache::{CacheRecord, Digest, LayerView, Store};
 
+use crate::base_images::PendingLayers;
 use crate::cache_io::Imported;
 use crate::error::Context;
 use crate::image::{Layer, LayerEncoding};
@@ -20,6 +21,8 @@ pub struct Layers<'a> {
     /// Where imported cache hits' blobs come from.
     remote: &'a Remote,
     imported: &'a Imported,
+    /// Base images' layers not fetched yet.
+    pending: &'a PendingLayers,
     /// How new layers are packed.
     options: PackOptions,
     /// Recompress every exported layer of another compression
@@ -34,6 +37,7 @@ impl<'a> Layers<'a> {
         store: &'a Store,
         remote: &'a Remote,
         imported: &'a Imported,
+        pending: &'a PendingLayers,
         options: PackOptions,
         force_compression: bool,
     ) -> Layers<'a> {
@@ -41,6 +45,7 @@ impl<'a> Layers<'a> {
             store,
             remote,
             imported,
+            pending,
             options,
             force_compression,
             written: Mutex::new(HashMap::new()),
@@ -67,6 +72,7 @@ impl<'a> Layers<'a> {
     ) -> crate::Result<Vec<Layer>> {
         let options = &self.options;
         let wanted = LayerEncoding::of_compression(options.compression);
+        self.pending.fetch(self.store, self.remote, layers)?;
         let mut materialized = Vec::with_capacity(layers.len());
         for layer in layers {
             // Base image layers keep their compression; this build's are
@@ -145,9 +151,15 @@ impl<'a> Layers<'a> {
         layer_view(self.store, layers)
     }
 
-    /// Brings the blobs of imported cache hits among `layers` into the
-    /// store, where they are not unpacked already.
+    /// Brings the blobs of base images and imported cache hits among
+    /// `layers` into the store, where they are not unpacked already.
     pub fn fetch_layers(&self, layers: &[Layer]) -> crate::Result<()> {
+        let packed: Vec<Layer> = layers
+            .iter()
+            .filter(|layer| !self.store.has_snapshot(&layer.diff_id))
+            .cloned()
+            .collect();
+        self.pending.fetch(self.store, self.remote, &packed)?;
         for layer in layers {
             if !self.store.has_blob(&layer.blob) && !self.store.has_snapshot(&layer.diff_id) {
                 self.imported.fetch(self.store, self.remote, layer)?;

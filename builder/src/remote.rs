@@ -8,10 +8,10 @@ use std::sync::{Arc, OnceLock, RwLock};
 
 use crate::error::{bail, Context};
 use kiln_cache::{Digest, Store};
-use kiln_registry::transfer::{self, manifest_blobs};
+use kiln_registry::transfer::{self, manifest_blobs, BlobRef, PullDepth};
 use kiln_registry::{Client, ClientOptions, Credential, DockerConfig, Pushed, Reference};
 
-use crate::image::StoredImage;
+use crate::image::{Layer, StoredImage};
 use crate::progress::{human_size, Progress};
 
 /// Blobs moved at once, each way.
@@ -102,6 +102,30 @@ impl Remote {
         reference: &Reference,
         platform: &kiln_frontend::Platform,
     ) -> crate::Result<Digest> {
+        let image = self.pull_to_depth(store, reference, platform, PullDepth::Whole)?;
+        store.set_name(name_in_store(reference).as_deref(), &image.descriptor()?)?;
+        Ok(image.manifest_digest)
+    }
+
+    /// Pulls `reference`'s manifest and configuration for `platform` into
+    /// the store, not its layers, and leaves it unnamed: the store names
+    /// only whole images. Its layers come with [`Remote::fetch_layers`].
+    pub fn pull_config(
+        &self,
+        store: &Store,
+        reference: &Reference,
+        platform: &kiln_frontend::Platform,
+    ) -> crate::Result<StoredImage> {
+        self.pull_to_depth(store, reference, platform, PullDepth::ConfigOnly)
+    }
+
+    fn pull_to_depth(
+        &self,
+        store: &Store,
+        reference: &Reference,
+        platform: &kiln_frontend::Platform,
+        depth: PullDepth,
+    ) -> crate::Result<StoredImage> {
         let (runtime, client) = self.connect()?;
         let progress = self.progress();
         let step = progress.step(&format!("pulling {}", reference.familiar()));
@@ -111,6 +135,7 @@ impl Remote {
                 store,
                 reference,
                 &platform_of(platform),
+                depth,
                 PARALLEL_TRANSFERS,
                 &|_, bytes| step.add_bytes(bytes),
             ))
@@ -125,19 +150,61 @@ impl Remote {
                 reference.familiar()
             );
         }
-        let descriptor = image.descriptor()?;
-        if reference.digest().is_none() {
-            store.set_name(Some(&reference.to_string()), &descriptor)?;
-        } else {
-            store.set_name(None, &descriptor)?;
-        }
+        let what = match depth {
+            PullDepth::Whole => "",
+            PullDepth::ConfigOnly => " (its layers when a step or an export needs them)",
+        };
         self.say(&format!(
-            "pulled {} ({digest}): {} blob(s) fetched, {}",
+            "pulled {} ({digest}){what}: {} blob(s) fetched, {}",
             reference.familiar(),
             pulled.fetched,
             human_size(pulled.fetched_bytes)
         ));
-        Ok(digest)
+        Ok(image)
+    }
+
+    /// Fetches the layers of an image pulled with [`Remote::pull_config`]
+    /// that `layers` lists, from `reference`'s repository, several at once.
+    pub fn fetch_layers(
+        &self,
+        store: &Store,
+        reference: &Reference,
+        layers: &[Layer],
+    ) -> crate::Result<()> {
+        if layers.is_empty() {
+            return Ok(());
+        }
+        let (runtime, client) = self.connect()?;
+        let blobs: Vec<(Reference, BlobRef)> = layers
+            .iter()
+            .map(|layer| {
+                let blob = BlobRef {
+                    digest: layer.blob,
+                    size: layer.size,
+                    media_type: String::new(),
+                };
+                (reference.clone(), blob)
+            })
+            .collect();
+        let progress = self.progress();
+        let step = progress.step(&format!("fetching the layers of {}", reference.familiar()));
+        let fetched = runtime
+            .block_on(transfer::fetch_blobs(
+                client,
+                store,
+                &blobs,
+                PARALLEL_TRANSFERS,
+                &|_, bytes| step.add_bytes(bytes),
+            ))
+            .with_context(|| format!("fetching the layers of {}", reference.familiar()));
+        step.finish_with(fetched)?;
+        self.say(&format!(
+            "fetched {} layer(s) of {}, {}",
+            layers.len(),
+            reference.familiar(),
+            human_size(layers.iter().map(|layer| layer.size).sum())
+        ));
+        Ok(())
     }
 
     /// Pushes the image whose manifest is `manifest` to every destination,
@@ -274,6 +341,12 @@ impl Remote {
     pub fn logout(&self, registry: &str) -> crate::Result<bool> {
         Ok(docker_config()?.erase(registry)?)
     }
+}
+
+/// The name a pulled image gets in the store: none for a reference by
+/// digest, which names one image for good and needs no name to find it.
+pub fn name_in_store(reference: &Reference) -> Option<String> {
+    reference.digest().is_none().then(|| reference.to_string())
 }
 
 fn docker_config() -> crate::Result<DockerConfig> {

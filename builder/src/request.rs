@@ -10,7 +10,7 @@ use kiln_cache::{Compression, Digest, StatCache, Store};
 use kiln_registry::Reference;
 
 use crate::archive::{self, ArchiveImage};
-use crate::base_images::StoreImages;
+use crate::base_images::{PendingLayers, StoreImages};
 use crate::build::{Build, Inputs, SandboxAccess, Settings};
 use crate::cache_config;
 use crate::cache_io;
@@ -350,7 +350,8 @@ pub fn build(engine: &Engine<'_>, request: &BuildRequest) -> crate::Result<Built
     remote.show_progress_on(Arc::clone(progress));
     let cache_to = &args.cache_to;
     let imported = cache_io::Imported::read(&args.cache_from, store, remote, progress)?;
-    let mut images = StoreImages::new(store, Some(remote), args.pull);
+    let pending_layers = PendingLayers::default();
+    let mut images = StoreImages::new(store, Some(remote), args.pull).layers_later(&pending_layers);
     let mut dockerfile_args = args.dockerfile.clone();
     let main_context =
         contexts::resolve_main_context(&mut dockerfile_args, store, remote, &args.secrets)?;
@@ -416,6 +417,7 @@ pub fn build(engine: &Engine<'_>, request: &BuildRequest) -> crate::Result<Built
         store,
         remote,
         &imported,
+        &pending_layers,
         PackOptions {
             compression,
             source_date_epoch,

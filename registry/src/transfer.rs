@@ -242,34 +242,47 @@ pub struct Pulled {
     pub fetched_bytes: u64,
 }
 
+/// How much of an image a pull brings into the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PullDepth {
+    /// Every blob: the image is complete in the store.
+    Whole,
+    /// The manifest and the configuration only, which are enough to know
+    /// the image's keys, layers and settings; the layers are fetched later
+    /// by whoever needs their bytes ([`fetch_blobs`]).
+    ConfigOnly,
+}
+
 /// Pulls the image `reference` names for `platform` into the store: the
-/// blobs it lacks (`jobs` at once), then the manifest. Naming it is left to
-/// the caller.
+/// blobs it lacks (`jobs` at once; with [`PullDepth::ConfigOnly`], only the
+/// configuration), then the manifest. Naming it is left to the caller,
+/// which must not name an image pulled without its layers.
 pub async fn pull(
     client: &Client,
     store: &Store,
     reference: &Reference,
     platform: &Platform,
+    depth: PullDepth,
     jobs: usize,
     progress: &(dyn Fn(&Digest, u64) + Sync),
 ) -> Result<Pulled, Error> {
     let (manifest, index) = resolve_in(client, Some(store), reference, platform).await?;
     let (config, layers) = manifest_blobs(&manifest)?;
-    let missing: Vec<BlobRef> = distinct(std::iter::once(config).chain(layers))
+    let wanted = match depth {
+        PullDepth::Whole => layers,
+        PullDepth::ConfigOnly => Vec::new(),
+    };
+    let missing: Vec<BlobRef> = distinct(std::iter::once(config).chain(wanted))
         .into_iter()
         .filter(|blob| !store.has_blob(&blob.digest))
         .collect();
     let fetched = missing.len();
     let fetched_bytes = missing.iter().map(|b| b.size).sum();
-    stream::iter(missing.into_iter().map(Ok::<_, Error>))
-        .try_for_each_concurrent(jobs.max(1), |blob| async move {
-            client
-                .fetch_blob(reference, &blob.digest, Some(blob.size), store, &|bytes| {
-                    progress(&blob.digest, bytes)
-                })
-                .await
-        })
-        .await?;
+    let sources: Vec<(Reference, BlobRef)> = missing
+        .into_iter()
+        .map(|blob| (reference.clone(), blob))
+        .collect();
+    fetch_blobs(client, store, &sources, jobs, progress).await?;
     // The manifest comes last, so a store never holds one whose blobs are
     // missing.
     // The index too, so that the next pull of the tag finds both here.
@@ -287,6 +300,26 @@ pub async fn pull(
         fetched,
         fetched_bytes,
     })
+}
+
+/// Fetches blobs into the store, each from the repository paired with it,
+/// `jobs` at once.
+pub async fn fetch_blobs(
+    client: &Client,
+    store: &Store,
+    blobs: &[(Reference, BlobRef)],
+    jobs: usize,
+    progress: &(dyn Fn(&Digest, u64) + Sync),
+) -> Result<(), Error> {
+    stream::iter(blobs.iter().map(Ok::<_, Error>))
+        .try_for_each_concurrent(jobs.max(1), |(reference, blob)| async move {
+            client
+                .fetch_blob(reference, &blob.digest, Some(blob.size), store, &|bytes| {
+                    progress(&blob.digest, bytes)
+                })
+                .await
+        })
+        .await
 }
 
 /// What a push did with each blob.

@@ -40,6 +40,7 @@ fn an_image_pushed_pulls_back_whole_and_only_missing_blobs_move() {
                 &target,
                 &reference(&registry, tag),
                 &host_platform(),
+                transfer::PullDepth::Whole,
                 3,
                 &|_, _| {},
             ))
@@ -59,6 +60,7 @@ fn an_image_pushed_pulls_back_whole_and_only_missing_blobs_move() {
             &target,
             &destination,
             &host_platform(),
+            transfer::PullDepth::Whole,
             3,
             &|_, _| {},
         ))
@@ -79,6 +81,70 @@ fn an_image_pushed_pulls_back_whole_and_only_missing_blobs_move() {
     assert!(report.blobs.iter().all(|(_, _, p)| *p == Pushed::Existed));
 }
 
+#[test]
+fn a_config_only_pull_leaves_the_layers_for_later() {
+    let registry = Registry::start(Setup::Anonymous);
+    let (_a, source) = store();
+    let image = test_image(&source, 300_000, 2);
+    let client = client(&registry.certs_dir, None);
+    let destination = reference(&registry, "team/lazy:1");
+    let runtime = runtime();
+    runtime
+        .block_on(transfer::push(
+            &client,
+            &source,
+            &image,
+            std::slice::from_ref(&destination),
+            &HashMap::new(),
+            4,
+            &|_, _| {},
+        ))
+        .expect("push");
+
+    let (_b, target) = store();
+    let pulled = runtime
+        .block_on(transfer::pull(
+            &client,
+            &target,
+            &destination,
+            &host_platform(),
+            transfer::PullDepth::ConfigOnly,
+            3,
+            &|_, _| {},
+        ))
+        .expect("pull");
+    assert_eq!(pulled.manifest.digest, image);
+    assert_eq!(pulled.fetched, 1, "the configuration only");
+    let (config, layers) = transfer::manifest_blobs(&pulled.manifest).expect("blobs");
+    assert!(target.has_blob(&image) && target.has_blob(&config.digest));
+    assert_eq!(layers.len(), 1);
+    assert!(layers.iter().all(|layer| !target.has_blob(&layer.digest)));
+
+    let sources: Vec<_> = layers
+        .into_iter()
+        .map(|layer| (destination.clone(), layer))
+        .collect();
+    let moved = std::sync::atomic::AtomicU64::new(0);
+    runtime
+        .block_on(transfer::fetch_blobs(
+            &client,
+            &target,
+            &sources,
+            2,
+            &|_, bytes| {
+                moved.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+            },
+        ))
+        .expect("fetch the layers");
+    assert!(sources
+        .iter()
+        .all(|(_, layer)| target.has_blob(&layer.digest)));
+    assert_eq!(
+        moved.into_inner(),
+        sources.iter().map(|(_, layer)| layer.size).sum::<u64>()
+    );
+    assert!(target.check().expect("check").is_empty());
+}
 #[test]
 fn large_blobs_go_up_in_chunks_and_blobs_mount_across_repositories() {
     let registry = Registry::start(Setup::Anonymous);
@@ -150,6 +216,7 @@ fn large_blobs_go_up_in_chunks_and_blobs_mount_across_repositories() {
             &target,
             &reference(&registry, "two/app:1"),
             &host_platform(),
+            transfer::PullDepth::Whole,
             2,
             &|_, _| {},
         ))
@@ -170,6 +237,7 @@ fn a_missing_image_is_named() {
             &target,
             &reference(&registry, "nothing/here:1"),
             &host_platform(),
+            transfer::PullDepth::Whole,
             2,
             &|_, _| {},
         ))
@@ -274,6 +342,7 @@ fn a_tag_the_store_has_costs_a_head_not_a_get() {
                 &target,
                 &through,
                 &host_platform(),
+                transfer::PullDepth::Whole,
                 2,
                 &|_, _| {},
             ))

@@ -61,6 +61,7 @@ fn pulls_survive_503s_and_resume_broken_downloads() {
             &target,
             &reference_via(&proxy, "faulty/app:1"),
             &host_platform(),
+            transfer::PullDepth::Whole,
             2,
             &|_, _| {},
         ))
@@ -117,6 +118,7 @@ fn a_manifest_cut_short_is_fetched_again() {
             &target,
             &reference_via(&proxy, "cut/app:1"),
             &host_platform(),
+            transfer::PullDepth::Whole,
             2,
             &|_, _| {},
         ))
@@ -189,6 +191,7 @@ fn pushes_survive_faults_and_the_manifest_comes_after_every_blob() {
             &target,
             &reference(&registry, "faulty/up:1"),
             &host_platform(),
+            transfer::PullDepth::Whole,
             2,
             &|_, _| {},
         ))
@@ -227,6 +230,7 @@ fn a_blob_that_does_not_match_its_digest_is_rejected() {
             &target,
             &reference_via(&proxy, "corrupt/app:1"),
             &host_platform(),
+            transfer::PullDepth::Whole,
             2,
             &|_, _| {},
         ))
@@ -322,6 +326,7 @@ fn push_through_and_check(
             &target,
             &reference(registry, repository),
             &host_platform(),
+            transfer::PullDepth::Whole,
             2,
             &|_, _| {},
         ))
@@ -432,6 +437,7 @@ fn redirects_and_429s_are_followed() {
             &target,
             &reference_via(&redirecting, "moved/app:1"),
             &host_platform(),
+            transfer::PullDepth::Whole,
             2,
             &|_, _| {},
         ))
@@ -454,6 +460,7 @@ fn redirects_and_429s_are_followed() {
             &target,
             &reference_via(&busy, "moved/app:1"),
             &host_platform(),
+            transfer::PullDepth::Whole,
             2,
             &|_, _| {},
         ))

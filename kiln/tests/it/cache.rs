@@ -654,6 +654,82 @@ fn a_missing_cache_is_a_warning_and_an_imported_layer_is_fetched_only_when_neede
     assert_eq!(big, 0, "the big layer was fetched: {usage}");
 }
 
+/// Blob files of at least `size` bytes in `kiln`'s store.
+fn big_blobs(kiln: &Kiln, size: u64) -> usize {
+    walk(&kiln.root.path().join("blobs/sha256"))
+        .iter()
+        .filter(|blob| fs::metadata(blob).map(|m| m.len()).unwrap_or(0) >= size)
+        .count()
+}
+
+#[test]
+fn a_build_whose_steps_are_all_cached_downloads_no_layer_of_a_base_they_ran_on() {
+    require_root();
+    let registry = kiln_testkit::Registry::start(kiln_testkit::Setup::Anonymous);
+    let first = kiln();
+    // A builder stage's base with a big layer (a toolchain), in the
+    // registry only.
+    let toolchain = registry.name("tools/builder:1");
+    let base = Context::new();
+    base.write(
+        "Dockerfile",
+        "FROM busybox\nRUN head -c 3000000 /dev/urandom > /toolchain\n",
+    );
+    first.build(base.path(), &["-t", &toolchain, "--push"]);
+    first.ok(&["rmi", &toolchain]);
+    let context = Context::new();
+    context.write("input.txt", "input");
+    context.write(
+        "Dockerfile",
+        &format!(
+            "FROM {toolchain} AS build\n\
+             COPY input.txt /input.txt\n\
+             RUN wc -c < /toolchain > /size && cp /input.txt /built\n\
+             FROM busybox\n\
+             COPY --from=build /built /size /\n"
+        ),
+    );
+    let cache = registry.name("team/app:cache");
+    let mut args = vec!["-t", "app"];
+    args.extend(EPOCH);
+    let cache_to = format!("type=registry,ref={cache},mode=max");
+    let mut first_args = args.clone();
+    first_args.extend(["--cache-to", cache_to.as_str()]);
+    assert_eq!(runs(&first.step_outcomes(context.path(), &first_args)), 1);
+
+    let second = second_machine(&first);
+    let mut second_args = args.clone();
+    second_args.extend(["--cache-from", cache.as_str()]);
+    let steps = second.step_outcomes(context.path(), &second_args);
+    assert_eq!(runs(&steps), 0, "{steps:?}");
+    assert_eq!(
+        first.inspect("app")["Digest"],
+        second.inspect("app")["Digest"]
+    );
+    assert_eq!(
+        big_blobs(&second, 3_000_000),
+        0,
+        "the builder's base layer was downloaded: {}",
+        second.ok(&["du"])
+    );
+    // Nothing names an image whose layers are not all there.
+    assert!(!second.ok(&["images"]).contains("tools/builder"));
+    second.assert_consistent();
+
+    // A step that runs on the base fetches its layers, and the store has
+    // the whole image from then on.
+    let mut no_cache = args.clone();
+    no_cache.push("--no-cache");
+    assert_eq!(runs(&second.step_outcomes(context.path(), &no_cache)), 1);
+    assert_eq!(big_blobs(&second, 3_000_000), 1);
+    assert!(second.ok(&["images"]).contains("tools/builder"));
+    assert_eq!(
+        first.inspect("app")["Digest"],
+        second.inspect("app")["Digest"]
+    );
+    second.assert_consistent();
+}
+
 #[test]
 fn layers_nothing_exports_are_never_compressed() {
     let kiln = kiln();
