@@ -10,11 +10,16 @@
 # gcc:12) come from this machine's packages (testdata/images/rootfs.sh) and
 # are loaded into each builder before timing starts.
 #
+# Then random-200mb (a RUN writing 200 MB that does not compress) built cold
+# and pushed to a local docker-registry by each builder: the layer export
+# and the upload, as a CI job does them.
+#
 # Usage: bench/cache.sh   (as root)
 set -eu
 . "$(dirname "$0")/lib/common.sh"
 . bench/lib/dockerd.sh
-trap 'stop_dockerd; umount -R "$work/buildah/overlay" 2>/dev/null || true; rm -rf "$work"' EXIT
+. bench/lib/registry.sh
+trap 'stop_dockerd; stop_registries; umount -R "$work/buildah/overlay" 2>/dev/null || true; rm -rf "$work"' EXIT
 export KILN_ROOT="$work/kiln"
 unset SOURCE_DATE_EPOCH
 
@@ -81,3 +86,33 @@ for case in compile copy-5000 run-200mb; do
         printf '\n'
     done
 done
+
+# Build and push. Each builder pushes to a repository of its own.
+registry=$(start_registry)
+context="$work/cases/random-200mb"
+printf '\n%-14s %9s %9s %9s %9s\n' random-200mb build push total peak-rss
+target="$registry/bench/random:kiln"
+rss_log="$work/rss.log"
+k_build=$(milliseconds /usr/bin/time -o "$rss_log" -f %M "$kiln" build -t "$target" "$context")
+k_rss=$(tail -1 "$rss_log")
+k_push=$(milliseconds "$kiln" push "$target")
+k_total=$((k_build + k_push))
+printf '%-14s %7sms %7sms %7sms %7sMB\n' kiln "$k_build" "$k_push" "$k_total" "$((k_rss / 1024))"
+best=
+if [ -n "$buildah_cmd" ]; then
+    target="$registry/bench/random:buildah"
+    b_build=$(milliseconds $buildah_cmd bud --layers --pull-never --isolation oci --runtime "$runc" -t "$target" "$context")
+    b_push=$(milliseconds $buildah_cmd push --tls-verify=false "$target")
+    b_total=$((b_build + b_push))
+    printf '%-14s %7sms %7sms %7sms\n' buildah "$b_build" "$b_push" "$b_total"
+    best=$b_total
+fi
+if [ -n "$docker" ]; then
+    target="$registry/bench/random:docker"
+    d_build=$(DOCKER_BUILDKIT=1 milliseconds $docker build --network none -t "$target" "$context")
+    d_push=$(milliseconds $docker push "$target")
+    d_total=$((d_build + d_push))
+    printf '%-14s %7sms %7sms %7sms\n' docker "$d_build" "$d_push" "$d_total"
+    if [ -z "$best" ] || [ "$d_total" -lt "$best" ]; then best=$d_total; fi
+fi
+[ -n "$best" ] && echo "kiln build+push over the best other's: $(ratio "$k_total" "$best")"

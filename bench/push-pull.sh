@@ -7,43 +7,8 @@
 # Usage: bench/push-pull.sh   (as root; needs docker-registry and skopeo)
 set -eu
 . "$(dirname "$0")/lib/common.sh"
-pids=""
-cleanup() {
-    for pid in $pids; do kill "$pid" 2> /dev/null || true; done
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-# Starts a registry with storage of its own; prints its address.
-start_registry() {
-    port=$(free_port)
-    dir="$work/registry-$port"
-    mkdir -p "$dir"
-    cat > "$dir/config.yml" << EOF
-version: 0.1
-log:
-  level: error
-  accesslog:
-    disabled: true
-storage:
-  filesystem:
-    rootdirectory: $dir/data
-http:
-  addr: 127.0.0.1:$port
-  secret: bench
-EOF
-    docker-registry serve "$dir/config.yml" > "$dir/log" 2>&1 &
-    pids="$pids $!"
-    for _ in $(seq 100); do
-        curl -fs "http://127.0.0.1:$port/v2/" > /dev/null 2>&1 && break
-        sleep 0.1
-    done
-    echo "127.0.0.1:$port"
-}
+. bench/lib/registry.sh
+trap 'stop_registries; rm -rf "$work"' EXIT
 
 rate() {
     python3 -c "print(f'{$1 / 1e6 / ($2 / 1000):.1f}')"
