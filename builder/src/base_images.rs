@@ -92,13 +92,10 @@ impl<'a> StoreImages<'a> {
 /// The layers of base images pulled without them: where each is fetched
 /// from, and the images the store names once all their layers are in it.
 /// Shared by the lowering, which pulls, and the build, whose steps and
-/// export fetch what they read.
+/// export fetch what they read (see `Layers::fetch_layers`).
 #[derive(Default)]
 pub struct PendingLayers {
     state: Mutex<Pending>,
-    /// Held while fetching, so that two stages needing one layer download
-    /// it once.
-    fetching: Mutex<()>,
 }
 
 #[derive(Default)]
@@ -144,38 +141,19 @@ impl PendingLayers {
         name_whole_images(store, &mut state)
     }
 
-    /// Brings those of `layers` that are pending into the store, and names
-    /// the images that are whole then.
-    pub fn fetch(&self, store: &Store, remote: &Remote, layers: &[Layer]) -> crate::Result<()> {
-        let _one_at_a_time = self
-            .fetching
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut by_repository: Vec<(Reference, Vec<Layer>)> = Vec::new();
-        {
-            let state = self.state();
-            for layer in layers {
-                let Some(reference) = state.sources.get(&layer.blob) else {
-                    continue;
-                };
-                if store.has_blob(&layer.blob) {
-                    continue;
-                }
-                match by_repository.iter_mut().find(|(r, _)| r == reference) {
-                    Some((_, group)) if !group.iter().any(|l| l.blob == layer.blob) => {
-                        group.push(layer.clone())
-                    }
-                    Some(_) => {}
-                    None => by_repository.push((reference.clone(), vec![layer.clone()])),
-                }
-            }
-        }
-        if by_repository.is_empty() {
-            return Ok(());
-        }
-        for (reference, group) in &by_repository {
-            remote.fetch_layers(store, reference, group)?;
-        }
+    /// Those of `layers` that are pending, each with where it comes from.
+    pub fn wanted(&self, store: &Store, layers: &[Layer]) -> Vec<(Reference, Layer)> {
+        let state = self.state();
+        layers
+            .iter()
+            .filter(|layer| !store.has_blob(&layer.blob))
+            .filter_map(|layer| Some((state.sources.get(&layer.blob)?.clone(), layer.clone())))
+            .collect()
+    }
+
+    /// Forgets the layers now in the store and names the images that are
+    /// whole.
+    pub fn settle(&self, store: &Store) -> crate::Result<()> {
         let mut state = self.state();
         state.sources.retain(|blob, _| !store.has_blob(blob));
         name_whole_images(store, &mut state)

@@ -150,12 +150,9 @@ impl Imported {
     }
 
     /// Brings an imported layer's blob into the store, if it is one, and
-    /// checks that it unpacks to the diff ID the cache claims before
-    /// anything relies on it. Once checked, the store keeps the records that
-    /// name it, so that later builds without `--cache-from` reuse them; a
-    /// blob that fails the check is removed.
+    /// checks it (see [`Imported::check_fetched`]).
     pub fn fetch(&self, store: &Store, remote: &Remote, layer: &Layer) -> crate::Result<bool> {
-        let Some((origin, size)) = self.origins.get(&layer.blob) else {
+        let Some((origin, _)) = self.origins.get(&layer.blob) else {
             return Ok(false);
         };
         match origin {
@@ -165,9 +162,36 @@ impl Imported {
                 store.import_blob(file, &layer.blob)?;
             }
             Origin::Registry(reference) => {
-                remote.fetch_blob(store, reference, &layer.blob, *size)?;
+                remote.fetch_layers(store, &[(reference.clone(), layer.clone())])?;
             }
         }
+        self.check_fetched(store, layer)?;
+        Ok(true)
+    }
+
+    /// Those of `layers` that an imported registry cache has and the store
+    /// lacks, each with the repository to fetch it from, for fetching
+    /// several at once; each then goes through [`Imported::check_fetched`].
+    pub fn wanted_from_registries(
+        &self,
+        store: &Store,
+        layers: &[Layer],
+    ) -> Vec<(Reference, Layer)> {
+        layers
+            .iter()
+            .filter(|layer| !store.has_blob(&layer.blob))
+            .filter_map(|layer| match self.origins.get(&layer.blob) {
+                Some((Origin::Registry(reference), _)) => Some((reference.clone(), layer.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Checks that an imported layer just fetched unpacks to the diff ID
+    /// the cache claims before anything relies on it. Once checked, the
+    /// store keeps the records that name it, so that later builds without
+    /// `--cache-from` reuse them; a blob that fails the check is removed.
+    pub fn check_fetched(&self, store: &Store, layer: &Layer) -> crate::Result<()> {
         let diff_id = store
             .diff_id_of_blob(&layer.blob)
             .with_context(|| format!("reading the cached layer {}", layer.blob))?;
@@ -185,7 +209,7 @@ impl Imported {
                 let _ = store.put_cache_record(key, record);
             }
         }
-        Ok(true)
+        Ok(())
     }
 
     fn add(&mut self, records: Vec<ExportedRecord>, layers: &[(LayerRecord, Origin)]) {

@@ -30,6 +30,9 @@ pub struct Layers<'a> {
     force_compression: bool,
     /// Blobs written for layers that had none, by diff ID.
     written: Mutex<HashMap<Digest, Layer>>,
+    /// Held while fetching, so that two stages needing one layer download
+    /// it once.
+    fetching: Mutex<()>,
 }
 
 impl<'a> Layers<'a> {
@@ -49,6 +52,7 @@ impl<'a> Layers<'a> {
             options,
             force_compression,
             written: Mutex::new(HashMap::new()),
+            fetching: Mutex::new(()),
         }
     }
 
@@ -72,7 +76,7 @@ impl<'a> Layers<'a> {
     ) -> crate::Result<Vec<Layer>> {
         let options = &self.options;
         let wanted = LayerEncoding::of_compression(options.compression);
-        self.pending.fetch(self.store, self.remote, layers)?;
+        self.fetch_at_once(layers)?;
         let mut materialized = Vec::with_capacity(layers.len());
         for layer in layers {
             // Base image layers keep their compression; this build's are
@@ -159,11 +163,35 @@ impl<'a> Layers<'a> {
             .filter(|layer| !self.store.has_snapshot(&layer.diff_id))
             .cloned()
             .collect();
-        self.pending.fetch(self.store, self.remote, &packed)?;
-        for layer in layers {
-            if !self.store.has_blob(&layer.blob) && !self.store.has_snapshot(&layer.diff_id) {
+        self.fetch_at_once(&packed)?;
+        for layer in &packed {
+            if !self.store.has_blob(&layer.blob) {
                 self.imported.fetch(self.store, self.remote, layer)?;
             }
+        }
+        Ok(())
+    }
+
+    /// Fetches the pending base image layers and the imported cache layers
+    /// from registries among `layers` that the store lacks, all at once
+    /// (several transfers in flight): a cold build's first step or export
+    /// waits for the slowest layer, not for the sum of them.
+    fn fetch_at_once(&self, layers: &[Layer]) -> crate::Result<()> {
+        let _one_at_a_time = self
+            .fetching
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut downloads = self.pending.wanted(self.store, layers);
+        let cached = self.imported.wanted_from_registries(self.store, layers);
+        for (reference, layer) in &cached {
+            if !downloads.iter().any(|(_, known)| known.blob == layer.blob) {
+                downloads.push((reference.clone(), layer.clone()));
+            }
+        }
+        self.remote.fetch_layers(self.store, &downloads)?;
+        self.pending.settle(self.store)?;
+        for (_, layer) in &cached {
+            self.imported.check_fetched(self.store, layer)?;
         }
         Ok(())
     }

@@ -163,21 +163,17 @@ impl Remote {
         Ok(image)
     }
 
-    /// Fetches the layers of an image pulled with [`Remote::pull_config`]
-    /// that `layers` lists, from `reference`'s repository, several at once.
-    pub fn fetch_layers(
-        &self,
-        store: &Store,
-        reference: &Reference,
-        layers: &[Layer],
-    ) -> crate::Result<()> {
+    /// Fetches layers into the store, each from the repository paired with
+    /// it (base images pulled with [`Remote::pull_config`], imported
+    /// caches), several at once.
+    pub fn fetch_layers(&self, store: &Store, layers: &[(Reference, Layer)]) -> crate::Result<()> {
         if layers.is_empty() {
             return Ok(());
         }
         let (runtime, client) = self.connect()?;
         let blobs: Vec<(Reference, BlobRef)> = layers
             .iter()
-            .map(|layer| {
+            .map(|(reference, layer)| {
                 let blob = BlobRef {
                     digest: layer.blob,
                     size: layer.size,
@@ -186,8 +182,15 @@ impl Remote {
                 (reference.clone(), blob)
             })
             .collect();
+        let mut repositories: Vec<String> = layers
+            .iter()
+            .map(|(reference, _)| reference.familiar())
+            .collect();
+        repositories.sort();
+        repositories.dedup();
+        let what = format!("{} layer(s) of {}", layers.len(), repositories.join(", "));
         let progress = self.progress();
-        let step = progress.step(&format!("fetching the layers of {}", reference.familiar()));
+        let step = progress.step(&format!("fetching {what}"));
         let fetched = runtime
             .block_on(transfer::fetch_blobs(
                 client,
@@ -196,13 +199,11 @@ impl Remote {
                 PARALLEL_TRANSFERS,
                 &|_, bytes| step.add_bytes(bytes),
             ))
-            .with_context(|| format!("fetching the layers of {}", reference.familiar()));
+            .with_context(|| format!("fetching {what}"));
         step.finish_with(fetched)?;
         self.say(&format!(
-            "fetched {} layer(s) of {}, {}",
-            layers.len(),
-            reference.familiar(),
-            human_size(layers.iter().map(|layer| layer.size).sum())
+            "fetched {what}, {}",
+            human_size(layers.iter().map(|(_, layer)| layer.size).sum())
         ));
         Ok(())
     }

@@ -125,13 +125,21 @@ impl Store {
         serde_json::from_slice(&bytes).ok()
     }
 
+    /// Records `record` for `key`. A record that says the same as the
+    /// one there is only marked used: every cache hit writes its step's
+    /// record, and a synced rewrite of the same bytes costs a disk flush
+    /// for nothing.
     pub fn put_cache_record(&self, key: &Digest, record: &CacheRecord) -> Result<(), Error> {
         let path = self.record_path(key);
+        let bytes = serde_json::to_vec(record)
+            .map_err(|e| Error::io(&path, io::Error::other(e.to_string())))?;
+        if fs::read(&path).is_ok_and(|known| known == bytes) {
+            self.mark_record_used(key);
+            return Ok(());
+        }
         if let Some(dir) = path.parent() {
             fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         }
-        let bytes = serde_json::to_vec(record)
-            .map_err(|e| Error::io(&path, io::Error::other(e.to_string())))?;
         write_atomic(&path, &bytes)
     }
 
@@ -205,5 +213,38 @@ mod tests {
         assert_eq!(store.cache_record(&key), Some(record));
         fs::write(store.record_path(&key), b"{broken").unwrap();
         assert_eq!(store.cache_record(&key), None);
+    }
+
+    #[test]
+    fn the_same_record_again_is_not_rewritten_but_marked_used() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let key = Digest::of(b"step");
+        let record = CacheRecord {
+            layer: None,
+            created: Some(1_700_000_000),
+            chain: None,
+        };
+        store.put_cache_record(&key, &record).unwrap();
+        let path = store.record_path(&key);
+        let long_ago = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000);
+        fs::File::options()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(long_ago)
+            .unwrap();
+        let inode = fs::metadata(&path).unwrap().ino();
+        store.put_cache_record(&key, &record).unwrap();
+        let after = fs::metadata(&path).unwrap();
+        assert_eq!(after.ino(), inode, "the same file, not a replacement");
+        assert!(after.modified().unwrap() > long_ago, "marked used");
+        let changed = CacheRecord {
+            created: Some(1_800_000_000),
+            ..record
+        };
+        store.put_cache_record(&key, &changed).unwrap();
+        assert_eq!(store.cache_record(&key), Some(changed));
     }
 }
