@@ -162,7 +162,7 @@ impl Imported {
                 store.import_blob(file, &layer.blob)?;
             }
             Origin::Registry(reference) => {
-                remote.fetch_layers(store, &[(reference.clone(), layer.clone())])?;
+                remote.fetch_layers(store, &[(reference.clone(), layer.clone())], false)?;
             }
         }
         self.check_fetched(store, layer)?;

@@ -76,7 +76,7 @@ impl<'a> Layers<'a> {
     ) -> crate::Result<Vec<Layer>> {
         let options = &self.options;
         let wanted = LayerEncoding::of_compression(options.compression);
-        self.fetch_at_once(layers)?;
+        self.fetch_at_once(layers, false)?;
         let mut materialized = Vec::with_capacity(layers.len());
         for layer in layers {
             // Base image layers keep their compression; this build's are
@@ -163,7 +163,7 @@ impl<'a> Layers<'a> {
             .filter(|layer| !self.store.has_snapshot(&layer.diff_id))
             .cloned()
             .collect();
-        self.fetch_at_once(&packed)?;
+        self.fetch_at_once(&packed, true)?;
         for layer in &packed {
             if !self.store.has_blob(&layer.blob) {
                 self.imported.fetch(self.store, self.remote, layer)?;
@@ -175,8 +175,9 @@ impl<'a> Layers<'a> {
     /// Fetches the pending base image layers and the imported cache layers
     /// from registries among `layers` that the store lacks, all at once
     /// (several transfers in flight): a cold build's first step or export
-    /// waits for the slowest layer, not for the sum of them.
-    fn fetch_at_once(&self, layers: &[Layer]) -> crate::Result<()> {
+    /// waits for the slowest layer, not for the sum of them. With `unpack`
+    /// (for a step that reads them), each is unpacked as its bytes arrive.
+    fn fetch_at_once(&self, layers: &[Layer], unpack: bool) -> crate::Result<()> {
         let _one_at_a_time = self
             .fetching
             .lock()
@@ -188,7 +189,7 @@ impl<'a> Layers<'a> {
                 downloads.push((reference.clone(), layer.clone()));
             }
         }
-        self.remote.fetch_layers(self.store, &downloads)?;
+        self.remote.fetch_layers(self.store, &downloads, unpack)?;
         self.pending.settle(self.store)?;
         for (_, layer) in &cached {
             self.imported.check_fetched(self.store, layer)?;

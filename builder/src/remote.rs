@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock, RwLock};
 
 use crate::error::{bail, Context};
 use kiln_cache::{Digest, Store};
-use kiln_registry::transfer::{self, manifest_blobs, BlobRef, PullDepth};
+use kiln_registry::transfer::{self, manifest_blobs, BlobFetch, BlobRef, PullDepth};
 use kiln_registry::{Client, ClientOptions, Credential, DockerConfig, Pushed, Reference};
 
 use crate::image::{Layer, StoredImage};
@@ -165,21 +165,28 @@ impl Remote {
 
     /// Fetches layers into the store, each from the repository paired with
     /// it (base images pulled with [`Remote::pull_config`], imported
-    /// caches), several at once.
-    pub fn fetch_layers(&self, store: &Store, layers: &[(Reference, Layer)]) -> crate::Result<()> {
+    /// caches), several at once; with `unpack`, each is unpacked into its
+    /// snapshot as its bytes arrive.
+    pub fn fetch_layers(
+        &self,
+        store: &Store,
+        layers: &[(Reference, Layer)],
+        unpack: bool,
+    ) -> crate::Result<()> {
         if layers.is_empty() {
             return Ok(());
         }
         let (runtime, client) = self.connect()?;
-        let blobs: Vec<(Reference, BlobRef)> = layers
+        let blobs: Vec<BlobFetch> = layers
             .iter()
-            .map(|(reference, layer)| {
-                let blob = BlobRef {
+            .map(|(reference, layer)| BlobFetch {
+                from: reference.clone(),
+                blob: BlobRef {
                     digest: layer.blob,
                     size: layer.size,
                     media_type: String::new(),
-                };
-                (reference.clone(), blob)
+                },
+                unpack_as: unpack.then_some(layer.diff_id),
             })
             .collect();
         let mut repositories: Vec<String> = layers

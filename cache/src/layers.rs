@@ -3,8 +3,10 @@
 //! changes made a snapshot, and a snapshot packed into a blob when
 //! something needs one.
 
-use std::io;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::thread::JoinHandle;
 
 use crate::digest::{Digest, HashingReader};
 use crate::error::Error;
@@ -29,15 +31,25 @@ impl Store {
         if self.has_snapshot(&layer.diff_id) {
             return Ok(self.snapshot_path(&layer.diff_id));
         }
+        let blob = self.open_blob(&layer.blob)?;
+        self.snapshot_from_reader(layer, blob, &self.blob_path(&layer.blob))
+    }
+
+    /// Unpacks the blob `blob` reads (named `source` in errors) into the
+    /// snapshot of `layer`, which it must unpack to.
+    fn snapshot_from_reader(
+        &self,
+        layer: &LayerDigests,
+        blob: impl Read,
+        source: &Path,
+    ) -> Result<PathBuf, Error> {
         self.create_snapshot(&layer.diff_id, |dir| {
-            let blob_path = self.blob_path(&layer.blob);
-            let tar = crate::compress::decompressed(self.open_blob(&layer.blob)?)
-                .map_err(|e| Error::io(&blob_path, e))?;
+            let tar = crate::compress::decompressed(blob).map_err(|e| Error::io(source, e))?;
             let mut hashed = HashingReader::new(tar);
             extract(&mut hashed, dir, &ExtractOptions::layer())?;
             // The tar's end (padding, a second zero block) counts in the
             // diff ID too.
-            io::copy(&mut hashed, &mut io::sink()).map_err(|e| Error::io(&blob_path, e))?;
+            io::copy(&mut hashed, &mut io::sink()).map_err(|e| Error::io(source, e))?;
             let (actual, _) = hashed.finish();
             if actual != layer.diff_id {
                 return Err(Error::LayerMismatch {
@@ -179,6 +191,105 @@ impl Store {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(Error::io(&path, e)),
             _ => Ok(()),
         }
+    }
+}
+
+/// A layer's blob unpacked into its snapshot while it is being written
+/// (downloaded), on a thread of its own, so that a pulled layer is ready
+/// when its last byte arrives instead of being read back and unpacked
+/// after. The snapshot is checked against the diff ID as any other, so
+/// bytes that turn out wrong leave none.
+pub(crate) struct Unpacking {
+    chunks: Option<SyncSender<Vec<u8>>>,
+    worker: Option<JoinHandle<Result<PathBuf, Error>>>,
+}
+
+/// Chunks queued between the writer and the unpacking thread: enough to
+/// ride out a slow moment on either side, little memory.
+const QUEUED_CHUNKS: usize = 32;
+
+impl Unpacking {
+    pub(crate) fn start(store: Store, diff_id: Digest) -> Unpacking {
+        let (chunks, receiver) = sync_channel(QUEUED_CHUNKS);
+        let worker = std::thread::spawn(move || {
+            // The blob digest is not known to the unpacking: the snapshot
+            // is checked by its diff ID alone.
+            let layer = LayerDigests {
+                diff_id,
+                blob: diff_id,
+            };
+            let source = store.tmp_dir().join("incoming blob");
+            store.snapshot_from_reader(&layer, ChunkReader::new(receiver), &source)
+        });
+        Unpacking {
+            chunks: Some(chunks),
+            worker: Some(worker),
+        }
+    }
+
+    /// Passes written bytes on. Once the unpacking has stopped (bytes that
+    /// are no layer), the rest is dropped: the blob is still written, and
+    /// unpacking it from the store later reports what is wrong with it.
+    pub(crate) fn feed(&mut self, bytes: &[u8]) {
+        if let Some(chunks) = &self.chunks {
+            if chunks.send(bytes.to_vec()).is_err() {
+                self.chunks = None;
+            }
+        }
+    }
+
+    /// Ends the input and waits for the snapshot; whether it was made.
+    pub(crate) fn finish(mut self) -> bool {
+        self.chunks = None;
+        self.worker
+            .take()
+            .is_some_and(|worker| matches!(worker.join(), Ok(Ok(_))))
+    }
+}
+
+impl Drop for Unpacking {
+    /// An abandoned write (a failed download) ends the unpacking early; it
+    /// is waited for, so that no thread writes in the store after.
+    fn drop(&mut self) {
+        self.chunks = None;
+        if let Some(worker) = self.worker.take() {
+            let _ = worker.join();
+        }
+    }
+}
+
+/// Reads the chunks a channel brings, until its sender is gone.
+struct ChunkReader {
+    chunks: Receiver<Vec<u8>>,
+    current: Vec<u8>,
+    offset: usize,
+}
+
+impl ChunkReader {
+    fn new(chunks: Receiver<Vec<u8>>) -> ChunkReader {
+        ChunkReader {
+            chunks,
+            current: Vec::new(),
+            offset: 0,
+        }
+    }
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.offset == self.current.len() {
+            match self.chunks.recv() {
+                Ok(chunk) => {
+                    self.current = chunk;
+                    self.offset = 0;
+                }
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.offset);
+        buf[..n].copy_from_slice(&self.current[self.offset..self.offset + n]);
+        self.offset += n;
+        Ok(n)
     }
 }
 
@@ -337,5 +448,61 @@ mod tests {
             store.recompress_blob(&wrong, Compression::Uncompressed),
             Err(Error::LayerMismatch { .. })
         ));
+    }
+
+    /// Writes `blob` to `store` through a layer blob writer for `diff_id`,
+    /// a few bytes at a time as a download would; whether the store has a
+    /// snapshot of `diff_id` once the blob is committed.
+    fn write_in_pieces(store: &Store, diff_id: &Digest, blob: &[u8]) -> bool {
+        use std::io::Write;
+        let mut writer = store.layer_blob_writer(diff_id).expect("writer");
+        for piece in blob.chunks(1000) {
+            writer.write_all(piece).expect("write");
+        }
+        writer.commit(None).expect("commit");
+        store.has_snapshot(diff_id)
+    }
+
+    #[test]
+    fn a_layer_blob_is_unpacked_as_it_is_written() {
+        let (_dir, first) = store();
+        let layer = layer(&first, &[("etc/hostname", "streamed"), ("bin/tool", "x")]);
+        let blob = fs::read(first.blob_path(&layer.blob)).expect("blob");
+
+        let (_other_dir, other) = store();
+        assert!(write_in_pieces(&other, &layer.diff_id, &blob));
+        assert!(other.has_blob(&layer.blob));
+        let snapshot = other.snapshot_path(&layer.diff_id);
+        assert_eq!(
+            fs::read_to_string(snapshot.join("etc/hostname")).expect("file"),
+            "streamed"
+        );
+
+        // Bytes that are not the layer the diff ID names leave no snapshot,
+        // only the blob, which is what was written.
+        let (_third_dir, third) = store();
+        let wrong = Digest::of(b"another layer");
+        assert!(!write_in_pieces(&third, &wrong, &blob));
+        assert!(third.has_blob(&layer.blob));
+        assert!(!third.has_snapshot(&layer.diff_id));
+    }
+
+    #[test]
+    fn an_abandoned_layer_blob_leaves_neither_blob_nor_snapshot() {
+        use std::io::Write;
+        let (_dir, first) = store();
+        let layer = layer(&first, &[("etc/hostname", "cut short")]);
+        let blob = fs::read(first.blob_path(&layer.blob)).expect("blob");
+        let (_other_dir, other) = store();
+        let mut writer = other.layer_blob_writer(&layer.diff_id).expect("writer");
+        writer.write_all(&blob[..blob.len() / 2]).expect("write");
+        drop(writer);
+        assert!(!other.has_blob(&layer.blob));
+        assert!(!other.has_snapshot(&layer.diff_id));
+        assert_eq!(
+            fs::read_dir(other.tmp_dir()).expect("tmp").count(),
+            0,
+            "no unpacking left behind"
+        );
     }
 }

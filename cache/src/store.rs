@@ -19,12 +19,13 @@ use oci_spec::image::{Descriptor, ImageIndex, ImageManifest};
 use crate::atomic::{sync_dir, AtomicFile};
 use crate::digest::{Digest, HashingReader, HashingWriter};
 use crate::error::Error;
+use crate::layers::Unpacking;
 use crate::layout::{index_entry, ref_name, Layout, REF_NAME};
 use crate::pack::{pack_dir, PackOptions, PackedLayer};
 use crate::unsynced;
 
 /// A kiln store at a root directory.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
     layout: Layout,
@@ -201,7 +202,7 @@ impl Store {
         self.root.join("snapshots")
     }
 
-    fn tmp_dir(&self) -> PathBuf {
+    pub(crate) fn tmp_dir(&self) -> PathBuf {
         self.root.join("tmp")
     }
 
@@ -311,7 +312,19 @@ impl Store {
         Ok(BlobWriter {
             blobs: self.blobs_dir(),
             writer: HashingWriter::new(BufWriter::with_capacity(256 * 1024, file)),
+            unpacking: None,
         })
+    }
+
+    /// A writer of the blob of the layer `diff_id` that also unpacks the
+    /// layer into its snapshot as the bytes come, when the store has no
+    /// snapshot of it yet (see [`BlobWriter::commit`]).
+    pub fn layer_blob_writer(&self, diff_id: &Digest) -> Result<BlobWriter, Error> {
+        let mut writer = self.blob_writer()?;
+        if !self.has_snapshot(diff_id) {
+            writer.unpacking = Some(Unpacking::start(self.clone(), *diff_id));
+        }
+        Ok(writer)
     }
 
     pub fn write_blob(&self, bytes: &[u8]) -> Result<(Digest, u64), Error> {
@@ -604,6 +617,8 @@ fn as_store_error(error: Error) -> Error {
 pub struct BlobWriter {
     blobs: PathBuf,
     writer: HashingWriter<BufWriter<AtomicFile>>,
+    /// The layer unpacked from the same bytes, for a layer's blob.
+    unpacking: Option<Unpacking>,
 }
 
 impl BlobWriter {
@@ -614,8 +629,12 @@ impl BlobWriter {
 
     /// Moves the blob into the store under its digest (see
     /// [`AtomicFile::commit`]), after checking it against `expected` when
-    /// given.
+    /// given. A layer's blob is committed once its snapshot is made too (or
+    /// failed, and it is unpacked from the store when needed).
     pub fn commit(self, expected: Option<&Digest>) -> Result<(Digest, u64), Error> {
+        if let Some(unpacking) = self.unpacking {
+            unpacking.finish();
+        }
         let (buffered, digest, size) = self.writer.finish();
         let file = buffered
             .into_inner()
@@ -635,7 +654,11 @@ impl BlobWriter {
 
 impl Write for BlobWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.writer.write(buf)
+        let written = self.writer.write(buf)?;
+        if let Some(unpacking) = &mut self.unpacking {
+            unpacking.feed(&buf[..written]);
+        }
+        Ok(written)
     }
 
     fn flush(&mut self) -> io::Result<()> {

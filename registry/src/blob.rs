@@ -70,15 +70,19 @@ pub(crate) async fn size(
 pub(crate) async fn fetch(
     session: &Session,
     reference: &Reference,
-    digest: &Digest,
-    size: Option<u64>,
+    (digest, size): (&Digest, Option<u64>),
+    unpack_as: Option<&Digest>,
     store: &Store,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<(), Error> {
     let host = session.host(reference.registry()).await?;
     let url = blob_url(&host, reference, digest)?;
     let scope = repository_scope(reference, "pull");
-    let mut writer = store.blob_writer()?;
+    let new_writer = || match unpack_as {
+        Some(diff_id) => store.layer_blob_writer(diff_id),
+        None => store.blob_writer(),
+    };
+    let mut writer = new_writer()?;
     let mut breaks = 0;
     loop {
         match download(
@@ -94,7 +98,7 @@ pub(crate) async fn fetch(
         {
             Ok(Downloaded::Complete) => break,
             Ok(Downloaded::Restart) => {
-                writer = store.blob_writer()?;
+                writer = new_writer()?;
             }
             Err(Interrupted::Broken(error)) => {
                 breaks += 1;

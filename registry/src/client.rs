@@ -149,7 +149,37 @@ impl Client {
         store: &Store,
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<(), Error> {
-        blob::fetch(&self.session, reference, digest, size, store, progress).await
+        blob::fetch(
+            &self.session,
+            reference,
+            (digest, size),
+            None,
+            store,
+            progress,
+        )
+        .await
+    }
+
+    /// Downloads a layer's blob into the store as [`Client::fetch_blob`]
+    /// does, unpacking it into its snapshot (the layer `diff_id`) from the
+    /// same bytes as they arrive.
+    pub async fn fetch_layer_blob(
+        &self,
+        reference: &Reference,
+        (digest, size): (&Digest, u64),
+        diff_id: &Digest,
+        store: &Store,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<(), Error> {
+        blob::fetch(
+            &self.session,
+            reference,
+            (digest, Some(size)),
+            Some(diff_id),
+            store,
+            progress,
+        )
+        .await
     }
 
     /// Uploads the blob in `path` unless the registry has it; mounts it from

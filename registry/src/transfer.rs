@@ -278,9 +278,13 @@ pub async fn pull(
         .collect();
     let fetched = missing.len();
     let fetched_bytes = missing.iter().map(|b| b.size).sum();
-    let sources: Vec<(Reference, BlobRef)> = missing
+    let sources: Vec<BlobFetch> = missing
         .into_iter()
-        .map(|blob| (reference.clone(), blob))
+        .map(|blob| BlobFetch {
+            from: reference.clone(),
+            blob,
+            unpack_as: None,
+        })
         .collect();
     fetch_blobs(client, store, &sources, jobs, progress).await?;
     // The manifest comes last, so a store never holds one whose blobs are
@@ -302,22 +306,46 @@ pub async fn pull(
     })
 }
 
-/// Fetches blobs into the store, each from the repository paired with it,
-/// `jobs` at once.
+/// A blob to fetch into the store.
+#[derive(Debug, Clone)]
+pub struct BlobFetch {
+    /// The repository it is fetched from.
+    pub from: Reference,
+    pub blob: BlobRef,
+    /// For a layer to unpack into its snapshot as it arrives: its diff ID.
+    pub unpack_as: Option<Digest>,
+}
+
+/// Fetches blobs into the store, `jobs` at once.
 pub async fn fetch_blobs(
     client: &Client,
     store: &Store,
-    blobs: &[(Reference, BlobRef)],
+    blobs: &[BlobFetch],
     jobs: usize,
     progress: &(dyn Fn(&Digest, u64) + Sync),
 ) -> Result<(), Error> {
     stream::iter(blobs.iter().map(Ok::<_, Error>))
-        .try_for_each_concurrent(jobs.max(1), |(reference, blob)| async move {
-            client
-                .fetch_blob(reference, &blob.digest, Some(blob.size), store, &|bytes| {
-                    progress(&blob.digest, bytes)
-                })
-                .await
+        .try_for_each_concurrent(jobs.max(1), |fetch| async move {
+            let blob = &fetch.blob;
+            let progress = |bytes| progress(&blob.digest, bytes);
+            match &fetch.unpack_as {
+                Some(diff_id) => {
+                    client
+                        .fetch_layer_blob(
+                            &fetch.from,
+                            (&blob.digest, blob.size),
+                            diff_id,
+                            store,
+                            &progress,
+                        )
+                        .await
+                }
+                None => {
+                    client
+                        .fetch_blob(&fetch.from, &blob.digest, Some(blob.size), store, &progress)
+                        .await
+                }
+            }
         })
         .await
 }

@@ -120,9 +120,22 @@ fn a_config_only_pull_leaves_the_layers_for_later() {
     assert_eq!(layers.len(), 1);
     assert!(layers.iter().all(|layer| !target.has_blob(&layer.digest)));
 
+    // The layer is unpacked as it arrives, into the snapshot its diff ID
+    // names.
+    let config_json: serde_json::Value =
+        serde_json::from_slice(&target.read_blob(&config.digest).expect("config")).expect("json");
+    let diff_id: kiln_cache::Digest = config_json["rootfs"]["diff_ids"][0]
+        .as_str()
+        .expect("diff id")
+        .parse()
+        .expect("digest");
     let sources: Vec<_> = layers
         .into_iter()
-        .map(|layer| (destination.clone(), layer))
+        .map(|blob| transfer::BlobFetch {
+            from: destination.clone(),
+            blob,
+            unpack_as: Some(diff_id),
+        })
         .collect();
     let moved = std::sync::atomic::AtomicU64::new(0);
     runtime
@@ -136,12 +149,11 @@ fn a_config_only_pull_leaves_the_layers_for_later() {
             },
         ))
         .expect("fetch the layers");
-    assert!(sources
-        .iter()
-        .all(|(_, layer)| target.has_blob(&layer.digest)));
+    assert!(sources.iter().all(|s| target.has_blob(&s.blob.digest)));
+    assert!(target.has_snapshot(&diff_id), "unpacked as it came");
     assert_eq!(
         moved.into_inner(),
-        sources.iter().map(|(_, layer)| layer.size).sum::<u64>()
+        sources.iter().map(|s| s.blob.size).sum::<u64>()
     );
     assert!(target.check().expect("check").is_empty());
 }
