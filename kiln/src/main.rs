@@ -34,6 +34,7 @@ use cli::{Cli, Command, DebugCommand};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    kiln_runtime::turn_off_for_kiln();
     let mut args = std::env::args_os();
     if args.nth(1).as_deref() == Some(std::ffi::OsStr::new(kiln_runtime::SANDBOX_ARG)) {
         // kiln started itself to set up a RUN step's sandbox.

@@ -16,10 +16,12 @@
 //! - `spec`: the OCI runtime configuration of a step.
 //! - `stubs`: mount points the runtime creates, removed from the changes.
 //! - `agent`: the SSH agent socket of `RUN --mount=type=ssh`.
+//! - `huge_pages`: transparent huge pages off for kiln, not for steps.
 //! - `error`: errors of the sandbox.
 
 mod agent;
 mod error;
+mod huge_pages;
 mod sandbox;
 mod spec;
 mod stubs;
@@ -28,6 +30,7 @@ use std::path::PathBuf;
 
 pub use agent::AgentProxy;
 pub use error::Error;
+pub use huge_pages::turn_off_for_kiln;
 pub use sandbox::{
     remove_bundles, sandbox_main, BundleOwners, Layers, Outcome, Runtime, StepIo, SANDBOX_ARG,
 };

@@ -753,12 +753,16 @@ fn sandbox(bundle: &Path) -> Result<i32, Error> {
         .arg("--bundle")
         .arg(bundle)
         .arg(&plan.id);
+    let huge_pages_back = crate::huge_pages::turned_off_by_kiln();
     // SAFETY: only prctl and mount between fork and exec, and nothing is
     // allocated: the mount's strings are C string literals, errors are raw
     // errnos.
     unsafe {
-        runtime.pre_exec(|| {
+        runtime.pre_exec(move || {
             rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
+            if huge_pages_back {
+                crate::huge_pages::turn_back_on()?;
+            }
             // The runtime is the first process of the new pid namespace and
             // reads its children in /proc: a /proc of that namespace.
             rustix::mount::mount(

@@ -159,6 +159,32 @@ fn a_step_sees_its_own_processes_and_files_only() {
     }
 }
 
+/// The `THP_enabled` line of a process's status (none on kernels that do
+/// not show it).
+fn huge_pages_line(status: &str) -> String {
+    status
+        .lines()
+        .find(|line| line.starts_with("THP_enabled"))
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn a_step_keeps_the_hosts_transparent_huge_pages_that_kiln_turns_off_for_itself() {
+    let kiln = kiln();
+    let context = Context::new();
+    context.write(
+        "Dockerfile",
+        "FROM busybox\nRUN cat /proc/self/status > /status\n",
+    );
+    let files = kiln.files(context.path(), &[]);
+    let ours = fs::read_to_string("/proc/self/status").expect("status");
+    assert_eq!(
+        huge_pages_line(&read(files.path(), "/status")),
+        huge_pages_line(&ours)
+    );
+}
+
 #[test]
 fn network_none_has_only_loopback_and_the_default_is_the_hosts() {
     let kiln = kiln();
