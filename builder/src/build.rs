@@ -3,7 +3,7 @@
 //! the step run (RUN in the sandbox, COPY/ADD/WORKDIR by kiln) when it
 //! misses.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::Instant;
@@ -45,6 +45,9 @@ pub struct Settings {
     pub explain_scope: String,
     /// Stages built at once at most (`--jobs`).
     pub jobs: usize,
+    /// The stages whose layers the build exports (into an image or a
+    /// cache): theirs get blobs as they are made.
+    pub exported_stages: HashSet<usize>,
 }
 
 /// What a build reads: the context and the Dockerfile's name.
@@ -247,6 +250,7 @@ impl<'a> Build<'a> {
                 .settings
                 .no_cache_stages
                 .contains(&stage.name.to_lowercase());
+        let export = self.settings.exported_stages.contains(&index);
         let mut number = 0;
         if let Base::Image { reference } = &stage.base {
             number += 1;
@@ -291,7 +295,7 @@ impl<'a> Build<'a> {
                     &keys,
                     &key,
                     &step.action,
-                    &layers,
+                    (&layers, export),
                     use_cache,
                     &place,
                     &progress,
@@ -380,7 +384,7 @@ impl<'a> Build<'a> {
         keys: &Keys<'_>,
         parent: &Digest,
         action: &Action,
-        layers: &[Layer],
+        (layers, export): (&[Layer], bool),
         use_cache: bool,
         place: &StepPlace<'_>,
         progress: &crate::progress::Step<'_>,
@@ -442,7 +446,7 @@ impl<'a> Build<'a> {
         for line in &explanation {
             progress.log(&format!("cache miss: {line}"));
         }
-        let layer = self.execute(keys.sources, action, selection, layers, progress)?;
+        let layer = self.execute(keys.sources, action, selection, (layers, export), progress)?;
         let record = CacheRecord {
             layer: layer.as_ref().map(Layer::record),
             created: Some(self.now),
@@ -472,7 +476,7 @@ impl<'a> Build<'a> {
         sources: &Sources<'_>,
         action: &Action,
         selection: Option<copy::Selection>,
-        layers: &[Layer],
+        (layers, export): (&[Layer], bool),
         progress: &crate::progress::Step<'_>,
     ) -> crate::Result<Option<Layer>> {
         match action {
@@ -485,7 +489,7 @@ impl<'a> Build<'a> {
                 now: self.now,
                 resources: self.run.resources,
             }
-            .run(run, layers, progress),
+            .run(run, layers, export, progress),
             Action::Copy(copy_step) => {
                 let source = sources.tree(&copy_step.from)?;
                 let selection = match selection {
@@ -493,14 +497,14 @@ impl<'a> Build<'a> {
                     None => copy::select(copy_step, &source)?,
                 };
                 let view = self.layers.view(layers)?;
-                self.layers.in_diff(|diff| {
+                self.layers.in_diff(export, |diff| {
                     copy::copy(copy_step, selection, &source, &view, diff, self.now, self)
                 })
             }
             Action::Mkdir(mkdir) => {
                 let view = self.layers.view(layers)?;
                 self.layers
-                    .in_diff(|diff| copy::mkdir(mkdir, &view, diff, self.now))
+                    .in_diff(export, |diff| copy::mkdir(mkdir, &view, diff, self.now))
             }
             Action::Metadata => Ok(None),
         }

@@ -136,15 +136,24 @@ impl<'a> Layers<'a> {
 
     /// Runs `fill` on an empty directory and turns what it wrote into a
     /// layer, an empty one when nothing was written: every RUN, COPY, ADD
-    /// and WORKDIR (but `/`) has a layer in BuildKit's images.
+    /// and WORKDIR (but `/`) has a layer in BuildKit's images. A layer the
+    /// build will `export` gets its blob at once, from the same reading of
+    /// its files as its diff ID.
     pub fn in_diff(
         &self,
+        export: bool,
         fill: impl FnOnce(&Path) -> crate::Result<()>,
     ) -> crate::Result<Option<Layer>> {
         let work = self.store.temp_dir()?;
         let diff = work.path().join("diff");
         std::fs::create_dir(&diff).with_context(|| format!("creating {}", diff.display()))?;
         fill(&diff)?;
+        if export {
+            let packed = self
+                .store
+                .snapshot_and_blob_from_diff(&diff, &self.options)?;
+            return Ok(Some(Layer::packed(&packed)));
+        }
         layer_from_diff(self.store, &diff, &self.options, true)
     }
 

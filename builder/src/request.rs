@@ -2,11 +2,13 @@
 //! the result goes; and the build itself, from lowering the Dockerfile to
 //! the exported image.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use kiln_cache::pack::{pack_dir, PackOptions};
 use kiln_cache::{Compression, Digest, StatCache, Store};
+use kiln_frontend::graph::{Base, BuildGraph};
 use kiln_registry::Reference;
 
 use crate::archive::{self, ArchiveImage};
@@ -454,6 +456,11 @@ pub fn build(engine: &Engine<'_>, request: &BuildRequest) -> crate::Result<Built
             explain: args.explain,
             explain_scope: explain_scope(&args.dockerfile),
             jobs: args.jobs.max(1),
+            exported_stages: exported_stages(
+                &plan.graph,
+                output,
+                cache_to.iter().any(|to| *to != cache_io::CacheTo::Inline),
+            ),
         },
         now,
         progress,
@@ -679,6 +686,28 @@ fn write_metadata(
         out.write_all(&bytes)
             .with_context(|| format!("writing {}", file.display()))
     })
+}
+
+/// The stages whose layers the build exports: every one for a cache
+/// export (but an inline one, which has the image's layers only), else
+/// those the target's image is made of (the target and the stages it is
+/// based on), none for an export of files.
+fn exported_stages(graph: &BuildGraph, output: &Output, caching: bool) -> HashSet<usize> {
+    if caching {
+        return (0..graph.stages.len()).collect();
+    }
+    let mut exported = HashSet::new();
+    if matches!(output, Output::Local(_) | Output::Tar(_)) {
+        return exported;
+    }
+    let mut stage = Some(graph.target);
+    while let Some(index) = stage.filter(|index| exported.insert(*index)) {
+        stage = match graph.stages.get(index).map(|stage| &stage.base) {
+            Some(Base::Stage { stage }) => Some(*stage),
+            _ => None,
+        };
+    }
+    exported
 }
 
 #[cfg(test)]

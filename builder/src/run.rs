@@ -166,10 +166,13 @@ pub(crate) struct Runner<'a> {
 impl Runner<'_> {
     /// Runs a RUN step on `layers`; its changes become a layer (none when
     /// it changed nothing).
+    /// `export`: the layer goes into what the build exports (see
+    /// `Layers::in_diff`).
     pub(crate) fn run(
         &self,
         run: &RunStep,
         layers: &[Layer],
+        export: bool,
         progress: &crate::progress::Step<'_>,
     ) -> crate::Result<Option<Layer>> {
         let built = self.sources.layers;
@@ -210,7 +213,7 @@ impl Runner<'_> {
             resources: self.resources.clone(),
         };
         let lowers = view.layers().to_vec();
-        built.in_diff(|diff| {
+        built.in_diff(export, |diff| {
             let _running = self.interrupt.step_running();
             let layers = Layers {
                 lowers: &lowers,

@@ -116,6 +116,20 @@ impl Store {
         Ok(layer)
     }
 
+    /// Makes `diff` the snapshot of the layer it packs to, as
+    /// [`Store::snapshot_from_diff`] does, and writes its blob compressed as
+    /// `options` say in the same pass over its files: for a layer an export
+    /// will need, which would otherwise be read a second time then.
+    pub fn snapshot_and_blob_from_diff(
+        &self,
+        diff: &Path,
+        options: &PackOptions,
+    ) -> Result<PackedLayer, Error> {
+        let layer = self.pack_layer(diff, options)?;
+        self.adopt_snapshot(&layer.diff_id, diff)?;
+        Ok(layer)
+    }
+
     /// Writes the blob of the layer `diff_id` from its snapshot, compressed
     /// as `options` say. A snapshot that no longer packs to its diff ID (it
     /// was changed) gives no blob.
@@ -503,6 +517,43 @@ mod tests {
             fs::read_dir(other.tmp_dir()).expect("tmp").count(),
             0,
             "no unpacking left behind"
+        );
+    }
+
+    #[test]
+    fn a_layer_made_for_export_gets_its_snapshot_and_blob_at_once() {
+        let (_dir, store) = store();
+        let make_diff = |name: &str| {
+            let work = store.temp_dir().expect("temp");
+            let diff = work.path().join(name);
+            fs::create_dir_all(diff.join("app")).expect("mkdir");
+            fs::write(diff.join("app/main.txt"), "exported").expect("write");
+            (work, diff)
+        };
+        let gzip = PackOptions {
+            compression: Compression::Gzip { level: 6 },
+            source_date_epoch: Some(0),
+        };
+        let (_work, diff) = make_diff("diff");
+        let packed = store
+            .snapshot_and_blob_from_diff(&diff, &gzip)
+            .expect("snapshot and blob");
+        assert!(store.has_snapshot(&packed.diff_id));
+        assert!(store.has_blob(&packed.digest));
+        assert_ne!(packed.digest, packed.diff_id, "compressed");
+        assert_eq!(store.diff_id_of_blob(&packed.digest).unwrap(), packed.diff_id);
+
+        // The same files made a snapshot alone give the same layer.
+        let (_other_dir, other) = super::tests::store();
+        let work = other.temp_dir().expect("temp");
+        let alone = work.path().join("alone");
+        fs::create_dir_all(alone.join("app")).expect("mkdir");
+        fs::write(alone.join("app/main.txt"), "exported").expect("write");
+        let hashed = other.snapshot_from_diff(&alone, Some(0)).expect("snapshot");
+        assert_eq!(hashed.diff_id, packed.diff_id);
+        assert_eq!(
+            other.blob_from_snapshot(&hashed.diff_id, &gzip).expect("blob").digest,
+            packed.digest
         );
     }
 }
