@@ -6,49 +6,14 @@
 use std::fs;
 use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use kiln_cache::pack::{pack_dir, PackOptions};
 use kiln_cache::Compression;
 
-const TREE_BYTES: usize = 200 * 1024 * 1024;
+mod common;
+use common::{best, fill, mb_per_s, tool};
 
-/// Text-like content (about 3:1 under gzip, like binaries and sources).
-fn fill(buffer: &mut [u8], state: &mut u64) {
-    const WORDS: [&[u8]; 16] = [
-        b"kiln ",
-        b"layer ",
-        b"build ",
-        b"image ",
-        b"0x7f3a ",
-        b"return ",
-        b"struct ",
-        b"{\n",
-        b"}\n",
-        b"    ",
-        b"digest ",
-        b"sha256 ",
-        b"context ",
-        b"let ",
-        b"mut ",
-        b"fn ",
-    ];
-    let mut at = 0;
-    while at < buffer.len() {
-        *state ^= *state << 13;
-        *state ^= *state >> 7;
-        *state ^= *state << 17;
-        let word: &[u8] = if state.is_multiple_of(7) {
-            &state.to_le_bytes()[..3]
-        } else {
-            WORDS[(*state >> 8) as usize % WORDS.len()]
-        };
-        let n = word.len().min(buffer.len() - at);
-        buffer[at..at + n].copy_from_slice(&word[..n]);
-        at += n;
-    }
-}
+const TREE_BYTES: usize = 200 * 1024 * 1024;
 
 /// 20 files of 8 MB and 9,600 small files, 200 MB in all.
 fn make_tree(root: &Path) {
@@ -72,36 +37,6 @@ fn make_tree(root: &Path) {
         written += small.len();
         index += 1;
     }
-}
-
-fn mb_per_s(bytes: u64, elapsed: Duration) -> f64 {
-    bytes as f64 / 1_000_000.0 / elapsed.as_secs_f64()
-}
-
-/// Best of a few runs, to keep the noise of a busy machine out.
-fn best<T>(runs: usize, mut run: impl FnMut() -> T) -> (Duration, T) {
-    let mut best: Option<(Duration, T)> = None;
-    for _ in 0..runs {
-        let started = Instant::now();
-        let value = run();
-        let elapsed = started.elapsed();
-        if best.as_ref().is_none_or(|(b, _)| elapsed < *b) {
-            best = Some((elapsed, value));
-        }
-    }
-    best.expect("at least one run")
-}
-
-fn tool(program: &str, args: &[&str], input: &Path) -> Option<Duration> {
-    let file = fs::File::open(input).ok()?;
-    let started = Instant::now();
-    let status = Command::new(program)
-        .args(args)
-        .stdin(file)
-        .stdout(Stdio::null())
-        .status()
-        .ok()?;
-    status.success().then(|| started.elapsed())
 }
 
 fn main() {
@@ -154,7 +89,7 @@ fn main() {
             pack_dir(&tree, &options, std::io::sink()).expect("pack")
         });
         let ours = mb_per_s(tar_bytes, elapsed);
-        let theirs = tool(program, &args, &tar).map(|t| mb_per_s(tar_bytes, t));
+        let theirs = tool(program, &args, &tar).map(|(t, _)| mb_per_s(tar_bytes, t));
         let ratio = theirs.map_or("n/a".to_string(), |t| format!("{:.2}x", ours / t));
         println!(
             "{name:<28} {ours:>10.1} {:>10} MB {ratio:>10}",
