@@ -59,9 +59,11 @@ struct Job {
 /// A gzip writer that compresses blocks on worker threads and writes them
 /// in order; [`ParallelGzEncoder::finish`] writes the trailer.
 ///
-/// At most two blocks per thread are in flight, so memory stays near a
-/// megabyte per thread (blocks, dictionaries, outputs, compressors)
-/// whatever the size of the input.
+/// At most two blocks per thread are in flight, so memory does not grow
+/// with the input: the encoder holds under a megabyte per thread (blocks,
+/// dictionaries, outputs, one compressor). Measured, a process compressing
+/// 200 MB peaks at 9 MB with 2 threads, 28 MB with 8 and 137 MB with 32:
+/// glibc's malloc keeps much of what the compressors free.
 pub struct ParallelGzEncoder<W: Write> {
     writer: W,
     block: Vec<u8>,
