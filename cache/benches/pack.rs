@@ -12,43 +12,10 @@ use std::time::{Duration, Instant};
 use kiln_cache::pack::{pack_dir, PackOptions};
 use kiln_cache::Compression;
 
-const TREE_BYTES: usize = 200 * 1024 * 1024;
+mod common;
+use common::{fill, mb_per_s};
 
-/// Text-like content (about 3:1 under gzip, like binaries and sources).
-fn fill(buffer: &mut [u8], state: &mut u64) {
-    const WORDS: [&[u8]; 16] = [
-        b"kiln ",
-        b"layer ",
-        b"build ",
-        b"image ",
-        b"0x7f3a ",
-        b"return ",
-        b"struct ",
-        b"{\n",
-        b"}\n",
-        b"    ",
-        b"digest ",
-        b"sha256 ",
-        b"context ",
-        b"let ",
-        b"mut ",
-        b"fn ",
-    ];
-    let mut at = 0;
-    while at < buffer.len() {
-        *state ^= *state << 13;
-        *state ^= *state >> 7;
-        *state ^= *state << 17;
-        let word: &[u8] = if state.is_multiple_of(7) {
-            &state.to_le_bytes()[..3]
-        } else {
-            WORDS[(*state >> 8) as usize % WORDS.len()]
-        };
-        let n = word.len().min(buffer.len() - at);
-        buffer[at..at + n].copy_from_slice(&word[..n]);
-        at += n;
-    }
-}
+const TREE_BYTES: usize = 200 * 1024 * 1024;
 
 /// 20 files of 8 MB and 9,600 small files, 200 MB in all.
 fn make_tree(root: &Path) {
@@ -72,10 +39,6 @@ fn make_tree(root: &Path) {
         written += small.len();
         index += 1;
     }
-}
-
-fn mb_per_s(bytes: u64, elapsed: Duration) -> f64 {
-    bytes as f64 / 1_000_000.0 / elapsed.as_secs_f64()
 }
 
 /// Best of a few runs, to keep the noise of a busy machine out.

@@ -3,11 +3,14 @@
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 
+use crate::parallel_gzip::ParallelGzEncoder;
+
 /// How a layer blob is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compression {
     Uncompressed,
-    /// gzip at a level from 0 to 9.
+    /// gzip at a level from 0 to 9, compressed on every core; the bytes
+    /// do not depend on the number of cores (see [`crate::parallel_gzip`]).
     Gzip {
         level: u32,
     },
@@ -65,10 +68,7 @@ impl Compression {
     pub fn encoder<W: Write>(self, writer: W) -> io::Result<Encoder<W>> {
         Ok(match self {
             Compression::Uncompressed => Encoder::Uncompressed(writer),
-            Compression::Gzip { level } => Encoder::Gzip(flate2::write::GzEncoder::new(
-                writer,
-                flate2::Compression::new(level),
-            )),
+            Compression::Gzip { level } => Encoder::Gzip(ParallelGzEncoder::new(writer, level)?),
             Compression::Zstd { level } => {
                 let workers = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
                 Encoder::Zstd(zstd_encoder(writer, level, workers)?)
@@ -94,7 +94,7 @@ fn zstd_encoder<W: Write>(
 /// A compressing writer; call [`Encoder::finish`] to write the trailer.
 pub enum Encoder<W: Write> {
     Uncompressed(W),
-    Gzip(flate2::write::GzEncoder<W>),
+    Gzip(ParallelGzEncoder<W>),
     Zstd(zstd::Encoder<'static, W>),
 }
 

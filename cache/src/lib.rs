@@ -8,6 +8,8 @@
 //!
 //! - [`digest`]: sha256 digests, and readers and writers that compute them.
 //! - [`atomic`]: files written whole or not at all.
+//! - [`parallel_gzip`]: gzip compressed on every core, the same bytes
+//!   whatever their number.
 //! - [`compress`]: gzip and zstd, detected and applied.
 //! - [`whiteout`]: how layers mark what they remove.
 //! - [`pack`]: a directory to a deterministic layer tar, compressed, with
@@ -37,6 +39,7 @@ pub mod layers;
 pub mod layout;
 pub mod mounts;
 pub mod pack;
+pub mod parallel_gzip;
 pub mod statcache;
 pub mod store;
 pub mod tree;
