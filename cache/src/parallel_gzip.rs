@@ -56,6 +56,12 @@ struct Job {
     result: SyncSender<io::Result<Vec<u8>>>,
 }
 
+/// Workers at most: beyond this, the memory allocators keep for each
+/// thread's compressors (see [`ParallelGzEncoder`]) would pass the 64 MB a
+/// build may use, for a layer export that other work on the machine
+/// competes with anyway.
+pub const MAX_THREADS: usize = 12;
+
 /// A gzip writer that compresses blocks on worker threads and writes them
 /// in order; [`ParallelGzEncoder::finish`] writes the trailer.
 ///
@@ -75,10 +81,11 @@ pub struct ParallelGzEncoder<W: Write> {
 }
 
 impl<W: Write> ParallelGzEncoder<W> {
-    /// An encoder with one worker per available core.
+    /// An encoder with one worker per available core, up to
+    /// [`MAX_THREADS`].
     pub fn new(writer: W, level: u32) -> io::Result<Self> {
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        Self::with_threads(writer, level, threads)
+        Self::with_threads(writer, level, threads.min(MAX_THREADS))
     }
 
     /// An encoder with `threads` workers; the output is the same for any
