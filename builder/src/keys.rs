@@ -311,27 +311,54 @@ pub struct StepPlace<'a> {
     pub step: usize,
 }
 
-/// Keeps what went into the key of the step at `place` for the next
-/// build's `--explain`, and returns what the last build kept.
+/// What the last build of a step put into its key.
+#[derive(Debug)]
+pub(crate) enum Before {
+    /// No build of it is known.
+    Unknown,
+    /// The same key, so the same parts.
+    Same,
+    /// Another key, made of these parts.
+    Other(Vec<(String, String)>),
+}
+
+/// Keeps what went into `key`, the key of the step at `place`, for the
+/// next build's `--explain`, and returns what the last build kept. The
+/// record starts with the key on a line of its own: a rebuild that finds
+/// the same key there reads no further and writes nothing (for a COPY of a
+/// large context the parts are megabytes).
 pub(crate) fn remember_parts(
     store: &Store,
     scope: &str,
     place: &StepPlace<'_>,
+    key: &Digest,
     parts: &[(String, String)],
-) -> Option<Vec<(String, String)>> {
+) -> Before {
     let mut id = KeyHasher::new("explain", None);
     id.field("scope", scope);
     id.field("stage", place.stage.to_lowercase());
     id.field("step", place.step.to_string());
     let id = id.finish();
-    let before: Option<Vec<(String, String)>> = store
+    let first_line = format!("{key}\n");
+    if store.explain_record_head(&id, first_line.len()).as_deref() == Some(first_line.as_bytes()) {
+        return Before::Same;
+    }
+    let before = store
         .explain_record(&id)
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok());
-    if before.as_deref() != Some(parts) {
-        // A cache: a failure to write it costs only an explanation.
-        if let Ok(bytes) = serde_json::to_vec(parts) {
-            let _ = store.put_explain_record(&id, &bytes);
-        }
+        .and_then(|bytes| {
+            // Records of kiln before the key line hold the parts alone.
+            let parts = match bytes.iter().position(|&byte| byte == b'\n') {
+                Some(end) => &bytes[end + 1..],
+                None => &bytes[..],
+            };
+            serde_json::from_slice(parts).ok()
+        })
+        .map_or(Before::Unknown, Before::Other);
+    // A cache: a failure to write it costs only an explanation.
+    if let Ok(json) = serde_json::to_vec(parts) {
+        let mut bytes = first_line.into_bytes();
+        bytes.extend_from_slice(&json);
+        let _ = store.put_explain_record(&id, &bytes);
     }
     before
 }
