@@ -4,7 +4,8 @@
 # its own, then again with nothing changed. Beside kiln's time (the median of
 # several runs) stands what walking and stat()ing the same tree costs
 # (`find` printing each entry's inode, size and times): a no-op rebuild
-# should cost little more than that, and grow linearly with the files. Peak
+# should cost little more than that, and grow linearly with the files. The
+# two are timed in turns, $runs times each, and their medians shown. Peak
 # RSS is kiln's, from /usr/bin/time, on one more no-op run.
 #
 # Usage: bench/noop-context.sh   (as root)
@@ -12,7 +13,7 @@ set -eu
 . "$(dirname "$0")/lib/common.sh"
 trap 'rm -rf "$work"' EXIT
 unset SOURCE_DATE_EPOCH
-runs=5
+runs=7
 
 if [ ! -x /usr/bin/time ]; then
     echo "needs /usr/bin/time for the peak RSS: apt-get install time" >&2
@@ -33,15 +34,9 @@ make_context() {
     printf 'FROM scratch\nCOPY . /ctx/\n' > "$1/Dockerfile"
 }
 
-# The median of $runs timings of a command run in directory $1.
-median_ms() {
-    dir=$1
-    shift
-    i=0
-    while [ $i -lt $runs ]; do
-        (cd "$dir" && milliseconds "$@")
-        i=$((i + 1))
-    done | sort -n | sed -n "$(( (runs + 1) / 2 ))p"
+# The median of a column of numbers.
+median() {
+    sort -n | sed -n "$(( (runs + 1) / 2 ))p"
 }
 
 walk() {
@@ -56,8 +51,16 @@ for files in 12500 25000 50000; do
     sync
     export KILN_ROOT="$work/store-$files"
     cold=$(cd "$context" && milliseconds "$kiln" build -t bench .)
-    noop=$(median_ms "$context" "$kiln" build -t bench .)
-    walked=$(median_ms "$context" walk)
+    # Taken in turns, so that what else runs on the machine slows both alike.
+    i=0
+    while [ $i -lt $runs ]; do
+        (cd "$context" && milliseconds "$kiln" build -t bench .) >> "$work/noop"
+        (cd "$context" && milliseconds walk) >> "$work/walk"
+        i=$((i + 1))
+    done
+    noop=$(median < "$work/noop")
+    walked=$(median < "$work/walk")
+    rm "$work/noop" "$work/walk"
     (cd "$context" && /usr/bin/time -f %M -o "$work/rss" "$kiln" build -t bench . > /dev/null 2>&1)
     rss_mb=$(( $(tail -1 "$work/rss") / 1024 ))
     printf '%8s %10s %10s %8s %10s %8s MB\n' "$files" "$cold" "$noop" "$walked" \

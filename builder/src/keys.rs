@@ -503,6 +503,46 @@ mod tests {
     }
 
     #[test]
+    fn a_step_built_again_with_the_same_key_leaves_its_record_alone() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let store = Store::open(&dir.path().join("store")).expect("store");
+        let place = StepPlace {
+            stage: "build",
+            step: 1,
+        };
+        let (first_key, second_key) = (Digest::of(b"first"), Digest::of(b"second"));
+        let first = parts(&[("parent", "sha256:a"), ("file a", "mode 644 content x")]);
+        let second = parts(&[("parent", "sha256:a"), ("file a", "mode 644 content y")]);
+        let remember = |key: &Digest, parts: &[(String, String)]| {
+            remember_parts(&store, "scope", &place, key, parts)
+        };
+        let record = || {
+            let explain = dir.path().join("store/explain");
+            let mut files = std::fs::read_dir(&explain).expect("explain records");
+            let path = files.next().expect("a record").expect("entry").path();
+            std::fs::metadata(path).expect("metadata")
+        };
+
+        assert!(matches!(remember(&first_key, &first), Before::Unknown));
+        let written = record();
+        assert!(matches!(remember(&first_key, &first), Before::Same));
+        let again = record();
+        assert_eq!(
+            (again.ino(), again.mtime(), again.mtime_nsec()),
+            (written.ino(), written.mtime(), written.mtime_nsec())
+        );
+        match remember(&second_key, &second) {
+            Before::Other(before) => assert_eq!(before, first),
+            other => panic!("expected the first build's parts, got {other:?}"),
+        }
+        match remember(&first_key, &first) {
+            Before::Other(before) => assert_eq!(before, second),
+            other => panic!("expected the second build's parts, got {other:?}"),
+        }
+    }
+
+    #[test]
     fn explanations_name_what_changed() {
         let before = parts(&[
             ("parent", "sha256:a"),
