@@ -19,7 +19,9 @@ use crate::downloads::Downloads;
 use crate::error::Context;
 use crate::git::{GitSource, GitSources};
 use crate::image::{Layer, StoredImage};
-use crate::keys::{reads_stage_files, remember_parts, Keys, StageFiles, StepKey, StepPlace};
+use crate::keys::{
+    reads_stage_files, remember_parts, Before, Keys, StageFiles, StepKey, StepPlace,
+};
 use crate::layers::Layers;
 use crate::outputs::{self, Outputs, StageOutput, StepReport};
 use crate::progress::Progress;
@@ -394,7 +396,13 @@ impl<'a> Build<'a> {
             parts,
             mut selection,
         } = keys.step_key(parent, action, StageFiles::ByKey)?;
-        let before = remember_parts(self.store, &self.settings.explain_scope, place, &parts);
+        let before = remember_parts(
+            self.store,
+            &self.settings.explain_scope,
+            place,
+            &step_key,
+            &parts,
+        );
         let hit = |record: &CacheRecord, layer: Option<Layer>, chain: Digest| StepOutcome {
             key: step_key,
             chain,
@@ -438,9 +446,11 @@ impl<'a> Build<'a> {
             vec!["the cache is off for it (--no-cache or --no-cache-filter)".to_string()]
         } else {
             match before {
-                Some(before) if before != parts => crate::keys::explain(&before, &parts),
-                Some(_) => vec!["its result is no longer in the store (pruned?)".to_string()],
-                None => vec!["no earlier build of this step is known".to_string()],
+                Before::Other(before) if before != parts => crate::keys::explain(&before, &parts),
+                Before::Same | Before::Other(_) => {
+                    vec!["its result is no longer in the store (pruned?)".to_string()]
+                }
+                Before::Unknown => vec!["no earlier build of this step is known".to_string()],
             }
         };
         for line in &explanation {

@@ -311,27 +311,54 @@ pub struct StepPlace<'a> {
     pub step: usize,
 }
 
-/// Keeps what went into the key of the step at `place` for the next
-/// build's `--explain`, and returns what the last build kept.
+/// What the last build of a step put into its key.
+#[derive(Debug)]
+pub(crate) enum Before {
+    /// No build of it is known.
+    Unknown,
+    /// The same key, so the same parts.
+    Same,
+    /// Another key, made of these parts.
+    Other(Vec<(String, String)>),
+}
+
+/// Keeps what went into `key`, the key of the step at `place`, for the
+/// next build's `--explain`, and returns what the last build kept. The
+/// record starts with the key on a line of its own: a rebuild that finds
+/// the same key there reads no further and writes nothing (for a COPY of a
+/// large context the parts are megabytes).
 pub(crate) fn remember_parts(
     store: &Store,
     scope: &str,
     place: &StepPlace<'_>,
+    key: &Digest,
     parts: &[(String, String)],
-) -> Option<Vec<(String, String)>> {
+) -> Before {
     let mut id = KeyHasher::new("explain", None);
     id.field("scope", scope);
     id.field("stage", place.stage.to_lowercase());
     id.field("step", place.step.to_string());
     let id = id.finish();
-    let before: Option<Vec<(String, String)>> = store
+    let first_line = format!("{key}\n");
+    if store.explain_record_head(&id, first_line.len()).as_deref() == Some(first_line.as_bytes()) {
+        return Before::Same;
+    }
+    let before = store
         .explain_record(&id)
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok());
-    if before.as_deref() != Some(parts) {
-        // A cache: a failure to write it costs only an explanation.
-        if let Ok(bytes) = serde_json::to_vec(parts) {
-            let _ = store.put_explain_record(&id, &bytes);
-        }
+        .and_then(|bytes| {
+            // Records of kiln before the key line hold the parts alone.
+            let parts = match bytes.iter().position(|&byte| byte == b'\n') {
+                Some(end) => &bytes[end + 1..],
+                None => &bytes[..],
+            };
+            serde_json::from_slice(parts).ok()
+        })
+        .map_or(Before::Unknown, Before::Other);
+    // A cache: a failure to write it costs only an explanation.
+    if let Ok(json) = serde_json::to_vec(parts) {
+        let mut bytes = first_line.into_bytes();
+        bytes.extend_from_slice(&json);
+        let _ = store.put_explain_record(&id, &bytes);
     }
     before
 }
@@ -473,6 +500,46 @@ mod tests {
             .iter()
             .map(|(n, v)| (n.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn a_step_built_again_with_the_same_key_leaves_its_record_alone() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let store = Store::open(&dir.path().join("store")).expect("store");
+        let place = StepPlace {
+            stage: "build",
+            step: 1,
+        };
+        let (first_key, second_key) = (Digest::of(b"first"), Digest::of(b"second"));
+        let first = parts(&[("parent", "sha256:a"), ("file a", "mode 644 content x")]);
+        let second = parts(&[("parent", "sha256:a"), ("file a", "mode 644 content y")]);
+        let remember = |key: &Digest, parts: &[(String, String)]| {
+            remember_parts(&store, "scope", &place, key, parts)
+        };
+        let record = || {
+            let explain = dir.path().join("store/explain");
+            let mut files = std::fs::read_dir(&explain).expect("explain records");
+            let path = files.next().expect("a record").expect("entry").path();
+            std::fs::metadata(path).expect("metadata")
+        };
+
+        assert!(matches!(remember(&first_key, &first), Before::Unknown));
+        let written = record();
+        assert!(matches!(remember(&first_key, &first), Before::Same));
+        let again = record();
+        assert_eq!(
+            (again.ino(), again.mtime(), again.mtime_nsec()),
+            (written.ino(), written.mtime(), written.mtime_nsec())
+        );
+        match remember(&second_key, &second) {
+            Before::Other(before) => assert_eq!(before, first),
+            other => panic!("expected the first build's parts, got {other:?}"),
+        }
+        match remember(&first_key, &first) {
+            Before::Other(before) => assert_eq!(before, second),
+            other => panic!("expected the second build's parts, got {other:?}"),
+        }
     }
 
     #[test]

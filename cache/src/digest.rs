@@ -28,6 +28,11 @@ impl Digest {
         Digest(bytes)
     }
 
+    /// The 32 bytes of the sha256.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
     /// The 64 hex digits, without the algorithm.
     pub fn hex(&self) -> String {
         hex::encode(self.0)
@@ -60,7 +65,12 @@ impl FromStr for Digest {
 
 impl fmt::Display for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "sha256:{}", self.hex())
+        // Without the String `hex()` allocates: a key writes one for every
+        // file of a context.
+        let mut digits = [0u8; 64];
+        hex::encode_to_slice(self.0, &mut digits).map_err(|_| fmt::Error)?;
+        f.write_str("sha256:")?;
+        f.write_str(std::str::from_utf8(&digits).map_err(|_| fmt::Error)?)
     }
 }
 

@@ -10,7 +10,7 @@
 //! key in `explain/<hex of an id>` the same way.
 
 use std::fs;
-use std::io;
+use std::io::{self, Read};
 
 use oci_spec::image::MediaType;
 use serde::{Deserialize, Serialize};
@@ -151,6 +151,19 @@ impl Store {
     /// into a step's key), if there is a readable record.
     pub fn explain_record(&self, id: &Digest) -> Option<Vec<u8>> {
         fs::read(self.explain_dir().join(id.hex())).ok()
+    }
+
+    /// The first `len` bytes (fewer if it is shorter) of the record under
+    /// `id`: enough to tell whether it is the one a build would write,
+    /// without reading what may be megabytes.
+    pub fn explain_record_head(&self, id: &Digest, len: usize) -> Option<Vec<u8>> {
+        let mut head = Vec::with_capacity(len);
+        fs::File::open(self.explain_dir().join(id.hex()))
+            .ok()?
+            .take(len as u64)
+            .read_to_end(&mut head)
+            .ok()?;
+        Some(head)
     }
 
     /// Keeps `bytes` under `id` for a later build's `--explain`. A cache,

@@ -433,6 +433,14 @@ mod tests {
         store.put_explain_record(&id, b"[1]").unwrap();
         store.put_explain_record(&id, b"[2]").unwrap();
         assert_eq!(store.explain_record(&id).as_deref(), Some(&b"[2]"[..]));
+        assert_eq!(
+            store.explain_record_head(&id, 2).as_deref(),
+            Some(&b"[2"[..])
+        );
+        assert_eq!(
+            store.explain_record_head(&id, 9).as_deref(),
+            Some(&b"[2]"[..])
+        );
         store.prune(&PrunePolicy::default()).unwrap();
         assert!(store.explain_record(&id).is_some(), "not garbage");
         store
@@ -442,6 +450,7 @@ mod tests {
             })
             .unwrap();
         assert_eq!(store.explain_record(&id), None);
+        assert_eq!(store.explain_record_head(&id, 2), None);
     }
 
     #[test]

@@ -146,7 +146,8 @@ impl Layout {
     pub fn read_index(&self) -> Result<ImageIndex, Error> {
         let path = self.index_path();
         let file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
-        ImageIndex::from_reader(file)
+        // Unbuffered, the parser reads it a byte per system call.
+        ImageIndex::from_reader(std::io::BufReader::new(file))
             .map_err(|e| self.invalid(format!("{INDEX_FILE} is invalid: {e}")))
     }
 

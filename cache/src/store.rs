@@ -452,11 +452,16 @@ impl Store {
         let lock = self.lock_file("index.lock")?;
         lock.lock()
             .map_err(|e| Error::io(&self.root.join("index.lock"), e))?;
-        let mut manifests = self.read_index()?.manifests().clone();
+        let before = self.read_index()?.manifests().clone();
+        let mut manifests = before.clone();
         change(&mut manifests);
         manifests.sort_by(|a, b| {
             (ref_name(a), a.digest().to_string()).cmp(&(ref_name(b), b.digest().to_string()))
         });
+        // A rebuild names the image it named before: no write, no syncs.
+        if manifests == before {
+            return Ok(());
+        }
         self.layout.write_index(&manifests)
     }
 

@@ -100,6 +100,26 @@ fn blobs_and_the_index_are_readable_by_other_users() {
 }
 
 #[test]
+fn naming_an_image_again_leaves_the_index_alone() {
+    use std::os::unix::fs::MetadataExt;
+    let (_dir, store) = store();
+    let image = write_image(&store, "one");
+    store
+        .set_name(Some("docker.io/library/app:1"), &image)
+        .expect("tag");
+    let index = store.root().join("index.json");
+    let written = fs::metadata(&index).expect("metadata").ino();
+    store
+        .set_name(Some("docker.io/library/app:1"), &image)
+        .expect("tag again");
+    assert_eq!(fs::metadata(&index).expect("metadata").ino(), written);
+    store
+        .set_name(Some("docker.io/library/app:2"), &image)
+        .expect("another tag");
+    assert_ne!(fs::metadata(&index).expect("metadata").ino(), written);
+}
+
+#[test]
 fn names_point_at_manifests() {
     let (_dir, store) = store();
     let first = write_image(&store, "one");

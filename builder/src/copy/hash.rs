@@ -102,7 +102,11 @@ impl EntryHasher<'_, '_> {
         let mode = format!("{:o}", metadata.mode());
         hasher.field("mode", &mode);
         let file_type = metadata.file_type();
-        let mut description = format!("mode {mode}");
+        // Written piece by piece, with room for a digest: this runs for
+        // every file of the context on every build.
+        let mut description = String::with_capacity(96);
+        description.push_str("mode ");
+        description.push_str(&mode);
         if !source.is_context() {
             // Files of a stage or an image keep their owners and extended
             // attributes (file capabilities among them) when copied; those
@@ -133,8 +137,10 @@ impl EntryHasher<'_, '_> {
                 .stat_cache
                 .digest(&entry.host, metadata)
                 .with_context(|| format!("reading {}", entry.path))?;
-            hasher.field("content", digest.to_string());
-            description.push_str(&format!(" content {digest}"));
+            let digest_text = digest.to_string();
+            hasher.field("content", &digest_text);
+            description.push_str(" content ");
+            description.push_str(&digest_text);
             read.content = Some(digest);
         } else if file_type.is_block_device() || file_type.is_char_device() {
             hasher.field("device", metadata.rdev().to_string());
