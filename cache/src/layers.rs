@@ -550,7 +550,10 @@ mod tests {
         assert!(store.has_snapshot(&packed.diff_id));
         assert!(store.has_blob(&packed.digest));
         assert_ne!(packed.digest, packed.diff_id, "compressed");
-        assert_eq!(store.diff_id_of_blob(&packed.digest).unwrap(), packed.diff_id);
+        assert_eq!(
+            store.diff_id_of_blob(&packed.digest).unwrap(),
+            packed.diff_id
+        );
 
         // The same files made a snapshot alone give the same layer.
         let (_other_dir, other) = super::tests::store();
@@ -561,7 +564,10 @@ mod tests {
         let hashed = other.snapshot_from_diff(&alone, Some(0)).expect("snapshot");
         assert_eq!(hashed.diff_id, packed.diff_id);
         assert_eq!(
-            other.blob_from_snapshot(&hashed.diff_id, &gzip).expect("blob").digest,
+            other
+                .blob_from_snapshot(&hashed.diff_id, &gzip)
+                .expect("blob")
+                .digest,
             packed.digest
         );
     }

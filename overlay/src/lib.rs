@@ -324,7 +324,10 @@ impl LayerView {
                         continue;
                     }
                     let child = host.join(&raw_name);
-                    let metadata = fs::symlink_metadata(&child)?;
+                    // Relative to the open directory (fstatat, not following
+                    // a link, as symlink_metadata): no walk of the whole
+                    // path again for each entry.
+                    let metadata = item.metadata()?;
                     let entry = (!is_whiteout(&metadata)).then(|| ViewEntry {
                         path: if parts.is_empty() {
                             format!("/{name}")
