@@ -29,7 +29,9 @@ pub struct StoreImages<'a> {
     pub pull: bool,
     /// Where images are pulled without their layers; none pulls them whole.
     pending: Option<&'a PendingLayers>,
-    resolved: HashMap<(String, String), ResolvedImage>,
+    /// What each reference and platform resolved to (or why it could not
+    /// be), once per build.
+    resolved: HashMap<(String, String), Result<ResolvedImage, String>>,
 }
 
 fn platform_matches(found: &Platform, wanted: &Platform) -> bool {
@@ -172,12 +174,9 @@ fn name_whole_images(store: &Store, state: &mut Pending) -> crate::Result<()> {
     Ok(())
 }
 
-impl BaseImages for StoreImages<'_> {
-    fn resolve(&mut self, reference: &str, platform: &Platform) -> Result<ResolvedImage, String> {
-        let key = (reference.to_string(), platform.to_string());
-        if let Some(resolved) = self.resolved.get(&key) {
-            return Ok(resolved.clone());
-        }
+impl StoreImages<'_> {
+    /// The image `reference` names for `platform`, pinned to its digest.
+    fn look_up(&self, reference: &str, platform: &Platform) -> Result<ResolvedImage, String> {
         let parsed = Reference::parse(reference).map_err(|e| e.to_string())?;
         let image = self
             .find(reference, platform)
@@ -189,12 +188,60 @@ impl BaseImages for StoreImages<'_> {
             ));
         }
         let pinned = parsed.with_digest(&image.manifest_digest.to_string());
-        let resolved = ResolvedImage {
+        Ok(ResolvedImage {
             reference: pinned.to_string(),
             config: image.config.config,
-        };
-        self.resolved.insert(key, resolved.clone());
-        Ok(resolved)
+        })
+    }
+}
+
+impl BaseImages for StoreImages<'_> {
+    fn resolve(&mut self, reference: &str, platform: &Platform) -> Result<ResolvedImage, String> {
+        let key = (reference.to_string(), platform.to_string());
+        if let Some(resolved) = self.resolved.get(&key) {
+            return resolved.clone();
+        }
+        let resolved = self.look_up(reference, platform);
+        if resolved.is_ok() {
+            self.resolved.insert(key, resolved.clone());
+        }
+        resolved
+    }
+
+    /// Looks the images up at once, a thread each: a build with several
+    /// base images waits for the slowest pull, not for all of them in turn.
+    /// What each lookup found, or why it failed, is what `resolve` answers
+    /// for it then.
+    fn prefetch(&mut self, wanted: &[(String, Platform)]) {
+        if self.remote.is_none() {
+            return;
+        }
+        let this = &*self;
+        let found: Vec<((String, String), Result<ResolvedImage, String>)> =
+            std::thread::scope(|scope| {
+                let lookups: Vec<_> = wanted
+                    .iter()
+                    .filter(|(reference, platform)| {
+                        !this
+                            .resolved
+                            .contains_key(&(reference.clone(), platform.to_string()))
+                    })
+                    .map(|(reference, platform)| {
+                        let key = (reference.clone(), platform.to_string());
+                        (key, scope.spawn(move || this.look_up(reference, platform)))
+                    })
+                    .collect();
+                lookups
+                    .into_iter()
+                    .map(|(key, lookup)| {
+                        let result = lookup
+                            .join()
+                            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                        (key, result)
+                    })
+                    .collect()
+            });
+        self.resolved.extend(found);
     }
 }
 

@@ -448,6 +448,14 @@ impl BaseImages for NamedContexts<'_> {
     ) -> Result<Option<NamedContext>, String> {
         self.lookup(name, platform)
     }
+
+    /// Passed on only without named contexts: a dry lowering does not know
+    /// which names they replace, and must not pull an image one stands for.
+    fn prefetch(&mut self, wanted: &[(String, Platform)]) {
+        if self.specs.is_empty() {
+            self.images.prefetch(wanted);
+        }
+    }
 }
 
 /// Copies the image `tag` or `digest` names (or the layout's only image)

@@ -95,6 +95,14 @@ pub fn load(
             return Err(error.into());
         }
     };
+    // The images the build needs are looked up together: a dry lowering
+    // (no lookup, and its errors are the real lowering's to report) says
+    // which they are.
+    let mut asked = kiln_frontend::ImagesAsked::default();
+    let _ = kiln_frontend::lower(&dockerfile, &options, &mut asked);
+    if asked.asked.len() > 1 {
+        images.prefetch(&asked.asked);
+    }
     // The build checks come first, as in BuildKit: their warnings are shown
     // even when the Dockerfile then fails to lower.
     let report = lint::check(&dockerfile, &options, Scope::Target, &ignore, images)?;
@@ -142,6 +150,10 @@ impl BaseImages for FailuresRemembered<'_> {
         platform: &Platform,
     ) -> Result<Option<kiln_frontend::NamedContext>, String> {
         self.images.named_context(name, platform)
+    }
+
+    fn prefetch(&mut self, wanted: &[(String, Platform)]) {
+        self.images.prefetch(wanted);
     }
 }
 

@@ -351,60 +351,26 @@ pub fn build(engine: &Engine<'_>, request: &BuildRequest) -> crate::Result<Built
     let stat_cache = StatCache::load(store);
     remote.show_progress_on(Arc::clone(progress));
     let cache_to = &args.cache_to;
-    let imported = cache_io::Imported::read(&args.cache_from, store, remote, progress)?;
     let pending_layers = PendingLayers::default();
-    let mut images = StoreImages::new(store, Some(remote), args.pull).layers_later(&pending_layers);
-    let mut dockerfile_args = args.dockerfile.clone();
-    let main_context =
-        contexts::resolve_main_context(&mut dockerfile_args, store, remote, &args.secrets)?;
-    let _stdin_dockerfile = dockerfile::keep_stdin_dockerfile(&mut dockerfile_args, store)?;
-    let mut contexts = NamedContexts::new(
-        &args.named_contexts,
-        &mut images,
-        store,
-        Some(remote),
-        &args.secrets,
-    )?;
-    let mut plan = dockerfile::load(
-        &dockerfile_args,
-        &args.labels,
-        &args.allow,
-        &mut contexts,
-        progress,
-    )?;
-    // `None` when SOURCE_DATE_EPOCH names no context; the time of the one
-    // it names otherwise (none for a local directory, as in BuildKit).
-    let context_epoch = match epoch_source(args, plan.graph.source_date_epoch.as_deref()) {
-        Some(name) if name == "context" => Some(main_context.epoch),
-        Some(name) => match contexts.epoch_of(&name)? {
-            Some(epoch) => Some(epoch),
-            None => dockerfile::epoch_stage_source(&dockerfile_args, &name)?
-                .map(|source| contexts::epoch_of_source(&source, store, remote, &args.secrets))
-                .transpose()?,
-        },
-        None => None,
-    };
-    if let Some(Some(epoch)) = context_epoch {
-        // The epoch a context gives is what the Dockerfile's
-        // SOURCE_DATE_EPOCH holds, as BuildKit passes it: lowered again with
-        // the number in place of the name.
-        dockerfile_args
-            .build_args
-            .push(format!("SOURCE_DATE_EPOCH={epoch}"));
-        // Its warnings were shown by the first lowering.
-        plan = dockerfile::load(
-            &dockerfile_args,
-            &args.labels,
-            &args.allow,
-            &mut contexts,
-            &Progress::silent(),
-        )?;
-    }
-    let named_files = contexts.into_files();
-    let source_date_epoch = match context_epoch {
-        Some(epoch) => epoch,
-        None => source_date_epoch(args, plan.graph.source_date_epoch.as_deref())?,
-    };
+    // The imported cache's records are read while the Dockerfile is lowered
+    // and its base images pulled: both mostly wait on registries.
+    let (imported, lowered) = std::thread::scope(|scope| {
+        let importing =
+            scope.spawn(|| cache_io::Imported::read(&args.cache_from, store, remote, progress));
+        let lowered = lower_for_build(args, store, remote, &pending_layers, progress);
+        let imported = importing
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (imported, lowered)
+    });
+    let imported = imported?;
+    let Lowered {
+        plan,
+        named_files,
+        source_date_epoch,
+        _main_context,
+        _stdin_dockerfile,
+    } = lowered?;
     let now = source_date_epoch.unwrap_or_else(now_seconds);
     if args.no_cache {
         // BuildKit starts cache mounts over with --no-cache: done before
@@ -685,6 +651,89 @@ fn write_metadata(
     archive::write_output(file, |out| {
         out.write_all(&bytes)
             .with_context(|| format!("writing {}", file.display()))
+    })
+}
+
+/// A build's Dockerfile lowered, with what the build reads kept at hand.
+struct Lowered {
+    plan: dockerfile::Plan,
+    named_files: contexts::NamedFiles,
+    source_date_epoch: Option<i64>,
+    /// Where a URL, archive or git main context was unpacked, kept until
+    /// the build ends.
+    _main_context: contexts::MainContext,
+    /// A Dockerfile read from standard input, kept for lowering it twice.
+    _stdin_dockerfile: Option<tempfile::TempDir>,
+}
+
+/// Resolves the main and named contexts of `args`, lowers its Dockerfile
+/// (pulling base images without their layers, left to `pending_layers`)
+/// and settles SOURCE_DATE_EPOCH.
+fn lower_for_build(
+    args: &BuildRequest,
+    store: &Store,
+    remote: &Remote,
+    pending_layers: &PendingLayers,
+    progress: &Arc<Progress>,
+) -> crate::Result<Lowered> {
+    let mut images = StoreImages::new(store, Some(remote), args.pull).layers_later(pending_layers);
+    let mut dockerfile_args = args.dockerfile.clone();
+    let main_context =
+        contexts::resolve_main_context(&mut dockerfile_args, store, remote, &args.secrets)?;
+    let _stdin_dockerfile = dockerfile::keep_stdin_dockerfile(&mut dockerfile_args, store)?;
+    let mut contexts = NamedContexts::new(
+        &args.named_contexts,
+        &mut images,
+        store,
+        Some(remote),
+        &args.secrets,
+    )?;
+    let mut plan = dockerfile::load(
+        &dockerfile_args,
+        &args.labels,
+        &args.allow,
+        &mut contexts,
+        progress,
+    )?;
+    // `None` when SOURCE_DATE_EPOCH names no context; the time of the one
+    // it names otherwise (none for a local directory, as in BuildKit).
+    let context_epoch = match epoch_source(args, plan.graph.source_date_epoch.as_deref()) {
+        Some(name) if name == "context" => Some(main_context.epoch),
+        Some(name) => match contexts.epoch_of(&name)? {
+            Some(epoch) => Some(epoch),
+            None => dockerfile::epoch_stage_source(&dockerfile_args, &name)?
+                .map(|source| contexts::epoch_of_source(&source, store, remote, &args.secrets))
+                .transpose()?,
+        },
+        None => None,
+    };
+    if let Some(Some(epoch)) = context_epoch {
+        // The epoch a context gives is what the Dockerfile's
+        // SOURCE_DATE_EPOCH holds, as BuildKit passes it: lowered again with
+        // the number in place of the name.
+        dockerfile_args
+            .build_args
+            .push(format!("SOURCE_DATE_EPOCH={epoch}"));
+        // Its warnings were shown by the first lowering.
+        plan = dockerfile::load(
+            &dockerfile_args,
+            &args.labels,
+            &args.allow,
+            &mut contexts,
+            &Progress::silent(),
+        )?;
+    }
+    let named_files = contexts.into_files();
+    let source_date_epoch = match context_epoch {
+        Some(epoch) => epoch,
+        None => source_date_epoch(args, plan.graph.source_date_epoch.as_deref())?,
+    };
+    Ok(Lowered {
+        plan,
+        named_files,
+        source_date_epoch,
+        _main_context: main_context,
+        _stdin_dockerfile,
     })
 }
 

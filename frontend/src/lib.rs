@@ -59,6 +59,8 @@ pub mod targets;
 pub use error::{Error, ErrorKind, Pos};
 pub use graph::BuildGraph;
 pub use ignore::DockerIgnore;
-pub use lower::{lower, BaseImages, LowerOptions, NamedContext, ResolvedImage, UnknownImages};
+pub use lower::{
+    lower, BaseImages, ImagesAsked, LowerOptions, NamedContext, ResolvedImage, UnknownImages,
+};
 pub use parser::{parse, parse_bytes};
 pub use platform::Platform;

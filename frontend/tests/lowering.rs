@@ -1083,3 +1083,24 @@ fn named_contexts_replace_stages_and_images_wherever_they_are_named() {
     };
     assert_eq!(first.dest, "/");
 }
+
+#[test]
+fn a_dry_lowering_lists_the_images_the_target_needs_once_each() {
+    let dockerfile = parse(
+        "ARG BASE=alpine:3\n\
+         FROM $BASE AS tools\n\
+         FROM busybox AS unused\n\
+         FROM debian:12 AS build\n\
+         COPY --from=tools /bin/sh /sh\n\
+         COPY --from=gcc:12 /usr/bin/gcc /gcc\n\
+         FROM build\n\
+         COPY --from=tools /etc /etc\n",
+        "Dockerfile",
+    )
+    .expect("parse");
+    let mut asked = kiln_frontend::ImagesAsked::default();
+    lower(&dockerfile, &LowerOptions::default(), &mut asked).expect("lower");
+    let mut names: Vec<&str> = asked.asked.iter().map(|(r, _)| r.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["alpine:3", "debian:12", "gcc:12"]);
+}

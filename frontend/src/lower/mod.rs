@@ -32,7 +32,9 @@ use crate::graph::BuildGraph;
 use crate::instruction;
 use crate::shell::Lexer;
 
-pub use options::{BaseImages, LowerOptions, NamedContext, ResolvedImage, UnknownImages};
+pub use options::{
+    BaseImages, ImagesAsked, LowerOptions, NamedContext, ResolvedImage, UnknownImages,
+};
 pub use state::DEFAULT_PATH;
 
 use stages::Lowering;

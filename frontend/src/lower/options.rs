@@ -131,6 +131,28 @@ pub trait BaseImages {
     ) -> Result<Option<NamedContext>, String> {
         Ok(None)
     }
+
+    /// Told, before any `resolve`, the images a lowering will ask for, so
+    /// that an implementation may look them all up at once.
+    fn prefetch(&mut self, _wanted: &[(String, Platform)]) {}
+}
+
+/// Answers every image with an empty configuration and remembers what was
+/// asked: the images a lowering needs, found without any lookup (but those
+/// a base image's ONBUILD would name).
+#[derive(Default)]
+pub struct ImagesAsked {
+    pub asked: Vec<(String, Platform)>,
+}
+
+impl BaseImages for ImagesAsked {
+    fn resolve(&mut self, reference: &str, platform: &Platform) -> Result<ResolvedImage, String> {
+        let wanted = (reference.to_string(), platform.clone());
+        if !self.asked.contains(&wanted) {
+            self.asked.push(wanted);
+        }
+        UnknownImages.resolve(reference, platform)
+    }
 }
 
 /// Treats every base image as having an empty configuration, for looking at
