@@ -102,6 +102,28 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     file.commit(path)
 }
 
+/// Replaces `path` with `bytes` whole, as [`write_atomic`] does but without
+/// syncing: for the store's cache files (records, explanations), where a
+/// crash that leaves one empty or missing costs a cache miss, and two disk
+/// flushes per file on every build would cost more than the misses.
+pub fn write_atomic_unsynced(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    let failed = |doing: &'static str| {
+        let path = path.to_path_buf();
+        move |source| Error::Replace {
+            path,
+            doing,
+            source,
+        }
+    };
+    let mut file = AtomicFile::beside(path)?;
+    file.write_all(bytes)
+        .map_err(failed("writing its new content"))?;
+    file.temp
+        .persist(path)
+        .map_err(|e| failed("renaming its new content into place")(e.error))?;
+    Ok(())
+}
+
 /// Makes the entries of `dir` (a rename into it) survive a crash.
 pub fn sync_dir(dir: &Path) -> Result<(), Error> {
     File::open(dir)

@@ -5,8 +5,9 @@
 //! definitions hash alike by shifting bytes between fields. A record says
 //! what the step produced: a layer (by diff ID, with the blob it was stored
 //! as) or nothing. Records live in `cache-keys/<hex of key>`, one small
-//! JSON file each, written atomically; they are a cache, so a missing or
-//! unreadable one is a miss. `--explain` keeps what went into each step's
+//! JSON file each, renamed into place whole but not synced (the layers they
+//! name are): they are a cache, so a missing, empty or unreadable one (what
+//! a crash may leave) is a miss. `--explain` keeps what went into each step's
 //! key in `explain/<hex of an id>` the same way.
 
 use std::fs;
@@ -16,7 +17,7 @@ use oci_spec::image::MediaType;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use crate::atomic::write_atomic;
+use crate::atomic::write_atomic_unsynced;
 use crate::digest::Digest;
 use crate::error::Error;
 use crate::store::Store;
@@ -140,7 +141,7 @@ impl Store {
         if let Some(dir) = path.parent() {
             fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         }
-        write_atomic(&path, &bytes)
+        write_atomic_unsynced(&path, &bytes)
     }
 
     pub(crate) fn explain_dir(&self) -> std::path::PathBuf {
@@ -172,7 +173,7 @@ impl Store {
     pub fn put_explain_record(&self, id: &Digest, bytes: &[u8]) -> Result<(), Error> {
         let dir = self.explain_dir();
         fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-        write_atomic(&dir.join(id.hex()), bytes)
+        write_atomic_unsynced(&dir.join(id.hex()), bytes)
     }
 }
 
