@@ -154,16 +154,18 @@ mod tests {
 
     #[test]
     fn a_file_is_replaced_whole_and_readable_by_everyone() {
-        let dir = tempfile::tempdir().expect("dir");
-        let path = dir.path().join("index.json");
-        fs::write(&path, b"old").expect("old");
-        write_atomic(&path, b"new").expect("write");
-        assert_eq!(fs::read(&path).expect("read"), b"new");
-        assert_eq!(
-            fs::metadata(&path).expect("metadata").mode() & 0o777,
-            FILE_MODE
-        );
-        assert_eq!(names(dir.path()), ["index.json"], "no temporary file left");
+        for write in [write_atomic, write_atomic_unsynced] {
+            let dir = tempfile::tempdir().expect("dir");
+            let path = dir.path().join("index.json");
+            fs::write(&path, b"old").expect("old");
+            let old_inode = fs::metadata(&path).expect("metadata").ino();
+            write(&path, b"new").expect("write");
+            assert_eq!(fs::read(&path).expect("read"), b"new");
+            let metadata = fs::metadata(&path).expect("metadata");
+            assert_ne!(metadata.ino(), old_inode, "renamed into place");
+            assert_eq!(metadata.mode() & 0o777, FILE_MODE);
+            assert_eq!(names(dir.path()), ["index.json"], "no temporary file left");
+        }
     }
 
     #[test]
