@@ -63,6 +63,7 @@ if [ -n "$docker" ]; then
     DOCKER_BUILDKIT=1 $docker build -t gcc:12 "$work/base-gcc" > /dev/null 2>&1
 fi
 
+sync
 printf '%-10s %-6s %9s' case build kiln
 [ -n "$buildah_cmd" ] && printf ' %9s %9s' buildah kiln/bud
 [ -n "$docker" ] && printf ' %9s %9s' docker kiln/dkr
