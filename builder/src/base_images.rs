@@ -153,6 +153,16 @@ impl PendingLayers {
             .collect()
     }
 
+    /// The repository a pending layer's blob is fetched from.
+    pub fn source_of(&self, blob: &Digest) -> Option<Reference> {
+        self.state().sources.get(blob).cloned()
+    }
+
+    /// Where each pending blob is fetched from.
+    pub fn sources(&self) -> HashMap<Digest, Reference> {
+        self.state().sources.clone()
+    }
+
     /// Forgets the layers now in the store and names the images that are
     /// whole.
     pub fn settle(&self, store: &Store) -> crate::Result<()> {

@@ -188,15 +188,20 @@ impl<'a> Build<'a> {
     }
 
     /// `layers` with a blob each in the store, as an export needs them
-    /// (see [`Layers::materialize`]).
-    pub fn materialize(&self, layers: &[Layer]) -> crate::Result<Vec<Layer>> {
+    /// (see [`Layers::materialize`]); but base image layers of `registry`
+    /// not fetched yet, when given, are left there (for a push to it).
+    pub fn materialize(
+        &self,
+        layers: &[Layer],
+        registry: Option<&str>,
+    ) -> crate::Result<Vec<Layer>> {
         let mut ours: HashMap<Digest, Vec<Digest>> = HashMap::new();
         for result in &self.journal().results {
             if let Some(layer) = &result.layer {
                 ours.entry(layer.diff_id).or_default().push(result.key);
             }
         }
-        self.layers.materialize(layers, &ours)
+        self.layers.materialize(layers, &ours, registry)
     }
 
     fn journal(&self) -> std::sync::MutexGuard<'_, Journal> {

@@ -69,16 +69,42 @@ impl<'a> Layers<'a> {
     /// cache records updated, so that later builds reuse the blob).
     /// `ours` maps each layer this build made to the keys of the steps that
     /// made it.
+    /// Base image layers not fetched yet that come from `left_in`, when
+    /// given, stay in their registry, unless the build recompresses them.
     pub fn materialize(
         &self,
         layers: &[Layer],
         ours: &HashMap<Digest, Vec<Digest>>,
+        left_in: Option<&str>,
     ) -> crate::Result<Vec<Layer>> {
         let options = &self.options;
         let wanted = LayerEncoding::of_compression(options.compression);
-        self.fetch_at_once(layers, false)?;
+        let left: Vec<Layer> = match left_in {
+            Some(registry) if !self.force_compression => layers
+                .iter()
+                .filter(|layer| {
+                    !self.store.has_blob(&layer.blob)
+                        && self
+                            .pending
+                            .source_of(&layer.blob)
+                            .is_some_and(|source| source.registry() == registry)
+                })
+                .cloned()
+                .collect(),
+            _ => Vec::new(),
+        };
+        let fetched: Vec<Layer> = layers
+            .iter()
+            .filter(|layer| !left.contains(layer))
+            .cloned()
+            .collect();
+        self.fetch_at_once(&fetched, false)?;
         let mut materialized = Vec::with_capacity(layers.len());
         for layer in layers {
+            if left.contains(layer) {
+                materialized.push(layer.clone());
+                continue;
+            }
             // Base image layers keep their compression; this build's are
             // compressed as it asks, from their snapshot.
             let as_asked = layer.encoding == wanted

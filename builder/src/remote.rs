@@ -216,12 +216,15 @@ impl Remote {
     }
 
     /// Pushes the image whose manifest is `manifest` to every destination,
-    /// grouped by repository.
+    /// grouped by repository. The blobs the store lacks are those of
+    /// `elsewhere`, mounted from their repository (or fetched from it when
+    /// that fails).
     pub fn push(
         &self,
         store: &Store,
         manifest: &Digest,
         destinations: &[Reference],
+        elsewhere: &HashMap<Digest, Reference>,
     ) -> crate::Result<()> {
         let (runtime, client) = self.connect()?;
         let mut by_repository: Vec<(String, Vec<Reference>)> = Vec::new();
@@ -233,7 +236,12 @@ impl Remote {
             }
         }
         for (name, group) in by_repository {
-            let mounts = mount_sources(store, &group[0])?;
+            let mut mounts = mount_sources(store, &group[0])?;
+            for (blob, source) in elsewhere {
+                if !store.has_blob(blob) {
+                    mounts.insert(*blob, source.clone());
+                }
+            }
             let progress = self.progress();
             let step = progress.step(&format!("pushing to {name}"));
             let report = runtime

@@ -2,7 +2,7 @@
 //! the result goes; and the build itself, from lowering the Dockerfile to
 //! the exported image.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -458,11 +458,16 @@ pub fn build(engine: &Engine<'_>, request: &BuildRequest) -> crate::Result<Built
             cache_io::CacheTo::Local { dir } => Err(dir),
         };
         let (records, layers) = cache_io::exported(&entries);
-        let layers = build.materialize(&layers)?;
+        let layers = build.materialize(&layers, None)?;
         let (manifest, size) = cache_io::write_cache_manifest(store, records, &layers)?;
         match destination {
             Ok(reference) => {
-                remote.push(store, &manifest, std::slice::from_ref(reference))?;
+                remote.push(
+                    store,
+                    &manifest,
+                    std::slice::from_ref(reference),
+                    &HashMap::new(),
+                )?;
                 progress.note(&format!("exported the cache to {}", reference.familiar()));
             }
             Err(dir) => {
@@ -509,8 +514,20 @@ pub fn build(engine: &Engine<'_>, request: &BuildRequest) -> crate::Result<Built
         }
         Output::Store | Output::Oci(_) | Output::Docker(_) => {}
     }
+    // An image only pushed to the registry its base came from needs none
+    // of the base's layers here: they are mounted there instead.
+    let push_only_to = match tags.first() {
+        Some(first)
+            if args.push
+                && matches!(output, Output::Store)
+                && tags.iter().all(|tag| tag.registry() == first.registry()) =>
+        {
+            Some(first.registry())
+        }
+        _ => None,
+    };
     let exporting = progress.step("exporting layers");
-    let materialized = build.materialize(&target.layers);
+    let materialized = build.materialize(&target.layers, push_only_to);
     if let Ok(layers) = &materialized {
         exporting.add_bytes(layers.iter().map(|layer| layer.size).sum());
     }
@@ -549,15 +566,23 @@ pub fn build(engine: &Engine<'_>, request: &BuildRequest) -> crate::Result<Built
         Output::Store | Output::Local(_) | Output::Tar(_) => None,
     };
     let Some((path, archive_format)) = archive else {
-        if tags.is_empty() {
+        // The store names only whole images: one whose base layers stayed
+        // in their registry is pushed, and found there by name.
+        let whole = image_layers.iter().all(|layer| store.has_blob(&layer.blob));
+        if whole && tags.is_empty() {
             store.set_name(None, &descriptor)?;
         }
-        for tag in tags {
+        for tag in tags.iter().filter(|_| whole) {
             store.set_name(Some(&tag.to_string()), &descriptor)?;
             progress.note(&format!("naming to {tag}"));
         }
+        if !whole {
+            progress.note(
+                "not named in the store: its base image's layers were not downloaded (kiln pull gets the whole image)",
+            );
+        }
         if args.push {
-            remote.push(store, &digest, tags)?;
+            remote.push(store, &digest, tags, &pending_layers.sources())?;
         }
         if let Some(file) = &args.metadata_file {
             write_metadata(file, Some((store, &descriptor, tags)), &steps)?;

@@ -182,6 +182,19 @@ impl Client {
         .await
     }
 
+    /// Makes the blob present in `reference`'s repository without its
+    /// bytes (there already, or mounted from `from`); `None` when that is
+    /// not possible.
+    pub async fn mount_blob(
+        &self,
+        reference: &Reference,
+        (digest, size): (&Digest, u64),
+        from: &Reference,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<Option<Pushed>, Error> {
+        upload::mount_only(&self.session, reference, (digest, size), from, progress).await
+    }
+
     /// Uploads the blob in `path` unless the registry has it; mounts it from
     /// `mount_from` (a repository of the same registry) when possible.
     pub async fn push_blob(

@@ -361,7 +361,9 @@ pub struct PushReport {
 /// every reference of `destinations` (same registry and repository; each
 /// names a tag, or only the digest): blobs first (`jobs` at once, mounted
 /// from `mount_sources` where the registry has them in another
-/// repository), then the manifest under each tag.
+/// repository), then the manifest under each tag. A blob the store lacks
+/// must have a mount source; when mounting it fails, it is fetched from
+/// there first.
 pub async fn push(
     client: &Client,
     store: &Store,
@@ -390,12 +392,27 @@ pub async fn push(
     let (config, layers) = manifest_blobs(&manifest)?;
     let blobs = distinct(std::iter::once(config).chain(layers));
     for blob in &blobs {
-        if !store.has_blob(&blob.digest) {
+        if !store.has_blob(&blob.digest) && !mount_sources.contains_key(&blob.digest) {
             return Err(Error::Cache(kiln_cache::Error::MissingBlob(blob.digest)));
         }
     }
     let results: Vec<(Digest, u64, Pushed)> = stream::iter(blobs.into_iter().map(Ok::<_, Error>))
         .map_ok(|blob| async move {
+            // A blob the store lacks (a base image's layer never fetched)
+            // is mounted from its repository, or else fetched from it first.
+            if let (false, Some(source)) = (
+                store.has_blob(&blob.digest),
+                mount_sources.get(&blob.digest),
+            ) {
+                let size = (&blob.digest, blob.size);
+                let report = |bytes| progress(&blob.digest, bytes);
+                if let Some(pushed) = client.mount_blob(first, size, source, &report).await? {
+                    return Ok((blob.digest, blob.size, pushed));
+                }
+                client
+                    .fetch_blob(source, &blob.digest, Some(blob.size), store, &|_| {})
+                    .await?;
+            }
             let path: PathBuf = store.blob_path(&blob.digest);
             let pushed = client
                 .push_blob(

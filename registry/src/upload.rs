@@ -90,6 +90,51 @@ pub(crate) async fn push(
     }
 }
 
+/// Makes `digest` present in `reference`'s repository without sending its
+/// bytes: already there, or mounted from `from` (another repository of the
+/// same registry). `None` when neither worked: the caller then needs the
+/// bytes. An upload session a refused mount opens is left unused, for the
+/// registry to expire.
+pub(crate) async fn mount_only(
+    session: &Session,
+    reference: &Reference,
+    (digest, size): (&Digest, u64),
+    from: &Reference,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<Option<Pushed>, Error> {
+    let scope = format!(
+        "{} {}",
+        repository_scope(reference, "pull,push"),
+        repository_scope(from, "pull")
+    );
+    if blob::size(session, reference, digest, &scope)
+        .await?
+        .is_some()
+    {
+        progress(size);
+        return Ok(Some(Pushed::Existed));
+    }
+    if from.registry() != reference.registry() || from.repository() == reference.repository() {
+        return Ok(None);
+    }
+    let host = session.host(reference.registry()).await?;
+    let mut start = host.url(&format!("v2/{}/blobs/uploads/", reference.repository()))?;
+    start
+        .query_pairs_mut()
+        .append_pair("mount", &digest.to_string())
+        .append_pair("from", from.repository());
+    let response = session
+        .send(&host, &scope, Method::POST, &start, true, &|r, _| {
+            r.header(CONTENT_LENGTH, "0")
+        })
+        .await?;
+    if response.status() == StatusCode::CREATED {
+        progress(size);
+        return Ok(Some(Pushed::Mounted));
+    }
+    Ok(None)
+}
+
 /// The blob an upload session sends, and where.
 struct Upload<'a> {
     host: &'a Host,

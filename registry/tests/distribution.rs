@@ -373,3 +373,81 @@ fn a_tag_the_store_has_costs_a_head_not_a_get() {
         "each pull asked which digest the tag names: {seen:?}"
     );
 }
+
+#[test]
+fn a_blob_the_store_lacks_is_mounted_or_else_fetched_from_where_it_is() {
+    let source_registry = Registry::start(Setup::Anonymous);
+    let other_registry = Registry::start(Setup::Anonymous);
+    let (_a, source) = store();
+    let image = test_image(&source, 300_000, 3);
+    let runtime = runtime();
+    let to_source = client(&source_registry.certs_dir, None);
+    let base = reference(&source_registry, "base/image:1");
+    runtime
+        .block_on(transfer::push(
+            &to_source,
+            &source,
+            &image,
+            std::slice::from_ref(&base),
+            &HashMap::new(),
+            2,
+            &|_, _| {},
+        ))
+        .expect("push the base");
+
+    // A store with the image's manifest and configuration only.
+    let (_b, lazy) = store();
+    let pulled = runtime
+        .block_on(transfer::pull(
+            &to_source,
+            &lazy,
+            &base,
+            &host_platform(),
+            transfer::PullDepth::ConfigOnly,
+            2,
+            &|_, _| {},
+        ))
+        .expect("pull the configuration");
+    let (_, layers) = transfer::manifest_blobs(&pulled.manifest).expect("blobs");
+    let layer = layers[0].digest;
+    assert!(!lazy.has_blob(&layer));
+    let sources: HashMap<_, _> = [(layer, base.clone())].into_iter().collect();
+
+    // Same registry: mounted, nothing downloaded.
+    let same = reference(&source_registry, "team/app:1");
+    let report = runtime
+        .block_on(transfer::push(
+            &to_source,
+            &lazy,
+            &image,
+            std::slice::from_ref(&same),
+            &sources,
+            2,
+            &|_, _| {},
+        ))
+        .expect("push within the registry");
+    assert!(report
+        .blobs
+        .iter()
+        .any(|(digest, _, pushed)| *digest == layer && *pushed == Pushed::Mounted));
+    assert!(!lazy.has_blob(&layer), "mounted, not downloaded");
+
+    // Another registry: fetched from the base's repository, then uploaded.
+    let elsewhere = reference(&other_registry, "team/app:1");
+    let report = runtime
+        .block_on(transfer::push(
+            &client(&other_registry.certs_dir, None),
+            &lazy,
+            &image,
+            std::slice::from_ref(&elsewhere),
+            &sources,
+            2,
+            &|_, _| {},
+        ))
+        .expect("push to another registry");
+    assert!(report
+        .blobs
+        .iter()
+        .any(|(digest, _, pushed)| *digest == layer && *pushed == Pushed::Uploaded));
+    assert!(lazy.has_blob(&layer));
+}

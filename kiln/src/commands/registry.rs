@@ -47,6 +47,7 @@ pub fn push(store: &Store, remote: &Remote, image: &str, destination: Option<&st
         store,
         &found.manifest_digest,
         std::slice::from_ref(&destination),
+        &std::collections::HashMap::new(),
     )?;
     println!("{}", found.manifest_digest);
     Ok(())

@@ -731,6 +731,71 @@ fn a_build_whose_steps_are_all_cached_downloads_no_layer_of_a_base_they_ran_on()
 }
 
 #[test]
+fn a_cached_build_pushed_where_its_base_is_mounts_the_base_layers_without_downloading_them() {
+    require_root();
+    let registry = kiln_testkit::Registry::start(kiln_testkit::Setup::Anonymous);
+    let first = kiln();
+    let base = registry.name("tools/base:1");
+    let base_context = Context::new();
+    base_context.write(
+        "Dockerfile",
+        "FROM busybox\nRUN head -c 3000000 /dev/urandom > /toolchain\n",
+    );
+    first.build(base_context.path(), &["-t", &base, "--push"]);
+    let context = Context::new();
+    context.write("input.txt", "input");
+    context.write(
+        "Dockerfile",
+        &format!("FROM {base}\nCOPY input.txt /input.txt\n"),
+    );
+    let cache = registry.name("team/app:cache");
+    let cache_to = format!("type=registry,ref={cache}");
+    let pushed_first = registry.name("team/app:1");
+    let mut args = vec![
+        "-t",
+        pushed_first.as_str(),
+        "--push",
+        "--cache-to",
+        &cache_to,
+    ];
+    args.extend(EPOCH);
+    first.build(context.path(), &args);
+
+    // An empty store, not even busybox: every step is a hit, and the push
+    // mounts the base's layers from their repository.
+    let second = Kiln::new();
+    // Another repository, which has none of the blobs yet.
+    let pushed_second = registry.name("team/other:2");
+    let mut args = vec![
+        "-t",
+        pushed_second.as_str(),
+        "--push",
+        "--cache-from",
+        &cache,
+    ];
+    args.extend(EPOCH);
+    let output = second.try_build(context.path(), &args);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("2 mounted"), "{stderr}");
+    assert_eq!(big_blobs(&second, 3_000_000), 0, "{}", second.ok(&["du"]));
+    assert!(
+        !second.ok(&["images"]).contains("team/other"),
+        "not whole here"
+    );
+    second.assert_consistent();
+
+    // What the registry got is the first machine's image, whole.
+    let third = Kiln::new();
+    third.ok(&["pull", &pushed_second]);
+    assert_eq!(
+        third.inspect(&pushed_second)["Digest"],
+        first.inspect(&pushed_first)["Digest"]
+    );
+    third.assert_consistent();
+}
+
+#[test]
 fn layers_nothing_exports_are_never_compressed() {
     let kiln = kiln();
     let context = Context::new();
