@@ -58,22 +58,29 @@ impl AtomicFile {
     /// Syncs the file, renames it to `path` (replacing what was there) and
     /// syncs `path`'s directory.
     pub fn commit(self, path: &Path) -> Result<(), Error> {
-        let failed = |doing: &'static str| {
-            let path = path.to_path_buf();
-            move |source| Error::Replace {
-                path,
-                doing,
-                source,
-            }
-        };
         self.temp
             .as_file()
             .sync_all()
-            .map_err(failed("syncing its new content"))?;
+            .map_err(replacing(path, "syncing its new content"))?;
+        self.rename_to(path)?;
+        sync_dir(parent_of(path))
+    }
+
+    fn rename_to(self, path: &Path) -> Result<(), Error> {
         self.temp
             .persist(path)
-            .map_err(|e| failed("renaming its new content into place")(e.error))?;
-        sync_dir(parent_of(path))
+            .map_err(|e| replacing(path, "renaming its new content into place")(e.error))?;
+        Ok(())
+    }
+}
+
+/// The error of replacing `path` that failed while `doing`.
+fn replacing(path: &Path, doing: &'static str) -> impl FnOnce(io::Error) -> Error {
+    let path = path.to_path_buf();
+    move |source| Error::Replace {
+        path,
+        doing,
+        source,
     }
 }
 
@@ -94,11 +101,8 @@ impl Write for AtomicFile {
 /// Replaces `path` with `bytes` as an [`AtomicFile`] does.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     let mut file = AtomicFile::beside(path)?;
-    file.write_all(bytes).map_err(|source| Error::Replace {
-        path: path.to_path_buf(),
-        doing: "writing its new content",
-        source,
-    })?;
+    file.write_all(bytes)
+        .map_err(replacing(path, "writing its new content"))?;
     file.commit(path)
 }
 
@@ -107,21 +111,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
 /// crash that leaves one empty or missing costs a cache miss, and two disk
 /// flushes per file on every build would cost more than the misses.
 pub fn write_atomic_unsynced(path: &Path, bytes: &[u8]) -> Result<(), Error> {
-    let failed = |doing: &'static str| {
-        let path = path.to_path_buf();
-        move |source| Error::Replace {
-            path,
-            doing,
-            source,
-        }
-    };
     let mut file = AtomicFile::beside(path)?;
     file.write_all(bytes)
-        .map_err(failed("writing its new content"))?;
-    file.temp
-        .persist(path)
-        .map_err(|e| failed("renaming its new content into place")(e.error))?;
-    Ok(())
+        .map_err(replacing(path, "writing its new content"))?;
+    file.rename_to(path)
 }
 
 /// Makes the entries of `dir` (a rename into it) survive a crash.
