@@ -16,7 +16,7 @@ use kiln_registry::Reference;
 use oci_spec::image::Descriptor;
 
 use crate::image::{Layer, StoredImage};
-use crate::remote::{name_in_store, Remote};
+use crate::remote::{name_in_store, ConfigOnly, Remote};
 
 /// Base images for the frontend: from the store, pulled from their
 /// registry when the store lacks them (or with `pull`, always looked up
@@ -79,8 +79,9 @@ impl<'a> StoreImages<'a> {
         };
         match self.pending {
             Some(pending) => {
-                let image = remote.pull_config(self.store, &parsed, platform)?;
-                pending.add(self.store, &parsed, &image)?;
+                let pulled = remote.pull_config(self.store, &parsed, platform)?;
+                let image = pulled.image.clone();
+                pending.add(self.store, &parsed, pulled)?;
                 Ok(image)
             }
             None => {
@@ -107,11 +108,18 @@ struct Pending {
     images: Vec<PendingImage>,
 }
 
-/// An image to name in the store once its layers are there.
+/// An image to write and name in the store once its layers are there;
+/// until then its manifest and configuration are kept here only.
 struct PendingImage {
     name: Option<String>,
     descriptor: Descriptor,
-    blobs: Vec<Digest>,
+    pulled: ConfigOnly,
+}
+
+impl PendingImage {
+    fn is_whole(&self, store: &Store) -> bool {
+        self.pulled.image.is_whole(store)
+    }
 }
 
 impl PendingLayers {
@@ -122,16 +130,16 @@ impl PendingLayers {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Records where the layers of `image`, pulled from `reference` without
-    /// them, come from.
-    fn add(&self, store: &Store, reference: &Reference, image: &StoredImage) -> crate::Result<()> {
+    /// Records where the layers of an image pulled from `reference`
+    /// without them come from, and keeps its manifest and configuration.
+    fn add(&self, store: &Store, reference: &Reference, pulled: ConfigOnly) -> crate::Result<()> {
         let pending_image = PendingImage {
             name: name_in_store(reference),
-            descriptor: image.descriptor()?,
-            blobs: image.layers.iter().map(|layer| layer.blob).collect(),
+            descriptor: pulled.image.descriptor()?,
+            pulled,
         };
         let mut state = self.state();
-        for layer in &image.layers {
+        for layer in &pending_image.pulled.image.layers {
             if !store.has_blob(&layer.blob) {
                 state
                     .sources
@@ -153,6 +161,16 @@ impl PendingLayers {
             .collect()
     }
 
+    /// The image whose manifest is `manifest`, if it is one of those pulled
+    /// without their layers and not written to the store.
+    pub fn image(&self, manifest: &Digest) -> Option<StoredImage> {
+        self.state()
+            .images
+            .iter()
+            .find(|pending| pending.pulled.image.manifest_digest == *manifest)
+            .map(|pending| pending.pulled.image.clone())
+    }
+
     /// The repository a pending layer's blob is fetched from.
     pub fn source_of(&self, blob: &Digest) -> Option<Reference> {
         self.state().sources.get(blob).cloned()
@@ -172,13 +190,17 @@ impl PendingLayers {
     }
 }
 
-/// Names in the store the pending images whose layers are all there.
+/// Writes and names in the store the pending images whose layers are all
+/// there: the configuration and the manifest after the layers, so that the
+/// store never holds a manifest whose blobs are missing.
 fn name_whole_images(store: &Store, state: &mut Pending) -> crate::Result<()> {
     let (whole, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut state.images)
         .into_iter()
-        .partition(|image| image.blobs.iter().all(|blob| store.has_blob(blob)));
+        .partition(|image| image.is_whole(store));
     state.images = waiting;
     for image in whole {
+        store.write_blob(&image.pulled.config)?;
+        store.write_blob(&image.pulled.manifest)?;
         store.set_name(image.name.as_deref(), &image.descriptor)?;
     }
     Ok(())

@@ -18,7 +18,7 @@ use crate::copy;
 use crate::downloads::Downloads;
 use crate::error::Context;
 use crate::git::{GitSource, GitSources};
-use crate::image::{Layer, StoredImage};
+use crate::image::Layer;
 use crate::keys::{
     reads_stage_files, remember_parts, Before, Keys, StageFiles, StepKey, StepPlace,
 };
@@ -221,7 +221,7 @@ impl<'a> Build<'a> {
         let (mut layers, mut history) = match &stage.base {
             Base::Scratch => (Vec::new(), Vec::new()),
             Base::Image { reference } => {
-                let image = StoredImage::find(self.store, reference)?;
+                let image = self.layers.image(reference)?;
                 (image.layers, image.config.history)
             }
             Base::Stage { stage } => (

@@ -301,14 +301,11 @@ impl Imported {
             return Ok(());
         };
         let (config, layers) = parse_manifest(&manifest.bytes)?;
-        let config_size = serde_json::from_slice::<serde_json::Value>(&manifest.bytes)?["config"]
-            ["size"]
-            .as_u64()
-            .unwrap_or(0);
-        if !store.has_blob(&config) {
-            remote.fetch_blob(store, reference, &config, config_size)?;
-        }
-        let config_bytes = store.read_blob(&config)?;
+        // Read into memory: the store needs no copy of a cache's list.
+        let config_bytes = match store.read_blob(&config) {
+            Ok(bytes) => bytes,
+            Err(_) => remote.small_blob(reference, &config)?,
+        };
         let value: serde_json::Value =
             serde_json::from_slice(&config_bytes).context("the cache config is not JSON")?;
         // A cache manifest, or an image with an inline cache (whose layers'

@@ -270,7 +270,21 @@ impl StoredImage {
         let manifest = ImageManifest::from_reader(&bytes[..])
             .with_context(|| format!("manifest {manifest_digest} is invalid"))?;
         let config_digest = digest_of(manifest.config())?;
-        let config: ImageFile = serde_json::from_slice(&store.read_blob(&config_digest)?)
+        let config_bytes = store.read_blob(&config_digest)?;
+        StoredImage::from_bytes(manifest_digest, &bytes, &config_bytes)
+    }
+
+    /// The image a manifest and its configuration describe, read from
+    /// bytes (checked against their digests by whoever fetched them).
+    pub fn from_bytes(
+        manifest_digest: &Digest,
+        bytes: &[u8],
+        config_bytes: &[u8],
+    ) -> crate::Result<StoredImage> {
+        let manifest = ImageManifest::from_reader(bytes)
+            .with_context(|| format!("manifest {manifest_digest} is invalid"))?;
+        let config_digest = digest_of(manifest.config())?;
+        let config: ImageFile = serde_json::from_slice(config_bytes)
             .with_context(|| format!("image configuration {config_digest} is invalid"))?;
         if config.rootfs.diff_ids.len() != manifest.layers().len() {
             bail!(

@@ -11,7 +11,6 @@ use kiln_frontend::Platform;
 use crate::copy;
 use crate::downloads::Downloads;
 use crate::git::{GitSource, GitSources};
-use crate::image::StoredImage;
 use crate::sources::Sources;
 
 fn json(value: &impl serde::Serialize) -> crate::Result<Vec<u8>> {
@@ -130,7 +129,7 @@ impl Keys<'_> {
                 key.finish()
             }
             Base::Image { reference } => {
-                let image = StoredImage::find(self.sources.store, reference)?;
+                let image = self.sources.layers.image(reference)?;
                 let mut key = KeyHasher::new("image", None);
                 key.field("manifest", image.manifest_digest.to_string());
                 key.field("source-date-epoch", &epoch);

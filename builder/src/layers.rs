@@ -12,7 +12,7 @@ use kiln_cache::{CacheRecord, Digest, LayerView, Store};
 use crate::base_images::PendingLayers;
 use crate::cache_io::Imported;
 use crate::error::Context;
-use crate::image::{Layer, LayerEncoding};
+use crate::image::{Layer, LayerEncoding, StoredImage};
 use crate::remote::Remote;
 
 /// A build's layers: made from changes, viewed, and given blobs.
@@ -181,6 +181,19 @@ impl<'a> Layers<'a> {
             return Ok(Some(Layer::packed(&packed)));
         }
         layer_from_diff(self.store, &diff, &self.options, true)
+    }
+
+    /// The image `reference` (pinned to a digest, as the lowering gives
+    /// base images) names: one pulled without its layers, kept in memory,
+    /// or one of the store.
+    pub fn image(&self, reference: &str) -> crate::Result<StoredImage> {
+        let pinned = kiln_registry::Reference::parse(reference)
+            .ok()
+            .and_then(|parsed| parsed.digest().and_then(|d| d.parse::<Digest>().ok()));
+        if let Some(image) = pinned.and_then(|digest| self.pending.image(&digest)) {
+            return Ok(image);
+        }
+        StoredImage::find(self.store, reference)
     }
 
     /// The merged file system of `layers`, fetching and unpacking what

@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock, RwLock};
 
 use crate::error::{bail, Context};
 use kiln_cache::{Digest, Store};
-use kiln_registry::transfer::{self, manifest_blobs, BlobFetch, BlobRef, PullDepth};
+use kiln_registry::transfer::{self, manifest_blobs, BlobFetch, BlobRef};
 use kiln_registry::{Client, ClientOptions, Credential, DockerConfig, Pushed, Reference};
 
 use crate::image::{Layer, StoredImage};
@@ -102,29 +102,58 @@ impl Remote {
         reference: &Reference,
         platform: &kiln_frontend::Platform,
     ) -> crate::Result<Digest> {
-        let image = self.pull_to_depth(store, reference, platform, PullDepth::Whole)?;
+        let image = self.pull_whole(store, reference, platform)?;
         store.set_name(name_in_store(reference).as_deref(), &image.descriptor()?)?;
         Ok(image.manifest_digest)
     }
 
-    /// Pulls `reference`'s manifest and configuration for `platform` into
-    /// the store, not its layers, and leaves it unnamed: the store names
-    /// only whole images. Its layers come with [`Remote::fetch_layers`].
+    /// Reads `reference`'s manifest and configuration for `platform`,
+    /// from the store when it has them, without writing anything there: the
+    /// store keeps only whole images, and a build may never need this one's
+    /// layers. Its layers come with [`Remote::fetch_layers`].
     pub fn pull_config(
         &self,
         store: &Store,
         reference: &Reference,
         platform: &kiln_frontend::Platform,
-    ) -> crate::Result<StoredImage> {
-        self.pull_to_depth(store, reference, platform, PullDepth::ConfigOnly)
+    ) -> crate::Result<ConfigOnly> {
+        let (runtime, client) = self.connect()?;
+        let progress = self.progress();
+        let step = progress.step(&format!("pulling {}", reference.familiar()));
+        let read = runtime
+            .block_on(transfer::read_config(
+                client,
+                store,
+                reference,
+                &platform_of(platform),
+            ))
+            .with_context(|| format!("pulling {}", reference.familiar()));
+        let (manifest, config) = step.finish_with(read)?;
+        let image = StoredImage::from_bytes(&manifest.digest, &manifest.bytes, &config)?;
+        let found = image.config.platform();
+        if found.os != platform.os || found.architecture != platform.architecture {
+            bail!(
+                "{} is an image for {found}, not {platform}",
+                reference.familiar()
+            );
+        }
+        self.say(&format!(
+            "pulled {} ({}): its manifest and configuration, its layers when a step or an export needs them",
+            reference.familiar(),
+            manifest.digest
+        ));
+        Ok(ConfigOnly {
+            image,
+            manifest: manifest.bytes.to_vec(),
+            config,
+        })
     }
 
-    fn pull_to_depth(
+    fn pull_whole(
         &self,
         store: &Store,
         reference: &Reference,
         platform: &kiln_frontend::Platform,
-        depth: PullDepth,
     ) -> crate::Result<StoredImage> {
         let (runtime, client) = self.connect()?;
         let progress = self.progress();
@@ -135,7 +164,6 @@ impl Remote {
                 store,
                 reference,
                 &platform_of(platform),
-                depth,
                 PARALLEL_TRANSFERS,
                 &|_, bytes| step.add_bytes(bytes),
             ))
@@ -150,12 +178,8 @@ impl Remote {
                 reference.familiar()
             );
         }
-        let what = match depth {
-            PullDepth::Whole => "",
-            PullDepth::ConfigOnly => " (its layers when a step or an export needs them)",
-        };
         self.say(&format!(
-            "pulled {} ({digest}){what}: {} blob(s) fetched, {}",
+            "pulled {} ({digest}): {} blob(s) fetched, {}",
             reference.familiar(),
             pulled.fetched,
             human_size(pulled.fetched_bytes)
@@ -299,17 +323,12 @@ impl Remote {
         }
     }
 
-    /// Downloads one blob of `reference`'s repository into the store.
-    pub fn fetch_blob(
-        &self,
-        store: &Store,
-        reference: &Reference,
-        digest: &Digest,
-        size: u64,
-    ) -> crate::Result<()> {
+    /// A small blob of `reference`'s repository (a configuration), read
+    /// into memory and checked against its digest.
+    pub fn small_blob(&self, reference: &Reference, digest: &Digest) -> crate::Result<Vec<u8>> {
         let (runtime, client) = self.connect()?;
         runtime
-            .block_on(client.fetch_blob(reference, digest, Some(size), store, &|_| {}))
+            .block_on(client.get_small_blob(reference, digest))
             .with_context(|| format!("fetching {digest} from {}", reference.familiar()))
     }
 
@@ -357,6 +376,14 @@ impl Remote {
     pub fn logout(&self, registry: &str) -> crate::Result<bool> {
         Ok(docker_config()?.erase(registry)?)
     }
+}
+
+/// An image's manifest and configuration, read without its layers and
+/// not written to the store.
+pub struct ConfigOnly {
+    pub image: StoredImage,
+    pub manifest: Vec<u8>,
+    pub config: Vec<u8>,
 }
 
 /// The name a pulled image gets in the store: none for a reference by

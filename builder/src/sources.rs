@@ -9,7 +9,6 @@ use kiln_frontend::DockerIgnore;
 use crate::contexts::NamedFiles;
 use crate::copy::SourceTree;
 use crate::error::Context;
-use crate::image::StoredImage;
 use crate::layers::Layers;
 use crate::outputs::Outputs;
 use kiln_cache::Store;
@@ -43,7 +42,7 @@ impl Sources<'_> {
                 label: format!("stage {}", self.graph.stages[*stage].name),
             },
             Source::Image { reference } => {
-                let image = StoredImage::find(self.store, reference)?;
+                let image = self.layers.image(reference)?;
                 SourceTree {
                     view: self.layers.view(&image.layers)?,
                     ignore: None,
@@ -71,7 +70,7 @@ impl Sources<'_> {
             Source::Context => "context".to_string(),
             Source::Stage { stage } => format!("stage {}", self.outputs.get(*stage)?.key),
             Source::Image { reference } => {
-                let image = StoredImage::find(self.store, reference)?;
+                let image = self.layers.image(reference)?;
                 format!("image {}", image.manifest_digest)
             }
             Source::NamedContext { name } => format!("context {name}"),

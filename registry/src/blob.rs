@@ -67,6 +67,58 @@ pub(crate) async fn size(
 /// Downloads a blob into the store, checking its digest (and size when
 /// known). A transfer that breaks resumes where it stopped with a Range
 /// request; a registry that cannot resume sends it again from the start.
+/// The largest blob [`get_small`] reads into memory: image configurations
+/// are a few kilobytes, a cache's list of records a few hundred.
+pub(crate) const MAX_SMALL_BLOB: usize = 16 << 20;
+
+/// A small blob (an image configuration) read into memory and checked
+/// against its digest, for a caller that may not need it in the store. A
+/// body cut short is asked for again, as a manifest's is.
+pub(crate) async fn get_small(
+    session: &Session,
+    reference: &Reference,
+    digest: &Digest,
+) -> Result<Vec<u8>, Error> {
+    let host = session.host(reference.registry()).await?;
+    let url = blob_url(&host, reference, digest)?;
+    let scope = repository_scope(reference, "pull");
+    let retry = session.retry();
+    let mut attempt = 0;
+    let bytes = loop {
+        attempt += 1;
+        let response = session
+            .send(&host, &scope, Method::GET, &url, true, &|r, _| r)
+            .await?;
+        if response.status() == StatusCode::NOT_FOUND {
+            return Err(Error::NotFound {
+                reference: shown_url(&url),
+            });
+        }
+        if !response.status().is_success() {
+            return Err(status_error(&Method::GET, &url, response).await);
+        }
+        match crate::manifest::read_limited(response, MAX_SMALL_BLOB, &url, session.stall_timeout())
+            .await
+        {
+            Ok(bytes) => break bytes,
+            Err(Error::Request { .. }) if attempt < retry.attempts => {
+                tokio::time::sleep(retry.delay(attempt)).await;
+            }
+            Err(error) => return Err(error),
+        }
+    };
+    let actual = Digest::of(&bytes);
+    if actual != *digest {
+        return Err(Error::DigestMismatch {
+            what: "blob",
+            url: shown_url(&url),
+            expected: *digest,
+            actual,
+        });
+    }
+    Ok(bytes.to_vec())
+}
+
 pub(crate) async fn fetch(
     session: &Session,
     reference: &Reference,

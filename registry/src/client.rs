@@ -160,6 +160,16 @@ impl Client {
         .await
     }
 
+    /// A small blob (an image configuration) read into memory, checked
+    /// against its digest.
+    pub async fn get_small_blob(
+        &self,
+        reference: &Reference,
+        digest: &Digest,
+    ) -> Result<Vec<u8>, Error> {
+        blob::get_small(&self.session, reference, digest).await
+    }
+
     /// Downloads a layer's blob into the store as [`Client::fetch_blob`]
     /// does, unpacking it into its snapshot (the layer `diff_id`) from the
     /// same bytes as they arrive.

@@ -230,7 +230,7 @@ pub(crate) fn manifest_media_type(bytes: &[u8], content_type: &str) -> Option<St
 }
 
 /// A small body, read whole, of at most `limit` bytes.
-async fn read_limited(
+pub(crate) async fn read_limited(
     mut response: Response,
     limit: usize,
     url: &Url,

@@ -242,37 +242,20 @@ pub struct Pulled {
     pub fetched_bytes: u64,
 }
 
-/// How much of an image a pull brings into the store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PullDepth {
-    /// Every blob: the image is complete in the store.
-    Whole,
-    /// The manifest and the configuration only, which are enough to know
-    /// the image's keys, layers and settings; the layers are fetched later
-    /// by whoever needs their bytes ([`fetch_blobs`]).
-    ConfigOnly,
-}
-
 /// Pulls the image `reference` names for `platform` into the store: the
-/// blobs it lacks (`jobs` at once; with [`PullDepth::ConfigOnly`], only the
-/// configuration), then the manifest. Naming it is left to the caller,
-/// which must not name an image pulled without its layers.
+/// blobs it lacks (`jobs` at once), then the manifest. Naming it is left to
+/// the caller.
 pub async fn pull(
     client: &Client,
     store: &Store,
     reference: &Reference,
     platform: &Platform,
-    depth: PullDepth,
     jobs: usize,
     progress: &(dyn Fn(&Digest, u64) + Sync),
 ) -> Result<Pulled, Error> {
     let (manifest, index) = resolve_in(client, Some(store), reference, platform).await?;
     let (config, layers) = manifest_blobs(&manifest)?;
-    let wanted = match depth {
-        PullDepth::Whole => layers,
-        PullDepth::ConfigOnly => Vec::new(),
-    };
-    let missing: Vec<BlobRef> = distinct(std::iter::once(config).chain(wanted))
+    let missing: Vec<BlobRef> = distinct(std::iter::once(config).chain(layers))
         .into_iter()
         .filter(|blob| !store.has_blob(&blob.digest))
         .collect();
@@ -314,6 +297,25 @@ pub struct BlobFetch {
     pub blob: BlobRef,
     /// For a layer to unpack into its snapshot as it arrives: its diff ID.
     pub unpack_as: Option<Digest>,
+}
+
+/// An image's manifest and configuration, as [`pull`] would bring them, but
+/// in memory, without its layers: for an image
+/// whose layers may never be needed, and so nothing the store must keep.
+/// Each is read from the store when it has it.
+pub async fn read_config(
+    client: &Client,
+    store: &Store,
+    reference: &Reference,
+    platform: &Platform,
+) -> Result<(Manifest, Vec<u8>), Error> {
+    let (manifest, _) = resolve_in(client, Some(store), reference, platform).await?;
+    let (config, _) = manifest_blobs(&manifest)?;
+    let bytes = match store.read_blob(&config.digest) {
+        Ok(bytes) => bytes,
+        Err(_) => client.get_small_blob(reference, &config.digest).await?,
+    };
+    Ok((manifest, bytes))
 }
 
 /// Fetches blobs into the store, `jobs` at once.

@@ -37,7 +37,6 @@ fn basic_auth_over_tls_with_the_registrys_own_ca() {
             &target,
             &reference,
             &host_platform(),
-            transfer::PullDepth::Whole,
             2,
             &|_, _| {},
         ))
@@ -114,7 +113,6 @@ fn a_token_answer_cut_short_is_asked_for_again() {
             &target,
             &reference,
             &host_platform(),
-            transfer::PullDepth::Whole,
             2,
             &|_, _| {},
         ))
@@ -212,7 +210,6 @@ fn bearer_tokens_per_scope_are_fetched_once_and_push_needs_a_login() {
             &target,
             &reference,
             &host_platform(),
-            transfer::PullDepth::Whole,
             2,
             &|_, _| {},
         ))

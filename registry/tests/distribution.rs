@@ -40,7 +40,6 @@ fn an_image_pushed_pulls_back_whole_and_only_missing_blobs_move() {
                 &target,
                 &reference(&registry, tag),
                 &host_platform(),
-                transfer::PullDepth::Whole,
                 3,
                 &|_, _| {},
             ))
@@ -60,7 +59,6 @@ fn an_image_pushed_pulls_back_whole_and_only_missing_blobs_move() {
             &target,
             &destination,
             &host_platform(),
-            transfer::PullDepth::Whole,
             3,
             &|_, _| {},
         ))
@@ -82,7 +80,7 @@ fn an_image_pushed_pulls_back_whole_and_only_missing_blobs_move() {
 }
 
 #[test]
-fn a_config_only_pull_leaves_the_layers_for_later() {
+fn a_configuration_read_alone_leaves_the_layers_for_later() {
     let registry = Registry::start(Setup::Anonymous);
     let (_a, source) = store();
     let image = test_image(&source, 300_000, 2);
@@ -102,28 +100,27 @@ fn a_config_only_pull_leaves_the_layers_for_later() {
         .expect("push");
 
     let (_b, target) = store();
-    let pulled = runtime
-        .block_on(transfer::pull(
+    let (manifest, config_bytes) = runtime
+        .block_on(transfer::read_config(
             &client,
             &target,
             &destination,
             &host_platform(),
-            transfer::PullDepth::ConfigOnly,
-            3,
-            &|_, _| {},
         ))
-        .expect("pull");
-    assert_eq!(pulled.manifest.digest, image);
-    assert_eq!(pulled.fetched, 1, "the configuration only");
-    let (config, layers) = transfer::manifest_blobs(&pulled.manifest).expect("blobs");
-    assert!(target.has_blob(&image) && target.has_blob(&config.digest));
+        .expect("read the configuration");
+    assert_eq!(manifest.digest, image);
+    let (config, layers) = transfer::manifest_blobs(&manifest).expect("blobs");
+    assert_eq!(kiln_cache::Digest::of(&config_bytes), config.digest);
+    assert!(
+        !target.has_blob(&image) && !target.has_blob(&config.digest),
+        "nothing written to the store"
+    );
     assert_eq!(layers.len(), 1);
     assert!(layers.iter().all(|layer| !target.has_blob(&layer.digest)));
 
     // The layer is unpacked as it arrives, into the snapshot its diff ID
     // names.
-    let config_json: serde_json::Value =
-        serde_json::from_slice(&target.read_blob(&config.digest).expect("config")).expect("json");
+    let config_json: serde_json::Value = serde_json::from_slice(&config_bytes).expect("json");
     let diff_id: kiln_cache::Digest = config_json["rootfs"]["diff_ids"][0]
         .as_str()
         .expect("diff id")
@@ -228,7 +225,6 @@ fn large_blobs_go_up_in_chunks_and_blobs_mount_across_repositories() {
             &target,
             &reference(&registry, "two/app:1"),
             &host_platform(),
-            transfer::PullDepth::Whole,
             2,
             &|_, _| {},
         ))
@@ -249,7 +245,6 @@ fn a_missing_image_is_named() {
             &target,
             &reference(&registry, "nothing/here:1"),
             &host_platform(),
-            transfer::PullDepth::Whole,
             2,
             &|_, _| {},
         ))
@@ -354,7 +349,6 @@ fn a_tag_the_store_has_costs_a_head_not_a_get() {
                 &target,
                 &through,
                 &host_platform(),
-                transfer::PullDepth::Whole,
                 2,
                 &|_, _| {},
             ))
@@ -397,18 +391,17 @@ fn a_blob_the_store_lacks_is_mounted_or_else_fetched_from_where_it_is() {
 
     // A store with the image's manifest and configuration only.
     let (_b, lazy) = store();
-    let pulled = runtime
-        .block_on(transfer::pull(
+    let (manifest, config_bytes) = runtime
+        .block_on(transfer::read_config(
             &to_source,
             &lazy,
             &base,
             &host_platform(),
-            transfer::PullDepth::ConfigOnly,
-            2,
-            &|_, _| {},
         ))
-        .expect("pull the configuration");
-    let (_, layers) = transfer::manifest_blobs(&pulled.manifest).expect("blobs");
+        .expect("read the configuration");
+    lazy.write_blob(&config_bytes).expect("config");
+    lazy.write_blob(&manifest.bytes).expect("manifest");
+    let (_, layers) = transfer::manifest_blobs(&manifest).expect("blobs");
     let layer = layers[0].digest;
     assert!(!lazy.has_blob(&layer));
     let sources: HashMap<_, _> = [(layer, base.clone())].into_iter().collect();

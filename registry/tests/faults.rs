@@ -61,7 +61,6 @@ fn pulls_survive_503s_and_resume_broken_downloads() {
             &target,
             &reference_via(&proxy, "faulty/app:1"),
             &host_platform(),
-            transfer::PullDepth::Whole,
             2,
             &|_, _| {},
         ))
@@ -118,7 +117,6 @@ fn a_manifest_cut_short_is_fetched_again() {
             &target,
             &reference_via(&proxy, "cut/app:1"),
             &host_platform(),
-            transfer::PullDepth::Whole,
             2,
             &|_, _| {},
         ))
@@ -191,7 +189,6 @@ fn pushes_survive_faults_and_the_manifest_comes_after_every_blob() {
             &target,
             &reference(&registry, "faulty/up:1"),
             &host_platform(),
-            transfer::PullDepth::Whole,
             2,
             &|_, _| {},
         ))
@@ -230,7 +227,6 @@ fn a_blob_that_does_not_match_its_digest_is_rejected() {
             &target,
             &reference_via(&proxy, "corrupt/app:1"),
             &host_platform(),
-            transfer::PullDepth::Whole,
             2,
             &|_, _| {},
         ))
@@ -326,7 +322,6 @@ fn push_through_and_check(
             &target,
             &reference(registry, repository),
             &host_platform(),
-            transfer::PullDepth::Whole,
             2,
             &|_, _| {},
         ))
@@ -437,7 +432,6 @@ fn redirects_and_429s_are_followed() {
             &target,
             &reference_via(&redirecting, "moved/app:1"),
             &host_platform(),
-            transfer::PullDepth::Whole,
             2,
             &|_, _| {},
         ))
@@ -460,7 +454,6 @@ fn redirects_and_429s_are_followed() {
             &target,
             &reference_via(&busy, "moved/app:1"),
             &host_platform(),
-            transfer::PullDepth::Whole,
             2,
             &|_, _| {},
         ))
