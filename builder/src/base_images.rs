@@ -63,9 +63,10 @@ impl<'a> StoreImages<'a> {
         let ask_registry = self.pull && parsed.digest().is_none();
         if !ask_registry {
             if let Ok(image) = StoredImage::find(self.store, reference) {
-                // An earlier build's base pulled without its layers is
-                // found by digest, and pulled again (from the store) so
-                // that its layers are fetched where they are needed.
+                // A manifest the store has without all its layers (left
+                // by a kiln that wrote those of bases pulled without their
+                // layers) is looked up again, so that the layers are
+                // fetched where they are needed.
                 let whole = image.is_whole(self.store);
                 let usable =
                     platform_matches(&image.config.platform(), platform) || self.remote.is_none();
