@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use crate::error::{bail, Context};
 use kiln_cache::{Digest, Store};
@@ -30,6 +30,9 @@ pub struct RegistrySettings {
 pub struct Remote {
     options: ClientOptions,
     connected: OnceLock<(tokio::runtime::Runtime, Client)>,
+    /// Held while connecting: the threads that pull base images and read
+    /// caches at once make one client, not one each.
+    connecting: Mutex<()>,
     /// Where pulls, pushes and downloads are shown: a build's progress
     /// while one runs.
     progress: RwLock<Arc<Progress>>,
@@ -53,6 +56,7 @@ impl Remote {
         Remote {
             options,
             connected: OnceLock::new(),
+            connecting: Mutex::new(()),
             progress: RwLock::new(progress),
         }
     }
@@ -80,6 +84,13 @@ impl Remote {
     }
 
     fn connect(&self) -> crate::Result<&(tokio::runtime::Runtime, Client)> {
+        if let Some(connected) = self.connected.get() {
+            return Ok(connected);
+        }
+        let _one_at_a_time = self
+            .connecting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(connected) = self.connected.get() {
             return Ok(connected);
         }
