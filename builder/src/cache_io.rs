@@ -139,8 +139,8 @@ enum Origin {
 #[derive(Default)]
 pub struct Imported {
     records: HashMap<Digest, CacheRecord>,
-    /// Where each imported layer's blob is, and its size.
-    origins: HashMap<Digest, (Origin, u64)>,
+    /// Where each imported layer's blob is.
+    origins: HashMap<Digest, Origin>,
 }
 
 impl Imported {
@@ -149,22 +149,17 @@ impl Imported {
         self.records.get(key)
     }
 
-    /// Brings an imported layer's blob into the store, if it is one, and
-    /// checks it (see [`Imported::check_fetched`]).
-    pub fn fetch(&self, store: &Store, remote: &Remote, layer: &Layer) -> crate::Result<bool> {
-        let Some((origin, _)) = self.origins.get(&layer.blob) else {
+    /// Copies an imported layer's blob from a local cache directory into the
+    /// store, if it is one, and checks it (see [`Imported::check_fetched`]).
+    /// Layers of registry caches are fetched in batches instead
+    /// ([`Imported::wanted_from_registries`]).
+    pub fn import_local(&self, store: &Store, layer: &Layer) -> crate::Result<bool> {
+        let Some(Origin::Local(path)) = self.origins.get(&layer.blob) else {
             return Ok(false);
         };
-        match origin {
-            Origin::Local(path) => {
-                let file = fs::File::open(path)
-                    .with_context(|| format!("reading the cached layer {}", path.display()))?;
-                store.import_blob(file, &layer.blob)?;
-            }
-            Origin::Registry(reference) => {
-                remote.fetch_layers(store, &[(reference.clone(), layer.clone())], false)?;
-            }
-        }
+        let file = fs::File::open(path)
+            .with_context(|| format!("reading the cached layer {}", path.display()))?;
+        store.import_blob(file, &layer.blob)?;
         self.check_fetched(store, layer)?;
         Ok(true)
     }
@@ -181,7 +176,7 @@ impl Imported {
             .iter()
             .filter(|layer| !store.has_blob(&layer.blob))
             .filter_map(|layer| match self.origins.get(&layer.blob) {
-                Some((Origin::Registry(reference), _)) => Some((reference.clone(), layer.clone())),
+                Some(Origin::Registry(reference)) => Some((reference.clone(), layer.clone())),
                 _ => None,
             })
             .collect()
@@ -220,8 +215,7 @@ impl Imported {
                 continue;
             }
             if let Some((layer, origin)) = &layer {
-                self.origins
-                    .insert(layer.blob, (origin.clone(), layer.size));
+                self.origins.insert(layer.blob, origin.clone());
             }
             self.records.insert(
                 record.key,

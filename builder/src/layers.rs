@@ -113,7 +113,7 @@ impl<'a> Layers<'a> {
             let usable = if self.store.has_blob(&layer.blob) {
                 as_asked
             } else {
-                self.imported.fetch(self.store, self.remote, layer)?
+                self.imported.import_local(self.store, layer)?
             };
             if usable && self.force_compression && layer.encoding != wanted {
                 materialized.push(self.recompressed(layer)?);
@@ -214,7 +214,7 @@ impl<'a> Layers<'a> {
         self.fetch_at_once(&packed, true)?;
         for layer in &packed {
             if !self.store.has_blob(&layer.blob) {
-                self.imported.fetch(self.store, self.remote, layer)?;
+                self.imported.import_local(self.store, layer)?;
             }
         }
         Ok(())

@@ -141,13 +141,7 @@ impl Remote {
             .with_context(|| format!("pulling {}", reference.familiar()));
         let (manifest, config) = step.finish_with(read)?;
         let image = StoredImage::from_bytes(&manifest.digest, &manifest.bytes, &config)?;
-        let found = image.config.platform();
-        if found.os != platform.os || found.architecture != platform.architecture {
-            bail!(
-                "{} is an image for {found}, not {platform}",
-                reference.familiar()
-            );
-        }
+        check_platform(&image, reference, platform)?;
         self.say(&format!(
             "pulled {} ({}): its manifest and configuration, its layers when a step or an export needs them",
             reference.familiar(),
@@ -182,13 +176,7 @@ impl Remote {
         let pulled = step.finish_with(pulled)?;
         let digest = pulled.manifest.digest;
         let image = StoredImage::read(store, &digest)?;
-        let found = image.config.platform();
-        if found.os != platform.os || found.architecture != platform.architecture {
-            bail!(
-                "{} is an image for {found}, not {platform}",
-                reference.familiar()
-            );
-        }
+        check_platform(&image, reference, platform)?;
         self.say(&format!(
             "pulled {} ({digest}): {} blob(s) fetched, {}",
             reference.familiar(),
@@ -387,6 +375,23 @@ impl Remote {
     pub fn logout(&self, registry: &str) -> crate::Result<bool> {
         Ok(docker_config()?.erase(registry)?)
     }
+}
+
+/// Refuses an image pulled for `platform` that is for another: a registry
+/// that ignored the platform asked for, or a single-platform image.
+fn check_platform(
+    image: &StoredImage,
+    reference: &Reference,
+    platform: &kiln_frontend::Platform,
+) -> crate::Result<()> {
+    let found = image.config.platform();
+    if found.os != platform.os || found.architecture != platform.architecture {
+        bail!(
+            "{} is an image for {found}, not {platform}",
+            reference.familiar()
+        );
+    }
+    Ok(())
 }
 
 /// An image's manifest and configuration, read without its layers and

@@ -48,18 +48,8 @@ pub(crate) async fn push(
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<Pushed, Error> {
     let host = session.host(reference.registry()).await?;
-    let mount_from = mount_from.filter(|from| {
-        from.registry() == reference.registry() && from.repository() != reference.repository()
-    });
-    // One scope (so one token) for the whole push, the check included.
-    let scope = match mount_from {
-        Some(from) => format!(
-            "{} {}",
-            repository_scope(reference, "pull,push"),
-            repository_scope(from, "pull")
-        ),
-        None => repository_scope(reference, "pull,push"),
-    };
+    let mount_from = mount_from.filter(|from| mountable(reference, from));
+    let scope = push_scope(reference, mount_from);
     if blob::size(session, reference, blob.digest, &scope)
         .await?
         .is_some()
@@ -90,6 +80,25 @@ pub(crate) async fn push(
     }
 }
 
+/// Whether a blob of `from` can be mounted into `reference`'s repository:
+/// another repository of the same registry.
+fn mountable(reference: &Reference, from: &Reference) -> bool {
+    from.registry() == reference.registry() && from.repository() != reference.repository()
+}
+
+/// One scope (so one token) for a whole push to `reference`, the checks
+/// included, and pulling from `mount_from`.
+fn push_scope(reference: &Reference, mount_from: Option<&Reference>) -> String {
+    match mount_from {
+        Some(from) => format!(
+            "{} {}",
+            repository_scope(reference, "pull,push"),
+            repository_scope(from, "pull")
+        ),
+        None => repository_scope(reference, "pull,push"),
+    }
+}
+
 /// Makes `digest` present in `reference`'s repository without sending its
 /// bytes: already there, or mounted from `from` (another repository of the
 /// same registry). `None` when neither worked: the caller then needs the
@@ -102,10 +111,9 @@ pub(crate) async fn mount_only(
     from: &Reference,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<Option<Pushed>, Error> {
-    let scope = format!(
-        "{} {}",
-        repository_scope(reference, "pull,push"),
-        repository_scope(from, "pull")
+    let scope = push_scope(
+        reference,
+        Some(from).filter(|from| mountable(reference, from)),
     );
     if blob::size(session, reference, digest, &scope)
         .await?
@@ -114,7 +122,7 @@ pub(crate) async fn mount_only(
         progress(size);
         return Ok(Some(Pushed::Existed));
     }
-    if from.registry() != reference.registry() || from.repository() == reference.repository() {
+    if !mountable(reference, from) {
         return Ok(None);
     }
     let host = session.host(reference.registry()).await?;
