@@ -223,15 +223,9 @@ pub(crate) struct Unpacking {
 const QUEUED_CHUNKS: usize = 32;
 
 impl Unpacking {
-    pub(crate) fn start(store: Store, diff_id: Digest) -> Unpacking {
+    pub(crate) fn start(store: Store, layer: LayerDigests) -> Unpacking {
         let (chunks, receiver) = sync_channel(QUEUED_CHUNKS);
         let worker = std::thread::spawn(move || {
-            // The blob digest is not known to the unpacking: the snapshot
-            // is checked by its diff ID alone.
-            let layer = LayerDigests {
-                diff_id,
-                blob: diff_id,
-            };
             let source = store.tmp_dir().join("incoming blob");
             store.snapshot_from_reader(&layer, ChunkReader::new(receiver), &source)
         });
@@ -473,17 +467,17 @@ mod tests {
         ));
     }
 
-    /// Writes `blob` to `store` through a layer blob writer for `diff_id`,
-    /// a few bytes at a time as a download would; whether the store has a
-    /// snapshot of `diff_id` once the blob is committed.
-    fn write_in_pieces(store: &Store, diff_id: &Digest, blob: &[u8]) -> bool {
+    /// Writes `blob` to `store` through a writer of the blob of `layer`, a
+    /// few bytes at a time as a download would; whether the store has a
+    /// snapshot of the layer's diff ID once the blob is committed.
+    fn write_in_pieces(store: &Store, layer: &LayerDigests, blob: &[u8]) -> bool {
         use std::io::Write;
-        let mut writer = store.layer_blob_writer(diff_id).expect("writer");
+        let mut writer = store.layer_blob_writer(layer).expect("writer");
         for piece in blob.chunks(1000) {
             writer.write_all(piece).expect("write");
         }
         writer.commit(None).expect("commit");
-        store.has_snapshot(diff_id)
+        store.has_snapshot(&layer.diff_id)
     }
 
     #[test]
@@ -493,7 +487,7 @@ mod tests {
         let blob = fs::read(first.blob_path(&layer.blob)).expect("blob");
 
         let (_other_dir, other) = store();
-        assert!(write_in_pieces(&other, &layer.diff_id, &blob));
+        assert!(write_in_pieces(&other, &layer, &blob));
         assert!(other.has_blob(&layer.blob));
         let snapshot = other.snapshot_path(&layer.diff_id);
         assert_eq!(
@@ -504,7 +498,10 @@ mod tests {
         // Bytes that are not the layer the diff ID names leave no snapshot,
         // only the blob, which is what was written.
         let (_third_dir, third) = store();
-        let wrong = Digest::of(b"another layer");
+        let wrong = LayerDigests {
+            diff_id: Digest::of(b"another layer"),
+            ..layer
+        };
         assert!(!write_in_pieces(&third, &wrong, &blob));
         assert!(third.has_blob(&layer.blob));
         assert!(!third.has_snapshot(&layer.diff_id));
@@ -517,7 +514,7 @@ mod tests {
         let layer = layer(&first, &[("etc/hostname", "cut short")]);
         let blob = fs::read(first.blob_path(&layer.blob)).expect("blob");
         let (_other_dir, other) = store();
-        let mut writer = other.layer_blob_writer(&layer.diff_id).expect("writer");
+        let mut writer = other.layer_blob_writer(&layer).expect("writer");
         writer.write_all(&blob[..blob.len() / 2]).expect("write");
         drop(writer);
         assert!(!other.has_blob(&layer.blob));

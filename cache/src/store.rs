@@ -19,7 +19,7 @@ use oci_spec::image::{Descriptor, ImageIndex, ImageManifest};
 use crate::atomic::{sync_dir, AtomicFile};
 use crate::digest::{Digest, HashingReader, HashingWriter};
 use crate::error::Error;
-use crate::layers::Unpacking;
+use crate::layers::{LayerDigests, Unpacking};
 use crate::layout::{index_entry, ref_name, Layout, REF_NAME};
 use crate::pack::{pack_dir, PackOptions, PackedLayer};
 use crate::unsynced;
@@ -316,13 +316,13 @@ impl Store {
         })
     }
 
-    /// A writer of the blob of the layer `diff_id` that also unpacks the
-    /// layer into its snapshot as the bytes come, when the store has no
-    /// snapshot of it yet (see [`BlobWriter::commit`]).
-    pub fn layer_blob_writer(&self, diff_id: &Digest) -> Result<BlobWriter, Error> {
+    /// A writer of the blob of `layer` that also unpacks the layer into its
+    /// snapshot as the bytes come, when the store has no snapshot of it yet
+    /// (see [`BlobWriter::commit`]).
+    pub fn layer_blob_writer(&self, layer: &LayerDigests) -> Result<BlobWriter, Error> {
         let mut writer = self.blob_writer()?;
-        if !self.has_snapshot(diff_id) {
-            writer.unpacking = Some(Unpacking::start(self.clone(), *diff_id));
+        if !self.has_snapshot(&layer.diff_id) {
+            writer.unpacking = Some(Unpacking::start(self.clone(), *layer));
         }
         Ok(writer)
     }

@@ -131,7 +131,10 @@ pub(crate) async fn fetch(
     let url = blob_url(&host, reference, digest)?;
     let scope = repository_scope(reference, "pull");
     let new_writer = || match unpack_as {
-        Some(diff_id) => store.layer_blob_writer(diff_id),
+        Some(diff_id) => store.layer_blob_writer(&kiln_cache::LayerDigests {
+            diff_id: *diff_id,
+            blob: *digest,
+        }),
         None => store.blob_writer(),
     };
     let mut writer = new_writer()?;
