@@ -13,6 +13,7 @@ use kiln_frontend::graph::{Action, Base, BuildGraph, Stage};
 use kiln_frontend::DockerIgnore;
 
 use crate::cache_io::Imported;
+use crate::cache_mounts::MountSeeder;
 use crate::contexts::NamedFiles;
 use crate::copy;
 use crate::downloads::Downloads;
@@ -76,6 +77,7 @@ pub struct SandboxAccess<'a> {
 /// Runs the stages of one build and remembers how each step went.
 pub struct Build<'a> {
     store: &'a Store,
+    remote: &'a crate::remote::Remote,
     inputs: Inputs<'a>,
     run: SandboxAccess<'a>,
     layers: &'a Layers<'a>,
@@ -141,6 +143,7 @@ impl<'a> Build<'a> {
     ) -> Build<'a> {
         Build {
             store,
+            remote,
             inputs,
             git: GitSources::new(store, run.secrets),
             run,
@@ -503,6 +506,12 @@ impl<'a> Build<'a> {
                 sources,
                 now: self.now,
                 resources: self.run.resources,
+                seeder: MountSeeder {
+                    store: self.store,
+                    remote: self.remote,
+                    imported: self.imported,
+                    progress: self.progress,
+                },
             }
             .run(run, layers, export, progress),
             Action::Copy(copy_step) => {
@@ -551,18 +560,18 @@ impl<'a> Build<'a> {
 
     /// What an imported cache has for `key` (its layer is fetched only
     /// when needed, and its record kept in the store once the layer is
-    /// checked: see `Imported::fetch`).
+    /// checked: see `Imported::check_fetched`).
     fn imported_layer(&self, key: &Digest) -> Option<(CacheRecord, Option<Layer>)> {
         let record = self.imported.record(key)?;
         let layer = match &record.layer {
             None => {
                 // A cache: failing to keep the record costs a rerun later.
-                let _ = self.store.put_cache_record(key, record);
+                let _ = self.store.put_cache_record(key, &record);
                 None
             }
             Some(layer) => Some(Layer::from_record(layer).ok()?),
         };
-        Some((record.clone(), layer))
+        Some((record, layer))
     }
 }
 

@@ -52,6 +52,11 @@ pub enum Error {
     /// Something kiln checked and found wrong, said in a sentence.
     #[error("{0}")]
     Message(String),
+    /// A layer an imported cache offered is missing or not what the cache
+    /// says (the sentence says which and why). The build starts over with
+    /// the records that name it as misses.
+    #[error("{0}")]
+    UnusableCache(String),
     /// What kiln was doing when `cause` happened.
     #[error("{context}")]
     Context {
@@ -128,6 +133,32 @@ impl Error {
             Error::Step { cause, .. } | Error::Context { cause, .. } => cause.dockerfile_error(),
             _ => None,
         }
+    }
+
+    /// What an imported cache turned out unable to give, when that is
+    /// what ended the build: the sentence that says so.
+    pub fn unusable_cache(&self) -> Option<&str> {
+        match self {
+            Error::UnusableCache(what) => Some(what),
+            Error::Step { cause, .. } | Error::Context { cause, .. } => cause.unusable_cache(),
+            _ => None,
+        }
+    }
+
+    /// The error and its causes in one line, outermost first, for a
+    /// warning.
+    pub fn one_line(&self) -> String {
+        let mut parts: Vec<String> = vec![self.to_string()];
+        let mut cause = std::error::Error::source(self);
+        while let Some(next) = cause {
+            let text = next.to_string();
+            // Transparent wrappers say what their cause says.
+            if parts.last() != Some(&text) {
+                parts.push(text);
+            }
+            cause = next.source();
+        }
+        parts.join(": ")
     }
 
     /// The failed RUN process among the causes.
@@ -234,5 +265,20 @@ mod tests {
         assert_eq!(error.root_cause().to_string(), "disk full");
         assert!(error.dockerfile_error().is_none());
         assert!(!error.is_interrupted());
+        assert_eq!(error.one_line(), "writing the layer: disk full");
+    }
+
+    #[test]
+    fn an_unusable_cache_is_found_under_the_step_it_ended() {
+        let error = Error::Step {
+            location: "Dockerfile:3".to_string(),
+            instruction: "RUN make".to_string(),
+            cause: Box::new(Error::Context {
+                context: "fetching 1 layer(s)".to_string(),
+                cause: Box::new(Error::UnusableCache("the layer is gone".to_string())),
+            }),
+        };
+        assert_eq!(error.unusable_cache(), Some("the layer is gone"));
+        assert_eq!(Error::msg("other").unusable_cache(), None);
     }
 }

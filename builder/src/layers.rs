@@ -237,12 +237,75 @@ impl<'a> Layers<'a> {
                 downloads.push((reference.clone(), layer.clone()));
             }
         }
-        self.remote.fetch_layers(self.store, &downloads, unpack)?;
+        if let Err(error) = self.remote.fetch_layers(self.store, &downloads, unpack) {
+            if cached.is_empty() || error.is_interrupted() {
+                return Err(error);
+            }
+            self.find_unusable(&downloads, &cached, unpack)?;
+        }
         self.pending.settle(self.store)?;
         for (_, layer) in &cached {
             self.imported.check_fetched(self.store, layer)?;
         }
         Ok(())
+    }
+
+    /// After a batch with imported cache layers failed: fetches what is
+    /// still missing again, base layers together (whose failure is the
+    /// build's), then each cached layer alone, so that the one that fails
+    /// is known and given up on (see [`Imported::give_up_on`]).
+    fn find_unusable(
+        &self,
+        downloads: &[(kiln_registry::Reference, Layer)],
+        cached: &[(kiln_registry::Reference, Layer)],
+        unpack: bool,
+    ) -> crate::Result<()> {
+        let is_cached = |layer: &Layer| cached.iter().any(|(_, c)| c.blob == layer.blob);
+        let missing = |layer: &Layer| !self.store.has_blob(&layer.blob);
+        let bases: Vec<_> = downloads
+            .iter()
+            .filter(|(_, layer)| !is_cached(layer) && missing(layer))
+            .cloned()
+            .collect();
+        self.remote.fetch_layers(self.store, &bases, unpack)?;
+        for download in cached.iter().filter(|(_, layer)| missing(layer)) {
+            self.remote
+                .fetch_layers(self.store, std::slice::from_ref(download), unpack)
+                .map_err(|error| self.imported.give_up_on(&download.1, error))?;
+        }
+        Ok(())
+    }
+
+    /// Brings the imported cache layers among `layers` into the store (not
+    /// unpacked), as an export will need them: done while the build can
+    /// still start over without those that cannot be fetched.
+    pub fn fetch_imported(&self, layers: &[Layer]) -> crate::Result<()> {
+        let imported: Vec<Layer> = layers
+            .iter()
+            .filter(|layer| {
+                !self.store.has_blob(&layer.blob) && self.imported.origin(&layer.blob).is_some()
+            })
+            .cloned()
+            .collect();
+        self.fetch_at_once(&imported, false)?;
+        for layer in &imported {
+            if !self.store.has_blob(&layer.blob) {
+                self.imported.import_local(self.store, layer)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Where `layer` can be mounted or fetched from by a push, when the
+    /// store lacks it: the registry of a base image or of an imported
+    /// cache.
+    pub fn remote_source(&self, layer: &Layer) -> Option<kiln_registry::Reference> {
+        if self.store.has_blob(&layer.blob) {
+            return None;
+        }
+        self.pending
+            .source_of(&layer.blob)
+            .or_else(|| self.imported.registry_of(self.store, &layer.blob))
     }
 }
 

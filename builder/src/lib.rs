@@ -29,7 +29,9 @@
 //! - [`image`]: image configurations, manifests and the store's images.
 //! - [`archive`]: OCI layout and docker-archive tarballs, written and loaded.
 //! - [`cache_io`]: build caches exported to and imported from registries and
-//!   directories; [`cache_config`]: their records' format.
+//!   directories; [`cache_export`]: exports merged into what the
+//!   destination holds; [`cache_config`]: their records' format, merging
+//!   and bounds; `cache_mounts`: cache mounts that travel with them.
 //! - [`remote`]: registries, as builds use them (pull, push, downloads).
 //! - [`container`]: `kiln run`'s containers.
 //! - [`progress`]: the events a build reports, and sizes as users read them.
@@ -39,7 +41,9 @@ pub mod archive;
 pub mod base_images;
 pub mod build;
 pub mod cache_config;
+pub mod cache_export;
 pub mod cache_io;
+mod cache_mounts;
 pub mod container;
 pub mod contexts;
 pub mod copy;
@@ -59,6 +63,7 @@ pub mod run;
 pub mod schedule;
 pub mod secrets;
 pub mod sources;
+pub mod units;
 pub mod users;
 
 pub use error::{Error, ProcessFailed, Result};

@@ -10,6 +10,7 @@ use kiln_cache::{CacheMount, Sharing, Store};
 use kiln_frontend::graph::{Mount, RunStep, Sharing as MountSharing, Source};
 use kiln_runtime::{AgentProxy, Sensitive, StepMount};
 
+use crate::cache_mounts::MountSeeder;
 use crate::error::{bail, Context};
 use crate::secrets::{Secrets, SSH_AUTH_SOCK};
 use crate::sources::Sources;
@@ -21,6 +22,8 @@ pub(crate) struct StepMounts<'a> {
     pub secrets: &'a Secrets,
     /// The time recorded for files mounts are seeded with.
     pub now: i64,
+    /// Seeds new cache mounts from imported caches.
+    pub seeder: &'a MountSeeder<'a>,
 }
 
 /// What a step's mounts hold on to while it runs.
@@ -71,8 +74,12 @@ impl StepMounts<'_> {
             let cache = self
                 .store
                 .cache_mount(&id, sharing, |dir| -> crate::Result<()> {
-                    if let Some(tree) = &seed {
-                        crate::copy::copy_subtree(tree, source, dir, self.now)?;
+                    // What the cache mount held where it was used last wins
+                    // over `from=`: it started from the same.
+                    if !self.seeder.seed(&id, dir) {
+                        if let Some(tree) = &seed {
+                            crate::copy::copy_subtree(tree, source, dir, self.now)?;
+                        }
                     }
                     std::os::unix::fs::chown(dir, Some(*uid), Some(*gid))
                         .and_then(|()| {

@@ -2,7 +2,7 @@
 //! pushing them out, logging in. The client and its runtime are made on
 //! first use, so that builds that need no registry never start one.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
@@ -241,14 +241,16 @@ impl Remote {
     /// Pushes the image whose manifest is `manifest` to every destination,
     /// grouped by repository. The blobs the store lacks are those of
     /// `elsewhere`, mounted from their repository (or fetched from it when
-    /// that fails).
+    /// that fails), and those of `present`, known to be at the destinations
+    /// already. Returns the bytes uploaded.
     pub fn push(
         &self,
         store: &Store,
         manifest: &Digest,
         destinations: &[Reference],
         elsewhere: &HashMap<Digest, Reference>,
-    ) -> crate::Result<()> {
+        present: &HashSet<Digest>,
+    ) -> crate::Result<u64> {
         let (runtime, client) = self.connect()?;
         let mut by_repository: Vec<(String, Vec<Reference>)> = Vec::new();
         for destination in destinations {
@@ -258,6 +260,7 @@ impl Remote {
                 None => by_repository.push((name, vec![destination.clone()])),
             }
         }
+        let mut uploaded_in_all = 0;
         for (name, group) in by_repository {
             let mut mounts = mount_sources(store, &group[0])?;
             for (blob, source) in elsewhere {
@@ -268,12 +271,12 @@ impl Remote {
             let progress = self.progress();
             let step = progress.step(&format!("pushing to {name}"));
             let report = runtime
-                .block_on(transfer::push(
+                .block_on(transfer::push_beside(
                     client,
                     store,
                     manifest,
                     &group,
-                    &mounts,
+                    (&mounts, present),
                     PARALLEL_TRANSFERS,
                     &|_, bytes| step.add_bytes(bytes),
                 ))
@@ -299,8 +302,9 @@ impl Remote {
                 count(Pushed::Mounted),
                 count(Pushed::Existed)
             ));
+            uploaded_in_all += uploaded;
         }
-        Ok(())
+        Ok(uploaded_in_all)
     }
 
     /// The manifest `reference` names (its tag or digest), as the registry

@@ -2,7 +2,7 @@
 //! the result goes; and the build itself, from lowering the Dockerfile to
 //! the exported image.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -15,6 +15,7 @@ use crate::archive::{self, ArchiveImage};
 use crate::base_images::{PendingLayers, StoreImages};
 use crate::build::{Build, Inputs, SandboxAccess, Settings};
 use crate::cache_config;
+use crate::cache_export::CacheExport;
 use crate::cache_io;
 use crate::contexts::{self, NamedContextSpec, NamedContexts};
 use crate::dockerfile::{self, DockerfileArgs};
@@ -363,7 +364,6 @@ pub fn build(engine: &Engine<'_>, request: &BuildRequest) -> crate::Result<Built
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         (imported, lowered)
     });
-    let imported = imported?;
     let Lowered {
         plan,
         named_files,
@@ -397,41 +397,62 @@ pub fn build(engine: &Engine<'_>, request: &BuildRequest) -> crate::Result<Built
             .or_else(|| args.resources.hostname.clone()),
         ..args.resources.clone()
     };
-    let build = Build::new(
-        store,
-        remote,
-        Inputs {
-            context: &plan.context,
-            ignore: &plan.ignore,
-            named: &named_files,
-            dockerfile: &plan.name,
-            stat_cache: &stat_cache,
-        },
-        SandboxAccess {
-            sandbox,
-            interrupt,
-            secrets: &args.secrets,
-            resources: &resources,
-        },
-        &layers,
-        &imported,
-        Settings {
-            source_date_epoch,
-            no_cache: args.no_cache,
-            no_cache_stages: args.no_cache_stages.clone(),
-            explain: args.explain,
-            explain_scope: explain_scope(&args.dockerfile),
-            jobs: args.jobs.max(1),
-            exported_stages: exported_stages(
-                &plan.graph,
-                output,
-                cache_to.iter().any(|to| *to != cache_io::CacheTo::Inline),
-            ),
-        },
-        now,
-        progress,
-    );
-    let built = build.build(&plan.graph);
+    let exports_to_directories = cache_to
+        .iter()
+        .any(|to| matches!(to, cache_io::CacheTo::Local { .. }));
+    // A layer an imported cache offered that turns out missing or wrong
+    // makes the build start over, with the records naming it as misses:
+    // what the first attempt built is in the store's cache by then.
+    let (build, built) = loop {
+        let build = Build::new(
+            store,
+            remote,
+            Inputs {
+                context: &plan.context,
+                ignore: &plan.ignore,
+                named: &named_files,
+                dockerfile: &plan.name,
+                stat_cache: &stat_cache,
+            },
+            SandboxAccess {
+                sandbox,
+                interrupt,
+                secrets: &args.secrets,
+                resources: &resources,
+            },
+            &layers,
+            &imported,
+            Settings {
+                source_date_epoch,
+                no_cache: args.no_cache,
+                no_cache_stages: args.no_cache_stages.clone(),
+                explain: args.explain,
+                explain_scope: explain_scope(&args.dockerfile),
+                jobs: args.jobs.max(1),
+                exported_stages: exported_stages(
+                    &plan.graph,
+                    output,
+                    cache_to.iter().any(|to| *to != cache_io::CacheTo::Inline),
+                ),
+            },
+            now,
+            progress,
+        );
+        // The imported layers the exports will read are fetched now, while
+        // the build can still do without them.
+        let built = build.build(&plan.graph).and_then(|outputs| {
+            let mut needed = outputs[plan.graph.target].layers.clone();
+            if exports_to_directories {
+                needed.extend(build.results().into_iter().filter_map(|r| r.layer));
+            }
+            layers.fetch_imported(&needed)?;
+            Ok(outputs)
+        });
+        match built.as_ref().err().and_then(crate::Error::unusable_cache) {
+            Some(what) => progress.warn(&format!("{what}: the steps it stood for run again")),
+            None => break (build, built),
+        }
+    };
     // What was learnt of the context's files stays, even when a step failed.
     if let Err(e) = stat_cache.save() {
         progress.warn(&format!("could not save the stat cache: {e}"));
@@ -451,30 +472,18 @@ pub fn build(engine: &Engine<'_>, request: &BuildRequest) -> crate::Result<Built
             chain: result.chain,
         })
         .collect();
+    let cache_export = CacheExport {
+        store,
+        remote,
+        imported: &imported,
+        layers: &layers,
+        build: &build,
+        progress,
+        entries: entries.clone(),
+        mount_ids: plan.graph.cache_mount_ids().into_iter().collect(),
+    };
     for target_cache in cache_to {
-        let destination = match target_cache {
-            cache_io::CacheTo::Inline => continue,
-            cache_io::CacheTo::Registry { reference } => Ok(reference),
-            cache_io::CacheTo::Local { dir } => Err(dir),
-        };
-        let (records, layers) = cache_io::exported(&entries);
-        let layers = build.materialize(&layers, None)?;
-        let (manifest, size) = cache_io::write_cache_manifest(store, records, &layers)?;
-        match destination {
-            Ok(reference) => {
-                remote.push(
-                    store,
-                    &manifest,
-                    std::slice::from_ref(reference),
-                    &HashMap::new(),
-                )?;
-                progress.note(&format!("exported the cache to {}", reference.familiar()));
-            }
-            Err(dir) => {
-                cache_io::write_local(store, dir, &manifest, size)?;
-                progress.note(&format!("exported the cache to {}", dir.display()));
-            }
-        }
+        cache_export.export(target_cache)?;
     }
     match &output {
         Output::Local(dir) => {
@@ -535,8 +544,11 @@ pub fn build(engine: &Engine<'_>, request: &BuildRequest) -> crate::Result<Built
     let mut image_file = target.image_file(source_date_epoch, now);
     if cache_to.contains(&cache_io::CacheTo::Inline) {
         // Records of the target's layers, by their place in the image.
-        let (exported_records, exported_layers) = cache_io::exported(&entries);
-        let records = exported_records
+        let exported = cache_io::exported(&entries);
+        let exported_layers = &exported.layers;
+        let records = exported
+            .config
+            .records
             .into_iter()
             .filter_map(|record| match record.layer {
                 None => Some(record),
@@ -550,7 +562,10 @@ pub fn build(engine: &Engine<'_>, request: &BuildRequest) -> crate::Result<Built
                 }
             })
             .collect();
-        image_file.inline_cache = Some(cache_config::CacheConfig { records });
+        image_file.inline_cache = Some(cache_config::CacheConfig {
+            records,
+            mounts: Vec::new(),
+        });
     }
     let descriptor = write_image(store, &image_file, &image_layers, format)?;
     let digest: Digest = descriptor.digest().to_string().parse()?;
@@ -582,7 +597,13 @@ pub fn build(engine: &Engine<'_>, request: &BuildRequest) -> crate::Result<Built
             );
         }
         if args.push {
-            remote.push(store, &digest, tags, &pending_layers.sources())?;
+            remote.push(
+                store,
+                &digest,
+                tags,
+                &pending_layers.sources(),
+                &HashSet::new(),
+            )?;
         }
         if let Some(file) = &args.metadata_file {
             write_metadata(file, Some((store, &descriptor, tags)), &steps)?;

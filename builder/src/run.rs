@@ -11,6 +11,7 @@ use kiln_cache::Store;
 use kiln_frontend::graph::{self, RunStep};
 use kiln_runtime::{BundleOwners, Layers, Network, Outcome, Runtime, Step, StepIo, User};
 
+use crate::cache_mounts::MountSeeder;
 use crate::error::ProcessFailed;
 use crate::image::Layer;
 use crate::mounts::StepMounts;
@@ -161,6 +162,8 @@ pub(crate) struct Runner<'a> {
     /// What the build gives every step (`--add-host`, `--ulimit`,
     /// `--shm-size`).
     pub resources: &'a kiln_runtime::Resources,
+    /// Fills cache mounts this machine does not have from imported caches.
+    pub seeder: MountSeeder<'a>,
 }
 
 impl Runner<'_> {
@@ -185,6 +188,7 @@ impl Runner<'_> {
             sources: self.sources,
             secrets: self.secrets,
             now: self.now,
+            seeder: &self.seeder,
         };
         let prepared = mounts.prepare(run, scratch.path())?;
         let mut env = run.env.clone();

@@ -56,6 +56,6 @@ pub use keys::{CacheRecord, KeyHasher, LayerRecord};
 pub use kiln_overlay::{LayerView, ViewEntry};
 pub use layers::LayerDigests;
 pub use layout::{Layout, LayoutTar};
-pub use mounts::{CacheMount, Sharing};
+pub use mounts::{CacheMount, MountNote, Sharing};
 pub use statcache::StatCache;
 pub use store::{ImageEntry, Problem, Store};

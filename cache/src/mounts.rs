@@ -6,15 +6,76 @@
 //! (`0.lock`). Steps sharing an instance hold a shared lock on it, a
 //! `locked` step an exclusive one; a `private` step takes the first
 //! instance nobody holds, so concurrent private steps never see each other.
+//! `0.exported` notes the blob the shared instance was last exported as
+//! or seeded from, with a fingerprint of the files it held then.
 
 use std::fs::{self, File, OpenOptions, TryLockError};
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
 
 use crate::atomic::write_atomic;
 use crate::digest::Digest;
 use crate::error::Error;
+use crate::keys::LayerRecord;
 use crate::store::Store;
+
+/// The blob a cache mount's shared instance was last packed into (or
+/// unpacked from), and the fingerprint of its files then: while the
+/// fingerprint is the same, so is the blob.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountNote {
+    pub fingerprint: Digest,
+    pub layer: LayerRecord,
+}
+
+/// A fingerprint of the files below `dir` (not of `dir` itself) and the
+/// bytes of its regular files, from their metadata alone: any write to a
+/// file changes its change time, so an unchanged fingerprint means
+/// unchanged files, without reading them.
+pub fn fingerprint(dir: &Path) -> Result<(Digest, u64), Error> {
+    let mut hasher = Sha256::new();
+    let mut bytes = 0u64;
+    let mut pending = vec![PathBuf::new()];
+    while let Some(relative) = pending.pop() {
+        let here = dir.join(&relative);
+        let mut names: Vec<_> = fs::read_dir(&here)
+            .map_err(|e| Error::io(&here, e))?
+            .map(|entry| entry.map(|entry| entry.file_name()))
+            .collect::<Result<_, _>>()
+            .map_err(|e| Error::io(&here, e))?;
+        names.sort();
+        for name in names {
+            let path = relative.join(&name);
+            let full = dir.join(&path);
+            let meta = fs::symlink_metadata(&full).map_err(|e| Error::io(&full, e))?;
+            hasher.update(path.as_os_str().as_encoded_bytes());
+            for field in [
+                u64::from(meta.mode()),
+                u64::from(meta.uid()),
+                u64::from(meta.gid()),
+                meta.size(),
+                meta.ino(),
+                meta.rdev(),
+                meta.mtime() as u64,
+                meta.mtime_nsec() as u64,
+                meta.ctime() as u64,
+                meta.ctime_nsec() as u64,
+            ] {
+                hasher.update(field.to_le_bytes());
+            }
+            if meta.is_file() {
+                bytes += meta.size();
+            }
+            if meta.is_dir() {
+                pending.push(path);
+            }
+        }
+    }
+    Ok((Digest::from_bytes(hasher.finalize().into()), bytes))
+}
 
 /// How concurrent steps share a cache mount.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +112,25 @@ impl Store {
     fn cache_mount_dir(&self, id: &str) -> PathBuf {
         self.cache_mounts_dir()
             .join(Digest::of(id.as_bytes()).hex())
+    }
+
+    /// The shared instance of cache mount `id`, when it exists.
+    pub fn cache_mount_content(&self, id: &str) -> Option<PathBuf> {
+        let path = self.cache_mount_dir(id).join("0");
+        path.is_dir().then_some(path)
+    }
+
+    /// What [`Store::set_cache_mount_note`] last noted for `id`.
+    pub fn cache_mount_note(&self, id: &str) -> Option<MountNote> {
+        let bytes = fs::read(self.cache_mount_dir(id).join("0.exported")).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Notes the blob the shared instance of `id` holds the files of.
+    pub fn set_cache_mount_note(&self, id: &str, note: &MountNote) -> Result<(), Error> {
+        let bytes =
+            serde_json::to_vec(note).map_err(|e| Error::io(&self.cache_mount_dir(id), e.into()))?;
+        write_atomic(&self.cache_mount_dir(id).join("0.exported"), &bytes)
     }
 
     /// Starts cache mount `id` over (`--no-cache`, as BuildKit does): each
@@ -257,5 +337,48 @@ mod tests {
             .cache_mount("c", Sharing::Locked, |_| Ok::<(), Error>(()))
             .unwrap();
         assert_eq!(fs::read_dir(&mount.path).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn the_fingerprint_changes_with_any_write_and_only_then() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("pkgs")).unwrap();
+        fs::write(dir.path().join("pkgs/a.deb"), b"12345").unwrap();
+        let (first, bytes) = fingerprint(dir.path()).unwrap();
+        assert_eq!(bytes, 5);
+        assert_eq!(
+            fingerprint(dir.path()).unwrap().0,
+            first,
+            "reading changes nothing"
+        );
+        fs::write(dir.path().join("pkgs/a.deb"), b"54321").unwrap();
+        let (rewritten, _) = fingerprint(dir.path()).unwrap();
+        assert_ne!(rewritten, first, "same size, other bytes");
+        fs::write(dir.path().join("pkgs/b.deb"), b"").unwrap();
+        assert_ne!(fingerprint(dir.path()).unwrap().0, rewritten);
+    }
+
+    #[test]
+    fn a_note_is_kept_per_id() {
+        let (_dir, store) = store();
+        assert!(store.cache_mount_content("apt").is_none());
+        drop(
+            store
+                .cache_mount("apt", Sharing::Shared, |_| Ok::<(), Error>(()))
+                .unwrap(),
+        );
+        let path = store.cache_mount_content("apt").unwrap();
+        let note = MountNote {
+            fingerprint: fingerprint(&path).unwrap().0,
+            layer: LayerRecord {
+                diff_id: Digest::of(b"tar"),
+                blob: Digest::of(b"gz"),
+                size: 2,
+                media_type: oci_spec::image::MediaType::ImageLayerGzip,
+            },
+        };
+        store.set_cache_mount_note("apt", &note).unwrap();
+        assert_eq!(store.cache_mount_note("apt"), Some(note));
+        assert_eq!(store.cache_mount_note("npm"), None);
     }
 }

@@ -130,6 +130,11 @@ pub enum Command {
         /// `until=DURATION` (such as 24h): only what no build used for that long.
         #[arg(long = "filter", value_name = "until=DURATION")]
         filters: Vec<String>,
+        /// Prune the build cache a `--cache-to type=registry` wrote to REF instead of
+        /// the store: records exported longer ago than --filter until=, then the least
+        /// recently exported until it names at most --keep-storage of layers.
+        #[arg(long = "cache-ref", value_name = "REF")]
+        cache_ref: Option<String>,
     },
     /// Verify every blob of the store against its digest and report what is wrong.
     Check,

@@ -154,6 +154,20 @@ fn run(cli: Cli) -> Result<u8> {
             all,
             keep_storage,
             filters,
+            cache_ref: Some(reference),
+        } => commands::store::prune_cache_ref(
+            &open_store(cli.root)?,
+            &remote,
+            &reference,
+            all,
+            keep_storage.as_deref(),
+            &filters,
+        ),
+        Command::Prune {
+            all,
+            keep_storage,
+            filters,
+            cache_ref: None,
         } => commands::store::prune(
             &open_store(cli.root)?,
             all,

@@ -2,7 +2,7 @@
 //! platform, fetch what the store lacks, several blobs at once) and push
 //! (blobs first, several at once, then the manifest, then every tag).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 
 use futures_util::stream::{self, TryStreamExt};
@@ -375,6 +375,30 @@ pub async fn push(
     jobs: usize,
     progress: &(dyn Fn(&Digest, u64) + Sync),
 ) -> Result<PushReport, Error> {
+    push_beside(
+        client,
+        store,
+        manifest_digest,
+        destinations,
+        (mount_sources, &HashSet::new()),
+        jobs,
+        progress,
+    )
+    .await
+}
+
+/// [`push`], where the blobs of `present` are known to be in the
+/// destination's repository already (those of the manifest it replaces):
+/// they are neither checked nor sent.
+pub async fn push_beside(
+    client: &Client,
+    store: &Store,
+    manifest_digest: &Digest,
+    destinations: &[Reference],
+    (mount_sources, present): (&HashMap<Digest, Reference>, &HashSet<Digest>),
+    jobs: usize,
+    progress: &(dyn Fn(&Digest, u64) + Sync),
+) -> Result<PushReport, Error> {
     let Some(first) = destinations.first() else {
         return Err(Error::InvalidManifest {
             reference: manifest_digest.to_string(),
@@ -394,12 +418,18 @@ pub async fn push(
     let (config, layers) = manifest_blobs(&manifest)?;
     let blobs = distinct(std::iter::once(config).chain(layers));
     for blob in &blobs {
-        if !store.has_blob(&blob.digest) && !mount_sources.contains_key(&blob.digest) {
+        if !store.has_blob(&blob.digest)
+            && !mount_sources.contains_key(&blob.digest)
+            && !present.contains(&blob.digest)
+        {
             return Err(Error::Cache(kiln_cache::Error::MissingBlob(blob.digest)));
         }
     }
     let results: Vec<(Digest, u64, Pushed)> = stream::iter(blobs.into_iter().map(Ok::<_, Error>))
         .map_ok(|blob| async move {
+            if present.contains(&blob.digest) {
+                return Ok((blob.digest, blob.size, Pushed::Existed));
+            }
             // A blob the store lacks (a base image's layer never fetched)
             // is mounted from its repository, or else fetched from it first.
             if let (false, Some(source)) = (

@@ -48,6 +48,7 @@ pub fn push(store: &Store, remote: &Remote, image: &str, destination: Option<&st
         &found.manifest_digest,
         std::slice::from_ref(&destination),
         &std::collections::HashMap::new(),
+        &std::collections::HashSet::new(),
     )?;
     println!("{}", found.manifest_digest);
     Ok(())

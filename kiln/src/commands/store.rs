@@ -12,6 +12,7 @@ use kiln_registry::Reference;
 use super::values::{familiar, parse_duration, parse_size};
 use crate::bail;
 use kiln_builder::progress::human_size;
+use kiln_builder::remote::Remote;
 
 pub fn images(store: &Store) -> Result<()> {
     let mut stdout = std::io::stdout().lock();
@@ -171,14 +172,7 @@ pub fn prune(
         keep_storage: keep_storage.map(parse_size).transpose()?,
         unused_for: None,
     };
-    for filter in filters {
-        match filter.split_once('=') {
-            Some(("until", duration)) => policy.unused_for = Some(parse_duration(duration)?),
-            _ => bail!(
-                "invalid --filter {filter:?}: kiln filters by until=DURATION (such as until=24h)"
-            ),
-        }
-    }
+    policy.unused_for = until(filters)?;
     let pruned = store.prune(&policy)?;
     println!(
         "removed {} cache record(s), {} blob(s), {} snapshot(s), {} cache mount(s), {} git source(s); freed {}",
@@ -188,6 +182,54 @@ pub fn prune(
         pruned.cache_mounts,
         pruned.git_sources,
         human_size(pruned.freed)
+    );
+    Ok(())
+}
+
+/// The `until=DURATION` of `--filter`s.
+fn until(filters: &[String]) -> Result<Option<std::time::Duration>> {
+    let mut until = None;
+    for filter in filters {
+        match filter.split_once('=') {
+            Some(("until", duration)) => until = Some(parse_duration(duration)?),
+            _ => bail!(
+                "invalid --filter {filter:?}: kiln filters by until=DURATION (such as until=24h)"
+            ),
+        }
+    }
+    Ok(until)
+}
+
+/// `kiln prune --cache-ref REF`: the registry cache at REF kept within
+/// `--filter until=` and `--keep-storage`.
+pub fn prune_cache_ref(
+    store: &Store,
+    remote: &Remote,
+    reference: &str,
+    all: bool,
+    keep_storage: Option<&str>,
+    filters: &[String],
+) -> Result<()> {
+    let parsed = Reference::parse(reference)
+        .with_context(|| format!("invalid --cache-ref {reference:?}"))?;
+    let max_age = until(filters)?;
+    let max_bytes = keep_storage.map(parse_size).transpose()?;
+    if !all && max_age.is_none() && max_bytes.is_none() {
+        bail!("kiln prune --cache-ref needs --filter until=DURATION, --keep-storage SIZE or --all");
+    }
+    let bounds = kiln_builder::cache_config::Bounds {
+        max_entries: all.then_some(0),
+        max_bytes,
+        max_age: max_age.map(|age| age.as_secs() as i64),
+    };
+    let pruned = kiln_builder::cache_export::prune_registry_cache(store, remote, &parsed, &bounds)?;
+    let (before, after) = pruned.entries;
+    println!(
+        "removed {} of the {before} entries of the cache {}; it names {} of layers, {} before",
+        before - after,
+        parsed.familiar(),
+        human_size(pruned.bytes.1),
+        human_size(pruned.bytes.0),
     );
     Ok(())
 }
