@@ -59,8 +59,11 @@ impl MountSeeder<'_> {
             match origin {
                 Origin::Registry(reference) => {
                     let fetched = Layer::from_record(layer)?;
-                    self.remote
-                        .fetch_layers(self.store, &[(reference.clone(), fetched)], false)?;
+                    self.remote.try_fetch_layers(
+                        self.store,
+                        &[(reference.clone(), fetched)],
+                        false,
+                    )?;
                 }
                 Origin::Local(cache) => {
                     let path = kiln_cache::Layout::new(cache).blob_path(&layer.blob);

@@ -237,8 +237,10 @@ impl<'a> Layers<'a> {
                 downloads.push((reference.clone(), layer.clone()));
             }
         }
-        if let Err(error) = self.remote.fetch_layers(self.store, &downloads, unpack) {
-            if cached.is_empty() || error.is_interrupted() {
+        if cached.is_empty() {
+            self.remote.fetch_layers(self.store, &downloads, unpack)?;
+        } else if let Err(error) = self.remote.try_fetch_layers(self.store, &downloads, unpack) {
+            if error.is_interrupted() {
                 return Err(error);
             }
             self.find_unusable(&downloads, &cached, unpack)?;
@@ -270,7 +272,7 @@ impl<'a> Layers<'a> {
         self.remote.fetch_layers(self.store, &bases, unpack)?;
         for download in cached.iter().filter(|(_, layer)| missing(layer)) {
             self.remote
-                .fetch_layers(self.store, std::slice::from_ref(download), unpack)
+                .try_fetch_layers(self.store, std::slice::from_ref(download), unpack)
                 .map_err(|error| self.imported.give_up_on(&download.1, error))?;
         }
         Ok(())

@@ -21,6 +21,9 @@ pub enum StepEnd<'a> {
         message: &'a str,
         tail: &'a [String],
     },
+    /// It stopped before its end, and the build went on without it (a
+    /// warning says why).
+    Canceled,
 }
 
 /// Receives a build's progress events, from several stages at once.
@@ -117,6 +120,11 @@ impl Step<'_> {
     pub fn done(self) {
         let bytes = self.bytes.load(Ordering::Relaxed);
         self.progress.sink.ended(self.id, StepEnd::Done { bytes });
+    }
+
+    /// The step stopped, and the build goes on without it.
+    pub fn canceled(self) {
+        self.progress.sink.ended(self.id, StepEnd::Canceled);
     }
 
     /// The step failed; `tail` holds its last lines of output.

@@ -196,6 +196,28 @@ impl Remote {
         layers: &[(Reference, Layer)],
         unpack: bool,
     ) -> crate::Result<()> {
+        self.fetch_layers_shown(store, layers, unpack, true)
+    }
+
+    /// [`Remote::fetch_layers`], for layers the build can do without: a
+    /// failure ends the fetch's progress step as canceled rather than
+    /// failed, and the caller says what went wrong.
+    pub fn try_fetch_layers(
+        &self,
+        store: &Store,
+        layers: &[(Reference, Layer)],
+        unpack: bool,
+    ) -> crate::Result<()> {
+        self.fetch_layers_shown(store, layers, unpack, false)
+    }
+
+    fn fetch_layers_shown(
+        &self,
+        store: &Store,
+        layers: &[(Reference, Layer)],
+        unpack: bool,
+        failure_shown: bool,
+    ) -> crate::Result<()> {
         if layers.is_empty() {
             return Ok(());
         }
@@ -230,7 +252,13 @@ impl Remote {
                 &|_, bytes| step.add_bytes(bytes),
             ))
             .with_context(|| format!("fetching {what}"));
-        step.finish_with(fetched)?;
+        match fetched {
+            Err(error) if !failure_shown => {
+                step.canceled();
+                return Err(error);
+            }
+            fetched => step.finish_with(fetched)?,
+        }
         self.say(&format!(
             "fetched {what}, {}",
             human_size(layers.iter().map(|(_, layer)| layer.size).sum())

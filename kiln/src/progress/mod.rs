@@ -208,6 +208,7 @@ impl ProgressSink for Display {
         }
         match end {
             StepEnd::Cached => self.step_ended(id, "CACHED", "cached"),
+            StepEnd::Canceled => self.step_ended(id, "CANCELED", "canceled"),
             StepEnd::Done { bytes } => {
                 let Some((_, started)) = self.shown(id) else {
                     return;

@@ -63,6 +63,8 @@ enum State {
     Cached,
     Done(Duration),
     Failed(Duration),
+    /// Stopped, and the build went on without it.
+    Canceled(Duration),
 }
 
 impl TtyView {
@@ -164,6 +166,7 @@ impl TtyView {
             StepEnd::Cached => State::Cached,
             StepEnd::Done { .. } => State::Done(elapsed),
             StepEnd::Failed { .. } => State::Failed(elapsed),
+            StepEnd::Canceled => State::Canceled(elapsed),
         };
         if let StepEnd::Failed { message, tail } = end {
             // As BuildKit: the failed step's last lines after the view.
@@ -333,6 +336,7 @@ impl Step {
             State::Cached => ("CACHED ", Duration::ZERO),
             State::Done(time) => ("", time),
             State::Failed(time) => ("ERROR ", time),
+            State::Canceled(time) => ("CANCELED ", time),
         };
         let mut right = seconds(time);
         if self.bytes > 0 {

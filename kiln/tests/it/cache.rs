@@ -493,7 +493,7 @@ fn gc_keep_storage_trims_the_cache_after_a_build() {
 }
 
 /// A second machine: an empty store with the same busybox as `first`.
-fn second_machine(first: &Kiln) -> Kiln {
+pub(crate) fn second_machine(first: &Kiln) -> Kiln {
     let archive = tempfile::NamedTempFile::new().expect("archive");
     let path = archive.path().to_str().expect("utf-8");
     first.ok(&["save", "busybox", "-o", path]);
@@ -502,7 +502,7 @@ fn second_machine(first: &Kiln) -> Kiln {
     second
 }
 
-const EPOCH: [&str; 2] = ["--source-date-epoch", "1700000000"];
+pub(crate) const EPOCH: [&str; 2] = ["--source-date-epoch", "1700000000"];
 
 /// Builds `dockerfile` on a first machine exporting the cache with
 /// `cache_to`, then on a second importing it with `cache_from`; returns
@@ -545,7 +545,7 @@ const TWO_STAGES: &str = "FROM busybox AS build\n\
     COPY --from=build /built /built\n\
     RUN cat /built > /final\n";
 
-fn runs(steps: &[(String, bool)]) -> usize {
+pub(crate) fn runs(steps: &[(String, bool)]) -> usize {
     steps
         .iter()
         .filter(|(step, cached)| step.starts_with("RUN") && !cached)

@@ -3,6 +3,7 @@
 //! sandbox, a real registry and real tools reading what it writes.
 
 mod cache;
+mod cache_sharing;
 mod checks;
 mod cli;
 mod contexts;
