@@ -303,8 +303,11 @@ mod tests {
         Digest::of(&[n, 0xee])
     }
 
-    /// A cache of records `(key, layer, exported)`.
-    fn cache(records: &[(u8, Option<(u8, u64)>, i64)]) -> CacheContents {
+    /// A record of a test cache: its key's number, its layer's number and
+    /// size, and when it was exported.
+    type TestRecord = (u8, Option<(u8, u64)>, i64);
+
+    fn cache(records: &[TestRecord]) -> CacheContents {
         let entries = records
             .iter()
             .map(|&(k, layer_of, exported)| {

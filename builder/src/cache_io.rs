@@ -137,8 +137,10 @@ fn flag(
 }
 
 fn export_options(fields: &HashMap<String, String>, spec: &str) -> crate::Result<ExportOptions> {
-    let mut options = ExportOptions::default();
-    options.merge = !fields.contains_key("merge") || flag(fields, "merge", spec, "--cache-to")?;
+    let mut options = ExportOptions {
+        merge: !fields.contains_key("merge") || flag(fields, "merge", spec, "--cache-to")?,
+        ..ExportOptions::default()
+    };
     if let Some(max) = fields.get("max-records") {
         options.bounds.max_entries = Some(max.parse().map_err(|_| {
             crate::Error::Invalid(format!(
