@@ -5,8 +5,9 @@
 #   1. rebuilt on a fresh agent with nothing new: every step cached, the
 #      export finds the reference holds it all already;
 #   2. rebuilt after a change that only the last step reads.
-# Each case is timed with and without --cache-to, on fresh agents, in
-# turns; the difference of the medians (of 5) is the export. Prints the bytes kiln says it uploaded. Where buildah is
+# kiln's export is timed by its progress (`--progress rawjson`), medians of
+# 5 fresh agents; buildah's is the difference between medians of builds
+# with and without --cache-to. Prints the bytes kiln says it uploaded. Where buildah is
 # installed, the same two cases run with `buildah build --layers
 # --cache-from/--cache-to` (which pushes each layer as an image of the
 # repository) and the ratios are printed.
@@ -48,33 +49,50 @@ agent() {
 }
 
 uploaded() {
-    sed -n 's/.*exported the cache to .*: .* record(s), \(.*\) uploaded$/\1/p; s/.*the cache at .* is up to date$/0B/p' "$work/last.log" | tail -1
+    grep -o 'exported the cache to [^"]*: [0-9]* record(s), [^"]* uploaded\|the cache at [^"]* is up to date' "$work/last.log" |
+        sed -n 's/.*record(s), \(.*\) uploaded$/\1/p; s/.* is up to date$/0B/p' | tail -1
 }
 
 median() {
     echo "$@" | tr ' ' '\n' | sed '/^$/d' | sort -n | sed -n "$(( ($# + 1) / 2 ))p"
 }
 
-# The export's share of a build: the median of 5 builds on fresh agents
-# with --cache-to less that of as many without, `change` run before each
-# pair. Sets $bytes to what the last export uploaded.
+# kiln's export, as its progress times it (`--progress rawjson`: the
+# seconds between the start and the end of the "exporting cache to" step),
+# in milliseconds, from the last build's log.
+export_time() {
+    python3 -c '
+import json, sys
+start = end = None
+for line in open(sys.argv[1]):
+    line = line.strip()
+    if not line.startswith("{"):
+        continue
+    event = json.loads(line)
+    if event["event"] == "start" and event["name"].startswith("exporting cache to"):
+        start, step = event["time"], event["id"]
+    elif start is not None and event["id"] == step and event["event"] != "start":
+        end = event["time"]
+print(round((end - start) * 1000))
+' "$work/last.log"
+}
+
+# Medians of 5 builds on fresh agents, `change` run before each: the
+# export's time in $export, what the last one uploaded in $bytes.
 rounds=5
-withouts=
-withs=
 export_rounds() {
     change=$1
-    withouts=
-    withs=
+    times=
     i=0
     while [ $i -lt $rounds ]; do
         $change $i
         agent
-        withouts="$withouts $(KILN_ROOT="$work/agent" milliseconds "$kiln" build --cache-from "$cache" .)"
-        agent
-        withs="$withs $(KILN_ROOT="$work/agent" milliseconds "$kiln" build $export_args .)"
+        KILN_ROOT="$work/agent" milliseconds "$kiln" build --progress rawjson $export_args . > /dev/null
+        times="$times $(export_time)"
         bytes=$(uploaded)
         i=$((i + 1))
     done
+    export=$(median $times)
 }
 unchanged() { :; }
 # Each round changes the input of the last step again, so each export
@@ -82,10 +100,10 @@ unchanged() { :; }
 changed() { echo "round $1" > last-input.txt; }
 
 export_rounds unchanged
-nothing_new=$(( $(median $withs) - $(median $withouts) ))
+nothing_new=$export
 nothing_new_bytes=$bytes
 export_rounds changed
-one_changed=$(( $(median $withs) - $(median $withouts) ))
+one_changed=$export
 one_changed_bytes=$bytes
 
 echo "kiln: export with nothing new: ${nothing_new} ms, ${nothing_new_bytes} uploaded"

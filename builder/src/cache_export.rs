@@ -47,11 +47,19 @@ impl CacheExport<'_> {
     /// Exports the cache to `to` (a registry or a directory; an inline
     /// cache goes with the image instead).
     pub fn export(&self, to: &CacheTo) -> crate::Result<()> {
-        match to {
+        let (name, exported) = match to {
+            CacheTo::Registry { reference, .. } => (reference.familiar(), "registry"),
+            CacheTo::Local { dir, .. } => (dir.display().to_string(), "directory"),
+            CacheTo::Inline => return Ok(()),
+        };
+        let step = self
+            .progress
+            .step(&format!("exporting cache to {exported} {name}"));
+        step.finish_with(match to {
             CacheTo::Registry { reference, options } => self.to_registry(reference, options),
             CacheTo::Local { dir, options } => self.to_local(dir, options),
             CacheTo::Inline => Ok(()),
-        }
+        })
     }
 
     fn to_registry(&self, reference: &Reference, options: &ExportOptions) -> crate::Result<()> {

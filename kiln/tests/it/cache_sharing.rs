@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use kiln_testkit::{Fault, Faults, Proxy, Registry, Setup};
 
 use crate::cache::{runs, second_machine, EPOCH};
-use crate::support::{Context, Kiln};
+use crate::support::{ran, Context, Kiln};
 
 /// Builds `context` with `args` (and `--source-date-epoch`), whatever comes
 /// of it: each step with whether it was cached (empty when the build
@@ -259,24 +259,23 @@ const TWO_STEPS: &str = "FROM busybox\n\
     COPY input.txt /input.txt\n\
     RUN cp /input.txt /copy\n";
 
-#[test]
-fn a_cached_layer_gone_from_the_registry_is_a_miss_with_one_warning() {
-    let registry = Registry::start(Setup::Anonymous);
-    let cache = registry.name("ci/app:cache");
+/// A first agent that built [`TWO_STEPS`] as `app` and exported its cache
+/// to `ci/app:cache` in `registry`; the context.
+fn exported_two_steps(registry: &Registry) -> (Kiln, Context) {
     let context = Context::new();
     context.write("input.txt", "input");
     context.write("Dockerfile", TWO_STEPS);
     let first = Kiln::with_busybox();
-    build_logged(
-        &first,
-        context.path(),
-        &[
-            "-t",
-            "app",
-            "--cache-to",
-            &format!("type=registry,ref={cache}"),
-        ],
-    );
+    let to = format!("type=registry,ref={}", registry.name("ci/app:cache"));
+    build_logged(&first, context.path(), &["-t", "app", "--cache-to", &to]);
+    (first, context)
+}
+
+#[test]
+fn a_cached_layer_gone_from_the_registry_is_a_miss_with_one_warning() {
+    let registry = Registry::start(Setup::Anonymous);
+    let cache = registry.name("ci/app:cache");
+    let (first, context) = exported_two_steps(&registry);
     // The RUN step's layer, the last of the cache's, is deleted.
     let (manifest, _) = cache_in(&registry, "ci/app", "cache");
     let layers = manifest["layers"].as_array().expect("layers");
@@ -292,7 +291,7 @@ fn a_cached_layer_gone_from_the_registry_is_a_miss_with_one_warning() {
         context.path(),
         &["-t", "app", "--cache-from", &cache],
     );
-    assert_eq!(ran_steps(&steps), ["RUN cp /input.txt /copy"], "{stderr}");
+    assert_eq!(ran(&steps), ["RUN cp /input.txt /copy"], "{stderr}");
     let warnings: Vec<&str> = stderr.lines().filter(|l| l.contains(&gone)).collect();
     assert_eq!(warnings.len(), 1, "{stderr}");
     assert!(warnings[0].contains("cannot be used"), "{stderr}");
@@ -304,27 +303,10 @@ fn a_cached_layer_gone_from_the_registry_is_a_miss_with_one_warning() {
     second.assert_consistent();
 }
 
-fn ran_steps(steps: &[(String, bool)]) -> Vec<&str> {
-    steps
-        .iter()
-        .filter(|(_, cached)| !cached)
-        .map(|(step, _)| step.as_str())
-        .collect()
-}
-
 #[test]
 fn corrupt_layers_and_broken_caches_are_misses_and_the_build_goes_on() {
     let registry = Registry::start(Setup::Anonymous);
-    let cache = registry.name("ci/app:cache");
-    let context = Context::new();
-    context.write("input.txt", "input");
-    context.write("Dockerfile", TWO_STEPS);
-    let first = Kiln::with_busybox();
-    build_logged(
-        &first,
-        context.path(),
-        &["--cache-to", &format!("type=registry,ref={cache}")],
-    );
+    let (first, context) = exported_two_steps(&registry);
 
     // Every blob download arrives with a byte changed.
     let corrupting = Proxy::start(
