@@ -235,7 +235,8 @@ pub enum Origin {
 }
 
 impl Origin {
-    fn describe(&self) -> String {
+    /// The directory or repository, as a warning names it.
+    pub(crate) fn describe(&self) -> String {
         match self {
             Origin::Local(path) => path.display().to_string(),
             Origin::Registry(reference) => reference.familiar(),

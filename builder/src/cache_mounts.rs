@@ -39,7 +39,7 @@ impl MountSeeder<'_> {
             Err(error) => {
                 self.progress.warn(&format!(
                     "the cache mount {id:?} of {} cannot be used ({}): it starts empty",
-                    describe(origin),
+                    origin.describe(),
                     error.one_line()
                 ));
                 empty(dir);
@@ -103,13 +103,6 @@ fn empty(dir: &Path) {
                 std::fs::remove_file(&path)
             };
         }
-    }
-}
-
-fn describe(origin: &Origin) -> String {
-    match origin {
-        Origin::Local(dir) => dir.display().to_string(),
-        Origin::Registry(reference) => reference.familiar(),
     }
 }
 
