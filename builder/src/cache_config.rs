@@ -140,27 +140,17 @@ impl CacheContents {
     /// The cache of `entries`, in their order, each layer listed once.
     fn of_entries(entries: Vec<Entry>) -> CacheContents {
         let mut contents = CacheContents::default();
-        let place = |layer: &LayerRecord, layers: &mut Vec<LayerRecord>| match layers
-            .iter()
-            .position(|known| known.blob == layer.blob)
-        {
-            Some(index) => index,
-            None => {
-                layers.push(layer.clone());
-                layers.len() - 1
-            }
-        };
         for entry in entries {
             match entry {
                 Entry::Record(record, layer) => {
-                    let index = layer.map(|layer| place(&layer, &mut contents.layers));
+                    let index = layer.map(|layer| contents.place_layer(&layer));
                     contents.config.records.push(ExportedRecord {
                         layer: index,
                         ..record
                     });
                 }
                 Entry::Mount(mount, layer) => {
-                    let index = place(&layer, &mut contents.layers);
+                    let index = contents.place_layer(&layer);
                     contents.config.mounts.push(ExportedMount {
                         layer: index,
                         ..mount
@@ -171,20 +161,32 @@ impl CacheContents {
         contents
     }
 
+    /// The index of `layer` among the layers, added at the end when it is
+    /// not one of them yet.
+    pub fn place_layer(&mut self, layer: &LayerRecord) -> usize {
+        match self
+            .layers
+            .iter()
+            .position(|known| known.blob == layer.blob)
+        {
+            Some(index) => index,
+            None => {
+                self.layers.push(layer.clone());
+                self.layers.len() - 1
+            }
+        }
+    }
+
     /// Adds the content of cache mount `id` for `platform` (stamped when
     /// merged).
     pub fn add_mount(&mut self, id: &str, platform: &str, layer: LayerRecord) {
-        let mut entries = self.entries();
-        entries.push(Entry::Mount(
-            ExportedMount {
-                id: id.to_string(),
-                platform: platform.to_string(),
-                layer: 0,
-                exported: 0,
-            },
-            layer,
-        ));
-        *self = CacheContents::of_entries(entries);
+        let index = self.place_layer(&layer);
+        self.config.mounts.push(ExportedMount {
+            id: id.to_string(),
+            platform: platform.to_string(),
+            layer: index,
+            exported: 0,
+        });
     }
 
     /// `self` without the entries whose layer `keep` refuses.

@@ -16,10 +16,12 @@ use crate::cache_io::{
     ExportOptions, Imported, ReadCache,
 };
 use crate::cache_mounts::mounts_to_export;
+use crate::error::{bail, Context};
 use crate::image::Layer;
 use crate::layers::Layers;
 use crate::progress::{human_size, Progress};
 use crate::remote::Remote;
+use crate::units::now_seconds;
 
 /// What the cache exports of a build read from.
 pub struct CacheExport<'a> {
@@ -30,17 +32,9 @@ pub struct CacheExport<'a> {
     pub build: &'a Build<'a>,
     pub progress: &'a Progress,
     /// The build's results, in the order of the Dockerfile.
-    pub entries: Vec<Entry>,
+    pub entries: &'a [Entry],
     /// The ids of the cache mounts its steps use.
     pub mount_ids: Vec<&'a str>,
-}
-
-/// Seconds since 1970 by the clock: what entries are stamped with (never
-/// `SOURCE_DATE_EPOCH`, which would make every export look as old).
-fn wall_clock() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |since| since.as_secs() as i64)
 }
 
 impl CacheExport<'_> {
@@ -232,7 +226,9 @@ impl CacheExport<'_> {
         options: &ExportOptions,
         name: &str,
     ) -> Option<CacheContents> {
-        let now = wall_clock();
+        // The clock, never `SOURCE_DATE_EPOCH`: that would make every
+        // export look as old.
+        let now = now_seconds();
         let base = old.map(|old| old.contents.clone()).unwrap_or_default();
         let merged = base
             .merged(new, now)
@@ -269,13 +265,12 @@ pub fn prune_registry_cache(
     reference: &Reference,
     bounds: &crate::cache_config::Bounds,
 ) -> crate::Result<CachePruned> {
-    use crate::error::Context;
     let name = reference.familiar();
     let cache = read_registry(reference, store, remote, None)
         .with_context(|| format!("reading the cache {name}"))?
         .with_context(|| format!("{name} holds no kiln cache"))?;
     if cache.inline {
-        crate::error::bail!(
+        bail!(
             "{name} is an image with an inline cache: prune a cache written by --cache-to type=registry"
         );
     }
@@ -283,7 +278,7 @@ pub fn prune_registry_cache(
         |contents: &CacheContents| contents.config.records.len() + contents.config.mounts.len();
     let pruned = cache
         .contents
-        .bounded(bounds, wall_clock(), &HashSet::new());
+        .bounded(bounds, now_seconds(), &HashSet::new());
     if pruned != cache.contents {
         let present: HashSet<Digest> = cache.contents.layers.iter().map(|l| l.blob).collect();
         let (manifest, _) = write_cache_manifest(store, &pruned)?;

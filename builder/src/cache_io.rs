@@ -668,19 +668,9 @@ pub fn exported(entries: &[Entry]) -> CacheContents {
         if contents.config.records.iter().any(|r| r.key == *key) {
             continue;
         }
-        let index = layer.as_ref().map(|layer| {
-            match contents
-                .layers
-                .iter()
-                .position(|known| known.blob == layer.blob)
-            {
-                Some(index) => index,
-                None => {
-                    contents.layers.push(layer.record());
-                    contents.layers.len() - 1
-                }
-            }
-        });
+        let index = layer
+            .as_ref()
+            .map(|layer| contents.place_layer(&layer.record()));
         contents.config.records.push(ExportedRecord {
             key: *key,
             layer: index,

@@ -145,20 +145,28 @@ impl Error {
         }
     }
 
-    /// The error and its causes in one line, outermost first, for a
-    /// warning.
-    pub fn one_line(&self) -> String {
-        let mut parts: Vec<String> = vec![self.to_string()];
+    /// What the error and each of its causes say, outermost first,
+    /// leaving out a cause its error's message already ends with (errors
+    /// that quote their cause, `path: reason`, and transparent wrappers).
+    pub fn causes(&self) -> Vec<String> {
+        let mut said = vec![self.to_string()];
         let mut cause = std::error::Error::source(self);
         while let Some(next) = cause {
             let text = next.to_string();
-            // Transparent wrappers say what their cause says.
-            if parts.last() != Some(&text) {
-                parts.push(text);
+            if !said
+                .last()
+                .is_some_and(|previous| previous.ends_with(&text))
+            {
+                said.push(text);
             }
             cause = next.source();
         }
-        parts.join(": ")
+        said
+    }
+
+    /// The error and its causes in one line, for a warning.
+    pub fn one_line(&self) -> String {
+        self.causes().join(": ")
     }
 
     /// The failed RUN process among the causes.

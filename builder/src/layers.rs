@@ -211,8 +211,14 @@ impl<'a> Layers<'a> {
             .filter(|layer| !self.store.has_snapshot(&layer.diff_id))
             .cloned()
             .collect();
-        self.fetch_at_once(&packed, true)?;
-        for layer in &packed {
+        self.bring_in(&packed, true)
+    }
+
+    /// Brings `layers` into the store: those of registries all at once
+    /// ([`Layers::fetch_at_once`]), then those of local cache directories.
+    fn bring_in(&self, layers: &[Layer], unpack: bool) -> crate::Result<()> {
+        self.fetch_at_once(layers, unpack)?;
+        for layer in layers {
             if !self.store.has_blob(&layer.blob) {
                 self.imported.import_local(self.store, layer)?;
             }
@@ -289,13 +295,7 @@ impl<'a> Layers<'a> {
             })
             .cloned()
             .collect();
-        self.fetch_at_once(&imported, false)?;
-        for layer in &imported {
-            if !self.store.has_blob(&layer.blob) {
-                self.imported.import_local(self.store, layer)?;
-            }
-        }
-        Ok(())
+        self.bring_in(&imported, false)
     }
 
     /// Where `layer` can be mounted or fetched from by a push, when the

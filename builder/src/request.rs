@@ -27,6 +27,7 @@ use crate::progress::Progress;
 use crate::remote::Remote;
 use crate::run::{Interrupt, StepRunner};
 use crate::secrets::Secrets;
+use crate::units::now_seconds;
 
 /// Where `kiln build` puts the result.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -220,12 +221,6 @@ pub struct Built {
     /// The build checks' findings (`Rule: message (line N)`), shown before
     /// the first step, for a summary at the end as buildx prints one.
     pub warnings: Vec<String>,
-}
-
-fn now_seconds() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// The build's epoch: seconds since 1970 from `--build-arg
@@ -479,7 +474,7 @@ pub fn build(engine: &Engine<'_>, request: &BuildRequest) -> crate::Result<Built
         layers: &layers,
         build: &build,
         progress,
-        entries: entries.clone(),
+        entries: &entries,
         mount_ids: plan.graph.cache_mount_ids().into_iter().collect(),
     };
     for target_cache in cache_to {

@@ -1,5 +1,5 @@
 //! Sizes and durations as users write them, in flags and in the fields of
-//! `--cache-to`.
+//! `--cache-to`; and the time by the clock.
 
 use crate::error::Error;
 use crate::Result;
@@ -68,6 +68,13 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration> {
         return Err(invalid());
     }
     Ok(std::time::Duration::from_secs(total))
+}
+
+/// Seconds since 1970 by the clock.
+pub fn now_seconds() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs() as i64)
 }
 
 #[cfg(test)]

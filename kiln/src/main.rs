@@ -154,26 +154,21 @@ fn run(cli: Cli) -> Result<u8> {
             all,
             keep_storage,
             filters,
-            cache_ref: Some(reference),
-        } => commands::store::prune_cache_ref(
-            &open_store(cli.root)?,
-            &remote,
-            &reference,
-            all,
-            keep_storage.as_deref(),
-            &filters,
-        ),
-        Command::Prune {
-            all,
-            keep_storage,
-            filters,
-            cache_ref: None,
-        } => commands::store::prune(
-            &open_store(cli.root)?,
-            all,
-            keep_storage.as_deref(),
-            &filters,
-        ),
+            cache_ref,
+        } => {
+            let store = open_store(cli.root)?;
+            match cache_ref {
+                Some(reference) => commands::store::prune_cache_ref(
+                    &store,
+                    &remote,
+                    &reference,
+                    all,
+                    keep_storage.as_deref(),
+                    &filters,
+                ),
+                None => commands::store::prune(&store, all, keep_storage.as_deref(), &filters),
+            }
+        }
         Command::Run(args) => {
             return commands::container::run(&open_store(cli.root)?, &remote, cli.runtime, &args)
         }
@@ -184,19 +179,7 @@ fn run(cli: Cli) -> Result<u8> {
 /// Prints an error with its causes, and the offending Dockerfile line when
 /// the error points at one.
 fn report(err: &Error) {
-    let mut message = format!("error: {err}");
-    let mut previous = err.to_string();
-    let mut cause = std::error::Error::source(err);
-    while let Some(current) = cause {
-        let text = current.to_string();
-        // Errors that quote their cause in their own message (`path: reason`)
-        // would show it twice.
-        if !previous.ends_with(&text) {
-            message.push_str(&format!("\n  caused by: {text}"));
-        }
-        previous = text;
-        cause = current.source();
-    }
+    let mut message = format!("error: {}", err.causes().join("\n  caused by: "));
     if let Some(snippet) = err
         .dockerfile_error()
         .and_then(kiln_frontend::Error::snippet)

@@ -20,14 +20,11 @@ fn basic_auth_over_tls_with_the_registrys_own_ca() {
     let authorised = client(&registry.certs_dir, Some(&config));
     let reference = reference(&registry, "private/app:1");
     runtime
-        .block_on(transfer::push(
+        .block_on(support::push(
             &authorised,
             &source,
             &image,
             std::slice::from_ref(&reference),
-            &HashMap::new(),
-            2,
-            &|_, _| {},
         ))
         .expect("push with the login");
     let (_b, target) = store();
@@ -95,14 +92,11 @@ fn a_token_answer_cut_short_is_asked_for_again() {
     let config = docker_config_with_login(logins.path(), &registry.address, USER, PASSWORD);
     issuer.cut_answers(2);
     runtime
-        .block_on(transfer::push(
+        .block_on(support::push(
             &client(&registry.certs_dir, Some(&config)),
             &source,
             &image,
             std::slice::from_ref(&reference),
-            &HashMap::new(),
-            2,
-            &|_, _| {},
         ))
         .expect("push with token answers cut short");
     assert_eq!(issuer.answers_cut(), 2, "two answers were cut");
@@ -135,14 +129,11 @@ fn bearer_tokens_per_scope_are_fetched_once_and_push_needs_a_login() {
     // must not count against the push below.
     let anonymous = client(&registry.certs_dir, None);
     let err = runtime
-        .block_on(transfer::push(
+        .block_on(support::push(
             &anonymous,
             &source,
             &image,
             std::slice::from_ref(&refused),
-            &HashMap::new(),
-            2,
-            &|_, _| {},
         ))
         .expect_err("anonymous push");
     assert!(err.to_string().contains("401"), "{err}");
@@ -153,14 +144,11 @@ fn bearer_tokens_per_scope_are_fetched_once_and_push_needs_a_login() {
     let config = docker_config_with_login(logins.path(), &registry.address, USER, PASSWORD);
     let authorised = client(&registry.certs_dir, Some(&config));
     runtime
-        .block_on(transfer::push(
+        .block_on(support::push(
             &authorised,
             &source,
             &image,
             std::slice::from_ref(&reference),
-            &HashMap::new(),
-            2,
-            &|_, _| {},
         ))
         .expect("push with the login");
     assert_eq!(

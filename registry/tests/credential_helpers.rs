@@ -5,10 +5,8 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 
-use kiln_registry::transfer;
 use kiln_testkit::{runtime, Registry, Setup, TokenIssuer, PASSWORD, REFRESH_TOKEN, USER};
 use support::{client, client_with, reference, store, test_image};
 
@@ -42,16 +40,13 @@ fn credential_helpers_and_identity_tokens_authorise_a_push() {
     let image = test_image(&source, 20_000, 30);
     let runtime = runtime();
     runtime
-        .block_on(transfer::push(
+        .block_on(support::push(
             &client_with(&registry.certs_dir, Some(&with_helper), |options| {
                 options.credential_helper_dirs = Some(vec![helpers.path().to_path_buf()]);
             }),
             &source,
             &image,
             &[reference(&registry, "helped/app:1")],
-            &HashMap::new(),
-            2,
-            &|_, _| {},
         ))
         .expect("push with the helper's credentials");
     let asked = std::fs::read_to_string(&log).expect("the helper was asked");
@@ -72,14 +67,11 @@ fn credential_helpers_and_identity_tokens_authorise_a_push() {
     )
     .expect("config");
     runtime
-        .block_on(transfer::push(
+        .block_on(support::push(
             &client(&registry.certs_dir, Some(&with_token)),
             &source,
             &image,
             &[reference(&registry, "tokened/app:1")],
-            &HashMap::new(),
-            2,
-            &|_, _| {},
         ))
         .expect("push with the identity token");
 }

@@ -171,14 +171,11 @@ fn large_blobs_go_up_in_chunks_and_blobs_mount_across_repositories() {
     };
     let first = through("one/app:1");
     runtime
-        .block_on(transfer::push(
+        .block_on(support::push(
             &chunked,
             &source,
             &image,
             std::slice::from_ref(&first),
-            &HashMap::new(),
-            2,
-            &|_, _| {},
         ))
         .expect("chunked push");
     let (config, layers) = transfer::manifest_blobs(&kiln_registry::Manifest {
@@ -262,14 +259,11 @@ fn an_index_gives_the_image_for_the_platform_asked() {
     let runtime = runtime();
     for (image, tag) in [(host_image, "host"), (other_image, "other")] {
         runtime
-            .block_on(transfer::push(
+            .block_on(support::push(
                 &client,
                 &source,
                 &image,
                 &[reference(&registry, &format!("multi/app:{tag}"))],
-                &HashMap::new(),
-                2,
-                &|_, _| {},
             ))
             .expect("push");
     }
@@ -328,14 +322,11 @@ fn a_tag_the_store_has_costs_a_head_not_a_get() {
     let client = client(&registry.certs_dir, None);
     let runtime = runtime();
     runtime
-        .block_on(transfer::push(
+        .block_on(support::push(
             &client,
             &source,
             &image,
             &[reference(&registry, "cheap/app:1")],
-            &HashMap::new(),
-            2,
-            &|_, _| {},
         ))
         .expect("push");
     let watching = kiln_testkit::Proxy::start(&registry.address, kiln_testkit::Faults::default());
@@ -378,14 +369,11 @@ fn a_blob_the_store_lacks_is_mounted_or_else_fetched_from_where_it_is() {
     let to_source = client(&source_registry.certs_dir, None);
     let base = reference(&source_registry, "base/image:1");
     runtime
-        .block_on(transfer::push(
+        .block_on(support::push(
             &to_source,
             &source,
             &image,
             std::slice::from_ref(&base),
-            &HashMap::new(),
-            2,
-            &|_, _| {},
         ))
         .expect("push the base");
 

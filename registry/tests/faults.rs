@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use kiln_registry::transfer;
@@ -35,14 +34,11 @@ fn pulls_survive_503s_and_resume_broken_downloads() {
     let runtime = runtime();
     let direct = client(&registry.certs_dir, None);
     runtime
-        .block_on(transfer::push(
+        .block_on(support::push(
             &direct,
             &source,
             &image,
             &[reference(&registry, "faulty/app:1")],
-            &HashMap::new(),
-            2,
-            &|_, _| {},
         ))
         .expect("push");
     let proxy = Proxy::start(
@@ -93,14 +89,11 @@ fn a_manifest_cut_short_is_fetched_again() {
     let image = test_image(&source, 100_000, 22);
     let runtime = runtime();
     runtime
-        .block_on(transfer::push(
+        .block_on(support::push(
             &client(&registry.certs_dir, None),
             &source,
             &image,
             &[reference(&registry, "cut/app:1")],
-            &HashMap::new(),
-            2,
-            &|_, _| {},
         ))
         .expect("push");
     let proxy = Proxy::start(
@@ -149,14 +142,11 @@ fn pushes_survive_faults_and_the_manifest_comes_after_every_blob() {
         options.chunk_size = 1 << 20;
     });
     runtime
-        .block_on(transfer::push(
+        .block_on(support::push(
             &chunked,
             &source,
             &image,
             &[reference_via(&proxy, "faulty/up:1")],
-            &HashMap::new(),
-            2,
-            &|_, _| {},
         ))
         .expect("push through faults");
     let seen = proxy.seen();
@@ -203,14 +193,11 @@ fn a_blob_that_does_not_match_its_digest_is_rejected() {
     let image = test_image(&source, 100_000, 22);
     let runtime = runtime();
     runtime
-        .block_on(transfer::push(
+        .block_on(support::push(
             &client(&registry.certs_dir, None),
             &source,
             &image,
             &[reference(&registry, "corrupt/app:1")],
-            &HashMap::new(),
-            2,
-            &|_, _| {},
         ))
         .expect("push");
     let proxy = Proxy::start(
@@ -305,14 +292,11 @@ fn push_through_and_check(
     let runtime = runtime();
     let pushing = client_with(&registry.certs_dir, None, adjust);
     runtime
-        .block_on(transfer::push(
+        .block_on(support::push(
             &pushing,
             source,
             image,
             &[reference_via(proxy, repository)],
-            &HashMap::new(),
-            2,
-            &|_, _| {},
         ))
         .unwrap_or_else(|e| panic!("push to {repository}: {e}"));
     let (_dir, target) = store();

@@ -13,6 +13,26 @@ use kiln_cache::{Digest, Store};
 use kiln_registry::{Client, ClientOptions, Reference, RetryPolicy, TransportOptions};
 use kiln_testkit::Registry;
 
+/// Pushes `image` from `store` to `destinations` as a plain `kiln push`
+/// does: no blob mounted from elsewhere, two transfers at once.
+pub async fn push(
+    client: &Client,
+    store: &Store,
+    image: &Digest,
+    destinations: &[Reference],
+) -> Result<kiln_registry::transfer::PushReport, kiln_registry::Error> {
+    kiln_registry::transfer::push(
+        client,
+        store,
+        image,
+        destinations,
+        &std::collections::HashMap::new(),
+        2,
+        &|_, _| {},
+    )
+    .await
+}
+
 /// A reference to `name` in `registry`.
 pub fn reference(registry: &Registry, name: &str) -> Reference {
     Reference::parse(&registry.name(name)).expect("reference")
