@@ -163,3 +163,64 @@ pub(crate) fn mounts_to_export(
     }
     Ok(exported)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_cache::Digest;
+
+    #[test]
+    fn a_mount_is_packed_again_only_when_its_files_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let progress = Progress::silent();
+        let mount = store
+            .cache_mount("pkg", Sharing::Shared, |dir| {
+                std::fs::write(dir.join("index"), b"downloaded").map_err(crate::Error::from)
+            })
+            .unwrap();
+        // A blob no pack would make: handed back only while the files are
+        // those it was noted for.
+        let noted = LayerRecord {
+            diff_id: Digest::of(b"tar"),
+            blob: Digest::of(b"noted"),
+            size: 1,
+            media_type: oci_spec::image::MediaType::ImageLayerGzip,
+        };
+        let (fingerprint, _) = fingerprint(&mount.path).unwrap();
+        store
+            .set_cache_mount_note(
+                "pkg",
+                &MountNote {
+                    fingerprint,
+                    layer: noted.clone(),
+                },
+            )
+            .unwrap();
+        let everywhere = |_: &Digest| true;
+        let export = |reachable: &dyn Fn(&Digest) -> bool| {
+            mounts_to_export(&store, &["pkg", "unused"], 1 << 20, reachable, &progress).unwrap()
+        };
+        assert_eq!(export(&everywhere), [("pkg".to_string(), noted.clone())]);
+
+        let nowhere = |_: &Digest| false;
+        let repacked = export(&nowhere);
+        assert_ne!(
+            repacked[0].1, noted,
+            "a blob that cannot be had is packed again"
+        );
+        assert!(store.has_blob(&repacked[0].1.blob));
+
+        std::fs::write(mount.path.join("index"), b"updated").unwrap();
+        let changed = export(&everywhere);
+        assert_ne!(
+            changed[0].1, repacked[0].1,
+            "changed files make another blob"
+        );
+        assert_eq!(store.cache_mount_note("pkg").unwrap().layer, changed[0].1);
+        drop(mount);
+
+        let too_big = mounts_to_export(&store, &["pkg"], 4, &everywhere, &progress).unwrap();
+        assert!(too_big.is_empty(), "a mount over the limit is left out");
+    }
+}
