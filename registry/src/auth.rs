@@ -13,7 +13,7 @@ use url::Url;
 
 use crate::credentials::{Credential, DockerConfig};
 use crate::error::{detail, Error};
-use crate::http::{describe, shown_url};
+use crate::http::{describe, name_not_resolved, resolver_answer, shown_url};
 use crate::reference::Reference;
 use crate::retry::{retryable_status, RetryPolicy};
 
@@ -388,11 +388,21 @@ async fn fetch_token(
         }
     };
     let shown = shown_url(&realm_url);
-    let response = request.send().await.map_err(|e| Error::Request {
-        method: "GET".to_string(),
-        url: shown.clone(),
-        attempts: 1,
-        reason: describe(&e),
+    let response = request.send().await.map_err(|e| {
+        if name_not_resolved(&e) {
+            // Not worth another try: see `name_not_resolved`.
+            Error::UnknownHost {
+                registry: realm_url.host_str().unwrap_or_default().to_string(),
+                reason: resolver_answer(&e),
+            }
+        } else {
+            Error::Request {
+                method: "GET".to_string(),
+                url: shown.clone(),
+                attempts: 1,
+                reason: describe(&e),
+            }
+        }
     })?;
     let status = response.status();
     if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {

@@ -74,6 +74,9 @@ pub enum Error {
     #[error("{registry} speaks neither HTTPS nor, as a registry it may, plain HTTP: {reason}")]
     Unreachable { registry: String, reason: String },
 
+    #[error("{registry} does not resolve to an address ({reason}): check the name")]
+    UnknownHost { registry: String, reason: String },
+
     #[error("TLS set-up for {registry}: {reason}")]
     Tls { registry: String, reason: String },
 

@@ -115,7 +115,35 @@ pub(crate) fn untrusted_certificate(error: &reqwest::Error) -> bool {
     false
 }
 
-/// Whether a failed request is worth another try.
+/// Whether a request failed because the registry's host name does not
+/// resolve. The system resolver has already tried its servers as often as
+/// it is configured to, so kiln takes its "no" as the answer.
+pub(crate) fn name_not_resolved(error: &reqwest::Error) -> bool {
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        // hyper's connector names the failure only in its message.
+        if cause.to_string() == "dns error" {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
+}
+
+/// What the resolver said about a name that does not resolve: the last
+/// cause in the chain, without hyper's and reqwest's wrapping.
+pub(crate) fn resolver_answer(error: &reqwest::Error) -> String {
+    let mut answer = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        answer = cause.to_string();
+        source = cause.source();
+    }
+    answer
+}
+
+/// Whether a failed request is worth another try: not when it could not be
+/// made, was refused, or went to a name that does not resolve.
 pub(crate) fn retryable_error(error: &reqwest::Error) -> bool {
-    !error.is_builder() && !error.is_redirect() && !error.is_status()
+    !error.is_builder() && !error.is_redirect() && !error.is_status() && !name_not_resolved(error)
 }

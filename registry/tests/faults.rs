@@ -444,3 +444,137 @@ fn redirects_and_429s_are_followed() {
         .expect("pull through 429s");
     assert!(busy.injected(Fault::TooManyRequests) > 0);
 }
+
+/// A TCP relay to `upstream` that counts the connections made through it.
+struct CountingRelay {
+    address: String,
+    connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl CountingRelay {
+    fn start(upstream: &str) -> CountingRelay {
+        use std::net::{TcpListener, TcpStream};
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").expect("relay listens");
+        let address = listener.local_addr().expect("relay address").to_string();
+        let connections = std::sync::Arc::new(AtomicUsize::new(0));
+        let counted = connections.clone();
+        let upstream = upstream.to_string();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let Ok(server) = TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                let pipe = |mut from: TcpStream, mut to: TcpStream| {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Write);
+                    });
+                };
+                if let (Ok(client_copy), Ok(server_copy)) = (client.try_clone(), server.try_clone())
+                {
+                    pipe(client_copy, server);
+                    pipe(server_copy, client);
+                }
+            }
+        });
+        CountingRelay {
+            address,
+            connections,
+        }
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[test]
+fn a_no_gets_one_try_and_a_clear_error() {
+    let runtime = runtime();
+    let certs = tempfile::tempdir().expect("tmp");
+
+    // A host name that does not resolve (.invalid never does) is an answer.
+    let unknown = kiln_registry::Reference::parse("no-such-registry.invalid/app:1").expect("ref");
+    let err = runtime
+        .block_on(transfer::resolve(
+            &client(certs.path(), None),
+            &unknown,
+            &host_platform(),
+        ))
+        .expect_err("unknown host");
+    assert!(
+        matches!(err, kiln_registry::Error::UnknownHost { .. }),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .contains("no-such-registry.invalid does not resolve to an address"),
+        "{err}"
+    );
+
+    // A certificate kiln does not trust: one connection, no retry, no
+    // fallback to plain HTTP.
+    let tls = Registry::start(Setup::BasicTls);
+    let relay = CountingRelay::start(&tls.address);
+    let err = runtime
+        .block_on(transfer::resolve(
+            &client(certs.path(), None),
+            &kiln_registry::Reference::parse(&format!("{}/app:1", relay.address)).expect("ref"),
+            &host_platform(),
+        ))
+        .expect_err("untrusted certificate");
+    assert!(matches!(err, kiln_registry::Error::Tls { .. }), "{err:?}");
+    assert_eq!(relay.connections(), 1, "one try: {err}");
+
+    // A 401 once fresh credentials were sent is the registry's answer: the
+    // request is sent once, and once more with a new token, then refused.
+    let issuer = kiln_testkit::TokenIssuer::start();
+    let registry = Registry::start(Setup::Token(&issuer));
+    let proxy = Proxy::start(&registry.address, Faults::default());
+    let (_a, source) = store();
+    let image = test_image(&source, 50_000, 30);
+    let err = runtime
+        .block_on(support::push(
+            &client(&registry.certs_dir, None),
+            &source,
+            &image,
+            &[reference_via(&proxy, "refused/app:1")],
+        ))
+        .expect_err("anonymous push");
+    assert!(err.to_string().contains("401"), "{err}");
+    let refusals: Vec<Seen> = proxy
+        .seen()
+        .into_iter()
+        .filter(|seen| seen.status == 401 && seen.path != "/v2/")
+        .collect();
+    assert!(!refusals.is_empty(), "the registry refused the push");
+    // Two blobs (the configuration and one layer) go up at once, each
+    // refused at most twice.
+    assert!(
+        refusals.len() <= 4
+            && refusals
+                .iter()
+                .all(|seen| seen.method == "POST" && seen.path.ends_with("/blobs/uploads/")),
+        "{refusals:?}"
+    );
+
+    // Credentials the token service refuses: asked once.
+    let logins = tempfile::tempdir().expect("tmp");
+    let wrong = support::docker_config_with_login(
+        logins.path(),
+        &proxy.address,
+        kiln_testkit::USER,
+        "not-the-password",
+    );
+    let err = runtime
+        .block_on(transfer::resolve(
+            &client(&registry.certs_dir, Some(&wrong)),
+            &reference_via(&proxy, "refused/app:1"),
+            &host_platform(),
+        ))
+        .expect_err("wrong password");
+    assert!(err.to_string().contains("refused the credentials"), "{err}");
+    assert_eq!(issuer.requests_for("repository:refused/app:pull"), 1);
+}
