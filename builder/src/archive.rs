@@ -157,10 +157,15 @@ pub fn load(store: &Store, path: &Path) -> crate::Result<Vec<Loaded>> {
         }
         Box::new(File::open(path).with_context(|| format!("opening {}", path.display()))?)
     };
+    load_from(store, reader, &path.display().to_string())
+}
+
+/// Like [`load`], from `reader`; `shown` names the archive in errors.
+pub fn load_from(store: &Store, reader: impl Read, shown: &str) -> crate::Result<Vec<Loaded>> {
     let mut archive = tar::Archive::new(kiln_cache::compress::decompressed(reader)?);
     let mut small: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     let mut files: BTreeMap<String, (Digest, u64)> = BTreeMap::new();
-    let unreadable = || format!("{} is not a readable tar archive", path.display());
+    let unreadable = || format!("{shown} is not a readable tar archive");
     for entry in archive.entries().with_context(unreadable)? {
         let entry = entry.with_context(unreadable)?;
         if !entry.header().entry_type().is_file() {
@@ -213,9 +218,8 @@ pub fn load(store: &Store, path: &Path) -> crate::Result<Vec<Loaded>> {
         load_docker(store, manifest, &files)
     } else {
         bail!(
-            "{} is neither an OCI archive (no index.json) nor a Docker archive (no manifest.json) \
-             (is the archive complete?)",
-            path.display()
+            "{shown} is neither an OCI archive (no index.json) nor a Docker archive (no manifest.json) \
+             (is the archive complete?)"
         )
     }
 }

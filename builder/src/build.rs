@@ -605,6 +605,10 @@ impl copy::Fetch for Build<'_> {
             .with_context(|| format!("fetching {}", source.git.redacted_remote()))?;
         Ok(checkout.dir)
     }
+
+    fn limits(&self) -> kiln_cache::Limits {
+        self.store.limits()
+    }
 }
 
 #[cfg(test)]

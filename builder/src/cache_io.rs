@@ -563,17 +563,33 @@ pub fn read_registry(
     if let Some(known) = known.filter(|known| known.manifest == manifest.digest) {
         return Ok(Some(known.clone()));
     }
-    let (config, layers) = parse_manifest(&manifest.bytes)?;
+    let (config, _) = parse_manifest(&manifest.bytes)?;
     // Read into memory: the store needs no copy of a cache's list.
     let config_bytes = match store.read_blob(&config) {
         Ok(bytes) => bytes,
         Err(_) => remote.small_blob(reference, &config)?,
     };
+    Ok(
+        registry_cache(&manifest.bytes, &config_bytes)?.map(|(contents, inline)| ReadCache {
+            manifest: manifest.digest,
+            contents,
+            inline,
+        }),
+    )
+}
+
+/// What a cache manifest and its config (the list of records) hold, or
+/// what an image's inline cache holds (then `true`); none for an image
+/// without one.
+pub fn registry_cache(
+    manifest_bytes: &[u8],
+    config_bytes: &[u8],
+) -> crate::Result<Option<(CacheContents, bool)>> {
+    let (_, mut layers) = parse_manifest(manifest_bytes)?;
     let value: serde_json::Value =
-        serde_json::from_slice(&config_bytes).context("the cache config is not JSON")?;
+        serde_json::from_slice(config_bytes).context("the cache config is not JSON")?;
     // A cache manifest, or an image with an inline cache (whose layers'
     // diff IDs its configuration lists).
-    let mut layers = layers;
     let inline = value.get("records").is_none();
     let config = if !inline {
         serde_json::from_value::<CacheConfig>(value).context("the cache config is not valid")?
@@ -592,11 +608,7 @@ pub fn read_registry(
     } else {
         return Ok(None);
     };
-    Ok(Some(ReadCache {
-        manifest: manifest.digest,
-        contents: CacheContents { config, layers },
-        inline,
-    }))
+    Ok(Some((CacheContents { config, layers }, inline)))
 }
 
 fn read_checked(path: &Path, digest: &Digest) -> crate::Result<Vec<u8>> {

@@ -76,7 +76,7 @@ impl MountSeeder<'_> {
         let blob = self.store.open_blob(&layer.blob)?;
         let tar = decompressed(std::io::BufReader::new(blob))
             .with_context(|| format!("reading {}", layer.blob))?;
-        extract(tar, dir, &ExtractOptions::layer())?;
+        extract(tar, dir, &ExtractOptions::layer(self.store.limits()))?;
         // Noted at once: until a step changes these files, an export
         // reuses the blob they came from. (Should `dir` become another
         // instance than the shared one, the fingerprint tells them apart.)

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use kiln_cache::extract::{extract, ExtractMode, ExtractOptions};
 use kiln_cache::layout::Layout;
-use kiln_cache::{Digest, Store};
+use kiln_cache::{Digest, Limits, Store};
 use kiln_frontend::git_ref::GitRef;
 use kiln_frontend::{BaseImages, DockerIgnore, NamedContext, Platform, ResolvedImage};
 use kiln_registry::Reference;
@@ -379,7 +379,7 @@ impl<'a> NamedContexts<'a> {
                     bail!("{url} is not downloaded here");
                 };
                 let download = self.store.temp_dir()?;
-                let unpacked = download_context(remote, url, download.path())?;
+                let unpacked = download_context(remote, url, download.path(), self.store.limits())?;
                 self.files._downloads.push(download);
                 let epoch = unpacked.last_modified.or(unpacked.newest_file);
                 self.add_files(key, unpacked.root, epoch)?;
@@ -621,8 +621,8 @@ pub fn epoch_of_source(
         return Ok(Some(checkout.commit_time));
     }
     let work = store.temp_dir()?;
-    let unpacked =
-        download_context(remote, &source.url, work.path()).context("for SOURCE_DATE_EPOCH")?;
+    let unpacked = download_context(remote, &source.url, work.path(), store.limits())
+        .context("for SOURCE_DATE_EPOCH")?;
     Ok(unpacked.last_modified.or(unpacked.newest_file))
 }
 
@@ -638,7 +638,12 @@ fn inside(root: &Path, relative: &str) -> Option<PathBuf> {
 /// Downloads `url` into `work`: a tar archive (any compression kiln reads)
 /// is unpacked into `work/context`; any other file is put there as
 /// `context`, as BuildKit names it.
-fn download_context(remote: &Remote, url: &str, work: &Path) -> crate::Result<Unpacked> {
+fn download_context(
+    remote: &Remote,
+    url: &str,
+    work: &Path,
+    limits: Limits,
+) -> crate::Result<Unpacked> {
     let download = work.join("download");
     let mut file =
         File::create(&download).with_context(|| format!("creating {}", download.display()))?;
@@ -650,14 +655,19 @@ fn download_context(remote: &Remote, url: &str, work: &Path) -> crate::Result<Un
         .modified
         .and_then(|time| time.duration_since(std::time::UNIX_EPOCH).ok())
         .map(|since| since.as_secs() as i64);
-    let mut unpacked = unpack_context(&download, &work.join("context"), url)?;
+    let mut unpacked = unpack_context(&download, &work.join("context"), url, limits)?;
     unpacked.last_modified = last_modified;
     Ok(unpacked)
 }
 
 /// Unpacks the tar archive `archive` into `root`, or when it is no archive
-/// puts it there as the file `context`.
-fn unpack_context(archive: &Path, root: &Path, shown: &str) -> crate::Result<Unpacked> {
+/// puts it there as the file `context`, within `limits`.
+fn unpack_context(
+    archive: &Path,
+    root: &Path,
+    shown: &str,
+    limits: Limits,
+) -> crate::Result<Unpacked> {
     std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
     let open = || File::open(archive).with_context(|| format!("reading {}", archive.display()));
     if !kiln_cache::compress::is_tar_archive(open()?) {
@@ -674,6 +684,7 @@ fn unpack_context(archive: &Path, root: &Path, shown: &str) -> crate::Result<Unp
     let options = ExtractOptions {
         mode: ExtractMode::Archive,
         owner: None,
+        limits,
     };
     extract(kiln_cache::compress::decompressed(open()?)?, root, &options)
         .with_context(|| format!("unpacking {shown}"))?;
@@ -781,7 +792,7 @@ pub fn prepare_main_context(
     let work = store.temp_dir()?;
     let root = work.path().join("context");
     let unpacked = if is_url {
-        download_context(remote, &location, work.path())?
+        download_context(remote, &location, work.path(), store.limits())?
     } else {
         let archive = if from_stdin {
             let path = work.path().join("stdin");
@@ -796,7 +807,7 @@ pub fn prepare_main_context(
                 .with_context(|| format!("reading the build context {location}"))?;
             path
         };
-        unpack_context(&archive, &root, &location)?
+        unpack_context(&archive, &root, &location, store.limits())?
     };
     let mut context = unpacked.root.clone();
     if let Some(subdir) = &subdir {

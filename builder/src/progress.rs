@@ -149,36 +149,4 @@ impl Step<'_> {
     }
 }
 
-/// `12.3MB`: sizes as users read them, in progress and listings alike, as
-/// Docker and BuildKit write them: powers of 1000, one decimal, and whole
-/// bytes below a kilobyte (`512B`).
-pub fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1000.0 && unit + 1 < UNITS.len() {
-        value /= 1000.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes}B")
-    } else {
-        format!("{value:.1}{}", UNITS[unit])
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::human_size;
-
-    #[test]
-    fn sizes_read_as_docker_writes_them() {
-        assert_eq!(human_size(0), "0B");
-        assert_eq!(human_size(512), "512B");
-        assert_eq!(human_size(999), "999B");
-        assert_eq!(human_size(1_500), "1.5kB");
-        assert_eq!(human_size(2_000_000), "2.0MB");
-        assert_eq!(human_size(12_345_678_901), "12.3GB");
-        assert_eq!(human_size(4_200_000_000_000_000), "4200.0TB");
-    }
-}
+pub use kiln_cache::limits::human_size;

@@ -4,6 +4,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::digest::Digest;
+use crate::limits::human_size;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -68,6 +69,34 @@ pub enum Error {
         doing: &'static str,
         #[source]
         source: io::Error,
+    },
+    #[error(
+        "only {} free on the file system of {}, and {} more would leave less than \
+         the {} kiln keeps free: free space (kiln prune) or lower the reserve (--keep-free)",
+        human_size(*free), dir.display(), human_size(*needed), human_size(*reserve)
+    )]
+    NoSpace {
+        dir: PathBuf,
+        free: u64,
+        needed: u64,
+        reserve: u64,
+    },
+    #[error(
+        "{entry:?} takes it past {}, kiln's bound on what one layer or archive unpacks to \
+         (--max-layer-size raises it)",
+        human_size(*limit)
+    )]
+    TooLarge { entry: String, limit: u64 },
+    #[error(
+        "{entry:?} takes it past {limit} entries, kiln's bound for one layer or archive \
+         (--max-layer-entries raises it)"
+    )]
+    TooManyEntries { entry: String, limit: u64 },
+    #[error("unpacking layer {blob}: {source}")]
+    Unpacking {
+        blob: Digest,
+        #[source]
+        source: Box<Error>,
     },
     #[error("{what} {digest} in the store is invalid: {reason}")]
     InvalidContent {

@@ -14,6 +14,7 @@ use std::path::Path;
 use rustix::fs::FileType;
 
 use crate::error::Error;
+use crate::limits::{LayerBudget, Limits};
 use crate::tree::{split_parent, Attributes, TreeError, TreeWriter};
 use crate::whiteout::{OPAQUE_WHITEOUT, WHITEOUT_PREFIX};
 
@@ -31,13 +32,17 @@ pub struct ExtractOptions {
     pub mode: ExtractMode,
     /// Owner for every entry instead of the one recorded in the archive.
     pub owner: Option<(u32, u32)>,
+    /// What the archive may unpack to, and the space to leave free.
+    pub limits: Limits,
 }
 
 impl ExtractOptions {
-    pub fn layer() -> Self {
+    /// An image layer, within `limits` (the store's).
+    pub fn layer(limits: Limits) -> Self {
         ExtractOptions {
             mode: ExtractMode::Layer,
             owner: None,
+            limits,
         }
     }
 }
@@ -94,10 +99,17 @@ pub fn extract_with<R: Read>(
     let mut directories: Vec<(String, Attributes)> = Vec::new();
     let mut written = 0;
     let mut last = String::from("(start of the archive)");
+    let mut budget = LayerBudget::new(dest, options.limits)?;
     for entry in entries {
         let entry =
             entry.map_err(|e| Error::InvalidArchive(format!("{e} after entry {last:?}")))?;
         last = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let size = if entry.header().entry_type().is_file() {
+            entry.size()
+        } else {
+            0
+        };
+        budget.admit(dest, &last, size)?;
         written += extract_entry(&tree, placement, entry, options, &mut directories)?;
     }
     // Deepest first: adding entries changes a directory's time.

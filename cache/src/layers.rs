@@ -46,7 +46,18 @@ impl Store {
         self.create_snapshot(&layer.diff_id, |dir| {
             let tar = crate::compress::decompressed(blob).map_err(|e| Error::io(source, e))?;
             let mut hashed = HashingReader::new(tar);
-            extract(&mut hashed, dir, &ExtractOptions::layer())?;
+            extract(&mut hashed, dir, &ExtractOptions::layer(self.limits())).map_err(|error| {
+                match error {
+                    // These name no layer of their own.
+                    Error::TooLarge { .. }
+                    | Error::TooManyEntries { .. }
+                    | Error::NoSpace { .. } => Error::Unpacking {
+                        blob: layer.blob,
+                        source: Box::new(error),
+                    },
+                    other => other,
+                }
+            })?;
             // The tar's end (padding, a second zero block) counts in the
             // diff ID too.
             io::copy(&mut hashed, &mut io::sink()).map_err(|e| Error::io(source, e))?;

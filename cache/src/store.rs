@@ -21,6 +21,7 @@ use crate::digest::{Digest, HashingReader, HashingWriter};
 use crate::error::Error;
 use crate::layers::{LayerDigests, Unpacking};
 use crate::layout::{index_entry, ref_name, Layout, REF_NAME};
+use crate::limits::{Limits, SpaceWatch};
 use crate::pack::{pack_dir, PackOptions, PackedLayer};
 use crate::unsynced;
 
@@ -29,6 +30,7 @@ use crate::unsynced;
 pub struct Store {
     root: PathBuf,
     layout: Layout,
+    limits: Limits,
 }
 
 /// A lock on the store, released when dropped.
@@ -85,6 +87,7 @@ impl Store {
         let store = Store {
             root: root.to_path_buf(),
             layout: Layout::new(root),
+            limits: Limits::default(),
         };
         fs::create_dir_all(root).map_err(|e| Error::io(root, e))?;
         let owner = store.check_owner(root, fs::metadata(root))?.uid();
@@ -134,6 +137,17 @@ impl Store {
             drop(lock);
         }
         Ok(store)
+    }
+
+    /// The same store, with other bounds on what a layer may unpack to and
+    /// another reserve of free space.
+    pub fn with_limits(mut self, limits: Limits) -> Store {
+        self.limits = limits;
+        self
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
     }
 
     /// Checks that `path` is a real directory whose owner may be trusted:
@@ -308,11 +322,14 @@ impl Store {
     pub fn blob_writer(&self) -> Result<BlobWriter, Error> {
         // In `tmp/`, not beside the blobs: the store's cleanup removes what
         // a crash leaves there.
-        let file = AtomicFile::new_in(&self.tmp_dir(), "blob-")?;
+        let tmp = self.tmp_dir();
+        let file = AtomicFile::new_in(&tmp, "blob-")?;
         Ok(BlobWriter {
             blobs: self.blobs_dir(),
             writer: HashingWriter::new(BufWriter::with_capacity(256 * 1024, file)),
             unpacking: None,
+            space: SpaceWatch::new(&tmp, self.limits.keep_free)?,
+            tmp,
         })
     }
 
@@ -624,6 +641,9 @@ pub struct BlobWriter {
     writer: HashingWriter<BufWriter<AtomicFile>>,
     /// The layer unpacked from the same bytes, for a layer's blob.
     unpacking: Option<Unpacking>,
+    /// The free space where the blob is written, kept above the reserve.
+    space: SpaceWatch,
+    tmp: PathBuf,
 }
 
 impl BlobWriter {
@@ -659,6 +679,9 @@ impl BlobWriter {
 
 impl Write for BlobWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.space
+            .admit(&self.tmp, buf.len() as u64)
+            .map_err(io::Error::other)?;
         let written = self.writer.write(buf)?;
         if let Some(unpacking) = &mut self.unpacking {
             unpacking.feed(&buf[..written]);

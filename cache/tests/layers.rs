@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use kiln_cache::extract::{extract, ExtractMode, ExtractOptions};
 use kiln_cache::pack::{pack_dir, PackOptions, PackedLayer};
-use kiln_cache::{Compression, Error};
+use kiln_cache::{Compression, Error, Limits};
 use rustix::fs::{AtFlags, FileType, Mode};
 
 fn require_root() {
@@ -233,7 +233,7 @@ fn packing_then_extracting_keeps_everything() {
     extract(
         &uncompressed(&blob)[..],
         target.path(),
-        &ExtractOptions::layer(),
+        &ExtractOptions::layer(Limits::default()),
     )
     .expect("extract");
     assert_eq!(describe(target.path()), describe(source.path()));
@@ -435,8 +435,16 @@ fn malicious_archives_are_refused_and_nothing_outside_changes() {
             .map(|(n, k, l, d)| (*n, *k, l.as_str(), *d))
             .collect();
         let archive = malicious(&entries);
-        let err =
-            extract(&archive[..], &target, &ExtractOptions { mode, owner: None }).expect_err(name);
+        let err = extract(
+            &archive[..],
+            &target,
+            &ExtractOptions {
+                mode,
+                owner: None,
+                limits: Limits::default(),
+            },
+        )
+        .expect_err(name);
         assert!(
             matches!(err, Error::UnsafeEntry { .. }),
             "{name} {mode:?}: {err}"
@@ -475,6 +483,7 @@ fn symlinks_that_stay_inside_are_followed_for_parents() {
         &ExtractOptions {
             mode: ExtractMode::Archive,
             owner: None,
+            limits: Limits::default(),
         },
     )
     .expect("extract");
@@ -502,6 +511,7 @@ fn later_entries_replace_earlier_ones_without_writing_through_links() {
         &ExtractOptions {
             mode: ExtractMode::Archive,
             owner: None,
+            limits: Limits::default(),
         },
     )
     .expect("extract");
@@ -524,7 +534,12 @@ fn layer_whiteouts_become_overlay_whiteouts() {
         (".wh.removed", b'0', "", b""),
         ("gone/.wh..wh..opq", b'0', "", b""),
     ]);
-    extract(&archive[..], target.path(), &ExtractOptions::layer()).expect("extract");
+    extract(
+        &archive[..],
+        target.path(),
+        &ExtractOptions::layer(Limits::default()),
+    )
+    .expect("extract");
     let removed = fs::symlink_metadata(target.path().join("removed")).expect("whiteout");
     assert!(removed.file_type().is_char_device() && removed.rdev() == 0);
     let mut value = [0u8; 8];
@@ -542,6 +557,7 @@ fn layer_whiteouts_become_overlay_whiteouts() {
         &ExtractOptions {
             mode: ExtractMode::Archive,
             owner: Some((5, 6)),
+            limits: Limits::default(),
         },
     )
     .expect("extract");
@@ -554,7 +570,11 @@ fn truncated_archives_are_errors() {
     let mut archive = malicious(&[("file", b'0', "", b"0123456789")]);
     archive.truncate(520);
     let target = tempdir();
-    let err =
-        extract(&archive[..], target.path(), &ExtractOptions::layer()).expect_err("truncated");
+    let err = extract(
+        &archive[..],
+        target.path(),
+        &ExtractOptions::layer(Limits::default()),
+    )
+    .expect_err("truncated");
     assert!(err.to_string().contains("\"file\""), "{err}");
 }

@@ -360,3 +360,53 @@ fn root_refuses_a_store_another_user_controls() {
         "{err}"
     );
 }
+
+#[test]
+fn a_layer_past_the_stores_bounds_is_refused_naming_the_layer() {
+    let (_dir, store) = store();
+    let work = store.temp_dir().expect("temp dir");
+    fs::write(work.path().join("big"), vec![7u8; 2_000_000]).expect("write");
+    for name in ["a", "b", "c"] {
+        fs::write(work.path().join(name), name).expect("write");
+    }
+    let layer = store
+        .pack_layer(work.path(), &PackOptions::default())
+        .expect("pack");
+    let digests = kiln_cache::LayerDigests {
+        diff_id: layer.diff_id,
+        blob: layer.digest,
+    };
+    let bounded = |max_layer_size, max_layer_entries| {
+        store.clone().with_limits(kiln_cache::Limits {
+            max_layer_size,
+            max_layer_entries,
+            keep_free: None,
+        })
+    };
+
+    let err = bounded(1_000_000, 100)
+        .snapshot_of(&digests)
+        .expect_err("past the size bound");
+    let message = err.to_string();
+    assert!(
+        message.starts_with(&format!("unpacking layer {}: ", layer.digest))
+            && message.contains("\"big\" takes it past 1.0MB")
+            && message.contains("--max-layer-size"),
+        "{message}"
+    );
+    let err = bounded(10_000_000, 3)
+        .snapshot_of(&digests)
+        .expect_err("past the entries bound");
+    assert!(err.to_string().contains("takes it past 3 entries"), "{err}");
+    assert!(!store.has_snapshot(&layer.diff_id), "no half snapshot");
+    assert!(store.check().expect("check").is_empty());
+
+    // Raised, the same layer unpacks.
+    let snapshot = bounded(10_000_000, 5)
+        .snapshot_of(&digests)
+        .expect("within bounds");
+    assert_eq!(
+        fs::metadata(snapshot.join("big")).expect("big").len(),
+        2_000_000
+    );
+}

@@ -22,6 +22,34 @@ pub struct Cli {
     /// `client.cert` with `client.key` (default: /etc/docker/certs.d).
     #[arg(long = "cert-dir", global = true, value_name = "DIR")]
     pub cert_dir: Option<PathBuf>,
+    /// The most one layer (or archive ADD unpacks) may unpack to (default:
+    /// 64GiB); a layer past it is refused.
+    #[arg(
+        long = "max-layer-size",
+        global = true,
+        env = "KILN_MAX_LAYER_SIZE",
+        value_name = "SIZE"
+    )]
+    pub max_layer_size: Option<String>,
+    /// The most entries one layer (or archive ADD unpacks) may have
+    /// (default: 4000000).
+    #[arg(
+        long = "max-layer-entries",
+        global = true,
+        env = "KILN_MAX_LAYER_ENTRIES",
+        value_name = "N"
+    )]
+    pub max_layer_entries: Option<u64>,
+    /// The space kiln leaves free on the store's file system: unpacking and
+    /// writing blobs stop before it is used (default: a twentieth of the
+    /// file system, at most 1GiB).
+    #[arg(
+        long = "keep-free",
+        global = true,
+        env = "KILN_KEEP_FREE",
+        value_name = "SIZE"
+    )]
+    pub keep_free: Option<String>,
     /// The OCI runtime that runs RUN steps (default: runc).
     #[arg(long, global = true, env = "KILN_RUNTIME", value_name = "PATH")]
     pub runtime: Option<PathBuf>,

@@ -23,8 +23,9 @@ use clap::Parser;
 use kiln_builder::error::Context;
 use kiln_builder::progress::Progress;
 use kiln_builder::run::INTERRUPTED_EXIT_CODE;
+use kiln_builder::units::parse_size;
 use kiln_builder::{Error, Result};
-use kiln_cache::Store;
+use kiln_cache::{Limits, Store};
 
 use cli::{Cli, Command, DebugCommand};
 
@@ -89,13 +90,34 @@ fn store_root(root: Option<PathBuf>) -> Result<PathBuf> {
     Ok(PathBuf::from(home).join(".local/share/kiln"))
 }
 
-fn open_store(root: Option<PathBuf>) -> Result<Store> {
+fn open_store(root: Option<PathBuf>, limits: Limits) -> Result<Store> {
     let root = store_root(root)?;
-    Store::open(&root).with_context(|| format!("opening the store at {}", root.display()))
+    let store =
+        Store::open(&root).with_context(|| format!("opening the store at {}", root.display()))?;
+    Ok(store.with_limits(limits))
+}
+
+/// The bounds on one layer and the reserve of free space, as given.
+fn store_limits(cli: &Cli) -> Result<Limits> {
+    let defaults = Limits::default();
+    Ok(Limits {
+        max_layer_size: match &cli.max_layer_size {
+            Some(size) => parse_size(size).context("--max-layer-size")?,
+            None => defaults.max_layer_size,
+        },
+        max_layer_entries: cli.max_layer_entries.unwrap_or(defaults.max_layer_entries),
+        keep_free: cli
+            .keep_free
+            .as_deref()
+            .map(parse_size)
+            .transpose()
+            .context("--keep-free")?,
+    })
 }
 
 /// Runs the command; returns the exit code for success.
 fn run(cli: Cli) -> Result<u8> {
+    let limits = store_limits(&cli)?;
     let remote = kiln_builder::remote::Remote::new(
         &kiln_builder::remote::RegistrySettings {
             insecure: cli.insecure_registries.clone(),
@@ -105,16 +127,24 @@ fn run(cli: Cli) -> Result<u8> {
     );
     let done = match cli.command {
         Command::Debug(DebugCommand::Graph(args)) => {
-            commands::build::graph(&open_store(cli.root)?, &args)
+            commands::build::graph(&open_store(cli.root, limits)?, &args)
         }
         Command::Build(args) => {
-            return commands::build::build(&open_store(cli.root)?, &remote, cli.runtime, &args);
+            return commands::build::build(
+                &open_store(cli.root, limits)?,
+                &remote,
+                cli.runtime,
+                &args,
+            );
         }
-        Command::Pull { image, platform } => {
-            commands::registry::pull(&open_store(cli.root)?, &remote, &image, platform.as_deref())
-        }
+        Command::Pull { image, platform } => commands::registry::pull(
+            &open_store(cli.root, limits)?,
+            &remote,
+            &image,
+            platform.as_deref(),
+        ),
         Command::Push { image, destination } => commands::registry::push(
-            &open_store(cli.root)?,
+            &open_store(cli.root, limits)?,
             &remote,
             &image,
             destination.as_deref(),
@@ -126,37 +156,39 @@ fn run(cli: Cli) -> Result<u8> {
             password_stdin,
         } => commands::registry::login(&remote, &server, username, password, password_stdin),
         Command::Logout { server } => commands::registry::logout(&remote, &server),
-        Command::Images => commands::store::images(&open_store(cli.root)?),
-        Command::Inspect { image } => commands::store::inspect(&open_store(cli.root)?, &image),
-        Command::Tag { source, target } => {
-            commands::store::tag(&open_store(cli.root)?, &source, &target)
+        Command::Images => commands::store::images(&open_store(cli.root, limits)?),
+        Command::Inspect { image } => {
+            commands::store::inspect(&open_store(cli.root, limits)?, &image)
         }
-        Command::Rmi { images } => commands::store::rmi(&open_store(cli.root)?, &images),
+        Command::Tag { source, target } => {
+            commands::store::tag(&open_store(cli.root, limits)?, &source, &target)
+        }
+        Command::Rmi { images } => commands::store::rmi(&open_store(cli.root, limits)?, &images),
         Command::Save {
             images,
             output,
             format,
         } => commands::archive::save(
-            &open_store(cli.root)?,
+            &open_store(cli.root, limits)?,
             &images,
             &output,
             kiln_builder::image::Format::parse(&format)?,
         ),
-        Command::Load { input } => commands::archive::load(&open_store(cli.root)?, &input),
-        Command::Check => commands::store::check(&open_store(cli.root)?),
+        Command::Load { input } => commands::archive::load(&open_store(cli.root, limits)?, &input),
+        Command::Check => commands::store::check(&open_store(cli.root, limits)?),
         Command::Completion { shell } => {
             commands::docs::completion(shell);
             Ok(())
         }
         Command::Man { dir } => commands::docs::man_pages(&dir),
-        Command::Du { bytes } => commands::store::du(&open_store(cli.root)?, bytes),
+        Command::Du { bytes } => commands::store::du(&open_store(cli.root, limits)?, bytes),
         Command::Prune {
             all,
             keep_storage,
             filters,
             cache_ref,
         } => {
-            let store = open_store(cli.root)?;
+            let store = open_store(cli.root, limits)?;
             match cache_ref {
                 Some(reference) => commands::store::prune_cache_ref(
                     &store,
@@ -170,7 +202,12 @@ fn run(cli: Cli) -> Result<u8> {
             }
         }
         Command::Run(args) => {
-            return commands::container::run(&open_store(cli.root)?, &remote, cli.runtime, &args)
+            return commands::container::run(
+                &open_store(cli.root, limits)?,
+                &remote,
+                cli.runtime,
+                &args,
+            )
         }
     };
     done.map(|()| 0)

@@ -19,7 +19,7 @@ use crate::retry::{retryable_status, RetryPolicy};
 
 /// What a registry asks for in `WWW-Authenticate`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Challenge {
+pub enum Challenge {
     Basic,
     Bearer {
         realm: String,
@@ -31,7 +31,7 @@ enum Challenge {
 
 /// Parses a `WWW-Authenticate` value: a scheme and `key=value` parameters,
 /// values quoted (with `\` escapes) or bare. Unknown schemes give `None`.
-fn parse_challenge(header: &str) -> Option<Challenge> {
+pub fn parse_challenge(header: &str) -> Option<Challenge> {
     let header = header.trim();
     let (scheme, rest) = header
         .split_once(char::is_whitespace)
@@ -93,6 +93,8 @@ fn parse_params(text: &str) -> Vec<(String, String)> {
 /// How long a token lives when its issuer does not say (the token
 /// specification's default).
 const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
+/// The longest kiln keeps a token, whatever its service says.
+pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
 /// A token is renewed this long before it expires, so that it does not
 /// expire in the middle of a request.
@@ -420,35 +422,40 @@ async fn fetch_token(
             message: "while asking for a token".to_string(),
         });
     }
-    #[derive(serde::Deserialize)]
-    struct Answer {
-        token: Option<String>,
-        access_token: Option<String>,
-        expires_in: Option<u64>,
-    }
     let body = response.bytes().await.map_err(|e| Error::Request {
         method: "GET".to_string(),
         url: shown.clone(),
         attempts: 1,
         reason: describe(&e),
     })?;
-    let answer: Answer = serde_json::from_slice(&body).map_err(|e| Error::Unauthorized {
+    parse_token_answer(&body).map_err(|reason| Error::Unauthorized {
         registry: registry.to_string(),
         what: what.clone(),
-        reason: format!("the token service at {shown} sent no token: {e}"),
-    })?;
+        reason: format!("the token service at {shown} {reason}"),
+    })
+}
+
+/// A token service's answer: the token (`token`, or OAuth2's
+/// `access_token`) and how long it lasts (`expires_in`, at most
+/// [`MAX_TOKEN_LIFETIME`], else Docker's default). The error completes "the token service …".
+pub fn parse_token_answer(body: &[u8]) -> Result<(String, Duration), String> {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        token: Option<String>,
+        access_token: Option<String>,
+        expires_in: Option<u64>,
+    }
+    let answer: Answer = serde_json::from_slice(body).map_err(|e| format!("sent no token: {e}"))?;
     let token = answer
         .token
         .or(answer.access_token)
         .filter(|t| !t.is_empty())
-        .ok_or_else(|| Error::Unauthorized {
-            registry: registry.to_string(),
-            what: what.clone(),
-            reason: format!("the token service at {shown} sent an empty token"),
-        })?;
+        .ok_or_else(|| "sent an empty token".to_string())?;
+    // A lifetime past the longest kiln keeps a token is cut to it: a huge
+    // one would overflow the clock.
     let lifetime = answer
         .expires_in
-        .map(Duration::from_secs)
+        .map(|seconds| Duration::from_secs(seconds).min(MAX_TOKEN_LIFETIME))
         .unwrap_or(DEFAULT_TOKEN_LIFETIME);
     Ok((token, lifetime))
 }

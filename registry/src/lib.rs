@@ -42,9 +42,11 @@ pub mod transfer;
 pub mod transport;
 mod upload;
 
+pub use auth::{parse_challenge, parse_token_answer, Challenge, MAX_TOKEN_LIFETIME};
 pub use client::{Client, ClientOptions, Manifest, Pushed};
 pub use credentials::{Credential, DockerConfig};
 pub use error::Error;
+pub use manifest::manifest_media_type;
 pub use reference::{Reference, ReferenceError};
 pub use retry::RetryPolicy;
 pub use transfer::{Platform, Pulled, PushReport};

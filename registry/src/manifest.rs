@@ -209,7 +209,7 @@ pub(crate) async fn put(
 /// A manifest's media type: the registry's Content-Type when it names a
 /// manifest kind, else the `mediaType` in the document, else what its shape
 /// says.
-pub(crate) fn manifest_media_type(bytes: &[u8], content_type: &str) -> Option<String> {
+pub fn manifest_media_type(bytes: &[u8], content_type: &str) -> Option<String> {
     let content_type = content_type.split(';').next().unwrap_or("").trim();
     if MANIFEST_TYPES.contains(&content_type) {
         return Some(content_type.to_string());

@@ -164,18 +164,37 @@ async fn resolve_in(
     if !top.is_index() {
         return Ok((top, None));
     }
+    let digest = index_entry_for(&top.bytes, reference, platform)?;
+    let chosen = manifest(client, store, reference, &digest).await?;
+    if chosen.is_index() {
+        return Err(Error::InvalidManifest {
+            reference: reference.to_string(),
+            reason: format!("its entry for {platform} is an index, not an image"),
+        });
+    }
+    Ok((chosen, Some(top)))
+}
+
+/// The digest of the entry for `platform` in the image index `index` (as
+/// `reference` named it, for errors). Entries without an OS (attestations)
+/// are passed over.
+pub fn index_entry_for(
+    index: &[u8],
+    reference: &Reference,
+    platform: &Platform,
+) -> Result<String, Error> {
     let index: serde_json::Value =
-        serde_json::from_slice(&top.bytes).map_err(|e| Error::InvalidManifest {
+        serde_json::from_slice(index).map_err(|e| Error::InvalidManifest {
             reference: reference.to_string(),
             reason: format!("its index is not JSON: {e}"),
         })?;
     let entries = index
         .get("manifests")
         .and_then(|m| m.as_array())
-        .cloned()
+        .map(Vec::as_slice)
         .unwrap_or_default();
     let mut available = Vec::new();
-    for entry in &entries {
+    for entry in entries {
         let field = |name: &str| {
             entry
                 .get("platform")
@@ -190,18 +209,15 @@ async fn resolve_in(
             continue;
         }
         if platform.accepts(&os, &architecture, &variant) {
-            let digest = entry
+            return entry
                 .get("digest")
                 .and_then(|d| d.as_str())
-                .unwrap_or_default();
-            let chosen = manifest(client, store, reference, digest).await?;
-            if chosen.is_index() {
-                return Err(Error::InvalidManifest {
+                .filter(|d| !d.is_empty())
+                .map(str::to_string)
+                .ok_or_else(|| Error::InvalidManifest {
                     reference: reference.to_string(),
-                    reason: format!("its entry for {platform} is an index, not an image"),
+                    reason: format!("its entry for {platform} has no digest"),
                 });
-            }
-            return Ok((chosen, Some(top)));
         }
         available.push(
             Platform {

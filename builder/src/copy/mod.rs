@@ -36,12 +36,17 @@ pub struct Downloaded {
     pub _keep: std::sync::Arc<tempfile::TempDir>,
 }
 
-/// Where `ADD` gets what is not in a source tree.
+/// Where `ADD` gets what is not in a source tree, and how much an archive
+/// it unpacks may hold.
 pub trait Fetch {
     /// The download of a URL.
     fn download(&self, url: &str) -> crate::Result<Downloaded>;
     /// The checked-out files of a git repository, as `step` asks for them.
     fn git_checkout(&self, url: &str, step: &CopyStep) -> crate::Result<std::path::PathBuf>;
+    /// The bounds on what an archive may unpack to (the store's).
+    fn limits(&self) -> kiln_cache::Limits {
+        kiln_cache::Limits::default()
+    }
 }
 
 /// For copies that have no remote sources.
@@ -150,6 +155,7 @@ pub fn copy(
         ensured: HashSet::new(),
         hard_links: HashMap::new(),
         hashed: hashed.as_ref(),
+        archive_limits: fetch.limits(),
     };
     if make_dest {
         writer.ensure_directory(dest)?;
@@ -360,6 +366,7 @@ pub fn mkdir(step: &MkdirStep, rootfs: &LayerView, diff: &Path, now: i64) -> cra
         ensured: HashSet::new(),
         hard_links: HashMap::new(),
         hashed: None,
+        archive_limits: kiln_cache::Limits::default(),
     };
     let path = writer.place(&step.path)?;
     writer.ensure_parents(&path)?;

@@ -37,6 +37,8 @@ pub(super) struct Writer<'a> {
     /// What the step's key read of the context's entries, checked again
     /// as they are copied.
     pub(super) hashed: Option<&'a HashMap<PathBuf, Hashed>>,
+    /// What an archive `ADD` unpacks may hold.
+    pub(super) archive_limits: kiln_cache::Limits,
 }
 
 /// What a directory copy takes from where, and how it changes it.
@@ -414,6 +416,7 @@ impl Writer<'_> {
         let options = ExtractOptions {
             mode: ExtractMode::Archive,
             owner,
+            limits: self.archive_limits,
         };
         let diff_path = self.diff_path;
         let mut layers = self.rootfs.layers().to_vec();

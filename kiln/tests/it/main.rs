@@ -2,6 +2,7 @@
 //! a context directory, against a store of their own, with the real
 //! sandbox, a real registry and real tools reading what it writes.
 
+mod bounds;
 mod cache;
 mod cache_sharing;
 mod checks;

@@ -1,5 +1,5 @@
-//! What the fuzz target does with an input, shared with the regression test
-//! that replays the inputs it found.
+//! The Dockerfile parser and lowering: any input parses or fails with an
+//! error, and whatever parses lowers or fails with an error.
 
 use kiln_frontend::shell::{EnvList, Lexer};
 use kiln_frontend::{DockerIgnore, LowerOptions, UnknownImages};

@@ -1,0 +1,10 @@
+//! Manifests, indexes, image configurations and cache lists. What the input goes through is in
+//! `kiln_fuzz_exercise::manifests`, which the workspace's tests replay.
+
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    kiln_fuzz_exercise::manifests::exercise(data);
+});
