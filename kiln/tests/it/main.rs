@@ -8,6 +8,7 @@ mod cache_sharing;
 mod checks;
 mod cli;
 mod contexts;
+mod escapes;
 mod exports;
 mod git;
 mod images;
