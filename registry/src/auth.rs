@@ -394,7 +394,7 @@ async fn fetch_token(
         if name_not_resolved(&e) {
             // Not worth another try: see `name_not_resolved`.
             Error::UnknownHost {
-                registry: realm_url.host_str().unwrap_or_default().to_string(),
+                host: realm_url.host_str().unwrap_or_default().to_string(),
                 reason: resolver_answer(&e),
             }
         } else {

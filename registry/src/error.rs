@@ -74,8 +74,10 @@ pub enum Error {
     #[error("{registry} speaks neither HTTPS nor, as a registry it may, plain HTTP: {reason}")]
     Unreachable { registry: String, reason: String },
 
-    #[error("{registry} does not resolve to an address ({reason}): check the name")]
-    UnknownHost { registry: String, reason: String },
+    /// A host name (a registry's, a token service's, an ADD URL's) that
+    /// does not resolve.
+    #[error("{host} does not resolve to an address ({reason}): check the name")]
+    UnknownHost { host: String, reason: String },
 
     #[error("TLS set-up for {registry}: {reason}")]
     Tls { registry: String, reason: String },

@@ -10,7 +10,9 @@ use reqwest::StatusCode;
 use url::Url;
 
 use crate::error::Error;
-use crate::http::{describe, shown_url};
+use crate::http::{
+    describe, name_not_resolved, resolver_answer, retryable_error, shown_url, untrusted_certificate,
+};
 use crate::retry::{retryable_status, RetryPolicy};
 use crate::transport::{self, TransportOptions};
 
@@ -63,7 +65,18 @@ async fn try_download(
     transport: &TransportOptions,
     out: &mut HashingWriter<&mut dyn Write>,
 ) -> Result<Option<SystemTime>, (Error, bool)> {
+    // A name that does not resolve and a certificate kiln does not trust
+    // are answers: no other try.
     let failed = |url: &Url, error: &reqwest::Error| {
+        if name_not_resolved(error) {
+            return (
+                Error::UnknownHost {
+                    host: url.host_str().unwrap_or_default().to_string(),
+                    reason: resolver_answer(error),
+                },
+                false,
+            );
+        }
         (
             Error::Request {
                 method: "GET".to_string(),
@@ -71,7 +84,7 @@ async fn try_download(
                 attempts: 1,
                 reason: describe(error),
             },
-            true,
+            retryable_error(error) && !untrusted_certificate(error),
         )
     };
     let mut current = url.clone();

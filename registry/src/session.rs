@@ -185,7 +185,7 @@ impl Session {
             }
             Err(error) if name_not_resolved(&error) => {
                 return Err(Error::UnknownHost {
-                    registry: registry.to_string(),
+                    host: registry.to_string(),
                     reason: resolver_answer(&error),
                 });
             }

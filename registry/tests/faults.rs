@@ -514,6 +514,23 @@ fn a_no_gets_one_try_and_a_clear_error() {
         "{err}"
     );
 
+    // The same for a file ADD downloads.
+    let mut sink = Vec::new();
+    let err = runtime
+        .block_on(kiln_registry::fetch::download(
+            &"https://no-such-host.invalid/tool.tar.gz"
+                .parse()
+                .expect("url"),
+            &kiln_registry::TransportOptions::default(),
+            &kiln_registry::RetryPolicy::default(),
+            &mut sink,
+        ))
+        .expect_err("unknown host");
+    assert!(
+        matches!(err, kiln_registry::Error::UnknownHost { ref host, .. } if host == "no-such-host.invalid"),
+        "{err:?}"
+    );
+
     // A certificate kiln does not trust: one connection, no retry, no
     // fallback to plain HTTP.
     let tls = Registry::start(Setup::BasicTls);
