@@ -249,7 +249,13 @@ impl Runtime {
                     }
                 }
             }
-            std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+            // Another kiln starting at the same moment may be removing
+            // it too: gone is what both want.
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                if std::fs::symlink_metadata(&dir).is_ok() {
+                    return Err(Error::io(&dir, e));
+                }
+            }
         }
         Ok(())
     }
@@ -840,6 +846,44 @@ fn mount_overlay(links: &Path, overlay: &Overlay) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn two_kilns_removing_the_same_leftovers_both_succeed() {
+        let state_root = tempfile::tempdir().expect("state root");
+        // Process IDs past the kernel's largest belong to no process.
+        let pid_max: i32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+            .expect("pid_max")
+            .trim()
+            .parse()
+            .expect("a number");
+        for round in 0..3 {
+            for dead in 0..20 {
+                let container = state_root
+                    .path()
+                    .join((pid_max + 1 + round * 20 + dead).to_string())
+                    .join("kiln-step");
+                std::fs::create_dir_all(&container).expect("container state");
+                for file in 0..100 {
+                    std::fs::write(container.join(file.to_string()), "state").expect("file");
+                }
+            }
+            let cleaners: Vec<_> = (0..2)
+                .map(|_| {
+                    let runtime = Runtime::new(Some(Path::new("/bin/true")), state_root.path())
+                        .expect("runtime");
+                    std::thread::spawn(move || runtime.clean_leftovers())
+                })
+                .collect();
+            for cleaner in cleaners {
+                cleaner.join().expect("no panic").expect("cleaned");
+            }
+            assert_eq!(
+                std::fs::read_dir(state_root.path()).expect("read").count(),
+                0,
+                "every dead kiln's state is gone"
+            );
+        }
+    }
 
     #[test]
     fn a_lower_directory_given_twice_is_kept_where_it_is_uppermost() {
