@@ -236,6 +236,7 @@ impl Runtime {
                 continue;
             }
             let dir = entry.path();
+            let mut ids = Vec::new();
             if let Ok(containers) = std::fs::read_dir(&dir) {
                 for container in containers.flatten() {
                     if let Some(id) = container.file_name().to_str() {
@@ -246,9 +247,11 @@ impl Runtime {
                             .stdout(Stdio::null())
                             .stderr(Stdio::null())
                             .status();
+                        ids.push(id.to_string());
                     }
                 }
             }
+            remove_empty_cgroups(&ids);
             // Another kiln starting at the same moment may be removing
             // it too: gone is what both want.
             if let Err(e) = std::fs::remove_dir_all(&dir) {
@@ -843,9 +846,56 @@ fn mount_overlay(links: &Path, overlay: &Overlay) -> Result<(), Error> {
     .map_err(|e| Error::Setup(format!("cannot mount the overlay ({options}): {e}")))
 }
 
+/// The control groups of containers `ids` that a runtime killed while it
+/// created them left behind (it had not yet written the state `delete`
+/// needs), wherever this machine's hierarchies put them: removed when
+/// empty, which they are once their processes died.
+fn remove_empty_cgroups(ids: &[String]) {
+    if ids.is_empty() {
+        return;
+    }
+    let mut dirs = vec![(PathBuf::from("/sys/fs/cgroup"), 0)];
+    let mut found = Vec::new();
+    while let Some((dir, depth)) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            if entry.file_name().to_str().is_some_and(|name| ids.iter().any(|id| id == name)) {
+                found.push(path);
+            } else if depth < 4 {
+                dirs.push((path, depth + 1));
+            }
+        }
+    }
+    for cgroup in found {
+        // A cgroup holds only its own control files, which rmdir takes
+        // along; one with child groups or processes stays.
+        let _ = std::fs::remove_dir(&cgroup);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_empty_cgroups_of_dead_containers_are_removed() {
+        assert!(
+            rustix::process::geteuid().is_root(),
+            "this test makes a control group and must run as root (sudo scripts/test)"
+        );
+        let id = format!("kiln-test-{}-cgroup", std::process::id());
+        let hierarchy = ["/sys/fs/cgroup/pids", "/sys/fs/cgroup/memory", "/sys/fs/cgroup"]
+            .iter()
+            .map(|dir| Path::new(dir).join(&id))
+            .find(|cgroup| std::fs::create_dir(cgroup).is_ok())
+            .expect("a cgroup hierarchy to make a group in");
+        assert!(hierarchy.join("cgroup.procs").exists(), "a real control group");
+        remove_empty_cgroups(std::slice::from_ref(&id));
+        assert!(!hierarchy.exists(), "{} is left", hierarchy.display());
+    }
 
     #[test]
     fn two_kilns_removing_the_same_leftovers_both_succeed() {
