@@ -862,7 +862,11 @@ fn remove_empty_cgroups(ids: &[String]) {
             if !entry.file_type().is_ok_and(|t| t.is_dir()) {
                 continue;
             }
-            if entry.file_name().to_str().is_some_and(|name| ids.iter().any(|id| id == name)) {
+            if entry
+                .file_name()
+                .to_str()
+                .is_some_and(|name| ids.iter().any(|id| id == name))
+            {
                 found.push(path);
             } else if depth < 4 {
                 dirs.push((path, depth + 1));
@@ -887,14 +891,18 @@ mod tests {
             "this test makes a control group and must run as root (sudo scripts/test)"
         );
         let id = format!("kiln-test-{}-cgroup", std::process::id());
-        let hierarchy = ["/sys/fs/cgroup/pids", "/sys/fs/cgroup/memory", "/sys/fs/cgroup"]
-            .iter()
-            .map(|dir| Path::new(dir).join(&id))
-            .find(|cgroup| std::fs::create_dir(cgroup).is_ok())
-            .expect("a cgroup hierarchy to make a group in");
-        assert!(hierarchy.join("cgroup.procs").exists(), "a real control group");
+        let cgroup = [
+            "/sys/fs/cgroup/pids",
+            "/sys/fs/cgroup/memory",
+            "/sys/fs/cgroup",
+        ]
+        .iter()
+        .map(|dir| Path::new(dir).join(&id))
+        .find(|cgroup| std::fs::create_dir(cgroup).is_ok())
+        .expect("a cgroup hierarchy to make a group in");
+        assert!(cgroup.join("cgroup.procs").exists(), "a real control group");
         remove_empty_cgroups(std::slice::from_ref(&id));
-        assert!(!hierarchy.exists(), "{} is left", hierarchy.display());
+        assert!(!cgroup.exists(), "{} is left", cgroup.display());
     }
 
     #[test]
