@@ -41,21 +41,11 @@ impl Default for Limits {
     }
 }
 
-impl Limits {
-    /// No bounds and no reserve, for writes outside the store.
-    pub fn none() -> Self {
-        Limits {
-            max_layer_size: u64::MAX,
-            max_layer_entries: u64::MAX,
-            keep_free: Some(0),
-        }
-    }
-}
-
 /// Watches the free space of the file system of one directory while
-/// something writes there: it asks the file system again only once the
-/// bytes written since it last asked could reach the reserve, so that a
-/// layer of many small files costs few system calls.
+/// something writes there: it asks the file system again only once a
+/// quarter of the reserve has been written since it last asked, so that a
+/// layer of many small files costs few system calls. A reserve of 0 turns
+/// it off.
 #[derive(Debug)]
 pub struct SpaceWatch {
     reserve: u64,

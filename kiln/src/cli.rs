@@ -42,7 +42,7 @@ pub struct Cli {
     pub max_layer_entries: Option<u64>,
     /// The space kiln leaves free on the store's file system: unpacking and
     /// writing blobs stop before it is used (default: a twentieth of the
-    /// file system, at most 1GiB).
+    /// file system, at most 1GiB; 0 turns it off).
     #[arg(
         long = "keep-free",
         global = true,
