@@ -108,9 +108,14 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn io(path: &Path, source: io::Error) -> Self {
-        Error::Io {
-            path: path.to_path_buf(),
-            source,
+        // A write the reserve stopped carries the error that says so (see
+        // `SpaceWatch`), whatever file was being read or written for it.
+        match source.downcast::<Error>() {
+            Ok(error) => error,
+            Err(source) => Error::Io {
+                path: path.to_path_buf(),
+                source,
+            },
         }
     }
 }

@@ -120,7 +120,9 @@ fn a_full_disk_stops_the_build_and_the_store_works_again_after_a_prune() {
     );
     let stopped = build_failure(&kiln, greedy.path(), &["-t", "greedy:1"]);
     assert!(
-        stopped.contains("kiln keeps free") && stopped.contains("RUN head -c"),
+        stopped.contains("RUN head -c")
+            && stopped.contains("caused by: only ")
+            && stopped.contains("kiln keeps free: free space (kiln prune) or lower the reserve"),
         "{stopped}"
     );
     kiln.assert_consistent();
