@@ -145,11 +145,20 @@ impl Reference {
     /// The short form Docker prints: `busybox:latest` for
     /// `docker.io/library/busybox:latest`.
     pub fn familiar(&self) -> String {
-        let name = if self.registry == DEFAULT_REGISTRY {
-            self.repository
-                .strip_prefix("library/")
-                .unwrap_or(&self.repository)
-                .to_string()
+        // Shortened only as far as it reads back as the same reference:
+        // `library/` goes only from a one-component name (`library/a/b` is
+        // not `a/b`), and `docker.io/` stays before a first component that
+        // would be read as a registry (`docker.io/ar.io/x`).
+        let short = match self.repository.strip_prefix("library/") {
+            Some(rest) if !rest.contains('/') => rest,
+            _ => &self.repository,
+        };
+        let looks_like_a_registry = match short.split_once('/') {
+            Some((first, _)) => first.contains(['.', ':']) || first == "localhost",
+            None => false,
+        };
+        let name = if self.registry == DEFAULT_REGISTRY && !looks_like_a_registry {
+            short.to_string()
         } else {
             self.name()
         };
@@ -354,6 +363,26 @@ mod tests {
         assert_eq!(
             Reference::parse("ghcr.io/o/a").expect("valid").familiar(),
             "ghcr.io/o/a:latest"
+        );
+        // Found by the image_reference fuzz target: short forms that read
+        // back as other references.
+        assert_eq!(
+            Reference::parse("docker.io/library/alp/ine:1.20")
+                .expect("valid")
+                .familiar(),
+            "library/alp/ine:1.20"
+        );
+        assert_eq!(
+            Reference::parse("docker.io/library/ar.io/x")
+                .expect("valid")
+                .familiar(),
+            "library/ar.io/x:latest"
+        );
+        assert_eq!(
+            Reference::parse("docker.io/ar.io/x")
+                .expect("valid")
+                .familiar(),
+            "docker.io/ar.io/x:latest"
         );
     }
 
