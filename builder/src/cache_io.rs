@@ -563,14 +563,14 @@ pub fn read_registry(
     if let Some(known) = known.filter(|known| known.manifest == manifest.digest) {
         return Ok(Some(known.clone()));
     }
-    let (config, _) = parse_manifest(&manifest.bytes)?;
+    let (config, layers) = parse_manifest(&manifest.bytes)?;
     // Read into memory: the store needs no copy of a cache's list.
     let config_bytes = match store.read_blob(&config) {
         Ok(bytes) => bytes,
         Err(_) => remote.small_blob(reference, &config)?,
     };
     Ok(
-        registry_cache(&manifest.bytes, &config_bytes)?.map(|(contents, inline)| ReadCache {
+        cache_contents(layers, &config_bytes)?.map(|(contents, inline)| ReadCache {
             manifest: manifest.digest,
             contents,
             inline,
@@ -585,7 +585,15 @@ pub fn registry_cache(
     manifest_bytes: &[u8],
     config_bytes: &[u8],
 ) -> crate::Result<Option<(CacheContents, bool)>> {
-    let (_, mut layers) = parse_manifest(manifest_bytes)?;
+    let (_, layers) = parse_manifest(manifest_bytes)?;
+    cache_contents(layers, config_bytes)
+}
+
+/// [`registry_cache`] once the manifest has given its `layers`.
+fn cache_contents(
+    mut layers: Vec<LayerRecord>,
+    config_bytes: &[u8],
+) -> crate::Result<Option<(CacheContents, bool)>> {
     let value: serde_json::Value =
         serde_json::from_slice(config_bytes).context("the cache config is not JSON")?;
     // A cache manifest, or an image with an inline cache (whose layers'

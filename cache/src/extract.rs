@@ -109,7 +109,7 @@ pub fn extract_with<R: Read>(
         } else {
             0
         };
-        budget.admit(dest, &last, size)?;
+        budget.admit(&last, size)?;
         written += extract_entry(&tree, placement, entry, options, &mut directories)?;
     }
     // Deepest first: adding entries changes a directory's time.

@@ -7,7 +7,7 @@
 //! (its index, its records, its temporary files' cleanup) can still work
 //! and the machine is not left with a full disk.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::error::Error;
 
@@ -48,6 +48,7 @@ impl Default for Limits {
 /// it off.
 #[derive(Debug)]
 pub struct SpaceWatch {
+    dir: PathBuf,
     reserve: u64,
     /// Bytes written (or about to be) since the last look.
     unchecked: u64,
@@ -65,6 +66,7 @@ impl SpaceWatch {
             }
         };
         Ok(SpaceWatch {
+            dir: dir.to_path_buf(),
             reserve,
             unchecked: 0,
             // A quarter of the reserve: what may be written past a look
@@ -73,9 +75,9 @@ impl SpaceWatch {
         })
     }
 
-    /// Before `bytes` more are written into `dir`: fails when they would
-    /// leave less than the reserve free.
-    pub fn admit(&mut self, dir: &Path, bytes: u64) -> Result<(), Error> {
+    /// Before `bytes` more are written: fails when they would leave less
+    /// than the reserve free.
+    pub fn admit(&mut self, bytes: u64) -> Result<(), Error> {
         if self.reserve == 0 {
             return Ok(());
         }
@@ -84,10 +86,10 @@ impl SpaceWatch {
             return Ok(());
         }
         self.unchecked = 0;
-        let (free, _) = space(dir)?;
+        let (free, _) = space(&self.dir)?;
         if free < self.reserve.saturating_add(bytes) {
             return Err(Error::NoSpace {
-                dir: dir.to_path_buf(),
+                dir: self.dir.clone(),
                 free,
                 needed: bytes,
                 reserve: self.reserve,
@@ -126,8 +128,8 @@ impl LayerBudget {
         })
     }
 
-    /// Before the entry `entry` of `size` bytes is written into `dir`.
-    pub(crate) fn admit(&mut self, dir: &Path, entry: &str, size: u64) -> Result<(), Error> {
+    /// Before the entry `entry` of `size` bytes is written.
+    pub(crate) fn admit(&mut self, entry: &str, size: u64) -> Result<(), Error> {
         self.entries += 1;
         if self.entries > self.limits.max_layer_entries {
             return Err(Error::TooManyEntries {
@@ -143,7 +145,7 @@ impl LayerBudget {
             });
         }
         // A block for the entry's own metadata, whatever its size.
-        self.space.admit(dir, size.saturating_add(4096))
+        self.space.admit(size.saturating_add(4096))
     }
 }
 
@@ -189,18 +191,14 @@ mod tests {
             keep_free: Some(0),
         };
         let mut budget = LayerBudget::new(dir.path(), limits).expect("budget");
-        budget.admit(dir.path(), "a", 600).expect("a fits");
-        let err = budget
-            .admit(dir.path(), "b", 401)
-            .expect_err("past the size");
+        budget.admit("a", 600).expect("a fits");
+        let err = budget.admit("b", 401).expect_err("past the size");
         assert!(matches!(err, Error::TooLarge { ref entry, limit: 1000 } if entry == "b"));
         let mut budget = LayerBudget::new(dir.path(), limits).expect("budget");
         for name in ["a", "b", "c"] {
-            budget.admit(dir.path(), name, 0).expect("fits");
+            budget.admit(name, 0).expect("fits");
         }
-        let err = budget
-            .admit(dir.path(), "d", 0)
-            .expect_err("past the entries");
+        let err = budget.admit("d", 0).expect_err("past the entries");
         assert!(matches!(err, Error::TooManyEntries { limit: 3, .. }));
     }
 
@@ -209,9 +207,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let (free, _) = space(dir.path()).expect("space");
         let mut watch = SpaceWatch::new(dir.path(), Some(free / 2)).expect("watch");
-        watch.admit(dir.path(), free / 4).expect("a quarter fits");
+        watch.admit(free / 4).expect("a quarter fits");
         let err = watch
-            .admit(dir.path(), free / 2 + 1)
+            .admit(free / 2 + 1)
             .expect_err("would eat into the reserve");
         assert!(matches!(err, Error::NoSpace { needed, .. } if needed == free / 2 + 1));
     }

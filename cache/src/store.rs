@@ -329,7 +329,6 @@ impl Store {
             writer: HashingWriter::new(BufWriter::with_capacity(256 * 1024, file)),
             unpacking: None,
             space: SpaceWatch::new(&tmp, self.limits.keep_free)?,
-            tmp,
         })
     }
 
@@ -643,7 +642,6 @@ pub struct BlobWriter {
     unpacking: Option<Unpacking>,
     /// The free space where the blob is written, kept above the reserve.
     space: SpaceWatch,
-    tmp: PathBuf,
 }
 
 impl BlobWriter {
@@ -680,7 +678,7 @@ impl BlobWriter {
 impl Write for BlobWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.space
-            .admit(&self.tmp, buf.len() as u64)
+            .admit(buf.len() as u64)
             .map_err(io::Error::other)?;
         let written = self.writer.write(buf)?;
         if let Some(unpacking) = &mut self.unpacking {

@@ -13,7 +13,7 @@ use url::Url;
 
 use crate::credentials::{Credential, DockerConfig};
 use crate::error::{detail, Error};
-use crate::http::{describe, name_not_resolved, resolver_answer, shown_url};
+use crate::http::{describe, name_not_resolved, shown_url, unknown_host};
 use crate::reference::Reference;
 use crate::retry::{retryable_status, RetryPolicy};
 
@@ -393,10 +393,7 @@ async fn fetch_token(
     let response = request.send().await.map_err(|e| {
         if name_not_resolved(&e) {
             // Not worth another try: see `name_not_resolved`.
-            Error::UnknownHost {
-                host: realm_url.host_str().unwrap_or_default().to_string(),
-                reason: resolver_answer(&e),
-            }
+            unknown_host(realm_url.host_str().unwrap_or_default(), &e)
         } else {
             Error::Request {
                 method: "GET".to_string(),

@@ -11,7 +11,7 @@ use url::Url;
 
 use crate::error::Error;
 use crate::http::{
-    describe, name_not_resolved, resolver_answer, retryable_error, shown_url, untrusted_certificate,
+    describe, name_not_resolved, retryable_error, shown_url, unknown_host, untrusted_certificate,
 };
 use crate::retry::{retryable_status, RetryPolicy};
 use crate::transport::{self, TransportOptions};
@@ -70,10 +70,7 @@ async fn try_download(
     let failed = |url: &Url, error: &reqwest::Error| {
         if name_not_resolved(error) {
             return (
-                Error::UnknownHost {
-                    host: url.host_str().unwrap_or_default().to_string(),
-                    reason: resolver_answer(error),
-                },
+                unknown_host(url.host_str().unwrap_or_default(), error),
                 false,
             );
         }

@@ -130,16 +130,20 @@ pub(crate) fn name_not_resolved(error: &reqwest::Error) -> bool {
     false
 }
 
-/// What the resolver said about a name that does not resolve: the last
-/// cause in the chain, without hyper's and reqwest's wrapping.
-pub(crate) fn resolver_answer(error: &reqwest::Error) -> String {
+/// The error for a request to `host` that failed because the name does not
+/// resolve ([`name_not_resolved`]): what the resolver said, without hyper's
+/// and reqwest's wrapping (the last cause in the chain).
+pub(crate) fn unknown_host(host: &str, error: &reqwest::Error) -> Error {
     let mut answer = error.to_string();
     let mut source = std::error::Error::source(error);
     while let Some(cause) = source {
         answer = cause.to_string();
         source = cause.source();
     }
-    answer
+    Error::UnknownHost {
+        host: host.to_string(),
+        reason: answer,
+    }
 }
 
 /// Whether a failed request is worth another try: not when it could not be

@@ -17,8 +17,8 @@ use crate::auth::Authenticator;
 use crate::credentials::{Credential, DockerConfig};
 use crate::error::{detail, Error};
 use crate::http::{
-    describe, header, name_not_resolved, registry_message, resolver_answer, retryable_error,
-    same_origin, shown_url, untrusted_certificate,
+    describe, header, name_not_resolved, registry_message, retryable_error, same_origin, shown_url,
+    unknown_host, untrusted_certificate,
 };
 use crate::retry::{retryable_status, RetryPolicy};
 use crate::transport::{self, TransportOptions};
@@ -184,10 +184,7 @@ impl Session {
                 return Err(untrusted(registry, &self.transport, &error));
             }
             Err(error) if name_not_resolved(&error) => {
-                return Err(Error::UnknownHost {
-                    host: registry.to_string(),
-                    reason: resolver_answer(&error),
-                });
+                return Err(unknown_host(registry, &error));
             }
             Err(https_error) if transport::plain_http_allowed(registry, &self.transport) => {
                 let plain = endpoint("http")?;

@@ -60,6 +60,21 @@ impl Drop for SmallDisk {
     }
 }
 
+/// Runs kiln from inside `project`, as users type paths relative to it.
+fn in_project(kiln: &Kiln, project: &Path, args: &[&str]) {
+    let output = kiln
+        .command()
+        .current_dir(project)
+        .args(args)
+        .output()
+        .expect("kiln runs");
+    assert!(
+        output.status.success(),
+        "kiln {args:?} failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 fn build_failure(kiln: &Kiln, context: &Path, extra: &[&str]) -> String {
     let output = kiln.try_build(context, extra);
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
@@ -76,12 +91,15 @@ fn a_layer_past_the_bound_is_refused_and_the_option_raises_it() {
         "FROM busybox\nRUN head -c 8000000 /dev/zero > /zeros && mkdir /many && cd /many && touch $(seq 1 20)\n",
     );
     first.build(context.path(), &["-t", "zeros:1"]);
-    let archive = context.path().join("zeros.tar");
-    first.ok(&["save", "-o", archive.to_str().expect("utf-8"), "zeros:1"]);
+    in_project(
+        &first,
+        context.path(),
+        &["save", "-o", "zeros.tar", "zeros:1"],
+    );
 
     // Another machine, where the image's layers are not unpacked yet.
     let second = Kiln::new();
-    second.ok(&["load", "-i", archive.to_str().expect("utf-8")]);
+    in_project(&second, context.path(), &["load", "-i", "zeros.tar"]);
     let uses = Context::new();
     uses.write("Dockerfile", "FROM zeros:1\nRUN wc -c < /zeros > /count\n");
     let refused = build_failure(&second, uses.path(), &["--max-layer-size", "5MB"]);
